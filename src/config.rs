@@ -1,0 +1,584 @@
+//! Command line and environment → validated, typed settings.
+//!
+//! Everything is checked here, before any socket opens; a bad setting becomes
+//! a [`ConfigError`] naming the setting and the rule, and the binary exits 64.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit code for a bad setting (`EX_USAGE` from sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+
+/// The largest `n` accepted by `/api/v1/top`; the snapshot keeps this many.
+pub const MAX_TOP_N: usize = 100_000;
+
+/// Sliding-window visit counts per client IP from Kafka access logs, served live over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "ipstats", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default). Without --brokers: the embedded demo.
+    Serve(ServeArgs),
+    /// Write realistic nginx JSON access-log lines into a Kafka topic.
+    Produce(ProduceArgs),
+    /// The original Spark job's argument list, for drop-in migration.
+    Legacy(LegacyArgs),
+}
+
+/// When no offset is stored for a partition, or the stored one is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffsetReset {
+    /// The oldest record still in the partition (the original job's choice).
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+    /// Refuse to start, naming the partition.
+    Fail,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Fail => "fail",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Kafka bootstrap servers (host:port,...). Absent: an embedded demo broker with generated traffic.
+    #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Topics to consume, comma-separated.
+    #[arg(long, env = "IPSTATS_TOPICS", value_name = "LIST", default_value = "access-log")]
+    pub topics: String,
+    /// Consumer group: the ZooKeeper offset path and the Kafka group offsets are committed under it.
+    #[arg(long, env = "IPSTATS_GROUP", value_name = "ID", default_value = "ipstats")]
+    pub group: String,
+    /// ZooKeeper for offsets: host:port[,host:port][/chroot]. Absent: no ZooKeeper offsets.
+    #[arg(long, env = "IPSTATS_ZOOKEEPER", value_name = "CONNECT")]
+    pub zookeeper: Option<String>,
+    /// Directory for checkpoints and the instance id.
+    #[arg(
+        long,
+        env = "IPSTATS_CHECKPOINT_DIR",
+        value_name = "DIR",
+        default_value = "./ipstats-checkpoint"
+    )]
+    pub checkpoint_dir: PathBuf,
+    /// Batch interval: records consumed during one batch form one pane.
+    #[arg(long, env = "IPSTATS_BATCH", value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub batch: Duration,
+    /// Window length; a whole multiple of --batch.
+    #[arg(long, env = "IPSTATS_WINDOW", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// How often results are published; a whole multiple of --batch, at most --window.
+    #[arg(long, env = "IPSTATS_SLIDE", value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slide: Duration,
+    /// Records per second per partition, 0 = unlimited (Spark's maxRatePerPartition).
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_RATE_PER_PARTITION",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_rate_per_partition: u64,
+    /// Where to start a partition that has no usable stored offset.
+    #[arg(long, env = "IPSTATS_OFFSET_RESET", value_enum, default_value = "earliest")]
+    pub offset_reset: OffsetReset,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        env = "IPSTATS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// JSON field holding the client IP.
+    #[arg(
+        long,
+        env = "IPSTATS_IP_FIELD",
+        value_name = "NAME",
+        default_value = "client_real_ip"
+    )]
+    pub ip_field: String,
+    /// Extra librdkafka property (security.protocol, sasl.*, ...); repeatable.
+    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+    /// Lines longer than this are skipped as `too_large`.
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_LINE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 64 * 1024
+    )]
+    pub max_line_bytes: usize,
+    /// Lines per second the embedded demo generates (demo mode only).
+    #[arg(
+        long,
+        env = "IPSTATS_DEMO_RATE",
+        value_name = "N",
+        default_value_t = 2000
+    )]
+    pub demo_rate: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
+    pub brokers: String,
+    /// Topic to write to; created with --partitions if missing.
+    #[arg(long, env = "IPSTATS_TOPIC", default_value = "access-log")]
+    pub topic: String,
+    /// Lines per second, 0 = as fast as possible.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Lines to write, 0 = until interrupted.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Distinct client addresses to draw from.
+    #[arg(long, default_value_t = 10_000)]
+    pub ips: usize,
+    /// Zipf exponent of the address popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// Random seed: the same seed writes the same lines.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of malformed lines (not JSON, missing field, invalid IP, binary).
+    #[arg(long, default_value_t = 0.01)]
+    pub malformed_ratio: f64,
+    /// Partitions for the topic if it has to be created.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Also write every line, exactly as produced, to this file (ground truth for tests).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Extra librdkafka property; repeatable.
+    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+}
+
+/// `ipstats legacy <zkServers> <brokers> <topics> <groupId> <checkpointDirectory> <batchSeconds> <windowSeconds> <slideSeconds>`
+#[derive(Debug, Clone, Args)]
+pub struct LegacyArgs {
+    pub zk_servers: String,
+    pub brokers: String,
+    pub topics: String,
+    pub group_id: String,
+    pub checkpoint_directory: PathBuf,
+    pub batch_seconds: u64,
+    pub window_seconds: u64,
+    pub slide_seconds: u64,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        env = "IPSTATS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+}
+
+/// A setting that breaks a rule.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {rule}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub rule: String,
+}
+
+fn invalid(setting: &'static str, rule: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        rule: rule.into(),
+    }
+}
+
+/// ZooKeeper connect string: servers and optional chroot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkConnect {
+    pub servers: Vec<String>,
+    pub chroot: Option<String>,
+}
+
+/// Validated settings of the service.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub brokers: Option<String>,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub zookeeper: Option<ZkConnect>,
+    pub checkpoint_dir: PathBuf,
+    pub batch: Duration,
+    pub window: Duration,
+    pub slide: Duration,
+    pub max_rate_per_partition: u64,
+    pub offset_reset: OffsetReset,
+    pub listen: SocketAddr,
+    pub ip_field: String,
+    pub kafka_config: Vec<(String, String)>,
+    pub max_line_bytes: usize,
+    pub demo_rate: u64,
+}
+
+impl Settings {
+    /// Panes in the window.
+    pub fn window_panes(&self) -> usize {
+        (self.window.as_nanos() / self.batch.as_nanos()) as usize
+    }
+
+    /// Batches per slide.
+    pub fn slide_batches(&self) -> u64 {
+        (self.slide.as_nanos() / self.batch.as_nanos()) as u64
+    }
+
+    pub fn is_demo(&self) -> bool {
+        self.brokers.is_none()
+    }
+}
+
+const MIN_BATCH: Duration = Duration::from_millis(10);
+const MAX_BATCH: Duration = Duration::from_secs(3600);
+const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_PANES: u128 = 100_000;
+
+impl TryFrom<ServeArgs> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let topics = parse_topics(&a.topics)?;
+        validate_durations(a.batch, a.window, a.slide)?;
+        if let Some(brokers) = &a.brokers {
+            parse_brokers("--brokers", brokers)?;
+        }
+        if a.group.trim().is_empty() || a.group.contains('/') {
+            return Err(invalid(
+                "--group",
+                format!("{:?} must be non-empty and hold no '/'", a.group),
+            ));
+        }
+        let zookeeper = a.zookeeper.as_deref().map(parse_zookeeper).transpose()?;
+        if a.ip_field.is_empty() {
+            return Err(invalid("--ip-field", "must not be empty"));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
+            return Err(invalid(
+                "--max-line-bytes",
+                format!("{} is outside 256..=16777216", a.max_line_bytes),
+            ));
+        }
+        if a.max_rate_per_partition > 10_000_000 {
+            return Err(invalid(
+                "--max-rate-per-partition",
+                format!("{} is above 10000000 (use 0 for unlimited)", a.max_rate_per_partition),
+            ));
+        }
+        if a.demo_rate > 1_000_000 {
+            return Err(invalid(
+                "--demo-rate",
+                format!("{} is above 1000000", a.demo_rate),
+            ));
+        }
+        let kafka_config = parse_kafka_config(&a.kafka_config)?;
+        Ok(Settings {
+            brokers: a.brokers,
+            topics,
+            group: a.group,
+            zookeeper,
+            checkpoint_dir: a.checkpoint_dir,
+            batch: a.batch,
+            window: a.window,
+            slide: a.slide,
+            max_rate_per_partition: a.max_rate_per_partition,
+            offset_reset: a.offset_reset,
+            listen: a.listen,
+            ip_field: a.ip_field,
+            kafka_config,
+            max_line_bytes: a.max_line_bytes,
+            demo_rate: a.demo_rate,
+        })
+    }
+}
+
+impl TryFrom<LegacyArgs> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(l: LegacyArgs) -> Result<Self, ConfigError> {
+        let args = ServeArgs {
+            brokers: Some(l.brokers),
+            topics: l.topics,
+            group: l.group_id,
+            zookeeper: Some(l.zk_servers),
+            checkpoint_dir: l.checkpoint_directory,
+            batch: Duration::from_secs(l.batch_seconds),
+            window: Duration::from_secs(l.window_seconds),
+            slide: Duration::from_secs(l.slide_seconds),
+            max_rate_per_partition: 0,
+            offset_reset: OffsetReset::Earliest,
+            listen: l.listen,
+            ip_field: "client_real_ip".into(),
+            kafka_config: Vec::new(),
+            max_line_bytes: 64 * 1024,
+            demo_rate: 0,
+        };
+        Settings::try_from(args)
+    }
+}
+
+fn validate_durations(batch: Duration, window: Duration, slide: Duration) -> Result<(), ConfigError> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if batch < MIN_BATCH || batch > MAX_BATCH {
+        return Err(invalid(
+            "--batch",
+            format!("{} is outside {}..={}", show(batch), show(MIN_BATCH), show(MAX_BATCH)),
+        ));
+    }
+    for (setting, d) in [("--window", window), ("--slide", slide)] {
+        if d.is_zero() || d.as_nanos() % batch.as_nanos() != 0 {
+            return Err(invalid(
+                setting,
+                format!(
+                    "{} is not a whole multiple of --batch ({})",
+                    show(d),
+                    show(batch)
+                ),
+            ));
+        }
+    }
+    if slide > window {
+        return Err(invalid(
+            "--slide",
+            format!("{} is longer than --window ({})", show(slide), show(window)),
+        ));
+    }
+    if window > MAX_WINDOW {
+        return Err(invalid(
+            "--window",
+            format!("{} is longer than {}", show(window), show(MAX_WINDOW)),
+        ));
+    }
+    if window.as_nanos() / batch.as_nanos() > MAX_PANES {
+        return Err(invalid(
+            "--window",
+            format!(
+                "{} holds more than {MAX_PANES} batches of {}; use a longer --batch",
+                show(window),
+                show(batch)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_topics(list: &str) -> Result<Vec<String>, ConfigError> {
+    let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+    for t in &topics {
+        let legal = !t.is_empty()
+            && t.len() <= 249
+            && t != "."
+            && t != ".."
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !legal {
+            return Err(invalid(
+                "--topics",
+                format!("{t:?} is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
+            ));
+        }
+    }
+    let mut unique = topics.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != topics.len() {
+        return Err(invalid("--topics", format!("{list:?} names a topic twice")));
+    }
+    Ok(topics)
+}
+
+/// `host:port` pairs, comma-separated.
+pub fn parse_brokers(setting: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
+    list.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(setting, format!("{s:?} is not host:port")))?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(invalid(setting, format!("{s:?} is not host:port")));
+            }
+            Ok(s.to_string())
+        })
+        .collect()
+}
+
+pub fn parse_zookeeper(connect: &str) -> Result<ZkConnect, ConfigError> {
+    const SETTING: &str = "--zookeeper";
+    let (hosts, chroot) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    let servers = parse_brokers(SETTING, hosts)?;
+    let chroot = match chroot {
+        None | Some("/") => None,
+        Some(c) => {
+            if c.ends_with('/') || c.contains("//") {
+                return Err(invalid(
+                    SETTING,
+                    format!("chroot {c:?} must look like /a/b (no empty or trailing segments)"),
+                ));
+            }
+            Some(c.to_string())
+        }
+    };
+    Ok(ZkConnect { servers, chroot })
+}
+
+/// Properties ipstats sets itself: overriding them would break exactly-once.
+const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use --brokers"),
+    ("metadata.broker.list", "use --brokers"),
+    ("group.id", "use --group"),
+    ("enable.auto.commit", "offsets are committed only after a batch is counted"),
+    ("enable.auto.offset.store", "offsets are stored only after a batch is counted"),
+    ("auto.offset.reset", "use --offset-reset"),
+];
+
+pub fn parse_kafka_config(pairs: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    const SETTING: &str = "--kafka-config";
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut check = rdkafka::ClientConfig::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| invalid(SETTING, format!("{pair:?} is not KEY=VALUE")))?;
+        let key = key.trim();
+        if let Some((_, why)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| *k == key) {
+            return Err(invalid(SETTING, format!("{key} cannot be set here: {why}")));
+        }
+        check.set(key, value);
+        out.push((key.to_string(), value.to_string()));
+    }
+    // librdkafka knows its properties; ask it, without opening a connection.
+    check
+        .create_native_config()
+        .map_err(|e| invalid(SETTING, e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from(std::iter::once("ipstats").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let serve = match cli.command {
+            None => cli.serve,
+            Some(Command::Serve(s)) => s,
+            Some(Command::Legacy(l)) => return Settings::try_from(l).map_err(|e| e.to_string()),
+            Some(Command::Produce(_)) => return Err("produce".into()),
+        };
+        Settings::try_from(serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert!(s.is_demo());
+        assert_eq!(s.topics, ["access-log"]);
+        assert_eq!(s.group, "ipstats");
+        assert_eq!(
+            (s.batch, s.window, s.slide),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+                Duration::from_secs(5)
+            )
+        );
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.ip_field, "client_real_ip");
+        assert_eq!(s.offset_reset, OffsetReset::Earliest);
+        assert_eq!(s.window_panes(), 60);
+        assert_eq!(s.slide_batches(), 5);
+    }
+
+    #[test]
+    fn serve_subcommand_is_the_default() {
+        let a = settings(&["serve", "--window", "10s"]).expect("valid");
+        let b = settings(&["--window", "10s"]).expect("valid");
+        assert_eq!(a.window, b.window);
+    }
+
+    #[test]
+    fn window_must_be_a_multiple_of_batch() {
+        let err = settings(&["--batch", "2s", "--window", "7s"]).expect_err("7s is not 2s-aligned");
+        assert!(err.contains("--window") && err.contains("multiple"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        for (args, setting) in [
+            (&["--slide", "1500ms"][..], "--slide"),
+            (&["--slide", "120s"], "--slide"),
+            (&["--batch", "0s"], "--batch"),
+            (&["--topics", "a,,b"], "--topics"),
+            (&["--topics", "bad topic"], "--topics"),
+            (&["--brokers", "localhost"], "--brokers"),
+            (&["--zookeeper", "zk:2181/chroot/"], "--zookeeper"),
+            (&["--kafka-config", "enable.auto.commit=true"], "--kafka-config"),
+            (&["--kafka-config", "no.such.property=1"], "--kafka-config"),
+            (&["--kafka-config", "novalue"], "--kafka-config"),
+            (&["--max-line-bytes", "1"], "--max-line-bytes"),
+            (&["--window", "1h", "--batch", "10ms"], "--window"),
+            (&["--listen", "nowhere"], "--listen"),
+            (&["--offset-reset", "oldest"], "--offset-reset"),
+        ] {
+            let err = settings(args).expect_err("must be refused");
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn legacy_takes_the_original_eight_arguments() {
+        let s = settings(&[
+            "legacy",
+            "zk1:2181,zk2:2181/kafka",
+            "b1:9092",
+            "proxy-access-log",
+            "spark",
+            "/tmp/ch",
+            "5",
+            "20",
+            "20",
+        ])
+        .expect("the original example is valid");
+        assert_eq!(s.brokers.as_deref(), Some("b1:9092"));
+        assert_eq!(s.group, "spark");
+        assert_eq!(
+            s.zookeeper,
+            Some(ZkConnect {
+                servers: vec!["zk1:2181".into(), "zk2:2181".into()],
+                chroot: Some("/kafka".into())
+            })
+        );
+        assert_eq!(s.window_panes(), 4);
+        let err = settings(&["legacy", "zk:2181", "b:9092", "t", "g", "/tmp/c", "5", "21", "5"])
+            .expect_err("21 is not a multiple of 5");
+        assert!(err.contains("--window"), "{err}");
+    }
+}

@@ -1,0 +1,275 @@
+//! Route handlers: each loads the published snapshot and answers from it.
+
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::problem::Problem;
+use crate::config::MAX_TOP_N;
+use crate::parse::{SkipReason, parse_ip};
+use crate::snapshot::Snapshot;
+
+const DEFAULT_TOP_N: usize = 10;
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[derive(Serialize)]
+pub struct WindowView {
+    start: String,
+    end: String,
+    length_seconds: f64,
+    slide_seconds: f64,
+}
+
+impl WindowView {
+    fn of(s: &Snapshot) -> Self {
+        WindowView {
+            start: rfc3339(s.window_start),
+            end: rfc3339(s.window_end),
+            length_seconds: seconds(s.window_length),
+            slide_seconds: seconds(s.slide),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct IpCount {
+    ip: String,
+    count: u64,
+}
+
+#[derive(Serialize)]
+pub struct TopView {
+    window: WindowView,
+    total_requests: u64,
+    distinct_ips: usize,
+    top: Vec<IpCount>,
+}
+
+#[derive(Deserialize)]
+pub struct TopQuery {
+    n: Option<String>,
+}
+
+pub async fn top(
+    State(state): State<AppState>,
+    query: Result<Query<TopQuery>, QueryRejection>,
+) -> Result<Json<TopView>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let n = match query.n.as_deref() {
+        None => DEFAULT_TOP_N,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TOP_N).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "n must be an integer from 1 to {MAX_TOP_N}, got {text:?}"
+                ))
+            })?,
+    };
+    let snapshot = state.published.load();
+    Ok(Json(TopView {
+        window: WindowView::of(&snapshot),
+        total_requests: snapshot.total_requests,
+        distinct_ips: snapshot.distinct_ips,
+        top: snapshot
+            .top
+            .iter()
+            .take(n)
+            .map(|(ip, count)| IpCount {
+                ip: ip.to_string(),
+                count: *count,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+pub struct PaneCount {
+    start: String,
+    end: String,
+    count: u32,
+}
+
+#[derive(Serialize)]
+pub struct IpView {
+    ip: String,
+    count: u64,
+    window: WindowView,
+    panes: Vec<PaneCount>,
+}
+
+pub async fn ip(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<IpView>, Problem> {
+    let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let ip = parse_ip(&text).ok_or_else(|| {
+        Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address"))
+    })?;
+    let snapshot = state.published.load();
+    Ok(Json(IpView {
+        ip: ip.to_string(),
+        count: snapshot.count(ip),
+        window: WindowView::of(&snapshot),
+        panes: snapshot
+            .panes
+            .iter()
+            .map(|p| PaneCount {
+                start: rfc3339(p.start),
+                end: rfc3339(p.end),
+                count: p.count(ip),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+pub struct PartitionView {
+    topic: String,
+    partition: i32,
+    from_offset: i64,
+    until_offset: i64,
+    committed_zookeeper: Option<i64>,
+    committed_kafka: Option<i64>,
+    log_start: Option<i64>,
+    log_end: Option<i64>,
+    lag: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct OffsetsView {
+    group: String,
+    partitions: Vec<PartitionView>,
+}
+
+pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
+    let snapshot = state.published.load();
+    Json(OffsetsView {
+        group: state.info.group.clone(),
+        partitions: snapshot
+            .partitions
+            .iter()
+            .map(|p| PartitionView {
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                from_offset: p.from_offset,
+                until_offset: p.until_offset,
+                committed_zookeeper: p.committed_zookeeper,
+                committed_kafka: p.committed_kafka,
+                log_start: p.log_start,
+                log_end: p.log_end,
+                lag: p.lag(),
+            })
+            .collect(),
+    })
+}
+
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.published.load();
+    let health = &state.health;
+    let ingest = &snapshot.ingest;
+    let skipped: serde_json::Map<String, Value> = SkipReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(ingest.skipped.get(*r))))
+        .collect();
+    let now = SystemTime::now();
+    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": if health.is_demo() { "demo" } else { "kafka" },
+        "ready": health.is_ready(),
+        "uptime_seconds": age(health.started()),
+        "group": state.info.group,
+        "topics": state.info.topics,
+        "window": WindowView::of(&snapshot),
+        "snapshot_age_seconds": age(snapshot.taken_at),
+        "batches": ingest.batches,
+        "records_consumed": ingest.records_consumed,
+        "records_counted": ingest.records_counted,
+        "records_per_second": ingest.records_per_second,
+        "skipped": skipped,
+        "checkpoint": { "age_seconds": Value::Null },
+        "kafka": {
+            "state": if health.kafka_connected() { "connected" } else { "disconnected" },
+            "brokers": state.info.brokers,
+            "last_error": health.kafka_last_error(),
+        },
+        "zookeeper": {
+            "state": if state.info.zookeeper.is_some() { "configured" } else { "disabled" },
+            "connect": state.info.zookeeper,
+        },
+    }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.health.is_ready() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": "the first batch has not closed yet" })),
+        )
+            .into_response()
+    }
+}
+
+fn with_type(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+pub async fn openapi() -> Response {
+    with_type(super::OPENAPI, "application/yaml")
+}
+
+pub async fn dashboard() -> Response {
+    with_type(
+        include_str!("../../static/index.html"),
+        "text/html; charset=utf-8",
+    )
+}
+
+pub async fn dashboard_js() -> Response {
+    with_type(
+        include_str!("../../static/dashboard.js"),
+        "text/javascript; charset=utf-8",
+    )
+}
+
+pub async fn dashboard_css() -> Response {
+    with_type(
+        include_str!("../../static/dashboard.css"),
+        "text/css; charset=utf-8",
+    )
+}

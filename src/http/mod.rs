@@ -1,0 +1,103 @@
+//! The HTTP API, metrics endpoint and dashboard.
+//!
+//! Handlers only read: the published snapshot (lock-free), health atomics and
+//! the metrics registry. Nothing here can slow ingest down.
+
+mod handlers;
+mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::routing::{MethodRouter, get};
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use problem::Problem;
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Health, Published};
+
+/// The OpenAPI description, served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+/// Requests answered at once; more wait their turn (each has the timeout).
+const MAX_CONCURRENT_REQUESTS: usize = 512;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// No inline script or style, no third party: values from logs cannot run.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// Facts about the service that do not change while it runs.
+#[derive(Debug)]
+pub struct ServiceInfo {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub brokers: String,
+    pub zookeeper: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub published: Published,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+    pub info: Arc<ServiceInfo>,
+}
+
+/// Every route: the router is built from this list and the spec test reads it.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(handlers::dashboard)),
+        ("/dashboard.js", get(handlers::dashboard_js)),
+        ("/dashboard.css", get(handlers::dashboard_css)),
+        ("/api/v1/top", get(handlers::top)),
+        ("/api/v1/ips/{ip}", get(handlers::ip)),
+        ("/api/v1/offsets", get(handlers::offsets)),
+        ("/api/v1/status", get(handlers::status)),
+        ("/metrics", get(handlers::metrics)),
+        ("/healthz", get(handlers::healthz)),
+        ("/readyz", get(handlers::readyz)),
+        ("/openapi.yaml", get(handlers::openapi)),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, method_router) in routes() {
+        router = router.route(path, method_router);
+    }
+    router
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

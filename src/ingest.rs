@@ -1,0 +1,529 @@
+//! The consumer loop: poll in bulk on one dedicated thread, parse, count into
+//! the open pane, close a pane every batch, publish a snapshot every slide.
+//!
+//! This thread owns the consumer, the window and the offsets; nothing else
+//! mutates them. Partitions are assigned explicitly, one to one (the "direct"
+//! approach): no group membership, no rebalancing, no auto-commit.
+
+use std::mem;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{IntCounter, IntGauge};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::config::{MAX_TOP_N, OffsetReset, Settings};
+use crate::kafka::{ClusterView, KafkaConsumer, SharedView};
+use crate::metrics::Metrics;
+use crate::parse::{Parser, SkipCounts};
+use crate::snapshot::{Health, IngestStatus, PartitionStatus, Published, Snapshot};
+use crate::stop::Stop;
+use crate::window::{IpMap, OffsetRange, Pane, Window};
+
+/// Why ingest stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(
+        "no stored offset for {topic}/{partition} and --offset-reset is fail \
+         (log start {low}, log end {high}); choose --offset-reset earliest or latest"
+    )]
+    NoOffset {
+        topic: Arc<str>,
+        partition: i32,
+        low: i64,
+        high: i64,
+    },
+    #[error("assigning {topic}/{partition} failed: {source}")]
+    Assign {
+        topic: Arc<str>,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("consuming failed with --offset-reset fail: {0}")]
+    ConsumeFailed(KafkaError),
+}
+
+/// What ingest needs to know from the settings.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub batch: Duration,
+    pub window: Duration,
+    pub slide: Duration,
+    pub window_panes: usize,
+    pub slide_batches: u64,
+    pub max_rate_per_partition: u64,
+    pub offset_reset: OffsetReset,
+    pub ip_field: String,
+    pub max_line_bytes: usize,
+    pub group: String,
+}
+
+impl From<&Settings> for IngestConfig {
+    fn from(s: &Settings) -> Self {
+        IngestConfig {
+            batch: s.batch,
+            window: s.window,
+            slide: s.slide,
+            window_panes: s.window_panes(),
+            slide_batches: s.slide_batches(),
+            max_rate_per_partition: s.max_rate_per_partition,
+            offset_reset: s.offset_reset,
+            ip_field: s.ip_field.clone(),
+            max_line_bytes: s.max_line_bytes,
+            group: s.group.clone(),
+        }
+    }
+}
+
+/// One assigned partition.
+struct PartitionState {
+    topic: Arc<str>,
+    partition: i32,
+    /// Next offset to count; everything below is in a pane.
+    next: i64,
+    /// Where the open pane started in this partition.
+    pane_from: i64,
+    /// Records read in the open batch (for the rate cap and the counter).
+    taken: u64,
+    /// Paused by the rate cap; resume from this offset at the next batch.
+    held: Option<i64>,
+    consumed: IntCounter,
+    lag: IntGauge,
+    group_lag: IntGauge,
+}
+
+/// Topic name → partition number → slot in `partitions`.
+#[derive(Default)]
+struct Lookup(Vec<(Arc<str>, Vec<Option<usize>>)>);
+
+impl Lookup {
+    fn insert(&mut self, topic: &Arc<str>, partition: i32, slot: usize) {
+        let i = match self.0.iter().position(|(t, _)| t == topic) {
+            Some(i) => i,
+            None => {
+                self.0.push((topic.clone(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        let slots = &mut self.0[i].1;
+        let p = partition as usize;
+        if slots.len() <= p {
+            slots.resize(p + 1, None);
+        }
+        slots[p] = Some(slot);
+    }
+
+    fn get(&self, topic: Option<&str>, partition: i32) -> Option<usize> {
+        let slots = match (&self.0[..], topic) {
+            // One topic: no need to read the topic name of every record.
+            ([(_, slots)], _) => slots,
+            (all, Some(topic)) => &all.iter().find(|(t, _)| &**t == topic)?.1,
+            _ => return None,
+        };
+        slots.get(usize::try_from(partition).ok()?).copied().flatten()
+    }
+}
+
+pub struct Ingest {
+    consumer: KafkaConsumer,
+    state: State,
+}
+
+/// Everything ingest owns but the consumer, so that a message borrowed from
+/// the consumer can be handled while the state is mutated.
+struct State {
+    config: IngestConfig,
+    parser: Parser,
+    window: Window,
+    partitions: Vec<PartitionState>,
+    lookup: Lookup,
+    assigned_generation: Option<u64>,
+    /// The open pane.
+    counts: IpMap<u32>,
+    requests: u64,
+    skipped: SkipCounts,
+    pane_start: SystemTime,
+    batch_started: Instant,
+    /// Time the open batch spent waiting for records.
+    idle: Duration,
+    seq: u64,
+    status: IngestStatus,
+    last_publish: Instant,
+    consumed_at_last_publish: u64,
+    cap_per_batch: Option<u64>,
+    view: SharedView,
+    published: Published,
+    health: Arc<Health>,
+    metrics: Metrics,
+}
+
+impl Ingest {
+    pub fn new(
+        consumer: KafkaConsumer,
+        config: IngestConfig,
+        view: SharedView,
+        published: Published,
+        health: Arc<Health>,
+        metrics: Metrics,
+    ) -> Self {
+        let cap_per_batch = (config.max_rate_per_partition > 0).then(|| {
+            ((config.max_rate_per_partition as f64 * config.batch.as_secs_f64()).ceil() as u64)
+                .max(1)
+        });
+        let state = State {
+            parser: Parser::new(&config.ip_field, config.max_line_bytes),
+            window: Window::new(config.window_panes),
+            config,
+            partitions: Vec::new(),
+            lookup: Lookup::default(),
+            assigned_generation: None,
+            counts: IpMap::default(),
+            requests: 0,
+            skipped: SkipCounts::default(),
+            pane_start: SystemTime::now(),
+            batch_started: Instant::now(),
+            idle: Duration::ZERO,
+            seq: 0,
+            status: IngestStatus::default(),
+            last_publish: Instant::now(),
+            consumed_at_last_publish: 0,
+            cap_per_batch,
+            view,
+            published,
+            health,
+            metrics,
+        };
+        Ingest { consumer, state }
+    }
+
+    /// Runs until `stop` is set; closes the open batch before returning.
+    pub fn run(self, stop: Stop) -> Result<(), IngestError> {
+        let Ingest {
+            consumer,
+            state: mut st,
+        } = self;
+        let mut batch_end = Instant::now() + st.config.batch;
+        st.pane_start = SystemTime::now();
+        st.batch_started = Instant::now();
+        st.assign_new_partitions(&consumer)?;
+        let mut since_clock = 0u32;
+        while !stop.is_set() {
+            match consumer.poll(Duration::ZERO) {
+                Some(result) => {
+                    st.handle(&consumer, result)?;
+                    // Read the clock once per run of records, not per record.
+                    since_clock += 1;
+                    if since_clock < 256 {
+                        continue;
+                    }
+                    since_clock = 0;
+                }
+                None => {
+                    let now = Instant::now();
+                    if now < batch_end {
+                        let polled = consumer.poll((batch_end - now).min(Duration::from_millis(100)));
+                        st.idle += now.elapsed();
+                        if let Some(result) = polled {
+                            st.handle(&consumer, result)?;
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= batch_end {
+                // Batches stay on their grid; a stall closes the missed ones empty.
+                while batch_end <= now {
+                    st.close_batch(&consumer);
+                    batch_end += st.config.batch;
+                }
+                st.assign_new_partitions(&consumer)?;
+            }
+        }
+        st.close_batch(&consumer);
+        info!(batches = st.status.batches, "ingest stopped");
+        Ok(())
+    }
+}
+
+impl State {
+    fn handle(
+        &mut self,
+        consumer: &KafkaConsumer,
+        result: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), IngestError> {
+        let message = match result {
+            Ok(m) => m,
+            Err(error) => {
+                self.metrics.kafka_errors.inc();
+                if self.config.offset_reset == OffsetReset::Fail {
+                    return Err(IngestError::ConsumeFailed(error));
+                }
+                warn!(%error, "consume error");
+                return Ok(());
+            }
+        };
+        let topic = if self.lookup.0.len() == 1 {
+            None
+        } else {
+            Some(message.topic())
+        };
+        let Some(slot) = self.lookup.get(topic, message.partition()) else {
+            return Ok(());
+        };
+        let offset = message.offset();
+        let state = &mut self.partitions[slot];
+        if state.held.is_some() || offset < state.next {
+            // Paused by the rate cap (it is re-read after the seek), or a
+            // duplicate delivered around a seek: never count twice.
+            return Ok(());
+        }
+        if let Some(cap) = self.cap_per_batch
+            && state.taken >= cap
+        {
+            state.held = Some(offset);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&state.topic, state.partition);
+            if let Err(error) = consumer.pause(&tpl) {
+                warn!(%error, topic = %state.topic, partition = state.partition, "pause failed");
+            }
+            return Ok(());
+        }
+        state.taken += 1;
+        state.next = offset + 1;
+        match self.parser.parse(message.payload().unwrap_or_default()) {
+            Ok(ip) => {
+                *self.counts.entry(ip).or_insert(0) += 1;
+                self.requests += 1;
+            }
+            Err(reason) => self.skipped.add(reason),
+        }
+        Ok(())
+    }
+
+    /// Assigns partitions the monitor found that are not assigned yet.
+    fn assign_new_partitions(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+        let view: Arc<ClusterView> = self.view.load_full();
+        if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
+            return Ok(());
+        }
+        let initial = self.assigned_generation.is_none();
+        let mut tpl = TopicPartitionList::new();
+        let mut added = Vec::new();
+        for p in &view.partitions {
+            if self
+                .partitions
+                .iter()
+                .any(|s| s.partition == p.partition && s.topic == p.topic)
+            {
+                continue;
+            }
+            // Partitions present at start follow --offset-reset; partitions
+            // added later are new data, read from their start.
+            let start = match (initial, self.config.offset_reset) {
+                (false, _) | (true, OffsetReset::Earliest) => p.low,
+                (true, OffsetReset::Latest) => p.high,
+                (true, OffsetReset::Fail) => {
+                    return Err(IngestError::NoOffset {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        low: p.low,
+                        high: p.high,
+                    });
+                }
+            };
+            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(start))
+                .map_err(|source| IngestError::Assign {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    source,
+                })?;
+            added.push((p.topic.clone(), p.partition, start));
+        }
+        self.assigned_generation = Some(view.generation);
+        if added.is_empty() {
+            return Ok(());
+        }
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(|source| IngestError::Assign {
+                topic: added[0].0.clone(),
+                partition: added[0].1,
+                source,
+            })?;
+        for (topic, partition, start) in added {
+            info!(%topic, partition, start_offset = start, initial, "partition assigned");
+            let p = partition.to_string();
+            let slot = self.partitions.len();
+            self.lookup.insert(&topic, partition, slot);
+            self.partitions.push(PartitionState {
+                consumed: self
+                    .metrics
+                    .records_consumed
+                    .with_label_values(&[&*topic, &p]),
+                lag: self.metrics.partition_lag.with_label_values(&[&*topic, &p]),
+                group_lag: self.metrics.consumergroup_lag.with_label_values(&[
+                    self.config.group.as_str(),
+                    &*topic,
+                    &p,
+                ]),
+                topic,
+                partition,
+                next: start,
+                pane_from: start,
+                taken: 0,
+                held: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn close_batch(&mut self, consumer: &KafkaConsumer) {
+        let end = SystemTime::now();
+        let mut consumed = 0;
+        let mut resume = TopicPartitionList::new();
+        let ranges = self
+            .partitions
+            .iter_mut()
+            .map(|p| {
+                consumed += p.taken;
+                p.consumed.inc_by(p.taken);
+                p.taken = 0;
+                if let Some(offset) = p.held.take() {
+                    // Re-read from the first record the cap turned away.
+                    if let Err(error) =
+                        consumer
+                            .seek(&p.topic, p.partition, Offset::Offset(offset), Duration::from_secs(1))
+                    {
+                        warn!(%error, topic = %p.topic, partition = p.partition, "seek failed");
+                    }
+                    resume.add_partition(&p.topic, p.partition);
+                }
+                let range = OffsetRange {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    from: p.pane_from,
+                    until: p.next,
+                };
+                p.pane_from = p.next;
+                range
+            })
+            .collect();
+        if resume.count() > 0
+            && let Err(error) = consumer.resume(&resume)
+        {
+            warn!(%error, "resume failed");
+        }
+        let capacity = self.counts.len();
+        let pane = Pane {
+            seq: self.seq,
+            start: self.pane_start,
+            end,
+            counts: mem::replace(
+                &mut self.counts,
+                IpMap::with_capacity_and_hasher(capacity, Default::default()),
+            ),
+            requests: mem::take(&mut self.requests),
+            skipped: mem::take(&mut self.skipped),
+            ranges,
+        };
+        self.pane_start = end;
+        self.seq += 1;
+
+        for (reason, n) in pane.skipped.iter() {
+            if n > 0 {
+                self.metrics
+                    .records_skipped
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(n);
+            }
+        }
+        self.status.batches += 1;
+        self.status.records_consumed += consumed;
+        self.status.records_counted += pane.requests;
+        self.status.skipped.merge(&pane.skipped);
+        self.window.push(Arc::new(pane));
+        self.metrics.batches.inc();
+        self.metrics.window_requests.set(self.window.requests() as i64);
+        self.metrics
+            .window_distinct_ips
+            .set(self.window.distinct_ips() as i64);
+
+        if self.seq % self.config.slide_batches == 0 || self.seq == 1 {
+            self.publish();
+        }
+        if self.seq == 1 {
+            self.health.set_ready();
+        }
+        let now = Instant::now();
+        let busy = (now - self.batch_started).saturating_sub(mem::take(&mut self.idle));
+        self.batch_started = now;
+        self.metrics.batch_duration.observe(busy.as_secs_f64());
+    }
+
+    fn publish(&mut self) {
+        let view = self.view.load();
+        let partitions: Vec<PartitionStatus> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let from_offset = self
+                    .window
+                    .panes()
+                    .find_map(|pane| {
+                        pane.ranges
+                            .iter()
+                            .find(|r| r.partition == p.partition && r.topic == p.topic)
+                            .map(|r| r.from)
+                    })
+                    .unwrap_or(p.next);
+                let info = view.find(&p.topic, p.partition);
+                let status = PartitionStatus {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    from_offset,
+                    until_offset: p.next,
+                    log_start: info.map(|i| i.low),
+                    log_end: info.map(|i| i.high),
+                    committed_zookeeper: None,
+                    committed_kafka: None,
+                };
+                if let Some(lag) = status.lag() {
+                    p.lag.set(lag);
+                    p.group_lag.set(lag);
+                }
+                status
+            })
+            .collect();
+        let elapsed = self.last_publish.elapsed().as_secs_f64();
+        self.status.records_per_second = if elapsed > 0.0 {
+            (self.status.records_consumed - self.consumed_at_last_publish) as f64 / elapsed
+        } else {
+            0.0
+        };
+        self.last_publish = Instant::now();
+        self.consumed_at_last_publish = self.status.records_consumed;
+
+        let panes: Vec<Arc<Pane>> = self.window.panes().cloned().collect();
+        let window_end = panes.last().map_or_else(SystemTime::now, |p| p.end);
+        let window_start = window_end
+            .checked_sub(self.config.window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.published.store(Arc::new(Snapshot {
+            taken_at: SystemTime::now(),
+            window_start,
+            window_end,
+            window_length: self.config.window,
+            slide: self.config.slide,
+            total_requests: self.window.requests(),
+            distinct_ips: self.window.distinct_ips(),
+            top: self.window.top(MAX_TOP_N),
+            panes,
+            partitions,
+            ingest: self.status.clone(),
+        }));
+    }
+}

@@ -1,0 +1,16 @@
+//! ipstats: sliding-window visit counts per client IP from Kafka access logs,
+//! served live over HTTP.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod parse;
+pub mod produce;
+pub mod snapshot;
+pub mod stop;
+pub mod traffic;
+pub mod window;

@@ -1,0 +1,109 @@
+//! Parse settings, start tracing, run the app, map errors to exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use ipstats::config::{Cli, Command, EXIT_USAGE, Settings};
+use ipstats::stop::Stop;
+use tracing_subscriber::EnvFilter;
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ipstats: {message}");
+    ExitCode::from(EXIT_USAGE as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first line names the argument and the rule; keep it to one line.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return usage_error(format_args!("{first} (see --help)"));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("IPSTATS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ipstats-http")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ipstats: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Produce(args)) => runtime.block_on(async {
+            let stop = Stop::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_signal.set();
+                }
+            });
+            ipstats::produce::run(args, stop).await.map(drop)
+        }),
+        command => {
+            let settings = match command {
+                Some(Command::Serve(args)) => Settings::try_from(args),
+                Some(Command::Legacy(args)) => Settings::try_from(args),
+                _ => Settings::try_from(cli.serve),
+            };
+            let settings = match settings {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
+            runtime.block_on(ipstats::app::run(settings, shutdown_signal()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(config) = e.downcast_ref::<ipstats::config::ConfigError>() {
+                return usage_error(config);
+            }
+            eprintln!("ipstats: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

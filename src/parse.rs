@@ -1,0 +1,769 @@
+//! Log line → client IP.
+//!
+//! [`Parser::parse`] is the hot path: a validating single-pass JSON scanner
+//! that builds no tree and allocates nothing for ordinary lines. It is exactly
+//! as strict as [`parse_reference`], a full `serde_json` parse, and a property
+//! test holds the two to the same answer on every input: a line that is not
+//! valid JSON is never counted, however plausible the address inside it.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// Why a line was not counted. Exposed as `ipstats_records_skipped_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The line is longer than `--max-line-bytes`.
+    TooLarge,
+    /// The line is not valid UTF-8 (binary data).
+    NotUtf8,
+    /// The line is not a JSON object.
+    NotJson,
+    /// The JSON object has no top-level IP field.
+    MissingField,
+    /// The IP field is not a string holding an IPv4 or IPv6 address.
+    InvalidIp,
+}
+
+impl SkipReason {
+    /// Every reason, in the order used by [`SkipCounts`].
+    pub const ALL: [SkipReason; 5] = [
+        SkipReason::TooLarge,
+        SkipReason::NotUtf8,
+        SkipReason::NotJson,
+        SkipReason::MissingField,
+        SkipReason::InvalidIp,
+    ];
+
+    /// The label value used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TooLarge => "too_large",
+            SkipReason::NotUtf8 => "not_utf8",
+            SkipReason::NotJson => "not_json",
+            SkipReason::MissingField => "missing_field",
+            SkipReason::InvalidIp => "invalid_ip",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Skipped lines counted per reason; indexable without hashing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipCounts([u64; 5]);
+
+impl SkipCounts {
+    pub fn add(&mut self, reason: SkipReason) {
+        self.0[reason.index()] += 1;
+    }
+
+    pub fn get(&self, reason: SkipReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    pub fn merge(&mut self, other: &SkipCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason, zeros included.
+    pub fn iter(&self) -> impl Iterator<Item = (SkipReason, u64)> + '_ {
+        SkipReason::ALL.iter().map(|r| (*r, self.get(*r)))
+    }
+}
+
+/// A client address as a compact, hashable, ordered key.
+///
+/// IPv4 addresses are held in their IPv4-mapped IPv6 form, and IPv4-mapped
+/// IPv6 input (`::ffff:1.2.3.4`, as dual-stack servers log it) is the same
+/// client as `1.2.3.4`, so both count under one key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpKey(u128);
+
+const V4_MAPPED_PREFIX: u128 = 0xffff_u128 << 32;
+const V4_MAPPED_MASK: u128 = !0xffff_ffff_u128;
+
+impl IpKey {
+    pub fn is_v4(self) -> bool {
+        self.0 & V4_MAPPED_MASK == V4_MAPPED_PREFIX
+    }
+
+    pub fn addr(self) -> IpAddr {
+        if self.is_v4() {
+            IpAddr::V4(Ipv4Addr::from(self.0 as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.0))
+        }
+    }
+}
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => IpKey(V4_MAPPED_PREFIX | u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => IpKey(u128::from(v6)),
+        }
+    }
+}
+
+/// IPv4 before IPv6, each in numeric order.
+impl Ord for IpKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (!self.is_v4(), self.0).cmp(&(!other.is_v4(), other.0))
+    }
+}
+
+impl PartialOrd for IpKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr().fmt(f)
+    }
+}
+
+impl fmt::Debug for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IpKey({})", self.addr())
+    }
+}
+
+/// Parses an address the way the API accepts one: IPv4 or IPv6 text.
+pub fn parse_ip(text: &str) -> Option<IpKey> {
+    IpAddr::from_str(text).ok().map(IpKey::from)
+}
+
+/// serde_json refuses containers nested this deep; so do we.
+const MAX_DEPTH: usize = 128;
+/// Numbers longer than this, or with an exponent, may overflow an `f64`,
+/// which serde_json rejects; such rare numbers are checked by serde_json itself.
+const SIMPLE_NUMBER_MAX_LEN: usize = 300;
+
+/// The fast, non-allocating line parser. One per ingest thread.
+#[derive(Debug)]
+pub struct Parser {
+    field: Box<str>,
+    max_line_bytes: usize,
+    scratch: String,
+}
+
+impl Parser {
+    pub fn new(field: &str, max_line_bytes: usize) -> Self {
+        Parser {
+            field: field.into(),
+            max_line_bytes,
+            scratch: String::new(),
+        }
+    }
+
+    /// The client IP of one log line, or why it has none.
+    pub fn parse(&mut self, line: &[u8]) -> Result<IpKey, SkipReason> {
+        if line.len() > self.max_line_bytes {
+            return Err(SkipReason::TooLarge);
+        }
+        let text = std::str::from_utf8(line).map_err(|_| SkipReason::NotUtf8)?;
+        let mut scanner = Scanner {
+            text,
+            bytes: line,
+            pos: 0,
+        };
+        let found = scanner
+            .top_level(&self.field, &mut self.scratch)
+            .map_err(|Invalid| SkipReason::NotJson)?;
+        let ip_text = match found {
+            None => return Err(SkipReason::MissingField),
+            Some(FieldValue::NotString) => return Err(SkipReason::InvalidIp),
+            Some(FieldValue::Plain { start, end }) => &text[start..end],
+            Some(FieldValue::Escaped { start, end }) => {
+                decode_string(&text[start..end], &mut self.scratch);
+                &self.scratch
+            }
+        };
+        parse_ip(ip_text).ok_or(SkipReason::InvalidIp)
+    }
+}
+
+/// The definition the fast path must agree with: a full `serde_json` parse.
+pub fn parse_reference(
+    line: &[u8],
+    field: &str,
+    max_line_bytes: usize,
+) -> Result<IpKey, SkipReason> {
+    if line.len() > max_line_bytes {
+        return Err(SkipReason::TooLarge);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| SkipReason::NotUtf8)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| SkipReason::NotJson)?;
+    let object = value.as_object().ok_or(SkipReason::NotJson)?;
+    match object.get(field) {
+        None => Err(SkipReason::MissingField),
+        Some(serde_json::Value::String(s)) => parse_ip(s).ok_or(SkipReason::InvalidIp),
+        Some(_) => Err(SkipReason::InvalidIp),
+    }
+}
+
+/// The line is not valid JSON.
+struct Invalid;
+
+enum FieldValue {
+    NotString,
+    /// String contents `text[start..end]` hold no escapes.
+    Plain {
+        start: usize,
+        end: usize,
+    },
+    /// String contents `text[start..end]` need unescaping.
+    Escaped {
+        start: usize,
+        end: usize,
+    },
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    /// Validates the whole line as one JSON value and returns the last
+    /// top-level occurrence of `field` (serde_json keeps the last duplicate).
+    fn top_level(
+        &mut self,
+        field: &str,
+        scratch: &mut String,
+    ) -> Result<Option<FieldValue>, Invalid> {
+        self.skip_ws();
+        // Anything but an object is `not_json` to the reference as well, so
+        // there is no need to validate it.
+        self.expect(b'{')?;
+        let found = self.object_members(1, Some((field, scratch)))?;
+        self.skip_ws();
+        if self.pos != self.bytes.len() {
+            return Err(Invalid);
+        }
+        Ok(found)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), Invalid> {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    /// After `{`: members up to and including `}`. With `wanted`, reports the
+    /// last value stored under that key.
+    fn object_members(
+        &mut self,
+        depth: usize,
+        mut wanted: Option<(&str, &mut String)>,
+    ) -> Result<Option<FieldValue>, Invalid> {
+        if depth >= MAX_DEPTH {
+            return Err(Invalid);
+        }
+        let mut found = None;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(None);
+        }
+        loop {
+            self.skip_ws();
+            self.expect(b'"')?;
+            let (start, end, escaped) = self.string_body()?;
+            let is_wanted = match wanted.as_mut() {
+                None => false,
+                Some((field, scratch)) if escaped => {
+                    decode_string(&self.text[start..end], scratch);
+                    scratch.as_str() == *field
+                }
+                Some((field, _)) => &self.text[start..end] == *field,
+            };
+            self.skip_ws();
+            self.expect(b':')?;
+            self.skip_ws();
+            if is_wanted && self.peek() == Some(b'"') {
+                self.pos += 1;
+                let (start, end, escaped) = self.string_body()?;
+                found = Some(if escaped {
+                    FieldValue::Escaped { start, end }
+                } else {
+                    FieldValue::Plain { start, end }
+                });
+            } else {
+                self.value(depth + 1)?;
+                if is_wanted {
+                    found = Some(FieldValue::NotString);
+                }
+            }
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(found);
+                }
+                _ => return Err(Invalid),
+            }
+        }
+    }
+
+    fn array_elements(&mut self, depth: usize) -> Result<(), Invalid> {
+        if depth >= MAX_DEPTH {
+            return Err(Invalid);
+        }
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.skip_ws();
+            self.value(depth + 1)?;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(Invalid),
+            }
+        }
+    }
+
+    /// Any JSON value at `pos`; `depth` counts the containers it sits in
+    /// (the value itself included when it is one).
+    fn value(&mut self, depth: usize) -> Result<(), Invalid> {
+        match self.peek().ok_or(Invalid)? {
+            b'"' => {
+                self.pos += 1;
+                self.string_body().map(drop)
+            }
+            b'{' => {
+                self.pos += 1;
+                self.object_members(depth, None).map(drop)
+            }
+            b'[' => {
+                self.pos += 1;
+                self.array_elements(depth)
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => Err(Invalid),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Invalid> {
+        if self.bytes[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    fn number(&mut self) -> Result<(), Invalid> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(Invalid),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(Invalid);
+            }
+        }
+        let mut exponent = false;
+        if let Some(b'e' | b'E') = self.peek() {
+            exponent = true;
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(Invalid);
+            }
+        }
+        // serde_json rejects numbers that overflow an f64 (`1e400`); only an
+        // exponent or a very long number can, so only those pay for the check.
+        if exponent || self.pos - start > SIMPLE_NUMBER_MAX_LEN {
+            serde_json::from_str::<serde_json::Number>(&self.text[start..self.pos])
+                .map_err(|_| Invalid)?;
+        }
+        Ok(())
+    }
+
+    /// After the opening quote: validates up to and including the closing
+    /// quote; returns the contents' bounds and whether they hold escapes.
+    fn string_body(&mut self) -> Result<(usize, usize, bool), Invalid> {
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            let rest = &self.bytes[self.pos..];
+            let skip = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .ok_or(Invalid)?;
+            self.pos += skip;
+            match self.bytes[self.pos] {
+                b'"' => {
+                    self.pos += 1;
+                    return Ok((start, self.pos - 1, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.pos += 1;
+                    self.escape()?;
+                }
+                _ => return Err(Invalid), // control character
+            }
+        }
+    }
+
+    /// After a backslash: one escape, with serde_json's surrogate rules.
+    fn escape(&mut self) -> Result<(), Invalid> {
+        let byte = self.peek().ok_or(Invalid)?;
+        self.pos += 1;
+        match byte {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                let unit = self.hex4()?;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        if self.bytes[self.pos..].starts_with(b"\\u") {
+                            self.pos += 2;
+                            let low = self.hex4()?;
+                            if (0xDC00..=0xDFFF).contains(&low) {
+                                Ok(())
+                            } else {
+                                Err(Invalid)
+                            }
+                        } else {
+                            Err(Invalid)
+                        }
+                    }
+                    0xDC00..=0xDFFF => Err(Invalid),
+                    _ => Ok(()),
+                }
+            }
+            _ => Err(Invalid),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u16, Invalid> {
+        let digits = self.bytes.get(self.pos..self.pos + 4).ok_or(Invalid)?;
+        let mut unit = 0u16;
+        for &d in digits {
+            let v = (d as char).to_digit(16).ok_or(Invalid)?;
+            unit = unit << 4 | v as u16;
+        }
+        self.pos += 4;
+        Ok(unit)
+    }
+}
+
+/// Unescapes the contents of a JSON string already validated by the scanner.
+fn decode_string(raw: &str, out: &mut String) {
+    out.clear();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('u') => {
+                let high = hex_unit(&mut chars);
+                let code = if (0xD800..0xDC00).contains(&high) {
+                    chars.next(); // '\\'
+                    chars.next(); // 'u'
+                    let low = hex_unit(&mut chars);
+                    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    high
+                };
+                out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+}
+
+fn hex_unit(chars: &mut std::str::Chars<'_>) -> u32 {
+    chars
+        .take(4)
+        .fold(0, |acc, c| acc << 4 | c.to_digit(16).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FIELD: &str = "client_real_ip";
+    const MAX: usize = 64 * 1024;
+
+    fn fast(line: &[u8]) -> Result<IpKey, SkipReason> {
+        Parser::new(FIELD, MAX).parse(line)
+    }
+
+    fn ip(text: &str) -> IpKey {
+        parse_ip(text).expect("test address")
+    }
+
+    #[test]
+    fn counts_a_realistic_nginx_line() {
+        let line = br#"{"time_local":"23/Nov/2026:19:51:07 +0000","client_real_ip":"203.0.113.9","request":"GET /a?b=1 HTTP/1.1","status":200,"body_bytes_sent":512,"request_time":0.004}"#;
+        assert_eq!(fast(line), Ok(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn reasons_are_specific() {
+        assert_eq!(fast(b"\xff\xfe"), Err(SkipReason::NotUtf8));
+        assert_eq!(fast(b"client_real_ip=1.2.3.4"), Err(SkipReason::NotJson));
+        assert_eq!(fast(b"[1,2]"), Err(SkipReason::NotJson));
+        assert_eq!(fast(br#"{"ip":"1.2.3.4"}"#), Err(SkipReason::MissingField));
+        assert_eq!(
+            fast(br#"{"client_real_ip":"1.2.3"}"#),
+            Err(SkipReason::InvalidIp)
+        );
+        assert_eq!(
+            fast(br#"{"client_real_ip":16909060}"#),
+            Err(SkipReason::InvalidIp)
+        );
+        let big = format!(r#"{{"client_real_ip":"1.2.3.4","pad":"{}"}}"#, "x".repeat(MAX));
+        assert_eq!(fast(big.as_bytes()), Err(SkipReason::TooLarge));
+    }
+
+    #[test]
+    fn invalid_json_is_never_counted_even_with_a_good_address() {
+        for line in [
+            r#"{"client_real_ip":"1.2.3.4""#,
+            r#"{"client_real_ip":"1.2.3.4",}"#,
+            r#"{"client_real_ip":"1.2.3.4"} x"#,
+            r#"{"client_real_ip":"1.2.3.4","n":01}"#,
+            r#"{"client_real_ip":"1.2.3.4","n":1e400}"#,
+            r#"{"client_real_ip":"1.2.3.4","s":"\ud800"}"#,
+            "{\"client_real_ip\":\"1.2.3.4\",\"s\":\"a\tb\"}",
+        ] {
+            assert_eq!(fast(line.as_bytes()), Err(SkipReason::NotJson), "{line}");
+            assert_eq!(
+                parse_reference(line.as_bytes(), FIELD, MAX),
+                Err(SkipReason::NotJson),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaped_addresses_and_keys_are_counted() {
+        assert_eq!(
+            fast(br#"{"client_real_ip":"10.0.0.\u0031"}"#),
+            Ok(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            fast(br#"{"client_real\u005fip":"10.0.0.2"}"#),
+            Ok(ip("10.0.0.2"))
+        );
+    }
+
+    #[test]
+    fn last_duplicate_wins_and_nested_fields_do_not_count() {
+        assert_eq!(
+            fast(br#"{"client_real_ip":"1.1.1.1","client_real_ip":"2.2.2.2"}"#),
+            Ok(ip("2.2.2.2"))
+        );
+        assert_eq!(
+            fast(br#"{"x":{"client_real_ip":"1.1.1.1"}}"#),
+            Err(SkipReason::MissingField)
+        );
+    }
+
+    #[test]
+    fn ipv6_is_canonical_and_mapped_v4_is_v4() {
+        assert_eq!(
+            fast(br#"{"client_real_ip":"2001:DB8:0:0::1"}"#)
+                .expect("v6")
+                .to_string(),
+            "2001:db8::1"
+        );
+        assert_eq!(
+            fast(br#"{"client_real_ip":"::ffff:192.0.2.1"}"#),
+            Ok(ip("192.0.2.1"))
+        );
+        assert!(ip("9.9.9.9") < ip("::1"), "IPv4 sorts before IPv6");
+        assert!(ip("9.9.9.9") < ip("10.0.0.0"), "numeric, not textual");
+    }
+
+    #[test]
+    fn depth_limit_matches_serde_json() {
+        for depth in [126, 127, 128, 129] {
+            let line = format!(
+                r#"{{"client_real_ip":"1.2.3.4","d":{}{}}}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            assert_eq!(
+                fast(line.as_bytes()),
+                parse_reference(line.as_bytes(), FIELD, MAX),
+                "depth {depth}"
+            );
+        }
+    }
+
+    /// JSON-ish fragments: valid pieces, near misses and traps, so that random
+    /// concatenations land on both sides of validity.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just(" ".to_string()),
+            Just("\"client_real_ip\"".to_string()),
+            Just("\"client_real\\u005fip\"".to_string()),
+            Just("\"1.2.3.4\"".to_string()),
+            Just("\"::ffff:10.0.0.1\"".to_string()),
+            Just("\"2001:db8::\\u0031\"".to_string()),
+            Just("\"\\ud83d\\ude00\"".to_string()),
+            Just("\"\\ud83d\"".to_string()),
+            Just("\"\\udc00\"".to_string()),
+            Just("\"\\x\"".to_string()),
+            Just("\"\t\"".to_string()),
+            Just("1e400".to_string()),
+            Just("-0.5e-3".to_string()),
+            Just("01".to_string()),
+            Just("1.".to_string()),
+            Just("true".to_string()),
+            Just("nul".to_string()),
+            Just("null".to_string()),
+            "[a-z0-9.:\"\\\\{}\\[\\],-]{0,6}",
+            any::<u8>().prop_map(|b| String::from_utf8_lossy(&[b]).into_owned()),
+        ]
+    }
+
+    /// Valid objects holding the field among other members, some escaped.
+    fn valid_object() -> impl Strategy<Value = String> {
+        let address = prop_oneof![
+            any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+            any::<u128>().prop_map(|v| std::net::Ipv6Addr::from(v).to_string()),
+            "[0-9a-f.:]{1,16}",
+        ];
+        let escape = any::<bool>();
+        let other = prop::collection::vec(
+            (
+                "[a-z_]{1,8}",
+                prop_oneof![
+                    Just("1".to_string()),
+                    Just("0.004".to_string()),
+                    Just("\"GET / HTTP/1.1\"".to_string()),
+                    Just("[1,{\"a\":null}]".to_string()),
+                    Just("\"\\\"quoted\\\"\"".to_string()),
+                ],
+            ),
+            0..4,
+        );
+        (address, escape, other, any::<usize>()).prop_map(|(addr, escape, other, at)| {
+            let value = if escape {
+                addr.chars().map(|c| format!("\\u{:04x}", c as u32)).collect()
+            } else {
+                addr
+            };
+            let mut members: Vec<String> = other
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            let at = at % (members.len() + 1);
+            members.insert(at, format!("\"client_real_ip\":\"{value}\""));
+            format!("{{{}}}", members.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn fast_path_agrees_with_serde_json_on_fragments(parts in prop::collection::vec(fragment(), 0..12)) {
+            let line = parts.concat();
+            prop_assert_eq!(fast(line.as_bytes()), parse_reference(line.as_bytes(), FIELD, MAX));
+        }
+
+        #[test]
+        fn fast_path_agrees_with_serde_json_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(fast(&bytes), parse_reference(&bytes, FIELD, MAX));
+        }
+
+        #[test]
+        fn fast_path_agrees_on_valid_objects_and_their_mutations(
+            line in valid_object(),
+            cut in any::<usize>(),
+            insert in any::<u8>(),
+        ) {
+            prop_assert_eq!(fast(line.as_bytes()), parse_reference(line.as_bytes(), FIELD, MAX));
+            // one byte replaced anywhere: often invalid, sometimes still valid
+            let mut mutated = line.clone().into_bytes();
+            let at = cut % mutated.len();
+            mutated[at] = insert;
+            prop_assert_eq!(fast(&mutated), parse_reference(&mutated, FIELD, MAX));
+            // truncated anywhere: never counted unless still whole
+            let truncated = &line.as_bytes()[..cut % line.len()];
+            prop_assert_eq!(fast(truncated), parse_reference(truncated, FIELD, MAX));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The immutable view that ingest publishes at every slide and HTTP reads.
+//!
+//! Handlers load an `Arc<Snapshot>` lock-free and answer from it; they never
+//! wait on ingest, and ingest never waits on them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::parse::{IpKey, SkipCounts};
+use crate::window::Pane;
+
+/// One published state of the window.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub taken_at: SystemTime,
+    pub window_start: SystemTime,
+    pub window_end: SystemTime,
+    pub window_length: Duration,
+    pub slide: Duration,
+    pub total_requests: u64,
+    pub distinct_ips: usize,
+    /// The most frequent IPs, up to [`crate::config::MAX_TOP_N`]: count descending, then IP ascending.
+    pub top: Vec<(IpKey, u64)>,
+    /// The panes in the window, oldest first (shared with ingest, never copied).
+    pub panes: Vec<Arc<Pane>>,
+    pub partitions: Vec<PartitionStatus>,
+    pub ingest: IngestStatus,
+}
+
+impl Snapshot {
+    /// The state before the first batch closes.
+    pub fn empty(window_length: Duration, slide: Duration) -> Self {
+        let now = SystemTime::now();
+        Snapshot {
+            taken_at: now,
+            window_start: now,
+            window_end: now,
+            window_length,
+            slide,
+            total_requests: 0,
+            distinct_ips: 0,
+            top: Vec::new(),
+            panes: Vec::new(),
+            partitions: Vec::new(),
+            ingest: IngestStatus::default(),
+        }
+    }
+
+    /// One IP's count in the window, summed over the panes (O(panes)).
+    pub fn count(&self, ip: IpKey) -> u64 {
+        self.panes.iter().map(|p| u64::from(p.count(ip))).sum()
+    }
+}
+
+/// Offsets of one partition as the snapshot saw them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// First offset the window covers.
+    pub from_offset: i64,
+    /// Next offset to read: everything below it is counted.
+    pub until_offset: i64,
+    pub log_start: Option<i64>,
+    pub log_end: Option<i64>,
+    pub committed_zookeeper: Option<i64>,
+    pub committed_kafka: Option<i64>,
+}
+
+impl PartitionStatus {
+    pub fn lag(&self) -> Option<i64> {
+        self.log_end.map(|end| (end - self.until_offset).max(0))
+    }
+}
+
+/// Counters of the ingest loop since start.
+#[derive(Clone, Debug, Default)]
+pub struct IngestStatus {
+    pub batches: u64,
+    pub records_consumed: u64,
+    pub records_counted: u64,
+    pub skipped: SkipCounts,
+    /// Records consumed per second over the last slide.
+    pub records_per_second: f64,
+}
+
+/// Liveness facts written by the background threads, read by HTTP.
+#[derive(Debug)]
+pub struct Health {
+    started: SystemTime,
+    ready: AtomicBool,
+    kafka_connected: AtomicBool,
+    kafka_last_error: ArcSwap<Option<String>>,
+    last_metadata_ms: AtomicU64,
+    demo: bool,
+}
+
+impl Health {
+    pub fn new(demo: bool) -> Self {
+        Health {
+            started: SystemTime::now(),
+            ready: AtomicBool::new(false),
+            kafka_connected: AtomicBool::new(false),
+            kafka_last_error: ArcSwap::from_pointee(None),
+            last_metadata_ms: AtomicU64::new(0),
+            demo,
+        }
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    pub fn is_demo(&self) -> bool {
+        self.demo
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn kafka_ok(&self) {
+        self.kafka_connected.store(true, Ordering::Release);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_metadata_ms
+            .store(now.as_millis() as u64, Ordering::Release);
+    }
+
+    pub fn kafka_failed(&self, error: String) {
+        self.kafka_connected.store(false, Ordering::Release);
+        self.kafka_last_error.store(Arc::new(Some(error)));
+    }
+
+    pub fn kafka_connected(&self) -> bool {
+        self.kafka_connected.load(Ordering::Acquire)
+    }
+
+    pub fn kafka_last_error(&self) -> Option<String> {
+        self.kafka_last_error.load().as_ref().clone()
+    }
+}
+
+/// Where ingest publishes and handlers read.
+pub type Published = Arc<ArcSwap<Snapshot>>;
