@@ -1,1 +1,276 @@
+//! Router tests on a hand-built snapshot, through `tower::ServiceExt::oneshot`.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::parse::{IpKey, SkipCounts, parse_ip};
+use crate::snapshot::{IngestStatus, PartitionStatus, Snapshot};
+use crate::window::{IpMap, Pane};
+
+fn ip(text: &str) -> IpKey {
+    parse_ip(text).expect("test address")
+}
+
+fn pane(seq: u64, counts: &[(&str, u32)]) -> Arc<Pane> {
+    let mut map = IpMap::default();
+    for (addr, n) in counts {
+        map.insert(ip(addr), *n);
+    }
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seq);
+    Arc::new(Pane {
+        seq,
+        start,
+        end: start + Duration::from_secs(1),
+        requests: counts.iter().map(|(_, n)| u64::from(*n)).sum(),
+        counts: map,
+        skipped: SkipCounts::default(),
+        ranges: Vec::new(),
+    })
+}
+
+fn state(ready: bool) -> AppState {
+    let panes = vec![
+        pane(0, &[("10.0.0.1", 3), ("2001:db8::1", 1)]),
+        pane(1, &[("10.0.0.1", 2), ("10.0.0.2", 5)]),
+    ];
+    let snapshot = Snapshot {
+        taken_at: SystemTime::now(),
+        window_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        window_end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_002),
+        window_length: Duration::from_secs(2),
+        slide: Duration::from_secs(1),
+        total_requests: 11,
+        distinct_ips: 3,
+        top: vec![
+            (ip("10.0.0.1"), 5),
+            (ip("10.0.0.2"), 5),
+            (ip("2001:db8::1"), 1),
+        ],
+        panes,
+        partitions: vec![PartitionStatus {
+            topic: "access-log".into(),
+            partition: 0,
+            from_offset: 100,
+            until_offset: 111,
+            log_start: Some(0),
+            log_end: Some(120),
+            committed_zookeeper: None,
+            committed_kafka: None,
+        }],
+        ingest: IngestStatus::default(),
+    };
+    let health = Arc::new(Health::new(true));
+    if ready {
+        health.set_ready();
+    }
+    AppState {
+        published: Arc::new(ArcSwap::from_pointee(snapshot)),
+        health,
+        metrics: Metrics::new().expect("metrics"),
+        info: Arc::new(ServiceInfo {
+            group: "g1".into(),
+            topics: vec!["access-log".into()],
+            brokers: "embedded".into(),
+            zookeeper: None,
+        }),
+    }
+}
+
+async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
+    let response = router(state(true))
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, content_type, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get_json(uri: &str) -> (StatusCode, Value) {
+    let (status, content_type, body) = call(Method::GET, uri).await;
+    assert!(content_type.contains("json"), "{uri}: {content_type}");
+    (status, serde_json::from_str(&body).expect("json body"))
+}
+
+#[tokio::test]
+async fn top_returns_n_entries_in_order() {
+    let (status, body) = get_json("/api/v1/top?n=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total_requests"], 11);
+    assert_eq!(body["distinct_ips"], 3);
+    assert_eq!(body["window"]["length_seconds"], 2.0);
+    assert_eq!(body["window"]["start"], "2027-01-15T08:00:00.000Z");
+    let top: Vec<(String, u64)> = body["top"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["ip"].as_str().expect("ip").to_string(),
+                e["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        top,
+        [("10.0.0.1".to_string(), 5), ("10.0.0.2".to_string(), 5)]
+    );
+    let (_, all) = get_json("/api/v1/top").await;
+    assert_eq!(all["top"].as_array().expect("array").len(), 3, "default n=10 caps at what exists");
+}
+
+#[tokio::test]
+async fn bad_parameters_are_problems() {
+    for uri in [
+        "/api/v1/top?n=0",
+        "/api/v1/top?n=abc",
+        "/api/v1/top?n=100001",
+        "/api/v1/top?n=-1",
+        "/api/v1/top?n=1&n=2",
+        "/api/v1/ips/not-an-ip",
+        "/api/v1/ips/10.0.0.256",
+        "/api/v1/ips/%FF",
+    ] {
+        let (status, content_type, body) = call(Method::GET, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(content_type, "application/problem+json", "{uri}");
+        let problem: Value = serde_json::from_str(&body).expect("problem json");
+        assert_eq!(problem["status"], 400);
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let (_, _, body) = call(Method::GET, "/api/v1/top?n=0").await;
+    assert!(body.contains("1 to 100000"), "{body}");
+}
+
+#[tokio::test]
+async fn ip_detail_sums_panes() {
+    let (status, body) = get_json("/api/v1/ips/10.0.0.1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["count"], 5);
+    let per_pane: Vec<u64> = body["panes"]
+        .as_array()
+        .expect("panes")
+        .iter()
+        .map(|p| p["count"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(per_pane, [3, 2]);
+    let (_, v6) = get_json("/api/v1/ips/2001:DB8:0::1").await;
+    assert_eq!((v6["ip"].as_str(), v6["count"].as_u64()), (Some("2001:db8::1"), Some(1)));
+    let (_, absent) = get_json("/api/v1/ips/192.0.2.55").await;
+    assert_eq!(absent["count"], 0);
+}
+
+#[tokio::test]
+async fn offsets_report_ranges_and_lag() {
+    let (status, body) = get_json("/api/v1/offsets").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["group"], "g1");
+    let p = &body["partitions"][0];
+    assert_eq!((p["from_offset"].as_i64(), p["until_offset"].as_i64()), (Some(100), Some(111)));
+    assert_eq!(p["lag"], 9);
+    assert!(p["committed_zookeeper"].is_null());
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let (status, content_type, _) = call(Method::GET, "/nope").await;
+    assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, "application/problem+json"));
+    let (status, content_type, _) = call(Method::POST, "/api/v1/top").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "application/problem+json")
+    );
+    let (status, _, _) = call(Method::DELETE, "/metrics").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn readiness_follows_health() {
+    let response = router(state(false))
+        .oneshot(Request::get("/readyz").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = get_json("/readyz").await;
+    assert_eq!((status, &body["ready"]), (StatusCode::OK, &Value::Bool(true)));
+}
+
+#[tokio::test]
+async fn dashboard_is_embedded_and_locked_down() {
+    let response = router(state(true))
+        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let csp = response
+        .headers()
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    for (path, kind) in [("/dashboard.js", "javascript"), ("/dashboard.css", "css"), ("/", "html")] {
+        let (status, content_type, body) = call(Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(content_type.contains(kind), "{path}: {content_type}");
+        assert!(body.len() > 500, "{path} is not empty");
+    }
+    let (_, _, js) = call(Method::GET, "/dashboard.js").await;
+    assert!(!js.contains("innerHTML"), "log data is inserted as text only");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let (status, content_type, body) = call(Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(body.contains("ipstats_records_skipped_total{reason=\"not_json\"} 0"), "{body}");
+}
+
+#[test]
+fn router_and_spec_list_the_same_routes() {
+    let spec: serde_yaml::Value = serde_yaml::from_str(OPENAPI).expect("openapi.yaml parses");
+    let spec_paths: BTreeSet<String> = spec["paths"]
+        .as_mapping()
+        .expect("paths")
+        .keys()
+        .map(|k| k.as_str().expect("path").to_string())
+        .collect();
+    let router_paths: BTreeSet<String> = routes().into_iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(spec_paths, router_paths);
+    for (path, item) in spec["paths"].as_mapping().expect("paths") {
+        let methods: Vec<&str> = item
+            .as_mapping()
+            .expect("path item")
+            .keys()
+            .filter_map(|k| k.as_str())
+            .collect();
+        assert_eq!(methods, ["get"], "{path:?}: every route is GET only");
+    }
+}
