@@ -1,0 +1,53 @@
+//! The binary's command-line contract: bad settings exit 64 naming the setting.
+
+use std::process::Command;
+
+fn ipstats(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(args)
+        .env_remove("IPSTATS_BROKERS")
+        .output()
+        .expect("run ipstats");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn window_not_a_multiple_of_batch_exits_64_naming_the_window() {
+    let (code, stderr) = ipstats(&["--batch", "2s", "--window", "7s"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--window") && stderr.contains("multiple"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn unparseable_values_exit_64_too() {
+    for (args, setting) in [
+        (&["--listen", "not-an-address"][..], "--listen"),
+        (&["--batch", "soon"], "--batch"),
+        (&["--offset-reset", "newest"], "--offset-reset"),
+        (&["serve", "--topics", "a b"], "--topics"),
+        (&["legacy", "zk:2181", "b:9092", "t", "g", "/tmp/x", "5", "7", "5"], "--window"),
+        (&["legacy", "too", "few"], "required"),
+    ] {
+        let (code, stderr) = ipstats(args);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn environment_variables_are_settings_too() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .env("IPSTATS_WINDOW", "7s")
+        .env("IPSTATS_BATCH", "2s")
+        .output()
+        .expect("run ipstats");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--window"));
+}
+
+#[test]
+fn help_exits_0() {
+    let (code, _) = ipstats(&["--help"]);
+    assert_eq!(code, Some(0));
+}

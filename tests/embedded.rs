@@ -1,0 +1,252 @@
+//! The whole service on the in-process mock cluster: known lines in, exact
+//! counts, skip counters and offsets out. (Real Kafka: see tests/kafka_*.rs.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Truth, get_json, settings, skipped_counts, wait_for, window_counts};
+use ipstats::app::App;
+use ipstats::traffic::{Traffic, TrafficConfig};
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn lines(count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut traffic = Traffic::new(&TrafficConfig {
+        ips: 300,
+        zipf: 1.0,
+        seed,
+        malformed_ratio: 0.05,
+    });
+    let mut out: Vec<Vec<u8>> = (0..count)
+        .map(|_| {
+            let mut line = Vec::new();
+            traffic.next_line(std::time::SystemTime::now(), &mut line);
+            line
+        })
+        .collect();
+    // Hostile lines: huge, escaped, and a valid-looking address in invalid JSON.
+    out.push(format!(r#"{{"client_real_ip":"10.9.9.9","pad":"{}"}}"#, "x".repeat(70_000)).into_bytes());
+    out.push(br#"{"client_real_ip":"10\u002e9\u002e9\u002e9"}"#.to_vec());
+    out.push(br#"{"client_real_ip":"10.9.9.9""#.to_vec());
+    out
+}
+
+/// Writes `lines` round-robin over `partitions`; returns records per partition.
+fn produce(bootstrap: &str, topic: &str, partitions: i32, lines: &[Vec<u8>]) -> Vec<i64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    let mut per_partition = vec![0i64; partitions as usize];
+    for (i, line) in lines.iter().enumerate() {
+        let p = (i % partitions as usize) as i32;
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).partition(p).payload(line))
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        per_partition[p as usize] += 1;
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    per_partition
+}
+
+fn records_consumed(addr: SocketAddr) -> u64 {
+    get_json(addr, "/api/v1/status")["records_consumed"]
+        .as_u64()
+        .expect("records_consumed")
+}
+
+fn wait_consumed(addr: SocketAddr, expected: u64) {
+    wait_for("every record consumed", WAIT, || {
+        let n = records_consumed(addr);
+        // A snapshot is published at every slide; require one that holds all.
+        let top = get_json(addr, "/api/v1/top?n=1");
+        let status = get_json(addr, "/api/v1/status");
+        let counted = status["records_counted"].as_u64().unwrap_or(0);
+        if n == expected && top["total_requests"].as_u64() == Some(counted) {
+            Ok(())
+        } else {
+            Err(format!("consumed {n} of {expected}"))
+        }
+    });
+}
+
+async fn start(bootstrap: &str, extra: &[&str]) -> App {
+    let mut args = vec![
+        "--brokers",
+        bootstrap,
+        "--listen",
+        "127.0.0.1:0",
+        "--batch",
+        "100ms",
+        "--slide",
+        "100ms",
+        "--window",
+        "120s",
+    ];
+    args.extend_from_slice(extra);
+    App::start(settings(&args)).await.expect("service starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_exactly_what_was_produced() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("logs", 3, 1).expect("topic");
+    let lines = lines(3000, 11);
+    let per_partition = produce(&bootstrap, "logs", 3, &lines);
+    let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
+    assert!(truth.skipped.values().all(|&n| n > 0), "every reason occurs: {:?}", truth.skipped);
+
+    let app = start(&bootstrap, &["--topics", "logs", "--group", "exact"]).await;
+    let addr = app.local_addr();
+    tokio::task::spawn_blocking(move || {
+        wait_consumed(addr, truth.lines);
+        assert_eq!(window_counts(addr), truth.counts, "per-IP counts are exact");
+        assert_eq!(skipped_counts(addr), truth.skipped, "skip counters are exact");
+        let top = get_json(addr, "/api/v1/top?n=100000");
+        assert_eq!(top["total_requests"].as_u64(), Some(truth.counted()));
+        assert_eq!(top["distinct_ips"].as_u64(), Some(truth.counts.len() as u64));
+        let escaped = get_json(addr, "/api/v1/ips/10.9.9.9");
+        assert_eq!(escaped["count"], 1, "only the escaped, valid line counts");
+
+        let offsets = get_json(addr, "/api/v1/offsets");
+        assert_eq!(offsets["group"], "exact");
+        let partitions = offsets["partitions"].as_array().expect("partitions");
+        assert_eq!(partitions.len(), 3);
+        for p in partitions {
+            let i = p["partition"].as_u64().expect("partition") as usize;
+            assert_eq!(p["from_offset"], 0);
+            assert_eq!(p["until_offset"].as_i64(), Some(per_partition[i]), "{p}");
+            assert_eq!(p["log_start"], 0);
+        }
+        // log_end comes from the monitor; it catches up within a refresh.
+        wait_for("lag 0 everywhere", WAIT, || {
+            let offsets = get_json(addr, "/api/v1/offsets");
+            let lags: Vec<Value> = offsets["partitions"]
+                .as_array()
+                .expect("partitions")
+                .iter()
+                .map(|p| p["lag"].clone())
+                .collect();
+            if lags.iter().all(|l| l == 0) { Ok(()) } else { Err(format!("{lags:?}")) }
+        });
+        let metrics = common::http_get(addr, "/metrics").expect("metrics").1;
+        for needle in [
+            "ipstats_records_consumed_total{partition=\"0\",topic=\"logs\"}",
+            "kafka_consumergroup_lag{consumergroup=\"exact\",partition=\"2\",topic=\"logs\"} 0",
+            &format!("ipstats_window_requests {}", truth.counted()),
+            "process_resident_memory_bytes",
+        ] {
+            assert!(metrics.contains(needle), "metrics lack {needle}");
+        }
+    })
+    .await
+    .expect("assertions");
+    app.run_until(async {}).await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_cap_delays_but_never_loses_or_duplicates() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("capped", 1, 1).expect("topic");
+    let lines = lines(400, 12);
+    produce(&bootstrap, "capped", 1, &lines);
+    let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
+    // 100 records/s in 100 ms batches: at most 10 records per batch.
+    let app = start(&bootstrap, &["--topics", "capped", "--max-rate-per-partition", "100"]).await;
+    let addr = app.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut max_per_pane = 0;
+        wait_consumed(addr, truth.lines);
+        assert_eq!(window_counts(addr), truth.counts);
+        assert_eq!(skipped_counts(addr), truth.skipped);
+        let status = get_json(addr, "/api/v1/status");
+        let batches = status["batches"].as_u64().expect("batches");
+        assert!(batches >= truth.lines / 10, "{batches} batches for {} records", truth.lines);
+        // Per pane, no partition exceeded its cap: check through the busiest IP's history.
+        let top = get_json(addr, "/api/v1/top?n=1");
+        let busiest = top["top"][0]["ip"].as_str().expect("ip").to_string();
+        let detail = get_json(addr, &format!("/api/v1/ips/{busiest}"));
+        for pane in detail["panes"].as_array().expect("panes") {
+            max_per_pane = max_per_pane.max(pane["count"].as_u64().expect("count"));
+        }
+        assert!(max_per_pane <= 10, "a pane held {max_per_pane} records of one IP");
+    })
+    .await
+    .expect("assertions");
+    app.run_until(async {}).await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_skips_old_records_and_late_topics_are_picked_up() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("old", 2, 1).expect("topic");
+    produce(&bootstrap, "old", 2, &lines(200, 13));
+    let app = start(
+        &bootstrap,
+        &["--topics", "old,late", "--offset-reset", "latest"],
+    )
+    .await;
+    let addr = app.local_addr();
+    let fresh = lines(150, 14);
+    let late = lines(120, 15);
+    let truth = Truth::of(fresh.iter().chain(&late).map(|l| l.as_slice()));
+    {
+        let bootstrap = bootstrap.clone();
+        let fresh = fresh.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_for("both partitions of `old` assigned", WAIT, || {
+                let offsets = get_json(addr, "/api/v1/offsets");
+                let n = offsets["partitions"].as_array().map_or(0, |a| a.len());
+                if n == 2 { Ok(()) } else { Err(format!("{n} partitions")) }
+            });
+            produce(&bootstrap, "old", 2, &fresh);
+        })
+        .await
+        .expect("produce fresh");
+    }
+    // A topic that did not exist at start is consumed from its beginning once created.
+    cluster.create_topic("late", 2, 1).expect("late topic");
+    tokio::task::spawn_blocking(move || {
+        produce(&bootstrap, "late", 2, &late);
+        wait_consumed(addr, truth.lines);
+        assert_eq!(window_counts(addr), truth.counts, "old records were not counted");
+        let offsets = get_json(addr, "/api/v1/offsets");
+        let topics: Vec<&str> = offsets["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .filter_map(|p| p["topic"].as_str())
+            .collect();
+        assert_eq!(topics.iter().filter(|t| **t == "late").count(), 2, "{topics:?}");
+    })
+    .await
+    .expect("assertions");
+    app.run_until(async {}).await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_reset_fail_stops_with_the_partition_named() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("strict", 1, 1).expect("topic");
+    let app = start(&bootstrap, &["--topics", "strict", "--offset-reset", "fail"]).await;
+    let error = app
+        .run_until(std::future::pending())
+        .await
+        .expect_err("no stored offset and --offset-reset fail");
+    let message = format!("{error:#}");
+    assert!(message.contains("strict/0") && message.contains("--offset-reset"), "{message}");
+}
