@@ -214,7 +214,7 @@ main() {
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    env) alive kafka && alive zookeeper || die "no cluster is running"; print_env ;;
+    env) { alive kafka && alive zookeeper; } || die "no cluster is running"; print_env ;;
     pid) alive "$1" || die "$1 is not running"; cat "$STATE/$1.pid" ;;
     start)
       case "$1" in

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::Settings;
 use crate::http::{AppState, ServiceInfo, router};
 use crate::ingest::{Ingest, IngestConfig};
-use crate::kafka::{ClusterView, KafkaContext, KafkaConsumer, consumer_config, run_monitor};
+use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
 use crate::metrics::Metrics;
 use crate::snapshot::{Health, Published, Snapshot};
 use crate::stop::Stop;
@@ -66,8 +66,10 @@ impl App {
     pub async fn start(settings: Settings) -> anyhow::Result<App> {
         let metrics = Metrics::new().context("creating metrics")?;
         let health = Arc::new(Health::new(settings.is_demo()));
-        let published: Published =
-            Arc::new(ArcSwap::from_pointee(Snapshot::empty(settings.window, settings.slide)));
+        let published: Published = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+            settings.window,
+            settings.slide,
+        )));
         let view = Arc::new(ArcSwap::from_pointee(ClusterView::default()));
         let stop = Stop::new();
         let demo_stop = Stop::new();
@@ -77,8 +79,11 @@ impl App {
         let brokers = match &settings.brokers {
             Some(brokers) => brokers.clone(),
             None => {
-                let (bootstrap, handle) =
-                    crate::demo::start(settings.topics.clone(), settings.demo_rate, demo_stop.clone())?;
+                let (bootstrap, handle) = crate::demo::start(
+                    settings.topics.clone(),
+                    settings.demo_rate,
+                    demo_stop.clone(),
+                )?;
                 let tx = exit_tx.clone();
                 // Watch the demo thread like the others.
                 threads.push((
@@ -106,7 +111,12 @@ impl App {
             crate::config::OffsetReset::Latest => "latest",
             crate::config::OffsetReset::Fail => "error",
         };
-        let config = consumer_config(&brokers, &settings.group, auto_reset, &settings.kafka_config);
+        let config = consumer_config(
+            &brokers,
+            &settings.group,
+            auto_reset,
+            &settings.kafka_config,
+        );
         let context = || KafkaContext {
             health: health.clone(),
             metrics: metrics.clone(),
@@ -119,10 +129,21 @@ impl App {
             .context("creating the Kafka monitor client")?;
 
         {
-            let (topics, view, health, stop) =
-                (settings.topics.clone(), view.clone(), health.clone(), stop.clone());
+            let (topics, view, health, stop) = (
+                settings.topics.clone(),
+                view.clone(),
+                health.clone(),
+                stop.clone(),
+            );
             threads.push(spawn_thread("monitor", &exit_tx, move || {
-                run_monitor(monitor_consumer, topics, MONITOR_INTERVAL, view, health, stop);
+                run_monitor(
+                    monitor_consumer,
+                    topics,
+                    MONITOR_INTERVAL,
+                    view,
+                    health,
+                    stop,
+                );
                 Ok(())
             })?);
         }
@@ -144,7 +165,9 @@ impl App {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
-        let addr = listener.local_addr().context("reading the listen address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
         let state = AppState {
             published: published.clone(),
             health: health.clone(),
@@ -158,7 +181,11 @@ impl App {
                     brokers.clone()
                 },
                 zookeeper: settings.zookeeper.as_ref().map(|z| {
-                    format!("{}{}", z.servers.join(","), z.chroot.as_deref().unwrap_or(""))
+                    format!(
+                        "{}{}",
+                        z.servers.join(","),
+                        z.chroot.as_deref().unwrap_or("")
+                    )
                 }),
             }),
         };

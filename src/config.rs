@@ -62,10 +62,20 @@ pub struct ServeArgs {
     #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
     pub brokers: Option<String>,
     /// Topics to consume, comma-separated.
-    #[arg(long, env = "IPSTATS_TOPICS", value_name = "LIST", default_value = "access-log")]
+    #[arg(
+        long,
+        env = "IPSTATS_TOPICS",
+        value_name = "LIST",
+        default_value = "access-log"
+    )]
     pub topics: String,
     /// Consumer group: the ZooKeeper offset path and the Kafka group offsets are committed under it.
-    #[arg(long, env = "IPSTATS_GROUP", value_name = "ID", default_value = "ipstats")]
+    #[arg(
+        long,
+        env = "IPSTATS_GROUP",
+        value_name = "ID",
+        default_value = "ipstats"
+    )]
     pub group: String,
     /// ZooKeeper for offsets: host:port[,host:port][/chroot]. Absent: no ZooKeeper offsets.
     #[arg(long, env = "IPSTATS_ZOOKEEPER", value_name = "CONNECT")]
@@ -96,7 +106,12 @@ pub struct ServeArgs {
     )]
     pub max_rate_per_partition: u64,
     /// Where to start a partition that has no usable stored offset.
-    #[arg(long, env = "IPSTATS_OFFSET_RESET", value_enum, default_value = "earliest")]
+    #[arg(
+        long,
+        env = "IPSTATS_OFFSET_RESET",
+        value_enum,
+        default_value = "earliest"
+    )]
     pub offset_reset: OffsetReset,
     /// HTTP listen address.
     #[arg(
@@ -284,7 +299,10 @@ impl TryFrom<ServeArgs> for Settings {
         if a.max_rate_per_partition > 10_000_000 {
             return Err(invalid(
                 "--max-rate-per-partition",
-                format!("{} is above 10000000 (use 0 for unlimited)", a.max_rate_per_partition),
+                format!(
+                    "{} is above 10000000 (use 0 for unlimited)",
+                    a.max_rate_per_partition
+                ),
             ));
         }
         if a.demo_rate > 1_000_000 {
@@ -339,12 +357,21 @@ impl TryFrom<LegacyArgs> for Settings {
     }
 }
 
-fn validate_durations(batch: Duration, window: Duration, slide: Duration) -> Result<(), ConfigError> {
+fn validate_durations(
+    batch: Duration,
+    window: Duration,
+    slide: Duration,
+) -> Result<(), ConfigError> {
     let show = |d: Duration| humantime::format_duration(d).to_string();
     if batch < MIN_BATCH || batch > MAX_BATCH {
         return Err(invalid(
             "--batch",
-            format!("{} is outside {}..={}", show(batch), show(MIN_BATCH), show(MAX_BATCH)),
+            format!(
+                "{} is outside {}..={}",
+                show(batch),
+                show(MIN_BATCH),
+                show(MAX_BATCH)
+            ),
         ));
     }
     for (setting, d) in [("--window", window), ("--slide", slide)] {
@@ -452,8 +479,14 @@ const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
     ("bootstrap.servers", "use --brokers"),
     ("metadata.broker.list", "use --brokers"),
     ("group.id", "use --group"),
-    ("enable.auto.commit", "offsets are committed only after a batch is counted"),
-    ("enable.auto.offset.store", "offsets are stored only after a batch is counted"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after a batch is counted",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after a batch is counted",
+    ),
     ("auto.offset.reset", "use --offset-reset"),
 ];
 
@@ -527,7 +560,10 @@ mod tests {
     #[test]
     fn window_must_be_a_multiple_of_batch() {
         let err = settings(&["--batch", "2s", "--window", "7s"]).expect_err("7s is not 2s-aligned");
-        assert!(err.contains("--window") && err.contains("multiple"), "{err}");
+        assert!(
+            err.contains("--window") && err.contains("multiple"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -540,7 +576,10 @@ mod tests {
             (&["--topics", "bad topic"], "--topics"),
             (&["--brokers", "localhost"], "--brokers"),
             (&["--zookeeper", "zk:2181/chroot/"], "--zookeeper"),
-            (&["--kafka-config", "enable.auto.commit=true"], "--kafka-config"),
+            (
+                &["--kafka-config", "enable.auto.commit=true"],
+                "--kafka-config",
+            ),
             (&["--kafka-config", "no.such.property=1"], "--kafka-config"),
             (&["--kafka-config", "novalue"], "--kafka-config"),
             (&["--max-line-bytes", "1"], "--max-line-bytes"),
@@ -577,8 +616,10 @@ mod tests {
             })
         );
         assert_eq!(s.window_panes(), 4);
-        let err = settings(&["legacy", "zk:2181", "b:9092", "t", "g", "/tmp/c", "5", "21", "5"])
-            .expect_err("21 is not a multiple of 5");
+        let err = settings(&[
+            "legacy", "zk:2181", "b:9092", "t", "g", "/tmp/c", "5", "21", "5",
+        ])
+        .expect_err("21 is not a multiple of 5");
         assert!(err.contains("--window"), "{err}");
     }
 }

@@ -59,11 +59,19 @@ pub fn start(
             };
             while !thread_stop.is_set() {
                 for topic in &topics {
-                    send_lines(&producer, topic, &mut traffic, per_topic, chunk, &thread_stop, |_, _| {})
-                        .with_context(|| format!("writing demo traffic to {topic}"))?;
+                    send_lines(
+                        &producer,
+                        topic,
+                        &mut traffic,
+                        per_topic,
+                        chunk,
+                        &thread_stop,
+                        |_, _| {},
+                    )
+                    .with_context(|| format!("writing demo traffic to {topic}"))?;
                 }
             }
-            let _ = producer.poll(Duration::ZERO);
+            producer.poll(Duration::ZERO);
             drop(producer);
             drop(cluster);
             Ok(())

@@ -124,7 +124,10 @@ impl Lookup {
             (all, Some(topic)) => &all.iter().find(|(t, _)| &**t == topic)?.1,
             _ => return None,
         };
-        slots.get(usize::try_from(partition).ok()?).copied().flatten()
+        slots
+            .get(usize::try_from(partition).ok()?)
+            .copied()
+            .flatten()
     }
 }
 
@@ -225,7 +228,8 @@ impl Ingest {
                 None => {
                     let now = Instant::now();
                     if now < batch_end {
-                        let polled = consumer.poll((batch_end - now).min(Duration::from_millis(100)));
+                        let polled =
+                            consumer.poll((batch_end - now).min(Duration::from_millis(100)));
                         st.idle += now.elapsed();
                         if let Some(result) = polled {
                             st.handle(&consumer, result)?;
@@ -394,10 +398,12 @@ impl State {
                 p.taken = 0;
                 if let Some(offset) = p.held.take() {
                     // Re-read from the first record the cap turned away.
-                    if let Err(error) =
-                        consumer
-                            .seek(&p.topic, p.partition, Offset::Offset(offset), Duration::from_secs(1))
-                    {
+                    if let Err(error) = consumer.seek(
+                        &p.topic,
+                        p.partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(1),
+                    ) {
                         warn!(%error, topic = %p.topic, partition = p.partition, "seek failed");
                     }
                     resume.add_partition(&p.topic, p.partition);
@@ -447,7 +453,9 @@ impl State {
         self.status.skipped.merge(&pane.skipped);
         self.window.push(Arc::new(pane));
         self.metrics.batches.inc();
-        self.metrics.window_requests.set(self.window.requests() as i64);
+        self.metrics
+            .window_requests
+            .set(self.window.requests() as i64);
         self.metrics
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);

@@ -585,7 +585,10 @@ mod tests {
             fast(br#"{"client_real_ip":16909060}"#),
             Err(SkipReason::InvalidIp)
         );
-        let big = format!(r#"{{"client_real_ip":"1.2.3.4","pad":"{}"}}"#, "x".repeat(MAX));
+        let big = format!(
+            r#"{{"client_real_ip":"1.2.3.4","pad":"{}"}}"#,
+            "x".repeat(MAX)
+        );
         assert_eq!(fast(big.as_bytes()), Err(SkipReason::TooLarge));
     }
 
@@ -721,7 +724,9 @@ mod tests {
         );
         (address, escape, other, any::<usize>()).prop_map(|(addr, escape, other, at)| {
             let value = if escape {
-                addr.chars().map(|c| format!("\\u{:04x}", c as u32)).collect()
+                addr.chars()
+                    .map(|c| format!("\\u{:04x}", c as u32))
+                    .collect()
             } else {
                 addr
             };

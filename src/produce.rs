@@ -123,13 +123,19 @@ pub fn send_lines(
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists.
-async fn ensure_topic(brokers: &str, topic: &str, partitions: i32, extra: &[(String, String)]) -> anyhow::Result<()> {
+async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    extra: &[(String, String)],
+) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (key, value) in extra {
         config.set(key, value);
     }
-    let admin: AdminClient<DefaultClientContext> = config.create().context("creating the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating the Kafka admin client")?;
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -143,7 +149,10 @@ async fn ensure_topic(brokers: &str, topic: &str, partitions: i32, extra: &[(Str
     }
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
-        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .with_context(|| format!("creating topic {topic}"))?;
     for result in results {
@@ -161,10 +170,16 @@ pub async fn run(args: ProduceArgs, stop: Stop) -> anyhow::Result<Sent> {
     let extra = parse_kafka_config(&args.kafka_config)?;
     parse_brokers("--brokers", &args.brokers)?;
     if !(0.0..=1.0).contains(&args.malformed_ratio) {
-        bail!("invalid --malformed-ratio: {} is outside 0..=1", args.malformed_ratio);
+        bail!(
+            "invalid --malformed-ratio: {} is outside 0..=1",
+            args.malformed_ratio
+        );
     }
     if args.partitions < 1 {
-        bail!("invalid --partitions: {} must be at least 1", args.partitions);
+        bail!(
+            "invalid --partitions: {} must be at least 1",
+            args.partitions
+        );
     }
     if args.ips == 0 {
         bail!("invalid --ips: must be at least 1");
@@ -175,15 +190,21 @@ pub async fn run(args: ProduceArgs, stop: Stop) -> anyhow::Result<Sent> {
         .context("producer thread")?
 }
 
-fn produce_blocking(args: ProduceArgs, extra: Vec<(String, String)>, stop: Stop) -> anyhow::Result<Sent> {
+fn produce_blocking(
+    args: ProduceArgs,
+    extra: Vec<(String, String)>,
+    stop: Stop,
+) -> anyhow::Result<Sent> {
     let counter = Arc::new(DeliveryCounter::default());
     let producer: LineProducer = producer_config(&args.brokers, &extra)
         .create_with_context(CountingContext(counter.clone()))
         .context("creating the Kafka producer")?;
     let mut out = match &args.out {
-        Some(path) => Some(BufWriter::new(
-            File::create(path).with_context(|| format!("creating --out {}", path.display()))?,
-        )),
+        Some(path) => {
+            Some(BufWriter::new(File::create(path).with_context(|| {
+                format!("creating --out {}", path.display())
+            })?))
+        }
         None => None,
     };
     let mut traffic = Traffic::new(&TrafficConfig {
@@ -195,18 +216,26 @@ fn produce_blocking(args: ProduceArgs, extra: Vec<(String, String)>, stop: Stop)
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut write_error = None;
-    let sent = send_lines(&producer, &args.topic, &mut traffic, args.rate, args.count, &stop, |line, sent| {
-        if let Some(out) = out.as_mut()
-            && write_error.is_none()
-            && let Err(e) = out.write_all(line).and_then(|()| out.write_all(b"\n"))
-        {
-            write_error = Some(e);
-        }
-        if sent.lines % 4096 == 0 && last_report.elapsed() >= Duration::from_secs(2) {
-            last_report = Instant::now();
-            report_progress(sent, args.count, started.elapsed());
-        }
-    })
+    let sent = send_lines(
+        &producer,
+        &args.topic,
+        &mut traffic,
+        args.rate,
+        args.count,
+        &stop,
+        |line, sent| {
+            if let Some(out) = out.as_mut()
+                && write_error.is_none()
+                && let Err(e) = out.write_all(line).and_then(|()| out.write_all(b"\n"))
+            {
+                write_error = Some(e);
+            }
+            if sent.lines % 4096 == 0 && last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                report_progress(sent, args.count, started.elapsed());
+            }
+        },
+    )
     .context("producing")?;
     if let Some(e) = write_error {
         return Err(e).context("writing --out");
@@ -214,9 +243,14 @@ fn produce_blocking(args: ProduceArgs, extra: Vec<(String, String)>, stop: Stop)
     if let Some(mut out) = out {
         out.flush().context("writing --out")?;
     }
-    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
     let elapsed = started.elapsed().as_secs_f64();
-    let (delivered, failed) = (counter.delivered.load(Ordering::Relaxed), counter.failed.load(Ordering::Relaxed));
+    let (delivered, failed) = (
+        counter.delivered.load(Ordering::Relaxed),
+        counter.failed.load(Ordering::Relaxed),
+    );
     eprintln!(
         "produced {} lines ({} malformed, {:.1} MiB) to {} in {elapsed:.1}s: {:.0} lines/s; delivered {delivered}, failed {failed}",
         sent.lines,

@@ -137,7 +137,9 @@ impl Traffic {
         }
         // A few lines spell the address with JSON escapes; they must count too.
         let ip_text = if self.rng.below(200) == 0 {
-            ip.to_string().replace('.', "\\u002e").replace(':', "\\u003a")
+            ip.to_string()
+                .replace('.', "\\u002e")
+                .replace(':', "\\u003a")
         } else {
             ip.to_string()
         };
@@ -176,7 +178,8 @@ impl Traffic {
             }
             1 => self.line("", now, false, out),
             2 => {
-                let bad = ["unknown", "-", "300.1.2.3", "10.0.0", "fe80::1%eth0"][self.rng.below(5)];
+                let bad =
+                    ["unknown", "-", "300.1.2.3", "10.0.0", "fe80::1%eth0"][self.rng.below(5)];
                 self.line(bad, now, true, out);
             }
             3 => out.extend_from_slice(b"\xff\xfe\x00\x01binary\x80garbage"),
@@ -246,7 +249,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_463_467); // 2026-11-23T19:51:07Z
         let mut out = Vec::new();
         write_time_local(t, &mut out);
-        assert_eq!(String::from_utf8(out).expect("ascii"), "23/Nov/2026:19:51:07 +0000");
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "23/Nov/2026:19:51:07 +0000"
+        );
     }
 
     #[test]
@@ -272,11 +278,18 @@ mod tests {
                 }
                 LineKind::Malformed => {
                     malformed += 1;
-                    assert!(parser.parse(&la).is_err(), "{}", String::from_utf8_lossy(&la));
+                    assert!(
+                        parser.parse(&la).is_err(),
+                        "{}",
+                        String::from_utf8_lossy(&la)
+                    );
                 }
             }
         }
-        assert!((100..400).contains(&malformed), "about 5% malformed: {malformed}");
+        assert!(
+            (100..400).contains(&malformed),
+            "about 5% malformed: {malformed}"
+        );
         assert!(v6 > 100, "some IPv6 clients: {v6}");
     }
 }

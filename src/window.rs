@@ -166,11 +166,7 @@ mod tests {
     fn ties_break_by_ip_ascending() {
         let mut w = Window::new(1);
         w.push(pane(0, &[9, 3, 3, 5, 9, 7]));
-        let top: Vec<String> = w
-            .top(3)
-            .iter()
-            .map(|(ip, n)| format!("{ip}={n}"))
-            .collect();
+        let top: Vec<String> = w.top(3).iter().map(|(ip, n)| format!("{ip}={n}")).collect();
         assert_eq!(top, ["10.0.0.3=2", "10.0.0.9=2", "10.0.0.5=1"]);
     }
 

@@ -8,14 +8,20 @@ fn ipstats(args: &[&str]) -> (Option<i32>, String) {
         .env_remove("IPSTATS_BROKERS")
         .output()
         .expect("run ipstats");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn window_not_a_multiple_of_batch_exits_64_naming_the_window() {
     let (code, stderr) = ipstats(&["--batch", "2s", "--window", "7s"]);
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("--window") && stderr.contains("multiple"), "{stderr}");
+    assert!(
+        stderr.contains("--window") && stderr.contains("multiple"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
@@ -26,7 +32,12 @@ fn unparseable_values_exit_64_too() {
         (&["--batch", "soon"], "--batch"),
         (&["--offset-reset", "newest"], "--offset-reset"),
         (&["serve", "--topics", "a b"], "--topics"),
-        (&["legacy", "zk:2181", "b:9092", "t", "g", "/tmp/x", "5", "7", "5"], "--window"),
+        (
+            &[
+                "legacy", "zk:2181", "b:9092", "t", "g", "/tmp/x", "5", "7", "5",
+            ],
+            "--window",
+        ),
         (&["legacy", "too", "few"], "required"),
     ] {
         let (code, stderr) = ipstats(args);

@@ -31,7 +31,13 @@ fn lines(count: usize, seed: u64) -> Vec<Vec<u8>> {
         })
         .collect();
     // Hostile lines: huge, escaped, and a valid-looking address in invalid JSON.
-    out.push(format!(r#"{{"client_real_ip":"10.9.9.9","pad":"{}"}}"#, "x".repeat(70_000)).into_bytes());
+    out.push(
+        format!(
+            r#"{{"client_real_ip":"10.9.9.9","pad":"{}"}}"#,
+            "x".repeat(70_000)
+        )
+        .into_bytes(),
+    );
     out.push(br#"{"client_real_ip":"10\u002e9\u002e9\u002e9"}"#.to_vec());
     out.push(br#"{"client_real_ip":"10.9.9.9""#.to_vec());
     out
@@ -105,17 +111,28 @@ async fn counts_exactly_what_was_produced() {
     let lines = lines(3000, 11);
     let per_partition = produce(&bootstrap, "logs", 3, &lines);
     let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
-    assert!(truth.skipped.values().all(|&n| n > 0), "every reason occurs: {:?}", truth.skipped);
+    assert!(
+        truth.skipped.values().all(|&n| n > 0),
+        "every reason occurs: {:?}",
+        truth.skipped
+    );
 
     let app = start(&bootstrap, &["--topics", "logs", "--group", "exact"]).await;
     let addr = app.local_addr();
     tokio::task::spawn_blocking(move || {
         wait_consumed(addr, truth.lines);
         assert_eq!(window_counts(addr), truth.counts, "per-IP counts are exact");
-        assert_eq!(skipped_counts(addr), truth.skipped, "skip counters are exact");
+        assert_eq!(
+            skipped_counts(addr),
+            truth.skipped,
+            "skip counters are exact"
+        );
         let top = get_json(addr, "/api/v1/top?n=100000");
         assert_eq!(top["total_requests"].as_u64(), Some(truth.counted()));
-        assert_eq!(top["distinct_ips"].as_u64(), Some(truth.counts.len() as u64));
+        assert_eq!(
+            top["distinct_ips"].as_u64(),
+            Some(truth.counts.len() as u64)
+        );
         let escaped = get_json(addr, "/api/v1/ips/10.9.9.9");
         assert_eq!(escaped["count"], 1, "only the escaped, valid line counts");
 
@@ -138,7 +155,11 @@ async fn counts_exactly_what_was_produced() {
                 .iter()
                 .map(|p| p["lag"].clone())
                 .collect();
-            if lags.iter().all(|l| l == 0) { Ok(()) } else { Err(format!("{lags:?}")) }
+            if lags.iter().all(|l| l == 0) {
+                Ok(())
+            } else {
+                Err(format!("{lags:?}"))
+            }
         });
         let metrics = common::http_get(addr, "/metrics").expect("metrics").1;
         for needle in [
@@ -164,7 +185,11 @@ async fn rate_cap_delays_but_never_loses_or_duplicates() {
     produce(&bootstrap, "capped", 1, &lines);
     let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
     // 100 records/s in 100 ms batches: at most 10 records per batch.
-    let app = start(&bootstrap, &["--topics", "capped", "--max-rate-per-partition", "100"]).await;
+    let app = start(
+        &bootstrap,
+        &["--topics", "capped", "--max-rate-per-partition", "100"],
+    )
+    .await;
     let addr = app.local_addr();
     tokio::task::spawn_blocking(move || {
         let mut max_per_pane = 0;
@@ -173,7 +198,11 @@ async fn rate_cap_delays_but_never_loses_or_duplicates() {
         assert_eq!(skipped_counts(addr), truth.skipped);
         let status = get_json(addr, "/api/v1/status");
         let batches = status["batches"].as_u64().expect("batches");
-        assert!(batches >= truth.lines / 10, "{batches} batches for {} records", truth.lines);
+        assert!(
+            batches >= truth.lines / 10,
+            "{batches} batches for {} records",
+            truth.lines
+        );
         // Per pane, no partition exceeded its cap: check through the busiest IP's history.
         let top = get_json(addr, "/api/v1/top?n=1");
         let busiest = top["top"][0]["ip"].as_str().expect("ip").to_string();
@@ -181,7 +210,10 @@ async fn rate_cap_delays_but_never_loses_or_duplicates() {
         for pane in detail["panes"].as_array().expect("panes") {
             max_per_pane = max_per_pane.max(pane["count"].as_u64().expect("count"));
         }
-        assert!(max_per_pane <= 10, "a pane held {max_per_pane} records of one IP");
+        assert!(
+            max_per_pane <= 10,
+            "a pane held {max_per_pane} records of one IP"
+        );
     })
     .await
     .expect("assertions");
@@ -210,7 +242,11 @@ async fn latest_skips_old_records_and_late_topics_are_picked_up() {
             wait_for("both partitions of `old` assigned", WAIT, || {
                 let offsets = get_json(addr, "/api/v1/offsets");
                 let n = offsets["partitions"].as_array().map_or(0, |a| a.len());
-                if n == 2 { Ok(()) } else { Err(format!("{n} partitions")) }
+                if n == 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} partitions"))
+                }
             });
             produce(&bootstrap, "old", 2, &fresh);
         })
@@ -222,7 +258,11 @@ async fn latest_skips_old_records_and_late_topics_are_picked_up() {
     tokio::task::spawn_blocking(move || {
         produce(&bootstrap, "late", 2, &late);
         wait_consumed(addr, truth.lines);
-        assert_eq!(window_counts(addr), truth.counts, "old records were not counted");
+        assert_eq!(
+            window_counts(addr),
+            truth.counts,
+            "old records were not counted"
+        );
         let offsets = get_json(addr, "/api/v1/offsets");
         let topics: Vec<&str> = offsets["partitions"]
             .as_array()
@@ -230,7 +270,11 @@ async fn latest_skips_old_records_and_late_topics_are_picked_up() {
             .iter()
             .filter_map(|p| p["topic"].as_str())
             .collect();
-        assert_eq!(topics.iter().filter(|t| **t == "late").count(), 2, "{topics:?}");
+        assert_eq!(
+            topics.iter().filter(|t| **t == "late").count(),
+            2,
+            "{topics:?}"
+        );
     })
     .await
     .expect("assertions");
@@ -242,11 +286,18 @@ async fn offset_reset_fail_stops_with_the_partition_named() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic("strict", 1, 1).expect("topic");
-    let app = start(&bootstrap, &["--topics", "strict", "--offset-reset", "fail"]).await;
+    let app = start(
+        &bootstrap,
+        &["--topics", "strict", "--offset-reset", "fail"],
+    )
+    .await;
     let error = app
         .run_until(std::future::pending())
         .await
         .expect_err("no stored offset and --offset-reset fail");
     let message = format!("{error:#}");
-    assert!(message.contains("strict/0") && message.contains("--offset-reset"), "{message}");
+    assert!(
+        message.contains("strict/0") && message.contains("--offset-reset"),
+        "{message}"
+    );
 }

@@ -118,9 +118,8 @@ pub async fn ip(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<IpView>, Problem> {
     let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let ip = parse_ip(&text).ok_or_else(|| {
-        Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address"))
-    })?;
+    let ip = parse_ip(&text)
+        .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
     let snapshot = state.published.load();
     Ok(Json(IpView {
         ip: ip.to_string(),

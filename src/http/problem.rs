@@ -42,7 +42,10 @@ impl IntoResponse for Problem {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -109,7 +109,11 @@ async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
         .await
         .expect("body")
         .to_bytes();
-    (status, content_type, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 async fn get_json(uri: &str) -> (StatusCode, Value) {
@@ -142,7 +146,11 @@ async fn top_returns_n_entries_in_order() {
         [("10.0.0.1".to_string(), 5), ("10.0.0.2".to_string(), 5)]
     );
     let (_, all) = get_json("/api/v1/top").await;
-    assert_eq!(all["top"].as_array().expect("array").len(), 3, "default n=10 caps at what exists");
+    assert_eq!(
+        all["top"].as_array().expect("array").len(),
+        3,
+        "default n=10 caps at what exists"
+    );
 }
 
 #[tokio::test]
@@ -181,7 +189,10 @@ async fn ip_detail_sums_panes() {
         .collect();
     assert_eq!(per_pane, [3, 2]);
     let (_, v6) = get_json("/api/v1/ips/2001:DB8:0::1").await;
-    assert_eq!((v6["ip"].as_str(), v6["count"].as_u64()), (Some("2001:db8::1"), Some(1)));
+    assert_eq!(
+        (v6["ip"].as_str(), v6["count"].as_u64()),
+        (Some("2001:db8::1"), Some(1))
+    );
     let (_, absent) = get_json("/api/v1/ips/192.0.2.55").await;
     assert_eq!(absent["count"], 0);
 }
@@ -192,7 +203,10 @@ async fn offsets_report_ranges_and_lag() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["group"], "g1");
     let p = &body["partitions"][0];
-    assert_eq!((p["from_offset"].as_i64(), p["until_offset"].as_i64()), (Some(100), Some(111)));
+    assert_eq!(
+        (p["from_offset"].as_i64(), p["until_offset"].as_i64()),
+        (Some(100), Some(111))
+    );
     assert_eq!(p["lag"], 9);
     assert!(p["committed_zookeeper"].is_null());
 }
@@ -200,7 +214,10 @@ async fn offsets_report_ranges_and_lag() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
     let (status, content_type, _) = call(Method::GET, "/nope").await;
-    assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, "application/problem+json"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::NOT_FOUND, "application/problem+json")
+    );
     let (status, content_type, _) = call(Method::POST, "/api/v1/top").await;
     assert_eq!(
         (status, content_type.as_str()),
@@ -213,12 +230,19 @@ async fn unknown_routes_and_methods_are_problems() {
 #[tokio::test]
 async fn readiness_follows_health() {
     let response = router(state(false))
-        .oneshot(Request::get("/readyz").body(Body::empty()).expect("request"))
+        .oneshot(
+            Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (status, body) = get_json("/readyz").await;
-    assert_eq!((status, &body["ready"]), (StatusCode::OK, &Value::Bool(true)));
+    assert_eq!(
+        (status, &body["ready"]),
+        (StatusCode::OK, &Value::Bool(true))
+    );
 }
 
 #[tokio::test]
@@ -234,23 +258,39 @@ async fn dashboard_is_embedded_and_locked_down() {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
-    for (path, kind) in [("/dashboard.js", "javascript"), ("/dashboard.css", "css"), ("/", "html")] {
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    for (path, kind) in [
+        ("/dashboard.js", "javascript"),
+        ("/dashboard.css", "css"),
+        ("/", "html"),
+    ] {
         let (status, content_type, body) = call(Method::GET, path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         assert!(content_type.contains(kind), "{path}: {content_type}");
         assert!(body.len() > 500, "{path} is not empty");
     }
     let (_, _, js) = call(Method::GET, "/dashboard.js").await;
-    assert!(!js.contains("innerHTML"), "log data is inserted as text only");
+    assert!(
+        !js.contains("innerHTML"),
+        "log data is inserted as text only"
+    );
 }
 
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let (status, content_type, body) = call(Method::GET, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
-    assert!(body.contains("ipstats_records_skipped_total{reason=\"not_json\"} 0"), "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    assert!(
+        body.contains("ipstats_records_skipped_total{reason=\"not_json\"} 0"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -28,7 +28,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -57,7 +60,11 @@ pub fn get_json(addr: SocketAddr, path: &str) -> Value {
 
 /// Polls `probe` until it returns `Some`, or fails the test at the deadline
 /// with the last observation.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let until = Instant::now() + deadline;
     let mut last = String::new();
     while Instant::now() < until {
@@ -132,6 +139,109 @@ pub fn skipped_counts(addr: SocketAddr) -> BTreeMap<&'static str, u64> {
     let status = get_json(addr, "/api/v1/status");
     SkipReason::ALL
         .iter()
-        .map(|r| (r.as_str(), status["skipped"][r.as_str()].as_u64().expect("skip count")))
+        .map(|r| {
+            (
+                r.as_str(),
+                status["skipped"][r.as_str()].as_u64().expect("skip count"),
+            )
+        })
+        .collect()
+}
+
+/// The real local cluster started by `scripts/cluster.sh` (via scripts/test.sh).
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub brokers: String,
+    pub zookeeper: String,
+}
+
+/// The cluster from `IPSTATS_TEST_BROKERS` / `IPSTATS_TEST_ZOOKEEPER`. Under
+/// `CI=true` a missing cluster fails the test; elsewhere the test says it did
+/// not run and returns.
+pub fn cluster() -> Option<Cluster> {
+    let brokers = std::env::var("IPSTATS_TEST_BROKERS").ok();
+    let zookeeper = std::env::var("IPSTATS_TEST_ZOOKEEPER").ok();
+    match (brokers, zookeeper) {
+        (Some(brokers), Some(zookeeper)) => Some(Cluster { brokers, zookeeper }),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "CI=true but IPSTATS_TEST_BROKERS/IPSTATS_TEST_ZOOKEEPER are not set: run scripts/test.sh"
+            )
+        }
+        _ => {
+            eprintln!(
+                "NOT RUN: no real cluster (run scripts/test.sh, or eval \"$(scripts/cluster.sh up)\" and set IPSTATS_TEST_BROKERS/IPSTATS_TEST_ZOOKEEPER)"
+            );
+            None
+        }
+    }
+}
+
+/// A name unique to this test run, for topics, groups and chroots.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Runs `scripts/cluster.sh ARGS` and returns its stdout; fails the test on error.
+pub fn cluster_tool(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+    let output = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("run scripts/cluster.sh");
+    assert!(
+        output.status.success(),
+        "scripts/cluster.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `ipstats produce` into a real topic; returns the lines it wrote (ground truth).
+pub fn produce_lines(
+    cluster: &Cluster,
+    topic: &str,
+    count: u64,
+    partitions: u32,
+    seed: u64,
+) -> Vec<Vec<u8>> {
+    let out = std::env::temp_dir().join(format!("{}.lines", unique(topic)));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args([
+            "produce",
+            "--brokers",
+            &cluster.brokers,
+            "--topic",
+            topic,
+            "--rate",
+            "0",
+            "--ips",
+            "500",
+        ])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--partitions",
+            &partitions.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args(["--malformed-ratio", "0.03", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run ipstats produce");
+    assert!(
+        output.status.success(),
+        "ipstats produce failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read(&out).expect("produce --out file");
+    let _ = std::fs::remove_file(&out);
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
         .collect()
 }

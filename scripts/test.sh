@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every test, on a fresh machine: installs what is missing (Debian packages,
+# Kafka jars, a Python venv with schemathesis), starts the local Kafka +
+# ZooKeeper cluster, runs lints and all tests, checks the live demo server
+# with promtool and schemathesis, and stops the cluster even when tests fail.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "installing test tools"
+scripts/setup.sh
+
+step "format and lints"
+shellcheck scripts/*.sh .ci/run
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "starting the local Kafka + ZooKeeper cluster"
+started=$SECONDS
+cluster_env=$(scripts/cluster.sh up)
+eval "$cluster_env"
+export IPSTATS_BROKERS IPSTATS_ZOOKEEPER
+echo "cluster started in $((SECONDS - started))s: $IPSTATS_BROKERS, ZooKeeper $IPSTATS_ZOOKEEPER" >&2
+trap 'scripts/cluster.sh down' EXIT
+
+step "unit, property, router and integration tests"
+# IPSTATS_TEST_BROKERS/ZOOKEEPER point the real-cluster tests at it; the service
+# itself must not inherit the variables as its own settings.
+IPSTATS_TEST_BROKERS=$IPSTATS_BROKERS IPSTATS_TEST_ZOOKEEPER=$IPSTATS_ZOOKEEPER \
+  env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER cargo test --locked --all-targets
+
+step "live checks of the demo server"
+env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER scripts/check-live.sh
