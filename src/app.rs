@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! demo thread (optional) ─► Kafka ─► ingest thread ─► Arc<Snapshot> ─► HTTP
-//!                               └──► monitor thread (partitions, watermarks)
+//!                               │          └─► commit requests ─► ZooKeeper / Kafka group committers
+//!                               └──► monitor thread (partitions, watermarks, newest timestamps)
 //! ```
+//! Start-up: HTTP first (so health and status answer at once), then — with
+//! ZooKeeper — connect, claim the partitions, read the stored offsets, and
+//! only then consume. Shutdown: ingest closes and publishes its last batch,
+//! the committers commit it, then HTTP and the demo broker stop.
 //! Every thread and task is owned here; one that ends early stops the service.
 
 use std::future::Future;
@@ -14,15 +19,21 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use rdkafka::config::ClientConfig;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{OffsetReset, Settings};
 use crate::http::{AppState, ServiceInfo, router};
-use crate::ingest::{Ingest, IngestConfig};
-use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
+use crate::ingest::{Ingest, IngestConfig, StoredOffsets};
+use crate::kafka::{
+    ClusterView, KafkaConsumer, KafkaContext, ViewReceiver, consumer_config, run_monitor,
+};
 use crate::metrics::Metrics;
+use crate::offsets::committed::{Committed, StoreState};
+use crate::offsets::zookeeper::{ZkOptions, ZkStore};
+use crate::offsets::{CommitRequest, kafka_group, zookeeper};
 use crate::snapshot::{Health, Published, Snapshot};
 use crate::stop::Stop;
 
@@ -30,16 +41,29 @@ use crate::stop::Stop;
 const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 
 type Exit = (&'static str, anyhow::Result<()>);
+type Exits = mpsc::UnboundedSender<Exit>;
+
+/// What start-up launched once the start offsets were known.
+struct Launched {
+    ingest: (&'static str, JoinHandle<()>),
+    committers: Vec<tokio::task::JoinHandle<()>>,
+}
 
 /// A started service.
 pub struct App {
     addr: SocketAddr,
+    /// Stops the ingest and monitor threads.
     stop: Stop,
     /// The demo broker outlives the clients reading from it.
     demo_stop: Stop,
-    cancel: CancellationToken,
+    /// Stops start-up waits (ZooKeeper, first metadata).
+    startup_cancel: CancellationToken,
+    /// Tells the committers to make their last commit and end.
+    commit_cancel: CancellationToken,
+    server_cancel: CancellationToken,
     exits: mpsc::UnboundedReceiver<Exit>,
     threads: Vec<(&'static str, JoinHandle<()>)>,
+    startup: tokio::task::JoinHandle<Option<Launched>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     published: Published,
     health: Arc<Health>,
@@ -47,7 +71,7 @@ pub struct App {
 
 fn spawn_thread(
     name: &'static str,
-    exits: &mpsc::UnboundedSender<Exit>,
+    exits: &Exits,
     body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
 ) -> anyhow::Result<(&'static str, JoinHandle<()>)> {
     let exits = exits.clone();
@@ -61,20 +85,193 @@ fn spawn_thread(
     Ok((name, handle))
 }
 
+fn spawn_task(
+    name: &'static str,
+    exits: &Exits,
+    body: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let exits = exits.clone();
+    tokio::spawn(async move {
+        let result = body.await;
+        let _ = exits.send((name, result));
+    })
+}
+
+/// Everything start-up needs to launch ingest and the committers.
+struct Startup {
+    settings: Settings,
+    zookeeper: Option<ZkOptions>,
+    consumer: KafkaConsumer,
+    group_client: Arc<KafkaConsumer>,
+    view: ViewReceiver,
+    commits: watch::Sender<Arc<CommitRequest>>,
+    published: Published,
+    health: Arc<Health>,
+    metrics: Metrics,
+    committed: Arc<Committed>,
+    stop: Stop,
+    cancel: CancellationToken,
+    commit_cancel: CancellationToken,
+    exits: Exits,
+}
+
+impl Startup {
+    /// Resolves where to start and launches ingest and the committers; `None`
+    /// when cancelled first. Failures go to the exit channel.
+    async fn run(self) -> Option<Launched> {
+        let exits = self.exits.clone();
+        match self.launch().await {
+            Ok(launched) => launched,
+            Err(e) => {
+                let _ = exits.send(("startup", Err(e)));
+                None
+            }
+        }
+    }
+
+    async fn launch(mut self) -> anyhow::Result<Option<Launched>> {
+        let mut zk_store = None;
+        let mut stored = StoredOffsets::new();
+        if let Some(options) = &self.zookeeper {
+            self.health
+                .set_phase("waiting for ZooKeeper (start offsets)");
+            let Some(mut store) =
+                ZkStore::connect_retrying(options, &self.committed.zookeeper, &self.cancel).await
+            else {
+                return Ok(None);
+            };
+            self.health.set_phase("waiting for Kafka metadata");
+            let Some(view) = self.first_view().await else {
+                return Ok(None);
+            };
+            self.health
+                .set_phase("claiming partition ownership in ZooKeeper");
+            for p in &view.partitions {
+                store.claim(&p.topic, p.partition).await?;
+            }
+            for p in &view.partitions {
+                if let Some(offset) = store.read_offset(&p.topic, p.partition).await? {
+                    stored.insert((p.topic.clone(), p.partition), offset);
+                }
+            }
+            self.committed
+                .zookeeper
+                .record(stored.iter().map(|((t, p), o)| (t.clone(), *p, *o)), false);
+            info!(
+                partitions = view.partitions.len(),
+                stored = stored.len(),
+                "ZooKeeper offsets read; partitions owned by this instance"
+            );
+            zk_store = Some(store);
+        }
+        self.read_group_offsets().await;
+        self.health.set_phase("consuming");
+
+        let ingest = Ingest::new(
+            self.consumer,
+            IngestConfig::from(&self.settings),
+            stored,
+            self.view.clone(),
+            self.commits.clone(),
+            self.published.clone(),
+            self.health.clone(),
+            self.metrics.clone(),
+        );
+        let stop = self.stop.clone();
+        let ingest = spawn_thread("ingest", &self.exits, move || {
+            ingest.run(stop).map_err(anyhow::Error::from)
+        })?;
+        let mut committers = vec![spawn_task(
+            "kafka committer",
+            &self.exits,
+            kafka_group::run_committer(
+                self.group_client.clone(),
+                self.commits.subscribe(),
+                self.committed.clone(),
+                self.metrics.clone(),
+                self.commit_cancel.clone(),
+            ),
+        )];
+        if let Some(options) = self.zookeeper.take() {
+            committers.push(spawn_task(
+                "zookeeper committer",
+                &self.exits,
+                zookeeper::run_committer(
+                    zk_store,
+                    options,
+                    self.commits.subscribe(),
+                    self.committed.clone(),
+                    self.metrics.clone(),
+                    self.commit_cancel.clone(),
+                ),
+            ));
+        }
+        Ok(Some(Launched { ingest, committers }))
+    }
+
+    async fn first_view(&mut self) -> Option<Arc<ClusterView>> {
+        tokio::select! {
+            () = self.cancel.cancelled() => None,
+            view = self.view.wait_for(|v| v.refreshed.is_some()) => view.ok().map(|v| v.clone()),
+        }
+    }
+
+    /// The group's committed offsets, shown beside ZooKeeper's (best effort).
+    async fn read_group_offsets(&mut self) {
+        let view = self.view.borrow().clone();
+        let partitions: Vec<_> = view
+            .partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let client = self.group_client.clone();
+        match tokio::task::spawn_blocking(move || kafka_group::read_committed(&client, &partitions))
+            .await
+        {
+            Ok(Ok(offsets)) => {
+                self.committed.kafka.record(offsets, false);
+                self.committed.kafka.set_state(StoreState::Connected);
+            }
+            Ok(Err(e)) => warn!(error = %e, "reading the Kafka group's committed offsets failed"),
+            Err(e) => warn!(error = %e, "reading the Kafka group's committed offsets failed"),
+        }
+    }
+}
+
 impl App {
     /// Starts everything and returns once the HTTP listener is bound.
     pub async fn start(settings: Settings) -> anyhow::Result<App> {
         let metrics = Metrics::new().context("creating metrics")?;
         let health = Arc::new(Health::new(settings.is_demo()));
+        let committed = Arc::new(Committed::new(settings.zookeeper.is_some(), true));
         let published: Published = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
             settings.window,
             settings.slide,
         )));
-        let view = Arc::new(ArcSwap::from_pointee(ClusterView::default()));
+        let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+        let (commit_tx, _) = watch::channel(Arc::new(CommitRequest::default()));
         let stop = Stop::new();
         let demo_stop = Stop::new();
+        let (startup_cancel, commit_cancel, server_cancel) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
         let (exit_tx, exits) = mpsc::unbounded_channel();
         let mut threads = Vec::new();
+
+        let zookeeper = match &settings.zookeeper {
+            Some(connect) => Some(ZkOptions {
+                connect: connect.clone(),
+                group: settings.group.clone(),
+                session_timeout: settings.zookeeper_session_timeout,
+                instance_id: crate::checkpoint::instance_id(&settings.checkpoint_dir)?,
+            }),
+            None => None,
+        };
 
         let brokers = match &settings.brokers {
             Some(brokers) => brokers.clone(),
@@ -84,20 +281,11 @@ impl App {
                     settings.demo_rate,
                     demo_stop.clone(),
                 )?;
-                let tx = exit_tx.clone();
-                // Watch the demo thread like the others.
-                threads.push((
-                    "demo",
-                    std::thread::Builder::new()
-                        .name("demo-watch".into())
-                        .spawn(move || {
-                            let result = handle
-                                .join()
-                                .unwrap_or_else(|_| Err(anyhow!("the demo thread panicked")));
-                            let _ = tx.send(("demo", result));
-                        })
-                        .context("spawning the demo watcher")?,
-                ));
+                threads.push(spawn_thread("demo", &exit_tx, move || {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow!("the demo thread panicked")))
+                })?);
                 warn!(
                     brokers = %bootstrap,
                     "DEMO MODE: embedded in-process broker with generated traffic; pass --brokers to count real logs"
@@ -107,9 +295,9 @@ impl App {
         };
 
         let auto_reset = match settings.offset_reset {
-            crate::config::OffsetReset::Earliest => "earliest",
-            crate::config::OffsetReset::Latest => "latest",
-            crate::config::OffsetReset::Fail => "error",
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Fail => "error",
         };
         let config = consumer_config(
             &brokers,
@@ -117,48 +305,31 @@ impl App {
             auto_reset,
             &settings.kafka_config,
         );
-        let context = || KafkaContext {
-            health: health.clone(),
-            metrics: metrics.clone(),
+        let client = |role: &str| -> anyhow::Result<KafkaConsumer> {
+            ClientConfig::clone(&config)
+                .set("client.id", format!("ipstats-{role}"))
+                .create_with_context(KafkaContext {
+                    health: health.clone(),
+                    metrics: metrics.clone(),
+                })
+                .with_context(|| format!("creating the Kafka {role} client"))
         };
-        let consumer: KafkaConsumer = config
-            .create_with_context(context())
-            .context("creating the Kafka consumer")?;
-        let monitor_consumer: KafkaConsumer = config
-            .create_with_context(context())
-            .context("creating the Kafka monitor client")?;
-
+        let consumer = client("ingest")?;
+        let group_client = Arc::new(client("committer")?);
         {
-            let (topics, view, health, stop) = (
-                settings.topics.clone(),
-                view.clone(),
-                health.clone(),
-                stop.clone(),
-            );
+            let (monitor, tail) = (client("monitor")?, client("tail")?);
+            let (topics, health, stop) = (settings.topics.clone(), health.clone(), stop.clone());
             threads.push(spawn_thread("monitor", &exit_tx, move || {
                 run_monitor(
-                    monitor_consumer,
+                    monitor,
+                    tail,
                     topics,
                     MONITOR_INTERVAL,
-                    view,
+                    view_tx,
                     health,
                     stop,
                 );
                 Ok(())
-            })?);
-        }
-        {
-            let ingest = Ingest::new(
-                consumer,
-                IngestConfig::from(&settings),
-                view,
-                published.clone(),
-                health.clone(),
-                metrics.clone(),
-            );
-            let stop = stop.clone();
-            threads.push(spawn_thread("ingest", &exit_tx, move || {
-                ingest.run(stop).map_err(anyhow::Error::from)
             })?);
         }
 
@@ -171,7 +342,8 @@ impl App {
         let state = AppState {
             published: published.clone(),
             health: health.clone(),
-            metrics,
+            metrics: metrics.clone(),
+            committed: committed.clone(),
             info: Arc::new(ServiceInfo {
                 group: settings.group.clone(),
                 topics: settings.topics.clone(),
@@ -180,18 +352,11 @@ impl App {
                 } else {
                     brokers.clone()
                 },
-                zookeeper: settings.zookeeper.as_ref().map(|z| {
-                    format!(
-                        "{}{}",
-                        z.servers.join(","),
-                        z.chroot.as_deref().unwrap_or("")
-                    )
-                }),
+                zookeeper: zookeeper.as_ref().map(ZkOptions::display),
             }),
         };
-        let cancel = CancellationToken::new();
         let server = {
-            let cancel = cancel.clone();
+            let cancel = server_cancel.clone();
             tokio::spawn(async move {
                 axum::serve(listener, router(state))
                     .with_graceful_shutdown(cancel.cancelled_owned())
@@ -201,6 +366,7 @@ impl App {
         info!(
             mode = if settings.is_demo() { "demo" } else { "kafka" },
             brokers = %brokers,
+            zookeeper = zookeeper.as_ref().map_or_else(|| "none".to_string(), ZkOptions::display),
             topics = %settings.topics.join(","),
             group = %settings.group,
             window = %humantime::format_duration(settings.window),
@@ -209,13 +375,36 @@ impl App {
             url = %format!("http://{addr}/"),
             "ipstats started"
         );
+
+        let startup = tokio::spawn(
+            Startup {
+                settings,
+                zookeeper,
+                consumer,
+                group_client,
+                view: view_rx,
+                commits: commit_tx,
+                published: published.clone(),
+                health: health.clone(),
+                metrics,
+                committed,
+                stop: stop.clone(),
+                cancel: startup_cancel.clone(),
+                commit_cancel: commit_cancel.clone(),
+                exits: exit_tx,
+            }
+            .run(),
+        );
         Ok(App {
             addr,
             stop,
             demo_stop,
-            cancel,
+            startup_cancel,
+            commit_cancel,
+            server_cancel,
             exits,
             threads,
+            startup,
             server,
             published,
             health,
@@ -243,8 +432,8 @@ impl App {
                 Ok(())
             }
             Some((name, result)) = self.exits.recv() => match result {
-                Err(e) => Err(e.context(format!("the {name} thread failed"))),
-                Ok(()) => Err(anyhow!("the {name} thread stopped unexpectedly")),
+                Err(e) => Err(e.context(format!("{name} failed"))),
+                Ok(()) => Err(anyhow!("{name} stopped unexpectedly")),
             },
             result = &mut self.server => match result {
                 Ok(Ok(())) => Err(anyhow!("the HTTP server stopped unexpectedly")),
@@ -252,48 +441,68 @@ impl App {
                 Err(e) => Err(anyhow::Error::from(e).context("the HTTP server task failed")),
             },
         };
-        let stopped = self.stop_all().await;
         if let Err(e) = &outcome {
             error!("{e:#}");
         }
+        let stopped = self.stop_all().await;
         outcome.and(stopped)
     }
 
     async fn stop_all(self) -> anyhow::Result<()> {
-        self.stop.set();
-        self.cancel.cancel();
         let App {
-            threads,
-            server,
-            mut exits,
+            stop,
             demo_stop,
+            startup_cancel,
+            commit_cancel,
+            server_cancel,
+            mut exits,
+            threads,
+            startup,
+            server,
             ..
         } = self;
-        let mut first_error = None;
-        tokio::task::spawn_blocking(move || {
-            let (demo, others): (Vec<_>, Vec<_>) =
-                threads.into_iter().partition(|(name, _)| *name == "demo");
-            let join = |(name, handle): (&str, JoinHandle<()>)| {
-                if handle.join().is_err() {
-                    error!(thread = name, "thread panicked");
-                }
-            };
-            others.into_iter().for_each(join);
-            demo_stop.set();
-            demo.into_iter().for_each(join);
-        })
-        .await
-        .context("joining threads")?;
-        while let Ok((name, result)) = exits.try_recv() {
-            if let Err(e) = result {
-                first_error.get_or_insert(e.context(format!("the {name} thread failed")));
-            }
+        stop.set();
+        startup_cancel.cancel();
+        let launched = startup.await.ok().flatten();
+        let (demo, mut others): (Vec<_>, Vec<_>) =
+            threads.into_iter().partition(|(name, _)| *name == "demo");
+        let mut committers = Vec::new();
+        if let Some(launched) = launched {
+            others.push(launched.ingest);
+            committers = launched.committers;
         }
+        join_threads(others).await?;
+        // Ingest has published its last batch: commit it, then stop the rest.
+        commit_cancel.cancel();
+        for task in committers {
+            let _ = task.await;
+        }
+        server_cancel.cancel();
         if !server.is_finished() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
+        demo_stop.set();
+        join_threads(demo).await?;
+        let mut first_error = None;
+        while let Ok((name, result)) = exits.try_recv() {
+            if let Err(e) = result {
+                first_error.get_or_insert(e.context(format!("{name} failed")));
+            }
+        }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+async fn join_threads(threads: Vec<(&'static str, JoinHandle<()>)>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        for (name, handle) in threads {
+            if handle.join().is_err() {
+                error!(thread = name, "thread panicked");
+            }
+        }
+    })
+    .await
+    .context("joining threads")
 }
 
 /// Starts the service and runs it until `shutdown` completes.

@@ -80,6 +80,15 @@ pub struct ServeArgs {
     /// ZooKeeper for offsets: host:port[,host:port][/chroot]. Absent: no ZooKeeper offsets.
     #[arg(long, env = "IPSTATS_ZOOKEEPER", value_name = "CONNECT")]
     pub zookeeper: Option<String>,
+    /// ZooKeeper session timeout: how long a crashed instance's ownership lingers.
+    #[arg(
+        long,
+        env = "IPSTATS_ZOOKEEPER_SESSION_TIMEOUT",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub zookeeper_session_timeout: Duration,
     /// Directory for checkpoints and the instance id.
     #[arg(
         long,
@@ -237,6 +246,7 @@ pub struct Settings {
     pub topics: Vec<String>,
     pub group: String,
     pub zookeeper: Option<ZkConnect>,
+    pub zookeeper_session_timeout: Duration,
     pub checkpoint_dir: PathBuf,
     pub batch: Duration,
     pub window: Duration,
@@ -287,6 +297,17 @@ impl TryFrom<ServeArgs> for Settings {
             ));
         }
         let zookeeper = a.zookeeper.as_deref().map(parse_zookeeper).transpose()?;
+        if !(Duration::from_secs(2)..=Duration::from_secs(120))
+            .contains(&a.zookeeper_session_timeout)
+        {
+            return Err(invalid(
+                "--zookeeper-session-timeout",
+                format!(
+                    "{} is outside 2s..=2m",
+                    humantime::format_duration(a.zookeeper_session_timeout)
+                ),
+            ));
+        }
         if a.ip_field.is_empty() {
             return Err(invalid("--ip-field", "must not be empty"));
         }
@@ -317,6 +338,7 @@ impl TryFrom<ServeArgs> for Settings {
             topics,
             group: a.group,
             zookeeper,
+            zookeeper_session_timeout: a.zookeeper_session_timeout,
             checkpoint_dir: a.checkpoint_dir,
             batch: a.batch,
             window: a.window,
@@ -341,6 +363,7 @@ impl TryFrom<LegacyArgs> for Settings {
             topics: l.topics,
             group: l.group_id,
             zookeeper: Some(l.zk_servers),
+            zookeeper_session_timeout: Duration::from_secs(10),
             checkpoint_dir: l.checkpoint_directory,
             batch: Duration::from_secs(l.batch_seconds),
             window: Duration::from_secs(l.window_seconds),

@@ -9,16 +9,21 @@ use std::mem;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
+
+use prometheus::{Gauge, IntCounter, IntGauge};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use tokio::sync::watch;
+
 use crate::config::{MAX_TOP_N, OffsetReset, Settings};
-use crate::kafka::{ClusterView, KafkaConsumer, SharedView};
+use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::metrics::Metrics;
+use crate::offsets::{CommitRequest, Reset, ResetReason, ResetRefused, resolve_start};
 use crate::parse::{Parser, SkipCounts};
 use crate::snapshot::{Health, IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::stop::Stop;
@@ -27,16 +32,8 @@ use crate::window::{IpMap, OffsetRange, Pane, Window};
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error(
-        "no stored offset for {topic}/{partition} and --offset-reset is fail \
-         (log start {low}, log end {high}); choose --offset-reset earliest or latest"
-    )]
-    NoOffset {
-        topic: Arc<str>,
-        partition: i32,
-        low: i64,
-        high: i64,
-    },
+    #[error(transparent)]
+    ResetRefused(#[from] ResetRefused),
     #[error("assigning {topic}/{partition} failed: {source}")]
     Assign {
         topic: Arc<str>,
@@ -46,6 +43,9 @@ pub enum IngestError {
     #[error("consuming failed with --offset-reset fail: {0}")]
     ConsumeFailed(KafkaError),
 }
+
+/// Stored next offsets to start from, per partition (from ZooKeeper).
+pub type StoredOffsets = HashMap<(Arc<str>, i32), i64>;
 
 /// What ingest needs to know from the settings.
 #[derive(Clone, Debug)]
@@ -91,9 +91,13 @@ struct PartitionState {
     taken: u64,
     /// Paused by the rate cap; resume from this offset at the next batch.
     held: Option<i64>,
+    /// Timestamp (ms) of the last record read.
+    last_timestamp_ms: Option<i64>,
+    last_reset: Option<Reset>,
     consumed: IntCounter,
     lag: IntGauge,
     group_lag: IntGauge,
+    lag_seconds: Gauge,
 }
 
 /// Topic name → partition number → slot in `partitions`.
@@ -158,17 +162,22 @@ struct State {
     last_publish: Instant,
     consumed_at_last_publish: u64,
     cap_per_batch: Option<u64>,
-    view: SharedView,
+    stored: StoredOffsets,
+    view: ViewReceiver,
+    commits: watch::Sender<Arc<CommitRequest>>,
     published: Published,
     health: Arc<Health>,
     metrics: Metrics,
 }
 
 impl Ingest {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: KafkaConsumer,
         config: IngestConfig,
-        view: SharedView,
+        stored: StoredOffsets,
+        view: ViewReceiver,
+        commits: watch::Sender<Arc<CommitRequest>>,
         published: Published,
         health: Arc<Health>,
         metrics: Metrics,
@@ -195,7 +204,9 @@ impl Ingest {
             last_publish: Instant::now(),
             consumed_at_last_publish: 0,
             cap_per_batch,
+            stored,
             view,
+            commits,
             published,
             health,
             metrics,
@@ -247,7 +258,10 @@ impl Ingest {
                 st.assign_new_partitions(&consumer)?;
             }
         }
+        // The open batch is closed and published, so that its offsets are
+        // committed at shutdown and a restart re-reads nothing.
         st.close_batch(&consumer);
+        st.publish();
         info!(batches = st.status.batches, "ingest stopped");
         Ok(())
     }
@@ -296,8 +310,40 @@ impl State {
             }
             return Ok(());
         }
+        if offset > state.next {
+            // A gap is normal (compaction, transaction markers) unless the
+            // records were deleted under us: then say so and count the loss.
+            let log_start = self
+                .view
+                .borrow()
+                .find(&state.topic, state.partition)
+                .map(|p| p.low);
+            if let Some(log_start) = log_start.filter(|low| *low > state.next) {
+                let lost = log_start.min(offset) - state.next;
+                warn!(topic = %state.topic, partition = state.partition, next = state.next,
+                    log_start, lost, "records expired before they were counted");
+                self.metrics
+                    .offset_resets
+                    .with_label_values(&["expired"])
+                    .inc();
+                self.metrics
+                    .records_lost
+                    .with_label_values(&[&*state.topic, &state.partition.to_string()])
+                    .inc_by(lost as u64);
+                state.last_reset = Some(Reset {
+                    reason: ResetReason::Expired,
+                    stored: Some(state.next),
+                    start: offset,
+                    log_start,
+                    log_end: offset,
+                    lost,
+                    at: SystemTime::now(),
+                });
+            }
+        }
         state.taken += 1;
         state.next = offset + 1;
+        state.last_timestamp_ms = message.timestamp().to_millis();
         match self.parser.parse(message.payload().unwrap_or_default()) {
             Ok(ip) => {
                 *self.counts.entry(ip).or_insert(0) += 1;
@@ -310,7 +356,7 @@ impl State {
 
     /// Assigns partitions the monitor found that are not assigned yet.
     fn assign_new_partitions(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
-        let view: Arc<ClusterView> = self.view.load_full();
+        let view: Arc<ClusterView> = self.view.borrow().clone();
         if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
             return Ok(());
         }
@@ -325,27 +371,44 @@ impl State {
             {
                 continue;
             }
-            // Partitions present at start follow --offset-reset; partitions
-            // added later are new data, read from their start.
-            let start = match (initial, self.config.offset_reset) {
-                (false, _) | (true, OffsetReset::Earliest) => p.low,
-                (true, OffsetReset::Latest) => p.high,
-                (true, OffsetReset::Fail) => {
-                    return Err(IngestError::NoOffset {
-                        topic: p.topic.clone(),
-                        partition: p.partition,
-                        low: p.low,
-                        high: p.high,
-                    });
-                }
+            // Partitions present at start resume from their stored offset or
+            // follow --offset-reset; partitions added later are new data,
+            // read from their start.
+            let (start, reset) = if initial {
+                let stored = self.stored.get(&(p.topic.clone(), p.partition)).copied();
+                resolve_start(
+                    &p.topic,
+                    p.partition,
+                    stored,
+                    p.low,
+                    p.high,
+                    self.config.offset_reset,
+                )?
+            } else {
+                (p.low, None)
             };
+            if let Some(reset) = &reset {
+                warn!(topic = %p.topic, partition = p.partition, reason = %reset.reason,
+                    stored = ?reset.stored, log_start = p.low, log_end = p.high, start,
+                    lost = reset.lost, "partition does not start at a stored offset");
+                self.metrics
+                    .offset_resets
+                    .with_label_values(&[reset.reason.as_str()])
+                    .inc();
+                if reset.lost > 0 {
+                    self.metrics
+                        .records_lost
+                        .with_label_values(&[&*p.topic, &p.partition.to_string()])
+                        .inc_by(reset.lost as u64);
+                }
+            }
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(start))
                 .map_err(|source| IngestError::Assign {
                     topic: p.topic.clone(),
                     partition: p.partition,
                     source,
                 })?;
-            added.push((p.topic.clone(), p.partition, start));
+            added.push((p.topic.clone(), p.partition, start, reset));
         }
         self.assigned_generation = Some(view.generation);
         if added.is_empty() {
@@ -358,7 +421,7 @@ impl State {
                 partition: added[0].1,
                 source,
             })?;
-        for (topic, partition, start) in added {
+        for (topic, partition, start, last_reset) in added {
             info!(%topic, partition, start_offset = start, initial, "partition assigned");
             let p = partition.to_string();
             let slot = self.partitions.len();
@@ -374,12 +437,18 @@ impl State {
                     &*topic,
                     &p,
                 ]),
+                lag_seconds: self
+                    .metrics
+                    .partition_lag_seconds
+                    .with_label_values(&[&*topic, &p]),
                 topic,
                 partition,
                 next: start,
                 pane_from: start,
                 taken: 0,
                 held: None,
+                last_timestamp_ms: None,
+                last_reset,
             });
         }
         Ok(())
@@ -473,7 +542,7 @@ impl State {
     }
 
     fn publish(&mut self) {
-        let view = self.view.load();
+        let view = self.view.borrow().clone();
         let partitions: Vec<PartitionStatus> = self
             .partitions
             .iter()
@@ -489,19 +558,33 @@ impl State {
                     })
                     .unwrap_or(p.next);
                 let info = view.find(&p.topic, p.partition);
-                let status = PartitionStatus {
+                let mut status = PartitionStatus {
                     topic: p.topic.clone(),
                     partition: p.partition,
                     from_offset,
                     until_offset: p.next,
                     log_start: info.map(|i| i.low),
                     log_end: info.map(|i| i.high),
-                    committed_zookeeper: None,
-                    committed_kafka: None,
+                    lag_seconds: None,
+                    last_reset: p.last_reset.clone(),
                 };
                 if let Some(lag) = status.lag() {
                     p.lag.set(lag);
                     p.group_lag.set(lag);
+                    status.lag_seconds = match (
+                        lag,
+                        info.and_then(|i| i.newest_timestamp_ms),
+                        p.last_timestamp_ms,
+                    ) {
+                        (0, _, _) => Some(0.0),
+                        (_, Some(newest), Some(last)) => {
+                            Some((newest - last).max(0) as f64 / 1000.0)
+                        }
+                        _ => None,
+                    };
+                    if let Some(seconds) = status.lag_seconds {
+                        p.lag_seconds.set(seconds);
+                    }
                 }
                 status
             })
@@ -520,6 +603,14 @@ impl State {
         let window_start = window_end
             .checked_sub(self.config.window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        // Offsets are handed to the committers only together with the
+        // snapshot that counts everything below them.
+        let commit = CommitRequest {
+            offsets: partitions
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition, p.until_offset))
+                .collect(),
+        };
         self.published.store(Arc::new(Snapshot {
             taken_at: SystemTime::now(),
             window_start,
@@ -533,5 +624,12 @@ impl State {
             partitions,
             ingest: self.status.clone(),
         }));
+        self.commits.send_if_modified(|current| {
+            let changed = **current != commit;
+            if changed {
+                *current = Arc::new(commit);
+            }
+            changed
+        });
     }
 }

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -66,6 +68,8 @@ pub struct PartitionInfo {
     pub low: i64,
     /// Log end offset (next offset to be written).
     pub high: i64,
+    /// Timestamp (ms) of the newest record, when the partition has one.
+    pub newest_timestamp_ms: Option<i64>,
 }
 
 /// What the monitor last learnt about the configured topics.
@@ -85,16 +89,21 @@ impl ClusterView {
     }
 }
 
-pub type SharedView = Arc<ArcSwap<ClusterView>>;
+/// The monitor publishes, ingest and start-up read.
+pub type ViewSender = watch::Sender<Arc<ClusterView>>;
+pub type ViewReceiver = watch::Receiver<Arc<ClusterView>>;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Refreshes partitions and watermarks every `interval` until stopped.
+/// Refreshes partitions, watermarks and newest-record timestamps every
+/// `interval` until stopped. `tail` is a spare consumer that reads the last
+/// record of each partition for its timestamp.
 pub fn run_monitor(
     consumer: KafkaConsumer,
+    tail: KafkaConsumer,
     topics: Vec<String>,
     interval: Duration,
-    view: SharedView,
+    view: ViewSender,
     health: Arc<Health>,
     stop: Stop,
 ) {
@@ -102,8 +111,9 @@ pub fn run_monitor(
     let mut missing_reported = vec![false; topics.len()];
     loop {
         match refresh(&consumer, &topics, &mut missing_reported) {
-            Ok(partitions) => {
-                let old = view.load();
+            Ok(mut partitions) => {
+                let old = view.borrow().clone();
+                newest_timestamps(&tail, &mut partitions, &old);
                 let same_set = old.partitions.len() == partitions.len()
                     && old
                         .partitions
@@ -115,7 +125,7 @@ pub fn run_monitor(
                 } else {
                     old.generation + 1
                 };
-                view.store(Arc::new(ClusterView {
+                view.send_replace(Arc::new(ClusterView {
                     generation,
                     partitions,
                     refreshed: Some(Instant::now()),
@@ -166,8 +176,61 @@ fn refresh(
                 partition,
                 low,
                 high,
+                newest_timestamp_ms: None,
             });
         }
     }
     Ok(out)
+}
+
+/// Fills `newest_timestamp_ms` by reading each partition's last record; a
+/// partition whose log end has not moved keeps its previous answer.
+fn newest_timestamps(
+    tail: &KafkaConsumer,
+    partitions: &mut [PartitionInfo],
+    previous: &ClusterView,
+) {
+    let mut tpl = TopicPartitionList::new();
+    let mut wanted = 0;
+    for p in partitions.iter_mut() {
+        if let Some(prev) = previous.find(&p.topic, p.partition)
+            && prev.high == p.high
+        {
+            p.newest_timestamp_ms = prev.newest_timestamp_ms;
+        } else if p.high > p.low
+            && tpl
+                .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.high - 1))
+                .is_ok()
+        {
+            wanted += 1;
+        }
+    }
+    if wanted == 0 || tail.assign(&tpl).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut seen = vec![false; partitions.len()];
+    let mut found = 0;
+    while found < wanted {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let Some(Ok(message)) = tail.poll(deadline - now) else {
+            continue;
+        };
+        let (topic, partition) = (message.topic(), message.partition());
+        if let Some(i) = partitions
+            .iter()
+            .position(|p| p.partition == partition && &*p.topic == topic)
+            && message.offset() >= partitions[i].high - 1
+        {
+            if !seen[i] {
+                seen[i] = true;
+                found += 1;
+            }
+            partitions[i].newest_timestamp_ms = message.timestamp().to_millis();
+        }
+    }
+    let _ = tail.unassign();
 }

@@ -2,12 +2,14 @@
 //! served live over HTTP.
 
 pub mod app;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod offsets;
 pub mod parse;
 pub mod produce;
 pub mod snapshot;

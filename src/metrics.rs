@@ -2,10 +2,11 @@
 //! topic, partition and reason — never an IP.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
+use crate::offsets::ResetReason;
 use crate::parse::SkipReason;
 
 #[derive(Clone)]
@@ -20,6 +21,10 @@ pub struct Metrics {
     pub partition_lag: IntGaugeVec,
     pub consumergroup_lag: IntGaugeVec,
     pub kafka_errors: IntCounter,
+    pub offset_commits: IntCounterVec,
+    pub offset_resets: IntCounterVec,
+    pub records_lost: IntCounterVec,
+    pub partition_lag_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -75,6 +80,38 @@ impl Metrics {
             "ipstats_kafka_errors_total",
             "Errors reported by the Kafka client (broker down, fetch failures, ...).",
         )?;
+        let offset_commits = IntCounterVec::new(
+            Opts::new(
+                "ipstats_offset_commits_total",
+                "Offset commits by store (zookeeper, kafka) and result (ok, error, conflict).",
+            ),
+            &["store", "result"],
+        )?;
+        let offset_resets = IntCounterVec::new(
+            Opts::new(
+                "ipstats_offset_resets_total",
+                "Partitions (re)started away from their stored offset, by reason (missing, expired, ahead).",
+            ),
+            &["reason"],
+        )?;
+        let records_lost = IntCounterVec::new(
+            Opts::new(
+                "ipstats_records_lost_total",
+                "Records deleted by retention before they could be counted.",
+            ),
+            &["topic", "partition"],
+        )?;
+        let partition_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "ipstats_partition_lag_seconds",
+                "Timestamp of the newest record in the partition minus that of the last counted record.",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(offset_commits.clone()))?;
+        registry.register(Box::new(offset_resets.clone()))?;
+        registry.register(Box::new(records_lost.clone()))?;
+        registry.register(Box::new(partition_lag_seconds.clone()))?;
         registry.register(Box::new(records_consumed.clone()))?;
         registry.register(Box::new(records_skipped.clone()))?;
         registry.register(Box::new(batches.clone()))?;
@@ -91,6 +128,9 @@ impl Metrics {
         for reason in SkipReason::ALL {
             records_skipped.with_label_values(&[reason.as_str()]);
         }
+        for reason in ResetReason::ALL {
+            offset_resets.with_label_values(&[reason.as_str()]);
+        }
         Ok(Metrics {
             registry,
             records_consumed,
@@ -102,6 +142,10 @@ impl Metrics {
             partition_lag,
             consumergroup_lag,
             kafka_errors,
+            offset_commits,
+            offset_resets,
+            records_lost,
+            partition_lag_seconds,
         })
     }
 

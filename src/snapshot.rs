@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::offsets::Reset;
 use crate::parse::{IpKey, SkipCounts};
 use crate::window::Pane;
 
@@ -56,7 +57,7 @@ impl Snapshot {
 }
 
 /// Offsets of one partition as the snapshot saw them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PartitionStatus {
     pub topic: Arc<str>,
     pub partition: i32,
@@ -66,8 +67,10 @@ pub struct PartitionStatus {
     pub until_offset: i64,
     pub log_start: Option<i64>,
     pub log_end: Option<i64>,
-    pub committed_zookeeper: Option<i64>,
-    pub committed_kafka: Option<i64>,
+    /// Newest record's timestamp minus the last counted record's, in seconds.
+    pub lag_seconds: Option<f64>,
+    /// The last time this partition did not continue from where it was.
+    pub last_reset: Option<Reset>,
 }
 
 impl PartitionStatus {
@@ -95,6 +98,7 @@ pub struct Health {
     kafka_connected: AtomicBool,
     kafka_last_error: ArcSwap<Option<String>>,
     last_metadata_ms: AtomicU64,
+    phase: ArcSwap<&'static str>,
     demo: bool,
 }
 
@@ -106,6 +110,7 @@ impl Health {
             kafka_connected: AtomicBool::new(false),
             kafka_last_error: ArcSwap::from_pointee(None),
             last_metadata_ms: AtomicU64::new(0),
+            phase: ArcSwap::from_pointee("starting"),
             demo,
         }
     }
@@ -116,6 +121,27 @@ impl Health {
 
     pub fn is_demo(&self) -> bool {
         self.demo
+    }
+
+    /// What start-up is doing, for `/readyz` and `/api/v1/status`.
+    pub fn set_phase(&self, phase: &'static str) {
+        self.phase.store(Arc::new(phase));
+    }
+
+    pub fn phase(&self) -> &'static str {
+        **self.phase.load()
+    }
+
+    /// Time since the monitor last heard from the Kafka cluster.
+    pub fn kafka_contact_age(&self) -> Option<Duration> {
+        match self.last_metadata_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                    .unwrap_or_default(),
+            ),
+        }
     }
 
     pub fn set_ready(&self) {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::problem::Problem;
 use crate::config::MAX_TOP_N;
+use crate::offsets::committed::{StoreState, StoreStatus};
 use crate::parse::{SkipReason, parse_ip};
 use crate::snapshot::Snapshot;
 
@@ -138,6 +139,17 @@ pub async fn ip(
 }
 
 #[derive(Serialize)]
+pub struct ResetView {
+    reason: &'static str,
+    stored_offset: Option<i64>,
+    reset_to: i64,
+    log_start: i64,
+    log_end: i64,
+    records_lost: i64,
+    at: String,
+}
+
+#[derive(Serialize)]
 pub struct PartitionView {
     topic: String,
     partition: i32,
@@ -148,6 +160,8 @@ pub struct PartitionView {
     log_start: Option<i64>,
     log_end: Option<i64>,
     lag: Option<i64>,
+    lag_seconds: Option<f64>,
+    last_reset: Option<ResetView>,
 }
 
 #[derive(Serialize)]
@@ -158,6 +172,7 @@ pub struct OffsetsView {
 
 pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
     let snapshot = state.published.load();
+    let committed = &state.committed;
     Json(OffsetsView {
         group: state.info.group.clone(),
         partitions: snapshot
@@ -168,13 +183,32 @@ pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
                 partition: p.partition,
                 from_offset: p.from_offset,
                 until_offset: p.until_offset,
-                committed_zookeeper: p.committed_zookeeper,
-                committed_kafka: p.committed_kafka,
+                committed_zookeeper: committed.zookeeper.get(&p.topic, p.partition),
+                committed_kafka: committed.kafka.get(&p.topic, p.partition),
                 log_start: p.log_start,
                 log_end: p.log_end,
                 lag: p.lag(),
+                lag_seconds: p.lag_seconds,
+                last_reset: p.last_reset.as_ref().map(|r| ResetView {
+                    reason: r.reason.as_str(),
+                    stored_offset: r.stored,
+                    reset_to: r.start,
+                    log_start: r.log_start,
+                    log_end: r.log_end,
+                    records_lost: r.lost,
+                    at: rfc3339(r.at),
+                }),
             })
             .collect(),
+    })
+}
+
+fn store_view(store: &StoreStatus, connect: Value) -> Value {
+    json!({
+        "state": store.state().as_str(),
+        "connect": connect,
+        "last_error": store.last_error(),
+        "last_commit_age_seconds": store.commit_age().map(|d| d.as_secs_f64()),
     })
 }
 
@@ -192,6 +226,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "mode": if health.is_demo() { "demo" } else { "kafka" },
         "ready": health.is_ready(),
+        "phase": health.phase(),
         "uptime_seconds": age(health.started()),
         "group": state.info.group,
         "topics": state.info.topics,
@@ -207,11 +242,10 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "state": if health.kafka_connected() { "connected" } else { "disconnected" },
             "brokers": state.info.brokers,
             "last_error": health.kafka_last_error(),
+            "last_contact_age_seconds": health.kafka_contact_age().map(|d| d.as_secs_f64()),
+            "group_commits": store_view(&state.committed.kafka, Value::Null),
         },
-        "zookeeper": {
-            "state": if state.info.zookeeper.is_some() { "configured" } else { "disabled" },
-            "connect": state.info.zookeeper,
-        },
+        "zookeeper": store_view(&state.committed.zookeeper, json!(state.info.zookeeper)),
     }))
 }
 
@@ -228,13 +262,31 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Components that work but are degraded: named by `/readyz`, which stays
+/// 200 because counting and serving go on without them.
+fn degraded(state: &AppState) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !state.health.kafka_connected() {
+        out.push("kafka");
+    }
+    if state.committed.zookeeper.state() == StoreState::Disconnected {
+        out.push("zookeeper");
+    }
+    out
+}
+
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let degraded = degraded(&state);
     if state.health.is_ready() {
-        Json(json!({ "ready": true })).into_response()
+        Json(json!({ "ready": true, "degraded": degraded })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reason": "the first batch has not closed yet" })),
+            Json(json!({
+                "ready": false,
+                "reason": state.health.phase(),
+                "degraded": degraded,
+            })),
         )
             .into_response()
     }

@@ -19,6 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 pub use problem::Problem;
 
 use crate::metrics::Metrics;
+use crate::offsets::committed::Committed;
 use crate::snapshot::{Health, Published};
 
 /// The OpenAPI description, served at `/openapi.yaml`.
@@ -47,6 +48,7 @@ pub struct AppState {
     pub published: Published,
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    pub committed: Arc<Committed>,
     pub info: Arc<ServiceInfo>,
 }
 

@@ -63,8 +63,8 @@ fn state(ready: bool) -> AppState {
             until_offset: 111,
             log_start: Some(0),
             log_end: Some(120),
-            committed_zookeeper: None,
-            committed_kafka: None,
+            lag_seconds: Some(1.5),
+            last_reset: None,
         }],
         ingest: IngestStatus::default(),
     };
@@ -76,6 +76,13 @@ fn state(ready: bool) -> AppState {
         published: Arc::new(ArcSwap::from_pointee(snapshot)),
         health,
         metrics: Metrics::new().expect("metrics"),
+        committed: {
+            let committed = Committed::new(true, true);
+            committed
+                .zookeeper
+                .record([(Arc::from("access-log"), 0, 105)], true);
+            Arc::new(committed)
+        },
         info: Arc::new(ServiceInfo {
             group: "g1".into(),
             topics: vec!["access-log".into()],
@@ -208,7 +215,10 @@ async fn offsets_report_ranges_and_lag() {
         (Some(100), Some(111))
     );
     assert_eq!(p["lag"], 9);
-    assert!(p["committed_zookeeper"].is_null());
+    assert_eq!(p["lag_seconds"], 1.5);
+    assert_eq!(p["committed_zookeeper"], 105);
+    assert!(p["committed_kafka"].is_null());
+    assert!(p["last_reset"].is_null());
 }
 
 #[tokio::test]

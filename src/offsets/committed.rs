@@ -1,0 +1,136 @@
+//! What the committers last wrote, for `/api/v1/offsets` and `/api/v1/status`.
+//! Written by the committer tasks, read lock-free by HTTP.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+
+/// `(topic, partition)` → committed next offset.
+pub type OffsetMap = FxHashMap<(Arc<str>, i32), i64>;
+
+/// Connection state of an offset store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StoreState {
+    Disabled = 0,
+    Connecting = 1,
+    Connected = 2,
+    Disconnected = 3,
+}
+
+impl StoreState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Disabled => "disabled",
+            StoreState::Connecting => "connecting",
+            StoreState::Connected => "connected",
+            StoreState::Disconnected => "disconnected",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => StoreState::Connecting,
+            2 => StoreState::Connected,
+            3 => StoreState::Disconnected,
+            _ => StoreState::Disabled,
+        }
+    }
+}
+
+/// One store's committed offsets and health.
+#[derive(Debug)]
+pub struct StoreStatus {
+    offsets: ArcSwap<OffsetMap>,
+    state: AtomicU8,
+    last_error: ArcSwap<Option<String>>,
+    last_commit_ms: AtomicU64,
+}
+
+impl StoreStatus {
+    fn new(state: StoreState) -> Self {
+        StoreStatus {
+            offsets: ArcSwap::from_pointee(OffsetMap::default()),
+            state: AtomicU8::new(state as u8),
+            last_error: ArcSwap::from_pointee(None),
+            last_commit_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> StoreState {
+        StoreState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, state: StoreState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    pub fn failed(&self, error: String) {
+        self.set_state(StoreState::Disconnected);
+        self.last_error.store(Arc::new(Some(error)));
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.load().as_ref().clone()
+    }
+
+    /// Records offsets as committed (or read back at start-up).
+    pub fn record(&self, offsets: impl IntoIterator<Item = (Arc<str>, i32, i64)>, commit: bool) {
+        let mut map = OffsetMap::clone(&self.offsets.load());
+        for (topic, partition, offset) in offsets {
+            map.insert((topic, partition), offset);
+        }
+        self.offsets.store(Arc::new(map));
+        if commit {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_commit_ms
+                .store(now.as_millis() as u64, Ordering::Release);
+            self.set_state(StoreState::Connected);
+        }
+    }
+
+    pub fn get(&self, topic: &Arc<str>, partition: i32) -> Option<i64> {
+        self.offsets
+            .load()
+            .get(&(topic.clone(), partition))
+            .copied()
+    }
+
+    /// Time since the last successful commit.
+    pub fn commit_age(&self) -> Option<Duration> {
+        match self.last_commit_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => SystemTime::now()
+                .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
+                .ok()
+                .or(Some(Duration::ZERO)),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Committed {
+    pub zookeeper: StoreStatus,
+    pub kafka: StoreStatus,
+}
+
+impl Committed {
+    pub fn new(zookeeper_enabled: bool, kafka_enabled: bool) -> Self {
+        let initial = |on| {
+            if on {
+                StoreState::Connecting
+            } else {
+                StoreState::Disabled
+            }
+        };
+        Committed {
+            zookeeper: StoreStatus::new(initial(zookeeper_enabled)),
+            kafka: StoreStatus::new(initial(kafka_enabled)),
+        }
+    }
+}

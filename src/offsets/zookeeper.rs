@@ -1,0 +1,474 @@
+//! ZooKeeper offsets in the original consumer layout, done right.
+//!
+//! - `/consumers/<group>/offsets/<topic>/<partition>` holds the next offset to
+//!   read as a plain decimal string (`zkCli.sh get` prints `12345`), never a
+//!   serialized blob (the original job's pitfall 3).
+//! - All partitions are written in one `multi` transaction with version checks.
+//! - `/consumers/<group>/owners/<topic>/<partition>` are ephemeral znodes
+//!   holding this instance's id: a second instance on the group refuses to
+//!   start instead of double-committing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zookeeper_client as zk;
+
+use super::committed::{StoreState, StoreStatus};
+use super::{Attempt, CommitRequest};
+use crate::config::ZkConnect;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    #[error("ZooKeeper {servers}: {source}")]
+    Connect { servers: String, source: zk::Error },
+    #[error("ZooKeeper {op} {path}: {source}")]
+    Op {
+        op: &'static str,
+        path: String,
+        source: zk::Error,
+    },
+    #[error("ZooKeeper multi commit of {partitions} offsets: {source}")]
+    Multi {
+        partitions: usize,
+        source: zk::MultiWriteError,
+    },
+    #[error(
+        "partition {topic}/{partition} of group {group:?} is owned by another ipstats instance \
+         ({owner:?}, ephemeral znode {path}); stop that instance or use another --group"
+    )]
+    OwnedByOther {
+        group: String,
+        topic: Arc<str>,
+        partition: i32,
+        owner: String,
+        path: String,
+    },
+}
+
+impl ZkError {
+    /// The session is gone: reconnect with a new one.
+    fn session_lost(&self) -> bool {
+        let source = match self {
+            ZkError::Connect { source, .. } | ZkError::Op { source, .. } => source,
+            ZkError::Multi { source, .. } => match source {
+                zk::MultiWriteError::RequestFailed { source } => source,
+                zk::MultiWriteError::OperationFailed { .. } => return false,
+            },
+            ZkError::OwnedByOther { .. } => return false,
+        };
+        matches!(source, zk::Error::SessionExpired | zk::Error::ClientClosed)
+    }
+
+    /// Someone else changed the znodes under us: re-read versions.
+    fn conflict(&self) -> bool {
+        matches!(
+            self,
+            ZkError::Multi {
+                source: zk::MultiWriteError::OperationFailed { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// How to reach ZooKeeper and who we are there.
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    pub connect: ZkConnect,
+    pub group: String,
+    pub session_timeout: Duration,
+    pub instance_id: String,
+}
+
+impl ZkOptions {
+    pub fn display(&self) -> String {
+        format!(
+            "{}{}",
+            self.connect.servers.join(","),
+            self.connect.chroot.as_deref().unwrap_or("")
+        )
+    }
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+fn ephemeral() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
+}
+
+/// Decodes a stored offset: a plain decimal, or the Java-serialized string
+/// that ZkClient wrote without ZKStringSerializer (read once, rewritten plain).
+pub fn decode_offset(data: &[u8]) -> Result<i64, String> {
+    let text = match data {
+        // java.io.ObjectOutputStream: magic AC ED, version 00 05, TC_STRING 74, u16 length
+        [0xAC, 0xED, 0x00, 0x05, 0x74, hi, lo, rest @ ..]
+            if rest.len() == usize::from(u16::from_be_bytes([*hi, *lo])) =>
+        {
+            rest
+        }
+        _ => data,
+    };
+    std::str::from_utf8(text)
+        .ok()
+        .map(str::trim)
+        .and_then(|t| t.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("{:?}", String::from_utf8_lossy(data)))
+}
+
+/// A connected ZooKeeper session with the znode versions it has seen.
+pub struct ZkStore {
+    client: zk::Client,
+    options: ZkOptions,
+    /// Offset znode path → version last read or written; absent = no znode.
+    versions: HashMap<String, i32>,
+    parents: HashSet<String>,
+    owned: HashSet<(Arc<str>, i32)>,
+}
+
+impl ZkStore {
+    pub async fn connect(options: &ZkOptions) -> Result<ZkStore, ZkError> {
+        let servers = options.connect.servers.join(",");
+        let connect_error = |source| ZkError::Connect {
+            servers: options.display(),
+            source,
+        };
+        let mut client = zk::Client::connector()
+            .with_session_timeout(options.session_timeout)
+            .with_connection_timeout(Duration::from_secs(3))
+            .connect(&servers)
+            .await
+            .map_err(connect_error)?;
+        if let Some(chroot) = &options.connect.chroot {
+            client
+                .mkdir(chroot, &persistent())
+                .await
+                .map_err(connect_error)?;
+            client = client
+                .chroot(chroot.as_str())
+                .map_err(|_| connect_error(zk::Error::BadArguments(&"invalid chroot")))?;
+        }
+        Ok(ZkStore {
+            client,
+            options: options.clone(),
+            versions: HashMap::new(),
+            parents: HashSet::new(),
+            owned: HashSet::new(),
+        })
+    }
+
+    /// Connects, retrying with backoff until it works or `cancel` fires.
+    pub async fn connect_retrying(
+        options: &ZkOptions,
+        status: &StoreStatus,
+        cancel: &CancellationToken,
+    ) -> Option<ZkStore> {
+        let mut backoff = Duration::from_millis(250);
+        let mut reported = false;
+        loop {
+            match ZkStore::connect(options).await {
+                Ok(store) => {
+                    status.set_state(StoreState::Connected);
+                    if reported {
+                        info!(zookeeper = %options.display(), "ZooKeeper reachable again");
+                    }
+                    return Some(store);
+                }
+                Err(error) => {
+                    if !reported {
+                        warn!(%error, "ZooKeeper unreachable; retrying with backoff");
+                        reported = true;
+                    }
+                    status.failed(error.to_string());
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn offset_path(&self, topic: &str, partition: i32) -> String {
+        format!(
+            "/consumers/{}/offsets/{topic}/{partition}",
+            self.options.group
+        )
+    }
+
+    fn owner_path(&self, topic: &str, partition: i32) -> String {
+        format!(
+            "/consumers/{}/owners/{topic}/{partition}",
+            self.options.group
+        )
+    }
+
+    async fn ensure_parent(&mut self, path: &str) -> Result<(), ZkError> {
+        let parent = path.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+        if self.parents.contains(&parent) {
+            return Ok(());
+        }
+        self.client
+            .mkdir(&parent, &persistent())
+            .await
+            .map_err(|source| ZkError::Op {
+                op: "mkdir",
+                path: parent.clone(),
+                source,
+            })?;
+        self.parents.insert(parent);
+        Ok(())
+    }
+
+    /// The stored next offset of a partition; a garbled value is reported and
+    /// treated as missing (the reset rules then apply, loudly).
+    pub async fn read_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, ZkError> {
+        let path = self.offset_path(topic, partition);
+        match self.client.get_data(&path).await {
+            Ok((data, stat)) => {
+                self.versions.insert(path.clone(), stat.version);
+                match decode_offset(&data) {
+                    Ok(offset) => Ok(Some(offset)),
+                    Err(raw) => {
+                        warn!(%path, value = %raw, "garbled ZooKeeper offset ignored; it is overwritten with a plain decimal at the next commit");
+                        Ok(None)
+                    }
+                }
+            }
+            Err(zk::Error::NoNode) => {
+                self.versions.remove(&path);
+                Ok(None)
+            }
+            Err(source) => Err(ZkError::Op {
+                op: "get",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Takes the ephemeral owner znode of a partition. Our own stale znode
+    /// (left by a killed process of this instance) is reclaimed at once;
+    /// another instance's is waited for up to the session timeout.
+    pub async fn claim(&mut self, topic: &Arc<str>, partition: i32) -> Result<(), ZkError> {
+        if self.owned.contains(&(topic.clone(), partition)) {
+            return Ok(());
+        }
+        let path = self.owner_path(topic, partition);
+        self.ensure_parent(&path).await?;
+        let deadline = Instant::now() + self.options.session_timeout + Duration::from_secs(1);
+        let op_error = |op, source| ZkError::Op {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let mut waiting_reported = false;
+        loop {
+            match self
+                .client
+                .create(&path, self.options.instance_id.as_bytes(), &ephemeral())
+                .await
+            {
+                Ok(_) => {
+                    self.owned.insert((topic.clone(), partition));
+                    return Ok(());
+                }
+                Err(zk::Error::NodeExists) => {}
+                Err(source) => return Err(op_error("create", source)),
+            }
+            let (owner, stat) = match self.client.get_data(&path).await {
+                Ok(found) => found,
+                Err(zk::Error::NoNode) => continue,
+                Err(source) => return Err(op_error("get", source)),
+            };
+            if stat.ephemeral_owner == self.client.session_id().0 {
+                self.owned.insert((topic.clone(), partition));
+                return Ok(());
+            }
+            if owner == self.options.instance_id.as_bytes() {
+                info!(%path, "reclaiming ownership left by an earlier run of this instance");
+                match self.client.delete(&path, Some(stat.version)).await {
+                    Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => continue,
+                    Err(source) => return Err(op_error("delete", source)),
+                }
+            }
+            let owner = String::from_utf8_lossy(&owner).into_owned();
+            if Instant::now() >= deadline {
+                return Err(ZkError::OwnedByOther {
+                    group: self.options.group.clone(),
+                    topic: topic.clone(),
+                    partition,
+                    owner,
+                    path,
+                });
+            }
+            if !waiting_reported {
+                warn!(%path, %owner, timeout = ?self.options.session_timeout,
+                    "partition owned by another instance; waiting for its session to expire");
+                waiting_reported = true;
+            }
+            // Poll the znode until it goes or the session timeout passes.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Writes every offset in one `multi`, each guarded by the znode version
+    /// last seen. On a conflict the versions are re-read for the next try.
+    pub async fn commit(&mut self, request: &CommitRequest) -> Result<(), ZkError> {
+        let mut paths = Vec::with_capacity(request.offsets.len());
+        for (topic, partition, _) in &request.offsets {
+            self.claim(topic, *partition).await?;
+            let path = self.offset_path(topic, *partition);
+            self.ensure_parent(&path).await?;
+            paths.push(path);
+        }
+        let values: Vec<String> = request
+            .offsets
+            .iter()
+            .map(|(_, _, o)| o.to_string())
+            .collect();
+        let mut writer = self.client.new_multi_writer();
+        for (path, value) in paths.iter().zip(&values) {
+            let added = match self.versions.get(path) {
+                Some(version) => writer.add_set_data(path, value.as_bytes(), Some(*version)),
+                None => writer.add_create(path, value.as_bytes(), &persistent()),
+            };
+            added.map_err(|source| ZkError::Op {
+                op: "multi",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let result = writer.commit().await;
+        match result {
+            Ok(results) => {
+                for (path, result) in paths.into_iter().zip(results) {
+                    let version = match result {
+                        zk::MultiWriteResult::SetData { stat } => stat.version,
+                        zk::MultiWriteResult::Create { stat, .. } => stat.version.max(0),
+                        _ => continue,
+                    };
+                    self.versions.insert(path, version);
+                }
+                Ok(())
+            }
+            Err(source) => {
+                let error = ZkError::Multi {
+                    partitions: paths.len(),
+                    source,
+                };
+                if error.conflict() {
+                    for (topic, partition, _) in &request.offsets {
+                        // Best effort: a failure here surfaces on the next try.
+                        let _ = self.read_offset(topic, *partition).await;
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+struct ZkTarget<'a> {
+    store: Option<ZkStore>,
+    options: ZkOptions,
+    status: &'a StoreStatus,
+    cancel: &'a CancellationToken,
+}
+
+impl super::CommitTarget for ZkTarget<'_> {
+    async fn attempt(&mut self, request: &CommitRequest, stopping: bool) -> Attempt {
+        if self.store.is_none() {
+            self.store = if stopping {
+                tokio::time::timeout(Duration::from_secs(3), ZkStore::connect(&self.options))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                ZkStore::connect_retrying(&self.options, self.status, self.cancel).await
+            };
+        }
+        let Some(store) = self.store.as_mut() else {
+            return Attempt::Stopped;
+        };
+        match store.commit(request).await {
+            Ok(()) => Attempt::Committed,
+            Err(error @ ZkError::OwnedByOther { .. }) => Attempt::Fatal(error.into()),
+            Err(error) => {
+                let result = if error.conflict() {
+                    "conflict"
+                } else {
+                    "error"
+                };
+                if error.session_lost() {
+                    self.store = None;
+                }
+                Attempt::Retry {
+                    error: error.to_string(),
+                    result,
+                }
+            }
+        }
+    }
+}
+
+/// Commits every published request to ZooKeeper (see [`super::commit_loop`]),
+/// reconnecting after session loss; ownership taken by another instance in
+/// the meantime stops the service.
+pub async fn run_committer(
+    store: Option<ZkStore>,
+    options: ZkOptions,
+    requests: watch::Receiver<Arc<CommitRequest>>,
+    committed: Arc<super::committed::Committed>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let status = &committed.zookeeper;
+    let mut target = ZkTarget {
+        store,
+        options,
+        status,
+        cancel: &cancel,
+    };
+    super::commit_loop(
+        "zookeeper",
+        requests,
+        status,
+        &metrics,
+        &cancel,
+        &mut target,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_decode_plain_and_java_serialized_values() {
+        assert_eq!(decode_offset(b"12345"), Ok(12345));
+        assert_eq!(decode_offset(b" 7\n"), Ok(7));
+        // what ZkClient without ZKStringSerializer wrote for "12345"
+        assert_eq!(decode_offset(b"\xac\xed\x00\x05t\x00\x0512345"), Ok(12345));
+        assert!(
+            decode_offset(b"\xac\xed\x00\x05t\x00\x0912345").is_err(),
+            "length mismatch"
+        );
+        assert!(decode_offset(b"-1").is_err());
+        assert!(decode_offset(b"{\"offset\":1}").is_err());
+        assert!(decode_offset(b"").is_err());
+    }
+}
