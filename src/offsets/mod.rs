@@ -186,37 +186,42 @@ pub async fn commit_loop(
         let pending = !request.offsets.is_empty() && last_committed.as_ref() != Some(&request);
         let mut backoff = Duration::from_millis(200);
         let final_deadline = Instant::now() + Duration::from_secs(5);
-        while pending {
-            match target.attempt(&request, stopping).await {
-                Attempt::Committed => {
-                    count("ok");
-                    status.record(request.offsets.iter().cloned(), true);
-                    last_committed = Some(request.clone());
+        // Retry until committed, superseded by a newer request, or out of time.
+        if pending {
+            loop {
+                match target.attempt(&request, stopping).await {
+                    Attempt::Committed => {
+                        count("ok");
+                        status.record(request.offsets.iter().cloned(), true);
+                        last_committed = Some(request.clone());
+                        break;
+                    }
+                    Attempt::Fatal(error) => {
+                        count("error");
+                        status.failed(format!("{error:#}"));
+                        return Err(error);
+                    }
+                    Attempt::Stopped => return Ok(()),
+                    Attempt::Retry { error, result } => {
+                        count(result);
+                        warn!(store, %error, "offset commit failed; retrying");
+                        status.failed(error);
+                    }
+                }
+                if stopping && Instant::now() >= final_deadline {
+                    warn!(store, "giving up the final offset commit at shutdown");
+                    return Ok(());
+                }
+                tokio::select! {
+                    () = cancel.cancelled(), if !stopping => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // A newer request supersedes this one; a shutdown gets its
+                // own, final attempt from the outer loop.
+                if requests.has_changed().unwrap_or(false) || (cancel.is_cancelled() && !stopping) {
                     break;
                 }
-                Attempt::Fatal(error) => {
-                    count("error");
-                    status.failed(format!("{error:#}"));
-                    return Err(error);
-                }
-                Attempt::Stopped => return Ok(()),
-                Attempt::Retry { error, result } => {
-                    count(result);
-                    warn!(store, %error, "offset commit failed; retrying");
-                    status.failed(error);
-                }
-            }
-            if stopping && Instant::now() >= final_deadline {
-                warn!(store, "giving up the final offset commit at shutdown");
-                return Ok(());
-            }
-            tokio::select! {
-                () = cancel.cancelled(), if !stopping => {}
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            if requests.has_changed().unwrap_or(false) {
-                break; // a newer request supersedes this one
             }
         }
         if stopping {
