@@ -180,7 +180,14 @@ pub async fn commit_loop(
     loop {
         let stopping = tokio::select! {
             () = cancel.cancelled() => true,
-            changed = requests.changed() => changed.is_err(),
+            changed = requests.changed() => {
+                if changed.is_err() {
+                    // Ingest is gone (it reports why); commit what it last
+                    // published once shutdown begins.
+                    cancel.cancelled().await;
+                }
+                changed.is_err()
+            }
         };
         let request = requests.borrow_and_update().clone();
         let pending = !request.offsets.is_empty() && last_committed.as_ref() != Some(&request);

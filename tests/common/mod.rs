@@ -245,3 +245,259 @@ pub fn produce_lines(
         .map(<[u8]>::to_vec)
         .collect()
 }
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `zkCli.sh -server SERVER get PATH`: the znode's value, or None if absent.
+pub fn zk_get(server: &str, path: &str) -> Option<String> {
+    let output = std::process::Command::new("/usr/share/zookeeper/bin/zkCli.sh")
+        .args(["-server", server, "get", path])
+        .output()
+        .expect("run zkCli.sh");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    if text.contains("Node does not exist") {
+        return None;
+    }
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with("WatchedEvent state:SyncConnected"));
+    lines.next()?;
+    lines
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+/// `kafka-consumer-groups --describe`: (topic, partition) → (current offset, log end, lag).
+pub fn describe_group(
+    brokers: &str,
+    group: &str,
+) -> BTreeMap<(String, i32), (Option<i64>, i64, Option<i64>)> {
+    let text = cluster_tool(&[
+        "kafka-consumer-groups",
+        "--bootstrap-server",
+        brokers,
+        "--describe",
+        "--group",
+        group,
+    ]);
+    text.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 6 || cols[0] != group {
+                return None;
+            }
+            let num = |s: &str| s.parse::<i64>().ok();
+            Some((
+                (cols[1].to_string(), num(cols[2])? as i32),
+                (num(cols[3]), num(cols[4])?, num(cols[5])),
+            ))
+        })
+        .collect()
+}
+
+/// The log end offset of every partition of `topic`, by Kafka's own tool.
+pub fn log_ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let text = cluster_tool(&[
+        "kafka-get-offsets",
+        "--bootstrap-server",
+        brokers,
+        "--topic",
+        topic,
+    ]);
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.rsplitn(3, ':');
+            let end = parts.next()?.trim().parse().ok()?;
+            let partition = parts.next()?.trim().parse().ok()?;
+            Some((partition, end))
+        })
+        .collect()
+}
+
+/// The ipstats binary as a child process, as an operator runs it.
+pub struct Service {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl Service {
+    pub fn spawn(args: &[&str]) -> Service {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+            .args(args)
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--batch",
+                "100ms",
+                "--slide",
+                "100ms",
+                "--window",
+                "600s",
+            ])
+            .env_remove("IPSTATS_BROKERS")
+            .env_remove("IPSTATS_ZOOKEEPER")
+            .env("IPSTATS_LOG", "info")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn ipstats");
+        Service { child, addr, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self, deadline: Duration) {
+        let addr = self.addr;
+        let log = self.log.clone();
+        wait_for("ipstats ready", deadline, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ipstats exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            match http_get(addr, "/readyz") {
+                Ok((200, _)) => Ok(()),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("ipstats to exit", deadline, || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        })
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(deadline)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A ZooKeeper of the test's own (the Debian jars), so it can be stopped and
+/// started without disturbing other tests.
+pub struct PrivateZk {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateZk {
+    /// Reserves a port and a data directory; not running yet.
+    pub fn new() -> PrivateZk {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("private-zk"));
+        std::fs::create_dir_all(dir.join("data")).expect("zk dir");
+        std::fs::write(
+            dir.join("zoo.cfg"),
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=1000\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("zoo.cfg");
+        PrivateZk {
+            port,
+            dir,
+            child: None,
+        }
+    }
+
+    pub fn connect(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
+        let log = std::fs::File::create(self.dir.join("zk.log")).expect("zk log");
+        let child = std::process::Command::new("java")
+            .args([
+                "-Xmx128m",
+                &format!("-Dlog4j.configuration=file:{conf}/zk-log4j.properties"),
+            ])
+            .args(["-cp", &format!("{conf}:/usr/share/java/zookeeper.jar")])
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start ZooKeeper");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "private ZooKeeper to answer",
+            Duration::from_secs(60),
+            || {
+                let mut stream =
+                    TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+                stream.write_all(b"ruok").map_err(|e| e.to_string())?;
+                let mut reply = String::new();
+                let _ = stream.read_to_string(&mut reply);
+                if reply == "imok" { Ok(()) } else { Err(reply) }
+            },
+        );
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateZk {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A metric's value from the Prometheus text, if present.
+pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let text = http_get(addr, "/metrics").ok()?.1;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
