@@ -274,11 +274,11 @@ pub fn zk_get(server: &str, path: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// `kafka-consumer-groups --describe`: (topic, partition) → (current offset, log end, lag).
-pub fn describe_group(
-    brokers: &str,
-    group: &str,
-) -> BTreeMap<(String, i32), (Option<i64>, i64, Option<i64>)> {
+/// One row of `kafka-consumer-groups --describe`: current offset, log end, lag.
+pub type GroupRow = (Option<i64>, i64, Option<i64>);
+
+/// `kafka-consumer-groups --describe`: (topic, partition) → its row.
+pub fn describe_group(brokers: &str, group: &str) -> BTreeMap<(String, i32), GroupRow> {
     let text = cluster_tool(&[
         "kafka-consumer-groups",
         "--bootstrap-server",
