@@ -61,6 +61,11 @@ function renderOffsets(offsets) {
     cell(row, num(p.log_start), true);
     cell(row, num(p.log_end), true);
     cell(row, num(p.lag), true);
+    cell(row, p.lag_seconds === null ? "–" : p.lag_seconds.toFixed(1), true);
+    cell(row, num(p.committed_zookeeper), true);
+    cell(row, num(p.committed_kafka), true);
+    cell(row, p.last_reset ? `${p.last_reset.reason} → ${p.last_reset.reset_to}` +
+      (p.last_reset.records_lost ? ` (${fmt.format(p.last_reset.records_lost)} lost)` : "") : "–", false);
     return row;
   }));
 }
@@ -75,6 +80,11 @@ function renderStatus(status) {
   const ok = status.ready && status.kafka.state === "connected";
   badge.textContent = ok ? "live" : (status.ready ? "kafka " + status.kafka.state : "starting");
   badge.className = "badge " + (ok ? "ok" : "bad");
+  const zk = $("zk");
+  zk.hidden = status.zookeeper.state === "disabled";
+  zk.textContent = "ZooKeeper " + status.zookeeper.state;
+  zk.className = "badge " + (status.zookeeper.state === "connected" ? "ok" : "bad");
+  if (!status.ready) badge.title = status.phase;
 }
 
 async function refresh() {
