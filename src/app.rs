@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::checkpoint::{self, Writer};
 use crate::config::{OffsetReset, Settings};
 use crate::http::{AppState, ServiceInfo, router};
-use crate::ingest::{Ingest, IngestConfig, StoredOffsets};
+use crate::ingest::{Ingest, IngestConfig, Resume, StoredOffsets};
 use crate::kafka::{
     ClusterView, KafkaConsumer, KafkaContext, ViewReceiver, consumer_config, run_monitor,
 };
@@ -46,6 +47,7 @@ type Exits = mpsc::UnboundedSender<Exit>;
 /// What start-up launched once the start offsets were known.
 struct Launched {
     ingest: (&'static str, JoinHandle<()>),
+    writer: (&'static str, JoinHandle<()>),
     committers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -67,11 +69,18 @@ pub struct App {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     published: Published,
     health: Arc<Health>,
+    shutdown_grace: Duration,
+    /// The demo's throw-away checkpoint directory, removed at exit.
+    demo_dir: Option<std::path::PathBuf>,
 }
 
+/// Spawns a named thread whose end is reported on `exits`. A `follower`
+/// (one that ends because its upstream did) reports only failures, so that
+/// the upstream's own report is the one that counts.
 fn spawn_thread(
     name: &'static str,
     exits: &Exits,
+    follower: bool,
     body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
 ) -> anyhow::Result<(&'static str, JoinHandle<()>)> {
     let exits = exits.clone();
@@ -79,7 +88,9 @@ fn spawn_thread(
         .name(name.into())
         .spawn(move || {
             let result = body();
-            let _ = exits.send((name, result));
+            if !(follower && result.is_ok()) {
+                let _ = exits.send((name, result));
+            }
         })
         .with_context(|| format!("spawning the {name} thread"))?;
     Ok((name, handle))
@@ -92,8 +103,10 @@ fn spawn_task(
 ) -> tokio::task::JoinHandle<()> {
     let exits = exits.clone();
     tokio::spawn(async move {
-        let result = body.await;
-        let _ = exits.send((name, result));
+        // Committers end only at shutdown or when ingest is gone: report failures only.
+        if let Err(e) = body.await {
+            let _ = exits.send((name, Err(e)));
+        }
     })
 }
 
@@ -109,6 +122,7 @@ struct Startup {
     health: Arc<Health>,
     metrics: Metrics,
     committed: Arc<Committed>,
+    checkpoint: Arc<checkpoint::Status>,
     stop: Stop,
     cancel: CancellationToken,
     commit_cancel: CancellationToken,
@@ -130,11 +144,12 @@ impl Startup {
     }
 
     async fn launch(mut self) -> anyhow::Result<Option<Launched>> {
+        self.health.set_phase("restoring the checkpoint");
+        let restored = self.restore().await?;
         let mut zk_store = None;
         let mut stored = StoredOffsets::new();
         if let Some(options) = &self.zookeeper {
-            self.health
-                .set_phase("waiting for ZooKeeper (start offsets)");
+            self.health.set_phase("waiting for ZooKeeper");
             let Some(mut store) =
                 ZkStore::connect_retrying(options, &self.committed.zookeeper, &self.cancel).await
             else {
@@ -149,36 +164,76 @@ impl Startup {
             for p in &view.partitions {
                 store.claim(&p.topic, p.partition).await?;
             }
+            // The checkpoint wins; ZooKeeper is read for display, and for the
+            // start offsets only when there is no checkpoint.
+            let mut zk_offsets = StoredOffsets::new();
             for p in &view.partitions {
                 if let Some(offset) = store.read_offset(&p.topic, p.partition).await? {
-                    stored.insert((p.topic.clone(), p.partition), offset);
+                    zk_offsets.insert((p.topic.clone(), p.partition), offset);
                 }
             }
-            self.committed
-                .zookeeper
-                .record(stored.iter().map(|((t, p), o)| (t.clone(), *p, *o)), false);
+            self.committed.zookeeper.record(
+                zk_offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)),
+                false,
+            );
             info!(
                 partitions = view.partitions.len(),
-                stored = stored.len(),
+                stored = zk_offsets.len(),
                 "ZooKeeper offsets read; partitions owned by this instance"
             );
+            if restored.is_none() {
+                stored = zk_offsets;
+            }
             zk_store = Some(store);
         }
         self.read_group_offsets().await;
-        self.health.set_phase("consuming");
 
+        let writer = Writer::new(
+            &self.settings.checkpoint_dir,
+            self.settings.shape(),
+            restored.as_ref(),
+        )?;
+        let resume = restored.map(|r| {
+            stored = checkpoint::manifest_offsets(&r.manifest);
+            // Durable already: the stores may lag behind it after a crash.
+            self.commits.send_replace(Arc::new(CommitRequest {
+                offsets: stored
+                    .iter()
+                    .map(|((t, p), o)| (t.clone(), *p, *o))
+                    .collect(),
+            }));
+            Resume {
+                panes: r.panes,
+                next_seq: r.manifest.next_pane_seq,
+                counters: r.manifest.counters,
+            }
+        });
+        let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);
+        let writer = {
+            let (commits, status, metrics) = (
+                self.commits.clone(),
+                self.checkpoint.clone(),
+                self.metrics.clone(),
+            );
+            spawn_thread("checkpoint writer", &self.exits, true, move || {
+                checkpoint::run_writer(writer, job_queue, commits, status, metrics);
+                Ok(())
+            })?
+        };
+        self.health.set_phase("consuming");
         let ingest = Ingest::new(
             self.consumer,
             IngestConfig::from(&self.settings),
             stored,
+            resume,
             self.view.clone(),
-            self.commits.clone(),
+            jobs,
             self.published.clone(),
             self.health.clone(),
             self.metrics.clone(),
         );
         let stop = self.stop.clone();
-        let ingest = spawn_thread("ingest", &self.exits, move || {
+        let ingest = spawn_thread("ingest", &self.exits, false, move || {
             ingest.run(stop).map_err(anyhow::Error::from)
         })?;
         let mut committers = vec![spawn_task(
@@ -206,7 +261,46 @@ impl Startup {
                 ),
             ));
         }
-        Ok(Some(Launched { ingest, committers }))
+        Ok(Some(Launched {
+            ingest,
+            writer,
+            committers,
+        }))
+    }
+
+    /// `--reset-checkpoint`, then the newest valid checkpoint, checked
+    /// against the settings (off the async workers: it reads files).
+    async fn restore(&self) -> anyhow::Result<Option<checkpoint::Restored>> {
+        let dir = self.settings.checkpoint_dir.clone();
+        let shape = self.settings.shape();
+        let reset = self.settings.reset_checkpoint;
+        let restored = tokio::task::spawn_blocking(move || {
+            if reset {
+                let removed = checkpoint::reset(&dir)?;
+                warn!(dir = %dir.display(), manifests = removed, "--reset-checkpoint: previous state discarded");
+            }
+            let restored = checkpoint::load(&dir)?;
+            if let Some(r) = &restored {
+                checkpoint::check_shape(&dir, &r.manifest.shape, &shape)?;
+            }
+            Ok::<_, checkpoint::CheckpointError>(restored)
+        })
+        .await??;
+        if let Some(r) = &restored {
+            let what = format!(
+                "manifest {} ({} panes){}",
+                r.manifest.seq,
+                r.panes.len(),
+                if r.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; skipped damaged: {}", r.skipped.join("; "))
+                }
+            );
+            info!(dir = %self.settings.checkpoint_dir.display(), restored = %what, "checkpoint loaded");
+            self.checkpoint.set_restored_from(what);
+        }
+        Ok(restored)
     }
 
     async fn first_view(&mut self) -> Option<Arc<ClusterView>> {
@@ -243,7 +337,17 @@ impl Startup {
 
 impl App {
     /// Starts everything and returns once the HTTP listener is bound.
-    pub async fn start(settings: Settings) -> anyhow::Result<App> {
+    pub async fn start(mut settings: Settings) -> anyhow::Result<App> {
+        // Demo data lives only as long as the embedded broker: its state is
+        // checkpointed like real data, into a directory thrown away at exit.
+        let demo_dir = settings
+            .is_demo()
+            .then(|| std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())));
+        if let Some(dir) = &demo_dir {
+            let _ = std::fs::remove_dir_all(dir);
+            settings.checkpoint_dir = dir.clone();
+        }
+        let checkpoint_status = Arc::new(checkpoint::Status::default());
         let metrics = Metrics::new().context("creating metrics")?;
         let health = Arc::new(Health::new(settings.is_demo()));
         let committed = Arc::new(Committed::new(settings.zookeeper.is_some(), true));
@@ -281,7 +385,7 @@ impl App {
                     settings.demo_rate,
                     demo_stop.clone(),
                 )?;
-                threads.push(spawn_thread("demo", &exit_tx, move || {
+                threads.push(spawn_thread("demo", &exit_tx, false, move || {
                     handle
                         .join()
                         .unwrap_or_else(|_| Err(anyhow!("the demo thread panicked")))
@@ -319,7 +423,7 @@ impl App {
         {
             let (monitor, tail) = (client("monitor")?, client("tail")?);
             let (topics, health, stop) = (settings.topics.clone(), health.clone(), stop.clone());
-            threads.push(spawn_thread("monitor", &exit_tx, move || {
+            threads.push(spawn_thread("monitor", &exit_tx, false, move || {
                 run_monitor(
                     monitor,
                     tail,
@@ -344,7 +448,9 @@ impl App {
             health: health.clone(),
             metrics: metrics.clone(),
             committed: committed.clone(),
+            checkpoint: checkpoint_status.clone(),
             info: Arc::new(ServiceInfo {
+                checkpoint_dir: settings.checkpoint_dir.display().to_string(),
                 group: settings.group.clone(),
                 topics: settings.topics.clone(),
                 brokers: if settings.is_demo() {
@@ -376,8 +482,10 @@ impl App {
             "ipstats started"
         );
 
+        let shutdown_grace = settings.shutdown_grace;
         let startup = tokio::spawn(
             Startup {
+                checkpoint: checkpoint_status,
                 settings,
                 zookeeper,
                 consumer,
@@ -408,6 +516,8 @@ impl App {
             server,
             published,
             health,
+            shutdown_grace,
+            demo_dir,
         })
     }
 
@@ -444,7 +554,15 @@ impl App {
         if let Err(e) = &outcome {
             error!("{e:#}");
         }
-        let stopped = self.stop_all().await;
+        let grace = self.shutdown_grace;
+        let stopped = match tokio::time::timeout(grace, self.stop_all()).await {
+            Ok(stopped) => stopped,
+            Err(_) => Err(anyhow!(
+                "shutdown took longer than --shutdown-grace ({}); the last checkpoint stands, \
+                 later records are read again at restart",
+                humantime::format_duration(grace)
+            )),
+        };
         outcome.and(stopped)
     }
 
@@ -459,6 +577,7 @@ impl App {
             threads,
             startup,
             server,
+            demo_dir,
             ..
         } = self;
         stop.set();
@@ -467,12 +586,16 @@ impl App {
         let (demo, mut others): (Vec<_>, Vec<_>) =
             threads.into_iter().partition(|(name, _)| *name == "demo");
         let mut committers = Vec::new();
+        let mut writer = Vec::new();
         if let Some(launched) = launched {
             others.push(launched.ingest);
+            writer.push(launched.writer);
             committers = launched.committers;
         }
         join_threads(others).await?;
-        // Ingest has published its last batch: commit it, then stop the rest.
+        // Ingest has handed over its last batch; once the writer has made it
+        // durable, the committers commit it. Then the rest stops.
+        join_threads(writer).await?;
         commit_cancel.cancel();
         for task in committers {
             let _ = task.await;
@@ -483,6 +606,9 @@ impl App {
         }
         demo_stop.set();
         join_threads(demo).await?;
+        if let Some(dir) = demo_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let mut first_error = None;
         while let Ok((name, result)) = exits.try_recv() {
             if let Err(e) = result {

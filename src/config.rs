@@ -97,6 +97,21 @@ pub struct ServeArgs {
         default_value = "./ipstats-checkpoint"
     )]
     pub checkpoint_dir: PathBuf,
+    /// How often state is checkpointed; a whole multiple of --slide. Default: 5 slides.
+    #[arg(long, env = "IPSTATS_CHECKPOINT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Option<Duration>,
+    /// Discard the state in --checkpoint-dir and start afresh (offsets then come from ZooKeeper).
+    #[arg(long, env = "IPSTATS_RESET_CHECKPOINT")]
+    pub reset_checkpoint: bool,
+    /// How long a graceful stop (SIGTERM, SIGINT) may take: last batch, checkpoint, commits.
+    #[arg(
+        long,
+        env = "IPSTATS_SHUTDOWN_GRACE",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub shutdown_grace: Duration,
     /// Batch interval: records consumed during one batch form one pane.
     #[arg(long, env = "IPSTATS_BATCH", value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch: Duration,
@@ -248,6 +263,9 @@ pub struct Settings {
     pub zookeeper: Option<ZkConnect>,
     pub zookeeper_session_timeout: Duration,
     pub checkpoint_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    pub reset_checkpoint: bool,
+    pub shutdown_grace: Duration,
     pub batch: Duration,
     pub window: Duration,
     pub slide: Duration,
@@ -273,6 +291,22 @@ impl Settings {
 
     pub fn is_demo(&self) -> bool {
         self.brokers.is_none()
+    }
+
+    /// Batches between checkpoints.
+    pub fn checkpoint_batches(&self) -> u64 {
+        (self.checkpoint_interval.as_nanos() / self.batch.as_nanos()) as u64
+    }
+
+    /// The settings that shape state, as checkpoints record them.
+    pub fn shape(&self) -> crate::checkpoint::Shape {
+        crate::checkpoint::Shape {
+            topics: self.topics.clone(),
+            ip_field: self.ip_field.clone(),
+            batch_ms: self.batch.as_millis() as u64,
+            window_ms: self.window.as_millis() as u64,
+            slide_ms: self.slide.as_millis() as u64,
+        }
     }
 }
 
@@ -333,6 +367,30 @@ impl TryFrom<ServeArgs> for Settings {
             ));
         }
         let kafka_config = parse_kafka_config(&a.kafka_config)?;
+        let checkpoint_interval = a.checkpoint_interval.unwrap_or(a.slide * 5);
+        if checkpoint_interval.is_zero() || checkpoint_interval.as_nanos() % a.slide.as_nanos() != 0
+        {
+            return Err(invalid(
+                "--checkpoint-interval",
+                format!(
+                    "{} is not a whole multiple of --slide ({})",
+                    humantime::format_duration(checkpoint_interval),
+                    humantime::format_duration(a.slide)
+                ),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&a.shutdown_grace) {
+            return Err(invalid(
+                "--shutdown-grace",
+                format!(
+                    "{} is outside 1s..=10m",
+                    humantime::format_duration(a.shutdown_grace)
+                ),
+            ));
+        }
+        if a.checkpoint_dir.as_os_str().is_empty() {
+            return Err(invalid("--checkpoint-dir", "must not be empty"));
+        }
         Ok(Settings {
             brokers: a.brokers,
             topics,
@@ -340,6 +398,9 @@ impl TryFrom<ServeArgs> for Settings {
             zookeeper,
             zookeeper_session_timeout: a.zookeeper_session_timeout,
             checkpoint_dir: a.checkpoint_dir,
+            checkpoint_interval,
+            reset_checkpoint: a.reset_checkpoint,
+            shutdown_grace: a.shutdown_grace,
             batch: a.batch,
             window: a.window,
             slide: a.slide,
@@ -365,6 +426,9 @@ impl TryFrom<LegacyArgs> for Settings {
             zookeeper: Some(l.zk_servers),
             zookeeper_session_timeout: Duration::from_secs(10),
             checkpoint_dir: l.checkpoint_directory,
+            checkpoint_interval: None,
+            reset_checkpoint: false,
+            shutdown_grace: Duration::from_secs(10),
             batch: Duration::from_secs(l.batch_seconds),
             window: Duration::from_secs(l.window_seconds),
             slide: Duration::from_secs(l.slide_seconds),
@@ -609,6 +673,8 @@ mod tests {
             (&["--window", "1h", "--batch", "10ms"], "--window"),
             (&["--listen", "nowhere"], "--listen"),
             (&["--offset-reset", "oldest"], "--offset-reset"),
+            (&["--checkpoint-interval", "7s"], "--checkpoint-interval"),
+            (&["--shutdown-grace", "0s"], "--shutdown-grace"),
         ] {
             let err = settings(args).expect_err("must be refused");
             assert!(err.contains(setting), "{args:?}: {err}");

@@ -18,12 +18,13 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use tokio::sync::watch;
+use std::sync::mpsc::{SyncSender, TrySendError};
 
+use crate::checkpoint::{Counters, Job};
 use crate::config::{MAX_TOP_N, OffsetReset, Settings};
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::metrics::Metrics;
-use crate::offsets::{CommitRequest, Reset, ResetReason, ResetRefused, resolve_start};
+use crate::offsets::{Reset, ResetReason, ResetRefused, resolve_start};
 use crate::parse::{Parser, SkipCounts};
 use crate::snapshot::{Health, IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::stop::Stop;
@@ -55,6 +56,7 @@ pub struct IngestConfig {
     pub slide: Duration,
     pub window_panes: usize,
     pub slide_batches: u64,
+    pub checkpoint_batches: u64,
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
     pub ip_field: String,
@@ -70,6 +72,7 @@ impl From<&Settings> for IngestConfig {
             slide: s.slide,
             window_panes: s.window_panes(),
             slide_batches: s.slide_batches(),
+            checkpoint_batches: s.checkpoint_batches(),
             max_rate_per_partition: s.max_rate_per_partition,
             offset_reset: s.offset_reset,
             ip_field: s.ip_field.clone(),
@@ -164,7 +167,7 @@ struct State {
     cap_per_batch: Option<u64>,
     stored: StoredOffsets,
     view: ViewReceiver,
-    commits: watch::Sender<Arc<CommitRequest>>,
+    checkpoints: SyncSender<Job>,
     published: Published,
     health: Arc<Health>,
     metrics: Metrics,
@@ -176,8 +179,9 @@ impl Ingest {
         consumer: KafkaConsumer,
         config: IngestConfig,
         stored: StoredOffsets,
+        resume: Option<Resume>,
         view: ViewReceiver,
-        commits: watch::Sender<Arc<CommitRequest>>,
+        checkpoints: SyncSender<Job>,
         published: Published,
         health: Arc<Health>,
         metrics: Metrics,
@@ -206,11 +210,15 @@ impl Ingest {
             cap_per_batch,
             stored,
             view,
-            commits,
+            checkpoints,
             published,
             health,
             metrics,
         };
+        let mut state = state;
+        if let Some(resume) = resume {
+            state.resume(resume);
+        }
         Ingest { consumer, state }
     }
 
@@ -258,10 +266,14 @@ impl Ingest {
                 st.assign_new_partitions(&consumer)?;
             }
         }
-        // The open batch is closed and published, so that its offsets are
-        // committed at shutdown and a restart re-reads nothing.
+        // The open batch is closed, published and checkpointed, so that its
+        // offsets are committed at shutdown and a restart re-reads nothing.
         st.close_batch(&consumer);
         st.publish();
+        let job = st.checkpoint_job();
+        if st.checkpoints.send(job).is_err() {
+            warn!("the checkpoint writer is gone; the final batch is not checkpointed");
+        }
         info!(batches = st.status.batches, "ingest stopped");
         Ok(())
     }
@@ -529,10 +541,20 @@ impl State {
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);
 
-        if self.seq % self.config.slide_batches == 0 || self.seq == 1 {
+        let first_of_run = !self.health.is_ready();
+        if self.seq % self.config.slide_batches == 0 || first_of_run {
             self.publish();
         }
-        if self.seq == 1 {
+        if self.seq % self.config.checkpoint_batches == 0 {
+            // Never wait for the disk: a busy writer gets the next job instead,
+            // which holds everything this one would have.
+            match self.checkpoints.try_send(self.checkpoint_job()) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => warn!("the checkpoint writer is gone"),
+            }
+        }
+        if first_of_run {
+            // State is restored (before ingest started) and a batch closed.
             self.health.set_ready();
         }
         let now = Instant::now();
@@ -603,14 +625,6 @@ impl State {
         let window_start = window_end
             .checked_sub(self.config.window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        // Offsets are handed to the committers only together with the
-        // snapshot that counts everything below them.
-        let commit = CommitRequest {
-            offsets: partitions
-                .iter()
-                .map(|p| (p.topic.clone(), p.partition, p.until_offset))
-                .collect(),
-        };
         self.published.store(Arc::new(Snapshot {
             taken_at: SystemTime::now(),
             window_start,
@@ -624,12 +638,75 @@ impl State {
             partitions,
             ingest: self.status.clone(),
         }));
-        self.commits.send_if_modified(|current| {
-            let changed = **current != commit;
-            if changed {
-                *current = Arc::new(commit);
-            }
-            changed
-        });
     }
+
+    /// Everything a checkpoint needs: the window's panes (shared) and the
+    /// next offset of every partition, which those panes account for exactly.
+    fn checkpoint_job(&self) -> Job {
+        Job {
+            panes: self.window.panes().cloned().collect(),
+            offsets: self
+                .partitions
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition, p.next))
+                .collect(),
+            next_pane_seq: self.seq,
+            counters: Counters {
+                batches: self.status.batches,
+                records_consumed: self.status.records_consumed,
+                records_counted: self.status.records_counted,
+                skipped: self.status.skipped.to_array(),
+            },
+        }
+    }
+
+    /// Restores the window from a checkpoint. Batches missed while ipstats was
+    /// down become empty panes, so the window still spans wall-clock time.
+    fn resume(&mut self, resume: Resume) {
+        let capacity = self.config.window_panes;
+        let skip = resume.panes.len().saturating_sub(capacity);
+        for pane in resume.panes.into_iter().skip(skip) {
+            self.window.push(pane);
+        }
+        self.seq = resume.next_seq;
+        let last_end = self.window.panes().last().map(|p| p.end);
+        if let Some(mut end) = last_end {
+            let now = SystemTime::now();
+            let mut missed = 0;
+            while missed < capacity && end + self.config.batch <= now {
+                self.window.push(Arc::new(Pane {
+                    seq: self.seq,
+                    start: end,
+                    end: end + self.config.batch,
+                    counts: IpMap::default(),
+                    requests: 0,
+                    skipped: SkipCounts::default(),
+                    ranges: Vec::new(),
+                }));
+                self.seq += 1;
+                end += self.config.batch;
+                missed += 1;
+            }
+        }
+        let c = resume.counters;
+        self.status.batches = c.batches;
+        self.status.records_consumed = c.records_consumed;
+        self.status.records_counted = c.records_counted;
+        self.status.skipped = SkipCounts::from_array(c.skipped);
+        self.consumed_at_last_publish = c.records_consumed;
+        info!(
+            panes = self.window.panes().len(),
+            requests = self.window.requests(),
+            next_pane = self.seq,
+            "window restored from the checkpoint"
+        );
+    }
+}
+
+/// A window to continue from: the panes of a checkpoint and its counters.
+#[derive(Debug)]
+pub struct Resume {
+    pub panes: Vec<Arc<Pane>>,
+    pub next_seq: u64,
+    pub counters: Counters,
 }

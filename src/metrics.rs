@@ -2,8 +2,8 @@
 //! topic, partition and reason — never an IP.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::offsets::ResetReason;
@@ -25,6 +25,11 @@ pub struct Metrics {
     pub offset_resets: IntCounterVec,
     pub records_lost: IntCounterVec,
     pub partition_lag_seconds: GaugeVec,
+    pub checkpoints: IntCounter,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub checkpoint_age: Gauge,
+    pub checkpoint_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +113,39 @@ impl Metrics {
             ),
             &["topic", "partition"],
         )?;
+        let checkpoints = IntCounter::new(
+            "ipstats_checkpoints_total",
+            "Checkpoints written (panes, offsets and settings, durable together).",
+        )?;
+        let checkpoint_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ipstats_checkpoint_duration_seconds",
+                "Time to write one checkpoint, fsyncs included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let checkpoint_bytes = IntGauge::new(
+            "ipstats_checkpoint_bytes",
+            "Bytes written by the last checkpoint (new panes and the manifest).",
+        )?;
+        let checkpoint_age = Gauge::new(
+            "ipstats_checkpoint_age_seconds",
+            "Seconds since the last successful checkpoint (-1 before the first).",
+        )?;
+        let checkpoint_failures = IntCounterVec::new(
+            Opts::new(
+                "ipstats_checkpoint_failures_total",
+                "Failed checkpoint writes, by reason (no_space, permission, read_only, io, invalid).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(checkpoints.clone()))?;
+        registry.register(Box::new(checkpoint_duration.clone()))?;
+        registry.register(Box::new(checkpoint_bytes.clone()))?;
+        registry.register(Box::new(checkpoint_age.clone()))?;
+        registry.register(Box::new(checkpoint_failures.clone()))?;
         registry.register(Box::new(offset_commits.clone()))?;
         registry.register(Box::new(offset_resets.clone()))?;
         registry.register(Box::new(records_lost.clone()))?;
@@ -146,6 +184,11 @@ impl Metrics {
             offset_resets,
             records_lost,
             partition_lag_seconds,
+            checkpoints,
+            checkpoint_duration,
+            checkpoint_bytes,
+            checkpoint_age,
+            checkpoint_failures,
         })
     }
 

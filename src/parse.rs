@@ -76,6 +76,15 @@ impl SkipCounts {
         }
     }
 
+    /// The counts in [`SkipReason::ALL`] order, as checkpoints store them.
+    pub fn to_array(&self) -> [u64; 5] {
+        self.0
+    }
+
+    pub fn from_array(counts: [u64; 5]) -> Self {
+        SkipCounts(counts)
+    }
+
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
@@ -100,6 +109,15 @@ const V4_MAPPED_MASK: u128 = !0xffff_ffff_u128;
 impl IpKey {
     pub fn is_v4(self) -> bool {
         self.0 & V4_MAPPED_MASK == V4_MAPPED_PREFIX
+    }
+
+    /// The raw 128-bit form, as checkpoints store it.
+    pub fn to_bits(self) -> u128 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u128) -> Self {
+        IpKey(bits)
     }
 
     pub fn addr(self) -> IpAddr {

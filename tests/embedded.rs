@@ -87,7 +87,11 @@ fn wait_consumed(addr: SocketAddr, expected: u64) {
 }
 
 async fn start(bootstrap: &str, extra: &[&str]) -> App {
+    let checkpoint = std::env::temp_dir().join(common::unique("embedded-ckpt"));
+    let checkpoint = checkpoint.to_str().expect("utf-8 path").to_string();
     let mut args = vec![
+        "--checkpoint-dir",
+        &checkpoint,
         "--brokers",
         bootstrap,
         "--listen",

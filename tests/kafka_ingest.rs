@@ -24,7 +24,10 @@ async fn counts_a_real_topic_exactly_and_reports_offsets() {
             .expect("produce")
     };
     let truth = Truth::of(lines.iter().map(Vec::as_slice));
+    let checkpoint = std::env::temp_dir().join(unique("ingest-ckpt"));
     let app = App::start(settings(&[
+        "--checkpoint-dir",
+        checkpoint.to_str().expect("utf-8 path"),
         "--brokers",
         &cluster.brokers,
         "--topics",

@@ -222,7 +222,7 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
     let Some(s) = Setup::new("expired") else {
         return;
     };
-    produce_lines(&s.cluster, &s.topic, 300, 1, 41);
+    let first = produce_lines(&s.cluster, &s.topic, 300, 1, 41);
     let checkpoint = temp_dir("ckpt");
     let mut svc = s.spawn(&checkpoint, &[]);
     svc.wait_ready(WAIT);
@@ -251,7 +251,8 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
     let remaining = kcat_lines(&s.cluster.brokers, &s.topic, 0, 600);
     assert_eq!(remaining.len(), 400);
 
-    let mut svc = s.spawn(&checkpoint, &[]);
+    // Without local state: the ZooKeeper offset (300) has expired.
+    let mut svc = s.spawn(&temp_dir("ckpt-fresh"), &[]);
     svc.wait_ready(WAIT);
     wait_counted(svc.addr, &Truth::of(remaining.iter().map(Vec::as_slice)));
     let series = |name: &str| metric(svc.addr, name);
@@ -277,6 +278,28 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
         svc.log_text()
             .contains("partition does not start at a stored offset"),
         "the reset is logged"
+    );
+    wait_committed(svc.addr, &BTreeMap::from([(0, 1000)]));
+    assert!(svc.terminate(WAIT).success());
+
+    // The first run's checkpoint (at 300) wins over ZooKeeper (now at 1000);
+    // its offset has expired as well: its 300 restored records plus the 400
+    // still readable, and the same 300 reported lost.
+    let mut svc = s.spawn(&checkpoint, &[]);
+    svc.wait_ready(WAIT);
+    wait_counted(
+        svc.addr,
+        &Truth::of(first.iter().chain(&remaining).map(Vec::as_slice)),
+    );
+    assert_eq!(
+        metric(
+            svc.addr,
+            &format!(
+                "ipstats_records_lost_total{{partition=\"0\",topic=\"{}\"}}",
+                s.topic
+            )
+        ),
+        Some(300.0)
     );
 }
 

@@ -237,7 +237,13 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
         "records_counted": ingest.records_counted,
         "records_per_second": ingest.records_per_second,
         "skipped": skipped,
-        "checkpoint": { "age_seconds": Value::Null },
+        "checkpoint": {
+            "dir": state.info.checkpoint_dir,
+            "age_seconds": state.checkpoint.age().map(|d| d.as_secs_f64()),
+            "failing": state.checkpoint.failing(),
+            "last_error": state.checkpoint.last_error(),
+            "restored_from": state.checkpoint.restored_from(),
+        },
         "kafka": {
             "state": if health.kafka_connected() { "connected" } else { "disconnected" },
             "brokers": state.info.brokers,
@@ -250,6 +256,11 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // An age grows between checkpoints: compute it when scraped.
+    state
+        .metrics
+        .checkpoint_age
+        .set(state.checkpoint.age().map_or(-1.0, |d| d.as_secs_f64()));
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -271,6 +282,9 @@ fn degraded(state: &AppState) -> Vec<&'static str> {
     }
     if state.committed.zookeeper.state() == StoreState::Disconnected {
         out.push("zookeeper");
+    }
+    if state.checkpoint.failing() {
+        out.push("checkpoint");
     }
     out
 }

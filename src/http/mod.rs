@@ -41,6 +41,7 @@ pub struct ServiceInfo {
     pub topics: Vec<String>,
     pub brokers: String,
     pub zookeeper: Option<String>,
+    pub checkpoint_dir: String,
 }
 
 #[derive(Clone)]
@@ -49,6 +50,7 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub committed: Arc<Committed>,
+    pub checkpoint: Arc<crate::checkpoint::Status>,
     pub info: Arc<ServiceInfo>,
 }
 

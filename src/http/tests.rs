@@ -83,7 +83,9 @@ fn state(ready: bool) -> AppState {
                 .record([(Arc::from("access-log"), 0, 105)], true);
             Arc::new(committed)
         },
+        checkpoint: Arc::new(crate::checkpoint::Status::default()),
         info: Arc::new(ServiceInfo {
+            checkpoint_dir: "/var/lib/ipstats".into(),
             group: "g1".into(),
             topics: vec!["access-log".into()],
             brokers: "embedded".into(),
