@@ -88,6 +88,17 @@ fn wait_consumed(addr: SocketAddr, expected: u64) {
 
 async fn start(bootstrap: &str, extra: &[&str]) -> App {
     let checkpoint = std::env::temp_dir().join(common::unique("embedded-ckpt"));
+    start_in(bootstrap, &checkpoint, extra)
+        .await
+        .expect("service starts")
+}
+
+/// Starts on `checkpoint`; `extra` may override batch, slide and window.
+async fn start_in(
+    bootstrap: &str,
+    checkpoint: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<App> {
     let checkpoint = checkpoint.to_str().expect("utf-8 path").to_string();
     let mut args = vec![
         "--checkpoint-dir",
@@ -96,15 +107,18 @@ async fn start(bootstrap: &str, extra: &[&str]) -> App {
         bootstrap,
         "--listen",
         "127.0.0.1:0",
-        "--batch",
-        "100ms",
-        "--slide",
-        "100ms",
-        "--window",
-        "120s",
     ];
+    for (flag, default) in [
+        ("--batch", "100ms"),
+        ("--slide", "100ms"),
+        ("--window", "120s"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
     args.extend_from_slice(extra);
-    App::start(settings(&args)).await.expect("service starts")
+    App::start(settings(&args)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,4 +318,192 @@ async fn offset_reset_fail_stops_with_the_partition_named() {
         message.contains("strict/0") && message.contains("--offset-reset"),
         "{message}"
     );
+}
+
+fn manifests(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("manifest-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_restores_the_window_and_rewindows_without_loss() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("kept", 2, 1).expect("topic");
+    let lines = lines(1500, 16);
+    produce(&bootstrap, "kept", 2, &lines);
+    let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
+    let dir = std::env::temp_dir().join(common::unique("restart-ckpt"));
+
+    let app = start_in(&bootstrap, &dir, &["--topics", "kept"])
+        .await
+        .expect("starts");
+    let addr = app.local_addr();
+    let expected = truth.counts.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_consumed(addr, 1503);
+        assert_eq!(window_counts(addr), expected);
+    })
+    .await
+    .expect("first run");
+    app.run_until(async {}).await.expect("graceful stop");
+    assert!(manifests(&dir) >= 1, "a final checkpoint was written");
+
+    // Same batch, longer window and slide: the panes still fit.
+    let app = start_in(
+        &bootstrap,
+        &dir,
+        &["--topics", "kept", "--window", "240s", "--slide", "200ms"],
+    )
+    .await
+    .expect("restarts");
+    let addr = app.local_addr();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the restored window", WAIT, || {
+            let status = get_json(addr, "/api/v1/status");
+            if status["ready"] == true {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        });
+        wait_consumed(addr, 1503);
+        assert_eq!(
+            window_counts(addr),
+            truth.counts,
+            "nothing lost, nothing re-read"
+        );
+        assert_eq!(skipped_counts(addr), truth.skipped);
+        let metrics = common::http_get(addr, "/metrics").expect("metrics").1;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("ipstats_records_consumed_total{") && !l.ends_with(" 0"))
+                == false,
+            "the restarted run read no record again"
+        );
+        let status = get_json(addr, "/api/v1/status");
+        assert!(
+            status["checkpoint"]["restored_from"]
+                .as_str()
+                .is_some_and(|s| s.contains("manifest"))
+        );
+    })
+    .await
+    .expect("second run");
+    app.run_until(async {}).await.expect("graceful stop");
+
+    // Another batch no longer fits the panes: refused, naming both and the ways out.
+    let app = start_in(
+        &bootstrap,
+        &dir,
+        &["--topics", "kept", "--batch", "200ms", "--slide", "200ms"],
+    )
+    .await
+    .expect("binds");
+    let error = format!(
+        "{:#}",
+        app.run_until(std::future::pending())
+            .await
+            .expect_err("refused")
+    );
+    assert!(
+        error.contains("--batch 100ms")
+            && error.contains("--batch 200ms")
+            && error.contains("--reset-checkpoint"),
+        "{error}"
+    );
+    // ...unless told to start afresh.
+    let app = start_in(
+        &bootstrap,
+        &dir,
+        &[
+            "--topics",
+            "kept",
+            "--batch",
+            "200ms",
+            "--slide",
+            "200ms",
+            "--reset-checkpoint",
+        ],
+    )
+    .await
+    .expect("starts afresh");
+    let addr = app.local_addr();
+    tokio::task::spawn_blocking(move || wait_consumed(addr, 1503))
+        .await
+        .expect("re-read");
+    app.run_until(async {}).await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_checkpoint_directory_degrades_but_never_stops_counting() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("disk", 1, 1).expect("topic");
+    let dir = std::env::temp_dir().join(common::unique("disk-ckpt"));
+    let app = start_in(
+        &bootstrap,
+        &dir,
+        &["--topics", "disk", "--checkpoint-interval", "100ms"],
+    )
+    .await
+    .expect("starts");
+    let addr = app.local_addr();
+    let first = lines(200, 17);
+    let second = lines(300, 18);
+    let truth = Truth::of(first.iter().chain(&second).map(|l| l.as_slice()));
+    let panes = dir.join("panes");
+    tokio::task::spawn_blocking(move || {
+        produce(&bootstrap, "disk", 1, &first);
+        wait_consumed(addr, 203);
+        wait_for("a checkpoint", WAIT, || {
+            let age = get_json(addr, "/api/v1/status")["checkpoint"]["age_seconds"].clone();
+            if age.is_number() {
+                Ok(())
+            } else {
+                Err(age.to_string())
+            }
+        });
+        // The pane directory becomes a file: every write fails (even as root).
+        std::fs::rename(&panes, dir.join("panes.moved")).expect("move panes");
+        std::fs::write(&panes, b"not a directory").expect("block");
+        produce(&bootstrap, "disk", 1, &second);
+        wait_for("checkpoint failures reported", WAIT, || {
+            let ready = common::http_get(addr, "/readyz").map_err(|e| e.to_string())?;
+            let status = get_json(addr, "/api/v1/status");
+            let failures = common::metric(addr, "ipstats_checkpoint_failures_total{reason=\"io\"}")
+                .unwrap_or(0.0);
+            if status["checkpoint"]["failing"] == true
+                && ready.0 == 200
+                && ready.1.contains("checkpoint")
+                && failures > 0.0
+            {
+                Ok(())
+            } else {
+                Err(format!("{} {:?}", status["checkpoint"], ready))
+            }
+        });
+        wait_consumed(addr, truth.lines);
+        assert_eq!(window_counts(addr), truth.counts, "counting went on");
+        assert!(manifests(&dir) >= 1, "the last good checkpoint is kept");
+        std::fs::remove_file(&panes).expect("unblock");
+        std::fs::rename(dir.join("panes.moved"), &panes).expect("restore panes");
+        wait_for("checkpoints written again", WAIT, || {
+            let status = get_json(addr, "/api/v1/status");
+            if status["checkpoint"]["failing"] == false {
+                Ok(())
+            } else {
+                Err(status["checkpoint"].to_string())
+            }
+        });
+    })
+    .await
+    .expect("assertions");
+    app.run_until(async {}).await.expect("graceful stop");
 }
