@@ -381,10 +381,9 @@ async fn a_graceful_restart_restores_the_window_and_rewindows_without_loss() {
         assert_eq!(skipped_counts(addr), truth.skipped);
         let metrics = common::http_get(addr, "/metrics").expect("metrics").1;
         assert!(
-            metrics
+            !metrics
                 .lines()
-                .any(|l| l.starts_with("ipstats_records_consumed_total{") && !l.ends_with(" 0"))
-                == false,
+                .any(|l| l.starts_with("ipstats_records_consumed_total{") && !l.ends_with(" 0")),
             "the restarted run read no record again"
         );
         let status = get_json(addr, "/api/v1/status");
