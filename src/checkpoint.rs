@@ -489,6 +489,15 @@ fn load_manifest(dir: &Path, path: &Path) -> Result<(Manifest, Vec<Arc<Pane>>), 
     Ok((manifest, panes))
 }
 
+/// The newest manifest that verifies, without loading its panes (for tools
+/// and tests that watch a running instance).
+pub fn newest_manifest(dir: &Path) -> Option<Manifest> {
+    manifest_seqs(dir).ok()?.into_iter().find_map(|seq| {
+        let path = manifest_path(dir, seq);
+        decode_manifest(&path, &fs::read(&path).ok()?).ok()
+    })
+}
+
 /// `--reset-checkpoint`: removes manifests and panes (the instance id stays).
 pub fn reset(dir: &Path) -> Result<usize, CheckpointError> {
     let mut removed = 0;
@@ -557,25 +566,40 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer continuing after `restored` (if any).
+    /// A writer continuing after `restored` (if any). Whatever a crashed run
+    /// left beyond that checkpoint — damaged newer manifests, panes it wrote
+    /// but never recorded — is removed first: pane numbers are reused from
+    /// the restored manifest on, and a stale pane must never stand in for a
+    /// new one.
     pub fn new(
         dir: &Path,
         shape: Shape,
         restored: Option<&Restored>,
     ) -> Result<Writer, CheckpointError> {
-        fs::create_dir_all(dir.join(PANES_DIR)).map_err(io(dir))?;
+        let panes_dir = dir.join(PANES_DIR);
+        fs::create_dir_all(&panes_dir).map_err(io(dir))?;
+        let (last_manifest, next_pane) =
+            restored.map_or((0, 0), |r| (r.manifest.seq, r.manifest.next_pane_seq));
+        for seq in manifest_seqs(dir)? {
+            if seq > last_manifest {
+                let path = manifest_path(dir, seq);
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
         let mut on_disk = BTreeSet::new();
-        for entry in fs::read_dir(dir.join(PANES_DIR)).map_err(io(dir))? {
+        for entry in fs::read_dir(&panes_dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name();
             let name = name.to_str().unwrap_or_default();
-            if name.ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
-            } else if let Some(seq) = parse_seq(name, "pane-", ".bin") {
-                on_disk.insert(seq);
+            match parse_seq(name, "pane-", ".bin") {
+                Some(seq) if seq < next_pane => {
+                    on_disk.insert(seq);
+                }
+                _ => fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
             }
         }
-        let seqs = manifest_seqs(dir)?;
+        sync_dir(&panes_dir)?;
+        sync_dir(dir)?;
         let mut kept = VecDeque::new();
         if let Some(r) = restored {
             kept.push_back((r.manifest.seq, r.manifest.panes.clone()));
@@ -585,7 +609,7 @@ impl Writer {
             shape,
             on_disk,
             kept,
-            next_manifest: seqs.first().map_or(1, |s| s + 1),
+            next_manifest: last_manifest + 1,
         })
     }
 
@@ -918,6 +942,43 @@ mod tests {
         assert!(err.contains("--reset-checkpoint"), "{err}");
         assert_eq!(reset(&dir).expect("reset"), 2);
         assert!(load(&dir).expect("after reset").is_none());
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn leftovers_of_a_crashed_run_never_stand_in_for_new_panes() {
+        let dir = temp("leftovers");
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        writer
+            .write(&job(vec![pane(0, &[("10.0.0.1", 1)])]))
+            .expect("first");
+        // A crashed run wrote pane 1 and a torn manifest 2, and died.
+        fs::write(
+            pane_path(&dir, 1),
+            encode_pane(&pane(1, &[("10.0.0.9", 9)])),
+        )
+        .expect("orphan");
+        fs::write(manifest_path(&dir, 2), b"{\"torn").expect("torn");
+        let restored = load(&dir).expect("load").expect("manifest 1");
+        assert_eq!(restored.manifest.seq, 1);
+        let mut writer = Writer::new(&dir, shape(), Some(&restored)).expect("writer");
+        assert!(!pane_path(&dir, 1).exists() && !manifest_path(&dir, 2).exists());
+        // The new pane 1 is written, not mistaken for the orphan.
+        writer
+            .write(&job(vec![
+                pane(0, &[("10.0.0.1", 1)]),
+                pane(1, &[("10.0.0.2", 2)]),
+            ]))
+            .expect("second");
+        let restored = load(&dir).expect("load").expect("manifest 2");
+        assert_eq!(
+            restored.panes[1].count(parse_ip("10.0.0.2").expect("ip")),
+            2
+        );
+        assert_eq!(
+            restored.panes[1].count(parse_ip("10.0.0.9").expect("ip")),
+            0
+        );
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

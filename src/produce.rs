@@ -51,6 +51,9 @@ pub fn producer_config(brokers: &str, extra: &[(String, String)]) -> ClientConfi
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
+        // Retries after a broker failure never duplicate or reorder lines,
+        // so `--out` stays the exact content of the topic.
+        .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
