@@ -26,11 +26,19 @@ export IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 echo "cluster started in $((SECONDS - started))s: $IPSTATS_BROKERS, ZooKeeper $IPSTATS_ZOOKEEPER" >&2
 trap 'scripts/cluster.sh down' EXIT
 
-step "unit, property, router and integration tests"
 # IPSTATS_TEST_BROKERS/ZOOKEEPER point the real-cluster tests at it; the service
 # itself must not inherit the variables as its own settings.
-IPSTATS_TEST_BROKERS=$IPSTATS_BROKERS IPSTATS_TEST_ZOOKEEPER=$IPSTATS_ZOOKEEPER \
-  env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER cargo test --locked --all-targets
+run_tests() {
+  IPSTATS_TEST_BROKERS=$IPSTATS_BROKERS IPSTATS_TEST_ZOOKEEPER=$IPSTATS_ZOOKEEPER \
+    env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER cargo test --locked "$@"
+}
+
+step "unit, property, router and integration tests"
+run_tests --all-targets -- --skip fault_
+
+step "fault injection (kills and freezes shared cluster processes: alone, one at a time)"
+rm -f test-artifacts/reliability.jsonl
+run_tests --test faults -- --test-threads=1 --nocapture
 
 step "live checks of the demo server"
 env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER scripts/check-live.sh
