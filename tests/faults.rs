@@ -147,20 +147,8 @@ fn wait_producer(mut producer: Child) {
     assert!(status.success(), "every produced line was acknowledged");
 }
 
-/// Waits until every record is accounted for; returns how long that took.
 fn wait_caught_up(addr: SocketAddr, truth: &Truth) -> Duration {
-    let started = Instant::now();
-    wait_for("every record accounted for", WAIT, || {
-        let status = get_json(addr, "/api/v1/status");
-        let top = get_json(addr, "/api/v1/top?n=1");
-        let consumed = status["records_consumed"].as_u64().unwrap_or(0);
-        if consumed == truth.lines && top["total_requests"] == status["records_counted"] {
-            Ok(())
-        } else {
-            Err(format!("consumed {consumed} of {}", truth.lines))
-        }
-    });
-    started.elapsed()
+    common::wait_all_counted(addr, truth.lines, WAIT)
 }
 
 /// Lost and double-counted records of the window against the truth.
@@ -284,13 +272,7 @@ fn fault_broker_killed_and_frozen_ipstats_stays_up_and_resumes() {
 
     let pid = cluster_tool(&["pid", "kafka"]).trim().to_string();
     let killed = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    common::signal(&pid, "KILL");
     wait_status(&mut svc, "the outage reported", |st| {
         st["kafka"]["state"] == "disconnected"
     });
@@ -306,25 +288,13 @@ fn fault_broker_killed_and_frozen_ipstats_stays_up_and_resumes() {
     let kill_recovery = killed.elapsed();
 
     let pid = cluster_tool(&["pid", "kafka"]).trim().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .expect("stop")
-            .success()
-    );
+    common::signal(&pid, "STOP");
     let frozen = Instant::now();
     wait_status(&mut svc, "the freeze reported", |st| {
         st["kafka"]["state"] == "disconnected"
     });
     hold(Duration::from_secs(30).saturating_sub(frozen.elapsed()));
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .expect("cont")
-            .success()
-    );
+    common::signal(&pid, "CONT");
     let thawed = Instant::now();
     wait_status(&mut svc, "Kafka back after the freeze", |st| {
         st["kafka"]["state"] == "connected"
@@ -451,13 +421,7 @@ fn fault_zookeeper_frozen_and_firewalled_offsets_catch_up_and_never_regress() {
 
     // Frozen past the session timeout.
     let pid = cluster_tool(&["pid", "zookeeper"]).trim().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .expect("stop")
-            .success()
-    );
+    common::signal(&pid, "STOP");
     wait_status(&mut svc, "ZooKeeper reported down", |st| {
         st["zookeeper"]["state"] == "disconnected"
     });
@@ -468,13 +432,7 @@ fn fault_zookeeper_frozen_and_firewalled_offsets_catch_up_and_never_regress() {
     wait_status(&mut svc, "counting during the freeze", |st| {
         st["records_consumed"].as_u64() > Some(before)
     });
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .expect("cont")
-            .success()
-    );
+    common::signal(&pid, "CONT");
     wait_status(&mut svc, "ZooKeeper back", |st| {
         st["zookeeper"]["state"] == "connected"
     });

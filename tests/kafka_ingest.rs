@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Truth, cluster, cluster_tool, get_json, produce_lines, settings, skipped_counts, unique,
-    wait_for, window_counts,
+    Truth, cluster, get_json, produce_lines, settings, skipped_counts, unique, wait_for,
+    window_counts,
 };
 use ipstats::app::App;
 
@@ -47,16 +47,7 @@ async fn counts_a_real_topic_exactly_and_reports_offsets() {
     .expect("service starts");
     let addr = app.local_addr();
     tokio::task::spawn_blocking(move || {
-        wait_for("every record counted", WAIT, || {
-            let status = get_json(addr, "/api/v1/status");
-            let top = get_json(addr, "/api/v1/top?n=1");
-            let consumed = status["records_consumed"].as_u64().unwrap_or(0);
-            if consumed == truth.lines && top["total_requests"] == status["records_counted"] {
-                Ok(())
-            } else {
-                Err(format!("consumed {consumed} of {}", truth.lines))
-            }
-        });
+        common::wait_all_counted(addr, truth.lines, WAIT);
         assert_eq!(window_counts(addr), truth.counts, "per-IP counts are exact");
         assert_eq!(
             skipped_counts(addr),
@@ -65,25 +56,11 @@ async fn counts_a_real_topic_exactly_and_reports_offsets() {
         );
 
         // Offsets agree with Kafka's own view of the partitions.
-        let described = cluster_tool(&[
-            "kafka-get-offsets",
-            "--bootstrap-server",
-            &cluster.brokers,
-            "--topic",
-            &topic,
-        ]);
-        let mut ends: Vec<(i64, i64)> = described
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.rsplitn(3, ':');
-                let end = parts.next()?.trim().parse().ok()?;
-                let partition = parts.next()?.trim().parse().ok()?;
-                Some((partition, end))
-            })
+        let ends: Vec<(i64, i64)> = common::log_ends(&cluster.brokers, &topic)
+            .into_iter()
+            .map(|(p, e)| (i64::from(p), e))
             .collect();
-        ends.sort();
-        assert_eq!(ends.len(), 4, "{described}");
-        assert_eq!(ends.iter().map(|e| e.1).sum::<i64>() as u64, truth.lines);
+        assert_eq!(ends.len(), 4, "{ends:?}");
         wait_for("lag 0 with log ends from the broker", WAIT, || {
             let offsets = get_json(addr, "/api/v1/offsets");
             let seen: Vec<(i64, i64, i64)> = offsets["partitions"]

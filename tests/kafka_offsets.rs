@@ -74,16 +74,7 @@ impl Setup {
 }
 
 fn wait_counted(addr: SocketAddr, truth: &Truth) {
-    wait_for("every record counted", WAIT, || {
-        let status = get_json(addr, "/api/v1/status");
-        let top = get_json(addr, "/api/v1/top?n=1");
-        let consumed = status["records_consumed"].as_u64().unwrap_or(0);
-        if consumed == truth.lines && top["total_requests"] == status["records_counted"] {
-            Ok(())
-        } else {
-            Err(format!("consumed {consumed} of {}", truth.lines))
-        }
-    });
+    common::wait_all_counted(addr, truth.lines, WAIT);
     assert_eq!(window_counts(addr), truth.counts, "per-IP counts are exact");
 }
 

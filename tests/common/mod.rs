@@ -389,12 +389,8 @@ impl Service {
         })
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+    pub fn signal(&self, name: &str) {
+        signal(&self.child.id().to_string(), name);
     }
 
     /// SIGTERM, then the exit status.
@@ -500,4 +496,31 @@ pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Waits until ipstats has accounted for `lines` records (counted or
+/// skipped) and a snapshot holding all of them is published; returns how
+/// long that took.
+pub fn wait_all_counted(addr: SocketAddr, lines: u64, deadline: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    wait_for("every record accounted for", deadline, || {
+        let status = get_json(addr, "/api/v1/status");
+        let top = get_json(addr, "/api/v1/top?n=1");
+        let consumed = status["records_consumed"].as_u64().unwrap_or(0);
+        if consumed == lines && top["total_requests"] == status["records_counted"] {
+            Ok(())
+        } else {
+            Err(format!("consumed {consumed} of {lines}"))
+        }
+    });
+    started.elapsed()
+}
+
+/// `kill -SIGNAL pid`.
+pub fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
