@@ -18,7 +18,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use arc_swap::ArcSwap;
 use rdkafka::config::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -351,10 +350,7 @@ impl App {
         let metrics = Metrics::new().context("creating metrics")?;
         let health = Arc::new(Health::new(settings.is_demo()));
         let committed = Arc::new(Committed::new(settings.zookeeper.is_some(), true));
-        let published: Published = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
-            settings.window,
-            settings.slide,
-        )));
+        let published = Published::new(Snapshot::empty(settings.window, settings.slide));
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
         let (commit_tx, _) = watch::channel(Arc::new(CommitRequest::default()));
         let stop = Stop::new();

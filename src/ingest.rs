@@ -9,7 +9,7 @@ use std::mem;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use prometheus::{Gauge, IntCounter, IntGauge};
 use rdkafka::consumer::Consumer;
@@ -26,9 +26,13 @@ use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::metrics::Metrics;
 use crate::offsets::{Reset, ResetReason, ResetRefused, resolve_start};
 use crate::parse::{Parser, SkipCounts};
-use crate::snapshot::{Health, IngestStatus, PartitionStatus, Published, Snapshot};
+use crate::snapshot::{Health, HistoryPoint, IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::stop::Stop;
 use crate::window::{IpMap, OffsetRange, Pane, Window};
+
+/// How much slide history the dashboard's sparklines get.
+const HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
+const HISTORY_POINTS: usize = 600;
 
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +168,7 @@ struct State {
     status: IngestStatus,
     last_publish: Instant,
     consumed_at_last_publish: u64,
+    history: VecDeque<HistoryPoint>,
     cap_per_batch: Option<u64>,
     stored: StoredOffsets,
     view: ViewReceiver,
@@ -207,6 +212,7 @@ impl Ingest {
             status: IngestStatus::default(),
             last_publish: Instant::now(),
             consumed_at_last_publish: 0,
+            history: VecDeque::new(),
             cap_per_batch,
             stored,
             view,
@@ -620,6 +626,21 @@ impl State {
         self.last_publish = Instant::now();
         self.consumed_at_last_publish = self.status.records_consumed;
 
+        let now = SystemTime::now();
+        self.history.push_back(HistoryPoint {
+            at: now,
+            records_per_second: self.status.records_per_second,
+            window_requests: self.window.requests(),
+            distinct_ips: self.window.distinct_ips(),
+        });
+        while self.history.len() > HISTORY_POINTS
+            || self
+                .history
+                .front()
+                .is_some_and(|p| now.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN)
+        {
+            self.history.pop_front();
+        }
         let panes: Vec<Arc<Pane>> = self.window.panes().cloned().collect();
         let window_end = panes.last().map_or_else(SystemTime::now, |p| p.end);
         let window_start = window_end
@@ -637,6 +658,7 @@ impl State {
             panes,
             partitions,
             ingest: self.status.clone(),
+            history: self.history.iter().copied().collect(),
         }));
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::offsets::Reset;
 use crate::parse::{IpKey, SkipCounts};
@@ -29,6 +30,17 @@ pub struct Snapshot {
     pub panes: Vec<Arc<Pane>>,
     pub partitions: Vec<PartitionStatus>,
     pub ingest: IngestStatus,
+    /// Recent slides, oldest first, for the dashboard's sparklines.
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One slide's totals.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistoryPoint {
+    pub at: SystemTime,
+    pub records_per_second: f64,
+    pub window_requests: u64,
+    pub distinct_ips: usize,
 }
 
 impl Snapshot {
@@ -47,6 +59,7 @@ impl Snapshot {
             panes: Vec::new(),
             partitions: Vec::new(),
             ingest: IngestStatus::default(),
+            history: Vec::new(),
         }
     }
 
@@ -175,5 +188,37 @@ impl Health {
     }
 }
 
-/// Where ingest publishes and handlers read.
-pub type Published = Arc<ArcSwap<Snapshot>>;
+/// Where ingest publishes and handlers read: the current snapshot, loaded
+/// lock-free, and a counter that live streams (`/api/v1/events`) wait on.
+/// A slow stream only ever sees the newest value: nothing queues up.
+#[derive(Clone, Debug)]
+pub struct Published(Arc<PublishedInner>);
+
+#[derive(Debug)]
+struct PublishedInner {
+    current: ArcSwap<Snapshot>,
+    notify: watch::Sender<u64>,
+}
+
+impl Published {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Published(Arc::new(PublishedInner {
+            current: ArcSwap::from_pointee(snapshot),
+            notify: watch::channel(0).0,
+        }))
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.current.load()
+    }
+
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.0.current.store(snapshot);
+        self.0.notify.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever a snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.notify.subscribe()
+    }
+}

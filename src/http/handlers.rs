@@ -1,14 +1,18 @@
 //! Route handlers: each loads the published snapshot and answers from it.
 
+use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
 use super::problem::Problem;
@@ -65,13 +69,9 @@ pub struct TopQuery {
     n: Option<String>,
 }
 
-pub async fn top(
-    State(state): State<AppState>,
-    query: Result<Query<TopQuery>, QueryRejection>,
-) -> Result<Json<TopView>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let n = match query.n.as_deref() {
-        None => DEFAULT_TOP_N,
+fn parse_n(text: Option<&str>) -> Result<usize, Problem> {
+    match text {
+        None => Ok(DEFAULT_TOP_N),
         Some(text) => text
             .parse::<usize>()
             .ok()
@@ -80,11 +80,13 @@ pub async fn top(
                 Problem::bad_request(format!(
                     "n must be an integer from 1 to {MAX_TOP_N}, got {text:?}"
                 ))
-            })?,
-    };
-    let snapshot = state.published.load();
-    Ok(Json(TopView {
-        window: WindowView::of(&snapshot),
+            }),
+    }
+}
+
+fn top_view(snapshot: &Snapshot, n: usize) -> TopView {
+    TopView {
+        window: WindowView::of(snapshot),
         total_requests: snapshot.total_requests,
         distinct_ips: snapshot.distinct_ips,
         top: snapshot
@@ -96,7 +98,16 @@ pub async fn top(
                 count: *count,
             })
             .collect(),
-    }))
+    }
+}
+
+pub async fn top(
+    State(state): State<AppState>,
+    query: Result<Query<TopQuery>, QueryRejection>,
+) -> Result<Json<TopView>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let n = parse_n(query.n.as_deref())?;
+    Ok(Json(top_view(&state.published.load(), n)))
 }
 
 #[derive(Serialize)]
@@ -170,10 +181,9 @@ pub struct OffsetsView {
     partitions: Vec<PartitionView>,
 }
 
-pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
-    let snapshot = state.published.load();
+fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
     let committed = &state.committed;
-    Json(OffsetsView {
+    OffsetsView {
         group: state.info.group.clone(),
         partitions: snapshot
             .partitions
@@ -200,7 +210,11 @@ pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
                 }),
             })
             .collect(),
-    })
+    }
+}
+
+pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
+    Json(offsets_view(&state, &state.published.load()))
 }
 
 fn store_view(store: &StoreStatus, connect: Value) -> Value {
@@ -212,8 +226,7 @@ fn store_view(store: &StoreStatus, connect: Value) -> Value {
     })
 }
 
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    let snapshot = state.published.load();
+fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
     let health = &state.health;
     let ingest = &snapshot.ingest;
     let skipped: serde_json::Map<String, Value> = SkipReason::ALL
@@ -222,15 +235,16 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
         .collect();
     let now = SystemTime::now();
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
-    Json(json!({
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "mode": if health.is_demo() { "demo" } else { "kafka" },
         "ready": health.is_ready(),
+        "degraded": degraded(state),
         "phase": health.phase(),
         "uptime_seconds": age(health.started()),
         "group": state.info.group,
         "topics": state.info.topics,
-        "window": WindowView::of(&snapshot),
+        "window": WindowView::of(snapshot),
         "snapshot_age_seconds": age(snapshot.taken_at),
         "batches": ingest.batches,
         "records_consumed": ingest.records_consumed,
@@ -252,7 +266,68 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "group_commits": store_view(&state.committed.kafka, Value::Null),
         },
         "zookeeper": store_view(&state.committed.zookeeper, json!(state.info.zookeeper)),
-    }))
+    })
+}
+
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(status_view(&state, &state.published.load()))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    n: Option<String>,
+    limit: Option<String>,
+}
+
+/// One slide's everything, as `/api/v1/events` sends it.
+fn event_view(state: &AppState, snapshot: &Snapshot, n: usize) -> Value {
+    let history: Vec<Value> = snapshot
+        .history
+        .iter()
+        .map(|p| {
+            json!({
+                "at": rfc3339(p.at),
+                "records_per_second": p.records_per_second,
+                "window_requests": p.window_requests,
+                "distinct_ips": p.distinct_ips,
+            })
+        })
+        .collect();
+    json!({
+        "top": top_view(snapshot, n),
+        "offsets": offsets_view(state, snapshot),
+        "status": status_view(state, snapshot),
+        "history": history,
+    })
+}
+
+/// Server-Sent Events: the current snapshot at once, then one per slide.
+/// A slow client skips to the newest snapshot; nothing queues for it.
+pub async fn events(
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let n = parse_n(query.n.as_deref())?;
+    let limit = match query.limit.as_deref() {
+        None => usize::MAX,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| *l >= 1)
+            .ok_or_else(|| {
+                Problem::bad_request(format!("limit must be a positive integer, got {text:?}"))
+            })?,
+    };
+    let stream = WatchStream::new(state.published.subscribe())
+        .map(move |_| {
+            let body = event_view(&state, &state.published.load(), n);
+            Ok(Event::default()
+                .event("snapshot")
+                .data(serde_json::to_string(&body).unwrap_or_default()))
+        })
+        .take(limit);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

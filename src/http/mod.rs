@@ -64,6 +64,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/ips/{ip}", get(handlers::ip)),
         ("/api/v1/offsets", get(handlers::offsets)),
         ("/api/v1/status", get(handlers::status)),
+        ("/api/v1/events", get(handlers::events)),
         ("/metrics", get(handlers::metrics)),
         ("/healthz", get(handlers::healthz)),
         ("/readyz", get(handlers::readyz)),

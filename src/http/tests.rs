@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -67,13 +66,14 @@ fn state(ready: bool) -> AppState {
             last_reset: None,
         }],
         ingest: IngestStatus::default(),
+        history: Vec::new(),
     };
     let health = Arc::new(Health::new(true));
     if ready {
         health.set_ready();
     }
     AppState {
-        published: Arc::new(ArcSwap::from_pointee(snapshot)),
+        published: crate::snapshot::Published::new(snapshot),
         health,
         metrics: Metrics::new().expect("metrics"),
         committed: {
@@ -325,4 +325,31 @@ fn router_and_spec_list_the_same_routes() {
             .collect();
         assert_eq!(methods, ["get"], "{path:?}: every route is GET only");
     }
+}
+
+#[tokio::test]
+async fn events_stream_whole_snapshots() {
+    let (status, content_type, body) = call(Method::GET, "/api/v1/events?limit=1&n=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    assert!(body.starts_with("event: snapshot\n"), "{body}");
+    let data = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    let event: Value = serde_json::from_str(data).expect("json data");
+    assert_eq!(event["top"]["top"].as_array().map(Vec::len), Some(2));
+    assert_eq!(event["offsets"]["group"], "g1");
+    assert_eq!(event["status"]["mode"], "demo");
+    assert!(event["history"].is_array());
+    let (status, content_type, _) = call(Method::GET, "/api/v1/events?n=0").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::BAD_REQUEST, "application/problem+json")
+    );
+    let (status, _, _) = call(Method::GET, "/api/v1/events?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
