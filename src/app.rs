@@ -69,6 +69,7 @@ pub struct App {
     published: Published,
     health: Arc<Health>,
     shutdown_grace: Duration,
+    progress: tokio::task::JoinHandle<()>,
     /// The demo's throw-away checkpoint directory, removed at exit.
     demo_dir: Option<std::path::PathBuf>,
 }
@@ -465,18 +466,9 @@ impl App {
                     .await
             })
         };
-        info!(
-            mode = if settings.is_demo() { "demo" } else { "kafka" },
-            brokers = %brokers,
-            zookeeper = zookeeper.as_ref().map_or_else(|| "none".to_string(), ZkOptions::display),
-            topics = %settings.topics.join(","),
-            group = %settings.group,
-            window = %humantime::format_duration(settings.window),
-            slide = %humantime::format_duration(settings.slide),
-            batch = %humantime::format_duration(settings.batch),
-            url = %format!("http://{addr}/"),
-            "ipstats started"
-        );
+        print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
+        info!(url = %format!("http://{addr}/"), "ipstats started");
+        let progress = tokio::spawn(report_progress(published.clone(), server_cancel.clone()));
 
         let shutdown_grace = settings.shutdown_grace;
         let startup = tokio::spawn(
@@ -513,6 +505,7 @@ impl App {
             published,
             health,
             shutdown_grace,
+            progress,
             demo_dir,
         })
     }
@@ -574,8 +567,10 @@ impl App {
             startup,
             server,
             demo_dir,
+            progress,
             ..
         } = self;
+        progress.abort();
         stop.set();
         startup_cancel.cancel();
         let launched = startup.await.ok().flatten();
@@ -625,6 +620,56 @@ async fn join_threads(threads: Vec<(&'static str, JoinHandle<()>)>) -> anyhow::R
     })
     .await
     .context("joining threads")
+}
+
+/// The start-up banner: what runs, against what, and where to look.
+fn print_banner(settings: &Settings, brokers: &str, zookeeper: Option<&ZkOptions>, addr: SocketAddr) {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let mode = if settings.is_demo() {
+        "DEMO MODE: embedded broker with generated traffic (pass --brokers to count real logs)"
+    } else {
+        "consuming Kafka"
+    };
+    eprintln!(
+        "\nipstats {}  ·  {mode}\n  kafka       {brokers}   topics {}   group {}\n  zookeeper   {}\n  window      {} (slide {}, batch {})\n  checkpoint  {} (every {})\n  dashboard   http://{addr}/\n",
+        env!("CARGO_PKG_VERSION"),
+        settings.topics.join(","),
+        settings.group,
+        zookeeper.map_or_else(|| "none".to_string(), ZkOptions::display),
+        d(settings.window),
+        d(settings.slide),
+        d(settings.batch),
+        settings.checkpoint_dir.display(),
+        d(settings.checkpoint_interval),
+    );
+}
+
+/// One progress line every few seconds while records flow or lag remains;
+/// silent when idle.
+async fn report_progress(published: Published, cancel: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(5);
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let snapshot = published.load();
+        let consumed = snapshot.ingest.records_consumed;
+        let lag: i64 = snapshot.partitions.iter().filter_map(|p| p.lag()).sum();
+        let now = std::time::Instant::now();
+        let rate = last.map_or(0.0, |(before, at)| {
+            consumed.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+        });
+        let moved = last.is_some_and(|(before, _)| consumed != before);
+        last = Some((consumed, now));
+        if moved || lag > 0 {
+            info!(
+                "progress: {rate:.0} records/s, lag {lag}, window {} requests from {} IPs",
+                snapshot.total_requests, snapshot.distinct_ips
+            );
+        }
+    }
 }
 
 /// Starts the service and runs it until `shutdown` completes.

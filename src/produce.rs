@@ -1,7 +1,7 @@
 //! `ipstats produce`, and the paced producer loop the embedded demo shares.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -217,7 +217,7 @@ fn produce_blocking(
         malformed_ratio: args.malformed_ratio,
     });
     let started = Instant::now();
-    let mut last_report = Instant::now();
+    let mut progress = Progress::new(args.count);
     let mut write_error = None;
     let sent = send_lines(
         &producer,
@@ -233,13 +233,13 @@ fn produce_blocking(
             {
                 write_error = Some(e);
             }
-            if sent.lines % 4096 == 0 && last_report.elapsed() >= Duration::from_secs(2) {
-                last_report = Instant::now();
-                report_progress(sent, args.count, started.elapsed());
+            if sent.lines % 1024 == 0 {
+                progress.update(sent);
             }
         },
     )
     .context("producing")?;
+    progress.finish();
     if let Some(e) = write_error {
         return Err(e).context("writing --out");
     }
@@ -268,16 +268,60 @@ fn produce_blocking(
     Ok(sent)
 }
 
-fn report_progress(sent: &Sent, count: u64, elapsed: Duration) {
-    let rate = sent.lines as f64 / elapsed.as_secs_f64().max(1e-9);
-    if count > 0 {
-        let eta = (count - sent.lines.min(count)) as f64 / rate.max(1e-9);
-        eprintln!(
-            "produce: {}/{count} lines ({:.1}%), {rate:.0} lines/s, eta {eta:.0}s",
-            sent.lines,
-            100.0 * sent.lines as f64 / count as f64
-        );
-    } else {
-        eprintln!("produce: {} lines, {rate:.0} lines/s", sent.lines);
+/// Progress of a long run: a bar redrawn in place on a terminal, a line
+/// every few seconds otherwise (logs, CI).
+struct Progress {
+    count: u64,
+    started: Instant,
+    last: Instant,
+    terminal: bool,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(count: u64) -> Self {
+        Progress {
+            count,
+            started: Instant::now(),
+            last: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, sent: &Sent) {
+        let every = if self.terminal { Duration::from_millis(200) } else { Duration::from_secs(2) };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = sent.lines as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let text = if self.count > 0 {
+            let done = sent.lines.min(self.count) as f64 / self.count as f64;
+            let eta = (self.count - sent.lines.min(self.count)) as f64 / rate.max(1e-9);
+            let filled = (done * 30.0).round() as usize;
+            format!(
+                "[{}{}] {:5.1}%  {}/{} lines  {rate:.0} lines/s  eta {eta:.0}s",
+                "#".repeat(filled),
+                "-".repeat(30 - filled),
+                done * 100.0,
+                sent.lines,
+                self.count
+            )
+        } else {
+            format!("{} lines  {rate:.0} lines/s", sent.lines)
+        };
+        if self.terminal {
+            eprint!("\r\x1b[2Kproduce {text}");
+            self.drawn = true;
+        } else {
+            eprintln!("produce: {text}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.drawn {
+            eprintln!();
+        }
     }
 }
