@@ -12,6 +12,7 @@ command -v mvn >/dev/null || need+=(maven)
 command -v curl >/dev/null || need+=(curl)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v iptables >/dev/null || need+=(iptables)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -26,4 +27,11 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
   echo "setup: python venv with schemathesis" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/requirements-test.txt" >&2
+fi
+
+# playwright-core (pinned by tests/browser/package-lock.json) drives Debian's
+# Chromium; it downloads no browser of its own.
+if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+  echo "setup: npm ci in tests/browser" >&2
+  (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund >&2)
 fi

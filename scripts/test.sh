@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine: installs what is missing (Debian packages,
-# Kafka jars, a Python venv with schemathesis), starts the local Kafka +
-# ZooKeeper cluster, runs lints and all tests, checks the live demo server
-# with promtool and schemathesis, and stops the cluster even when tests fail.
+# Kafka jars, a Python venv with schemathesis, playwright-core), starts the
+# local Kafka + ZooKeeper cluster, runs lints and all tests, the fault suite,
+# checks the live demo server with promtool and schemathesis, drives the
+# dashboard in headless Chromium, and stops the cluster even when tests fail.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -42,3 +43,6 @@ run_tests --test faults -- --test-threads=1 --nocapture
 
 step "live checks of the demo server"
 env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER scripts/check-live.sh
+
+step "dashboard in headless Chromium (screenshots in test-artifacts/)"
+(cd tests/browser && env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER npm test)

@@ -406,9 +406,16 @@ impl State {
                 (p.low, None)
             };
             if let Some(reset) = &reset {
-                warn!(topic = %p.topic, partition = p.partition, reason = %reset.reason,
-                    stored = ?reset.stored, log_start = p.low, log_end = p.high, start,
-                    lost = reset.lost, "partition does not start at a stored offset");
+                // A first start has nothing stored: worth a note, not a warning.
+                if reset.reason == ResetReason::Missing {
+                    info!(topic = %p.topic, partition = p.partition, reason = %reset.reason,
+                        log_start = p.low, log_end = p.high, start,
+                        "no stored offset; starting by --offset-reset");
+                } else {
+                    warn!(topic = %p.topic, partition = p.partition, reason = %reset.reason,
+                        stored = ?reset.stored, log_start = p.low, log_end = p.high, start,
+                        lost = reset.lost, "partition does not start at a stored offset");
+                }
                 self.metrics
                     .offset_resets
                     .with_label_values(&[reset.reason.as_str()])

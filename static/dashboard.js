@@ -1,36 +1,59 @@
-// ipstats dashboard: polls the API and renders with textContent only, so
-// nothing that comes from access logs can ever be interpreted as HTML.
+// ipstats dashboard. Live data comes from /api/v1/events (Server-Sent
+// Events); when that fails the page polls the REST routes instead. Every
+// value is inserted with textContent or as an SVG attribute, never as HTML,
+// so nothing that comes from access logs can be interpreted as markup.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
 const fmt = new Intl.NumberFormat();
-let refreshMs = 1000;
-let timer = null;
+const params = new URLSearchParams(location.search);
+let source = null;
+let pollTimer = null;
+let sseFailures = 0;
+let selectedIp = null;
+let lastSlideMs = 1000;
 
-function cell(row, text, numeric) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (numeric) td.className = "num";
-  row.appendChild(td);
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
 }
 
-function fill(tbody, rows) {
-  tbody.replaceChildren(...rows);
-}
-
-function duration(seconds) {
-  return seconds >= 60 && seconds % 60 === 0 ? `${seconds / 60} min` : `${seconds} s`;
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  return node;
 }
 
 function num(v) {
   return v === null || v === undefined ? "–" : fmt.format(v);
 }
 
-async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
-  return response.json();
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds >= 120) return `${Math.round(seconds / 60)} min`;
+  if (seconds >= 10) return `${Math.round(seconds)} s`;
+  return `${seconds.toFixed(1)} s`;
 }
+
+function bar(fraction, className) {
+  const outer = el("div", undefined, "bar" + (className ? " " + className : ""));
+  const inner = el("span");
+  // CSSOM, not a style attribute: allowed by the page's style-src 'self'.
+  inner.style.width = `${Math.max(0, Math.min(1, fraction)) * 100}%`;
+  outer.appendChild(inner);
+  return outer;
+}
+
+function setBadge(id, text, ok) {
+  const badge = $(id);
+  badge.textContent = text;
+  badge.className = "badge " + (ok ? "ok" : "bad");
+}
+
+// ---- rendering ------------------------------------------------------------
 
 function renderTop(top) {
   $("total").textContent = fmt.format(top.total_requests);
@@ -39,33 +62,90 @@ function renderTop(top) {
   $("window-end").textContent = new Date(top.window.end).toLocaleTimeString();
   $("window-length").textContent = duration(top.window.length_seconds);
   $("window-slide").textContent = duration(top.window.slide_seconds);
-  refreshMs = Math.max(500, Math.min(5000, top.window.slide_seconds * 1000));
-  fill($("top").tBodies[0], top.top.map((entry, i) => {
-    const row = document.createElement("tr");
-    cell(row, String(i + 1), true);
-    cell(row, entry.ip, false);
-    cell(row, fmt.format(entry.count), true);
-    const share = top.total_requests ? (100 * entry.count / top.total_requests).toFixed(1) + " %" : "–";
-    cell(row, share, true);
+  lastSlideMs = Math.max(500, top.window.slide_seconds * 1000);
+  const max = top.top.length ? top.top[0].count : 1;
+  $("top").tBodies[0].replaceChildren(...top.top.map((entry, i) => {
+    const row = el("tr");
+    row.appendChild(el("td", String(i + 1), "num"));
+    const ipCell = el("td");
+    const button = el("button", entry.ip, "ip");
+    button.type = "button";
+    button.dataset.ip = entry.ip;
+    button.title = "show this IP's history";
+    ipCell.appendChild(button);
+    row.appendChild(ipCell);
+    row.appendChild(el("td", fmt.format(entry.count), "num"));
+    const share = el("td", undefined, "share");
+    share.appendChild(bar(entry.count / max));
+    const pct = top.total_requests ? (100 * entry.count / top.total_requests).toFixed(1) + " %" : "–";
+    share.appendChild(el("span", pct, "bar-label"));
+    row.appendChild(share);
     return row;
+  }));
+  renderTopChart(top.top.slice(0, 10));
+}
+
+function renderTopChart(entries) {
+  const chart = $("top-chart");
+  const rowHeight = 18;
+  // Drawn at the element's own width, so that text keeps its size on a phone.
+  const width = Math.max(240, chart.clientWidth || 600);
+  const labelWidth = Math.min(250, Math.round(width * 0.42));
+  chart.setAttribute("viewBox", `0 0 ${width} ${Math.max(1, entries.length) * rowHeight}`);
+  chart.setAttribute("height", String(Math.max(1, entries.length) * rowHeight));
+  const max = entries.length ? entries[0].count : 1;
+  chart.replaceChildren(...entries.flatMap((entry, i) => {
+    const y = i * rowHeight;
+    const label = svgEl("text", { x: labelWidth - 6, y: y + 13, "text-anchor": "end" });
+    label.textContent = entry.ip;
+    const w = Math.max(1, (width - labelWidth - 56) * entry.count / max);
+    const rect = svgEl("rect", { x: labelWidth, y: y + 3, width: w, height: rowHeight - 6, rx: 2 });
+    const value = svgEl("text", { x: labelWidth + w + 4, y: y + 13 });
+    value.textContent = fmt.format(entry.count);
+    return [label, rect, value];
   }));
 }
 
+function sparkline(id, values) {
+  const svg = $(id);
+  if (values.length < 2) {
+    svg.replaceChildren();
+    return;
+  }
+  const max = Math.max(...values, 1);
+  const step = 120 / (values.length - 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(2)},${(27 - 25 * v / max).toFixed(2)}`);
+  svg.replaceChildren(
+    svgEl("polygon", { points: `0,28 ${points.join(" ")} 120,28` }),
+    svgEl("polyline", { points: points.join(" ") }),
+  );
+}
+
+function renderHistory(history) {
+  sparkline("spark-rate", history.map((p) => p.records_per_second));
+  sparkline("spark-distinct", history.map((p) => p.distinct_ips));
+}
+
 function renderOffsets(offsets) {
-  fill($("partitions").tBodies[0], offsets.partitions.map((p) => {
-    const row = document.createElement("tr");
-    cell(row, p.topic, false);
-    cell(row, String(p.partition), true);
-    cell(row, num(p.from_offset), true);
-    cell(row, num(p.until_offset), true);
-    cell(row, num(p.log_start), true);
-    cell(row, num(p.log_end), true);
-    cell(row, num(p.lag), true);
-    cell(row, p.lag_seconds === null ? "–" : p.lag_seconds.toFixed(1), true);
-    cell(row, num(p.committed_zookeeper), true);
-    cell(row, num(p.committed_kafka), true);
-    cell(row, p.last_reset ? `${p.last_reset.reason} → ${p.last_reset.reset_to}` +
-      (p.last_reset.records_lost ? ` (${fmt.format(p.last_reset.records_lost)} lost)` : "") : "–", false);
+  const maxLag = Math.max(1, ...offsets.partitions.map((p) => p.lag || 0));
+  $("partitions").tBodies[0].replaceChildren(...offsets.partitions.map((p) => {
+    const row = el("tr");
+    row.appendChild(el("td", p.topic));
+    row.appendChild(el("td", String(p.partition), "num"));
+    row.appendChild(el("td", num(p.from_offset), "num"));
+    row.appendChild(el("td", num(p.until_offset), "num"));
+    row.appendChild(el("td", num(p.log_end), "num"));
+    const lag = el("td");
+    lag.appendChild(bar((p.lag || 0) / maxLag, "lag"));
+    lag.appendChild(el("span", num(p.lag), "bar-label"));
+    row.appendChild(lag);
+    row.appendChild(el("td", p.lag_seconds === null ? "–" : p.lag_seconds.toFixed(1), "num"));
+    row.appendChild(el("td", num(p.committed_zookeeper), "num"));
+    row.appendChild(el("td", num(p.committed_kafka), "num"));
+    const reset = p.last_reset;
+    row.appendChild(el("td", reset
+      ? `${reset.reason} → ${fmt.format(reset.reset_to)}` + (reset.records_lost ? ` (${fmt.format(reset.records_lost)} lost)` : "")
+      : "–"));
     return row;
   }));
 }
@@ -73,50 +153,172 @@ function renderOffsets(offsets) {
 function renderStatus(status) {
   $("demo-banner").hidden = status.mode !== "demo";
   $("rate").textContent = fmt.format(Math.round(status.records_per_second));
-  const skipped = Object.values(status.skipped).reduce((a, b) => a + b, 0);
-  $("skipped").textContent = fmt.format(skipped);
-  $("skipped").title = Object.entries(status.skipped).map(([k, v]) => `${k}: ${v}`).join("\n");
-  const badge = $("health");
-  const ok = status.ready && status.kafka.state === "connected";
-  badge.textContent = ok ? "live" : (status.ready ? "kafka " + status.kafka.state : "starting");
-  badge.className = "badge " + (ok ? "ok" : "bad");
-  const zk = $("zk");
-  zk.hidden = status.zookeeper.state === "disabled";
-  zk.textContent = "ZooKeeper " + status.zookeeper.state;
-  zk.className = "badge " + (status.zookeeper.state === "connected" ? "ok" : "bad");
-  if (!status.ready) badge.title = status.phase;
+  $("skips").tBodies[0].replaceChildren(...Object.entries(status.skipped).map(([reason, n]) => {
+    const row = el("tr");
+    row.appendChild(el("td", reason.replace(/_/g, " ")));
+    row.appendChild(el("td", fmt.format(n), "num"));
+    return row;
+  }));
+  const cp = status.checkpoint;
+  $("checkpoint").textContent = cp.age_seconds === null ? "none yet" : duration(cp.age_seconds);
+  $("checkpoint-note").textContent = cp.failing ? `failing: ${cp.last_error || "unknown error"}` : "";
+  const degraded = status.degraded || [];
+  const ok = status.ready && degraded.length === 0;
+  setBadge("health", status.ready ? (ok ? "live" : "degraded: " + degraded.join(", ")) : "starting: " + status.phase, ok);
+  setBadge("kafka", "Kafka " + status.kafka.state, status.kafka.state === "connected");
+  const zk = status.zookeeper;
+  $("zk").hidden = zk.state === "disabled";
+  setBadge("zk", "ZooKeeper " + zk.state, zk.state === "connected");
 }
 
-async function refresh() {
-  const n = $("n").value;
+function render(event) {
+  renderTop(event.top);
+  renderOffsets(event.offsets);
+  renderStatus(event.status);
+  if (event.history) renderHistory(event.history);
+  $("error-banner").hidden = true;
+  $("updated").textContent = new Date().toLocaleTimeString();
+  if (selectedIp) loadIpHistory(selectedIp);
+}
+
+function showError(message) {
+  $("error-banner").textContent = message;
+  $("error-banner").hidden = false;
+  setBadge("health", "unreachable", false);
+}
+
+// ---- one IP's history -------------------------------------------------------
+
+async function loadIpHistory(ip) {
+  try {
+    const response = await fetch(`/api/v1/ips/${encodeURIComponent(ip)}`, { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    renderIpHistory(await response.json());
+  } catch (error) {
+    showError(`Cannot load the history of ${ip}: ${error.message}`);
+  }
+}
+
+function renderIpHistory(detail) {
+  $("ip-history").hidden = false;
+  $("ip-history-ip").textContent = detail.ip;
+  $("ip-history-count").textContent = fmt.format(detail.count);
+  const chart = $("ip-history-chart");
+  const panes = detail.panes;
+  const width = 300;
+  const height = 120;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.setAttribute("preserveAspectRatio", "none");
+  const max = Math.max(1, ...panes.map((p) => p.count));
+  const w = width / Math.max(1, panes.length);
+  chart.replaceChildren(
+    svgEl("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5 }),
+    ...panes.map((p, i) => {
+      const h = (height - 4) * p.count / max;
+      const rect = svgEl("rect", { x: i * w, y: height - h, width: Math.max(0.5, w - 0.5), height: h });
+      const title = svgEl("title");
+      title.textContent = `${new Date(p.start).toLocaleTimeString()}: ${p.count}`;
+      rect.appendChild(title);
+      return rect;
+    }),
+  );
+}
+
+// ---- data feed: SSE, polling as the fall-back ----------------------------------
+
+function n() {
+  return $("n").value;
+}
+
+function connect() {
+  if (source) source.close();
+  clearTimeout(pollTimer);
+  if (!("EventSource" in window) || sseFailures >= 3) {
+    poll();
+    return;
+  }
+  source = new EventSource(`/api/v1/events?n=${encodeURIComponent(n())}`);
+  source.addEventListener("snapshot", (message) => {
+    sseFailures = 0;
+    $("feed").textContent = "live";
+    render(JSON.parse(message.data));
+  });
+  source.onerror = () => {
+    sseFailures += 1;
+    if (sseFailures >= 3) {
+      source.close();
+      source = null;
+      poll();
+    }
+  };
+}
+
+async function getJson(path) {
+  const response = await fetch(path, { cache: "no-store" });
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function poll() {
+  $("feed").textContent = "polling";
   try {
     const [top, offsets, status] = await Promise.all([
-      getJson(`/api/v1/top?n=${encodeURIComponent(n)}`),
+      getJson(`/api/v1/top?n=${encodeURIComponent(n())}`),
       getJson("/api/v1/offsets"),
       getJson("/api/v1/status"),
     ]);
-    renderTop(top);
-    renderOffsets(offsets);
-    renderStatus(status);
-    $("error-banner").hidden = true;
-    $("updated").textContent = new Date().toLocaleTimeString();
+    render({ top, offsets, status });
   } catch (error) {
-    $("error-banner").textContent = `Cannot reach ipstats: ${error.message}`;
-    $("error-banner").hidden = false;
-    $("health").className = "badge bad";
-    $("health").textContent = "unreachable";
+    showError(`Cannot reach ipstats: ${error.message}`);
   }
-  clearTimeout(timer);
-  timer = setTimeout(refresh, refreshMs);
+  clearTimeout(pollTimer);
+  pollTimer = setTimeout(() => {
+    // Try the live stream again from time to time.
+    sseFailures = Math.max(0, sseFailures - 1);
+    if (sseFailures < 3) connect(); else poll();
+  }, lastSlideMs);
+}
+
+// ---- controls, kept in the URL --------------------------------------------------
+
+function keepInUrl(name, value, fallback) {
+  if (value === fallback) params.delete(name); else params.set(name, value);
+  const query = params.toString();
+  history.replaceState(null, "", query ? "?" + query : location.pathname);
+}
+
+function applyTheme(theme) {
+  document.documentElement.dataset.theme = ["light", "dark"].includes(theme) ? theme : "auto";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const params = new URLSearchParams(location.search);
-  if (params.has("n")) $("n").value = params.get("n");
+  const wantedN = params.get("n");
+  if (wantedN && [...$("n").options].some((o) => o.value === wantedN)) $("n").value = wantedN;
+  const theme = params.get("theme") || "auto";
+  $("theme").value = ["light", "dark"].includes(theme) ? theme : "auto";
+  applyTheme($("theme").value);
+  selectedIp = params.get("ip");
+  if (selectedIp) loadIpHistory(selectedIp);
+
   $("n").addEventListener("change", () => {
-    params.set("n", $("n").value);
-    history.replaceState(null, "", "?" + params);
-    refresh();
+    keepInUrl("n", n(), "10");
+    connect();
   });
-  refresh();
+  $("theme").addEventListener("change", () => {
+    applyTheme($("theme").value);
+    keepInUrl("theme", $("theme").value, "auto");
+  });
+  $("top").addEventListener("click", (event) => {
+    const button = event.target.closest("button.ip");
+    if (!button) return;
+    selectedIp = button.dataset.ip;
+    keepInUrl("ip", selectedIp, "");
+    loadIpHistory(selectedIp);
+  });
+  $("ip-history-close").addEventListener("click", () => {
+    selectedIp = null;
+    keepInUrl("ip", "", "");
+    $("ip-history").hidden = true;
+  });
+  connect();
 });

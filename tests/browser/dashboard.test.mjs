@@ -1,0 +1,186 @@
+// The dashboard in a real browser (Debian's headless Chromium, driven by
+// playwright-core), against the running demo: the table fills, numbers move
+// between slides, an IP's history opens on click, hostile log lines render
+// inert, polling takes over without EventSource. Screenshots (desktop and
+// phone width) go to test-artifacts/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, openSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const artifacts = join(root, "test-artifacts");
+const bin = process.env.IPSTATS_BIN || join(root, "target", "debug", "ipstats");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+mkdirSync(artifacts, { recursive: true });
+
+let service;
+let base;
+let browser;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on("error", reject);
+  });
+}
+
+/** Polls `probe` until it returns a truthy value or the deadline passes. */
+async function waitFor(what, probe, ms = 30_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 100)); // polling period, bounded by the deadline
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+async function status() {
+  const response = await fetch(`${base}/api/v1/status`);
+  return response.json();
+}
+
+before(async () => {
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const log = openSync(join(artifacts, "browser-ipstats.log"), "w");
+  service = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--batch", "200ms", "--slide", "1s", "--window", "60s"], {
+    stdio: ["ignore", log, log],
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("IPSTATS_"))),
+  });
+  await waitFor("ipstats ready", async () => (await fetch(`${base}/readyz`)).ok);
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  service?.kill("SIGTERM");
+});
+
+/** A page that records console errors, CSP violations and dialogs. */
+async function open(path = "/", viewport = { width: 1280, height: 900 }, init) {
+  const page = await browser.newPage({ viewport });
+  const problems = [];
+  page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
+  page.on("pageerror", (e) => problems.push(e.message));
+  page.on("dialog", (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss(); });
+  if (init) await page.addInitScript(init);
+  await page.goto(base + path);
+  return { page, problems };
+}
+
+async function rows(page) {
+  return page.locator("#top tbody tr").count();
+}
+
+test("the top table fills and the feed is live", async () => {
+  const { page, problems } = await open("/?n=25");
+  await waitFor("25 rows", async () => (await rows(page)) === 25);
+  assert.equal(await page.locator("#feed").textContent(), "live");
+  assert.equal(await page.locator("#demo-banner").isVisible(), true, "demo data is labelled");
+  assert.match(await page.locator("#health").textContent(), /live/);
+  assert.ok((await page.locator("#top-chart rect").count()) >= 10, "bar chart drawn");
+  await page.screenshot({ path: join(artifacts, "dashboard-desktop.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("numbers change between two slides", async () => {
+  const { page, problems } = await open("/");
+  await waitFor("a first total", async () => /\d/.test(await page.locator("#total").textContent()));
+  const first = await page.locator("#rate").textContent() + "|" + await page.locator("#updated").textContent();
+  await waitFor("the next slide", async () =>
+    (await page.locator("#rate").textContent()) + "|" + (await page.locator("#updated").textContent()) !== first);
+  await waitFor("sparklines", async () => (await page.locator("#spark-rate polyline").count()) === 1);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("clicking an IP opens its per-pane history", async () => {
+  const { page, problems } = await open("/");
+  await waitFor("rows", async () => (await rows(page)) > 0);
+  const button = page.locator("#top tbody button.ip").first();
+  const ip = await button.textContent();
+  await button.click();
+  await waitFor("the history panel", async () => page.locator("#ip-history").isVisible());
+  assert.equal(await page.locator("#ip-history-ip").textContent(), ip);
+  await waitFor("history bars", async () => (await page.locator("#ip-history-chart rect").count()) > 0);
+  assert.ok(page.url().includes(`ip=${encodeURIComponent(ip)}`), "the URL keeps the choice");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("n and theme are kept in the URL and applied", async () => {
+  const { page, problems } = await open("/?theme=dark&n=50");
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), "dark");
+  await waitFor("50 rows", async () => (await rows(page)) === 50);
+  await page.selectOption("#theme", "light");
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), "light");
+  assert.ok(page.url().includes("theme=light") && page.url().includes("n=50"), page.url());
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("without EventSource the page polls", async () => {
+  const { page, problems } = await open("/", undefined, () => { delete window.EventSource; });
+  await waitFor("rows by polling", async () => (await rows(page)) > 0);
+  assert.equal(await page.locator("#feed").textContent(), "polling");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("hostile log lines render inert", async () => {
+  const brokers = (await status()).kafka.brokers.match(/\((.*)\)/)[1];
+  const marker = "198.51.100.77";
+  const hostile = [
+    `<script>window.__xss = 1</script>`,
+    `{"client_real_ip":"<img src=x onerror=\\"window.__xss=1\\">","request":"GET /"}`,
+    `{"client_real_ip":"\\"><script>window.__xss=1</script>"}`,
+    `{"client_real_ip":"${marker}","request":"<script>window.__xss=1</script>","http_user_agent":"\\"><img src=x onerror=window.__xss=1>","http_referer":"javascript:window.__xss=1"}`,
+  ];
+  // Many copies of the valid one, so that its IP reaches the top table.
+  const lines = [...hostile.slice(0, 3), ...Array(3000).fill(hostile[3])].join("\n") + "\n";
+  const before = (await status()).skipped;
+  const kcat = spawnSync("kcat", ["-P", "-b", brokers, "-t", "access-log"], { input: lines });
+  assert.equal(kcat.status, 0, String(kcat.stderr));
+  await waitFor("the hostile lines skipped", async () => {
+    const after = (await status()).skipped;
+    return after.invalid_ip >= before.invalid_ip + 2 && after.not_json >= before.not_json + 1;
+  });
+  const { page, problems } = await open("/?n=100");
+  await waitFor("the marker IP in the table", async () =>
+    (await page.locator("#top tbody button.ip", { hasText: marker }).count()) === 1);
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "no injected script ran");
+  assert.equal(await page.locator("img").count(), 0, "no injected element exists");
+  assert.equal(await page.locator("script").count(), 1, "only the page's own script");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a phone-width screen shows the same dashboard", async () => {
+  const { page, problems } = await open("/", { width: 390, height: 844 });
+  await waitFor("rows", async () => (await rows(page)) > 0);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `no sideways scrolling of the page (${overflow}px)`);
+  await page.screenshot({ path: join(artifacts, "dashboard-phone.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
