@@ -623,7 +623,12 @@ async fn join_threads(threads: Vec<(&'static str, JoinHandle<()>)>) -> anyhow::R
 }
 
 /// The start-up banner: what runs, against what, and where to look.
-fn print_banner(settings: &Settings, brokers: &str, zookeeper: Option<&ZkOptions>, addr: SocketAddr) {
+fn print_banner(
+    settings: &Settings,
+    brokers: &str,
+    zookeeper: Option<&ZkOptions>,
+    addr: SocketAddr,
+) {
     let d = |d: Duration| humantime::format_duration(d).to_string();
     let mode = if settings.is_demo() {
         "DEMO MODE: embedded broker with generated traffic (pass --brokers to count real logs)"

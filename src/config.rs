@@ -33,6 +33,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// The original Spark job's argument list, for drop-in migration.
     Legacy(LegacyArgs),
+    /// The top-N of a log file (or `-` for stdin), printed as `/api/v1/top` answers.
+    Count(crate::count::CountArgs),
 }
 
 /// When no offset is stored for a partition, or the stored one is unusable.
@@ -611,7 +613,7 @@ mod tests {
             None => cli.serve,
             Some(Command::Serve(s)) => s,
             Some(Command::Legacy(l)) => return Settings::try_from(l).map_err(|e| e.to_string()),
-            Some(Command::Produce(_)) => return Err("produce".into()),
+            Some(Command::Produce(_) | Command::Count(_)) => return Err("not serve".into()),
         };
         Settings::try_from(serve).map_err(|e| e.to_string())
     }

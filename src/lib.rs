@@ -4,6 +4,7 @@
 pub mod app;
 pub mod checkpoint;
 pub mod config;
+pub mod count;
 pub mod demo;
 pub mod http;
 pub mod ingest;

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             });
             ipstats::produce::run(args, stop).await.map(drop)
         }),
+        Some(Command::Count(args)) => ipstats::count::run(args),
         command => {
             let settings = match command {
                 Some(Command::Serve(args)) => Settings::try_from(args),

@@ -290,7 +290,11 @@ impl Progress {
     }
 
     fn update(&mut self, sent: &Sent) {
-        let every = if self.terminal { Duration::from_millis(200) } else { Duration::from_secs(2) };
+        let every = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(2)
+        };
         if self.last.elapsed() < every {
             return;
         }

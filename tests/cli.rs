@@ -62,3 +62,33 @@ fn help_exits_0() {
     let (code, _) = ipstats(&["--help"]);
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn count_prints_the_top_of_a_file_like_the_api() {
+    let path = std::env::temp_dir().join(format!("ipstats-count-{}.log", std::process::id()));
+    std::fs::write(
+        &path,
+        "{\"client_real_ip\":\"10.0.0.2\"}\n{\"client_real_ip\":\"10.0.0.1\"}\n{\"client_real_ip\":\"10.0.0.2\"}\nnot json\n",
+    )
+    .expect("write log");
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["count", "-n", "1"])
+        .arg(&path)
+        .output()
+        .expect("run ipstats count");
+    assert!(output.status.success());
+    let top: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(top["total_requests"], 3);
+    assert_eq!(top["distinct_ips"], 2);
+    assert_eq!(
+        top["top"],
+        serde_json::json!([{"ip": "10.0.0.2", "count": 2}])
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not_json 1"));
+    let (code, stderr) = ipstats(&["count", "-n", "0", "-"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    let (code, stderr) = ipstats(&["count", "/no/such/file"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("/no/such/file"), "{stderr}");
+    std::fs::remove_file(&path).expect("cleanup");
+}
