@@ -10,6 +10,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 COPY static ./static
 COPY openapi.yaml README.md ./
 RUN cargo build --release --locked --bin ipstats \

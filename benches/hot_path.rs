@@ -1,0 +1,147 @@
+//! The hot path, measured: parsing a realistic corpus (valid, escaped and
+//! malformed lines mixed), counting into a pane, and the per-slide work
+//! (pane push with eviction, top-N) at 10k, 100k and 1M distinct IPs.
+//!
+//! `cargo bench --bench hot_path`; numbers in BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ipstats::parse::{IpKey, Parser, SkipCounts, parse_reference};
+use ipstats::traffic::{Traffic, TrafficConfig};
+use ipstats::window::{IpMap, Pane, Window};
+
+const FIELD: &str = "client_real_ip";
+const MAX: usize = 64 * 1024;
+
+fn corpus(lines: usize, ips: usize) -> Vec<Vec<u8>> {
+    let mut traffic = Traffic::new(&TrafficConfig {
+        ips,
+        zipf: 1.1,
+        seed: 42,
+        malformed_ratio: 0.02,
+    });
+    (0..lines)
+        .map(|_| {
+            let mut line = Vec::with_capacity(400);
+            traffic.next_line(SystemTime::UNIX_EPOCH, &mut line);
+            line
+        })
+        .collect()
+}
+
+fn parse(c: &mut Criterion) {
+    let lines = corpus(10_000, 10_000);
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.bench_function("fast_path", |b| {
+        let mut parser = Parser::new(FIELD, MAX);
+        b.iter(|| {
+            let mut ok = 0u32;
+            for line in &lines {
+                ok += u32::from(parser.parse(black_box(line)).is_ok());
+            }
+            ok
+        })
+    });
+    group.bench_function("serde_json_reference", |b| {
+        b.iter(|| {
+            let mut ok = 0u32;
+            for line in &lines {
+                ok += u32::from(parse_reference(black_box(line), FIELD, MAX).is_ok());
+            }
+            ok
+        })
+    });
+    group.finish();
+}
+
+fn pane_ingest(c: &mut Criterion) {
+    let lines = corpus(100_000, 50_000);
+    let mut group = c.benchmark_group("pane_ingest");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.bench_function("parse_and_count", |b| {
+        let mut parser = Parser::new(FIELD, MAX);
+        b.iter(|| {
+            let mut counts: IpMap<u32> = IpMap::default();
+            let mut skipped = SkipCounts::default();
+            for line in &lines {
+                match parser.parse(line) {
+                    Ok(ip) => *counts.entry(ip).or_insert(0) += 1,
+                    Err(reason) => skipped.add(reason),
+                }
+            }
+            (counts.len(), skipped.total())
+        })
+    });
+    group.finish();
+}
+
+fn ip(i: u32) -> IpKey {
+    IpKey::from(IpAddr::V4(Ipv4Addr::from(
+        0x0A00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761)),
+    )))
+}
+
+/// A pane holding `distinct` IPs starting at `first`.
+fn pane(seq: u64, first: u32, distinct: u32) -> Arc<Pane> {
+    let mut counts = IpMap::with_capacity_and_hasher(distinct as usize, Default::default());
+    for i in first..first + distinct {
+        counts.insert(ip(i), 1 + i % 3);
+    }
+    let requests = counts.values().map(|n| u64::from(*n)).sum();
+    Arc::new(Pane {
+        seq,
+        start: SystemTime::UNIX_EPOCH,
+        end: SystemTime::UNIX_EPOCH,
+        counts,
+        requests,
+        skipped: SkipCounts::default(),
+        ranges: Vec::new(),
+    })
+}
+
+fn slide(c: &mut Criterion) {
+    let mut group = c.benchmark_group("slide");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for distinct in [10_000u32, 100_000, 1_000_000] {
+        // 10 panes in the window, each a tenth of the IPs: `distinct` in all.
+        let capacity = 10;
+        let per_pane = distinct / capacity as u32;
+        let panes: Vec<Arc<Pane>> = (0..capacity as u64)
+            .map(|s| pane(s, s as u32 * per_pane, per_pane))
+            .collect();
+        let mut window = Window::new(capacity);
+        for p in &panes {
+            window.push(p.clone());
+        }
+        group.bench_with_input(
+            BenchmarkId::new("push_and_evict", distinct),
+            &distinct,
+            |b, _| {
+                let mut next = 0;
+                b.iter(|| {
+                    // Steady state: the pane that slides in replaces its twin.
+                    window.push(panes[next % capacity].clone());
+                    next += 1;
+                })
+            },
+        );
+        for n in [100usize, 100_000] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("top_{n}"), distinct),
+                &distinct,
+                |b, _| b.iter(|| window.top(black_box(n)).len()),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, pane_ingest, slide);
+criterion_main!(benches);
