@@ -35,7 +35,10 @@ run_tests() {
 }
 
 step "unit, property, router and integration tests"
-run_tests --all-targets -- --skip fault_
+run_tests --lib --bins --tests -- --skip fault_
+
+step "benchmarks, each run once as a smoke test"
+run_tests --benches
 
 step "fault injection (kills and freezes shared cluster processes: alone, one at a time)"
 rm -f test-artifacts/reliability.jsonl
