@@ -256,10 +256,22 @@ pub fn free_port() -> u16 {
 
 /// `zkCli.sh -server SERVER get PATH`: the znode's value, or None if absent.
 pub fn zk_get(server: &str, path: &str) -> Option<String> {
-    let output = std::process::Command::new("/usr/share/zookeeper/bin/zkCli.sh")
-        .args(["-server", server, "get", path])
+    // zkCli.sh retries an unreachable server for ever: bound it.
+    let output = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "/usr/share/zookeeper/bin/zkCli.sh",
+            "-server",
+            server,
+            "get",
+            path,
+        ])
         .output()
         .expect("run zkCli.sh");
+    assert!(
+        output.status.code() != Some(124),
+        "zkCli.sh get {path} timed out"
+    );
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     if text.contains("Node does not exist") {
@@ -463,6 +475,10 @@ impl PrivateZk {
             || {
                 let mut stream =
                     TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+                // A server still starting may accept and never answer: bound the read.
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .map_err(|e| e.to_string())?;
                 stream.write_all(b"ruok").map_err(|e| e.to_string())?;
                 let mut reply = String::new();
                 let _ = stream.read_to_string(&mut reply);
