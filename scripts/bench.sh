@@ -5,7 +5,8 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; results go to bench-results/
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,file,wrk,memory
+#   runs only those sections. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
 # Rows: kcat (a bare librdkafka consumer: the limit), ipstats end to end
@@ -49,6 +50,15 @@ BROKERS=$IPSTATS_BROKERS
 unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
+
+ONLY=${BENCH_ONLY:-ingest,file,wrk,memory}
+section() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
+stop_ipstats() {
+  kill -TERM "$1" 2>/dev/null || true
+  while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -109,7 +119,7 @@ wait_counted() {
 }
 
 # ---- a, b: kcat and ipstats, alternating rounds -----------------------------------------
-for round in $(seq 1 "$ROUNDS"); do
+section ingest && for round in $(seq 1 "$ROUNDS"); do
   time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
   port=$(free_port)
   dir=$(mktemp -d)
@@ -119,8 +129,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ended=$(date +%s.%N)
   cpu=$(proc_cpu_s "$pid")
   hwm=$(proc_hwm_kib "$pid")
-  kill -TERM "$pid"
-  wait "$pid" || true
+  stop_ipstats "$pid"
   rm -rf "$dir"
   wall=$(echo "$ended - $started" | bc)
   record "$(printf '{"row":"ipstats","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
@@ -130,13 +139,14 @@ done
 
 # ---- e: GoAccess vs ipstats count on the same file ------------------------------------
 GOACCESS_FORMAT='{"time_local":"%d:%t %^","client_real_ip":"%h","request":"%r","status":"%s","body_bytes_sent":"%b","http_referer":"%R","http_user_agent":"%u","request_time":"%T"}'
-for round in $(seq 1 "$ROUNDS"); do
+section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd goaccess "$round" goaccess "$DATA" --log-format="$GOACCESS_FORMAT" \
     --date-format='%d/%b/%Y' --time-format='%H:%M:%S' --no-global-config -o "$OUT/goaccess.json"
   time_cmd "ipstats count" "$round" "$BIN" count "$DATA" -n 100
 done
 
 # ---- wrk on /api/v1/top?n=100 during full-speed ingest ------------------------------------
+wrk_row() {
 port=$(free_port)
 dir=$(mktemp -d)
 pid=$(start_ipstats "$TOPIC" "$port" "$dir")
@@ -144,16 +154,18 @@ until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; 
 before=$(counted "$port")
 wrk -t2 -c64 -d15s --latency "http://127.0.0.1:$port/api/v1/top?n=100" >"$OUT/wrk.txt"
 after=$(counted "$port")
-kill -TERM "$pid"
-wait "$pid" || true
+stop_ipstats "$pid"
 rm -rf "$dir"
 rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
 p99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
 record "$(printf '{"row":"wrk top n=100","connections":64,"requests_per_s":%s,"p99":"%s","ingested_during_wrk":%d,"wrk_s":15}' \
   "$rps" "$p99" "$((after - before))")"
 log "wrk: $rps requests/s, p99 $p99, ingest during wrk $(((after - before) / 15)) records/s"
+}
+if section wrk; then wrk_row; fi
 
 # ---- memory per distinct IP ----------------------------------------------------------
+memory_row() {
 MEM_TOPIC="bench-memory-$LINES"
 MEM_LINES=$((LINES < 3000000 ? LINES : 3000000))
 if [ "$(topic_size "$MEM_TOPIC")" != "$MEM_LINES" ]; then
@@ -169,12 +181,13 @@ base_rss=$(proc_rss_kib "$pid")
 wait_counted "$port" "$MEM_LINES" "$pid"
 full_rss=$(proc_rss_kib "$pid")
 distinct=$(curl -fsS "http://127.0.0.1:$port/api/v1/top?n=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["distinct_ips"])')
-kill -TERM "$pid"
-wait "$pid" || true
+stop_ipstats "$pid"
 rm -rf "$dir"
 record "$(printf '{"row":"memory","distinct_ips":%d,"records":%d,"rss_before_kib":%d,"rss_after_kib":%d,"bytes_per_ip":%.1f}' \
   "$distinct" "$MEM_LINES" "$base_rss" "$full_rss" "$(echo "($full_rss - $base_rss) * 1024 / $distinct" | bc -l)")"
 log "memory: $distinct IPs, RSS $base_rss → $full_rss KiB"
+}
+if section memory; then memory_row; fi
 
 # ---- the table ------------------------------------------------------------------------
 python3 - "$RESULTS" <<'EOF'

@@ -52,6 +52,11 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", auto_offset_reset)
+        // librdkafka postpones a partition's next fetch by this much once its
+        // local queue is full (default 1 s). Ingest drains a full queue in a
+        // fraction of that, so the default would leave it idle most of the
+        // time on a backlog: keep the fetcher close behind.
+        .set("fetch.queue.backoff.ms", "5")
         .set("client.id", "ipstats");
     for (key, value) in extra {
         config.set(key, value);
