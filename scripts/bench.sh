@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,file,wrk,memory
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,file,wrk,memory
 #   runs only those sections. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
@@ -51,7 +51,7 @@ unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
 
-ONLY=${BENCH_ONLY:-ingest,file,wrk,memory}
+ONLY=${BENCH_ONLY:-ingest,streams,file,wrk,memory}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -137,6 +137,22 @@ section ingest && for round in $(seq 1 "$ROUNDS"); do
   log "ipstats round $round: ${wall}s wall, ${cpu}s CPU, ${hwm} KiB peak"
 done
 
+# ---- c: the Kafka Streams peer (bench/peers/kafka-streams), whole JVM process ---------------
+streams_rows() {
+  local peer="$ROOT/bench/peers/kafka-streams" valid
+  if [ ! -d "$peer/target/libs" ]; then
+    log "building the Kafka Streams peer"
+    (cd "$peer" && mvn -q -B package -DskipTests >&2)
+  fi
+  # It runs until every valid record has reached its windowed count.
+  valid=$("$BIN" count "$DATA" -n 1 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])')
+  for round in $(seq 1 "$ROUNDS"); do
+    time_cmd "kafka streams" "$round" java -Xmx2g -cp "$peer/target/classes:$peer/target/libs/*" \
+      ipstats.bench.IpWindowCount "$BROKERS" "$TOPIC" "$valid"
+  done
+}
+if section streams; then streams_rows; fi
+
 # ---- e: GoAccess vs ipstats count on the same file ------------------------------------
 GOACCESS_FORMAT='{"time_local":"%d:%t %^","client_real_ip":"%h","request":"%r","status":"%s","body_bytes_sent":"%b","http_referer":"%R","http_user_agent":"%u","request_time":"%T"}'
 section file && for round in $(seq 1 "$ROUNDS"); do
@@ -199,7 +215,7 @@ def median(name, key):
 print("| row | records/s (median) | CPU s | records per CPU s | peak RSS MiB |")
 print("|---|---:|---:|---:|---:|")
 per_cpu = {}
-for name in ["kcat", "ipstats", "goaccess", "ipstats count"]:
+for name in ["kcat", "ipstats", "kafka streams", "goaccess", "ipstats count"]:
     wall, cpu, rss = median(name, "wall_s"), median(name, "cpu_s"), median(name, "peak_rss_kib")
     if wall is None:
         continue
@@ -207,9 +223,11 @@ for name in ["kcat", "ipstats", "goaccess", "ipstats count"]:
     per_cpu[name] = records / cpu if cpu else float("nan")
     print(f"| {name} | {records / wall:,.0f} | {cpu:.2f} | {per_cpu[name]:,.0f} | {rss / 1024:.0f} |")
 rate = {n: next(r["records"] for r in rows if r.get("row") == n) / median(n, "wall_s")
-        for n in ["kcat", "ipstats", "goaccess", "ipstats count"] if median(n, "wall_s")}
+        for n in ["kcat", "ipstats", "kafka streams", "goaccess", "ipstats count"] if median(n, "wall_s")}
 if "kcat" in rate and "ipstats" in rate:
     print(f"\nipstats / kcat records/s: {rate['ipstats'] / rate['kcat']:.2f}x")
+if "kafka streams" in per_cpu and "ipstats" in per_cpu:
+    print(f"ipstats / Kafka Streams records per CPU s: {per_cpu['ipstats'] / per_cpu['kafka streams']:.1f}x")
 if "goaccess" in rate and "ipstats count" in rate:
     print(f"ipstats count / GoAccess records/s: {rate['ipstats count'] / rate['goaccess']:.1f}x")
 for r in rows:
