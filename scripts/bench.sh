@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,file,wrk,memory
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,memory
 #   runs only those sections. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
@@ -51,7 +51,7 @@ unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
 
-ONLY=${BENCH_ONLY:-ingest,streams,file,wrk,memory}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,memory}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -153,6 +153,28 @@ streams_rows() {
 }
 if section streams; then streams_rows; fi
 
+# ---- d: Spark Structured Streaming (pyspark from PyPI, Kafka source from Maven Central) ------
+spark_rows() {
+  local peer="$ROOT/bench/peers/spark" venv="$ROOT/.cache/venv-spark" jars="$ROOT/.cache/spark-kafka-jars"
+  if [ ! -x "$venv/bin/spark-submit" ]; then
+    log "installing pyspark"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$peer/requirements.txt" >&2
+  fi
+  if [ ! -d "$jars" ]; then
+    (cd "$peer" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$jars" >&2)
+  fi
+  # Only the Kafka source and its client: pyspark ships Spark's own jars.
+  local list
+  list=$(find "$jars" -name 'spark-sql-kafka-*.jar' -o -name 'spark-token-provider-kafka-*.jar' \
+    -o -name 'kafka-clients-*.jar' -o -name 'commons-pool2-*.jar' | paste -sd, -)
+  for round in $(seq 1 "$ROUNDS"); do
+    time_cmd "spark" "$round" "$venv/bin/spark-submit" --master 'local[2]' --jars "$list" \
+      "$peer/ip_window_count.py" "$BROKERS" "$TOPIC" "$LINES"
+  done
+}
+if section spark; then spark_rows; fi
+
 # ---- e: GoAccess vs ipstats count on the same file ------------------------------------
 GOACCESS_FORMAT='{"time_local":"%d:%t %^","client_real_ip":"%h","request":"%r","status":"%s","body_bytes_sent":"%b","http_referer":"%R","http_user_agent":"%u","request_time":"%T"}'
 section file && for round in $(seq 1 "$ROUNDS"); do
@@ -215,7 +237,7 @@ def median(name, key):
 print("| row | records/s (median) | CPU s | records per CPU s | peak RSS MiB |")
 print("|---|---:|---:|---:|---:|")
 per_cpu = {}
-for name in ["kcat", "ipstats", "kafka streams", "goaccess", "ipstats count"]:
+for name in ["kcat", "ipstats", "kafka streams", "spark", "goaccess", "ipstats count"]:
     wall, cpu, rss = median(name, "wall_s"), median(name, "cpu_s"), median(name, "peak_rss_kib")
     if wall is None:
         continue
@@ -223,11 +245,13 @@ for name in ["kcat", "ipstats", "kafka streams", "goaccess", "ipstats count"]:
     per_cpu[name] = records / cpu if cpu else float("nan")
     print(f"| {name} | {records / wall:,.0f} | {cpu:.2f} | {per_cpu[name]:,.0f} | {rss / 1024:.0f} |")
 rate = {n: next(r["records"] for r in rows if r.get("row") == n) / median(n, "wall_s")
-        for n in ["kcat", "ipstats", "kafka streams", "goaccess", "ipstats count"] if median(n, "wall_s")}
+        for n in ["kcat", "ipstats", "kafka streams", "spark", "goaccess", "ipstats count"] if median(n, "wall_s")}
 if "kcat" in rate and "ipstats" in rate:
     print(f"\nipstats / kcat records/s: {rate['ipstats'] / rate['kcat']:.2f}x")
 if "kafka streams" in per_cpu and "ipstats" in per_cpu:
     print(f"ipstats / Kafka Streams records per CPU s: {per_cpu['ipstats'] / per_cpu['kafka streams']:.1f}x")
+if "spark" in per_cpu and "ipstats" in per_cpu:
+    print(f"ipstats / Spark records per CPU s: {per_cpu['ipstats'] / per_cpu['spark']:.1f}x")
 if "goaccess" in rate and "ipstats count" in rate:
     print(f"ipstats count / GoAccess records/s: {rate['ipstats count'] / rate['goaccess']:.1f}x")
 for r in rows:
