@@ -168,8 +168,11 @@ spark_rows() {
   local list
   list=$(find "$jars" -name 'spark-sql-kafka-*.jar' -o -name 'spark-token-provider-kafka-*.jar' \
     -o -name 'kafka-clients-*.jar' -o -name 'commons-pool2-*.jar' | paste -sd, -)
+  local spark_home
+  spark_home=$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
   for round in $(seq 1 "$ROUNDS"); do
-    time_cmd "spark" "$round" "$venv/bin/spark-submit" --master 'local[2]' --jars "$list" \
+    time_cmd "spark" "$round" env SPARK_HOME="$spark_home" PYSPARK_PYTHON="$venv/bin/python" \
+      "$venv/bin/spark-submit" --master 'local[2]' --jars "$list" \
       "$peer/ip_window_count.py" "$BROKERS" "$TOPIC" "$LINES"
   done
 }
