@@ -66,8 +66,6 @@ pub struct App {
     threads: Vec<(&'static str, JoinHandle<()>)>,
     startup: tokio::task::JoinHandle<Option<Launched>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    published: Published,
-    health: Arc<Health>,
     shutdown_grace: Duration,
     progress: tokio::task::JoinHandle<()>,
     /// The demo's throw-away checkpoint directory, removed at exit.
@@ -502,8 +500,6 @@ impl App {
             threads,
             startup,
             server,
-            published,
-            health,
             shutdown_grace,
             progress,
             demo_dir,
@@ -513,14 +509,6 @@ impl App {
     /// The address the HTTP server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn published(&self) -> &Published {
-        &self.published
-    }
-
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
     }
 
     /// Runs until `shutdown` completes or a component fails, then stops all.

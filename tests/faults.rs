@@ -59,21 +59,14 @@ impl Scenario {
 
     fn spawn(&self, extra: &[&str]) -> Service {
         let zookeeper = format!("{}{}", self.cluster.zookeeper, self.chroot);
-        let dir = self.dir.to_str().expect("utf-8 path");
-        let mut args = vec![
-            "--brokers",
-            &self.cluster.brokers,
-            "--zookeeper",
+        Service::on_cluster(
+            &self.cluster,
             &zookeeper,
-            "--topics",
             &self.topic,
-            "--group",
             &self.group,
-            "--checkpoint-dir",
-            dir,
-        ];
-        args.extend_from_slice(extra);
-        Service::spawn(&args)
+            &self.dir,
+            extra,
+        )
     }
 
     /// `ipstats produce` streaming in the background.

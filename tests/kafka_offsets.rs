@@ -54,22 +54,14 @@ impl Setup {
     }
 
     fn spawn(&self, checkpoint: &std::path::Path, extra: &[&str]) -> Service {
-        let zookeeper = self.zookeeper();
-        let mut args = vec![
-            "--brokers",
-            &self.cluster.brokers,
-            "--zookeeper",
-            &zookeeper,
-            "--topics",
+        Service::on_cluster(
+            &self.cluster,
+            &self.zookeeper(),
             &self.topic,
-            "--group",
             &self.group,
-            "--checkpoint-dir",
-        ];
-        let checkpoint = checkpoint.to_str().expect("utf-8 path");
-        args.push(checkpoint);
-        args.extend_from_slice(extra);
-        Service::spawn(&args)
+            checkpoint,
+            extra,
+        )
     }
 }
 

@@ -341,6 +341,33 @@ pub struct Service {
 }
 
 impl Service {
+    /// ipstats on the real cluster with ZooKeeper offsets under `zookeeper`
+    /// (connect string with chroot), a topic, a group and a checkpoint directory.
+    pub fn on_cluster(
+        cluster: &Cluster,
+        zookeeper: &str,
+        topic: &str,
+        group: &str,
+        checkpoint: &std::path::Path,
+        extra: &[&str],
+    ) -> Service {
+        let checkpoint = checkpoint.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "--brokers",
+            &cluster.brokers,
+            "--zookeeper",
+            zookeeper,
+            "--topics",
+            topic,
+            "--group",
+            group,
+            "--checkpoint-dir",
+            checkpoint,
+        ];
+        args.extend_from_slice(extra);
+        Service::spawn(&args)
+    }
+
     pub fn spawn(args: &[&str]) -> Service {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
