@@ -229,7 +229,8 @@ impl Startup {
             self.published.clone(),
             self.health.clone(),
             self.metrics.clone(),
-        );
+        )
+        .context("starting the counting thread")?;
         let stop = self.stop.clone();
         let ingest = spawn_thread("ingest", &self.exits, false, move || {
             ingest.run(stop).map_err(anyhow::Error::from)

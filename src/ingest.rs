@@ -22,10 +22,11 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use crate::checkpoint::{Counters, Job};
 use crate::config::{MAX_TOP_N, OffsetReset, Settings};
+use crate::counter::{Counter, CounterGone};
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::metrics::Metrics;
 use crate::offsets::{Reset, ResetReason, ResetRefused, resolve_start};
-use crate::parse::{Parser, SkipCounts};
+use crate::parse::SkipCounts;
 use crate::snapshot::{Health, HistoryPoint, IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::stop::Stop;
 use crate::window::{IpMap, OffsetRange, Pane, Window};
@@ -47,6 +48,8 @@ pub enum IngestError {
     },
     #[error("consuming failed with --offset-reset fail: {0}")]
     ConsumeFailed(KafkaError),
+    #[error(transparent)]
+    CounterGone(#[from] CounterGone),
 }
 
 /// Stored next offsets to start from, per partition (from ZooKeeper).
@@ -151,15 +154,12 @@ pub struct Ingest {
 /// the consumer can be handled while the state is mutated.
 struct State {
     config: IngestConfig,
-    parser: Parser,
+    /// Parses and counts the open pane on its own thread.
+    counter: Counter,
     window: Window,
     partitions: Vec<PartitionState>,
     lookup: Lookup,
     assigned_generation: Option<u64>,
-    /// The open pane.
-    counts: IpMap<u32>,
-    requests: u64,
-    skipped: SkipCounts,
     pane_start: SystemTime,
     batch_started: Instant,
     /// Time the open batch spent waiting for records.
@@ -190,21 +190,18 @@ impl Ingest {
         published: Published,
         health: Arc<Health>,
         metrics: Metrics,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let cap_per_batch = (config.max_rate_per_partition > 0).then(|| {
             ((config.max_rate_per_partition as f64 * config.batch.as_secs_f64()).ceil() as u64)
                 .max(1)
         });
         let state = State {
-            parser: Parser::new(&config.ip_field, config.max_line_bytes),
+            counter: Counter::spawn(&config.ip_field, config.max_line_bytes)?,
             window: Window::new(config.window_panes),
             config,
             partitions: Vec::new(),
             lookup: Lookup::default(),
             assigned_generation: None,
-            counts: IpMap::default(),
-            requests: 0,
-            skipped: SkipCounts::default(),
             pane_start: SystemTime::now(),
             batch_started: Instant::now(),
             idle: Duration::ZERO,
@@ -225,7 +222,7 @@ impl Ingest {
         if let Some(resume) = resume {
             state.resume(resume);
         }
-        Ingest { consumer, state }
+        Ok(Ingest { consumer, state })
     }
 
     /// Runs until `stop` is set; closes the open batch before returning.
@@ -251,6 +248,11 @@ impl Ingest {
                     since_clock = 0;
                 }
                 None => {
+                    // Partitions found while idle (at start-up, or a topic that
+                    // appears) are assigned at once, not at the next batch.
+                    if st.view.has_changed().unwrap_or(false) {
+                        st.assign_new_partitions(&consumer)?;
+                    }
                     let now = Instant::now();
                     if now < batch_end {
                         let polled =
@@ -266,7 +268,7 @@ impl Ingest {
             if now >= batch_end {
                 // Batches stay on their grid; a stall closes the missed ones empty.
                 while batch_end <= now {
-                    st.close_batch(&consumer);
+                    st.close_batch(&consumer)?;
                     batch_end += st.config.batch;
                 }
                 st.assign_new_partitions(&consumer)?;
@@ -274,7 +276,7 @@ impl Ingest {
         }
         // The open batch is closed, published and checkpointed, so that its
         // offsets are committed at shutdown and a restart re-reads nothing.
-        st.close_batch(&consumer);
+        st.close_batch(&consumer)?;
         st.publish();
         let job = st.checkpoint_job();
         if st.checkpoints.send(job).is_err() {
@@ -362,19 +364,13 @@ impl State {
         state.taken += 1;
         state.next = offset + 1;
         state.last_timestamp_ms = message.timestamp().to_millis();
-        match self.parser.parse(message.payload().unwrap_or_default()) {
-            Ok(ip) => {
-                *self.counts.entry(ip).or_insert(0) += 1;
-                self.requests += 1;
-            }
-            Err(reason) => self.skipped.add(reason),
-        }
+        self.counter.push(message.payload().unwrap_or_default())?;
         Ok(())
     }
 
     /// Assigns partitions the monitor found that are not assigned yet.
     fn assign_new_partitions(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
-        let view: Arc<ClusterView> = self.view.borrow().clone();
+        let view: Arc<ClusterView> = self.view.borrow_and_update().clone();
         if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
             return Ok(());
         }
@@ -479,7 +475,7 @@ impl State {
         Ok(())
     }
 
-    fn close_batch(&mut self, consumer: &KafkaConsumer) {
+    fn close_batch(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
         let end = SystemTime::now();
         let mut consumed = 0;
         let mut resume = TopicPartitionList::new();
@@ -517,17 +513,14 @@ impl State {
         {
             warn!(%error, "resume failed");
         }
-        let capacity = self.counts.len();
+        let open = self.counter.take()?;
         let pane = Pane {
             seq: self.seq,
             start: self.pane_start,
             end,
-            counts: mem::replace(
-                &mut self.counts,
-                IpMap::with_capacity_and_hasher(capacity, Default::default()),
-            ),
-            requests: mem::take(&mut self.requests),
-            skipped: mem::take(&mut self.skipped),
+            counts: open.counts,
+            requests: open.requests,
+            skipped: open.skipped,
             ranges,
         };
         self.pane_start = end;
@@ -574,6 +567,7 @@ impl State {
         let busy = (now - self.batch_started).saturating_sub(mem::take(&mut self.idle));
         self.batch_started = now;
         self.metrics.batch_duration.observe(busy.as_secs_f64());
+        Ok(())
     }
 
     fn publish(&mut self) {

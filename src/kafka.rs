@@ -118,7 +118,6 @@ pub fn run_monitor(
         match refresh(&consumer, &topics, &mut missing_reported) {
             Ok(mut partitions) => {
                 let old = view.borrow().clone();
-                newest_timestamps(&tail, &mut partitions, &old);
                 let same_set = old.partitions.len() == partitions.len()
                     && old
                         .partitions
@@ -130,6 +129,16 @@ pub fn run_monitor(
                 } else {
                     old.generation + 1
                 };
+                if !same_set {
+                    // New partitions are published at once, so that ingest can
+                    // start on them; their newest timestamps follow.
+                    view.send_replace(Arc::new(ClusterView {
+                        generation,
+                        partitions: partitions.clone(),
+                        refreshed: Some(Instant::now()),
+                    }));
+                }
+                newest_timestamps(&tail, &mut partitions, &old);
                 view.send_replace(Arc::new(ClusterView {
                     generation,
                     partitions,

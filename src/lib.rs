@@ -5,6 +5,7 @@ pub mod app;
 pub mod checkpoint;
 pub mod config;
 pub mod count;
+pub mod counter;
 pub mod demo;
 pub mod http;
 pub mod ingest;

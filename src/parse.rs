@@ -214,7 +214,44 @@ impl Parser {
                 &self.scratch
             }
         };
-        parse_ip(ip_text).ok_or(SkipReason::InvalidIp)
+        dotted_quad(ip_text.as_bytes())
+            .map(|v4| IpKey(V4_MAPPED_PREFIX | u128::from(v4)))
+            .or_else(|| parse_ip(ip_text))
+            .ok_or(SkipReason::InvalidIp)
+    }
+}
+
+/// The common case, an IPv4 address in canonical dotted-quad form, without
+/// the generic address parser. `None` means "ask [`parse_ip`]": it accepts
+/// only what `Ipv4Addr::from_str` accepts (one to three digits per octet, no
+/// leading zero, at most 255), with the same value.
+fn dotted_quad(text: &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    let mut octets = 0;
+    let mut rest = text;
+    loop {
+        let digits = rest
+            .iter()
+            .take(4)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let octet = rest[..digits]
+            .iter()
+            .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+        if octet > 255 {
+            return None;
+        }
+        value = value << 8 | octet;
+        octets += 1;
+        rest = &rest[digits..];
+        match (octets, rest.first()) {
+            (4, None) => return Some(value),
+            (1..=3, Some(b'.')) => rest = &rest[1..],
+            _ => return None,
+        }
     }
 }
 
@@ -465,12 +502,7 @@ impl Scanner<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            let rest = &self.bytes[self.pos..];
-            let skip = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-                .ok_or(Invalid)?;
-            self.pos += skip;
+            self.pos += special_byte(&self.bytes[self.pos..]).ok_or(Invalid)?;
             match self.bytes[self.pos] {
                 b'"' => {
                     self.pos += 1;
@@ -526,6 +558,36 @@ impl Scanner<'_> {
         self.pos += 4;
         Ok(unit)
     }
+}
+
+/// The index of the first byte in `bytes` that ends a run of plain string
+/// contents: a quote, a backslash or a control character.
+///
+/// Eight bytes at a time ("SWAR"): per lane, `x - 0x01` borrows into the high
+/// bit only when the lane is zero (or the lane below borrowed, which only
+/// happens above a hit), so the lowest flagged lane is exact.
+fn special_byte(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_lane = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hits = zero_lane(word ^ (ONES * u64::from(b'"')))
+            | zero_lane(word ^ (ONES * u64::from(b'\\')))
+            // A lane below 0x20 borrows when 0x20 is taken from it.
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS);
+        if hits != 0 {
+            return Some(offset + (hits.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| offset + i)
 }
 
 /// Unescapes the contents of a JSON string already validated by the scanner.
@@ -787,6 +849,36 @@ mod tests {
             // truncated anywhere: never counted unless still whole
             let truncated = &line.as_bytes()[..cut % line.len()];
             prop_assert_eq!(fast(truncated), parse_reference(truncated, FIELD, MAX));
+        }
+
+        #[test]
+        fn word_scan_finds_the_first_special_byte(
+            bytes in prop::collection::vec(prop_oneof![
+                0x20u8..0x7f, Just(b'"'), Just(b'\\'), 0u8..0x20, 0x80u8..=0xff,
+            ], 0..80),
+        ) {
+            let expected = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            prop_assert_eq!(special_byte(&bytes), expected);
+            // Plain runs of every length end in a hit at every lane.
+            let plain: Vec<u8> = bytes.iter().map(|&b| if b < 0x20 || b == b'"' || b == b'\\' { b'a' } else { b }).collect();
+            for hit in [0u8, 0x1f, b'"', b'\\'] {
+                let mut line = plain.clone();
+                line.push(hit);
+                prop_assert_eq!(special_byte(&line), Some(plain.len()));
+            }
+            prop_assert_eq!(special_byte(&plain), None);
+        }
+
+        #[test]
+        fn dotted_quad_accepts_only_what_the_standard_parser_accepts(
+            text in prop_oneof![
+                any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+                "[0-9]{1,4}(\\.[0-9]{1,4}){0,5}\\.?",
+                "[0-9.]{0,18}",
+            ],
+        ) {
+            let standard = text.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
+            prop_assert_eq!(dotted_quad(text.as_bytes()), standard);
         }
     }
 }

@@ -1,0 +1,235 @@
+//! Parsing and counting on their own thread, so that the consumer thread
+//! only polls and keeps offsets.
+//!
+//! The consumer thread copies each payload into a [`Chunk`] (a few thousand
+//! lines in one buffer) and hands full chunks over a short bounded queue; the
+//! counting thread parses them into the open pane's counts. At a batch
+//! boundary [`Counter::take`] drains the queue and returns the pane's counts:
+//! the queue is FIFO, so a pane holds exactly the records polled before it
+//! closed. A full queue blocks the consumer thread, which bounds memory.
+
+use std::mem;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::parse::{Parser, SkipCounts, SkipReason};
+use crate::window::IpMap;
+
+/// Lines per chunk: enough to make the hand-over cost per line negligible.
+const CHUNK_LINES: usize = 2048;
+/// Bytes per chunk before it is handed over early (long lines).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks in flight: bounds the lines a batch boundary waits for.
+const QUEUE_CHUNKS: usize = 4;
+
+/// The counts of the open pane.
+#[derive(Debug, Default)]
+pub struct PaneCounts {
+    pub counts: IpMap<u32>,
+    /// Records counted (parsed to an IP).
+    pub requests: u64,
+    pub skipped: SkipCounts,
+}
+
+/// The counting thread stopped (it never does unless it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the counting thread stopped")]
+pub struct CounterGone;
+
+#[derive(Debug, Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    /// End of each line in `bytes`.
+    ends: Vec<usize>,
+    /// Lines longer than `--max-line-bytes`, not copied.
+    too_large: u64,
+}
+
+impl Chunk {
+    fn with_capacity() -> Self {
+        Chunk {
+            bytes: Vec::with_capacity(CHUNK_BYTES),
+            ends: Vec::with_capacity(CHUNK_LINES),
+            too_large: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.too_large == 0
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.too_large = 0;
+    }
+}
+
+enum Work {
+    Lines(Chunk),
+    /// Reply with the open pane's counts and start a new pane.
+    Take,
+}
+
+/// The consumer thread's handle on the counting thread.
+pub struct Counter {
+    max_line_bytes: usize,
+    chunk: Chunk,
+    work: Option<SyncSender<Work>>,
+    panes: Receiver<PaneCounts>,
+    /// Emptied chunks coming back, so that steady state allocates nothing.
+    free: Receiver<Chunk>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Counter {
+    pub fn spawn(ip_field: &str, max_line_bytes: usize) -> std::io::Result<Self> {
+        let (work_tx, work_rx) = sync_channel::<Work>(QUEUE_CHUNKS);
+        let (pane_tx, panes) = sync_channel::<PaneCounts>(1);
+        let (free_tx, free) = sync_channel::<Chunk>(QUEUE_CHUNKS + 1);
+        let mut parser = Parser::new(ip_field, max_line_bytes);
+        let thread = std::thread::Builder::new()
+            .name("counter".into())
+            .spawn(move || {
+                let mut open = PaneCounts::default();
+                for work in work_rx {
+                    match work {
+                        Work::Lines(mut chunk) => {
+                            count_chunk(&mut parser, &chunk, &mut open);
+                            chunk.clear();
+                            // A full free list drops the chunk: it is only a cache.
+                            let _ = free_tx.try_send(chunk);
+                        }
+                        Work::Take => {
+                            let capacity = open.counts.len();
+                            let next = PaneCounts {
+                                counts: IpMap::with_capacity_and_hasher(
+                                    capacity,
+                                    Default::default(),
+                                ),
+                                ..PaneCounts::default()
+                            };
+                            if pane_tx.send(mem::replace(&mut open, next)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Counter {
+            max_line_bytes,
+            chunk: Chunk::with_capacity(),
+            work: Some(work_tx),
+            panes,
+            free,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one line for the open pane.
+    pub fn push(&mut self, line: &[u8]) -> Result<(), CounterGone> {
+        if line.len() > self.max_line_bytes {
+            self.chunk.too_large += 1;
+        } else {
+            self.chunk.bytes.extend_from_slice(line);
+            self.chunk.ends.push(self.chunk.bytes.len());
+        }
+        if self.chunk.ends.len() >= CHUNK_LINES || self.chunk.bytes.len() >= CHUNK_BYTES {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// The counts of every line pushed since the last call.
+    pub fn take(&mut self) -> Result<PaneCounts, CounterGone> {
+        if !self.chunk.is_empty() {
+            self.hand_over()?;
+        }
+        self.send(Work::Take)?;
+        self.panes.recv().map_err(|_| CounterGone)
+    }
+
+    fn hand_over(&mut self) -> Result<(), CounterGone> {
+        let next = match self.free.try_recv() {
+            Ok(chunk) => chunk,
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => Chunk::with_capacity(),
+        };
+        let full = mem::replace(&mut self.chunk, next);
+        self.send(Work::Lines(full))
+    }
+
+    fn send(&self, work: Work) -> Result<(), CounterGone> {
+        let sender = self.work.as_ref().ok_or(CounterGone)?;
+        sender.send(work).map_err(|_| CounterGone)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop.
+        self.work.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut PaneCounts) {
+    let mut start = 0;
+    for &end in &chunk.ends {
+        match parser.parse(&chunk.bytes[start..end]) {
+            Ok(ip) => {
+                *open.counts.entry(ip).or_insert(0) += 1;
+                open.requests += 1;
+            }
+            Err(reason) => open.skipped.add(reason),
+        }
+        start = end;
+    }
+    for _ in 0..chunk.too_large {
+        open.skipped.add(SkipReason::TooLarge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_ip;
+
+    fn line(ip: &str) -> Vec<u8> {
+        format!(r#"{{"client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn panes_hold_exactly_the_lines_pushed_before_take() {
+        let mut counter = Counter::spawn("client_real_ip", 200).expect("thread");
+        // More than a few chunks, so that hand-overs and the free list are exercised.
+        let first = CHUNK_LINES * (QUEUE_CHUNKS + 3) + 17;
+        for i in 0..first {
+            counter
+                .push(&line(&format!("10.0.{}.{}", i % 3, i % 7)))
+                .expect("push");
+        }
+        counter.push(b"not json").expect("push");
+        counter.push(&[b' '; 201]).expect("push");
+        let pane = counter.take().expect("first pane");
+        assert_eq!(pane.requests, first as u64);
+        assert_eq!(
+            pane.counts.values().map(|&n| u64::from(n)).sum::<u64>(),
+            first as u64
+        );
+        assert_eq!(pane.counts.len(), 21);
+        assert_eq!(pane.skipped.get(SkipReason::NotJson), 1);
+        assert_eq!(pane.skipped.get(SkipReason::TooLarge), 1);
+
+        counter.push(&line("2001:db8::1")).expect("push");
+        let pane = counter.take().expect("second pane");
+        assert_eq!(pane.requests, 1);
+        assert_eq!(pane.skipped.total(), 0);
+        let ip = parse_ip("2001:db8::1").expect("address");
+        assert_eq!(pane.counts.get(&ip), Some(&1));
+
+        let empty = counter.take().expect("empty pane");
+        assert_eq!((empty.requests, empty.counts.len()), (0, 0));
+    }
+}
