@@ -70,7 +70,7 @@ fn pane_ingest(c: &mut Criterion) {
             let mut skipped = SkipCounts::default();
             for line in &lines {
                 match parser.parse(line) {
-                    Ok(ip) => *counts.entry(ip).or_insert(0) += 1,
+                    Ok(ip) => counts.add(ip, 1),
                     Err(reason) => skipped.add(reason),
                 }
             }
@@ -88,16 +88,16 @@ fn ip(i: u32) -> IpKey {
 
 /// A pane holding `distinct` IPs starting at `first`.
 fn pane(seq: u64, first: u32, distinct: u32) -> Arc<Pane> {
-    let mut counts = IpMap::with_capacity_and_hasher(distinct as usize, Default::default());
+    let mut counts = IpMap::with_capacity(distinct as usize);
     for i in first..first + distinct {
         counts.insert(ip(i), 1 + i % 3);
     }
-    let requests = counts.values().map(|n| u64::from(*n)).sum();
+    let requests = counts.values().map(u64::from).sum();
     Arc::new(Pane {
         seq,
         start: SystemTime::UNIX_EPOCH,
         end: SystemTime::UNIX_EPOCH,
-        counts,
+        counts: counts.into(),
         requests,
         skipped: SkipCounts::default(),
         ranges: Vec::new(),

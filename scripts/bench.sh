@@ -97,10 +97,6 @@ proc_cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc
 proc_hwm_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 proc_rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-counted() { curl -fsS "http://127.0.0.1:$1/api/v1/offsets" 2>/dev/null | python3 -c '
-import json, sys
-print(sum(p["until_offset"] - p["from_offset"] for p in json.load(sys.stdin)["partitions"]))' 2>/dev/null || echo 0; }
-
 # start_ipstats TOPIC PORT DIR: ipstats on a fresh group and checkpoint directory.
 start_ipstats() {
   "$BIN" --brokers "$BROKERS" --topics "$1" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$3" \
@@ -108,33 +104,65 @@ start_ipstats() {
   echo $!
 }
 
-# wait_counted PORT TOTAL PID: until every record is in the window (deadline 15 min).
-wait_counted() {
-  local deadline=$((SECONDS + 900))
-  until [ "$(counted "$1")" -ge "$2" ]; do
-    kill -0 "$3" 2>/dev/null || { log "ipstats died: $(tail -5 "$OUT/ipstats.log")"; exit 1; }
-    [ $SECONDS -lt $deadline ] || { log "ipstats did not catch up"; exit 1; }
-    sleep 0.05
-  done
+# wait_consumed PORT TOTAL PID: until every record is counted (lag 0 everywhere);
+# prints the time it happened. Polls in-process, so the wait takes no CPU from ipstats.
+wait_consumed() {
+  scripts/wait-consumed.py "$1" "$2" "$3" 900 || { log "$(tail -5 "$OUT/ipstats.log")"; exit 1; }
 }
 
-# ---- a, b: kcat and ipstats, alternating rounds -----------------------------------------
-section ingest && for round in $(seq 1 "$ROUNDS"); do
-  time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
+# ipstats_round NAME ROUND [wrk]: ipstats from a fresh group and checkpoint,
+# whole process, start until every record is counted; with `wrk`, while wrk
+# keeps 64 connections busy on /api/v1/top?n=100 until ingest is done.
+ipstats_round() {
+  local name=$1 round=$2 port dir started pid wrk_pid="" ended cpu hwm wall
   port=$(free_port)
   dir=$(mktemp -d)
   started=$(date +%s.%N)
   pid=$(start_ipstats "$TOPIC" "$port" "$dir")
-  wait_counted "$port" "$LINES" "$pid"
-  ended=$(date +%s.%N)
+  if [ "${3:-}" = wrk ]; then
+    until curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.01; done
+    wrk -t2 -c64 -d300s --latency "http://127.0.0.1:$port/api/v1/top?n=100" >"$OUT/wrk.txt" &
+    wrk_pid=$!
+  fi
+  ended=$(wait_consumed "$port" "$LINES" "$pid")
+  if [ -n "$wrk_pid" ]; then
+    kill -INT "$wrk_pid"
+    wait "$wrk_pid" || true
+  fi
   cpu=$(proc_cpu_s "$pid")
   hwm=$(proc_hwm_kib "$pid")
   stop_ipstats "$pid"
   rm -rf "$dir"
   wall=$(echo "$ended - $started" | bc)
-  record "$(printf '{"row":"ipstats","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
-    "$round" "$LINES" "$wall" "$cpu" "$hwm")"
-  log "ipstats round $round: ${wall}s wall, ${cpu}s CPU, ${hwm} KiB peak"
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
+    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm")"
+  log "$name round $round: ${wall}s wall, ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
+  if [ -n "$wrk_pid" ]; then
+    local rps p99
+    rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
+    p99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
+    record "$(printf '{"row":"wrk top n=100","round":%d,"connections":64,"requests_per_s":%s,"p99":"%s","p99_ms":%s}' \
+      "$round" "$rps" "$p99" "$(to_ms "$p99")")"
+    log "wrk round $round: $rps requests/s, p99 $p99"
+  fi
+}
+
+# to_ms 6.41ms|812.00us|1.02s: wrk's latency in milliseconds.
+to_ms() {
+  case $1 in
+    *us) echo "${1%us} / 1000" | bc -l ;;
+    *ms) echo "${1%ms}" ;;
+    *s) echo "${1%s} * 1000" | bc -l ;;
+  esac
+}
+
+# ---- a, b: kcat, ipstats and ipstats under wrk, alternating rounds ---------------------------
+for round in $(seq 1 "$ROUNDS"); do
+  if section ingest; then
+    time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
+    ipstats_round ipstats "$round"
+  fi
+  if section wrk; then ipstats_round "ipstats under wrk" "$round" wrk; fi
 done
 
 # ---- c: the Kafka Streams peer (bench/peers/kafka-streams), whole JVM process ---------------
@@ -186,47 +214,46 @@ section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd "ipstats count" "$round" "$BIN" count "$DATA" -n 100
 done
 
-# ---- wrk on /api/v1/top?n=100 during full-speed ingest ------------------------------------
-wrk_row() {
-port=$(free_port)
-dir=$(mktemp -d)
-pid=$(start_ipstats "$TOPIC" "$port" "$dir")
-until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
-before=$(counted "$port")
-wrk -t2 -c64 -d15s --latency "http://127.0.0.1:$port/api/v1/top?n=100" >"$OUT/wrk.txt"
-after=$(counted "$port")
-stop_ipstats "$pid"
-rm -rf "$dir"
-rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
-p99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
-record "$(printf '{"row":"wrk top n=100","connections":64,"requests_per_s":%s,"p99":"%s","ingested_during_wrk":%d,"wrk_s":15}' \
-  "$rps" "$p99" "$((after - before))")"
-log "wrk: $rps requests/s, p99 $p99, ingest during wrk $(((after - before) / 15)) records/s"
-}
-if section wrk; then wrk_row; fi
-
 # ---- memory per distinct IP ----------------------------------------------------------
+# memory_topic TOPIC IPS SEED: MEM_LINES lines from IPS uniformly drawn addresses.
+memory_topic() {
+  if [ "$(topic_size "$1")" != "$MEM_LINES" ]; then
+    scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$1" >/dev/null 2>&1 || true
+    "$BIN" produce --brokers "$BROKERS" --topic "$1" --partitions "$PARTITIONS" --count "$MEM_LINES" \
+      --rate 0 --ips "$2" --zipf 0 --seed "$3" --malformed-ratio 0 >&2
+  fi
+}
+
+# memory_run TOPIC: "RSS_KIB DISTINCT_IPS" once every line of TOPIC is in the window.
+memory_run() {
+  local port dir pid rss distinct
+  port=$(free_port)
+  dir=$(mktemp -d)
+  pid=$(start_ipstats "$1" "$port" "$dir")
+  wait_consumed "$port" "$MEM_LINES" "$pid" >/dev/null
+  rss=$(proc_rss_kib "$pid")
+  distinct=$(curl -fsS "http://127.0.0.1:$port/api/v1/top?n=1" | grep -o '"distinct_ips":[0-9]*' | cut -d: -f2)
+  stop_ipstats "$pid"
+  rm -rf "$dir"
+  echo "$rss $distinct"
+}
+
+# Two runs over the same number of equally long lines, one from about a
+# million addresses and one from a thousand: the difference in resident
+# memory is what the addresses cost (librdkafka's buffers, threads and code
+# are the same in both and cancel out).
 memory_row() {
-MEM_TOPIC="bench-memory-$LINES"
-MEM_LINES=$((LINES < 3000000 ? LINES : 3000000))
-if [ "$(topic_size "$MEM_TOPIC")" != "$MEM_LINES" ]; then
-  scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$MEM_TOPIC" >/dev/null 2>&1 || true
-  "$BIN" produce --brokers "$BROKERS" --topic "$MEM_TOPIC" --partitions "$PARTITIONS" --count "$MEM_LINES" \
-    --rate 0 --ips 1000000 --zipf 0 --seed 6 --malformed-ratio 0 >&2
-fi
-port=$(free_port)
-dir=$(mktemp -d)
-pid=$(start_ipstats "$MEM_TOPIC" "$port" "$dir")
-until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
-base_rss=$(proc_rss_kib "$pid")
-wait_counted "$port" "$MEM_LINES" "$pid"
-full_rss=$(proc_rss_kib "$pid")
-distinct=$(curl -fsS "http://127.0.0.1:$port/api/v1/top?n=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["distinct_ips"])')
-stop_ipstats "$pid"
-rm -rf "$dir"
-record "$(printf '{"row":"memory","distinct_ips":%d,"records":%d,"rss_before_kib":%d,"rss_after_kib":%d,"bytes_per_ip":%.1f}' \
-  "$distinct" "$MEM_LINES" "$base_rss" "$full_rss" "$(echo "($full_rss - $base_rss) * 1024 / $distinct" | bc -l)")"
-log "memory: $distinct IPs, RSS $base_rss → $full_rss KiB"
+  MEM_LINES=$((LINES < 3000000 ? LINES : 3000000))
+  local many="bench-memory-$LINES" few="bench-memory-few-$LINES" rss_many ips_many rss_few ips_few
+  memory_topic "$many" 1000000 6
+  memory_topic "$few" 1000 7
+  read -r rss_many ips_many < <(memory_run "$many")
+  read -r rss_few ips_few < <(memory_run "$few")
+  record "$(printf '{"row":"memory","records":%d,"distinct_ips":%d,"rss_kib":%d,"few_distinct_ips":%d,"few_rss_kib":%d,"bytes_per_ip":%.1f,"whole_process_bytes_per_ip":%.1f}' \
+    "$MEM_LINES" "$ips_many" "$rss_many" "$ips_few" "$rss_few" \
+    "$(echo "($rss_many - $rss_few) * 1024 / ($ips_many - $ips_few)" | bc -l)" \
+    "$(echo "$rss_many * 1024 / $ips_many" | bc -l)")"
+  log "memory: $ips_many IPs → $rss_many KiB; $ips_few IPs → $rss_few KiB"
 }
 if section memory; then memory_row; fi
 
@@ -234,30 +261,36 @@ if section memory; then memory_row; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+NAMES = ["kcat", "ipstats", "ipstats under wrk", "kafka streams", "spark", "goaccess", "ipstats count"]
 def median(name, key):
-    values = [r[key] for r in rows if r.get("row") == name]
+    values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
-print("| row | records/s (median) | CPU s | records per CPU s | peak RSS MiB |")
-print("|---|---:|---:|---:|---:|")
-per_cpu = {}
-for name in ["kcat", "ipstats", "kafka streams", "spark", "goaccess", "ipstats count"]:
+print("| row | rounds | records/s (median) | CPU s | records per CPU s | peak RSS MiB |")
+print("|---|---:|---:|---:|---:|---:|")
+rate, per_cpu = {}, {}
+for name in NAMES:
     wall, cpu, rss = median(name, "wall_s"), median(name, "cpu_s"), median(name, "peak_rss_kib")
     if wall is None:
         continue
+    rounds = sum(1 for r in rows if r.get("row") == name)
     records = next(r["records"] for r in rows if r.get("row") == name)
+    rate[name] = records / wall
     per_cpu[name] = records / cpu if cpu else float("nan")
-    print(f"| {name} | {records / wall:,.0f} | {cpu:.2f} | {per_cpu[name]:,.0f} | {rss / 1024:.0f} |")
-rate = {n: next(r["records"] for r in rows if r.get("row") == n) / median(n, "wall_s")
-        for n in ["kcat", "ipstats", "kafka streams", "spark", "goaccess", "ipstats count"] if median(n, "wall_s")}
-if "kcat" in rate and "ipstats" in rate:
-    print(f"\nipstats / kcat records/s: {rate['ipstats'] / rate['kcat']:.2f}x")
-if "kafka streams" in per_cpu and "ipstats" in per_cpu:
-    print(f"ipstats / Kafka Streams records per CPU s: {per_cpu['ipstats'] / per_cpu['kafka streams']:.1f}x")
-if "spark" in per_cpu and "ipstats" in per_cpu:
-    print(f"ipstats / Spark records per CPU s: {per_cpu['ipstats'] / per_cpu['spark']:.1f}x")
-if "goaccess" in rate and "ipstats count" in rate:
-    print(f"ipstats count / GoAccess records/s: {rate['ipstats count'] / rate['goaccess']:.1f}x")
+    print(f"| {name} | {rounds} | {rate[name]:,.0f} | {cpu:.2f} | {per_cpu[name]:,.0f} | {rss / 1024:.0f} |")
+print()
+def ratio(text, a, b, table, digits):
+    if a in table and b in table:
+        print(f"{text}: {table[a] / table[b]:.{digits}f}x")
+ratio("ipstats / kcat records/s", "ipstats", "kcat", rate, 2)
+ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
+ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
+ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
+if "ipstats" in rate and "ipstats under wrk" in rate:
+    print(f"ingest slow-down under wrk: {100 * (1 - rate['ipstats under wrk'] / rate['ipstats']):.0f}%")
+p99, rps = median("wrk top n=100", "p99_ms"), median("wrk top n=100", "requests_per_s")
+if p99 is not None:
+    print(f"wrk /api/v1/top?n=100, 64 connections, during ingest: {rps:,.0f} requests/s, p99 {p99:.2f} ms (medians)")
 for r in rows:
-    if r.get("row") in ("wrk top n=100", "memory"):
+    if r.get("row") == "memory":
         print(json.dumps(r))
 EOF

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::parse::{IpKey, SkipCounts};
-use crate::window::{IpMap, OffsetRange, Pane};
+use crate::window::{OffsetRange, Pane, SortedCounts};
 
 /// On-disk format version of panes and manifests.
 pub const FORMAT_VERSION: u32 = 1;
@@ -167,7 +167,15 @@ fn from_millis(ms: i64) -> SystemTime {
 // ---- panes -----------------------------------------------------------------
 
 pub fn encode_pane(pane: &Pane) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + pane.counts.len() * 20);
+    let mut out = Vec::new();
+    encode_pane_into(pane, &mut out);
+    out
+}
+
+/// Encodes into `out` (cleared first), so that a writer reuses one buffer.
+fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(128 + pane.counts.len() * 20);
     out.extend_from_slice(PANE_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&pane.seq.to_le_bytes());
@@ -186,13 +194,12 @@ pub fn encode_pane(pane: &Pane) -> Vec<u8> {
         out.extend_from_slice(&r.until.to_le_bytes());
     }
     out.extend_from_slice(&(pane.counts.len() as u32).to_le_bytes());
-    for (ip, n) in &pane.counts {
+    for (ip, n) in pane.counts.iter() {
         out.extend_from_slice(&ip.to_bits().to_le_bytes());
         out.extend_from_slice(&n.to_le_bytes());
     }
-    let crc = crc32fast::hash(&out);
+    let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 /// A bounds-checked little-endian reader.
@@ -282,14 +289,16 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
     if r.0.len() != ncounts * 20 {
         return Err(bad());
     }
-    let mut counts = IpMap::with_capacity_and_hasher(ncounts, Default::default());
+    let mut pairs = Vec::with_capacity(ncounts);
     let mut total = 0u64;
     for _ in 0..ncounts {
         let ip = IpKey::from_bits(r.u128().ok_or_else(bad)?);
         let n = r.u32().ok_or_else(bad)?;
         total += u64::from(n);
-        counts.insert(ip, n);
+        pairs.push((ip, n));
     }
+    let counts = SortedCounts::from_pairs(pairs)
+        .ok_or_else(|| corrupt(path, "an address is listed twice"))?;
     if total != requests {
         return Err(corrupt(path, "counts do not add up to the pane's requests"));
     }
@@ -563,6 +572,8 @@ pub struct Writer {
     /// The kept manifests (oldest first) and the panes each references.
     kept: VecDeque<(u64, Vec<u64>)>,
     next_manifest: u64,
+    /// Reused for every pane file: no large allocation per write.
+    buffer: Vec<u8>,
 }
 
 impl Writer {
@@ -610,6 +621,7 @@ impl Writer {
             on_disk,
             kept,
             next_manifest: last_manifest + 1,
+            buffer: Vec::new(),
         })
     }
 
@@ -624,9 +636,9 @@ impl Writer {
             if self.on_disk.contains(&pane.seq) {
                 continue;
             }
-            let bytes = encode_pane(pane);
-            write_atomically(&pane_path(&self.dir, pane.seq), &bytes)?;
-            bytes_written += bytes.len() as u64;
+            encode_pane_into(pane, &mut self.buffer);
+            write_atomically(&pane_path(&self.dir, pane.seq), &self.buffer)?;
+            bytes_written += self.buffer.len() as u64;
             panes_written += 1;
         }
         if panes_written > 0 {
@@ -846,10 +858,9 @@ mod tests {
     }
 
     fn pane(seq: u64, ips: &[(&str, u32)]) -> Arc<Pane> {
-        let mut counts = IpMap::default();
-        for (ip, n) in ips {
-            counts.insert(parse_ip(ip).expect("ip"), *n);
-        }
+        let counts =
+            SortedCounts::from_pairs(ips.iter().map(|(ip, n)| (parse_ip(ip).expect("ip"), *n)))
+                .expect("distinct addresses");
         let mut skipped = SkipCounts::default();
         skipped.add(crate::parse::SkipReason::NotJson);
         Arc::new(Pane {

@@ -14,6 +14,8 @@ pub const EXIT_USAGE: i32 = 64;
 
 /// The largest `n` accepted by `/api/v1/top`; the snapshot keeps this many.
 pub const MAX_TOP_N: usize = 100_000;
+/// Top lists up to this long are sorted once per slide; longer ones per request.
+pub const SORTED_TOP_N: usize = 1_000;
 
 /// Sliding-window visit counts per client IP from Kafka access logs, served live over HTTP.
 #[derive(Debug, Parser)]

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::parse::{Parser, SkipCounts, SkipReason};
-use crate::window::IpMap;
+use crate::window::{IpMap, SortedCounts};
 
 /// Lines per chunk: enough to make the hand-over cost per line negligible.
 const CHUNK_LINES: usize = 2048;
@@ -25,7 +25,7 @@ const QUEUE_CHUNKS: usize = 4;
 /// The counts of the open pane.
 #[derive(Debug, Default)]
 pub struct PaneCounts {
-    pub counts: IpMap<u32>,
+    pub counts: SortedCounts,
     /// Records counted (parsed to an IP).
     pub requests: u64,
     pub skipped: SkipCounts,
@@ -91,7 +91,7 @@ impl Counter {
         let thread = std::thread::Builder::new()
             .name("counter".into())
             .spawn(move || {
-                let mut open = PaneCounts::default();
+                let mut open = OpenPane::default();
                 for work in work_rx {
                     match work {
                         Work::Lines(mut chunk) => {
@@ -101,15 +101,17 @@ impl Counter {
                             let _ = free_tx.try_send(chunk);
                         }
                         Work::Take => {
-                            let capacity = open.counts.len();
-                            let next = PaneCounts {
-                                counts: IpMap::with_capacity_and_hasher(
-                                    capacity,
-                                    Default::default(),
-                                ),
-                                ..PaneCounts::default()
+                            // The pane lives as long as the window: sorted
+                            // arrays, without a hash table's slack. The table
+                            // is cleared and reused, so that steady state
+                            // allocates only the arrays.
+                            let pane = PaneCounts {
+                                counts: SortedCounts::from(&open.counts),
+                                requests: mem::take(&mut open.requests),
+                                skipped: mem::take(&mut open.skipped),
                             };
-                            if pane_tx.send(mem::replace(&mut open, next)).is_err() {
+                            open.counts.clear();
+                            if pane_tx.send(pane).is_err() {
                                 return;
                             }
                         }
@@ -174,12 +176,20 @@ impl Drop for Counter {
     }
 }
 
-fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut PaneCounts) {
+/// The pane being counted.
+#[derive(Default)]
+struct OpenPane {
+    counts: IpMap<u32>,
+    requests: u64,
+    skipped: SkipCounts,
+}
+
+fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut OpenPane) {
     let mut start = 0;
     for &end in &chunk.ends {
         match parser.parse(&chunk.bytes[start..end]) {
             Ok(ip) => {
-                *open.counts.entry(ip).or_insert(0) += 1;
+                open.counts.add(ip, 1);
                 open.requests += 1;
             }
             Err(reason) => open.skipped.add(reason),
@@ -215,7 +225,7 @@ mod tests {
         let pane = counter.take().expect("first pane");
         assert_eq!(pane.requests, first as u64);
         assert_eq!(
-            pane.counts.values().map(|&n| u64::from(n)).sum::<u64>(),
+            pane.counts.values().map(u64::from).sum::<u64>(),
             first as u64
         );
         assert_eq!(pane.counts.len(), 21);
@@ -227,7 +237,7 @@ mod tests {
         assert_eq!(pane.requests, 1);
         assert_eq!(pane.skipped.total(), 0);
         let ip = parse_ip("2001:db8::1").expect("address");
-        assert_eq!(pane.counts.get(&ip), Some(&1));
+        assert_eq!(pane.counts.get(ip), Some(1));
 
         let empty = counter.take().expect("empty pane");
         assert_eq!((empty.requests, empty.counts.len()), (0, 0));

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use crate::checkpoint::{Counters, Job};
-use crate::config::{MAX_TOP_N, OffsetReset, Settings};
+use crate::config::{MAX_TOP_N, OffsetReset, SORTED_TOP_N, Settings};
 use crate::counter::{Counter, CounterGone};
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::metrics::Metrics;
@@ -29,7 +29,7 @@ use crate::offsets::{Reset, ResetReason, ResetRefused, resolve_start};
 use crate::parse::SkipCounts;
 use crate::snapshot::{Health, HistoryPoint, IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::stop::Stop;
-use crate::window::{IpMap, OffsetRange, Pane, Window};
+use crate::window::{OffsetRange, Pane, SortedCounts, Window};
 
 /// How much slide history the dashboard's sparklines get.
 const HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
@@ -655,11 +655,12 @@ impl State {
             slide: self.config.slide,
             total_requests: self.window.requests(),
             distinct_ips: self.window.distinct_ips(),
-            top: self.window.top(MAX_TOP_N),
+            top: self.window.top_list(MAX_TOP_N, SORTED_TOP_N),
             panes,
             partitions,
             ingest: self.status.clone(),
             history: self.history.iter().copied().collect(),
+            rendered_top: Default::default(),
         }));
     }
 
@@ -701,7 +702,7 @@ impl State {
                     seq: self.seq,
                     start: end,
                     end: end + self.config.batch,
-                    counts: IpMap::default(),
+                    counts: SortedCounts::default(),
                     requests: 0,
                     skipped: SkipCounts::default(),
                     ranges: Vec::new(),

@@ -120,6 +120,17 @@ impl IpKey {
         IpKey(bits)
     }
 
+    /// The IPv4 address as a number, when this is one.
+    #[inline]
+    pub fn v4_bits(self) -> Option<u32> {
+        self.is_v4().then_some(self.0 as u32)
+    }
+
+    #[inline]
+    pub fn from_v4_bits(v4: u32) -> Self {
+        IpKey(V4_MAPPED_PREFIX | u128::from(v4))
+    }
+
     pub fn addr(self) -> IpAddr {
         if self.is_v4() {
             IpAddr::V4(Ipv4Addr::from(self.0 as u32))
@@ -215,7 +226,7 @@ impl Parser {
             }
         };
         dotted_quad(ip_text.as_bytes())
-            .map(|v4| IpKey(V4_MAPPED_PREFIX | u128::from(v4)))
+            .map(IpKey::from_v4_bits)
             .or_else(|| parse_ip(ip_text))
             .ok_or(SkipReason::InvalidIp)
     }

@@ -3,7 +3,9 @@
 //! Handlers load an `Arc<Snapshot>` lock-free and answer from it; they never
 //! wait on ingest, and ingest never waits on them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::offsets::Reset;
 use crate::parse::{IpKey, SkipCounts};
-use crate::window::Pane;
+use crate::window::{Pane, TopList};
 
 /// One published state of the window.
 #[derive(Debug)]
@@ -24,14 +26,52 @@ pub struct Snapshot {
     pub slide: Duration,
     pub total_requests: u64,
     pub distinct_ips: usize,
-    /// The most frequent IPs, up to [`crate::config::MAX_TOP_N`]: count descending, then IP ascending.
-    pub top: Vec<(IpKey, u64)>,
+    /// The most frequent IPs, up to [`crate::config::MAX_TOP_N`]: count
+    /// descending, then IP ascending (the first [`crate::config::SORTED_TOP_N`] pre-sorted).
+    pub top: TopList,
     /// The panes in the window, oldest first (shared with ingest, never copied).
     pub panes: Vec<Arc<Pane>>,
     pub partitions: Vec<PartitionStatus>,
     pub ingest: IngestStatus,
     /// Recent slides, oldest first, for the dashboard's sparklines.
     pub history: Vec<HistoryPoint>,
+    /// `/api/v1/top` bodies rendered from this snapshot, by `n`.
+    pub rendered_top: RenderCache,
+}
+
+/// Response bodies rendered from one snapshot: the same question asked again
+/// before the next slide is answered with the same bytes, not rendered anew.
+#[derive(Debug, Default)]
+pub struct RenderCache(Mutex<Vec<(usize, Bytes)>>);
+
+impl RenderCache {
+    /// Distinct questions kept per snapshot (the oldest answer goes first).
+    const ENTRIES: usize = 8;
+
+    pub fn get_or_render(&self, key: usize, render: impl FnOnce() -> Bytes) -> Bytes {
+        let cached = self
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone());
+        if let Some(body) = cached {
+            return body;
+        }
+        // Rendered outside the lock: concurrent first askers may both render.
+        let body = render();
+        let mut cache = self.lock();
+        if !cache.iter().any(|(k, _)| *k == key) {
+            if cache.len() == Self::ENTRIES {
+                cache.remove(0);
+            }
+            cache.push((key, body.clone()));
+        }
+        body
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Bytes)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// One slide's totals.
@@ -55,11 +95,12 @@ impl Snapshot {
             slide,
             total_requests: 0,
             distinct_ips: 0,
-            top: Vec::new(),
+            top: TopList::default(),
             panes: Vec::new(),
             partitions: Vec::new(),
             ingest: IngestStatus::default(),
             history: Vec::new(),
+            rendered_top: RenderCache::default(),
         }
     }
 
@@ -220,5 +261,36 @@ impl Published {
     /// Changes whenever a snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.notify.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_answer_is_reused_until_eight_newer_ones_push_it_out() {
+        let cache = RenderCache::default();
+        let renders = std::cell::Cell::new(0);
+        let render = |key: usize| {
+            renders.set(renders.get() + 1);
+            Bytes::from(format!("body {key}"))
+        };
+        assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
+        assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
+        assert_eq!(renders.get(), 1, "the second ask is served from the cache");
+        for key in 1..=RenderCache::ENTRIES {
+            assert_eq!(
+                cache.get_or_render(key, || render(key)),
+                format!("body {key}")
+            );
+        }
+        assert_eq!(renders.get(), 1 + RenderCache::ENTRIES);
+        cache.get_or_render(100, || render(100));
+        assert_eq!(
+            renders.get(),
+            2 + RenderCache::ENTRIES,
+            "evicted, rendered again"
+        );
     }
 }

@@ -5,8 +5,11 @@
 //! updated by adding the closing pane and subtracting the evicted one — never
 //! recomputed from all panes.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
+use std::hash::Hash;
+use std::ops::AddAssign;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,8 +17,178 @@ use rustc_hash::FxHashMap;
 
 use crate::parse::{IpKey, SkipCounts};
 
-/// Per-IP counters keyed by the compact address.
-pub type IpMap<V> = FxHashMap<IpKey, V>;
+/// Per-IP counters. IPv4 addresses (nearly all of them, in practice) are
+/// keyed by their 4 bytes and IPv6 by 16 in a map of their own, so that an
+/// IPv4 entry with a `u32` count takes 8 bytes instead of 32.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpMap<V> {
+    v4: FxHashMap<u32, V>,
+    v6: FxHashMap<u128, V>,
+}
+
+impl<V: Copy + Default + AddAssign> IpMap<V> {
+    /// Room for `n` IPv4 addresses without rehashing.
+    pub fn with_capacity(n: usize) -> Self {
+        IpMap {
+            v4: FxHashMap::with_capacity_and_hasher(n, Default::default()),
+            v6: FxHashMap::default(),
+        }
+    }
+
+    /// Adds `n` to the IP's count.
+    #[inline]
+    pub fn add(&mut self, ip: IpKey, n: V) {
+        match ip.v4_bits() {
+            Some(v4) => *self.v4.entry(v4).or_default() += n,
+            None => *self.v6.entry(ip.to_bits()).or_default() += n,
+        }
+    }
+
+    /// Sets the IP's count; returns the previous one.
+    pub fn insert(&mut self, ip: IpKey, n: V) -> Option<V> {
+        match ip.v4_bits() {
+            Some(v4) => self.v4.insert(v4, n),
+            None => self.v6.insert(ip.to_bits(), n),
+        }
+    }
+
+    pub fn get(&self, ip: IpKey) -> Option<V> {
+        match ip.v4_bits() {
+            Some(v4) => self.v4.get(&v4).copied(),
+            None => self.v6.get(&ip.to_bits()).copied(),
+        }
+    }
+
+    pub fn remove(&mut self, ip: IpKey) -> Option<V> {
+        match ip.v4_bits() {
+            Some(v4) => self.v4.remove(&v4),
+            None => self.v6.remove(&ip.to_bits()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries the maps hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.v4.capacity() + self.v6.capacity()
+    }
+
+    /// Empties the maps, keeping their memory for reuse.
+    pub fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+    }
+
+    /// Gives back what a burst of addresses left unused.
+    pub fn shrink_to_fit(&mut self) {
+        self.v4.shrink_to_fit();
+        self.v6.shrink_to_fit();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, V)> + '_ {
+        let v4 = self.v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n));
+        let v6 = self.v6.iter().map(|(&a, &n)| (IpKey::from_bits(a), n));
+        v4.chain(v6)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
+        self.v4.values().chain(self.v6.values()).copied()
+    }
+}
+
+/// A closed pane's counts, sorted by address: an IPv4 entry takes 8 bytes,
+/// and a lookup is a binary search. Built once when the pane closes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SortedCounts {
+    v4: Box<[(u32, u32)]>,
+    /// Addresses and counts apart: 20 bytes an entry instead of a padded 32.
+    v6: Box<[u128]>,
+    v6_counts: Box<[u32]>,
+}
+
+impl SortedCounts {
+    /// The counts of `(address, count)` pairs; `None` if an address repeats.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (IpKey, u32)>) -> Option<Self> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (ip, n) in pairs {
+            match ip.v4_bits() {
+                Some(a) => v4.push((a, n)),
+                None => v6.push((ip.to_bits(), n)),
+            }
+        }
+        let repeats = |keys: &[u128]| keys.windows(2).any(|w| w[0] == w[1]);
+        let counts = SortedCounts::sorted(v4, v6);
+        let distinct = !counts.v4.windows(2).any(|w| w[0].0 == w[1].0) && !repeats(&counts.v6);
+        distinct.then_some(counts)
+    }
+
+    fn sorted(mut v4: Vec<(u32, u32)>, mut v6: Vec<(u128, u32)>) -> Self {
+        v4.sort_unstable_by_key(|e| e.0);
+        v6.sort_unstable_by_key(|e| e.0);
+        SortedCounts {
+            v4: v4.into_boxed_slice(),
+            v6: v6.iter().map(|e| e.0).collect(),
+            v6_counts: v6.iter().map(|e| e.1).collect(),
+        }
+    }
+
+    pub fn get(&self, ip: IpKey) -> Option<u32> {
+        match ip.v4_bits() {
+            Some(a) => self
+                .v4
+                .binary_search_by_key(&a, |e| e.0)
+                .ok()
+                .map(|i| self.v4[i].1),
+            None => self
+                .v6
+                .binary_search(&ip.to_bits())
+                .ok()
+                .map(|i| self.v6_counts[i]),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// In address order, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + '_ {
+        let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
+        let v6 = self.v6.iter().zip(self.v6_counts.iter());
+        v4.chain(v6.map(|(&a, &n)| (IpKey::from_bits(a), n)))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.v4
+            .iter()
+            .map(|e| e.1)
+            .chain(self.v6_counts.iter().copied())
+    }
+}
+
+impl From<&IpMap<u32>> for SortedCounts {
+    fn from(map: &IpMap<u32>) -> Self {
+        let v4 = map.v4.iter().map(|(&a, &n)| (a, n)).collect();
+        let v6 = map.v6.iter().map(|(&a, &n)| (a, n)).collect();
+        SortedCounts::sorted(v4, v6)
+    }
+}
+
+impl From<IpMap<u32>> for SortedCounts {
+    fn from(map: IpMap<u32>) -> Self {
+        SortedCounts::from(&map)
+    }
+}
 
 /// The offsets one pane covered in one partition: `[from, until)`, as Spark's `OffsetRange`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +206,7 @@ pub struct Pane {
     pub seq: u64,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub counts: IpMap<u32>,
+    pub counts: SortedCounts,
     /// Records counted (parsed to an IP) in this pane.
     pub requests: u64,
     pub skipped: SkipCounts,
@@ -43,7 +216,204 @@ pub struct Pane {
 
 impl Pane {
     pub fn count(&self, ip: IpKey) -> u32 {
-        self.counts.get(&ip).copied().unwrap_or(0)
+        self.counts.get(ip).unwrap_or(0)
+    }
+}
+
+/// Counts at or above this share one histogram bucket.
+const HISTOGRAM_BUCKETS: usize = 1024;
+
+/// Window totals per IP: `u32` counts (8 bytes per IPv4 entry), with the
+/// rare address whose window total outgrows a `u32` moved to `big`. An IP is
+/// in one of the two maps, never both. A histogram of the totals, kept as
+/// they change, tells [`Window::top`] which counts can make the top `k`
+/// without sorting every address.
+#[derive(Debug)]
+struct Totals {
+    small: IpMap<u32>,
+    big: FxHashMap<IpKey, u64>,
+    /// `histogram[c]`: IPs whose total is `c` (the last bucket: or more).
+    histogram: Box<[usize; HISTOGRAM_BUCKETS + 1]>,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            small: IpMap::default(),
+            big: FxHashMap::default(),
+            histogram: Box::new([0; HISTOGRAM_BUCKETS + 1]),
+        }
+    }
+}
+
+fn bucket(total: u64) -> usize {
+    total.min(HISTOGRAM_BUCKETS as u64) as usize
+}
+
+/// Adds `n` to a `u32` count; `Err(old)` when the sum overflows, in which
+/// case the entry is removed.
+fn add_small<K: Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K, n: u32) -> Result<u32, u32> {
+    match map.entry(key) {
+        Entry::Occupied(mut e) => {
+            let old = *e.get();
+            match old.checked_add(n) {
+                Some(sum) => {
+                    *e.get_mut() = sum;
+                    Ok(old)
+                }
+                None => {
+                    e.remove();
+                    Err(old)
+                }
+            }
+        }
+        Entry::Vacant(e) => {
+            e.insert(n);
+            Ok(0)
+        }
+    }
+}
+
+/// Takes `n` from a `u32` count, removing it at zero; returns the old count.
+fn subtract_small<K: Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K, n: u32) -> u64 {
+    match map.entry(key) {
+        Entry::Occupied(mut e) => {
+            let old = *e.get();
+            if old > n {
+                *e.get_mut() = old - n;
+            } else {
+                e.remove();
+            }
+            u64::from(old)
+        }
+        Entry::Vacant(_) => 0,
+    }
+}
+
+impl Totals {
+    fn add(&mut self, ip: IpKey, n: u32) {
+        let old = if let Some(total) = self.big.get_mut(&ip) {
+            *total += u64::from(n);
+            *total - u64::from(n)
+        } else {
+            let added = match ip.v4_bits() {
+                Some(a) => add_small(&mut self.small.v4, a, n),
+                None => add_small(&mut self.small.v6, ip.to_bits(), n),
+            };
+            match added {
+                Ok(old) => u64::from(old),
+                Err(old) => {
+                    self.big.insert(ip, u64::from(old) + u64::from(n));
+                    u64::from(old)
+                }
+            }
+        };
+        self.moved(old, old + u64::from(n));
+    }
+
+    fn subtract(&mut self, ip: IpKey, n: u32) {
+        let old = if let Entry::Occupied(mut e) = self.big.entry(ip) {
+            let old = *e.get();
+            *e.get_mut() -= u64::from(n);
+            if let Ok(small) = u32::try_from(*e.get()) {
+                e.remove();
+                if small > 0 {
+                    self.small.insert(ip, small);
+                }
+            }
+            old
+        } else {
+            match ip.v4_bits() {
+                Some(a) => subtract_small(&mut self.small.v4, a, n),
+                None => subtract_small(&mut self.small.v6, ip.to_bits(), n),
+            }
+        };
+        if old > 0 {
+            self.moved(old, old.saturating_sub(u64::from(n)));
+        }
+    }
+
+    fn moved(&mut self, old: u64, new: u64) {
+        if old > 0 {
+            self.histogram[bucket(old)] -= 1;
+        }
+        if new > 0 {
+            self.histogram[bucket(new)] += 1;
+        }
+    }
+
+    fn get(&self, ip: IpKey) -> u64 {
+        match self.big.get(&ip) {
+            Some(&n) => n,
+            None => u64::from(self.small.get(ip).unwrap_or(0)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.small.len() + self.big.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpKey, u64)> + '_ {
+        let small = self.small.iter().map(|(ip, n)| (ip, u64::from(n)));
+        small.chain(self.big.iter().map(|(&ip, &n)| (ip, n)))
+    }
+
+    /// The smallest total that at least `k` IPs reach (1 when fewer than `k`
+    /// IPs are counted): every IP of the top `k` counts at least this much.
+    fn threshold(&self, k: usize) -> u64 {
+        let mut at_least = 0;
+        for total in (1..=HISTOGRAM_BUCKETS).rev() {
+            at_least += self.histogram[total];
+            if at_least >= k {
+                return total as u64;
+            }
+        }
+        1
+    }
+}
+
+/// The most frequent IPs, count descending then IP ascending, as a snapshot
+/// holds them: the first `sorted` entries in order, the rest (up to the
+/// capacity asked for) below them in no particular order, sorted only when a
+/// caller asks for that many.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopList {
+    entries: Vec<(IpKey, u64)>,
+    sorted: usize,
+}
+
+fn rank(a: &(IpKey, u64), b: &(IpKey, u64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+impl TopList {
+    /// A list sorted throughout (small lists, tests).
+    pub fn from_sorted(entries: Vec<(IpKey, u64)>) -> Self {
+        let sorted = entries.len();
+        TopList { entries, sorted }
+    }
+
+    /// The first `n` (at most as many as the list holds), in order.
+    pub fn first(&self, n: usize) -> Cow<'_, [(IpKey, u64)]> {
+        let n = n.min(self.entries.len());
+        if n <= self.sorted {
+            return Cow::Borrowed(&self.entries[..n]);
+        }
+        let mut entries = self.entries.clone();
+        if n < entries.len() {
+            entries.select_nth_unstable_by(n, rank);
+            entries.truncate(n);
+        }
+        entries.sort_unstable_by(rank);
+        Cow::Owned(entries)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -52,8 +422,10 @@ impl Pane {
 pub struct Window {
     capacity: usize,
     panes: VecDeque<Arc<Pane>>,
-    totals: IpMap<u64>,
+    totals: Totals,
     requests: u64,
+    /// Scratch space of [`Window::top_list`].
+    candidates: Vec<(IpKey, u64)>,
 }
 
 impl Window {
@@ -63,16 +435,16 @@ impl Window {
         Window {
             capacity,
             panes: VecDeque::with_capacity(capacity + 1),
-            totals: IpMap::default(),
+            totals: Totals::default(),
+            candidates: Vec::new(),
             requests: 0,
         }
     }
 
     /// Adds a closed pane; returns the pane that slid out, if any.
     pub fn push(&mut self, pane: Arc<Pane>) -> Option<Arc<Pane>> {
-        self.totals.reserve(pane.counts.len());
-        for (&ip, &n) in &pane.counts {
-            *self.totals.entry(ip).or_insert(0) += u64::from(n);
+        for (ip, n) in pane.counts.iter() {
+            self.totals.add(ip, n);
         }
         self.requests += pane.requests;
         self.panes.push_back(pane);
@@ -80,18 +452,13 @@ impl Window {
             return None;
         }
         let evicted = self.panes.pop_front()?;
-        for (&ip, &n) in &evicted.counts {
-            if let Entry::Occupied(mut e) = self.totals.entry(ip) {
-                *e.get_mut() -= u64::from(n);
-                if *e.get() == 0 {
-                    e.remove();
-                }
-            }
+        for (ip, n) in evicted.counts.iter() {
+            self.totals.subtract(ip, n);
         }
         self.requests -= evicted.requests;
         // Give memory back after a burst of distinct addresses has passed.
-        if self.totals.capacity() > 4 * self.totals.len().max(1024) {
-            self.totals.shrink_to(2 * self.totals.len());
+        if self.totals.small.capacity() > 4 * self.totals.small.len().max(1024) {
+            self.totals.small.shrink_to_fit();
         }
         Some(evicted)
     }
@@ -105,7 +472,7 @@ impl Window {
     }
 
     pub fn count(&self, ip: IpKey) -> u64 {
-        self.totals.get(&ip).copied().unwrap_or(0)
+        self.totals.get(ip)
     }
 
     pub fn panes(&self) -> impl ExactSizeIterator<Item = &Arc<Pane>> {
@@ -113,16 +480,46 @@ impl Window {
     }
 
     /// The `k` most frequent IPs: count descending, then IP ascending.
-    /// Costs O(distinct + k log k).
-    pub fn top(&self, k: usize) -> Vec<(IpKey, u64)> {
-        let mut all: Vec<(IpKey, u64)> = self.totals.iter().map(|(&ip, &n)| (ip, n)).collect();
-        let order = |a: &(IpKey, u64), b: &(IpKey, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if k < all.len() {
-            all.select_nth_unstable_by(k, order);
-            all.truncate(k);
+    pub fn top(&mut self, k: usize) -> Vec<(IpKey, u64)> {
+        self.top_list(k, k).first(k).into_owned()
+    }
+
+    /// The `k` most frequent IPs with the first `sorted` of them in order.
+    /// One pass over the totals that copies only the IPs the histogram says
+    /// can make the cut, then a selection: no allocation or sort in
+    /// proportion to all distinct IPs.
+    pub fn top_list(&mut self, k: usize, sorted: usize) -> TopList {
+        if k == 0 {
+            return TopList::default();
         }
-        all.sort_unstable_by(order);
-        all
+        let threshold = self.totals.threshold(k);
+        // Candidates go to a buffer kept between calls, cut back to the best
+        // `k` whenever it reaches `2k` (ties at the threshold can be many), so
+        // it never outgrows `2k`; the list itself is allocated at its size.
+        let candidates = &mut self.candidates;
+        candidates.clear();
+        let limit = 2 * k.max(1024);
+        for entry in self.totals.iter().filter(|&(_, n)| n >= threshold) {
+            if candidates.len() == limit {
+                candidates.select_nth_unstable_by(k, rank);
+                candidates.truncate(k);
+            }
+            candidates.push(entry);
+        }
+        if k < candidates.len() {
+            candidates.select_nth_unstable_by(k, rank);
+            candidates.truncate(k);
+        }
+        let mut picked = candidates.clone();
+        let sorted = sorted.min(picked.len());
+        if sorted < picked.len() && sorted > 0 {
+            picked.select_nth_unstable_by(sorted, rank);
+        }
+        picked[..sorted].sort_unstable_by(rank);
+        TopList {
+            entries: picked,
+            sorted,
+        }
     }
 }
 
@@ -137,8 +534,9 @@ mod tests {
         let mut counts = IpMap::default();
         for &i in ips {
             let ip = parse_ip(&format!("10.0.0.{i}")).expect("address");
-            *counts.entry(ip).or_insert(0) += 1;
+            counts.add(ip, 1);
         }
+        let counts = SortedCounts::from(counts);
         Arc::new(Pane {
             seq,
             start: SystemTime::UNIX_EPOCH,
@@ -170,12 +568,83 @@ mod tests {
         assert_eq!(top, ["10.0.0.3=2", "10.0.0.9=2", "10.0.0.5=1"]);
     }
 
+    #[test]
+    fn a_window_total_beyond_u32_is_exact_and_moves_back_when_it_shrinks() {
+        let ip = parse_ip("10.0.0.1").expect("address");
+        let other = parse_ip("2001:db8::1").expect("address");
+        let mut totals = Totals::default();
+        totals.add(ip, u32::MAX);
+        totals.add(other, 3);
+        totals.add(ip, 5);
+        assert_eq!(totals.get(ip), u64::from(u32::MAX) + 5);
+        assert_eq!((totals.len(), totals.big.len()), (2, 1));
+        totals.subtract(ip, 10);
+        assert_eq!(totals.get(ip), u64::from(u32::MAX) - 5);
+        assert_eq!((totals.len(), totals.big.len()), (2, 0));
+        totals.subtract(ip, u32::MAX - 5);
+        totals.subtract(other, 3);
+        assert_eq!((totals.get(ip), totals.len()), (0, 0));
+    }
+
+    #[test]
+    fn top_is_exact_when_counts_pass_the_histogram_range() {
+        // Counts from 1 to 3000: the histogram's last bucket holds ~2000 IPs.
+        let mut w = Window::new(1);
+        let mut counts = IpMap::default();
+        for i in 1..=3000u32 {
+            counts.insert(IpKey::from_v4_bits(i), i);
+        }
+        let requests = counts.values().map(u64::from).sum();
+        w.push(Arc::new(Pane {
+            seq: 0,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            counts: counts.into(),
+            requests,
+            skipped: SkipCounts::default(),
+            ranges: Vec::new(),
+        }));
+        for k in [1, 10, 1500, 2999, 3000, 5000] {
+            let top = w.top(k);
+            let expected: Vec<(IpKey, u64)> = (1..=3000u32)
+                .rev()
+                .take(k)
+                .map(|i| (IpKey::from_v4_bits(i), u64::from(i)))
+                .collect();
+            assert_eq!(top, expected, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn top_stays_exact_when_ties_at_the_threshold_outnumber_its_buffer() {
+        // 5000 IPs tied at 1 and k = 10: the candidate buffer is cut back
+        // to the best k twice; the 10 lowest addresses must survive the cuts.
+        let mut counts = IpMap::default();
+        for i in (1..=5000u32).rev() {
+            counts.insert(IpKey::from_v4_bits(i * 7919 % 100_003), 1);
+        }
+        let mut w = Window::new(1);
+        w.push(Arc::new(Pane {
+            seq: 0,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            requests: counts.len() as u64,
+            counts: counts.clone().into(),
+            skipped: SkipCounts::default(),
+            ranges: Vec::new(),
+        }));
+        let mut all: Vec<(IpKey, u64)> = counts.iter().map(|(ip, n)| (ip, u64::from(n))).collect();
+        all.sort();
+        assert_eq!(w.top(10), all[..10]);
+    }
+
     proptest! {
         #[test]
         fn totals_equal_the_panes_inside_and_top_is_sorted_and_bounded(
             batches in prop::collection::vec(prop::collection::vec(0u8..20, 0..30), 1..25),
             capacity in 1usize..6,
             k in 0usize..25,
+            sorted in 0usize..25,
         ) {
             let mut w = Window::new(capacity);
             for (seq, ips) in batches.iter().enumerate() {
@@ -201,7 +670,43 @@ mod tests {
             let mut brute: Vec<(IpKey, u64)> = expected.into_iter().collect();
             brute.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             brute.truncate(k);
-            prop_assert_eq!(top, brute);
+            prop_assert_eq!(&top, &brute);
+            // A list with only a prefix sorted answers every length alike.
+            let list = w.top_list(k, sorted);
+            prop_assert_eq!(list.len(), brute.len());
+            for n in [0, sorted / 2, sorted, k / 2 + 1, k] {
+                let n = n.min(brute.len());
+                prop_assert_eq!(&*list.first(n), &brute[..n]);
+            }
+        }
+
+        #[test]
+        fn sorted_pane_counts_answer_like_a_map(
+            pairs in prop::collection::hash_map(any::<u128>().prop_map(IpKey::from_bits), 1u32..9, 0..40),
+            v4 in prop::collection::hash_map(any::<u32>(), 1u32..9, 0..40),
+            probe in any::<u32>(),
+        ) {
+            let mut all = pairs.clone();
+            all.extend(v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n)));
+            let mut map = IpMap::default();
+            for (&ip, &n) in &all {
+                map.insert(ip, n);
+            }
+            let sorted = SortedCounts::from(map);
+            prop_assert_eq!(sorted.len(), all.len());
+            for (&ip, &n) in &all {
+                prop_assert_eq!(sorted.get(ip), Some(n));
+            }
+            let absent = IpKey::from_v4_bits(probe);
+            prop_assert_eq!(sorted.get(absent), all.get(&absent).copied());
+            let listed: Vec<IpKey> = sorted.iter().map(|(ip, _)| ip).collect();
+            prop_assert!(listed.windows(2).all(|w| w[0] < w[1]), "address order");
+            let from_pairs = SortedCounts::from_pairs(all.iter().map(|(&ip, &n)| (ip, n)));
+            prop_assert_eq!(from_pairs.as_ref(), Some(&sorted));
+            if let Some((&ip, &n)) = all.iter().next() {
+                let twice = all.iter().map(|(&ip, &n)| (ip, n)).chain([(ip, n)]);
+                prop_assert!(SortedCounts::from_pairs(twice).is_none(), "a repeat is refused");
+            }
         }
     }
 }

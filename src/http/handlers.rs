@@ -91,8 +91,8 @@ fn top_view(snapshot: &Snapshot, n: usize) -> TopView {
         distinct_ips: snapshot.distinct_ips,
         top: snapshot
             .top
+            .first(n)
             .iter()
-            .take(n)
             .map(|(ip, count)| IpCount {
                 ip: ip.to_string(),
                 count: *count,
@@ -104,11 +104,20 @@ fn top_view(snapshot: &Snapshot, n: usize) -> TopView {
 pub async fn top(
     State(state): State<AppState>,
     query: Result<Query<TopQuery>, QueryRejection>,
-) -> Result<Json<TopView>, Problem> {
+) -> Result<Response, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let n = parse_n(query.n.as_deref())?;
-    Ok(Json(top_view(&state.published.load(), n)))
+    let snapshot = state.published.load();
+    // Dashboards and scrapers ask the same question many times per slide.
+    let body = snapshot.rendered_top.get_or_render(n, || {
+        serde_json::to_vec(&top_view(&snapshot, n))
+            .unwrap_or_default()
+            .into()
+    });
+    Ok(([(header::CONTENT_TYPE, JSON)], body).into_response())
 }
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 #[derive(Serialize)]
 pub struct PaneCount {

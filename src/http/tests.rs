@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::parse::{IpKey, SkipCounts, parse_ip};
 use crate::snapshot::{IngestStatus, PartitionStatus, Snapshot};
-use crate::window::{IpMap, Pane};
+use crate::window::{IpMap, Pane, TopList};
 
 fn ip(text: &str) -> IpKey {
     parse_ip(text).expect("test address")
@@ -30,7 +30,7 @@ fn pane(seq: u64, counts: &[(&str, u32)]) -> Arc<Pane> {
         start,
         end: start + Duration::from_secs(1),
         requests: counts.iter().map(|(_, n)| u64::from(*n)).sum(),
-        counts: map,
+        counts: map.into(),
         skipped: SkipCounts::default(),
         ranges: Vec::new(),
     })
@@ -49,11 +49,11 @@ fn state(ready: bool) -> AppState {
         slide: Duration::from_secs(1),
         total_requests: 11,
         distinct_ips: 3,
-        top: vec![
+        top: TopList::from_sorted(vec![
             (ip("10.0.0.1"), 5),
             (ip("10.0.0.2"), 5),
             (ip("2001:db8::1"), 1),
-        ],
+        ]),
         panes,
         partitions: vec![PartitionStatus {
             topic: "access-log".into(),
@@ -67,6 +67,7 @@ fn state(ready: bool) -> AppState {
         }],
         ingest: IngestStatus::default(),
         history: Vec::new(),
+        rendered_top: Default::default(),
     };
     let health = Arc::new(Health::new(true));
     if ready {
