@@ -1,5 +1,6 @@
-//! The consumer loop: poll in bulk on one dedicated thread, parse, count into
-//! the open pane, close a pane every batch, publish a snapshot every slide.
+//! The consumer loop: poll on one dedicated thread, hand each record to the
+//! counting thread ([`crate::counter`]), close a pane every batch, publish a
+//! snapshot every slide.
 //!
 //! This thread owns the consumer, the window and the offsets; nothing else
 //! mutates them. Partitions are assigned explicitly, one to one (the "direct"

@@ -53,7 +53,7 @@ impl Metrics {
         let batch_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "ipstats_batch_duration_seconds",
-                "Time spent processing one batch: parsing its records and closing its pane, waiting excluded.",
+                "Time the consumer thread spent on one batch: polling, handing records to the counting thread and closing the pane, waiting excluded.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
