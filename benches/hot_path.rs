@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ipstats::config::{MAX_TOP_N, SORTED_TOP_N};
 use ipstats::parse::{IpKey, Parser, SkipCounts, parse_reference};
 use ipstats::traffic::{Traffic, TrafficConfig};
 use ipstats::window::{IpMap, Pane, Window};
@@ -139,6 +140,12 @@ fn slide(c: &mut Criterion) {
                 |b, _| b.iter(|| window.top(black_box(n)).len()),
             );
         }
+        // What a slide publishes: the top 100,000, the first 1,000 sorted.
+        group.bench_with_input(
+            BenchmarkId::new("snapshot_top_list", distinct),
+            &distinct,
+            |b, _| b.iter(|| window.top_list(black_box(MAX_TOP_N), SORTED_TOP_N).len()),
+        );
     }
     group.finish();
 }
