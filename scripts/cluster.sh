@@ -99,6 +99,9 @@ print_env() {
 java_tool() {
   local main=$1
   shift
+  # The cluster may have been started from another checkout: this one's jars
+  # are fetched on first use all the same.
+  [ -f "$KAFKA_LIBS/.complete" ] || ensure_installed
   java -Xmx256m -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2-tools.yaml" \
     -cp "$KAFKA_LIBS/*" "$main" "$@"
 }
@@ -175,12 +178,14 @@ stop_process() {
 }
 
 cmd_up() {
+  # Also when a cluster is already running (perhaps started from another
+  # checkout): the tools below run from this checkout's jars.
+  ensure_installed
   if alive kafka && alive zookeeper && zk_answers && kafka_answers; then
     log "already running (state in $STATE)"
     print_env
     return 0
   fi
-  ensure_installed
   local started=$SECONDS
   mkdir -p "$STATE"
   if [ ! -f "$STATE/kafka.port" ]; then
