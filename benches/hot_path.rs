@@ -140,6 +140,21 @@ fn slide(c: &mut Criterion) {
                 |b, _| b.iter(|| window.top(black_box(n)).len()),
             );
         }
+        // /api/v1/ips/{ip}: the address's count in every pane of the window.
+        group.bench_with_input(
+            BenchmarkId::new("ip_lookup", distinct),
+            &distinct,
+            |b, _| {
+                let mut i = 0u32;
+                b.iter(|| {
+                    i = (i + 7919) % distinct;
+                    window
+                        .panes()
+                        .map(|p| u64::from(p.count(black_box(ip(i)))))
+                        .sum::<u64>()
+                })
+            },
+        );
         // What a slide publishes: the top 100,000, the first 1,000 sorted.
         group.bench_with_input(
             BenchmarkId::new("snapshot_top_list", distinct),
