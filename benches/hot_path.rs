@@ -13,7 +13,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ipstats::config::{MAX_TOP_N, SORTED_TOP_N};
 use ipstats::parse::{IpKey, Parser, SkipCounts, parse_reference};
 use ipstats::traffic::{Traffic, TrafficConfig};
-use ipstats::window::{IpMap, Pane, Window};
+use ipstats::window::{IpMap, Pane, Tally, Window};
 
 const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
@@ -67,15 +67,11 @@ fn pane_ingest(c: &mut Criterion) {
     group.bench_function("parse_and_count", |b| {
         let mut parser = Parser::new(FIELD, MAX);
         b.iter(|| {
-            let mut counts: IpMap<u32> = IpMap::default();
-            let mut skipped = SkipCounts::default();
+            let mut tally = Tally::<u32>::default();
             for line in &lines {
-                match parser.parse(line) {
-                    Ok(ip) => counts.add(ip, 1),
-                    Err(reason) => skipped.add(reason),
-                }
+                tally.line(&mut parser, line);
             }
-            (counts.len(), skipped.total())
+            (tally.counts.len(), tally.skipped.total())
         })
     });
     group.finish();
@@ -98,7 +94,7 @@ fn pane(seq: u64, first: u32, distinct: u32) -> Arc<Pane> {
         seq,
         start: SystemTime::UNIX_EPOCH,
         end: SystemTime::UNIX_EPOCH,
-        counts: counts.into(),
+        counts: (&counts).into(),
         requests,
         skipped: SkipCounts::default(),
         ranges: Vec::new(),

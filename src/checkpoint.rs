@@ -166,7 +166,8 @@ fn from_millis(ms: i64) -> SystemTime {
 
 // ---- panes -----------------------------------------------------------------
 
-pub fn encode_pane(pane: &Pane) -> Vec<u8> {
+#[cfg(test)]
+fn encode_pane(pane: &Pane) -> Vec<u8> {
     let mut out = Vec::new();
     encode_pane_into(pane, &mut out);
     out

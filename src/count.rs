@@ -8,11 +8,11 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::Args;
-use rustc_hash::FxHashMap;
 use serde_json::json;
 
 use crate::config::MAX_TOP_N;
-use crate::parse::{IpKey, Parser, SkipCounts};
+use crate::parse::Parser;
+use crate::window::{Tally, top_k};
 
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
@@ -29,19 +29,11 @@ pub struct CountArgs {
     pub max_line_bytes: usize,
 }
 
-/// Per-IP counts and skips of a whole input.
-#[derive(Debug, Default)]
-pub struct Counted {
-    pub counts: FxHashMap<IpKey, u64>,
-    pub requests: u64,
-    pub skipped: SkipCounts,
-}
-
 /// Counts every line of `input` (newline-separated; a final line without a
 /// newline counts too). One reused buffer: nothing is allocated per line.
-pub fn count_lines(input: impl Read, parser: &mut Parser) -> io::Result<Counted> {
+pub fn count_lines(input: impl Read, parser: &mut Parser) -> io::Result<Tally<u64>> {
     let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut counted = Counted::default();
+    let mut counted = Tally::default();
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
@@ -50,13 +42,7 @@ pub fn count_lines(input: impl Read, parser: &mut Parser) -> io::Result<Counted>
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        match parser.parse(text) {
-            Ok(ip) => {
-                *counted.counts.entry(ip).or_insert(0) += 1;
-                counted.requests += 1;
-            }
-            Err(reason) => counted.skipped.add(reason),
-        }
+        counted.line(parser, text);
     }
 }
 
@@ -79,13 +65,7 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", args.file.display()))?
     };
     let ended = SystemTime::now();
-    let mut top: Vec<(IpKey, u64)> = counted.counts.iter().map(|(ip, n)| (*ip, *n)).collect();
-    let order = |a: &(IpKey, u64), b: &(IpKey, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-    if args.n < top.len() {
-        top.select_nth_unstable_by(args.n, order);
-        top.truncate(args.n);
-    }
-    top.sort_unstable_by(order);
+    let top = top_k(counted.counts.iter().collect(), args.n);
     let elapsed = ended.duration_since(started).unwrap_or_default();
     let out = json!({
         "window": {

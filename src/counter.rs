@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::parse::{Parser, SkipCounts, SkipReason};
-use crate::window::{IpMap, SortedCounts};
+use crate::window::{SortedCounts, Tally};
 
 /// Lines per chunk: enough to make the hand-over cost per line negligible.
 const CHUNK_LINES: usize = 2048;
@@ -91,7 +91,7 @@ impl Counter {
         let thread = std::thread::Builder::new()
             .name("counter".into())
             .spawn(move || {
-                let mut open = OpenPane::default();
+                let mut open = Tally::<u32>::default();
                 for work in work_rx {
                     match work {
                         Work::Lines(mut chunk) => {
@@ -176,24 +176,10 @@ impl Drop for Counter {
     }
 }
 
-/// The pane being counted.
-#[derive(Default)]
-struct OpenPane {
-    counts: IpMap<u32>,
-    requests: u64,
-    skipped: SkipCounts,
-}
-
-fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut OpenPane) {
+fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut Tally<u32>) {
     let mut start = 0;
     for &end in &chunk.ends {
-        match parser.parse(&chunk.bytes[start..end]) {
-            Ok(ip) => {
-                open.counts.add(ip, 1);
-                open.requests += 1;
-            }
-            Err(reason) => open.skipped.add(reason),
-        }
+        open.line(parser, &chunk.bytes[start..end]);
         start = end;
     }
     for _ in 0..chunk.too_large {

@@ -137,21 +137,20 @@ pub fn run_monitor(
                 } else {
                     old.generation + 1
                 };
+                let publish = |partitions| {
+                    view.send_replace(Arc::new(ClusterView {
+                        generation,
+                        partitions,
+                        refreshed: Some(Instant::now()),
+                    }))
+                };
                 if !same_set {
                     // New partitions are published at once, so that ingest can
                     // start on them; their newest timestamps follow.
-                    view.send_replace(Arc::new(ClusterView {
-                        generation,
-                        partitions: partitions.clone(),
-                        refreshed: Some(Instant::now()),
-                    }));
+                    publish(partitions.clone());
                 }
                 newest_timestamps(&tail, &mut partitions, &old);
-                view.send_replace(Arc::new(ClusterView {
-                    generation,
-                    partitions,
-                    refreshed: Some(Instant::now()),
-                }));
+                publish(partitions);
                 if !health.kafka_connected() {
                     info!("kafka cluster reachable");
                 }

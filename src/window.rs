@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use rustc_hash::FxHashMap;
 
-use crate::parse::{IpKey, SkipCounts};
+use crate::parse::{IpKey, Parser, SkipCounts};
 
 /// Per-IP counters. IPv4 addresses (nearly all of them, in practice) are
 /// keyed by their 4 bytes and IPv6 by 16 in a map of their own, so that an
@@ -59,13 +59,6 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
         }
     }
 
-    pub fn remove(&mut self, ip: IpKey) -> Option<V> {
-        match ip.v4_bits() {
-            Some(v4) => self.v4.remove(&v4),
-            None => self.v6.remove(&ip.to_bits()),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -102,6 +95,30 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
     }
 }
 
+/// Lines parsed into per-IP counts and skip reasons: an open pane, or the
+/// whole input of `ipstats count`.
+#[derive(Debug, Default)]
+pub struct Tally<V> {
+    pub counts: IpMap<V>,
+    /// Lines counted (parsed to an IP).
+    pub requests: u64,
+    pub skipped: SkipCounts,
+}
+
+impl<V: Copy + Default + AddAssign + From<u8>> Tally<V> {
+    /// Parses one line and counts it, or the reason it is skipped.
+    #[inline]
+    pub fn line(&mut self, parser: &mut Parser, line: &[u8]) {
+        match parser.parse(line) {
+            Ok(ip) => {
+                self.counts.add(ip, V::from(1));
+                self.requests += 1;
+            }
+            Err(reason) => self.skipped.add(reason),
+        }
+    }
+}
+
 /// A closed pane's counts, sorted by address: an IPv4 entry takes 8 bytes,
 /// and a lookup is a binary search. Built once when the pane closes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,10 +139,10 @@ impl SortedCounts {
                 None => v6.push((ip.to_bits(), n)),
             }
         }
-        let repeats = |keys: &[u128]| keys.windows(2).any(|w| w[0] == w[1]);
         let counts = SortedCounts::sorted(v4, v6);
-        let distinct = !counts.v4.windows(2).any(|w| w[0].0 == w[1].0) && !repeats(&counts.v6);
-        distinct.then_some(counts)
+        let repeats = counts.v4.windows(2).any(|w| w[0].0 == w[1].0)
+            || counts.v6.windows(2).any(|w| w[0] == w[1]);
+        (!repeats).then_some(counts)
     }
 
     fn sorted(mut v4: Vec<(u32, u32)>, mut v6: Vec<(u128, u32)>) -> Self {
@@ -181,12 +198,6 @@ impl From<&IpMap<u32>> for SortedCounts {
         let v4 = map.v4.iter().map(|(&a, &n)| (a, n)).collect();
         let v6 = map.v6.iter().map(|(&a, &n)| (a, n)).collect();
         SortedCounts::sorted(v4, v6)
-    }
-}
-
-impl From<IpMap<u32>> for SortedCounts {
-    fn from(map: IpMap<u32>) -> Self {
-        SortedCounts::from(&map)
     }
 }
 
@@ -386,6 +397,16 @@ fn rank(a: &(IpKey, u64), b: &(IpKey, u64)) -> std::cmp::Ordering {
     b.1.cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
+/// The best `k` of `entries` in order: count descending, then IP ascending.
+pub fn top_k(mut entries: Vec<(IpKey, u64)>, k: usize) -> Vec<(IpKey, u64)> {
+    if k < entries.len() {
+        entries.select_nth_unstable_by(k, rank);
+        entries.truncate(k);
+    }
+    entries.sort_unstable_by(rank);
+    entries
+}
+
 impl TopList {
     /// A list sorted throughout (small lists, tests).
     pub fn from_sorted(entries: Vec<(IpKey, u64)>) -> Self {
@@ -399,13 +420,7 @@ impl TopList {
         if n <= self.sorted {
             return Cow::Borrowed(&self.entries[..n]);
         }
-        let mut entries = self.entries.clone();
-        if n < entries.len() {
-            entries.select_nth_unstable_by(n, rank);
-            entries.truncate(n);
-        }
-        entries.sort_unstable_by(rank);
-        Cow::Owned(entries)
+        Cow::Owned(top_k(self.entries.clone(), n))
     }
 
     pub fn len(&self) -> usize {
@@ -481,7 +496,7 @@ impl Window {
 
     /// The `k` most frequent IPs: count descending, then IP ascending.
     pub fn top(&mut self, k: usize) -> Vec<(IpKey, u64)> {
-        self.top_list(k, k).first(k).into_owned()
+        self.top_list(k, k).entries
     }
 
     /// The `k` most frequent IPs with the first `sorted` of them in order.
@@ -536,13 +551,16 @@ mod tests {
             let ip = parse_ip(&format!("10.0.0.{i}")).expect("address");
             counts.add(ip, 1);
         }
-        let counts = SortedCounts::from(counts);
+        pane_of(seq, &counts)
+    }
+
+    fn pane_of(seq: u64, counts: &IpMap<u32>) -> Arc<Pane> {
         Arc::new(Pane {
             seq,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
-            counts,
-            requests: ips.len() as u64,
+            counts: counts.into(),
+            requests: counts.values().map(u64::from).sum(),
             skipped: SkipCounts::default(),
             ranges: Vec::new(),
         })
@@ -594,16 +612,7 @@ mod tests {
         for i in 1..=3000u32 {
             counts.insert(IpKey::from_v4_bits(i), i);
         }
-        let requests = counts.values().map(u64::from).sum();
-        w.push(Arc::new(Pane {
-            seq: 0,
-            start: SystemTime::UNIX_EPOCH,
-            end: SystemTime::UNIX_EPOCH,
-            counts: counts.into(),
-            requests,
-            skipped: SkipCounts::default(),
-            ranges: Vec::new(),
-        }));
+        w.push(pane_of(0, &counts));
         for k in [1, 10, 1500, 2999, 3000, 5000] {
             let top = w.top(k);
             let expected: Vec<(IpKey, u64)> = (1..=3000u32)
@@ -624,15 +633,7 @@ mod tests {
             counts.insert(IpKey::from_v4_bits(i * 7919 % 100_003), 1);
         }
         let mut w = Window::new(1);
-        w.push(Arc::new(Pane {
-            seq: 0,
-            start: SystemTime::UNIX_EPOCH,
-            end: SystemTime::UNIX_EPOCH,
-            requests: counts.len() as u64,
-            counts: counts.clone().into(),
-            skipped: SkipCounts::default(),
-            ranges: Vec::new(),
-        }));
+        w.push(pane_of(0, &counts));
         let mut all: Vec<(IpKey, u64)> = counts.iter().map(|(ip, n)| (ip, u64::from(n))).collect();
         all.sort();
         assert_eq!(w.top(10), all[..10]);
@@ -692,7 +693,7 @@ mod tests {
             for (&ip, &n) in &all {
                 map.insert(ip, n);
             }
-            let sorted = SortedCounts::from(map);
+            let sorted = SortedCounts::from(&map);
             prop_assert_eq!(sorted.len(), all.len());
             for (&ip, &n) in &all {
                 prop_assert_eq!(sorted.get(ip), Some(n));

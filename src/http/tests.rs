@@ -30,7 +30,7 @@ fn pane(seq: u64, counts: &[(&str, u32)]) -> Arc<Pane> {
         start,
         end: start + Duration::from_secs(1),
         requests: counts.iter().map(|(_, n)| u64::from(*n)).sum(),
-        counts: map.into(),
+        counts: (&map).into(),
         skipped: SkipCounts::default(),
         ranges: Vec::new(),
     })
