@@ -11,9 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipstats::config::{MAX_TOP_N, SORTED_TOP_N};
-use ipstats::parse::{IpKey, Parser, SkipCounts, parse_reference};
-use ipstats::traffic::{Traffic, TrafficConfig};
-use ipstats::window::{IpMap, Pane, Tally, Window};
+use ipstats::pipeline::counter::Tally;
+use ipstats::pipeline::parse::{Parser, parse_reference};
+use ipstats::pipeline::window::{IpMap, Pane, Window};
+use ipstats::tools::traffic::{Traffic, TrafficConfig};
+use ipstats::vocab::{IpKey, SkipCounts};
 
 const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
@@ -133,7 +135,7 @@ fn slide(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("top_{n}"), distinct),
                 &distinct,
-                |b, _| b.iter(|| window.top(black_box(n)).len()),
+                |b, _| b.iter(|| window.top_list(black_box(n), n).len()),
             );
         }
         // /api/v1/ips/{ip}: the address's count in every pane of the window.

@@ -36,7 +36,7 @@ pub enum Command {
     /// The original Spark job's argument list, for drop-in migration.
     Legacy(LegacyArgs),
     /// The top-N of a log file (or `-` for stdin), printed as `/api/v1/top` answers.
-    Count(crate::count::CountArgs),
+    Count(CountArgs),
 }
 
 /// When no offset is stored for a partition, or the stored one is unusable.
@@ -48,16 +48,6 @@ pub enum OffsetReset {
     Latest,
     /// Refuse to start, naming the partition.
     Fail,
-}
-
-impl OffsetReset {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-            OffsetReset::Fail => "fail",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -236,6 +226,22 @@ pub struct LegacyArgs {
     pub listen: SocketAddr,
 }
 
+/// `ipstats count FILE|-`
+#[derive(Debug, Clone, Args)]
+pub struct CountArgs {
+    /// The log file, one JSON line per request; `-` reads standard input.
+    pub file: PathBuf,
+    /// How many IPs to print.
+    #[arg(short, long, default_value_t = 10)]
+    pub n: usize,
+    /// JSON field holding the client IP.
+    #[arg(long, env = "IPSTATS_IP_FIELD", default_value = "client_real_ip")]
+    pub ip_field: String,
+    /// Lines longer than this are skipped as `too_large`.
+    #[arg(long, env = "IPSTATS_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
+    pub max_line_bytes: usize,
+}
+
 /// A setting that breaks a rule.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {setting}: {rule}")]
@@ -300,17 +306,6 @@ impl Settings {
     /// Batches between checkpoints.
     pub fn checkpoint_batches(&self) -> u64 {
         (self.checkpoint_interval.as_nanos() / self.batch.as_nanos()) as u64
-    }
-
-    /// The settings that shape state, as checkpoints record them.
-    pub fn shape(&self) -> crate::checkpoint::Shape {
-        crate::checkpoint::Shape {
-            topics: self.topics.clone(),
-            ip_field: self.ip_field.clone(),
-            batch_ms: self.batch.as_millis() as u64,
-            window_ms: self.window.as_millis() as u64,
-            slide_ms: self.slide.as_millis() as u64,
-        }
     }
 }
 

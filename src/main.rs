@@ -57,9 +57,9 @@ fn main() -> ExitCode {
                     on_signal.set();
                 }
             });
-            ipstats::produce::run(args, stop).await.map(drop)
+            ipstats::tools::produce::run(args, stop).await.map(drop)
         }),
-        Some(Command::Count(args)) => ipstats::count::run(args),
+        Some(Command::Count(args)) => ipstats::tools::count_file::run(args),
         command => {
             let settings = match command {
                 Some(Command::Serve(args)) => Settings::try_from(args),

@@ -1,195 +1,154 @@
-//! The service's own Prometheus registry. Labels have bounded cardinality:
-//! topic, partition and reason — never an IP.
+//! The service's own Prometheus registry. Each metric is declared once, in
+//! the table below: field, type, name, help and labels (or buckets). Labels
+//! have bounded cardinality — topic, partition, reason, store — never an IP.
+//! The registry stays private: callers update the handles and [`Metrics::render`].
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::offsets::ResetReason;
-use crate::parse::SkipReason;
+use crate::vocab::{ResetReason, SkipReason};
 
-#[derive(Clone)]
-pub struct Metrics {
-    pub registry: Registry,
-    pub records_consumed: IntCounterVec,
-    pub records_skipped: IntCounterVec,
-    pub batches: IntCounter,
-    pub batch_duration: Histogram,
-    pub window_requests: IntGauge,
-    pub window_distinct_ips: IntGauge,
-    pub partition_lag: IntGaugeVec,
-    pub consumergroup_lag: IntGaugeVec,
-    pub kafka_errors: IntCounter,
-    pub offset_commits: IntCounterVec,
-    pub offset_resets: IntCounterVec,
-    pub records_lost: IntCounterVec,
-    pub partition_lag_seconds: GaugeVec,
-    pub checkpoints: IntCounter,
-    pub checkpoint_duration: Histogram,
-    pub checkpoint_bytes: IntGauge,
-    pub checkpoint_age: Gauge,
-    pub checkpoint_failures: IntCounterVec,
+/// What the table says about one metric.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+}
+
+/// A metric type the table can declare.
+trait Declare: Collector + Clone + Sized + 'static {
+    fn declare(spec: &Spec) -> prometheus::Result<Self>;
+}
+
+macro_rules! declare_plain {
+    ($($kind:ty),*) => {$(
+        impl Declare for $kind {
+            fn declare(spec: &Spec) -> prometheus::Result<Self> {
+                <$kind>::with_opts(Opts::new(spec.name, spec.help))
+            }
+        }
+    )*};
+}
+macro_rules! declare_labelled {
+    ($($kind:ty),*) => {$(
+        impl Declare for $kind {
+            fn declare(spec: &Spec) -> prometheus::Result<Self> {
+                <$kind>::new(Opts::new(spec.name, spec.help), spec.labels)
+            }
+        }
+    )*};
+}
+declare_plain!(IntCounter, IntGauge, Gauge);
+declare_labelled!(IntCounterVec, IntGaugeVec, GaugeVec);
+
+impl Declare for Histogram {
+    fn declare(spec: &Spec) -> prometheus::Result<Self> {
+        Histogram::with_opts(
+            HistogramOpts::new(spec.name, spec.help).buckets(spec.buckets.to_vec()),
+        )
+    }
+}
+
+/// Declares the metrics: the struct of handles and its constructor, which
+/// registers every one of them.
+macro_rules! metrics {
+    ($(
+        $(#[$doc:meta])*
+        $field:ident: $kind:ty = $name:literal, $help:literal
+            $(, labels [$($label:literal),* $(,)?])?
+            $(, buckets [$($bucket:literal),* $(,)?])?;
+    )*) => {
+        #[derive(Clone)]
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$doc])* pub $field: $kind,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> prometheus::Result<Self> {
+                let registry = Registry::new();
+                $(
+                    let $field = <$kind as Declare>::declare(&Spec {
+                        name: $name,
+                        help: $help,
+                        labels: &[$($($label),*)?],
+                        buckets: &[$($($bucket),*)?],
+                    })?;
+                    registry.register(Box::new($field.clone()))?;
+                )*
+                let metrics = Metrics { registry, $($field,)* };
+                metrics.start()?;
+                Ok(metrics)
+            }
+        }
+    };
+}
+
+metrics! {
+    records_consumed: IntCounterVec = "ipstats_records_consumed_total",
+        "Records read from Kafka, counted or skipped.", labels ["topic", "partition"];
+    records_skipped: IntCounterVec = "ipstats_records_skipped_total",
+        "Records not counted, by reason.", labels ["reason"];
+    batches: IntCounter = "ipstats_batches_total", "Batches (panes) closed.";
+    batch_duration: Histogram = "ipstats_batch_duration_seconds",
+        "Time the consumer thread spent on one batch: polling, handing records to the counting thread and closing the pane, waiting excluded.",
+        buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    window_requests: IntGauge = "ipstats_window_requests",
+        "Requests counted in the current window.";
+    window_distinct_ips: IntGauge = "ipstats_window_distinct_ips",
+        "Distinct client IPs in the current window.";
+    partition_lag: IntGaugeVec = "ipstats_partition_lag",
+        "Records in the partition not yet counted (log end minus next offset).",
+        labels ["topic", "partition"];
+    consumergroup_lag: IntGaugeVec = "kafka_consumergroup_lag",
+        "Consumer group lag in records, as kafka_exporter names it.",
+        labels ["consumergroup", "topic", "partition"];
+    kafka_errors: IntCounter = "ipstats_kafka_errors_total",
+        "Errors reported by the Kafka client (broker down, fetch failures, ...).";
+    offset_commits: IntCounterVec = "ipstats_offset_commits_total",
+        "Offset commits by store (zookeeper, kafka) and result (ok, error, conflict).",
+        labels ["store", "result"];
+    offset_resets: IntCounterVec = "ipstats_offset_resets_total",
+        "Partitions (re)started away from their stored offset, by reason (missing, expired, ahead).",
+        labels ["reason"];
+    records_lost: IntCounterVec = "ipstats_records_lost_total",
+        "Records deleted by retention before they could be counted.",
+        labels ["topic", "partition"];
+    partition_lag_seconds: GaugeVec = "ipstats_partition_lag_seconds",
+        "Timestamp of the newest record in the partition minus that of the last counted record.",
+        labels ["topic", "partition"];
+    checkpoints: IntCounter = "ipstats_checkpoints_total",
+        "Checkpoints written (panes, offsets and settings, durable together).";
+    checkpoint_duration: Histogram = "ipstats_checkpoint_duration_seconds",
+        "Time to write one checkpoint, fsyncs included.",
+        buckets [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    checkpoint_bytes: IntGauge = "ipstats_checkpoint_bytes",
+        "Bytes written by the last checkpoint (new panes and the manifest).";
+    checkpoint_age: Gauge = "ipstats_checkpoint_age_seconds",
+        "Seconds since the last successful checkpoint (-1 before the first).";
+    checkpoint_failures: IntCounterVec = "ipstats_checkpoint_failures_total",
+        "Failed checkpoint writes, by reason (no_space, permission, read_only, io, invalid).",
+        labels ["reason"];
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let records_consumed = IntCounterVec::new(
-            Opts::new(
-                "ipstats_records_consumed_total",
-                "Records read from Kafka, counted or skipped.",
-            ),
-            &["topic", "partition"],
-        )?;
-        let records_skipped = IntCounterVec::new(
-            Opts::new(
-                "ipstats_records_skipped_total",
-                "Records not counted, by reason.",
-            ),
-            &["reason"],
-        )?;
-        let batches = IntCounter::new("ipstats_batches_total", "Batches (panes) closed.")?;
-        let batch_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "ipstats_batch_duration_seconds",
-                "Time the consumer thread spent on one batch: polling, handing records to the counting thread and closing the pane, waiting excluded.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )?;
-        let window_requests = IntGauge::new(
-            "ipstats_window_requests",
-            "Requests counted in the current window.",
-        )?;
-        let window_distinct_ips = IntGauge::new(
-            "ipstats_window_distinct_ips",
-            "Distinct client IPs in the current window.",
-        )?;
-        let partition_lag = IntGaugeVec::new(
-            Opts::new(
-                "ipstats_partition_lag",
-                "Records in the partition not yet counted (log end minus next offset).",
-            ),
-            &["topic", "partition"],
-        )?;
-        let consumergroup_lag = IntGaugeVec::new(
-            Opts::new(
-                "kafka_consumergroup_lag",
-                "Consumer group lag in records, as kafka_exporter names it.",
-            ),
-            &["consumergroup", "topic", "partition"],
-        )?;
-        let kafka_errors = IntCounter::new(
-            "ipstats_kafka_errors_total",
-            "Errors reported by the Kafka client (broker down, fetch failures, ...).",
-        )?;
-        let offset_commits = IntCounterVec::new(
-            Opts::new(
-                "ipstats_offset_commits_total",
-                "Offset commits by store (zookeeper, kafka) and result (ok, error, conflict).",
-            ),
-            &["store", "result"],
-        )?;
-        let offset_resets = IntCounterVec::new(
-            Opts::new(
-                "ipstats_offset_resets_total",
-                "Partitions (re)started away from their stored offset, by reason (missing, expired, ahead).",
-            ),
-            &["reason"],
-        )?;
-        let records_lost = IntCounterVec::new(
-            Opts::new(
-                "ipstats_records_lost_total",
-                "Records deleted by retention before they could be counted.",
-            ),
-            &["topic", "partition"],
-        )?;
-        let partition_lag_seconds = GaugeVec::new(
-            Opts::new(
-                "ipstats_partition_lag_seconds",
-                "Timestamp of the newest record in the partition minus that of the last counted record.",
-            ),
-            &["topic", "partition"],
-        )?;
-        let checkpoints = IntCounter::new(
-            "ipstats_checkpoints_total",
-            "Checkpoints written (panes, offsets and settings, durable together).",
-        )?;
-        let checkpoint_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "ipstats_checkpoint_duration_seconds",
-                "Time to write one checkpoint, fsyncs included.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )?;
-        let checkpoint_bytes = IntGauge::new(
-            "ipstats_checkpoint_bytes",
-            "Bytes written by the last checkpoint (new panes and the manifest).",
-        )?;
-        let checkpoint_age = Gauge::new(
-            "ipstats_checkpoint_age_seconds",
-            "Seconds since the last successful checkpoint (-1 before the first).",
-        )?;
-        let checkpoint_failures = IntCounterVec::new(
-            Opts::new(
-                "ipstats_checkpoint_failures_total",
-                "Failed checkpoint writes, by reason (no_space, permission, read_only, io, invalid).",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(checkpoints.clone()))?;
-        registry.register(Box::new(checkpoint_duration.clone()))?;
-        registry.register(Box::new(checkpoint_bytes.clone()))?;
-        registry.register(Box::new(checkpoint_age.clone()))?;
-        registry.register(Box::new(checkpoint_failures.clone()))?;
-        registry.register(Box::new(offset_commits.clone()))?;
-        registry.register(Box::new(offset_resets.clone()))?;
-        registry.register(Box::new(records_lost.clone()))?;
-        registry.register(Box::new(partition_lag_seconds.clone()))?;
-        registry.register(Box::new(records_consumed.clone()))?;
-        registry.register(Box::new(records_skipped.clone()))?;
-        registry.register(Box::new(batches.clone()))?;
-        registry.register(Box::new(batch_duration.clone()))?;
-        registry.register(Box::new(window_requests.clone()))?;
-        registry.register(Box::new(window_distinct_ips.clone()))?;
-        registry.register(Box::new(partition_lag.clone()))?;
-        registry.register(Box::new(consumergroup_lag.clone()))?;
-        registry.register(Box::new(kafka_errors.clone()))?;
-        registry.register(Box::new(
+    /// What the table cannot say: the process collector, and the label
+    /// values that are visible from the start, at zero.
+    fn start(&self) -> prometheus::Result<()> {
+        self.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        // Every reason is visible from the start, at zero.
         for reason in SkipReason::ALL {
-            records_skipped.with_label_values(&[reason.as_str()]);
+            self.records_skipped.with_label_values(&[reason.as_str()]);
         }
         for reason in ResetReason::ALL {
-            offset_resets.with_label_values(&[reason.as_str()]);
+            self.offset_resets.with_label_values(&[reason.as_str()]);
         }
-        Ok(Metrics {
-            registry,
-            records_consumed,
-            records_skipped,
-            batches,
-            batch_duration,
-            window_requests,
-            window_distinct_ips,
-            partition_lag,
-            consumergroup_lag,
-            kafka_errors,
-            offset_commits,
-            offset_resets,
-            records_lost,
-            partition_lag_seconds,
-            checkpoints,
-            checkpoint_duration,
-            checkpoint_bytes,
-            checkpoint_age,
-            checkpoint_failures,
-        })
+        Ok(())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -198,5 +157,38 @@ impl Metrics {
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_declared_metric_is_registered_with_its_help() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.batches.inc();
+        metrics.batch_duration.observe(0.002);
+        metrics
+            .records_consumed
+            .with_label_values(&["t", "0"])
+            .inc_by(3);
+        metrics
+            .consumergroup_lag
+            .with_label_values(&["g", "t", "0"])
+            .set(5);
+        let text = metrics.render();
+        for line in [
+            "# HELP ipstats_batches_total Batches (panes) closed.",
+            "ipstats_batches_total 1",
+            "ipstats_batch_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "ipstats_records_consumed_total{partition=\"0\",topic=\"t\"} 3",
+            "ipstats_records_skipped_total{reason=\"not_json\"} 0",
+            "ipstats_offset_resets_total{reason=\"expired\"} 0",
+            "# TYPE kafka_consumergroup_lag gauge",
+            "kafka_consumergroup_lag{consumergroup=\"g\",partition=\"0\",topic=\"t\"} 5",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Truth, get_json, settings, skipped_counts, wait_for, window_counts};
 use ipstats::app::App;
-use ipstats::traffic::{Traffic, TrafficConfig};
+use ipstats::tools::traffic::{Traffic, TrafficConfig};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

@@ -318,12 +318,13 @@ fn partitions_added_while_running_are_consumed_from_their_start() {
         "--partitions",
         "4",
     ]);
-    let mut traffic = ipstats::traffic::Traffic::new(&ipstats::traffic::TrafficConfig {
-        ips: 50,
-        zipf: 1.0,
-        seed: 62,
-        malformed_ratio: 0.0,
-    });
+    let mut traffic =
+        ipstats::tools::traffic::Traffic::new(&ipstats::tools::traffic::TrafficConfig {
+            ips: 50,
+            zipf: 1.0,
+            seed: 62,
+            malformed_ratio: 0.0,
+        });
     let mut more = Vec::new();
     for partition in [2, 3] {
         let lines: Vec<Vec<u8>> = (0..300)

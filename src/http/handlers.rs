@@ -9,60 +9,22 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
 use super::problem::Problem;
+use super::views::{
+    IpView, OffsetsView, PaneCount, PartitionView, ResetView, TopView, WindowView, rfc3339,
+};
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
-use crate::parse::{SkipReason, parse_ip};
-use crate::snapshot::Snapshot;
+use crate::pipeline::snapshot::Snapshot;
+use crate::vocab::{SkipReason, parse_ip};
 
 const DEFAULT_TOP_N: usize = 10;
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-#[derive(Serialize)]
-pub struct WindowView {
-    start: String,
-    end: String,
-    length_seconds: f64,
-    slide_seconds: f64,
-}
-
-impl WindowView {
-    fn of(s: &Snapshot) -> Self {
-        WindowView {
-            start: rfc3339(s.window_start),
-            end: rfc3339(s.window_end),
-            length_seconds: seconds(s.window_length),
-            slide_seconds: seconds(s.slide),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct IpCount {
-    ip: String,
-    count: u64,
-}
-
-#[derive(Serialize)]
-pub struct TopView {
-    window: WindowView,
-    total_requests: u64,
-    distinct_ips: usize,
-    top: Vec<IpCount>,
-}
 
 #[derive(Deserialize)]
 pub struct TopQuery {
@@ -84,23 +46,6 @@ fn parse_n(text: Option<&str>) -> Result<usize, Problem> {
     }
 }
 
-fn top_view(snapshot: &Snapshot, n: usize) -> TopView {
-    TopView {
-        window: WindowView::of(snapshot),
-        total_requests: snapshot.total_requests,
-        distinct_ips: snapshot.distinct_ips,
-        top: snapshot
-            .top
-            .first(n)
-            .iter()
-            .map(|(ip, count)| IpCount {
-                ip: ip.to_string(),
-                count: *count,
-            })
-            .collect(),
-    }
-}
-
 pub async fn top(
     State(state): State<AppState>,
     query: Result<Query<TopQuery>, QueryRejection>,
@@ -110,7 +55,7 @@ pub async fn top(
     let snapshot = state.published.load();
     // Dashboards and scrapers ask the same question many times per slide.
     let body = snapshot.rendered_top.get_or_render(n, || {
-        serde_json::to_vec(&top_view(&snapshot, n))
+        serde_json::to_vec(&TopView::of(&snapshot, n))
             .unwrap_or_default()
             .into()
     });
@@ -118,21 +63,6 @@ pub async fn top(
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-#[derive(Serialize)]
-pub struct PaneCount {
-    start: String,
-    end: String,
-    count: u32,
-}
-
-#[derive(Serialize)]
-pub struct IpView {
-    ip: String,
-    count: u64,
-    window: WindowView,
-    panes: Vec<PaneCount>,
-}
 
 pub async fn ip(
     State(state): State<AppState>,
@@ -156,38 +86,6 @@ pub async fn ip(
             })
             .collect(),
     }))
-}
-
-#[derive(Serialize)]
-pub struct ResetView {
-    reason: &'static str,
-    stored_offset: Option<i64>,
-    reset_to: i64,
-    log_start: i64,
-    log_end: i64,
-    records_lost: i64,
-    at: String,
-}
-
-#[derive(Serialize)]
-pub struct PartitionView {
-    topic: String,
-    partition: i32,
-    from_offset: i64,
-    until_offset: i64,
-    committed_zookeeper: Option<i64>,
-    committed_kafka: Option<i64>,
-    log_start: Option<i64>,
-    log_end: Option<i64>,
-    lag: Option<i64>,
-    lag_seconds: Option<f64>,
-    last_reset: Option<ResetView>,
-}
-
-#[derive(Serialize)]
-pub struct OffsetsView {
-    group: String,
-    partitions: Vec<PartitionView>,
 }
 
 fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
@@ -240,7 +138,12 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
     let ingest = &snapshot.ingest;
     let skipped: serde_json::Map<String, Value> = SkipReason::ALL
         .iter()
-        .map(|r| (r.as_str().to_string(), json!(ingest.skipped.get(*r))))
+        .map(|r| {
+            (
+                r.as_str().to_string(),
+                json!(ingest.counters.skipped.get(*r)),
+            )
+        })
         .collect();
     let now = SystemTime::now();
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
@@ -255,9 +158,9 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "topics": state.info.topics,
         "window": WindowView::of(snapshot),
         "snapshot_age_seconds": age(snapshot.taken_at),
-        "batches": ingest.batches,
-        "records_consumed": ingest.records_consumed,
-        "records_counted": ingest.records_counted,
+        "batches": ingest.counters.batches,
+        "records_consumed": ingest.counters.records_consumed,
+        "records_counted": ingest.counters.records_counted,
         "records_per_second": ingest.records_per_second,
         "skipped": skipped,
         "checkpoint": {
@@ -303,7 +206,7 @@ fn event_view(state: &AppState, snapshot: &Snapshot, n: usize) -> Value {
         })
         .collect();
     json!({
-        "top": top_view(snapshot, n),
+        "top": TopView::of(snapshot, n),
         "offsets": offsets_view(state, snapshot),
         "status": status_view(state, snapshot),
         "history": history,

@@ -1,10 +1,12 @@
 //! The HTTP API, metrics endpoint and dashboard.
 //!
-//! Handlers only read: the published snapshot (lock-free), health atomics and
-//! the metrics registry. Nothing here can slow ingest down.
+//! Handlers read the published snapshot (lock-free), health atomics and the
+//! committed-offset status; the one thing they write is the checkpoint-age
+//! gauge, set when `/metrics` is scraped. Nothing here can slow ingest down.
 
 mod handlers;
 mod problem;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,11 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use problem::Problem;
 
+use crate::checkpoint;
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
-use crate::snapshot::{Health, Published};
+use crate::pipeline::snapshot::Published;
+use crate::vocab::Health;
 
 /// The OpenAPI description, served at `/openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
@@ -50,7 +54,7 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub committed: Arc<Committed>,
-    pub checkpoint: Arc<crate::checkpoint::Status>,
+    pub checkpoint: Arc<checkpoint::Status>,
     pub info: Arc<ServiceInfo>,
 }
 

@@ -11,9 +11,9 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::*;
-use crate::parse::{IpKey, SkipCounts, parse_ip};
-use crate::snapshot::{IngestStatus, PartitionStatus, Snapshot};
-use crate::window::{IpMap, Pane, TopList};
+use crate::pipeline::snapshot::{IngestStatus, PartitionStatus, Published, Snapshot};
+use crate::pipeline::window::{IpMap, Pane, TopList};
+use crate::vocab::{IpKey, SkipCounts, parse_ip};
 
 fn ip(text: &str) -> IpKey {
     parse_ip(text).expect("test address")
@@ -74,17 +74,17 @@ fn state(ready: bool) -> AppState {
         health.set_ready();
     }
     AppState {
-        published: crate::snapshot::Published::new(snapshot),
+        published: Published::new(snapshot),
         health,
         metrics: Metrics::new().expect("metrics"),
         committed: {
-            let committed = Committed::new(true, true);
+            let committed = Committed::new(true);
             committed
                 .zookeeper
                 .record([(Arc::from("access-log"), 0, 105)], true);
             Arc::new(committed)
         },
-        checkpoint: Arc::new(crate::checkpoint::Status::default()),
+        checkpoint: Arc::new(checkpoint::Status::default()),
         info: Arc::new(ServiceInfo {
             checkpoint_dir: "/var/lib/ipstats".into(),
             group: "g1".into(),

@@ -2,11 +2,13 @@
 //! Written by the committer tasks, read lock-free by HTTP.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
+
+use crate::vocab::{LastError, Stamp};
 
 /// `(topic, partition)` → committed next offset.
 pub type OffsetMap = FxHashMap<(Arc<str>, i32), i64>;
@@ -46,8 +48,8 @@ impl StoreState {
 pub struct StoreStatus {
     offsets: ArcSwap<OffsetMap>,
     state: AtomicU8,
-    last_error: ArcSwap<Option<String>>,
-    last_commit_ms: AtomicU64,
+    last_error: LastError,
+    last_commit: Stamp,
 }
 
 impl StoreStatus {
@@ -55,8 +57,8 @@ impl StoreStatus {
         StoreStatus {
             offsets: ArcSwap::from_pointee(OffsetMap::default()),
             state: AtomicU8::new(state as u8),
-            last_error: ArcSwap::from_pointee(None),
-            last_commit_ms: AtomicU64::new(0),
+            last_error: LastError::default(),
+            last_commit: Stamp::default(),
         }
     }
 
@@ -70,11 +72,11 @@ impl StoreStatus {
 
     pub fn failed(&self, error: String) {
         self.set_state(StoreState::Disconnected);
-        self.last_error.store(Arc::new(Some(error)));
+        self.last_error.set(error);
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.load().as_ref().clone()
+        self.last_error.get()
     }
 
     /// Records offsets as committed (or read back at start-up).
@@ -85,11 +87,7 @@ impl StoreStatus {
         }
         self.offsets.store(Arc::new(map));
         if commit {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            self.last_commit_ms
-                .store(now.as_millis() as u64, Ordering::Release);
+            self.last_commit.touch();
             self.set_state(StoreState::Connected);
         }
     }
@@ -103,16 +101,12 @@ impl StoreStatus {
 
     /// Time since the last successful commit.
     pub fn commit_age(&self) -> Option<Duration> {
-        match self.last_commit_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => SystemTime::now()
-                .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
-                .ok()
-                .or(Some(Duration::ZERO)),
-        }
+        self.last_commit.age()
     }
 }
 
+/// Both stores. The Kafka group is always committed to; ZooKeeper only
+/// with `--zookeeper`.
 #[derive(Debug)]
 pub struct Committed {
     pub zookeeper: StoreStatus,
@@ -120,17 +114,14 @@ pub struct Committed {
 }
 
 impl Committed {
-    pub fn new(zookeeper_enabled: bool, kafka_enabled: bool) -> Self {
-        let initial = |on| {
-            if on {
+    pub fn new(zookeeper_enabled: bool) -> Self {
+        Committed {
+            zookeeper: StoreStatus::new(if zookeeper_enabled {
                 StoreState::Connecting
             } else {
                 StoreState::Disabled
-            }
-        };
-        Committed {
-            zookeeper: StoreStatus::new(initial(zookeeper_enabled)),
-            kafka: StoreStatus::new(initial(kafka_enabled)),
+            }),
+            kafka: StoreStatus::new(StoreState::Connecting),
         }
     }
 }

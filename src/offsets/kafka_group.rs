@@ -11,8 +11,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::commit::{Attempt, CommitRequest, CommitTarget, commit_loop};
 use super::committed::Committed;
-use super::{Attempt, CommitRequest};
 use crate::kafka::KafkaConsumer;
 use crate::metrics::Metrics;
 
@@ -47,7 +47,7 @@ pub fn read_committed(
 
 struct GroupTarget(Arc<KafkaConsumer>);
 
-impl super::CommitTarget for GroupTarget {
+impl CommitTarget for GroupTarget {
     async fn attempt(&mut self, request: &CommitRequest, _stopping: bool) -> Attempt {
         let (consumer, offsets) = (self.0.clone(), request.offsets.clone());
         let result = tokio::task::spawn_blocking(move || {
@@ -65,7 +65,7 @@ impl super::CommitTarget for GroupTarget {
     }
 }
 
-/// Commits every published request to the group (see [`super::commit_loop`]).
+/// Commits every published request to the group (see [`commit_loop`]).
 pub async fn run_committer(
     consumer: Arc<KafkaConsumer>,
     requests: watch::Receiver<Arc<CommitRequest>>,
@@ -74,7 +74,7 @@ pub async fn run_committer(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut target = GroupTarget(consumer);
-    super::commit_loop(
+    commit_loop(
         "kafka",
         requests,
         &committed.kafka,

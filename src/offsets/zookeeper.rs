@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zookeeper_client as zk;
 
+use super::commit::{Attempt, CommitRequest, CommitTarget, commit_loop};
 use super::committed::{StoreState, StoreStatus};
-use super::{Attempt, CommitRequest};
 use crate::config::ZkConnect;
 use crate::metrics::Metrics;
 
@@ -388,7 +388,7 @@ struct ZkTarget<'a> {
     cancel: &'a CancellationToken,
 }
 
-impl super::CommitTarget for ZkTarget<'_> {
+impl CommitTarget for ZkTarget<'_> {
     async fn attempt(&mut self, request: &CommitRequest, stopping: bool) -> Attempt {
         if self.store.is_none() {
             self.store = if stopping {
@@ -424,7 +424,7 @@ impl super::CommitTarget for ZkTarget<'_> {
     }
 }
 
-/// Commits every published request to ZooKeeper (see [`super::commit_loop`]),
+/// Commits every published request to ZooKeeper (see [`commit_loop`]),
 /// reconnecting after session loss; ownership taken by another instance in
 /// the meantime stops the service.
 pub async fn run_committer(
@@ -442,7 +442,7 @@ pub async fn run_committer(
         status,
         cancel: &cancel,
     };
-    super::commit_loop(
+    commit_loop(
         "zookeeper",
         requests,
         status,

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ipstats::config::{Cli, Command, Settings};
-use ipstats::parse::{SkipReason, parse_reference};
+use ipstats::pipeline::parse::parse_reference;
+use ipstats::vocab::SkipReason;
 use serde_json::Value;
 
 /// `GET path` → (status, body). HTTP/1.1 with `Connection: close`.

@@ -17,9 +17,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::info;
 
+use super::traffic::{LineKind, Traffic, TrafficConfig};
 use crate::config::{ProduceArgs, parse_brokers, parse_kafka_config};
 use crate::stop::Stop;
-use crate::traffic::{LineKind, Traffic, TrafficConfig};
 
 /// Counts delivery reports, so the summary tells what the broker acknowledged.
 #[derive(Default)]

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 
-use crate::produce::{CountingContext, DeliveryCounter, LineProducer, producer_config, send_lines};
+use super::produce::{CountingContext, DeliveryCounter, LineProducer, producer_config, send_lines};
+use super::traffic::{Traffic, TrafficConfig};
 use crate::stop::Stop;
-use crate::traffic::{Traffic, TrafficConfig};
 
 /// Partitions of each demo topic.
 pub const DEMO_PARTITIONS: i32 = 3;

@@ -241,7 +241,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::{IpKey, Parser};
+    use crate::pipeline::parse::Parser;
+    use crate::vocab::IpKey;
     use std::time::Duration;
 
     #[test]

@@ -9,197 +9,13 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
-use std::ops::AddAssign;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use crate::parse::{IpKey, Parser, SkipCounts};
-
-/// Per-IP counters. IPv4 addresses (nearly all of them, in practice) are
-/// keyed by their 4 bytes and IPv6 by 16 in a map of their own, so that an
-/// IPv4 entry with a `u32` count takes 8 bytes instead of 32.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IpMap<V> {
-    v4: FxHashMap<u32, V>,
-    v6: FxHashMap<u128, V>,
-}
-
-impl<V: Copy + Default + AddAssign> IpMap<V> {
-    /// Room for `n` IPv4 addresses without rehashing.
-    pub fn with_capacity(n: usize) -> Self {
-        IpMap {
-            v4: FxHashMap::with_capacity_and_hasher(n, Default::default()),
-            v6: FxHashMap::default(),
-        }
-    }
-
-    /// Adds `n` to the IP's count.
-    #[inline]
-    pub fn add(&mut self, ip: IpKey, n: V) {
-        match ip.v4_bits() {
-            Some(v4) => *self.v4.entry(v4).or_default() += n,
-            None => *self.v6.entry(ip.to_bits()).or_default() += n,
-        }
-    }
-
-    /// Sets the IP's count; returns the previous one.
-    pub fn insert(&mut self, ip: IpKey, n: V) -> Option<V> {
-        match ip.v4_bits() {
-            Some(v4) => self.v4.insert(v4, n),
-            None => self.v6.insert(ip.to_bits(), n),
-        }
-    }
-
-    pub fn get(&self, ip: IpKey) -> Option<V> {
-        match ip.v4_bits() {
-            Some(v4) => self.v4.get(&v4).copied(),
-            None => self.v6.get(&ip.to_bits()).copied(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Entries the maps hold without growing.
-    pub fn capacity(&self) -> usize {
-        self.v4.capacity() + self.v6.capacity()
-    }
-
-    /// Empties the maps, keeping their memory for reuse.
-    pub fn clear(&mut self) {
-        self.v4.clear();
-        self.v6.clear();
-    }
-
-    /// Gives back what a burst of addresses left unused.
-    pub fn shrink_to_fit(&mut self) {
-        self.v4.shrink_to_fit();
-        self.v6.shrink_to_fit();
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (IpKey, V)> + '_ {
-        let v4 = self.v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n));
-        let v6 = self.v6.iter().map(|(&a, &n)| (IpKey::from_bits(a), n));
-        v4.chain(v6)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
-        self.v4.values().chain(self.v6.values()).copied()
-    }
-}
-
-/// Lines parsed into per-IP counts and skip reasons: an open pane, or the
-/// whole input of `ipstats count`.
-#[derive(Debug, Default)]
-pub struct Tally<V> {
-    pub counts: IpMap<V>,
-    /// Lines counted (parsed to an IP).
-    pub requests: u64,
-    pub skipped: SkipCounts,
-}
-
-impl<V: Copy + Default + AddAssign + From<u8>> Tally<V> {
-    /// Parses one line and counts it, or the reason it is skipped.
-    #[inline]
-    pub fn line(&mut self, parser: &mut Parser, line: &[u8]) {
-        match parser.parse(line) {
-            Ok(ip) => {
-                self.counts.add(ip, V::from(1));
-                self.requests += 1;
-            }
-            Err(reason) => self.skipped.add(reason),
-        }
-    }
-}
-
-/// A closed pane's counts, sorted by address: an IPv4 entry takes 8 bytes,
-/// and a lookup is a binary search. Built once when the pane closes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SortedCounts {
-    v4: Box<[(u32, u32)]>,
-    /// Addresses and counts apart: 20 bytes an entry instead of a padded 32.
-    v6: Box<[u128]>,
-    v6_counts: Box<[u32]>,
-}
-
-impl SortedCounts {
-    /// The counts of `(address, count)` pairs; `None` if an address repeats.
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (IpKey, u32)>) -> Option<Self> {
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for (ip, n) in pairs {
-            match ip.v4_bits() {
-                Some(a) => v4.push((a, n)),
-                None => v6.push((ip.to_bits(), n)),
-            }
-        }
-        let counts = SortedCounts::sorted(v4, v6);
-        let repeats = counts.v4.windows(2).any(|w| w[0].0 == w[1].0)
-            || counts.v6.windows(2).any(|w| w[0] == w[1]);
-        (!repeats).then_some(counts)
-    }
-
-    fn sorted(mut v4: Vec<(u32, u32)>, mut v6: Vec<(u128, u32)>) -> Self {
-        v4.sort_unstable_by_key(|e| e.0);
-        v6.sort_unstable_by_key(|e| e.0);
-        SortedCounts {
-            v4: v4.into_boxed_slice(),
-            v6: v6.iter().map(|e| e.0).collect(),
-            v6_counts: v6.iter().map(|e| e.1).collect(),
-        }
-    }
-
-    pub fn get(&self, ip: IpKey) -> Option<u32> {
-        match ip.v4_bits() {
-            Some(a) => self
-                .v4
-                .binary_search_by_key(&a, |e| e.0)
-                .ok()
-                .map(|i| self.v4[i].1),
-            None => self
-                .v6
-                .binary_search(&ip.to_bits())
-                .ok()
-                .map(|i| self.v6_counts[i]),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// In address order, IPv4 first.
-    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + '_ {
-        let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
-        let v6 = self.v6.iter().zip(self.v6_counts.iter());
-        v4.chain(v6.map(|(&a, &n)| (IpKey::from_bits(a), n)))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
-        self.v4
-            .iter()
-            .map(|e| e.1)
-            .chain(self.v6_counts.iter().copied())
-    }
-}
-
-impl From<&IpMap<u32>> for SortedCounts {
-    fn from(map: &IpMap<u32>) -> Self {
-        let v4 = map.v4.iter().map(|(&a, &n)| (a, n)).collect();
-        let v6 = map.v6.iter().map(|(&a, &n)| (a, n)).collect();
-        SortedCounts::sorted(v4, v6)
-    }
-}
+pub use super::counts::{IpMap, SortedCounts};
+use crate::vocab::{IpKey, SkipCounts};
 
 /// The offsets one pane covered in one partition: `[from, until)`, as Spark's `OffsetRange`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,6 +169,7 @@ impl Totals {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, ip: IpKey) -> u64 {
         match self.big.get(&ip) {
             Some(&n) => n,
@@ -478,6 +295,42 @@ impl Window {
         Some(evicted)
     }
 
+    /// Continues from a checkpoint's panes (the newest that fit). Batches
+    /// missed while ipstats was down, up to `now`, become empty panes, so
+    /// that the window still spans wall-clock time. Returns the number of the
+    /// next pane.
+    pub fn restore(
+        &mut self,
+        panes: Vec<Arc<Pane>>,
+        mut next_seq: u64,
+        batch: Duration,
+        now: SystemTime,
+    ) -> u64 {
+        let skip = panes.len().saturating_sub(self.capacity);
+        for pane in panes.into_iter().skip(skip) {
+            self.push(pane);
+        }
+        let Some(mut end) = self.panes.back().map(|p| p.end) else {
+            return next_seq;
+        };
+        let mut missed = 0;
+        while missed < self.capacity && end + batch <= now {
+            self.push(Arc::new(Pane {
+                seq: next_seq,
+                start: end,
+                end: end + batch,
+                counts: SortedCounts::default(),
+                requests: 0,
+                skipped: SkipCounts::default(),
+                ranges: Vec::new(),
+            }));
+            next_seq += 1;
+            end += batch;
+            missed += 1;
+        }
+        next_seq
+    }
+
     pub fn requests(&self) -> u64 {
         self.requests
     }
@@ -486,6 +339,8 @@ impl Window {
         self.totals.len()
     }
 
+    /// One IP's window total (tests: HTTP answers from the panes).
+    #[cfg(test)]
     pub fn count(&self, ip: IpKey) -> u64 {
         self.totals.get(ip)
     }
@@ -495,6 +350,7 @@ impl Window {
     }
 
     /// The `k` most frequent IPs: count descending, then IP ascending.
+    #[cfg(test)]
     pub fn top(&mut self, k: usize) -> Vec<(IpKey, u64)> {
         self.top_list(k, k).entries
     }
@@ -541,7 +397,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::parse_ip;
+    use crate::vocab::parse_ip;
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -576,6 +432,42 @@ mod tests {
         assert_eq!(evicted.seq, 0);
         assert_eq!((w.requests(), w.distinct_ips()), (2, 2));
         assert_eq!(w.count(parse_ip("10.0.0.1").expect("ip")), 0);
+    }
+
+    #[test]
+    fn a_restored_window_fills_the_batches_missed_while_down_with_empty_panes() {
+        let second = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let restored: Vec<Arc<Pane>> = (0..4u64)
+            .map(|seq| {
+                let mut p = Pane::clone(&pane(seq, &[1, 2]));
+                (p.start, p.end) = (second(seq), second(seq + 1));
+                Arc::new(p)
+            })
+            .collect();
+        // Three panes fit; down from second 4 to 6.5: two batches missed.
+        let mut w = Window::new(3);
+        let next = w.restore(
+            restored,
+            4,
+            Duration::from_secs(1),
+            second(6) + Duration::from_millis(500),
+        );
+        assert_eq!(next, 6);
+        let seqs: Vec<u64> = w.panes().map(|p| p.seq).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(
+            (w.requests(), w.panes().last().map(|p| p.end)),
+            (2, Some(second(6)))
+        );
+        // Down longer than the window: never more empty panes than it holds.
+        let mut w = Window::new(3);
+        let next = w.restore(vec![pane(0, &[1])], 1, Duration::from_secs(1), second(3600));
+        assert_eq!((next, w.requests(), w.panes().len()), (4, 0, 3));
+        // Nothing restored: nothing to fill.
+        assert_eq!(
+            Window::new(3).restore(Vec::new(), 9, Duration::from_secs(1), second(99)),
+            9
+        );
     }
 
     #[test]
@@ -678,35 +570,6 @@ mod tests {
             for n in [0, sorted / 2, sorted, k / 2 + 1, k] {
                 let n = n.min(brute.len());
                 prop_assert_eq!(&*list.first(n), &brute[..n]);
-            }
-        }
-
-        #[test]
-        fn sorted_pane_counts_answer_like_a_map(
-            pairs in prop::collection::hash_map(any::<u128>().prop_map(IpKey::from_bits), 1u32..9, 0..40),
-            v4 in prop::collection::hash_map(any::<u32>(), 1u32..9, 0..40),
-            probe in any::<u32>(),
-        ) {
-            let mut all = pairs.clone();
-            all.extend(v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n)));
-            let mut map = IpMap::default();
-            for (&ip, &n) in &all {
-                map.insert(ip, n);
-            }
-            let sorted = SortedCounts::from(&map);
-            prop_assert_eq!(sorted.len(), all.len());
-            for (&ip, &n) in &all {
-                prop_assert_eq!(sorted.get(ip), Some(n));
-            }
-            let absent = IpKey::from_v4_bits(probe);
-            prop_assert_eq!(sorted.get(absent), all.get(&absent).copied());
-            let listed: Vec<IpKey> = sorted.iter().map(|(ip, _)| ip).collect();
-            prop_assert!(listed.windows(2).all(|w| w[0] < w[1]), "address order");
-            let from_pairs = SortedCounts::from_pairs(all.iter().map(|(&ip, &n)| (ip, n)));
-            prop_assert_eq!(from_pairs.as_ref(), Some(&sorted));
-            if let Some((&ip, &n)) = all.iter().next() {
-                let twice = all.iter().map(|(&ip, &n)| (ip, n)).chain([(ip, n)]);
-                prop_assert!(SortedCounts::from_pairs(twice).is_none(), "a repeat is refused");
             }
         }
     }

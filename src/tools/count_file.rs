@@ -3,31 +3,15 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use clap::Args;
-use serde_json::json;
 
-use crate::config::MAX_TOP_N;
-use crate::parse::Parser;
-use crate::window::{Tally, top_k};
-
-#[derive(Debug, Clone, Args)]
-pub struct CountArgs {
-    /// The log file, one JSON line per request; `-` reads standard input.
-    pub file: PathBuf,
-    /// How many IPs to print.
-    #[arg(short, long, default_value_t = 10)]
-    pub n: usize,
-    /// JSON field holding the client IP.
-    #[arg(long, env = "IPSTATS_IP_FIELD", default_value = "client_real_ip")]
-    pub ip_field: String,
-    /// Lines longer than this are skipped as `too_large`.
-    #[arg(long, env = "IPSTATS_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
-    pub max_line_bytes: usize,
-}
+use crate::config::{ConfigError, CountArgs, MAX_TOP_N};
+use crate::http::views::{TopView, WindowView};
+use crate::pipeline::counter::Tally;
+use crate::pipeline::parse::Parser;
+use crate::pipeline::window::top_k;
 
 /// Counts every line of `input` (newline-separated; a final line without a
 /// newline counts too). One reused buffer: nothing is allocated per line.
@@ -48,7 +32,7 @@ pub fn count_lines(input: impl Read, parser: &mut Parser) -> io::Result<Tally<u6
 
 pub fn run(args: CountArgs) -> anyhow::Result<()> {
     if !(1..=MAX_TOP_N).contains(&args.n) {
-        return Err(crate::config::ConfigError {
+        return Err(ConfigError {
             setting: "--n",
             rule: format!("{} is outside 1..={MAX_TOP_N}", args.n),
         }
@@ -67,17 +51,13 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     let ended = SystemTime::now();
     let top = top_k(counted.counts.iter().collect(), args.n);
     let elapsed = ended.duration_since(started).unwrap_or_default();
-    let out = json!({
-        "window": {
-            "start": humantime::format_rfc3339_millis(started).to_string(),
-            "end": humantime::format_rfc3339_millis(ended).to_string(),
-            "length_seconds": elapsed.as_secs_f64(),
-            "slide_seconds": elapsed.as_secs_f64(),
-        },
-        "total_requests": counted.requests,
-        "distinct_ips": counted.counts.len(),
-        "top": top.iter().map(|(ip, n)| json!({"ip": ip.to_string(), "count": n})).collect::<Vec<_>>(),
-    });
+    // The window is the run.
+    let out = TopView::new(
+        WindowView::new(started, ended, elapsed, elapsed),
+        counted.requests,
+        counted.counts.len(),
+        &top,
+    );
     let mut stdout = io::stdout().lock();
     serde_json::to_writer(&mut stdout, &out)?;
     writeln!(stdout)?;

@@ -1,20 +1,20 @@
 //! The immutable view that ingest publishes at every slide and HTTP reads.
 //!
 //! Handlers load an `Arc<Snapshot>` lock-free and answer from it; they never
-//! wait on ingest, and ingest never waits on them.
+//! wait on ingest, and ingest never waits on them. [`build`] assembles a
+//! snapshot from ingest's state.
+
+pub mod build;
 
 use std::sync::{Arc, Mutex, PoisonError};
-
-use axum::body::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use axum::body::Bytes;
 use tokio::sync::watch;
 
-use crate::offsets::Reset;
-use crate::parse::{IpKey, SkipCounts};
-use crate::window::{Pane, TopList};
+use super::window::{Pane, TopList};
+use crate::vocab::{IpKey, Reset, SkipCounts};
 
 /// One published state of the window.
 #[derive(Debug)]
@@ -26,8 +26,8 @@ pub struct Snapshot {
     pub slide: Duration,
     pub total_requests: u64,
     pub distinct_ips: usize,
-    /// The most frequent IPs, up to [`crate::config::MAX_TOP_N`]: count
-    /// descending, then IP ascending (the first [`crate::config::SORTED_TOP_N`] pre-sorted).
+    /// The most frequent IPs, up to `MAX_TOP_N` (config): count descending,
+    /// then IP ascending (the first `SORTED_TOP_N` pre-sorted).
     pub top: TopList,
     /// The panes in the window, oldest first (shared with ingest, never copied).
     pub panes: Vec<Arc<Pane>>,
@@ -133,100 +133,22 @@ impl PartitionStatus {
     }
 }
 
-/// Counters of the ingest loop since start.
-#[derive(Clone, Debug, Default)]
-pub struct IngestStatus {
+/// Totals of the ingest loop since its first start: checkpoints carry them
+/// across restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
     pub batches: u64,
     pub records_consumed: u64,
     pub records_counted: u64,
     pub skipped: SkipCounts,
+}
+
+/// What `/api/v1/status` shows of the ingest loop.
+#[derive(Clone, Debug, Default)]
+pub struct IngestStatus {
+    pub counters: Counters,
     /// Records consumed per second over the last slide.
     pub records_per_second: f64,
-}
-
-/// Liveness facts written by the background threads, read by HTTP.
-#[derive(Debug)]
-pub struct Health {
-    started: SystemTime,
-    ready: AtomicBool,
-    kafka_connected: AtomicBool,
-    kafka_last_error: ArcSwap<Option<String>>,
-    last_metadata_ms: AtomicU64,
-    phase: ArcSwap<&'static str>,
-    demo: bool,
-}
-
-impl Health {
-    pub fn new(demo: bool) -> Self {
-        Health {
-            started: SystemTime::now(),
-            ready: AtomicBool::new(false),
-            kafka_connected: AtomicBool::new(false),
-            kafka_last_error: ArcSwap::from_pointee(None),
-            last_metadata_ms: AtomicU64::new(0),
-            phase: ArcSwap::from_pointee("starting"),
-            demo,
-        }
-    }
-
-    pub fn started(&self) -> SystemTime {
-        self.started
-    }
-
-    pub fn is_demo(&self) -> bool {
-        self.demo
-    }
-
-    /// What start-up is doing, for `/readyz` and `/api/v1/status`.
-    pub fn set_phase(&self, phase: &'static str) {
-        self.phase.store(Arc::new(phase));
-    }
-
-    pub fn phase(&self) -> &'static str {
-        **self.phase.load()
-    }
-
-    /// Time since the monitor last heard from the Kafka cluster.
-    pub fn kafka_contact_age(&self) -> Option<Duration> {
-        match self.last_metadata_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-                    .unwrap_or_default(),
-            ),
-        }
-    }
-
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn kafka_ok(&self) {
-        self.kafka_connected.store(true, Ordering::Release);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_metadata_ms
-            .store(now.as_millis() as u64, Ordering::Release);
-    }
-
-    pub fn kafka_failed(&self, error: String) {
-        self.kafka_connected.store(false, Ordering::Release);
-        self.kafka_last_error.store(Arc::new(Some(error)));
-    }
-
-    pub fn kafka_connected(&self) -> bool {
-        self.kafka_connected.load(Ordering::Acquire)
-    }
-
-    pub fn kafka_last_error(&self) -> Option<String> {
-        self.kafka_last_error.load().as_ref().clone()
-    }
 }
 
 /// Where ingest publishes and handlers read: the current snapshot, loaded

@@ -1,5 +1,6 @@
-//! Parsing and counting on their own thread, so that the consumer thread
-//! only polls and keeps offsets.
+//! Parsing and counting: [`Tally`] turns lines into per-IP counts and skip
+//! reasons; [`Counter`] runs a tally on its own thread for the open pane, so
+//! that the consumer thread only polls and keeps offsets.
 //!
 //! The consumer thread copies each payload into a [`Chunk`] (a few thousand
 //! lines in one buffer) and hands full chunks over a short bounded queue; the
@@ -9,11 +10,37 @@
 //! closed. A full queue blocks the consumer thread, which bounds memory.
 
 use std::mem;
+use std::ops::AddAssign;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::parse::{Parser, SkipCounts, SkipReason};
-use crate::window::{SortedCounts, Tally};
+use super::counts::{IpMap, SortedCounts};
+use super::parse::Parser;
+use crate::vocab::{SkipCounts, SkipReason};
+
+/// Lines parsed into per-IP counts and skip reasons: an open pane, or the
+/// whole input of `ipstats count`.
+#[derive(Debug, Default)]
+pub struct Tally<V> {
+    pub counts: IpMap<V>,
+    /// Lines counted (parsed to an IP).
+    pub requests: u64,
+    pub skipped: SkipCounts,
+}
+
+impl<V: Copy + Default + AddAssign + From<u8>> Tally<V> {
+    /// Parses one line and counts it, or the reason it is skipped.
+    #[inline]
+    pub fn line(&mut self, parser: &mut Parser, line: &[u8]) {
+        match parser.parse(line) {
+            Ok(ip) => {
+                self.counts.add(ip, V::from(1));
+                self.requests += 1;
+            }
+            Err(reason) => self.skipped.add(reason),
+        }
+    }
+}
 
 /// Lines per chunk: enough to make the hand-over cost per line negligible.
 const CHUNK_LINES: usize = 2048;
@@ -190,7 +217,7 @@ fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut Tally<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::parse_ip;
+    use crate::vocab::parse_ip;
 
     fn line(ip: &str) -> Vec<u8> {
         format!(r#"{{"client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#).into_bytes()

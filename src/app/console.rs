@@ -1,0 +1,67 @@
+//! What ipstats says on the terminal: the start-up banner, and a progress
+//! line every few seconds while records flow.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::offsets::zookeeper::ZkOptions;
+use crate::pipeline::snapshot::Published;
+
+/// The start-up banner: what runs, against what, and where to look.
+pub fn print_banner(
+    settings: &Settings,
+    brokers: &str,
+    zookeeper: Option<&ZkOptions>,
+    addr: SocketAddr,
+) {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let mode = if settings.is_demo() {
+        "DEMO MODE: embedded broker with generated traffic (pass --brokers to count real logs)"
+    } else {
+        "consuming Kafka"
+    };
+    eprintln!(
+        "\nipstats {}  ·  {mode}\n  kafka       {brokers}   topics {}   group {}\n  zookeeper   {}\n  window      {} (slide {}, batch {})\n  checkpoint  {} (every {})\n  dashboard   http://{addr}/\n",
+        env!("CARGO_PKG_VERSION"),
+        settings.topics.join(","),
+        settings.group,
+        zookeeper.map_or_else(|| "none".to_string(), ZkOptions::display),
+        d(settings.window),
+        d(settings.slide),
+        d(settings.batch),
+        settings.checkpoint_dir.display(),
+        d(settings.checkpoint_interval),
+    );
+}
+
+/// One progress line every few seconds while records flow or lag remains;
+/// silent when idle.
+pub async fn report_progress(published: Published, cancel: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(5);
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let snapshot = published.load();
+        let consumed = snapshot.ingest.counters.records_consumed;
+        let lag: i64 = snapshot.partitions.iter().filter_map(|p| p.lag()).sum();
+        let now = std::time::Instant::now();
+        let rate = last.map_or(0.0, |(before, at)| {
+            consumed.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+        });
+        let moved = last.is_some_and(|(before, _)| consumed != before);
+        last = Some((consumed, now));
+        if moved || lag > 0 {
+            info!(
+                "progress: {rate:.0} records/s, lag {lag}, window {} requests from {} IPs",
+                snapshot.total_requests, snapshot.distinct_ips
+            );
+        }
+    }
+}

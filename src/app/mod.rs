@@ -1,0 +1,355 @@
+//! Wires the components, owns their lifetimes and orders shutdown.
+//!
+//! ```text
+//! demo thread (optional) ─► Kafka ─► ingest thread ─► counter thread (parse + count)
+//!                             │         │  └─► every slide: Arc<Snapshot> ─► HTTP
+//!                             │         └─► every checkpoint interval: job ─► checkpoint writer thread
+//!                             │                                                   │ durable
+//!                             │                       commit requests ◄───────────┘
+//!                             │                           └─► ZooKeeper / Kafka group committers
+//!                             └──► monitor thread (partitions, watermarks, newest timestamps) ─► ingest, HTTP
+//! ```
+//! Start-up: HTTP first (so health and status answer at once), then
+//! [`startup`] — restore the checkpoint; with ZooKeeper, connect, claim the
+//! partitions and read the stored offsets — and only then consume.
+//!
+//! Every thread and task of the service runs under [`parts::Parts`], which
+//! stops them in the order [`parts::Stage`] declares: ingest closes and hands
+//! over its last batch, the writer makes it durable, the committers commit
+//! it, then HTTP and the demo broker stop. A part that ends early stops the
+//! service. (The counting thread belongs to ingest, which joins it.)
+
+pub mod console;
+pub mod parts;
+pub mod startup;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use rdkafka::config::ClientConfig;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint;
+use crate::config::{OffsetReset, Settings};
+use crate::http::{AppState, ServiceInfo, router};
+use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
+use crate::metrics::Metrics;
+use crate::offsets::committed::Committed;
+use crate::offsets::instance::instance_id;
+use crate::offsets::zookeeper::ZkOptions;
+use crate::pipeline::snapshot::{Published, Snapshot};
+use crate::stop::Stop;
+use crate::tools::demo;
+use crate::vocab::Health;
+use parts::{Parts, Report, Signal, Stage};
+use startup::{Ready, Startup};
+
+/// How often partitions and watermarks are refreshed.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for HTTP connections to finish.
+const HTTP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The handles every component reports into and HTTP reads.
+#[derive(Clone)]
+pub struct Shared {
+    pub published: Published,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+    pub committed: Arc<Committed>,
+    pub checkpoint: Arc<checkpoint::Status>,
+}
+
+type StartupTask = tokio::task::JoinHandle<anyhow::Result<Option<Ready>>>;
+
+/// A started service.
+pub struct App {
+    addr: SocketAddr,
+    parts: Parts,
+    /// Resolving where to start; its result is launched under `parts`.
+    startup: Option<StartupTask>,
+    startup_cancel: CancellationToken,
+    shutdown_grace: Duration,
+    /// The demo's throw-away checkpoint directory, removed at exit.
+    demo_dir: Option<PathBuf>,
+}
+
+/// Runs blocking start-up work (files, fsync, the demo broker) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+impl App {
+    /// Starts everything and returns once the HTTP listener is bound.
+    pub async fn start(mut settings: Settings) -> anyhow::Result<App> {
+        // Demo data lives only as long as the embedded broker: its state is
+        // checkpointed like real data, into a directory thrown away at exit.
+        let demo_dir = settings
+            .is_demo()
+            .then(|| std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())));
+        if let Some(dir) = &demo_dir {
+            let dir = dir.clone();
+            blocking(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(())
+            })
+            .await?;
+            settings.checkpoint_dir = demo_dir.clone().unwrap_or_default();
+        }
+        let shared = Shared {
+            published: Published::new(Snapshot::empty(settings.window, settings.slide)),
+            health: Arc::new(Health::new(settings.is_demo())),
+            metrics: Metrics::new().context("creating metrics")?,
+            committed: Arc::new(Committed::new(settings.zookeeper.is_some())),
+            checkpoint: Arc::new(checkpoint::Status::default()),
+        };
+        let mut parts = Parts::default();
+        let stop = Stop::new();
+
+        let zookeeper = match &settings.zookeeper {
+            Some(connect) => {
+                let dir = settings.checkpoint_dir.clone();
+                Some(ZkOptions {
+                    connect: connect.clone(),
+                    group: settings.group.clone(),
+                    session_timeout: settings.zookeeper_session_timeout,
+                    instance_id: blocking(move || Ok(instance_id(&dir)?)).await?,
+                })
+            }
+            None => None,
+        };
+
+        let brokers = match &settings.brokers {
+            Some(brokers) => brokers.clone(),
+            None => {
+                let demo_stop = Stop::new();
+                let (topics, rate, signal) = (
+                    settings.topics.clone(),
+                    settings.demo_rate,
+                    demo_stop.clone(),
+                );
+                let (bootstrap, handle) =
+                    blocking(move || demo::start(topics, rate, signal)).await?;
+                parts.thread(
+                    "demo",
+                    Stage::Demo,
+                    Signal::Flag(demo_stop),
+                    Report::Always,
+                    move || {
+                        handle
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow!("the demo thread panicked")))
+                    },
+                )?;
+                warn!(
+                    brokers = %bootstrap,
+                    "DEMO MODE: embedded in-process broker with generated traffic; pass --brokers to count real logs"
+                );
+                bootstrap
+            }
+        };
+
+        let auto_reset = match settings.offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Fail => "error",
+        };
+        let config = consumer_config(
+            &brokers,
+            &settings.group,
+            auto_reset,
+            &settings.kafka_config,
+        );
+        let client = |role: &str| -> anyhow::Result<KafkaConsumer> {
+            ClientConfig::clone(&config)
+                .set("client.id", format!("ipstats-{role}"))
+                .create_with_context(KafkaContext {
+                    health: shared.health.clone(),
+                    metrics: shared.metrics.clone(),
+                })
+                .with_context(|| format!("creating the Kafka {role} client"))
+        };
+        let consumer = client("ingest")?;
+        let group_client = Arc::new(client("committer")?);
+        let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+        {
+            let (monitor, tail) = (client("monitor")?, client("tail")?);
+            let (topics, health, stop) =
+                (settings.topics.clone(), shared.health.clone(), stop.clone());
+            parts.thread(
+                "monitor",
+                Stage::Consume,
+                Signal::Flag(stop.clone()),
+                Report::Always,
+                move || {
+                    run_monitor(
+                        monitor,
+                        tail,
+                        topics,
+                        MONITOR_INTERVAL,
+                        view_tx,
+                        health,
+                        stop,
+                    );
+                    Ok(())
+                },
+            )?;
+        }
+
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
+        let state = AppState {
+            published: shared.published.clone(),
+            health: shared.health.clone(),
+            metrics: shared.metrics.clone(),
+            committed: shared.committed.clone(),
+            checkpoint: shared.checkpoint.clone(),
+            info: Arc::new(ServiceInfo {
+                checkpoint_dir: settings.checkpoint_dir.display().to_string(),
+                group: settings.group.clone(),
+                topics: settings.topics.clone(),
+                brokers: if settings.is_demo() {
+                    format!("embedded demo ({brokers})")
+                } else {
+                    brokers.clone()
+                },
+                zookeeper: zookeeper.as_ref().map(ZkOptions::display),
+            }),
+        };
+        let serve_cancel = CancellationToken::new();
+        {
+            let cancel = serve_cancel.clone();
+            parts.task(
+                "HTTP server",
+                Stage::Serve,
+                Signal::Token(serve_cancel.clone()),
+                Report::Always,
+                Some(HTTP_PATIENCE),
+                async move {
+                    axum::serve(listener, router(state))
+                        .with_graceful_shutdown(cancel.cancelled_owned())
+                        .await
+                        .context("the HTTP server failed")
+                },
+            );
+        }
+        console::print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
+        info!(url = %format!("http://{addr}/"), "ipstats started");
+        {
+            let progress = console::report_progress(shared.published.clone(), serve_cancel.clone());
+            parts.task(
+                "progress",
+                Stage::Serve,
+                Signal::Token(serve_cancel),
+                Report::FailuresOnly,
+                None,
+                async move {
+                    progress.await;
+                    Ok(())
+                },
+            );
+        }
+
+        let shutdown_grace = settings.shutdown_grace;
+        let startup_cancel = CancellationToken::new();
+        let startup = Startup {
+            settings,
+            zookeeper,
+            consumer,
+            group_client,
+            view: view_rx,
+            shared,
+            stop,
+        };
+        let startup = tokio::spawn(startup.resolve(startup_cancel.clone()));
+        Ok(App {
+            addr,
+            parts,
+            startup: Some(startup),
+            startup_cancel,
+            shutdown_grace,
+            demo_dir,
+        })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until `shutdown` completes or a part fails, then stops all.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let outcome = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    break Ok(());
+                }
+                (name, result) = self.parts.ended() => break match result {
+                    Err(e) => Err(e.context(format!("{name} failed"))),
+                    Ok(()) => Err(anyhow!("{name} stopped unexpectedly")),
+                },
+                resolved = async {
+                    match self.startup.as_mut() {
+                        Some(task) => Some(task.await),
+                        None => None,
+                    }
+                }, if self.startup.is_some() => {
+                    self.startup = None;
+                    let launched = match resolved {
+                        Some(Ok(Ok(Some(ready)))) => ready.launch(&mut self.parts),
+                        Some(Ok(Ok(None))) | None => Ok(()),
+                        Some(Ok(Err(e))) => Err(e),
+                        Some(Err(join)) => Err(join.into()),
+                    };
+                    if let Err(e) = launched {
+                        break Err(e.context("startup failed"));
+                    }
+                }
+            }
+        };
+        if let Err(e) = &outcome {
+            error!("{e:#}");
+        }
+        let grace = self.shutdown_grace;
+        let stopped = match tokio::time::timeout(grace, self.stop()).await {
+            Ok(stopped) => stopped,
+            Err(_) => Err(anyhow!(
+                "shutdown took longer than --shutdown-grace ({}); the last checkpoint stands, \
+                 later records are read again at restart",
+                humantime::format_duration(grace)
+            )),
+        };
+        outcome.and(stopped)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        // A start-up still resolving is cancelled; nothing it prepared runs.
+        self.startup_cancel.cancel();
+        if let Some(startup) = self.startup {
+            let _ = startup.await;
+        }
+        let stopped = self.parts.stop().await;
+        if let Some(dir) = self.demo_dir {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        stopped
+    }
+}
+
+/// Starts the service and runs it until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    App::start(settings).await?.run_until(shutdown).await
+}

@@ -1,0 +1,324 @@
+//! The bytes of a checkpoint: pane files (binary, little-endian) and
+//! manifests (JSON), each followed by a CRC-32 of what precedes it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{CheckpointError, corrupt};
+use crate::config::Settings;
+use crate::pipeline::snapshot;
+use crate::pipeline::window::{OffsetRange, Pane, SortedCounts};
+use crate::vocab::{IpKey, SkipCounts};
+
+/// On-disk format version of panes and manifests.
+pub const FORMAT_VERSION: u32 = 1;
+const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
+
+pub(super) fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+// ---- panes -----------------------------------------------------------------
+
+#[cfg(test)]
+pub(super) fn encode_pane(pane: &Pane) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_pane_into(pane, &mut out);
+    out
+}
+
+/// Encodes into `out` (cleared first), so that a writer reuses one buffer.
+pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(128 + pane.counts.len() * 20);
+    out.extend_from_slice(PANE_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&pane.seq.to_le_bytes());
+    out.extend_from_slice(&millis(pane.start).to_le_bytes());
+    out.extend_from_slice(&millis(pane.end).to_le_bytes());
+    out.extend_from_slice(&pane.requests.to_le_bytes());
+    for count in pane.skipped.to_array() {
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out.extend_from_slice(&(pane.ranges.len() as u32).to_le_bytes());
+    for r in &pane.ranges {
+        out.extend_from_slice(&(r.topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(r.topic.as_bytes());
+        out.extend_from_slice(&r.partition.to_le_bytes());
+        out.extend_from_slice(&r.from.to_le_bytes());
+        out.extend_from_slice(&r.until.to_le_bytes());
+    }
+    out.extend_from_slice(&(pane.counts.len() as u32).to_le_bytes());
+    for (ip, n) in pane.counts.iter() {
+        out.extend_from_slice(&ip.to_bits().to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// A bounds-checked little-endian reader.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take().map(i32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take().map(u128::from_le_bytes)
+    }
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+fn verify_crc<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
+    let (body, crc) = bytes
+        .split_last_chunk::<4>()
+        .ok_or_else(|| corrupt(path, "truncated"))?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    Ok(body)
+}
+
+pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
+    let body = verify_crc(path, bytes)?;
+    let bad = || corrupt(path, "malformed pane");
+    let mut r = Reader(body);
+    if r.take::<8>().as_ref() != Some(PANE_MAGIC) {
+        return Err(corrupt(path, "not a pane file"));
+    }
+    let version = r.u32().ok_or_else(bad)?;
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!("format version {version}, expected {FORMAT_VERSION}"),
+        ));
+    }
+    let seq = r.u64().ok_or_else(bad)?;
+    let start = from_millis(r.i64().ok_or_else(bad)?);
+    let end = from_millis(r.i64().ok_or_else(bad)?);
+    let requests = r.u64().ok_or_else(bad)?;
+    let mut skipped = [0u64; 5];
+    for count in &mut skipped {
+        *count = r.u64().ok_or_else(bad)?;
+    }
+    let skipped = SkipCounts::from_array(skipped);
+    let nranges = r.u32().ok_or_else(bad)?;
+    let mut ranges = Vec::with_capacity(nranges.min(1 << 16) as usize);
+    for _ in 0..nranges {
+        let len = r.u16().ok_or_else(bad)?;
+        let topic =
+            std::str::from_utf8(r.bytes(usize::from(len)).ok_or_else(bad)?).map_err(|_| bad())?;
+        ranges.push(OffsetRange {
+            topic: Arc::from(topic),
+            partition: r.i32().ok_or_else(bad)?,
+            from: r.i64().ok_or_else(bad)?,
+            until: r.i64().ok_or_else(bad)?,
+        });
+    }
+    let ncounts = r.u32().ok_or_else(bad)? as usize;
+    if r.0.len() != ncounts * 20 {
+        return Err(bad());
+    }
+    let mut pairs = Vec::with_capacity(ncounts);
+    let mut total = 0u64;
+    for _ in 0..ncounts {
+        let ip = IpKey::from_bits(r.u128().ok_or_else(bad)?);
+        let n = r.u32().ok_or_else(bad)?;
+        total += u64::from(n);
+        pairs.push((ip, n));
+    }
+    let counts = SortedCounts::from_pairs(pairs)
+        .ok_or_else(|| corrupt(path, "an address is listed twice"))?;
+    if total != requests {
+        return Err(corrupt(path, "counts do not add up to the pane's requests"));
+    }
+    Ok(Pane {
+        seq,
+        start,
+        end,
+        counts,
+        requests,
+        skipped,
+        ranges,
+    })
+}
+
+// ---- manifests -------------------------------------------------------------
+
+/// The settings that shape state: a checkpoint only fits a run with the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub topics: Vec<String>,
+    pub ip_field: String,
+    pub batch_ms: u64,
+    pub window_ms: u64,
+    pub slide_ms: u64,
+}
+
+impl Shape {
+    /// The shape of the running settings.
+    pub fn of(s: &Settings) -> Self {
+        Shape {
+            topics: s.topics.clone(),
+            ip_field: s.ip_field.clone(),
+            batch_ms: s.batch.as_millis() as u64,
+            window_ms: s.window.as_millis() as u64,
+            slide_ms: s.slide.as_millis() as u64,
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "--topics {} --ip-field {} --batch {} --window {} --slide {}",
+            self.topics.join(","),
+            self.ip_field,
+            humantime::format_duration(Duration::from_millis(self.batch_ms)),
+            humantime::format_duration(Duration::from_millis(self.window_ms)),
+            humantime::format_duration(Duration::from_millis(self.slide_ms)),
+        )
+    }
+}
+
+/// Next offset of one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+/// Counters carried across restarts so that `/api/v1/status` keeps its
+/// totals: ingest's [`snapshot::Counters`] as manifests store them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub batches: u64,
+    pub records_consumed: u64,
+    pub records_counted: u64,
+    pub skipped: [u64; 5],
+}
+
+impl From<&snapshot::Counters> for Counters {
+    fn from(c: &snapshot::Counters) -> Self {
+        Counters {
+            batches: c.batches,
+            records_consumed: c.records_consumed,
+            records_counted: c.records_counted,
+            skipped: c.skipped.to_array(),
+        }
+    }
+}
+
+impl From<&Counters> for snapshot::Counters {
+    fn from(c: &Counters) -> Self {
+        snapshot::Counters {
+            batches: c.batches,
+            records_consumed: c.records_consumed,
+            records_counted: c.records_counted,
+            skipped: SkipCounts::from_array(c.skipped),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub seq: u64,
+    pub written_at_ms: i64,
+    pub shape: Shape,
+    /// Pane seqs in the window, oldest first.
+    pub panes: Vec<u64>,
+    pub offsets: Vec<PartitionOffset>,
+    pub next_pane_seq: u64,
+    pub counters: Counters,
+}
+
+pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(m).unwrap_or_default();
+    out.push(b'\n');
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub(super) fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, CheckpointError> {
+    let body = verify_crc(path, bytes)?;
+    let manifest: Manifest = serde_json::from_slice(body)
+        .map_err(|e| corrupt(path, format!("malformed manifest: {e}")))?;
+    if manifest.format != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "format version {}, expected {FORMAT_VERSION}",
+                manifest.format
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::test_support::pane;
+
+    #[test]
+    fn panes_round_trip_exactly() {
+        let original = pane(7, &[("10.0.0.1", 3), ("2001:db8::1", 4)]);
+        let bytes = encode_pane(&original);
+        let decoded = decode_pane(Path::new("p"), &bytes).expect("decodes");
+        assert_eq!(decoded.counts, original.counts);
+        assert_eq!(
+            (decoded.seq, decoded.requests, decoded.start),
+            (7, 7, original.start)
+        );
+        assert_eq!(decoded.ranges, original.ranges);
+        assert_eq!(decoded.skipped, original.skipped);
+        for cut in [0, 5, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                decode_pane(Path::new("p"), &bytes[..cut]).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        for flip in [0, 9, 40, bytes.len() - 6] {
+            let mut damaged = bytes.clone();
+            damaged[flip] ^= 0x10;
+            assert!(
+                decode_pane(Path::new("p"), &damaged).is_err(),
+                "flipped byte {flip}"
+            );
+        }
+    }
+}

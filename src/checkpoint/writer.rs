@@ -1,0 +1,363 @@
+//! The checkpoint writer: writes the panes not yet on disk and a manifest,
+//! prunes what no kept manifest needs, and tells its caller when a
+//! checkpoint is durable.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use super::codec::{
+    FORMAT_VERSION, Manifest, PartitionOffset, Shape, encode_manifest, encode_pane_into, millis,
+};
+use super::store::Restored;
+use super::{
+    CheckpointError, MANIFESTS_KEPT, PANES_DIR, io, manifest_path, manifest_seqs, pane_path,
+    parse_seq,
+};
+use crate::durable::{sync_dir, write_atomically};
+use crate::metrics::Metrics;
+use crate::pipeline::ingest::CheckpointJob;
+use crate::vocab::{LastError, Stamp};
+
+/// What one successful write did.
+#[derive(Clone, Copy, Debug)]
+pub struct Written {
+    pub manifest_seq: u64,
+    pub bytes_written: u64,
+    pub panes_written: usize,
+}
+
+/// Writes checkpoints into one directory; remembers what is already there.
+#[derive(Debug)]
+pub struct Writer {
+    dir: PathBuf,
+    shape: Shape,
+    on_disk: BTreeSet<u64>,
+    /// The kept manifests (oldest first) and the panes each references.
+    kept: VecDeque<(u64, Vec<u64>)>,
+    next_manifest: u64,
+    /// Reused for every pane file: no large allocation per write.
+    buffer: Vec<u8>,
+}
+
+impl Writer {
+    /// A writer continuing after `restored` (if any). Whatever a crashed run
+    /// left beyond that checkpoint — damaged newer manifests, panes it wrote
+    /// but never recorded — is removed first: pane numbers are reused from
+    /// the restored manifest on, and a stale pane must never stand in for a
+    /// new one.
+    pub fn new(
+        dir: &Path,
+        shape: Shape,
+        restored: Option<&Restored>,
+    ) -> Result<Writer, CheckpointError> {
+        let panes_dir = dir.join(PANES_DIR);
+        fs::create_dir_all(&panes_dir).map_err(io(dir))?;
+        let (last_manifest, next_pane) =
+            restored.map_or((0, 0), |r| (r.manifest.seq, r.manifest.next_pane_seq));
+        for seq in manifest_seqs(dir)? {
+            if seq > last_manifest {
+                let path = manifest_path(dir, seq);
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        let mut on_disk = BTreeSet::new();
+        for entry in fs::read_dir(&panes_dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            match parse_seq(name, "pane-", ".bin") {
+                Some(seq) if seq < next_pane => {
+                    on_disk.insert(seq);
+                }
+                _ => fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+            }
+        }
+        sync_dir(&panes_dir)?;
+        sync_dir(dir)?;
+        let mut kept = VecDeque::new();
+        if let Some(r) = restored {
+            kept.push_back((r.manifest.seq, r.manifest.panes.clone()));
+        }
+        Ok(Writer {
+            dir: dir.to_path_buf(),
+            shape,
+            on_disk,
+            kept,
+            next_manifest: last_manifest + 1,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Writes the panes not yet on disk, then the manifest; then removes what
+    /// no kept manifest needs. Nothing is deleted unless the new manifest is
+    /// durable, so a failure never costs the last good checkpoint.
+    pub fn write(&mut self, job: &CheckpointJob) -> Result<Written, CheckpointError> {
+        let mut bytes_written = 0u64;
+        let mut panes_written = 0;
+        let panes_dir = self.dir.join(PANES_DIR);
+        for pane in &job.panes {
+            if self.on_disk.contains(&pane.seq) {
+                continue;
+            }
+            encode_pane_into(pane, &mut self.buffer);
+            write_atomically(&pane_path(&self.dir, pane.seq), &self.buffer)?;
+            bytes_written += self.buffer.len() as u64;
+            panes_written += 1;
+        }
+        if panes_written > 0 {
+            sync_dir(&panes_dir)?;
+        }
+        for pane in &job.panes {
+            self.on_disk.insert(pane.seq);
+        }
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            seq: self.next_manifest,
+            written_at_ms: millis(SystemTime::now()),
+            shape: self.shape.clone(),
+            panes: job.panes.iter().map(|p| p.seq).collect(),
+            offsets: job
+                .offsets
+                .iter()
+                .map(|(t, p, o)| PartitionOffset {
+                    topic: t.to_string(),
+                    partition: *p,
+                    next: *o,
+                })
+                .collect(),
+            next_pane_seq: job.next_pane_seq,
+            counters: (&job.counters).into(),
+        };
+        let bytes = encode_manifest(&manifest);
+        write_atomically(&manifest_path(&self.dir, manifest.seq), &bytes)?;
+        sync_dir(&self.dir)?;
+        bytes_written += bytes.len() as u64;
+        self.next_manifest += 1;
+        self.kept.push_back((manifest.seq, manifest.panes));
+        self.prune();
+        Ok(Written {
+            manifest_seq: manifest.seq,
+            bytes_written,
+            panes_written,
+        })
+    }
+
+    /// Removes manifests beyond the newest two and panes none of them uses.
+    /// Best effort: leftovers are retried at the next checkpoint.
+    fn prune(&mut self) {
+        while self.kept.len() > MANIFESTS_KEPT {
+            self.kept.pop_front();
+        }
+        let keep_manifests: BTreeSet<u64> = self.kept.iter().map(|(s, _)| *s).collect();
+        if let Ok(seqs) = manifest_seqs(&self.dir) {
+            for seq in seqs.into_iter().filter(|s| !keep_manifests.contains(s)) {
+                let _ = fs::remove_file(manifest_path(&self.dir, seq));
+            }
+        }
+        let needed: BTreeSet<u64> = self
+            .kept
+            .iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        let unneeded: Vec<u64> = self.on_disk.difference(&needed).copied().collect();
+        for seq in unneeded {
+            match fs::remove_file(pane_path(&self.dir, seq)) {
+                Ok(()) => {
+                    self.on_disk.remove(&seq);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.on_disk.remove(&seq);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// The writer's health, read by `/api/v1/status`, `/readyz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Status {
+    last_success: Stamp,
+    last_error: LastError,
+    failing: AtomicBool,
+    restored_from: ArcSwap<Option<String>>,
+}
+
+impl Status {
+    /// Time since the last checkpoint was made durable.
+    pub fn age(&self) -> Option<Duration> {
+        self.last_success.age()
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.get()
+    }
+
+    pub fn restored_from(&self) -> Option<String> {
+        self.restored_from.load().as_ref().clone()
+    }
+
+    pub fn set_restored_from(&self, what: String) {
+        self.restored_from.store(Arc::new(Some(what)));
+    }
+
+    fn succeeded(&self) {
+        self.last_success.touch();
+        self.failing.store(false, Ordering::Release);
+    }
+
+    fn failed(&self, error: &CheckpointError) {
+        self.failing.store(true, Ordering::Release);
+        self.last_error.set(error.to_string());
+    }
+}
+
+/// The checkpoint thread: writes each job (the newest wins when several
+/// wait), and only then calls `on_durable` with it (the committers' cue). A
+/// failed write (full or unwritable disk) is retried with backoff while
+/// ingest goes on; the last good checkpoint stays on disk. Returns once
+/// ingest has dropped its end of `jobs` and the last job is handled.
+pub fn run_writer(
+    mut writer: Writer,
+    jobs: std::sync::mpsc::Receiver<CheckpointJob>,
+    mut on_durable: impl FnMut(&CheckpointJob),
+    status: &Status,
+    metrics: &Metrics,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut retry: Option<CheckpointJob> = None;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let next = match retry.take() {
+            None => jobs.recv().ok(),
+            Some(failed) => match jobs.recv_timeout(backoff) {
+                Ok(newer) => Some(newer),
+                Err(RecvTimeoutError::Timeout) => Some(failed),
+                // Ingest is done: one last try of what failed, then stop.
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(error) = writer.write(&failed) {
+                        warn!(%error, "the final checkpoint could not be written; the previous one stays");
+                    }
+                    return;
+                }
+            },
+        };
+        let Some(job) = next else { return };
+        let job = jobs.try_iter().last().unwrap_or(job);
+        let started = std::time::Instant::now();
+        match writer.write(&job) {
+            Ok(written) => {
+                metrics
+                    .checkpoint_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.checkpoint_bytes.set(written.bytes_written as i64);
+                metrics.checkpoints.inc();
+                if status.failing() {
+                    info!(
+                        manifest = written.manifest_seq,
+                        "checkpoints are written again"
+                    );
+                }
+                status.succeeded();
+                backoff = Duration::from_millis(500);
+                on_durable(&job);
+            }
+            Err(error) => {
+                metrics
+                    .checkpoint_failures
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                if !status.failing() {
+                    warn!(%error, "checkpoint failed; counting goes on, retrying with backoff");
+                }
+                status.failed(&error);
+                retry = Some(job);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::codec::encode_pane;
+    use crate::checkpoint::load;
+    use crate::checkpoint::test_support::{job, pane, shape, temp};
+    use crate::vocab::parse_ip;
+
+    #[test]
+    fn leftovers_of_a_crashed_run_never_stand_in_for_new_panes() {
+        let dir = temp("leftovers");
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        writer
+            .write(&job(vec![pane(0, &[("10.0.0.1", 1)])]))
+            .expect("first");
+        // A crashed run wrote pane 1 and a torn manifest 2, and died.
+        fs::write(
+            pane_path(&dir, 1),
+            encode_pane(&pane(1, &[("10.0.0.9", 9)])),
+        )
+        .expect("orphan");
+        fs::write(manifest_path(&dir, 2), b"{\"torn").expect("torn");
+        let restored = load(&dir).expect("load").expect("manifest 1");
+        assert_eq!(restored.manifest.seq, 1);
+        let mut writer = Writer::new(&dir, shape(), Some(&restored)).expect("writer");
+        assert!(!pane_path(&dir, 1).exists() && !manifest_path(&dir, 2).exists());
+        // The new pane 1 is written, not mistaken for the orphan.
+        writer
+            .write(&job(vec![
+                pane(0, &[("10.0.0.1", 1)]),
+                pane(1, &[("10.0.0.2", 2)]),
+            ]))
+            .expect("second");
+        let restored = load(&dir).expect("load").expect("manifest 2");
+        assert_eq!(
+            restored.panes[1].count(parse_ip("10.0.0.2").expect("ip")),
+            2
+        );
+        assert_eq!(
+            restored.panes[1].count(parse_ip("10.0.0.9").expect("ip")),
+            0
+        );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn old_files_are_pruned_and_two_manifests_kept() {
+        let dir = temp("prune");
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        for seq in 0..6u64 {
+            let panes: Vec<_> = (seq.saturating_sub(1)..=seq)
+                .map(|s| pane(s, &[("10.0.0.1", 1)]))
+                .collect();
+            writer.write(&job(panes)).expect("write");
+        }
+        assert_eq!(manifest_seqs(&dir).expect("list"), [6, 5]);
+        let mut panes: Vec<_> = fs::read_dir(dir.join(PANES_DIR))
+            .expect("panes")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        panes.sort();
+        assert_eq!(
+            panes,
+            [
+                "pane-0000000000000003.bin",
+                "pane-0000000000000004.bin",
+                "pane-0000000000000005.bin"
+            ]
+        );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,130 @@
+//! The JSON shapes of the API, as `openapi.yaml` describes them. `ipstats
+//! count` prints [`TopView`] too.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::pipeline::snapshot::Snapshot;
+use crate::vocab::IpKey;
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Serialize)]
+pub struct WindowView {
+    pub start: String,
+    pub end: String,
+    pub length_seconds: f64,
+    pub slide_seconds: f64,
+}
+
+impl WindowView {
+    pub fn new(start: SystemTime, end: SystemTime, length: Duration, slide: Duration) -> Self {
+        WindowView {
+            start: rfc3339(start),
+            end: rfc3339(end),
+            length_seconds: length.as_secs_f64(),
+            slide_seconds: slide.as_secs_f64(),
+        }
+    }
+
+    pub fn of(s: &Snapshot) -> Self {
+        WindowView::new(s.window_start, s.window_end, s.window_length, s.slide)
+    }
+}
+
+#[derive(Serialize)]
+pub struct IpCount {
+    pub ip: String,
+    pub count: u64,
+}
+
+#[derive(Serialize)]
+pub struct TopView {
+    pub window: WindowView,
+    pub total_requests: u64,
+    pub distinct_ips: usize,
+    pub top: Vec<IpCount>,
+}
+
+impl TopView {
+    /// The top list of one window; `top` in order.
+    pub fn new(
+        window: WindowView,
+        total_requests: u64,
+        distinct_ips: usize,
+        top: &[(IpKey, u64)],
+    ) -> Self {
+        TopView {
+            window,
+            total_requests,
+            distinct_ips,
+            top: top
+                .iter()
+                .map(|(ip, count)| IpCount {
+                    ip: ip.to_string(),
+                    count: *count,
+                })
+                .collect(),
+        }
+    }
+
+    /// The first `n` of a snapshot's top list.
+    pub fn of(snapshot: &Snapshot, n: usize) -> Self {
+        TopView::new(
+            WindowView::of(snapshot),
+            snapshot.total_requests,
+            snapshot.distinct_ips,
+            &snapshot.top.first(n),
+        )
+    }
+}
+
+#[derive(Serialize)]
+pub struct PaneCount {
+    pub start: String,
+    pub end: String,
+    pub count: u32,
+}
+
+#[derive(Serialize)]
+pub struct IpView {
+    pub ip: String,
+    pub count: u64,
+    pub window: WindowView,
+    pub panes: Vec<PaneCount>,
+}
+
+#[derive(Serialize)]
+pub struct ResetView {
+    pub reason: &'static str,
+    pub stored_offset: Option<i64>,
+    pub reset_to: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+    pub records_lost: i64,
+    pub at: String,
+}
+
+#[derive(Serialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    pub from_offset: i64,
+    pub until_offset: i64,
+    pub committed_zookeeper: Option<i64>,
+    pub committed_kafka: Option<i64>,
+    pub log_start: Option<i64>,
+    pub log_end: Option<i64>,
+    pub lag: Option<i64>,
+    pub lag_seconds: Option<f64>,
+    pub last_reset: Option<ResetView>,
+}
+
+#[derive(Serialize)]
+pub struct OffsetsView {
+    pub group: String,
+    pub partitions: Vec<PartitionView>,
+}

@@ -1,0 +1,108 @@
+//! Kafka clients: configuration, the error-reporting context, and what the
+//! cluster [`monitor`] learns about partitions and watermarks (off the
+//! ingest thread, so ingest never blocks on a metadata round trip).
+
+pub mod monitor;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::vocab::Health;
+
+pub use monitor::run_monitor;
+
+/// Reports client-level errors to metrics and health instead of only logging them.
+pub struct KafkaContext {
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+}
+
+impl ClientContext for KafkaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_errors.inc();
+        self.health.kafka_failed(format!("{error}: {reason}"));
+        warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+pub type KafkaConsumer = BaseConsumer<KafkaContext>;
+
+/// The consumer configuration shared by ingest and the monitor.
+pub fn consumer_config(
+    brokers: &str,
+    group: &str,
+    auto_offset_reset: &str,
+    extra: &[(String, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        // Offsets are committed by ipstats, after the batch holding them is counted.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", auto_offset_reset)
+        // librdkafka postpones a partition's next fetch by this much once its
+        // local queue is full (default 1 s). Ingest drains a full queue in a
+        // fraction of that, so the default would leave it idle most of the
+        // time on a backlog: keep the fetcher close behind.
+        .set("fetch.queue.backoff.ms", "5")
+        // Prefetched records held in memory (default 64 MiB): 16 MiB is
+        // about 50,000 typical lines, tens of milliseconds of full-speed ingest.
+        .set("queued.max.messages.kbytes", "16384")
+        // KIP-714 client metrics pushed to the broker: ipstats exports its own
+        // metrics, and the push's per-poll bookkeeping costs about a tenth of
+        // the consumer's CPU at full speed. `--kafka-config
+        // enable.metrics.push=true` turns it back on.
+        .set("enable.metrics.push", "false")
+        .set("client.id", "ipstats");
+    for (key, value) in extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// One partition as the cluster reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Log start offset (first record still stored).
+    pub low: i64,
+    /// Log end offset (next offset to be written).
+    pub high: i64,
+    /// Timestamp (ms) of the newest record, when the partition has one.
+    pub newest_timestamp_ms: Option<i64>,
+}
+
+/// What the monitor last learnt about the configured topics.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    /// Bumped whenever the set of partitions changes.
+    pub generation: u64,
+    pub partitions: Vec<PartitionInfo>,
+    pub refreshed: Option<Instant>,
+}
+
+impl ClusterView {
+    pub fn find(&self, topic: &str, partition: i32) -> Option<&PartitionInfo> {
+        self.partitions
+            .iter()
+            .find(|p| p.partition == partition && &*p.topic == topic)
+    }
+}
+
+/// The monitor publishes, ingest and start-up read.
+pub type ViewSender = watch::Sender<Arc<ClusterView>>;
+pub type ViewReceiver = watch::Receiver<Arc<ClusterView>>;

@@ -1,0 +1,206 @@
+//! Per-IP counters: [`IpMap`], a hash table for counts that change (the
+//! open pane, window totals), and [`SortedCounts`], sorted arrays for a
+//! closed pane's counts that never change again.
+
+use std::ops::AddAssign;
+
+use rustc_hash::FxHashMap;
+
+use crate::vocab::IpKey;
+
+/// Per-IP counters. IPv4 addresses (nearly all of them, in practice) are
+/// keyed by their 4 bytes and IPv6 by 16 in a map of their own, so that an
+/// IPv4 entry with a `u32` count takes 8 bytes instead of 32.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpMap<V> {
+    pub(super) v4: FxHashMap<u32, V>,
+    pub(super) v6: FxHashMap<u128, V>,
+}
+
+impl<V: Copy + Default + AddAssign> IpMap<V> {
+    /// Room for `n` IPv4 addresses without rehashing.
+    pub fn with_capacity(n: usize) -> Self {
+        IpMap {
+            v4: FxHashMap::with_capacity_and_hasher(n, Default::default()),
+            v6: FxHashMap::default(),
+        }
+    }
+
+    /// Adds `n` to the IP's count.
+    #[inline]
+    pub fn add(&mut self, ip: IpKey, n: V) {
+        match ip.v4_bits() {
+            Some(v4) => *self.v4.entry(v4).or_default() += n,
+            None => *self.v6.entry(ip.to_bits()).or_default() += n,
+        }
+    }
+
+    /// Sets the IP's count; returns the previous one.
+    pub fn insert(&mut self, ip: IpKey, n: V) -> Option<V> {
+        match ip.v4_bits() {
+            Some(v4) => self.v4.insert(v4, n),
+            None => self.v6.insert(ip.to_bits(), n),
+        }
+    }
+
+    pub fn get(&self, ip: IpKey) -> Option<V> {
+        match ip.v4_bits() {
+            Some(v4) => self.v4.get(&v4).copied(),
+            None => self.v6.get(&ip.to_bits()).copied(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries the maps hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.v4.capacity() + self.v6.capacity()
+    }
+
+    /// Empties the maps, keeping their memory for reuse.
+    pub fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+    }
+
+    /// Gives back what a burst of addresses left unused.
+    pub fn shrink_to_fit(&mut self) {
+        self.v4.shrink_to_fit();
+        self.v6.shrink_to_fit();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, V)> + '_ {
+        let v4 = self.v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n));
+        let v6 = self.v6.iter().map(|(&a, &n)| (IpKey::from_bits(a), n));
+        v4.chain(v6)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
+        self.v4.values().chain(self.v6.values()).copied()
+    }
+}
+
+/// A closed pane's counts, sorted by address: an IPv4 entry takes 8 bytes,
+/// and a lookup is a binary search. Built once when the pane closes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SortedCounts {
+    v4: Box<[(u32, u32)]>,
+    /// Addresses and counts apart: 20 bytes an entry instead of a padded 32.
+    v6: Box<[u128]>,
+    v6_counts: Box<[u32]>,
+}
+
+impl SortedCounts {
+    /// The counts of `(address, count)` pairs; `None` if an address repeats.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (IpKey, u32)>) -> Option<Self> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (ip, n) in pairs {
+            match ip.v4_bits() {
+                Some(a) => v4.push((a, n)),
+                None => v6.push((ip.to_bits(), n)),
+            }
+        }
+        let counts = SortedCounts::sorted(v4, v6);
+        let repeats = counts.v4.windows(2).any(|w| w[0].0 == w[1].0)
+            || counts.v6.windows(2).any(|w| w[0] == w[1]);
+        (!repeats).then_some(counts)
+    }
+
+    fn sorted(mut v4: Vec<(u32, u32)>, mut v6: Vec<(u128, u32)>) -> Self {
+        v4.sort_unstable_by_key(|e| e.0);
+        v6.sort_unstable_by_key(|e| e.0);
+        SortedCounts {
+            v4: v4.into_boxed_slice(),
+            v6: v6.iter().map(|e| e.0).collect(),
+            v6_counts: v6.iter().map(|e| e.1).collect(),
+        }
+    }
+
+    pub fn get(&self, ip: IpKey) -> Option<u32> {
+        match ip.v4_bits() {
+            Some(a) => self
+                .v4
+                .binary_search_by_key(&a, |e| e.0)
+                .ok()
+                .map(|i| self.v4[i].1),
+            None => self
+                .v6
+                .binary_search(&ip.to_bits())
+                .ok()
+                .map(|i| self.v6_counts[i]),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// In address order, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + '_ {
+        let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
+        let v6 = self.v6.iter().zip(self.v6_counts.iter());
+        v4.chain(v6.map(|(&a, &n)| (IpKey::from_bits(a), n)))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.v4
+            .iter()
+            .map(|e| e.1)
+            .chain(self.v6_counts.iter().copied())
+    }
+}
+
+impl From<&IpMap<u32>> for SortedCounts {
+    fn from(map: &IpMap<u32>) -> Self {
+        let v4 = map.v4.iter().map(|(&a, &n)| (a, n)).collect();
+        let v6 = map.v6.iter().map(|(&a, &n)| (a, n)).collect();
+        SortedCounts::sorted(v4, v6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sorted_pane_counts_answer_like_a_map(
+            pairs in prop::collection::hash_map(any::<u128>().prop_map(IpKey::from_bits), 1u32..9, 0..40),
+            v4 in prop::collection::hash_map(any::<u32>(), 1u32..9, 0..40),
+            probe in any::<u32>(),
+        ) {
+            let mut all = pairs.clone();
+            all.extend(v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n)));
+            let mut map = IpMap::default();
+            for (&ip, &n) in &all {
+                map.insert(ip, n);
+            }
+            let sorted = SortedCounts::from(&map);
+            prop_assert_eq!(sorted.len(), all.len());
+            for (&ip, &n) in &all {
+                prop_assert_eq!(sorted.get(ip), Some(n));
+            }
+            let absent = IpKey::from_v4_bits(probe);
+            prop_assert_eq!(sorted.get(absent), all.get(&absent).copied());
+            let listed: Vec<IpKey> = sorted.iter().map(|(ip, _)| ip).collect();
+            prop_assert!(listed.windows(2).all(|w| w[0] < w[1]), "address order");
+            let from_pairs = SortedCounts::from_pairs(all.iter().map(|(&ip, &n)| (ip, n)));
+            prop_assert_eq!(from_pairs.as_ref(), Some(&sorted));
+            if let Some((&ip, &n)) = all.iter().next() {
+                let twice = all.iter().map(|(&ip, &n)| (ip, n)).chain([(ip, n)]);
+                prop_assert!(SortedCounts::from_pairs(twice).is_none(), "a repeat is refused");
+            }
+        }
+    }
+}

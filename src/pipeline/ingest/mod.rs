@@ -1,0 +1,537 @@
+//! The consumer loop: poll on one dedicated thread, hand each record to the
+//! counting thread ([`super::counter`]), close a pane every batch, publish a
+//! snapshot every slide, and hand a checkpoint job to the writer every
+//! checkpoint interval.
+//!
+//! This thread owns the consumer, the window and the offsets; nothing else
+//! mutates them. Partitions are assigned explicitly, one to one (the "direct"
+//! approach): no group membership, no rebalancing, no auto-commit. What to do
+//! with each record and when a pane closes is decided by [`Tracker`], which
+//! knows nothing of Kafka; this loop makes the librdkafka calls.
+
+pub mod tracker;
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{Gauge, IntCounter, IntGauge};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::counter::{Counter, CounterGone};
+use super::snapshot::build::{Builder, PartitionProgress, partition_status};
+use super::snapshot::{Counters, PartitionStatus, Published};
+use super::window::{Pane, Window};
+use crate::config::{OffsetReset, Settings};
+use crate::kafka::{KafkaConsumer, ViewReceiver};
+use crate::metrics::Metrics;
+use crate::offsets::ResetRefused;
+use crate::stop::Stop;
+use crate::vocab::{Health, Reset, ResetReason};
+pub use tracker::StoredOffsets;
+use tracker::{Tracker, Verdict};
+
+/// Why ingest stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    ResetRefused(#[from] ResetRefused),
+    #[error("assigning {topic}/{partition} failed: {source}")]
+    Assign {
+        topic: Arc<str>,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("consuming failed with --offset-reset fail: {0}")]
+    ConsumeFailed(KafkaError),
+    #[error(transparent)]
+    CounterGone(#[from] CounterGone),
+}
+
+/// What ingest needs to know from the settings.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub batch: Duration,
+    pub window: Duration,
+    pub slide: Duration,
+    pub window_panes: usize,
+    pub slide_batches: u64,
+    pub checkpoint_batches: u64,
+    pub max_rate_per_partition: u64,
+    pub offset_reset: OffsetReset,
+    pub ip_field: String,
+    pub max_line_bytes: usize,
+    pub group: String,
+}
+
+impl From<&Settings> for IngestConfig {
+    fn from(s: &Settings) -> Self {
+        IngestConfig {
+            batch: s.batch,
+            window: s.window,
+            slide: s.slide,
+            window_panes: s.window_panes(),
+            slide_batches: s.slide_batches(),
+            checkpoint_batches: s.checkpoint_batches(),
+            max_rate_per_partition: s.max_rate_per_partition,
+            offset_reset: s.offset_reset,
+            ip_field: s.ip_field.clone(),
+            max_line_bytes: s.max_line_bytes,
+            group: s.group.clone(),
+        }
+    }
+}
+
+/// What ingest hands to the checkpoint writer: the window's panes (shared,
+/// never copied) and the next offset of every partition, which those panes
+/// account for exactly.
+#[derive(Clone, Debug)]
+pub struct CheckpointJob {
+    pub panes: Vec<Arc<Pane>>,
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    pub next_pane_seq: u64,
+    pub counters: Counters,
+}
+
+/// A window to continue from: the panes of a checkpoint and its counters.
+#[derive(Debug)]
+pub struct Resume {
+    pub panes: Vec<Arc<Pane>>,
+    pub next_seq: u64,
+    pub counters: Counters,
+}
+
+/// Where ingest reads the cluster view and delivers what it produces.
+pub struct Links {
+    pub view: ViewReceiver,
+    pub checkpoints: SyncSender<CheckpointJob>,
+    pub published: Published,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+}
+
+/// One partition's metric handles, resolved once at assignment.
+struct PartitionMetrics {
+    consumed: IntCounter,
+    lag: IntGauge,
+    group_lag: IntGauge,
+    lag_seconds: Gauge,
+}
+
+impl PartitionMetrics {
+    fn new(metrics: &Metrics, group: &str, topic: &str, partition: i32) -> Self {
+        let p = partition.to_string();
+        PartitionMetrics {
+            consumed: metrics.records_consumed.with_label_values(&[topic, &p]),
+            lag: metrics.partition_lag.with_label_values(&[topic, &p]),
+            group_lag: metrics
+                .consumergroup_lag
+                .with_label_values(&[group, topic, &p]),
+            lag_seconds: metrics
+                .partition_lag_seconds
+                .with_label_values(&[topic, &p]),
+        }
+    }
+}
+
+pub struct Ingest {
+    consumer: KafkaConsumer,
+    state: State,
+}
+
+/// Everything ingest owns but the consumer, so that a message borrowed from
+/// the consumer can be handled while the state is mutated.
+struct State {
+    config: IngestConfig,
+    tracker: Tracker,
+    /// Parallel to `tracker.partitions()`.
+    partition_metrics: Vec<PartitionMetrics>,
+    /// Parses and counts the open pane on its own thread.
+    counter: Counter,
+    window: Window,
+    builder: Builder,
+    counters: Counters,
+    assigned_generation: Option<u64>,
+    stored: StoredOffsets,
+    links: Links,
+}
+
+impl Ingest {
+    /// Ingest starting from `stored` offsets, continuing `resume`'s window.
+    pub fn new(
+        consumer: KafkaConsumer,
+        config: IngestConfig,
+        stored: StoredOffsets,
+        resume: Option<Resume>,
+        links: Links,
+    ) -> std::io::Result<Self> {
+        let mut window = Window::new(config.window_panes);
+        let (mut next_seq, mut counters) = (0, Counters::default());
+        if let Some(resume) = resume {
+            next_seq = window.restore(
+                resume.panes,
+                resume.next_seq,
+                config.batch,
+                SystemTime::now(),
+            );
+            counters = resume.counters;
+            info!(
+                panes = window.panes().len(),
+                requests = window.requests(),
+                next_pane = next_seq,
+                "window restored from the checkpoint"
+            );
+        }
+        let now = Instant::now();
+        let state = State {
+            tracker: Tracker::new(
+                config.batch,
+                config.max_rate_per_partition,
+                next_seq,
+                now,
+                SystemTime::now(),
+            ),
+            builder: Builder::new(config.window, config.slide, counters.records_consumed, now),
+            counter: Counter::spawn(&config.ip_field, config.max_line_bytes)?,
+            partition_metrics: Vec::new(),
+            window,
+            counters,
+            config,
+            assigned_generation: None,
+            stored,
+            links,
+        };
+        Ok(Ingest { consumer, state })
+    }
+
+    /// Runs until `stop` is set; closes, publishes and checkpoints the open
+    /// batch before returning, so that its offsets are committed at shutdown
+    /// and a restart re-reads nothing.
+    pub fn run(self, stop: Stop) -> Result<(), IngestError> {
+        let Ingest {
+            consumer,
+            state: mut st,
+        } = self;
+        st.tracker.start(Instant::now(), SystemTime::now());
+        st.assign_new_partitions(&consumer)?;
+        let mut since_clock = 0u32;
+        while !stop.is_set() {
+            match consumer.poll(Duration::ZERO) {
+                Some(result) => {
+                    st.handle(&consumer, result)?;
+                    // Read the clock once per run of records, not per record.
+                    since_clock += 1;
+                    if since_clock < 256 {
+                        continue;
+                    }
+                    since_clock = 0;
+                }
+                None => {
+                    // Partitions found while idle (at start-up, or a topic that
+                    // appears) are assigned at once, not at the next batch.
+                    if st.links.view.has_changed().unwrap_or(false) {
+                        st.assign_new_partitions(&consumer)?;
+                    }
+                    let now = Instant::now();
+                    let wait = st.tracker.until_due(now);
+                    if !wait.is_zero() {
+                        let polled = consumer.poll(wait.min(Duration::from_millis(100)));
+                        st.tracker.idle(now.elapsed());
+                        if let Some(result) = polled {
+                            st.handle(&consumer, result)?;
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if st.tracker.is_due(now) {
+                // Batches stay on their grid; a stall closes the missed ones empty.
+                while st.tracker.is_due(now) {
+                    st.close_batch(&consumer)?;
+                }
+                st.assign_new_partitions(&consumer)?;
+            }
+        }
+        st.close_batch(&consumer)?;
+        st.publish();
+        let job = st.checkpoint_job();
+        if st.links.checkpoints.send(job).is_err() {
+            warn!("the checkpoint writer is gone; the final batch is not checkpointed");
+        }
+        info!(batches = st.counters.batches, "ingest stopped");
+        Ok(())
+    }
+}
+
+/// Logs and counts one partition that does not continue from where it was,
+/// found at assignment or on a gap in its offsets.
+fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, gap: bool) {
+    if gap {
+        warn!(%topic, partition, next = ?reset.stored, log_start = reset.log_start,
+            lost = reset.lost, "records expired before they were counted");
+    } else if reset.reason == ResetReason::Missing {
+        // A first start has nothing stored: worth a note, not a warning.
+        info!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
+            log_end = reset.log_end, start = reset.start,
+            "no stored offset; starting by --offset-reset");
+    } else {
+        warn!(%topic, partition, reason = %reset.reason, stored = ?reset.stored,
+            log_start = reset.log_start, log_end = reset.log_end, start = reset.start,
+            lost = reset.lost, "partition does not start at a stored offset");
+    }
+    metrics
+        .offset_resets
+        .with_label_values(&[reset.reason.as_str()])
+        .inc();
+    if reset.lost > 0 {
+        metrics
+            .records_lost
+            .with_label_values(&[topic, &partition.to_string()])
+            .inc_by(reset.lost as u64);
+    }
+}
+
+impl State {
+    fn handle(
+        &mut self,
+        consumer: &KafkaConsumer,
+        result: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), IngestError> {
+        let message = match result {
+            Ok(m) => m,
+            Err(error) => {
+                self.links.metrics.kafka_errors.inc();
+                if self.config.offset_reset == OffsetReset::Fail {
+                    return Err(IngestError::ConsumeFailed(error));
+                }
+                warn!(%error, "consume error");
+                return Ok(());
+            }
+        };
+        let partition = message.partition();
+        let topic = self.tracker.needs_topic().then(|| message.topic());
+        let Some(slot) = self.tracker.slot(topic, partition) else {
+            return Ok(());
+        };
+        let view = &self.links.view;
+        let log_start = || {
+            view.borrow()
+                .find(message.topic(), partition)
+                .map(|p| p.low)
+        };
+        let verdict = self.tracker.record(
+            slot,
+            message.offset(),
+            message.timestamp().to_millis(),
+            log_start,
+            SystemTime::now(),
+        );
+        match verdict {
+            Verdict::Count => {}
+            Verdict::CountAfterLoss(reset) => {
+                record_reset(
+                    &self.links.metrics,
+                    message.topic(),
+                    partition,
+                    &reset,
+                    true,
+                );
+            }
+            Verdict::Skip => return Ok(()),
+            Verdict::Pause => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(message.topic(), partition);
+                if let Err(error) = consumer.pause(&tpl) {
+                    warn!(%error, topic = message.topic(), partition, "pause failed");
+                }
+                return Ok(());
+            }
+        }
+        self.counter.push(message.payload().unwrap_or_default())?;
+        Ok(())
+    }
+
+    /// Assigns partitions the monitor found that are not assigned yet.
+    fn assign_new_partitions(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+        let view = self.links.view.borrow_and_update().clone();
+        if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
+            return Ok(());
+        }
+        let initial = self.assigned_generation.is_none();
+        let starts = self
+            .tracker
+            .plan(&view, &self.stored, self.config.offset_reset, initial)?;
+        self.assigned_generation = Some(view.generation);
+        let Some(first) = starts.first() else {
+            return Ok(());
+        };
+        let assign_error = |topic: &Arc<str>, partition, source| IngestError::Assign {
+            topic: topic.clone(),
+            partition,
+            source,
+        };
+        let mut tpl = TopicPartitionList::new();
+        for s in &starts {
+            tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.offset))
+                .map_err(|e| assign_error(&s.topic, s.partition, e))?;
+        }
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| assign_error(&first.topic, first.partition, e))?;
+        for start in starts {
+            if let Some(reset) = &start.reset {
+                record_reset(
+                    &self.links.metrics,
+                    &start.topic,
+                    start.partition,
+                    reset,
+                    false,
+                );
+            }
+            info!(topic = %start.topic, partition = start.partition,
+                start_offset = start.offset, initial, "partition assigned");
+            self.partition_metrics.push(PartitionMetrics::new(
+                &self.links.metrics,
+                &self.config.group,
+                &start.topic,
+                start.partition,
+            ));
+            self.tracker.add(start);
+        }
+        Ok(())
+    }
+
+    fn close_batch(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+        let closed = self.tracker.close(SystemTime::now());
+        let mut resume = TopicPartitionList::new();
+        for (topic, partition, offset) in &closed.seek_back {
+            // Re-read from the first record the rate cap turned away.
+            let seek = consumer.seek(
+                topic,
+                *partition,
+                Offset::Offset(*offset),
+                Duration::from_secs(1),
+            );
+            if let Err(error) = seek {
+                warn!(%error, %topic, partition, "seek failed");
+            }
+            resume.add_partition(topic, *partition);
+        }
+        if resume.count() > 0
+            && let Err(error) = consumer.resume(&resume)
+        {
+            warn!(%error, "resume failed");
+        }
+        let mut consumed = 0;
+        for (metrics, taken) in self.partition_metrics.iter().zip(&closed.taken) {
+            metrics.consumed.inc_by(*taken);
+            consumed += taken;
+        }
+        let open = self.counter.take()?;
+        let pane = Pane {
+            seq: closed.seq,
+            start: closed.start,
+            end: closed.end,
+            counts: open.counts,
+            requests: open.requests,
+            skipped: open.skipped,
+            ranges: closed.ranges,
+        };
+        let metrics = &self.links.metrics;
+        for (reason, n) in pane.skipped.iter() {
+            if n > 0 {
+                metrics
+                    .records_skipped
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(n);
+            }
+        }
+        self.counters.batches += 1;
+        self.counters.records_consumed += consumed;
+        self.counters.records_counted += pane.requests;
+        self.counters.skipped.merge(&pane.skipped);
+        self.window.push(Arc::new(pane));
+        metrics.batches.inc();
+        metrics.window_requests.set(self.window.requests() as i64);
+        metrics
+            .window_distinct_ips
+            .set(self.window.distinct_ips() as i64);
+
+        let seq = self.tracker.next_seq();
+        let first_of_run = !self.links.health.is_ready();
+        if seq % self.config.slide_batches == 0 || first_of_run {
+            self.publish();
+        }
+        if seq % self.config.checkpoint_batches == 0 {
+            // Never wait for the disk: a busy writer gets the next job instead,
+            // which holds everything this one would have.
+            match self.links.checkpoints.try_send(self.checkpoint_job()) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => warn!("the checkpoint writer is gone"),
+            }
+        }
+        if first_of_run {
+            // State is restored (before ingest started) and a batch closed.
+            self.links.health.set_ready();
+        }
+        let busy = self.tracker.busy_until(Instant::now());
+        self.links
+            .metrics
+            .batch_duration
+            .observe(busy.as_secs_f64());
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let view = self.links.view.borrow().clone();
+        let partitions: Vec<PartitionStatus> = self
+            .tracker
+            .partitions()
+            .iter()
+            .zip(&self.partition_metrics)
+            .map(|(p, metrics)| {
+                let progress = PartitionProgress {
+                    topic: &p.topic,
+                    partition: p.partition,
+                    next: p.next,
+                    last_timestamp_ms: p.last_timestamp_ms,
+                    last_reset: p.last_reset.as_ref(),
+                };
+                let status = partition_status(
+                    &progress,
+                    self.window.panes(),
+                    view.find(&p.topic, p.partition),
+                );
+                if let Some(lag) = status.lag() {
+                    metrics.lag.set(lag);
+                    metrics.group_lag.set(lag);
+                }
+                if let Some(seconds) = status.lag_seconds {
+                    metrics.lag_seconds.set(seconds);
+                }
+                status
+            })
+            .collect();
+        let snapshot = self.builder.build(
+            &mut self.window,
+            partitions,
+            self.counters,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        self.links.published.store(Arc::new(snapshot));
+    }
+
+    fn checkpoint_job(&self) -> CheckpointJob {
+        CheckpointJob {
+            panes: self.window.panes().cloned().collect(),
+            offsets: self.tracker.offsets(),
+            next_pane_seq: self.tracker.next_seq(),
+            counters: self.counters,
+        }
+    }
+}

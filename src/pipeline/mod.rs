@@ -1,0 +1,23 @@
+//! The service's data path, in the order a record travels it:
+//!
+//! ```text
+//! ingest (consumer thread) ──► counter (counting thread: parse + count) ──► pane
+//!    │   decisions by ingest::tracker (pure)                                 │
+//!    │                                      window: ring of panes + totals ◄─┘
+//!    └──► every slide: snapshot::build ──► Published (Arc swap) ──► HTTP
+//!    └──► every checkpoint interval: CheckpointJob ──► checkpoint writer
+//! ```
+//!
+//! - [`parse`]: log line → client IP (fast path, held to a reference parser).
+//! - [`counts`]: per-IP counters (open: hash table; closed: sorted arrays).
+//! - [`counter`]: [`counter::Tally`] (parse + count) and the counting thread.
+//! - [`window`]: panes, running totals, top-N — pure, time passed in.
+//! - [`snapshot`]: the immutable published view, and how it is built.
+//! - [`ingest`]: the consumer loop; [`ingest::tracker`] decides, the loop calls librdkafka.
+
+pub mod counter;
+pub mod counts;
+pub mod ingest;
+pub mod parse;
+pub mod snapshot;
+pub mod window;

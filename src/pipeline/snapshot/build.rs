@@ -1,0 +1,243 @@
+//! Assembling a [`Snapshot`] from ingest's state at a slide: per-partition
+//! offsets and lag, the rate over the last slide, and the slide history the
+//! dashboard draws its sparklines from. Time is passed in.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, Snapshot};
+use crate::config::{MAX_TOP_N, SORTED_TOP_N};
+use crate::kafka::PartitionInfo;
+use crate::pipeline::window::{Pane, Window};
+use crate::vocab::Reset;
+
+/// How much slide history the dashboard's sparklines get.
+const HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
+const HISTORY_POINTS: usize = 600;
+
+/// What ingest knows of one partition when it publishes.
+pub struct PartitionProgress<'a> {
+    pub topic: &'a Arc<str>,
+    pub partition: i32,
+    /// Next offset to count.
+    pub next: i64,
+    /// Timestamp (ms) of the last record read.
+    pub last_timestamp_ms: Option<i64>,
+    pub last_reset: Option<&'a Reset>,
+}
+
+/// A partition's status: the offsets the window covers, and its lag against
+/// what the cluster monitor last saw (`info`).
+pub fn partition_status<'a>(
+    p: &PartitionProgress<'_>,
+    panes: impl IntoIterator<Item = &'a Arc<Pane>>,
+    info: Option<&PartitionInfo>,
+) -> PartitionStatus {
+    let from_offset = panes
+        .into_iter()
+        .find_map(|pane| {
+            pane.ranges
+                .iter()
+                .find(|r| r.partition == p.partition && r.topic == *p.topic)
+                .map(|r| r.from)
+        })
+        .unwrap_or(p.next);
+    let mut status = PartitionStatus {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        from_offset,
+        until_offset: p.next,
+        log_start: info.map(|i| i.low),
+        log_end: info.map(|i| i.high),
+        lag_seconds: None,
+        last_reset: p.last_reset.cloned(),
+    };
+    if let Some(lag) = status.lag() {
+        status.lag_seconds = match (
+            lag,
+            info.and_then(|i| i.newest_timestamp_ms),
+            p.last_timestamp_ms,
+        ) {
+            (0, _, _) => Some(0.0),
+            (_, Some(newest), Some(last)) => Some((newest - last).max(0) as f64 / 1000.0),
+            _ => None,
+        };
+    }
+    status
+}
+
+/// Builds one snapshot per slide and keeps what spans slides: the rate
+/// baseline and the history.
+#[derive(Debug)]
+pub struct Builder {
+    window_length: Duration,
+    slide: Duration,
+    last_publish: Instant,
+    consumed_at_last_publish: u64,
+    history: VecDeque<HistoryPoint>,
+}
+
+impl Builder {
+    /// `consumed` is the records-consumed total to measure the first rate from.
+    pub fn new(window_length: Duration, slide: Duration, consumed: u64, now: Instant) -> Self {
+        Builder {
+            window_length,
+            slide,
+            last_publish: now,
+            consumed_at_last_publish: consumed,
+            history: VecDeque::new(),
+        }
+    }
+
+    pub fn build(
+        &mut self,
+        window: &mut Window,
+        partitions: Vec<PartitionStatus>,
+        counters: Counters,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Snapshot {
+        let elapsed = now.duration_since(self.last_publish).as_secs_f64();
+        let records_per_second = if elapsed > 0.0 {
+            (counters.records_consumed - self.consumed_at_last_publish) as f64 / elapsed
+        } else {
+            0.0
+        };
+        self.last_publish = now;
+        self.consumed_at_last_publish = counters.records_consumed;
+
+        self.history.push_back(HistoryPoint {
+            at: wall,
+            records_per_second,
+            window_requests: window.requests(),
+            distinct_ips: window.distinct_ips(),
+        });
+        while self.history.len() > HISTORY_POINTS
+            || self
+                .history
+                .front()
+                .is_some_and(|p| wall.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN)
+        {
+            self.history.pop_front();
+        }
+        let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
+        let window_end = panes.last().map_or(wall, |p| p.end);
+        let window_start = window_end
+            .checked_sub(self.window_length)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Snapshot {
+            taken_at: wall,
+            window_start,
+            window_end,
+            window_length: self.window_length,
+            slide: self.slide,
+            total_requests: window.requests(),
+            distinct_ips: window.distinct_ips(),
+            top: window.top_list(MAX_TOP_N, SORTED_TOP_N),
+            panes,
+            partitions,
+            ingest: IngestStatus {
+                counters,
+                records_per_second,
+            },
+            history: self.history.iter().copied().collect(),
+            rendered_top: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::window::{OffsetRange, SortedCounts};
+    use crate::vocab::SkipCounts;
+
+    fn pane(seq: u64, from: i64, until: i64) -> Arc<Pane> {
+        Arc::new(Pane {
+            seq,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH + Duration::from_secs(seq + 1),
+            counts: SortedCounts::default(),
+            requests: 0,
+            skipped: SkipCounts::default(),
+            ranges: vec![OffsetRange {
+                topic: "t".into(),
+                partition: 0,
+                from,
+                until,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_partition_covers_from_its_first_pane_and_lags_behind_the_log_end() {
+        let topic: Arc<str> = "t".into();
+        let progress = PartitionProgress {
+            topic: &topic,
+            partition: 0,
+            next: 30,
+            last_timestamp_ms: Some(1_000),
+            last_reset: None,
+        };
+        let info = PartitionInfo {
+            topic: topic.clone(),
+            partition: 0,
+            low: 0,
+            high: 50,
+            newest_timestamp_ms: Some(3_500),
+        };
+        let panes = [pane(0, 10, 20), pane(1, 20, 30)];
+        let status = partition_status(&progress, &panes, Some(&info));
+        assert_eq!((status.from_offset, status.until_offset), (10, 30));
+        assert_eq!((status.lag(), status.lag_seconds), (Some(20), Some(2.5)));
+        // No pane yet: the window covers nothing, from = until.
+        let status = partition_status(&progress, &[], None);
+        assert_eq!(
+            (status.from_offset, status.lag(), status.lag_seconds),
+            (30, None, None)
+        );
+        // Caught up: no lag in seconds, whatever the timestamps.
+        let caught_up = PartitionInfo { high: 30, ..info };
+        let status = partition_status(&progress, &panes, Some(&caught_up));
+        assert_eq!((status.lag(), status.lag_seconds), (Some(0), Some(0.0)));
+    }
+
+    #[test]
+    fn the_rate_is_per_slide_and_the_window_ends_with_its_newest_pane() {
+        let start = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut builder = Builder::new(Duration::from_secs(2), Duration::from_secs(1), 100, start);
+        let mut window = Window::new(2);
+        window.push(pane(0, 0, 10));
+        let counters = Counters {
+            records_consumed: 300,
+            ..Counters::default()
+        };
+        let snapshot = builder.build(
+            &mut window,
+            Vec::new(),
+            counters,
+            start + Duration::from_secs(2),
+            wall,
+        );
+        assert_eq!(snapshot.ingest.records_per_second, 100.0);
+        assert_eq!(
+            snapshot.window_end,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1)
+        );
+        assert_eq!(snapshot.history.len(), 1);
+        // History older than its span is dropped.
+        let later = wall + HISTORY_SPAN + Duration::from_secs(1);
+        let snapshot = builder.build(
+            &mut window,
+            Vec::new(),
+            counters,
+            start + Duration::from_secs(3),
+            later,
+        );
+        assert_eq!(snapshot.ingest.records_per_second, 0.0);
+        assert_eq!(snapshot.history.len(), 1);
+        assert_eq!(snapshot.history[0].at, later);
+    }
+}

@@ -1,0 +1,15 @@
+//! The words every part of ipstats shares: a client address, why a line was
+//! skipped, why a partition was reset, liveness facts. These modules depend
+//! on nothing else in the crate, so that anything may use them.
+
+pub mod health;
+pub mod ip;
+pub mod reset;
+pub mod skip;
+pub mod stamp;
+
+pub use health::Health;
+pub use ip::{IpKey, parse_ip};
+pub use reset::{Reset, ResetReason};
+pub use skip::{SkipCounts, SkipReason};
+pub use stamp::{LastError, Stamp};

@@ -1,0 +1,88 @@
+//! Why a line was not counted, and how many lines were not, per reason.
+
+use std::fmt;
+
+/// Why a line was not counted. Exposed as `ipstats_records_skipped_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The line is longer than `--max-line-bytes`.
+    TooLarge,
+    /// The line is not valid UTF-8 (binary data).
+    NotUtf8,
+    /// The line is not a JSON object.
+    NotJson,
+    /// The JSON object has no top-level IP field.
+    MissingField,
+    /// The IP field is not a string holding an IPv4 or IPv6 address.
+    InvalidIp,
+}
+
+impl SkipReason {
+    /// Every reason, in the order used by [`SkipCounts`].
+    pub const ALL: [SkipReason; 5] = [
+        SkipReason::TooLarge,
+        SkipReason::NotUtf8,
+        SkipReason::NotJson,
+        SkipReason::MissingField,
+        SkipReason::InvalidIp,
+    ];
+
+    /// The label value used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TooLarge => "too_large",
+            SkipReason::NotUtf8 => "not_utf8",
+            SkipReason::NotJson => "not_json",
+            SkipReason::MissingField => "missing_field",
+            SkipReason::InvalidIp => "invalid_ip",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Skipped lines counted per reason; indexable without hashing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipCounts([u64; 5]);
+
+impl SkipCounts {
+    pub fn add(&mut self, reason: SkipReason) {
+        self.0[reason.index()] += 1;
+    }
+
+    pub fn get(&self, reason: SkipReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    pub fn merge(&mut self, other: &SkipCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// The counts in [`SkipReason::ALL`] order, as checkpoints store them.
+    pub fn to_array(&self) -> [u64; 5] {
+        self.0
+    }
+
+    pub fn from_array(counts: [u64; 5]) -> Self {
+        SkipCounts(counts)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason, zeros included.
+    pub fn iter(&self) -> impl Iterator<Item = (SkipReason, u64)> + '_ {
+        SkipReason::ALL.iter().map(|r| (*r, self.get(*r)))
+    }
+}
