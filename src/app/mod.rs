@@ -47,8 +47,8 @@ use crate::pipeline::snapshot::{Published, Snapshot};
 use crate::stop::Stop;
 use crate::tools::demo;
 use crate::vocab::Health;
-use parts::{Parts, Report, Signal, Stage};
-use startup::{Ready, Startup};
+use parts::{Report, Signal, Stage, Supervisor};
+use startup::Startup;
 
 /// How often partitions and watermarks are refreshed.
 const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,15 +65,10 @@ pub struct Shared {
     pub checkpoint: Arc<checkpoint::Status>,
 }
 
-type StartupTask = tokio::task::JoinHandle<anyhow::Result<Option<Ready>>>;
-
 /// A started service.
 pub struct App {
     addr: SocketAddr,
-    parts: Parts,
-    /// Resolving where to start; its result is launched under `parts`.
-    startup: Option<StartupTask>,
-    startup_cancel: CancellationToken,
+    supervisor: Supervisor,
     shutdown_grace: Duration,
     /// The demo's throw-away checkpoint directory, removed at exit.
     demo_dir: Option<PathBuf>,
@@ -110,7 +105,8 @@ impl App {
             committed: Arc::new(Committed::new(settings.zookeeper.is_some())),
             checkpoint: Arc::new(checkpoint::Status::default()),
         };
-        let mut parts = Parts::default();
+        let supervisor = Supervisor::default();
+        let parts = supervisor.parts();
         let stop = Stop::new();
 
         let zookeeper = match &settings.zookeeper {
@@ -262,7 +258,6 @@ impl App {
         }
 
         let shutdown_grace = settings.shutdown_grace;
-        let startup_cancel = CancellationToken::new();
         let startup = Startup {
             settings,
             zookeeper,
@@ -272,12 +267,25 @@ impl App {
             shared,
             stop,
         };
-        let startup = tokio::spawn(startup.resolve(startup_cancel.clone()));
+        {
+            let (cancel, launcher) = (CancellationToken::new(), parts.clone());
+            parts.task(
+                "startup",
+                Stage::Startup,
+                Signal::Token(cancel.clone()),
+                Report::FailuresOnly,
+                None,
+                async move {
+                    match startup.resolve(cancel).await? {
+                        Some(ready) => ready.launch(&launcher),
+                        None => Ok(()),
+                    }
+                },
+            );
+        }
         Ok(App {
             addr,
-            parts,
-            startup: Some(startup),
-            startup_cancel,
+            supervisor,
             shutdown_grace,
             demo_dir,
         })
@@ -290,35 +298,15 @@ impl App {
 
     /// Runs until `shutdown` completes or a part fails, then stops all.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let mut shutdown = std::pin::pin!(shutdown);
-        let outcome = loop {
-            tokio::select! {
-                () = &mut shutdown => {
-                    info!("shutting down");
-                    break Ok(());
-                }
-                (name, result) = self.parts.ended() => break match result {
-                    Err(e) => Err(e.context(format!("{name} failed"))),
-                    Ok(()) => Err(anyhow!("{name} stopped unexpectedly")),
-                },
-                resolved = async {
-                    match self.startup.as_mut() {
-                        Some(task) => Some(task.await),
-                        None => None,
-                    }
-                }, if self.startup.is_some() => {
-                    self.startup = None;
-                    let launched = match resolved {
-                        Some(Ok(Ok(Some(ready)))) => ready.launch(&mut self.parts),
-                        Some(Ok(Ok(None))) | None => Ok(()),
-                        Some(Ok(Err(e))) => Err(e),
-                        Some(Err(join)) => Err(join.into()),
-                    };
-                    if let Err(e) = launched {
-                        break Err(e.context("startup failed"));
-                    }
-                }
+        let outcome = tokio::select! {
+            () = shutdown => {
+                info!("shutting down");
+                Ok(())
             }
+            (name, result) = self.supervisor.ended() => match result {
+                Err(e) => Err(e.context(format!("{name} failed"))),
+                Ok(()) => Err(anyhow!("{name} stopped unexpectedly")),
+            },
         };
         if let Err(e) = &outcome {
             error!("{e:#}");
@@ -336,12 +324,7 @@ impl App {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        // A start-up still resolving is cancelled; nothing it prepared runs.
-        self.startup_cancel.cancel();
-        if let Some(startup) = self.startup {
-            let _ = startup.await;
-        }
-        let stopped = self.parts.stop().await;
+        let stopped = self.supervisor.stop().await;
         if let Some(dir) = self.demo_dir {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }

@@ -1,9 +1,10 @@
 //! The running parts of the service, owned in one place: each is started
-//! here with its stage and the way it is told to stop; the first one to end
-//! on its own is reported; and [`Parts::stop`] stops them stage by stage, in
-//! the one order declared by [`Stage`].
+//! through [`Parts`] with its stage and the way it is told to stop; the
+//! [`Supervisor`] hears of the first one to end on its own, and stops them
+//! all stage by stage, in the one order declared by [`Stage`].
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -17,6 +18,9 @@ use crate::stop::Stop;
 /// has ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
+    /// Start-up, still resolving where to start: cancelled, it launches
+    /// nothing. Once it has launched the parts below, it is done.
+    Startup,
     /// Reading Kafka: ingest closes its last batch and hands it to the
     /// checkpoint writer; the cluster monitor stops.
     Consume,
@@ -32,7 +36,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ORDER: [Stage; 5] = [
+    const ORDER: [Stage; 6] = [
+        Stage::Startup,
         Stage::Consume,
         Stage::Persist,
         Stage::Commit,
@@ -88,40 +93,53 @@ struct Part {
 
 type Exit = (&'static str, anyhow::Result<()>);
 
-/// The supervisor of the running parts.
+/// Starts parts. Cheap to clone, so that start-up can launch parts while
+/// the service runs.
+#[derive(Clone)]
 pub struct Parts {
-    running: Vec<Part>,
-    exits_tx: mpsc::UnboundedSender<Exit>,
+    running: Arc<Mutex<Vec<Part>>>,
+    exits: mpsc::UnboundedSender<Exit>,
+}
+
+/// The owner of every part: hears the first to end, stops them all.
+pub struct Supervisor {
+    parts: Parts,
     exits: mpsc::UnboundedReceiver<Exit>,
 }
 
-impl Default for Parts {
-    fn default() -> Self {
-        let (exits_tx, exits) = mpsc::unbounded_channel();
-        Parts {
-            running: Vec::new(),
-            exits_tx,
-            exits,
-        }
-    }
-}
-
 impl Parts {
+    fn add(&self, part: Part) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(part);
+    }
+
+    /// The parts of one stage, taken out of the running list.
+    fn take(&self, stage: Stage) -> Vec<Part> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let (now, later) = std::mem::take(&mut *running)
+            .into_iter()
+            .partition(|p| p.stage == stage);
+        *running = later;
+        now
+    }
+
     /// Runs `body` on a named thread of its own.
     pub fn thread(
-        &mut self,
+        &self,
         name: &'static str,
         stage: Stage,
         signal: Signal,
         report: Report,
         body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let exits = self.exits_tx.clone();
+        let exits = self.exits.clone();
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || send_exit(&exits, name, report, body()))
             .with_context(|| format!("spawning the {name} thread"))?;
-        self.running.push(Part {
+        self.add(Part {
             name,
             stage,
             signal,
@@ -134,7 +152,7 @@ impl Parts {
     /// Runs `body` as a task on the async runtime; `patience` bounds the wait
     /// for it at shutdown.
     pub fn task(
-        &mut self,
+        &self,
         name: &'static str,
         stage: Stage,
         signal: Signal,
@@ -142,15 +160,34 @@ impl Parts {
         patience: Option<Duration>,
         body: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        let exits = self.exits_tx.clone();
+        let exits = self.exits.clone();
         let handle = tokio::spawn(async move { send_exit(&exits, name, report, body.await) });
-        self.running.push(Part {
+        self.add(Part {
             name,
             stage,
             signal,
             handle: Handle::Task(handle),
             patience,
         });
+    }
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        Supervisor {
+            parts: Parts {
+                running: Arc::default(),
+                exits: exits_tx,
+            },
+            exits,
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn parts(&self) -> &Parts {
+        &self.parts
     }
 
     /// The first part to end on its own, and how it ended.
@@ -162,19 +199,14 @@ impl Parts {
         }
     }
 
-    /// Stops every part, stage by stage; the first failure any part reported
-    /// (before or during the stop) is the result.
+    /// Stops every part, stage by stage (a stage's parts are taken only once
+    /// the stages before it have ended, so that start-up's launches are
+    /// among them); the first failure any part reported, before or during
+    /// the stop, is the result.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let Parts {
-            mut running,
-            exits_tx,
-            mut exits,
-        } = self;
-        drop(exits_tx);
+        let Supervisor { parts, mut exits } = self;
         for stage in Stage::ORDER {
-            let (now, later): (Vec<Part>, Vec<Part>) =
-                running.into_iter().partition(|p| p.stage == stage);
-            running = later;
+            let now = parts.take(stage);
             for part in &now {
                 part.signal.send();
             }
@@ -245,17 +277,14 @@ mod tests {
     #[tokio::test]
     async fn parts_stop_stage_by_stage_in_the_declared_order() {
         let order = Arc::new(Mutex::new(Vec::new()));
-        let mut parts = Parts::default();
+        let supervisor = Supervisor::default();
+        let parts = supervisor.parts().clone();
         let note = |what: &'static str| {
             let order = order.clone();
             move || order.lock().expect("lock").push(what)
         };
         // Started in an order unlike the stop order.
-        for (name, stage) in [
-            ("demo", Stage::Demo),
-            ("http", Stage::Serve),
-            ("committer", Stage::Commit),
-        ] {
+        for (name, stage) in [("demo", Stage::Demo), ("http", Stage::Serve)] {
             let token = CancellationToken::new();
             let (wait, done) = (token.clone(), note(name));
             parts.task(
@@ -302,20 +331,58 @@ mod tests {
                 }
             },
         );
-        let err = parts.stop().await.expect_err("the writer failed");
+        // Start-up launches parts of later stages while the service runs:
+        // they are stopped in their turn.
+        let (launcher, token) = (parts.clone(), CancellationToken::new());
+        let done = note("startup");
+        let late = note("committer launched by startup");
+        parts.task(
+            "startup",
+            Stage::Startup,
+            Signal::Token(token.clone()),
+            Report::FailuresOnly,
+            None,
+            async move {
+                token.cancelled().await;
+                let stop = CancellationToken::new();
+                launcher.task(
+                    "committer",
+                    Stage::Commit,
+                    Signal::Token(stop.clone()),
+                    Report::FailuresOnly,
+                    None,
+                    async move {
+                        stop.cancelled().await;
+                        late();
+                        Ok(())
+                    },
+                );
+                done();
+                Ok(())
+            },
+        );
+        let err = supervisor.stop().await.expect_err("the writer failed");
         assert!(
             format!("{err:#}").contains("writer failed: disk on fire"),
             "{err:#}"
         );
         assert_eq!(
             *order.lock().expect("lock"),
-            ["ingest", "writer", "committer", "http", "demo"]
+            [
+                "startup",
+                "ingest",
+                "writer",
+                "committer launched by startup",
+                "http",
+                "demo"
+            ]
         );
     }
 
     #[tokio::test]
     async fn the_first_part_to_end_is_reported_and_followers_only_when_they_fail() {
-        let mut parts = Parts::default();
+        let mut supervisor = Supervisor::default();
+        let parts = supervisor.parts().clone();
         parts.task(
             "quiet",
             Stage::Commit,
@@ -333,7 +400,7 @@ mod tests {
                 || Ok(()),
             )
             .expect("thread");
-        let (name, result) = parts.ended().await;
+        let (name, result) = supervisor.ended().await;
         assert_eq!(name, "monitor");
         assert!(result.is_ok());
         // A part that outstays its patience is left behind, not waited for.
@@ -345,6 +412,6 @@ mod tests {
             Some(Duration::from_millis(10)),
             std::future::pending(),
         );
-        parts.stop().await.expect("nothing failed");
+        supervisor.stop().await.expect("nothing failed");
     }
 }

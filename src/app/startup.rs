@@ -184,7 +184,7 @@ impl Startup {
 impl Ready {
     /// Starts the checkpoint writer, ingest and the committers. Offsets flow
     /// ingest → writer (durable) → `commits` → committers.
-    pub fn launch(self, parts: &mut Parts) -> anyhow::Result<()> {
+    pub fn launch(self, parts: &Parts) -> anyhow::Result<()> {
         let Ready {
             startup: s,
             restored,
