@@ -50,14 +50,18 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Produce(args)) => runtime.block_on(async {
+            // Ctrl-C asks the producer to stop; it then flushes what it wrote.
             let stop = Stop::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    on_signal.set();
+            let produce = ipstats::tools::produce::run(args, stop.clone());
+            let mut produce = std::pin::pin!(produce);
+            let result = tokio::select! {
+                result = &mut produce => result,
+                _ = tokio::signal::ctrl_c() => {
+                    stop.set();
+                    produce.await
                 }
-            });
-            ipstats::tools::produce::run(args, stop).await.map(drop)
+            };
+            result.map(drop)
         }),
         Some(Command::Count(args)) => ipstats::tools::count_file::run(args),
         command => {

@@ -394,6 +394,46 @@ fn a_second_instance_on_the_group_refuses_and_a_killed_one_reclaims_at_once() {
 }
 
 #[test]
+fn sigterm_during_the_ownership_wait_ends_within_the_shutdown_grace() {
+    let Some(s) = Setup::new("owner-wait") else {
+        return;
+    };
+    produce_lines(&s.cluster, &s.topic, 50, 1, 73);
+    let mut a = s.spawn(&temp_dir("ckpt-a"), &[]);
+    a.wait_ready(WAIT);
+    // B waits up to its 60 s session timeout for A's ownership to go.
+    let mut b = s.spawn(
+        &temp_dir("ckpt-b"),
+        &[
+            "--zookeeper-session-timeout",
+            "60s",
+            "--shutdown-grace",
+            "2s",
+        ],
+    );
+    wait_for("the second instance waiting for ownership", WAIT, || {
+        let (_, body) = http_get(b.addr, "/readyz").map_err(|e| e.to_string())?;
+        if body.contains("claiming partition ownership") {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    });
+    b.signal("TERM");
+    // Exit 0 means the stop finished inside --shutdown-grace; overrunning it
+    // exits 1 saying so.
+    let status = b.wait_exit(Duration::from_secs(30));
+    let log = b.log_text();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("--shutdown-grace"), "{log}");
+    assert_eq!(
+        http_get(a.addr, "/readyz").expect("readyz").0,
+        200,
+        "the owner is unaffected"
+    );
+}
+
+#[test]
 fn zookeeper_down_at_start_waits_and_down_mid_run_never_stops_counting() {
     let Some(cluster) = cluster() else { return };
     let topic = unique("zk-down");

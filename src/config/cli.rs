@@ -1,0 +1,233 @@
+//! The command line: subcommands, options and the environment variable of
+//! each (their doc comments are `--help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Sliding-window visit counts per client IP from Kafka access logs, served live over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "ipstats", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default). Without --brokers: the embedded demo.
+    Serve(ServeArgs),
+    /// Write realistic nginx JSON access-log lines into a Kafka topic.
+    Produce(ProduceArgs),
+    /// The original Spark job's argument list, for drop-in migration.
+    Legacy(LegacyArgs),
+    /// The top-N of a log file (or `-` for stdin), printed as `/api/v1/top` answers.
+    Count(CountArgs),
+}
+
+/// When no offset is stored for a partition, or the stored one is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffsetReset {
+    /// The oldest record still in the partition (the original job's choice).
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+    /// Refuse to start, naming the partition.
+    Fail,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Kafka bootstrap servers (host:port,...). Absent: an embedded demo broker with generated traffic.
+    #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Topics to consume, comma-separated.
+    #[arg(
+        long,
+        env = "IPSTATS_TOPICS",
+        value_name = "LIST",
+        default_value = "access-log"
+    )]
+    pub topics: String,
+    /// Consumer group: the ZooKeeper offset path and the Kafka group offsets are committed under it.
+    #[arg(
+        long,
+        env = "IPSTATS_GROUP",
+        value_name = "ID",
+        default_value = "ipstats"
+    )]
+    pub group: String,
+    /// ZooKeeper for offsets: host:port[,host:port][/chroot]. Absent: no ZooKeeper offsets.
+    #[arg(long, env = "IPSTATS_ZOOKEEPER", value_name = "CONNECT")]
+    pub zookeeper: Option<String>,
+    /// ZooKeeper session timeout: how long a crashed instance's ownership lingers.
+    #[arg(
+        long,
+        env = "IPSTATS_ZOOKEEPER_SESSION_TIMEOUT",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub zookeeper_session_timeout: Duration,
+    /// Directory for checkpoints and the instance id.
+    #[arg(
+        long,
+        env = "IPSTATS_CHECKPOINT_DIR",
+        value_name = "DIR",
+        default_value = "./ipstats-checkpoint"
+    )]
+    pub checkpoint_dir: PathBuf,
+    /// How often state is checkpointed; a whole multiple of --slide. Default: 5 slides.
+    #[arg(long, env = "IPSTATS_CHECKPOINT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Option<Duration>,
+    /// Discard the state in --checkpoint-dir and start afresh (offsets then come from ZooKeeper).
+    #[arg(long, env = "IPSTATS_RESET_CHECKPOINT")]
+    pub reset_checkpoint: bool,
+    /// How long a graceful stop (SIGTERM, SIGINT) may take: last batch, checkpoint, commits.
+    #[arg(
+        long,
+        env = "IPSTATS_SHUTDOWN_GRACE",
+        value_name = "DUR",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub shutdown_grace: Duration,
+    /// Batch interval: records consumed during one batch form one pane.
+    #[arg(long, env = "IPSTATS_BATCH", value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub batch: Duration,
+    /// Window length; a whole multiple of --batch.
+    #[arg(long, env = "IPSTATS_WINDOW", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// How often results are published; a whole multiple of --batch, at most --window.
+    #[arg(long, env = "IPSTATS_SLIDE", value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slide: Duration,
+    /// Records per second per partition, 0 = unlimited (Spark's maxRatePerPartition).
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_RATE_PER_PARTITION",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_rate_per_partition: u64,
+    /// Where to start a partition that has no usable stored offset.
+    #[arg(
+        long,
+        env = "IPSTATS_OFFSET_RESET",
+        value_enum,
+        default_value = "earliest"
+    )]
+    pub offset_reset: OffsetReset,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        env = "IPSTATS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// JSON field holding the client IP.
+    #[arg(
+        long,
+        env = "IPSTATS_IP_FIELD",
+        value_name = "NAME",
+        default_value = "client_real_ip"
+    )]
+    pub ip_field: String,
+    /// Extra librdkafka property (security.protocol, sasl.*, ...); repeatable.
+    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+    /// Lines longer than this are skipped as `too_large`.
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_LINE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 64 * 1024
+    )]
+    pub max_line_bytes: usize,
+    /// Lines per second the embedded demo generates (demo mode only).
+    #[arg(
+        long,
+        env = "IPSTATS_DEMO_RATE",
+        value_name = "N",
+        default_value_t = 2000
+    )]
+    pub demo_rate: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
+    pub brokers: String,
+    /// Topic to write to; created with --partitions if missing.
+    #[arg(long, env = "IPSTATS_TOPIC", default_value = "access-log")]
+    pub topic: String,
+    /// Lines per second, 0 = as fast as possible.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Lines to write, 0 = until interrupted.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Distinct client addresses to draw from.
+    #[arg(long, default_value_t = 10_000)]
+    pub ips: usize,
+    /// Zipf exponent of the address popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// Random seed: the same seed writes the same lines.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of malformed lines (not JSON, missing field, invalid IP, binary).
+    #[arg(long, default_value_t = 0.01)]
+    pub malformed_ratio: f64,
+    /// Partitions for the topic if it has to be created.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Also write every line, exactly as produced, to this file (ground truth for tests).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Extra librdkafka property; repeatable.
+    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+}
+
+/// `ipstats legacy <zkServers> <brokers> <topics> <groupId> <checkpointDirectory> <batchSeconds> <windowSeconds> <slideSeconds>`
+#[derive(Debug, Clone, Args)]
+pub struct LegacyArgs {
+    pub zk_servers: String,
+    pub brokers: String,
+    pub topics: String,
+    pub group_id: String,
+    pub checkpoint_directory: PathBuf,
+    pub batch_seconds: u64,
+    pub window_seconds: u64,
+    pub slide_seconds: u64,
+    /// HTTP listen address.
+    #[arg(
+        long,
+        env = "IPSTATS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+}
+
+/// `ipstats count FILE|-`
+#[derive(Debug, Clone, Args)]
+pub struct CountArgs {
+    /// The log file, one JSON line per request; `-` reads standard input.
+    pub file: PathBuf,
+    /// How many IPs to print.
+    #[arg(short, long, default_value_t = 10)]
+    pub n: usize,
+    /// JSON field holding the client IP.
+    #[arg(long, env = "IPSTATS_IP_FIELD", default_value = "client_real_ip")]
+    pub ip_field: String,
+    /// Lines longer than this are skipped as `too_large`.
+    #[arg(long, env = "IPSTATS_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
+    pub max_line_bytes: usize,
+}
