@@ -37,7 +37,7 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint;
 use crate::config::{OffsetReset, Settings};
-use crate::http::{AppState, ServiceInfo, router};
+use crate::http::{AppState, ServiceInfo, Sources, router};
 use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
@@ -54,16 +54,6 @@ use startup::Startup;
 const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for HTTP connections to finish.
 const HTTP_PATIENCE: Duration = Duration::from_secs(5);
-
-/// The handles every component reports into and HTTP reads.
-#[derive(Clone)]
-pub struct Shared {
-    pub published: Published,
-    pub health: Arc<Health>,
-    pub metrics: Metrics,
-    pub committed: Arc<Committed>,
-    pub checkpoint: Arc<checkpoint::Status>,
-}
 
 /// A started service.
 pub struct App {
@@ -98,7 +88,7 @@ impl App {
             .await?;
             settings.checkpoint_dir = demo_dir.clone().unwrap_or_default();
         }
-        let shared = Shared {
+        let shared = Sources {
             published: Published::new(Snapshot::empty(settings.window, settings.slide)),
             health: Arc::new(Health::new(settings.is_demo())),
             metrics: Metrics::new().context("creating metrics")?,
@@ -206,11 +196,7 @@ impl App {
             .local_addr()
             .context("reading the listen address")?;
         let state = AppState {
-            published: shared.published.clone(),
-            health: shared.health.clone(),
-            metrics: shared.metrics.clone(),
-            committed: shared.committed.clone(),
-            checkpoint: shared.checkpoint.clone(),
+            sources: shared.clone(),
             info: Arc::new(ServiceInfo {
                 checkpoint_dir: settings.checkpoint_dir.display().to_string(),
                 group: settings.group.clone(),

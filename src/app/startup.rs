@@ -12,10 +12,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Shared;
 use super::parts::{Parts, Report, Signal, Stage};
 use crate::checkpoint::{self, Restored, Shape, Writer};
 use crate::config::Settings;
+use crate::http::Sources;
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::offsets::committed::StoreState;
 use crate::offsets::zookeeper::{ZkOptions, ZkStore};
@@ -31,7 +31,7 @@ pub struct Startup {
     pub consumer: KafkaConsumer,
     pub group_client: Arc<KafkaConsumer>,
     pub view: ViewReceiver,
-    pub shared: Shared,
+    pub shared: Sources,
     /// Stops ingest (the same flag stops the cluster monitor).
     pub stop: Stop,
 }

@@ -52,7 +52,7 @@ pub async fn top(
 ) -> Result<Response, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let n = parse_n(query.n.as_deref())?;
-    let snapshot = state.published.load();
+    let snapshot = state.sources.published.load();
     // Dashboards and scrapers ask the same question many times per slide.
     let body = snapshot.rendered_top.get_or_render(n, || {
         serde_json::to_vec(&TopView::of(&snapshot, n))
@@ -71,7 +71,7 @@ pub async fn ip(
     let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
     let ip = parse_ip(&text)
         .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
-    let snapshot = state.published.load();
+    let snapshot = state.sources.published.load();
     Ok(Json(IpView {
         ip: ip.to_string(),
         count: snapshot.count(ip),
@@ -89,7 +89,7 @@ pub async fn ip(
 }
 
 fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
-    let committed = &state.committed;
+    let committed = &state.sources.committed;
     OffsetsView {
         group: state.info.group.clone(),
         partitions: snapshot
@@ -121,7 +121,7 @@ fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
 }
 
 pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
-    Json(offsets_view(&state, &state.published.load()))
+    Json(offsets_view(&state, &state.sources.published.load()))
 }
 
 fn store_view(store: &StoreStatus, connect: Value) -> Value {
@@ -134,7 +134,7 @@ fn store_view(store: &StoreStatus, connect: Value) -> Value {
 }
 
 fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
-    let health = &state.health;
+    let health = &state.sources.health;
     let ingest = &snapshot.ingest;
     let skipped: serde_json::Map<String, Value> = SkipReason::ALL
         .iter()
@@ -165,24 +165,24 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "skipped": skipped,
         "checkpoint": {
             "dir": state.info.checkpoint_dir,
-            "age_seconds": state.checkpoint.age().map(|d| d.as_secs_f64()),
-            "failing": state.checkpoint.failing(),
-            "last_error": state.checkpoint.last_error(),
-            "restored_from": state.checkpoint.restored_from(),
+            "age_seconds": state.sources.checkpoint.age().map(|d| d.as_secs_f64()),
+            "failing": state.sources.checkpoint.failing(),
+            "last_error": state.sources.checkpoint.last_error(),
+            "restored_from": state.sources.checkpoint.restored_from(),
         },
         "kafka": {
             "state": if health.kafka_connected() { "connected" } else { "disconnected" },
             "brokers": state.info.brokers,
             "last_error": health.kafka_last_error(),
             "last_contact_age_seconds": health.kafka_contact_age().map(|d| d.as_secs_f64()),
-            "group_commits": store_view(&state.committed.kafka, Value::Null),
+            "group_commits": store_view(&state.sources.committed.kafka, Value::Null),
         },
-        "zookeeper": store_view(&state.committed.zookeeper, json!(state.info.zookeeper)),
+        "zookeeper": store_view(&state.sources.committed.zookeeper, json!(state.info.zookeeper)),
     })
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(status_view(&state, &state.published.load()))
+    Json(status_view(&state, &state.sources.published.load()))
 }
 
 #[derive(Deserialize)]
@@ -231,9 +231,9 @@ pub async fn events(
                 Problem::bad_request(format!("limit must be a positive integer, got {text:?}"))
             })?,
     };
-    let stream = WatchStream::new(state.published.subscribe())
+    let stream = WatchStream::new(state.sources.published.subscribe())
         .map(move |_| {
-            let body = event_view(&state, &state.published.load(), n);
+            let body = event_view(&state, &state.sources.published.load(), n);
             Ok(Event::default()
                 .event("snapshot")
                 .data(serde_json::to_string(&body).unwrap_or_default()))
@@ -244,11 +244,14 @@ pub async fn events(
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // An age grows between checkpoints: compute it when scraped.
-    state
-        .metrics
-        .checkpoint_age
-        .set(state.checkpoint.age().map_or(-1.0, |d| d.as_secs_f64()));
-    let mut response = state.metrics.render().into_response();
+    state.sources.metrics.checkpoint_age.set(
+        state
+            .sources
+            .checkpoint
+            .age()
+            .map_or(-1.0, |d| d.as_secs_f64()),
+    );
+    let mut response = state.sources.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -264,13 +267,13 @@ pub async fn healthz() -> Json<Value> {
 /// 200 because counting and serving go on without them.
 fn degraded(state: &AppState) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if !state.health.kafka_connected() {
+    if !state.sources.health.kafka_connected() {
         out.push("kafka");
     }
-    if state.committed.zookeeper.state() == StoreState::Disconnected {
+    if state.sources.committed.zookeeper.state() == StoreState::Disconnected {
         out.push("zookeeper");
     }
-    if state.checkpoint.failing() {
+    if state.sources.checkpoint.failing() {
         out.push("checkpoint");
     }
     out
@@ -278,14 +281,14 @@ fn degraded(state: &AppState) -> Vec<&'static str> {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let degraded = degraded(&state);
-    if state.health.is_ready() {
+    if state.sources.health.is_ready() {
         Json(json!({ "ready": true, "degraded": degraded })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "ready": false,
-                "reason": state.health.phase(),
+                "reason": state.sources.health.phase(),
                 "degraded": degraded,
             })),
         )

@@ -48,13 +48,20 @@ pub struct ServiceInfo {
     pub checkpoint_dir: String,
 }
 
+/// Where HTTP's answers come from: what the service's parts write as they
+/// run (the app hands the same handles to each part).
 #[derive(Clone)]
-pub struct AppState {
+pub struct Sources {
     pub published: Published,
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub committed: Arc<Committed>,
     pub checkpoint: Arc<checkpoint::Status>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub sources: Sources,
     pub info: Arc<ServiceInfo>,
 }
 

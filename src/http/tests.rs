@@ -73,7 +73,7 @@ fn state(ready: bool) -> AppState {
     if ready {
         health.set_ready();
     }
-    AppState {
+    let sources = Sources {
         published: Published::new(snapshot),
         health,
         metrics: Metrics::new().expect("metrics"),
@@ -85,6 +85,9 @@ fn state(ready: bool) -> AppState {
             Arc::new(committed)
         },
         checkpoint: Arc::new(checkpoint::Status::default()),
+    };
+    AppState {
+        sources,
         info: Arc::new(ServiceInfo {
             checkpoint_dir: "/var/lib/ipstats".into(),
             group: "g1".into(),
