@@ -81,6 +81,9 @@ log "data: $LINES lines, $((BYTES / 1024 / 1024)) MiB, average $((BYTES / LINES)
 
 # ---- helpers ----------------------------------------------------------------------
 
+# num EXPR: the value of a bc expression as a JSON number (bc prints .5, not 0.5).
+num() { printf '%.3f' "$(echo "$1" | bc -l)"; }
+
 # time_cmd NAME ROUND CMD...: wall, CPU and peak RSS of a command.
 time_cmd() {
   local name=$1 round=$2
@@ -89,8 +92,8 @@ time_cmd() {
   /usr/bin/time -f '%e %U %S %M' -o "$t" "$@" >/dev/null
   read -r wall user sys rss <"$t"
   record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
-    "$name" "$round" "$LINES" "$wall" "$(echo "$user + $sys" | bc)" "$rss")"
-  log "$name round $round: ${wall}s wall, $(echo "$user + $sys" | bc)s CPU, ${rss} KiB peak"
+    "$name" "$round" "$LINES" "$(num "$wall")" "$(num "$user + $sys")" "$rss")"
+  log "$name round $round: ${wall}s wall, $(num "$user + $sys")s CPU, ${rss} KiB peak"
 }
 
 proc_cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
@@ -133,7 +136,7 @@ ipstats_round() {
   hwm=$(proc_hwm_kib "$pid")
   stop_ipstats "$pid"
   rm -rf "$dir"
-  wall=$(echo "$ended - $started" | bc)
+  wall=$(num "$ended - $started")
   record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
     "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm")"
   log "$name round $round: ${wall}s wall, ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
