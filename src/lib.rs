@@ -7,6 +7,7 @@ pub mod config;
 pub mod durable;
 pub mod http;
 pub mod kafka;
+pub mod log_limit;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;

@@ -21,13 +21,7 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            // clap's first line names the argument and the rule; keep it to one line.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            return usage_error(format_args!("{first} (see --help)"));
-        }
+        Err(e) => return usage_error(format_args!("{} (see --help)", one_line(&e))),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,6 +80,25 @@ fn main() -> ExitCode {
             eprintln!("ipstats: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// clap's message on one line: the rule, and the arguments it names on the
+/// lines below it (as "required arguments were not provided" does).
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let named: Vec<&str> = lines.collect();
+    if named.is_empty() {
+        first.to_string()
+    } else {
+        format!("{first} {}", named.join(", "))
     }
 }
 

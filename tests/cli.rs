@@ -92,3 +92,74 @@ fn count_prints_the_top_of_a_file_like_the_api() {
     assert!(stderr.contains("/no/such/file"), "{stderr}");
     std::fs::remove_file(&path).expect("cleanup");
 }
+
+fn ipstats_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(args)
+        .env_remove("IPSTATS_BROKERS")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ipstats");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_positional_arguments_are_named() {
+    let (code, stderr) = ipstats(&["legacy", "zk:2181", "b:9092"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    for name in ["<TOPICS>", "<GROUP_ID>", "<SLIDE_SECONDS>"] {
+        assert!(stderr.contains(name), "{name} in {stderr}");
+    }
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn values_that_parse_but_make_no_sense_exit_64() {
+    for (args, setting) in [
+        (&["--group", ".."][..], "--group"),
+        (&["--group", "."], "--group"),
+        (&["--checkpoint-interval", "100y"], "--checkpoint-interval"),
+        (
+            &["produce", "--brokers", "k:9092", "--zipf", "NaN"],
+            "--zipf",
+        ),
+        (&["produce", "--brokers", "k:9092", "--zipf=-1"], "--zipf"),
+        (
+            &["produce", "--brokers", "k:9092", "--partitions", "0"],
+            "--partitions",
+        ),
+        (
+            &["produce", "--brokers", "k:9092", "--malformed-ratio", "2"],
+            "--malformed-ratio",
+        ),
+        (
+            &["produce", "--brokers", "k:9092", "--topic", "a b"],
+            "--topic",
+        ),
+    ] {
+        let (code, stderr) = ipstats(args);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn environment_booleans_and_several_kafka_properties_are_read() {
+    // 1 is true: the run gets as far as the next setting's check.
+    let (code, stderr) = ipstats_env(
+        &["--batch", "2s", "--window", "7s"],
+        &[("IPSTATS_RESET_CHECKPOINT", "1")],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--window"), "{stderr}");
+    // One property per line: the second is read as its own, and refused.
+    let (code, stderr) = ipstats_env(
+        &[],
+        &[("IPSTATS_KAFKA_CONFIG", "client.rack=r1\ngroup.id=other")],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("group.id cannot be set here"), "{stderr}");
+}

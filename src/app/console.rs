@@ -1,5 +1,5 @@
-//! What ipstats says on the terminal: the start-up banner, and a progress
-//! line every few seconds while records flow.
+//! What ipstats says on the terminal and hears from it: the start-up
+//! banner, a progress line every few seconds while records flow, and SIGHUP.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -62,6 +62,25 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
                 "progress: {rate:.0} records/s, lag {lag}, window {} requests from {} IPs",
                 snapshot.total_requests, snapshot.distinct_ips
             );
+        }
+    }
+}
+
+/// SIGHUP reloads what can be reloaded; until there is a rules file, that
+/// is nothing, and ipstats says so and keeps running.
+pub async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return Ok(());
+                }
+                info!("SIGHUP received: nothing to reload (no setting is reloadable yet); still running");
+            }
         }
     }
 }

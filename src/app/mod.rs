@@ -39,6 +39,7 @@ use crate::checkpoint;
 use crate::config::{OffsetReset, Settings};
 use crate::http::{AppState, ServiceInfo, Sources, router};
 use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
+use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
 use crate::offsets::instance::instance_id;
@@ -60,6 +61,8 @@ pub struct App {
     addr: SocketAddr,
     supervisor: Supervisor,
     shutdown_grace: Duration,
+    /// This process's hold on `--checkpoint-dir`, released after the last checkpoint.
+    dir_lock: checkpoint::lock::DirLock,
     /// The demo's throw-away checkpoint directory, removed at exit.
     demo_dir: Option<PathBuf>,
 }
@@ -88,6 +91,12 @@ impl App {
             .await?;
             settings.checkpoint_dir = demo_dir.clone().unwrap_or_default();
         }
+        // Before any socket: a directory another process uses, or one that
+        // cannot be created, stops the start here.
+        let dir_lock = {
+            let dir = settings.checkpoint_dir.clone();
+            blocking(move || Ok(checkpoint::lock::lock(&dir)?)).await?
+        };
         let shared = Sources {
             published: Published::new(Snapshot::empty(settings.window, settings.slide)),
             health: Arc::new(Health::new(settings.is_demo())),
@@ -98,6 +107,21 @@ impl App {
         let supervisor = Supervisor::default();
         let parts = supervisor.parts();
         let stop = Stop::new();
+        // SIGHUP would end the process (its default); from here on it asks
+        // for a reload instead.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        {
+            let cancel = CancellationToken::new();
+            parts.task(
+                "reload",
+                Stage::Serve,
+                Signal::Token(cancel.clone()),
+                Report::FailuresOnly,
+                None,
+                console::reload_on_hangup(hangups, cancel),
+            );
+        }
 
         let zookeeper = match &settings.zookeeper {
             Some(connect) => {
@@ -153,12 +177,14 @@ impl App {
             auto_reset,
             &settings.kafka_config,
         );
+        let logs = Arc::new(LogLimit::default());
         let client = |role: &str| -> anyhow::Result<KafkaConsumer> {
             ClientConfig::clone(&config)
                 .set("client.id", format!("ipstats-{role}"))
                 .create_with_context(KafkaContext {
                     health: shared.health.clone(),
                     metrics: shared.metrics.clone(),
+                    logs: logs.clone(),
                 })
                 .with_context(|| format!("creating the Kafka {role} client"))
         };
@@ -273,6 +299,7 @@ impl App {
             addr,
             supervisor,
             shutdown_grace,
+            dir_lock,
             demo_dir,
         })
     }
@@ -314,6 +341,7 @@ impl App {
         if let Some(dir) = self.demo_dir {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
+        drop(self.dir_lock);
         stopped
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! Layout of `--checkpoint-dir`:
 //! ```text
+//! lock                            held (flock) by the one process using the directory
 //! instance-id                     this instance's name in ZooKeeper's owner znodes (see offsets::instance)
 //! panes/pane-<seq>.bin            one closed pane, written once (immutable)
 //! manifest-<seq>.json             live panes + next offsets + shaping settings
@@ -20,6 +21,7 @@
 //! - [`writer`]: the thread that writes checkpoints and prunes old ones.
 
 pub mod codec;
+pub mod lock;
 pub mod store;
 pub mod writer;
 

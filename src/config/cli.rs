@@ -85,7 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "IPSTATS_CHECKPOINT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Option<Duration>,
     /// Discard the state in --checkpoint-dir and start afresh (offsets then come from ZooKeeper).
-    #[arg(long, env = "IPSTATS_RESET_CHECKPOINT")]
+    #[arg(
+        long,
+        env = "IPSTATS_RESET_CHECKPOINT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub reset_checkpoint: bool,
     /// How long a graceful stop (SIGTERM, SIGINT) may take: last batch, checkpoint, commits.
     #[arg(
@@ -138,7 +142,13 @@ pub struct ServeArgs {
     )]
     pub ip_field: String,
     /// Extra librdkafka property (security.protocol, sasl.*, ...); repeatable.
-    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    /// IPSTATS_KAFKA_CONFIG holds one property per line.
+    #[arg(
+        long,
+        env = "IPSTATS_KAFKA_CONFIG",
+        value_name = "KEY=VALUE",
+        value_delimiter = '\n'
+    )]
     pub kafka_config: Vec<String>,
     /// Lines longer than this are skipped as `too_large`.
     #[arg(
@@ -190,8 +200,13 @@ pub struct ProduceArgs {
     /// Also write every line, exactly as produced, to this file (ground truth for tests).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Extra librdkafka property; repeatable.
-    #[arg(long, env = "IPSTATS_KAFKA_CONFIG", value_name = "KEY=VALUE")]
+    /// Extra librdkafka property; repeatable. IPSTATS_KAFKA_CONFIG holds one per line.
+    #[arg(
+        long,
+        env = "IPSTATS_KAFKA_CONFIG",
+        value_name = "KEY=VALUE",
+        value_delimiter = '\n'
+    )]
     pub kafka_config: Vec<String>,
 }
 

@@ -91,6 +91,7 @@ const MIN_BATCH: Duration = Duration::from_millis(10);
 const MAX_BATCH: Duration = Duration::from_secs(3600);
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_PANES: u128 = 100_000;
+const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 impl TryFrom<ServeArgs> for Settings {
     type Error = ConfigError;
@@ -101,10 +102,19 @@ impl TryFrom<ServeArgs> for Settings {
         if let Some(brokers) = &a.brokers {
             parse_brokers("--brokers", brokers)?;
         }
-        if a.group.trim().is_empty() || a.group.contains('/') {
+        // The group names a ZooKeeper path segment: `.` and `..` are not one.
+        if a.group.trim().is_empty()
+            || a.group.contains('/')
+            || a.group == "."
+            || a.group == ".."
+            || a.group.chars().any(char::is_control)
+        {
             return Err(invalid(
                 "--group",
-                format!("{:?} must be non-empty and hold no '/'", a.group),
+                format!(
+                    "{:?} must be non-empty, not . or .., and hold no '/' or control characters",
+                    a.group
+                ),
             ));
         }
         let zookeeper = a.zookeeper.as_deref().map(parse_zookeeper).transpose()?;
@@ -145,6 +155,16 @@ impl TryFrom<ServeArgs> for Settings {
         }
         let kafka_config = parse_kafka_config(&a.kafka_config)?;
         let checkpoint_interval = a.checkpoint_interval.unwrap_or(a.slide * 5);
+        if checkpoint_interval > MAX_CHECKPOINT_INTERVAL {
+            return Err(invalid(
+                "--checkpoint-interval",
+                format!(
+                    "{} is longer than {}: a crash would re-read that much",
+                    humantime::format_duration(checkpoint_interval),
+                    humantime::format_duration(MAX_CHECKPOINT_INTERVAL)
+                ),
+            ));
+        }
         if checkpoint_interval.is_zero() || checkpoint_interval.as_nanos() % a.slide.as_nanos() != 0
         {
             return Err(invalid(
@@ -189,6 +209,40 @@ impl TryFrom<ServeArgs> for Settings {
             max_line_bytes: a.max_line_bytes,
             demo_rate: a.demo_rate,
         })
+    }
+}
+
+impl ProduceArgs {
+    /// Checks the options; returns the extra librdkafka properties.
+    pub fn validate(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let extra = parse_kafka_config(&self.kafka_config)?;
+        parse_brokers("--brokers", &self.brokers)?;
+        parse_topics(&self.topic).map_err(|e| ConfigError {
+            setting: "--topic",
+            ..e
+        })?;
+        if !(0.0..=1.0).contains(&self.malformed_ratio) {
+            return Err(invalid(
+                "--malformed-ratio",
+                format!("{} is outside 0..=1", self.malformed_ratio),
+            ));
+        }
+        if !(self.zipf.is_finite() && self.zipf >= 0.0) {
+            return Err(invalid(
+                "--zipf",
+                format!("{} is not a number >= 0", self.zipf),
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(invalid(
+                "--partitions",
+                format!("{} must be at least 1", self.partitions),
+            ));
+        }
+        if self.ips == 0 {
+            return Err(invalid("--ips", "must be at least 1"));
+        }
+        Ok(extra)
     }
 }
 

@@ -22,7 +22,7 @@ use super::views::{
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
 use crate::pipeline::snapshot::Snapshot;
-use crate::vocab::{SkipReason, parse_ip};
+use crate::vocab::{Health, SkipReason, parse_ip};
 
 const DEFAULT_TOP_N: usize = 10;
 
@@ -279,6 +279,17 @@ fn degraded(state: &AppState) -> Vec<&'static str> {
     out
 }
 
+/// What start-up waits for: its phase, or, once consuming, the Kafka
+/// cluster's first answer.
+fn not_ready_reason(health: &Health) -> &'static str {
+    match health.phase() {
+        "consuming" if health.kafka_contact_age().is_none() => {
+            "waiting for the Kafka cluster to answer"
+        }
+        phase => phase,
+    }
+}
+
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let degraded = degraded(&state);
     if state.sources.health.is_ready() {
@@ -288,7 +299,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "ready": false,
-                "reason": state.sources.health.phase(),
+                "reason": not_ready_reason(&state.sources.health),
                 "degraded": degraded,
             })),
         )

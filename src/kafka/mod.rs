@@ -8,28 +8,54 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
+use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::vocab::Health;
 
 pub use monitor::run_monitor;
 
-/// Reports client-level errors to metrics and health instead of only logging them.
+/// Reports client-level errors to metrics and health instead of only
+/// logging them; a dead broker's errors, repeated many times a second by
+/// every client, are logged once and then at most every 30 s with a count
+/// (`logs` is shared by all clients).
 pub struct KafkaContext {
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    pub logs: Arc<LogLimit>,
 }
 
 impl ClientContext for KafkaContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.kafka_errors.inc();
-        self.health.kafka_failed(format!("{error}: {reason}"));
-        warn!(%error, reason, "kafka client error");
+        let message = format!("{error}: {reason}");
+        if let Some(repeats) = self.logs.admit(&message, Instant::now()) {
+            warn!(%error, reason, "kafka client error{}", repeats_note(repeats, log_limit::EVERY));
+        }
+        self.health.kafka_failed(message);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let Some(repeats) = self.logs.admit(message, Instant::now()) else {
+            return;
+        };
+        let note = repeats_note(repeats, log_limit::EVERY);
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(target: "librdkafka", "{fac} {message}{note}"),
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac} {message}{note}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", "{fac} {message}{note}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac} {message}{note}"),
+        }
     }
 }
 

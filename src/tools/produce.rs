@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::info;
 
 use super::traffic::{LineKind, Traffic, TrafficConfig};
-use crate::config::{ProduceArgs, parse_brokers, parse_kafka_config};
+use crate::config::ProduceArgs;
 use crate::stop::Stop;
 
 /// Counts delivery reports, so the summary tells what the broker acknowledged.
@@ -170,23 +170,7 @@ async fn ensure_topic(
 
 /// `ipstats produce`: realistic lines into a real topic, with progress and a summary.
 pub async fn run(args: ProduceArgs, stop: Stop) -> anyhow::Result<Sent> {
-    let extra = parse_kafka_config(&args.kafka_config)?;
-    parse_brokers("--brokers", &args.brokers)?;
-    if !(0.0..=1.0).contains(&args.malformed_ratio) {
-        bail!(
-            "invalid --malformed-ratio: {} is outside 0..=1",
-            args.malformed_ratio
-        );
-    }
-    if args.partitions < 1 {
-        bail!(
-            "invalid --partitions: {} must be at least 1",
-            args.partitions
-        );
-    }
-    if args.ips == 0 {
-        bail!("invalid --ips: must be at least 1");
-    }
+    let extra = args.validate()?;
     ensure_topic(&args.brokers, &args.topic, args.partitions, &extra).await?;
     tokio::task::spawn_blocking(move || produce_blocking(args, extra, stop))
         .await

@@ -28,6 +28,7 @@ use super::snapshot::{Counters, PartitionStatus, Published};
 use super::window::{Pane, Window};
 use crate::config::{OffsetReset, Settings};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
+use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 use crate::stop::Stop;
@@ -158,6 +159,7 @@ struct State {
     assigned_generation: Option<u64>,
     stored: StoredOffsets,
     links: Links,
+    logs: LogLimit,
 }
 
 impl Ingest {
@@ -204,6 +206,7 @@ impl Ingest {
             assigned_generation: None,
             stored,
             links,
+            logs: LogLimit::default(),
         };
         Ok(Ingest { consumer, state })
     }
@@ -308,7 +311,9 @@ impl State {
                 if self.config.offset_reset == OffsetReset::Fail {
                     return Err(IngestError::ConsumeFailed(error));
                 }
-                warn!(%error, "consume error");
+                if let Some(repeats) = self.logs.admit(&error.to_string(), Instant::now()) {
+                    warn!(%error, "consume error{}", repeats_note(repeats, log_limit::EVERY));
+                }
                 return Ok(());
             }
         };
@@ -462,8 +467,10 @@ impl State {
             .set(self.window.distinct_ips() as i64);
 
         let seq = self.tracker.next_seq();
-        let first_of_run = !self.links.health.is_ready();
-        if seq % self.config.slide_batches == 0 || first_of_run {
+        // Until ready, every batch is published, so that the first numbers
+        // show at once.
+        let ready = self.links.health.is_ready();
+        if seq % self.config.slide_batches == 0 || !ready {
             self.publish();
         }
         if seq % self.config.checkpoint_batches == 0 {
@@ -474,8 +481,9 @@ impl State {
                 Err(TrySendError::Disconnected(_)) => warn!("the checkpoint writer is gone"),
             }
         }
-        if first_of_run {
-            // State is restored (before ingest started) and a batch closed.
+        // Ready: state is restored (before ingest started), a batch closed,
+        // and the Kafka cluster has answered at least once.
+        if !ready && self.links.health.kafka_contact_age().is_some() {
             self.links.health.set_ready();
         }
         let busy = self.tracker.busy_until(Instant::now());

@@ -49,7 +49,9 @@ pub fn partition_status<'a>(
         from_offset,
         until_offset: p.next,
         log_start: info.map(|i| i.low),
-        log_end: info.map(|i| i.high),
+        // The monitor's log end can be older than what ingest has read: the
+        // log reaches at least past the last record consumed.
+        log_end: info.map(|i| i.high.max(p.next)),
         lag_seconds: None,
         last_reset: p.last_reset.cloned(),
     };
@@ -197,6 +199,14 @@ mod tests {
             (status.from_offset, status.lag(), status.lag_seconds),
             (30, None, None)
         );
+        // The monitor saw the log end before ingest read further: the log end
+        // shown is never below what was consumed.
+        let stale = PartitionInfo {
+            high: 25,
+            ..info.clone()
+        };
+        let status = partition_status(&progress, &panes, Some(&stale));
+        assert_eq!((status.log_end, status.lag()), (Some(30), Some(0)));
         // Caught up: no lag in seconds, whatever the timestamps.
         let caught_up = PartitionInfo { high: 30, ..info };
         let status = partition_status(&progress, &panes, Some(&caught_up));
