@@ -165,7 +165,10 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
-        if checkpoint_interval.is_zero() || checkpoint_interval.as_nanos() % a.slide.as_nanos() != 0
+        if checkpoint_interval.is_zero()
+            || !checkpoint_interval
+                .as_nanos()
+                .is_multiple_of(a.slide.as_nanos())
         {
             return Err(invalid(
                 "--checkpoint-interval",

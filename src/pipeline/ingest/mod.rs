@@ -470,10 +470,10 @@ impl State {
         // Until ready, every batch is published, so that the first numbers
         // show at once.
         let ready = self.links.health.is_ready();
-        if seq % self.config.slide_batches == 0 || !ready {
+        if seq.is_multiple_of(self.config.slide_batches) || !ready {
             self.publish();
         }
-        if seq % self.config.checkpoint_batches == 0 {
+        if seq.is_multiple_of(self.config.checkpoint_batches) {
             // Never wait for the disk: a busy writer gets the next job instead,
             // which holds everything this one would have.
             match self.links.checkpoints.try_send(self.checkpoint_job()) {
