@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,8 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint;
 use crate::config::{OffsetReset, Settings};
-use crate::http::{AppState, ServiceInfo, Sources, router};
+use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
+use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
 use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -48,7 +50,7 @@ use crate::pipeline::snapshot::{Published, Snapshot};
 use crate::stop::Stop;
 use crate::tools::demo;
 use crate::vocab::Health;
-use parts::{Report, Signal, Stage, Supervisor};
+use parts::{Report, Signal, Stage, StopProgress, Supervisor};
 use startup::Startup;
 
 /// How often partitions and watermarks are refreshed.
@@ -215,14 +217,44 @@ impl App {
             )?;
         }
 
+        // Descriptors: as many as allowed, and HTTP clients never get them all.
+        let fd_limit = match raise_fd_limit() {
+            Ok((soft, hard)) => {
+                info!(soft, hard, "open-files limit");
+                soft
+            }
+            Err(error) => {
+                warn!(%error, "reading the open-files limit failed; assuming 1024");
+                1024
+            }
+        };
+        let connections = ConnectionLimits {
+            max: settings.max_connections,
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+        }
+        .within(fd_limit);
+        if connections.max < settings.max_connections {
+            warn!(
+                max_connections = connections.max,
+                asked = settings.max_connections,
+                fd_limit,
+                "--max-connections lowered to fit the open-files limit"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
         let addr = listener
             .local_addr()
             .context("reading the listen address")?;
+        let serve_cancel = CancellationToken::new();
         let state = AppState {
             sources: shared.clone(),
+            streams: Arc::new(Streams::new(
+                settings.max_event_streams,
+                serve_cancel.clone(),
+            )),
             info: Arc::new(ServiceInfo {
                 checkpoint_dir: settings.checkpoint_dir.display().to_string(),
                 group: settings.group.clone(),
@@ -235,7 +267,6 @@ impl App {
                 zookeeper: zookeeper.as_ref().map(ZkOptions::display),
             }),
         };
-        let serve_cancel = CancellationToken::new();
         {
             let cancel = serve_cancel.clone();
             parts.task(
@@ -244,12 +275,8 @@ impl App {
                 Signal::Token(serve_cancel.clone()),
                 Report::Always,
                 Some(HTTP_PATIENCE),
-                async move {
-                    axum::serve(listener, router(state))
-                        .with_graceful_shutdown(cancel.cancelled_owned())
-                        .await
-                        .context("the HTTP server failed")
-                },
+                serve(listener, router(state), connections, cancel)
+                    .map(|served| served.context("the HTTP server failed")),
             );
         }
         console::print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
@@ -325,13 +352,10 @@ impl App {
             error!("{e:#}");
         }
         let grace = self.shutdown_grace;
+        let progress = self.supervisor.progress();
         let stopped = match tokio::time::timeout(grace, self.stop()).await {
             Ok(stopped) => stopped,
-            Err(_) => Err(anyhow!(
-                "shutdown took longer than --shutdown-grace ({}); the last checkpoint stands, \
-                 later records are read again at restart",
-                humantime::format_duration(grace)
-            )),
+            Err(_) => overran(grace, &progress),
         };
         outcome.and(stopped)
     }
@@ -343,6 +367,29 @@ impl App {
         }
         drop(self.dir_lock);
         stopped
+    }
+}
+
+/// What an overrun of `--shutdown-grace` means, by how far the stop got.
+fn overran(grace: Duration, progress: &StopProgress) -> anyhow::Result<()> {
+    let grace = humantime::format_duration(grace);
+    if progress.stopped(Stage::Commit) {
+        // Counted, durable and committed: what lingers only serves.
+        warn!(
+            "stopped; HTTP connections or the demo broker still open after --shutdown-grace ({grace}) were dropped"
+        );
+        Ok(())
+    } else if progress.stopped(Stage::Persist) {
+        Err(anyhow!(
+            "shutdown took longer than --shutdown-grace ({grace}): the final checkpoint is written \
+             (a restart reads nothing twice), but the last offset commit did not finish; the \
+             stores catch up at restart"
+        ))
+    } else {
+        Err(anyhow!(
+            "shutdown took longer than --shutdown-grace ({grace}); the last checkpoint stands, \
+             later records are read again at restart"
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! all stage by stage, in the one order declared by [`Stage`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -105,6 +106,24 @@ pub struct Parts {
 pub struct Supervisor {
     parts: Parts,
     exits: mpsc::UnboundedReceiver<Exit>,
+    progress: StopProgress,
+}
+
+/// How far a stop has got: readable while the stop runs (or after it was
+/// abandoned at the shutdown deadline).
+#[derive(Clone, Debug, Default)]
+pub struct StopProgress(Arc<AtomicUsize>);
+
+impl StopProgress {
+    /// Whether every part of `stage` has ended.
+    pub fn stopped(&self, stage: Stage) -> bool {
+        let done = self.0.load(Ordering::Acquire);
+        Stage::ORDER.iter().take(done).any(|s| *s == stage)
+    }
+
+    fn stage_done(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Parts {
@@ -181,6 +200,7 @@ impl Default for Supervisor {
                 exits: exits_tx,
             },
             exits,
+            progress: StopProgress::default(),
         }
     }
 }
@@ -188,6 +208,10 @@ impl Default for Supervisor {
 impl Supervisor {
     pub fn parts(&self) -> &Parts {
         &self.parts
+    }
+
+    pub fn progress(&self) -> StopProgress {
+        self.progress.clone()
     }
 
     /// The first part to end on its own, and how it ended.
@@ -204,7 +228,11 @@ impl Supervisor {
     /// among them); the first failure any part reported, before or during
     /// the stop, is the result.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let Supervisor { parts, mut exits } = self;
+        let Supervisor {
+            parts,
+            mut exits,
+            progress,
+        } = self;
         for stage in Stage::ORDER {
             let now = parts.take(stage);
             for part in &now {
@@ -213,6 +241,7 @@ impl Supervisor {
             for part in now {
                 join(part).await?;
             }
+            progress.stage_done();
         }
         let mut first_error = None;
         while let Ok((name, result)) = exits.try_recv() {
@@ -361,7 +390,10 @@ mod tests {
                 Ok(())
             },
         );
+        let progress = supervisor.progress();
+        assert!(!progress.stopped(Stage::Startup));
         let err = supervisor.stop().await.expect_err("the writer failed");
+        assert!(progress.stopped(Stage::Persist) && progress.stopped(Stage::Demo));
         assert!(
             format!("{err:#}").contains("writer failed: disk on fire"),
             "{err:#}"

@@ -166,6 +166,29 @@ pub struct ServeArgs {
         default_value_t = 2000
     )]
     pub demo_rate: u64,
+    /// Live event streams (/api/v1/events) open at once; more are answered 503.
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_EVENT_STREAMS",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub max_event_streams: usize,
+    /// Open HTTP connections at most (lowered to fit the open-files limit);
+    /// at the cap, the connection idle the longest is closed.
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// A request's header must arrive within this, or the connection is closed.
+    #[arg(long, env = "IPSTATS_HEADER_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

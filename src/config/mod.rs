@@ -64,6 +64,10 @@ pub struct Settings {
     pub kafka_config: Vec<(String, String)>,
     pub max_line_bytes: usize,
     pub demo_rate: u64,
+    pub max_event_streams: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Settings {
@@ -147,6 +151,29 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
+        if !(1..=100_000).contains(&a.max_event_streams) {
+            return Err(invalid(
+                "--max-event-streams",
+                format!("{} is outside 1..=100000", a.max_event_streams),
+            ));
+        }
+        if !(16..=1_000_000).contains(&a.max_connections) {
+            return Err(invalid(
+                "--max-connections",
+                format!("{} is outside 16..=1000000", a.max_connections),
+            ));
+        }
+        for (setting, d) in [
+            ("--header-timeout", a.header_timeout),
+            ("--idle-timeout", a.idle_timeout),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+                return Err(invalid(
+                    setting,
+                    format!("{} is outside 100ms..=1h", humantime::format_duration(d)),
+                ));
+            }
+        }
         if a.demo_rate > 1_000_000 {
             return Err(invalid(
                 "--demo-rate",
@@ -211,6 +238,10 @@ impl TryFrom<ServeArgs> for Settings {
             kafka_config,
             max_line_bytes: a.max_line_bytes,
             demo_rate: a.demo_rate,
+            max_event_streams: a.max_event_streams,
+            max_connections: a.max_connections,
+            header_timeout: a.header_timeout,
+            idle_timeout: a.idle_timeout,
         })
     }
 }
@@ -273,6 +304,10 @@ impl TryFrom<LegacyArgs> for Settings {
             kafka_config: Vec::new(),
             max_line_bytes: 64 * 1024,
             demo_rate: 0,
+            max_event_streams: 256,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         };
         Settings::try_from(args)
     }

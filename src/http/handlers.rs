@@ -213,14 +213,31 @@ fn event_view(state: &AppState, snapshot: &Snapshot, n: usize) -> Value {
     })
 }
 
+/// The largest `n` an event stream may ask for: each event carries the
+/// top-`n` list, sent to every stream at every slide.
+pub const MAX_EVENT_N: usize = crate::config::SORTED_TOP_N;
+
 /// Server-Sent Events: the current snapshot at once, then one per slide.
-/// A slow client skips to the newest snapshot; nothing queues for it.
+/// A slow client skips to the newest snapshot; nothing queues for it. Each
+/// slide's data is rendered once per distinct `n` and shared by every
+/// stream; the streams end when shutdown begins.
 pub async fn events(
     State(state): State<AppState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let n = parse_n(query.n.as_deref())?;
+    let n = match query.n.as_deref() {
+        None => DEFAULT_TOP_N,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_EVENT_N).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "n must be an integer from 1 to {MAX_EVENT_N} for an event stream, got {text:?}"
+                ))
+            })?,
+    };
     let limit = match query.limit.as_deref() {
         None => usize::MAX,
         Some(text) => text
@@ -231,14 +248,29 @@ pub async fn events(
                 Problem::bad_request(format!("limit must be a positive integer, got {text:?}"))
             })?,
     };
+    let place = state.streams.open().ok_or_else(|| {
+        Problem::unavailable(format!(
+            "{} event streams are open, the most allowed (--max-event-streams); poll /api/v1/top or try again later",
+            state.streams.max
+        ))
+    })?;
+    let closing = state.streams.closing.clone().cancelled_owned();
     let stream = WatchStream::new(state.sources.published.subscribe())
         .map(move |_| {
-            let body = event_view(&state, &state.sources.published.load(), n);
+            // The place is given back when the stream ends.
+            let _held = &place;
+            let snapshot = state.sources.published.load();
+            let data = snapshot.rendered_events.get_or_render(n, || {
+                serde_json::to_vec(&event_view(&state, &snapshot, n))
+                    .unwrap_or_default()
+                    .into()
+            });
             Ok(Event::default()
                 .event("snapshot")
-                .data(serde_json::to_string(&body).unwrap_or_default()))
+                .data(std::str::from_utf8(&data).unwrap_or_default()))
         })
         .take(limit);
+    let stream = futures_util::StreamExt::take_until(stream, closing);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

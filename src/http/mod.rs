@@ -6,6 +6,7 @@
 
 mod handlers;
 mod problem;
+pub mod serve;
 pub mod views;
 
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::routing::{MethodRouter, get};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -59,10 +62,35 @@ pub struct Sources {
     pub checkpoint: Arc<checkpoint::Status>,
 }
 
+/// Live event streams (`/api/v1/events`): how many may be open at once,
+/// and the signal that ends them all at shutdown.
+#[derive(Debug)]
+pub struct Streams {
+    pub max: usize,
+    permits: Arc<Semaphore>,
+    pub closing: CancellationToken,
+}
+
+impl Streams {
+    pub fn new(max: usize, closing: CancellationToken) -> Self {
+        Streams {
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            closing,
+        }
+    }
+
+    /// A place for one more stream, held as long as the stream is open.
+    pub fn open(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub sources: Sources,
     pub info: Arc<ServiceInfo>,
+    pub streams: Arc<Streams>,
 }
 
 /// Every route: the router is built from this list and the spec test reads it.

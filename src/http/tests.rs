@@ -68,6 +68,7 @@ fn state(ready: bool) -> AppState {
         ingest: IngestStatus::default(),
         history: Vec::new(),
         rendered_top: Default::default(),
+        rendered_events: Default::default(),
     };
     let health = Arc::new(Health::new(true));
     if ready {
@@ -88,6 +89,7 @@ fn state(ready: bool) -> AppState {
     };
     AppState {
         sources,
+        streams: Arc::new(Streams::new(2, tokio_util::sync::CancellationToken::new())),
         info: Arc::new(ServiceInfo {
             checkpoint_dir: "/var/lib/ipstats".into(),
             group: "g1".into(),
@@ -356,4 +358,93 @@ async fn events_stream_whole_snapshots() {
     );
     let (status, _, _) = call(Method::GET, "/api/v1/events?limit=0").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn open(router: &Router, uri: &str) -> axum::response::Response {
+    router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible")
+}
+
+/// Reads a stream's first event's data; the stream stays open.
+async fn first_data(body: &mut Body) -> String {
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line")
+        .to_string()
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_share_one_render_and_end_at_shutdown() {
+    let state = state(true);
+    let (published, closing) = (
+        state.sources.published.clone(),
+        state.streams.closing.clone(),
+    );
+    let router = router(state);
+    // The state allows two streams: both get the same rendered bytes.
+    let first = open(&router, "/api/v1/events?n=2").await;
+    let second = open(&router, "/api/v1/events?n=2").await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let (mut first, mut second) = (first.into_body(), second.into_body());
+    let (a, b) = (first_data(&mut first).await, first_data(&mut second).await);
+    assert_eq!(a, b);
+    assert_eq!(
+        published
+            .load()
+            .rendered_events
+            .get_or_render(2, || "rendered again".into()),
+        a.as_str(),
+        "rendered once, kept for every stream"
+    );
+    // A third is refused while two are open, as problem+json with Retry-After.
+    let refused = open(&router, "/api/v1/events?n=2").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    let body = refused
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let problem: Value = serde_json::from_slice(&body).expect("problem json");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--max-event-streams")),
+        "{problem}"
+    );
+    // `n` is bounded for streams.
+    let (status, _, body) = call(Method::GET, "/api/v1/events?n=1001").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("1 to 1000"), "{body}");
+    // A closed stream gives its place back.
+    drop(first);
+    let stream = open(&router, "/api/v1/events?n=1").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    // Shutdown ends every open stream, and their places come back.
+    closing.cancel();
+    stream.into_body().collect().await.expect("the stream ends");
+    second.collect().await.expect("the stream ends");
+    assert_eq!(
+        open(&router, "/api/v1/events?n=2").await.status(),
+        StatusCode::OK
+    );
 }

@@ -370,12 +370,35 @@ impl Service {
     }
 
     pub fn spawn(args: &[&str]) -> Service {
+        Service::spawn_via(None, args)
+    }
+
+    /// ipstats under an open-files limit (soft and hard, as `ulimit -n` sets it).
+    pub fn spawn_with_fd_limit(limit: u32, args: &[&str]) -> Service {
+        Service::spawn_via(Some(limit), args)
+    }
+
+    fn spawn_via(fd_limit: Option<u32>, args: &[&str]) -> Service {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
         let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        let binary = env!("CARGO_BIN_EXE_ipstats");
+        let mut command = match fd_limit {
+            None => std::process::Command::new(binary),
+            Some(limit) => {
+                // exec: the child's pid is ipstats itself, for signals.
+                let mut shell = std::process::Command::new("sh");
+                shell.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    binary,
+                ]);
+                shell
+            }
+        };
+        let child = command
             .args(args)
             .args([
                 "--listen",

@@ -145,6 +145,7 @@ impl Builder {
             },
             history: self.history.iter().copied().collect(),
             rendered_top: Default::default(),
+            rendered_events: Default::default(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub history: Vec<HistoryPoint>,
     /// `/api/v1/top` bodies rendered from this snapshot, by `n`.
     pub rendered_top: RenderCache,
+    /// `/api/v1/events` event data rendered from this snapshot, by `n`:
+    /// every stream asking the same `n` sends the same bytes.
+    pub rendered_events: RenderCache,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again
@@ -101,6 +104,7 @@ impl Snapshot {
             ingest: IngestStatus::default(),
             history: Vec::new(),
             rendered_top: RenderCache::default(),
+            rendered_events: RenderCache::default(),
         }
     }
 
