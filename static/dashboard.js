@@ -14,6 +14,14 @@ let sseFailures = 0;
 let selectedIp = null;
 let lastSlideMs = 1000;
 
+// With --auth-token-file the page is opened as /?access_token=...: every API
+// call carries the token on (an event stream cannot send a header).
+function api(path) {
+  const token = params.get("access_token");
+  if (!token) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(token)}`;
+}
+
 function el(tag, text, className) {
   const node = document.createElement(tag);
   if (text !== undefined) node.textContent = text;
@@ -191,7 +199,7 @@ function showError(message) {
 
 async function loadIpHistory(ip) {
   try {
-    const response = await fetch(`/api/v1/ips/${encodeURIComponent(ip)}`, { cache: "no-store" });
+    const response = await fetch(api(`/api/v1/ips/${encodeURIComponent(ip)}`), { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     renderIpHistory(await response.json());
   } catch (error) {
@@ -237,7 +245,7 @@ function connect() {
     poll();
     return;
   }
-  source = new EventSource(`/api/v1/events?n=${encodeURIComponent(n())}`);
+  source = new EventSource(api(`/api/v1/events?n=${encodeURIComponent(n())}`));
   source.addEventListener("snapshot", (message) => {
     sseFailures = 0;
     $("feed").textContent = "live";
@@ -254,7 +262,7 @@ function connect() {
 }
 
 async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const response = await fetch(api(path), { cache: "no-store" });
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }

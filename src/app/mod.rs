@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint;
-use crate::config::{OffsetReset, Settings};
+use crate::config::{OffsetReset, Secret, Settings};
+use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
 use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
@@ -254,6 +255,11 @@ impl App {
             streams: Arc::new(Streams::new(
                 settings.max_event_streams,
                 serve_cancel.clone(),
+            )),
+            access: Arc::new(Access::new(
+                settings.auth_token.as_ref().map(Secret::expose),
+                settings.metrics_without_auth,
+                settings.allowed_hosts.clone(),
             )),
             info: Arc::new(ServiceInfo {
                 checkpoint_dir: settings.checkpoint_dir.display().to_string(),

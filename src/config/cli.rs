@@ -186,6 +186,21 @@ pub struct ServeArgs {
     /// A request's header must arrive within this, or the connection is closed.
     #[arg(long, env = "IPSTATS_HEADER_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// A file holding a bearer token that API requests must carry
+    /// (Authorization: Bearer, or ?access_token=); /healthz and /readyz stay open.
+    #[arg(long, env = "IPSTATS_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// With --auth-token-file: /metrics is open too (for a Prometheus without the token).
+    #[arg(
+        long,
+        env = "IPSTATS_METRICS_WITHOUT_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub metrics_without_auth: bool,
+    /// Host header names answered, comma-separated, or * for any. Default: on
+    /// a loopback --listen, localhost,127.0.0.1,[::1] (against DNS rebinding); else any.
+    #[arg(long, env = "IPSTATS_ALLOWED_HOSTS", value_name = "LIST")]
+    pub allowed_hosts: Option<String>,
     /// A connection with no request in progress for this long is closed.
     #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

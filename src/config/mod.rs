@@ -68,6 +68,74 @@ pub struct Settings {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub auth_token: Option<Secret>,
+    pub metrics_without_auth: bool,
+    /// Host names requests may name; `None`: any.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// A value that must not reach logs: `Debug` shows that it is set, not what it is.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The shortest token accepted: shorter ones are guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+fn read_token(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    const SETTING: &str = "--auth-token-file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(SETTING, format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            SETTING,
+            format!(
+                "{} must hold one token of at least {MIN_TOKEN_LEN} characters without spaces",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Secret(token.to_string()))
+}
+
+/// `--allowed-hosts`, or its default for `listen`.
+fn allowed_hosts(
+    list: Option<&str>,
+    listen: SocketAddr,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    match list.map(str::trim) {
+        None if listen.ip().is_loopback() => Ok(Some(
+            ["localhost", "127.0.0.1", "[::1]"]
+                .map(String::from)
+                .to_vec(),
+        )),
+        None | Some("*") => Ok(None),
+        Some(list) => {
+            let hosts: Vec<String> = list.split(',').map(|h| h.trim().to_string()).collect();
+            if let Some(bad) = hosts
+                .iter()
+                .find(|h| h.is_empty() || h.contains(|c: char| c == '/' || c.is_whitespace()))
+            {
+                return Err(invalid(
+                    "--allowed-hosts",
+                    format!("{bad:?} is not a host name (give names without port, or *)"),
+                ));
+            }
+            Ok(Some(hosts))
+        }
+    }
 }
 
 impl Settings {
@@ -242,6 +310,9 @@ impl TryFrom<ServeArgs> for Settings {
             max_connections: a.max_connections,
             header_timeout: a.header_timeout,
             idle_timeout: a.idle_timeout,
+            auth_token: a.auth_token_file.as_deref().map(read_token).transpose()?,
+            metrics_without_auth: a.metrics_without_auth,
+            allowed_hosts: allowed_hosts(a.allowed_hosts.as_deref(), a.listen)?,
         })
     }
 }
@@ -308,6 +379,9 @@ impl TryFrom<LegacyArgs> for Settings {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            auth_token_file: None,
+            metrics_without_auth: false,
+            allowed_hosts: None,
         };
         Settings::try_from(args)
     }

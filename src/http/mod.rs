@@ -4,6 +4,7 @@
 //! committed-offset status; the one thing they write is the checkpoint-age
 //! gauge, set when `/metrics` is scraped. Nothing here can slow ingest down.
 
+pub mod access;
 mod handlers;
 mod problem;
 pub mod serve;
@@ -91,6 +92,7 @@ pub struct AppState {
     pub sources: Sources,
     pub info: Arc<ServiceInfo>,
     pub streams: Arc<Streams>,
+    pub access: Arc<access::Access>,
 }
 
 /// Every route: the router is built from this list and the spec test reads it.
@@ -119,6 +121,10 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -90,6 +90,7 @@ fn state(ready: bool) -> AppState {
     AppState {
         sources,
         streams: Arc::new(Streams::new(2, tokio_util::sync::CancellationToken::new())),
+        access: Arc::new(access::Access::default()),
         info: Arc::new(ServiceInfo {
             checkpoint_dir: "/var/lib/ipstats".into(),
             group: "g1".into(),
@@ -447,4 +448,90 @@ async fn event_streams_are_capped_share_one_render_and_end_at_shutdown() {
         open(&router, "/api/v1/events?n=2").await.status(),
         StatusCode::OK
     );
+}
+
+async fn ask(router: &Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let mut request = Request::builder().uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    (status, challenge)
+}
+
+#[tokio::test]
+async fn a_token_guards_the_data_but_not_the_probes() {
+    const TOKEN: &str = "0123456789abcdef-token";
+    let mut guarded = state(true);
+    guarded.access = Arc::new(access::Access::new(Some(TOKEN), false, None));
+    let router = router(guarded);
+    for uri in [
+        "/api/v1/top",
+        "/api/v1/offsets",
+        "/api/v1/events?limit=1",
+        "/metrics",
+    ] {
+        let (status, challenge) = ask(&router, uri, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(challenge.starts_with("Bearer"), "{uri}: {challenge}");
+        let (status, _) = ask(
+            &router,
+            uri,
+            &[("authorization", "Bearer wrong-token-of-some-length")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _) = ask(&router, "/api/v1/top", &[("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = ask(
+        &router,
+        &format!("/api/v1/top?n=2&access_token={TOKEN}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the dashboard's way");
+    for open in ["/healthz", "/readyz", "/", "/dashboard.js", "/openapi.yaml"] {
+        assert_eq!(ask(&router, open, &[]).await.0, StatusCode::OK, "{open}");
+    }
+    let mut metrics_open = state(true);
+    metrics_open.access = Arc::new(access::Access::new(Some(TOKEN), true, None));
+    let router = super::router(metrics_open);
+    assert_eq!(ask(&router, "/metrics", &[]).await.0, StatusCode::OK);
+    assert_eq!(
+        ask(&router, "/api/v1/status", &[]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_loopback_instance_answers_only_to_its_own_names() {
+    let mut local = state(true);
+    local.access = Arc::new(access::Access::new(
+        None,
+        false,
+        Some(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]),
+    ));
+    let router = router(local);
+    for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+        assert_eq!(
+            ask(&router, "/api/v1/top", &[("host", host)]).await.0,
+            StatusCode::OK,
+            "{host}"
+        );
+    }
+    // A page on another domain that resolves to 127.0.0.1 (DNS rebinding).
+    let (status, _) = ask(&router, "/api/v1/top", &[("host", "rebind.example:8080")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
