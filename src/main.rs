@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Some(Command::Count(args)) => ipstats::tools::count_file::run(args),
         command => {
             let settings = match command {
-                Some(Command::Serve(args)) => Settings::try_from(args),
+                Some(Command::Serve(args)) => Settings::try_from(*args),
                 Some(Command::Legacy(args)) => Settings::try_from(args),
                 _ => Settings::try_from(cli.serve),
             };

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default). Without --brokers: the embedded demo.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write realistic nginx JSON access-log lines into a Kafka topic.
     Produce(ProduceArgs),
     /// The original Spark job's argument list, for drop-in migration.

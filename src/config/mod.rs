@@ -553,7 +553,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let serve = match cli.command {
             None => cli.serve,
-            Some(Command::Serve(s)) => s,
+            Some(Command::Serve(s)) => *s,
             Some(Command::Legacy(l)) => return Settings::try_from(l).map_err(|e| e.to_string()),
             Some(Command::Produce(_) | Command::Count(_)) => return Err("not serve".into()),
         };

@@ -57,7 +57,7 @@ impl Access {
         };
         name.is_some_and(|name| {
             let name = name.to_ascii_lowercase();
-            allowed.iter().any(|a| *a == name)
+            allowed.contains(&name)
         })
     }
 

@@ -86,7 +86,7 @@ pub fn settings(args: &[&str]) -> Settings {
         .expect("valid command line");
     match cli.command {
         None => Settings::try_from(cli.serve).expect("valid settings"),
-        Some(Command::Serve(s)) => Settings::try_from(s).expect("valid settings"),
+        Some(Command::Serve(s)) => Settings::try_from(*s).expect("valid settings"),
         Some(_) => panic!("not a serve command line"),
     }
 }
