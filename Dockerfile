@@ -2,6 +2,8 @@
 # Build: docker build -t ipstats .
 # Run:   docker run -p 8080:8080 ipstats                       (embedded demo)
 #        docker run -p 8080:8080 -e IPSTATS_BROKERS=kafka:9092 ipstats
+# Exposed beyond one host: mount a token file and pass
+#        -e IPSTATS_AUTH_TOKEN_FILE=/run/secrets/ipstats-token
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \

@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,memory
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory
 #   runs only those sections. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
@@ -51,7 +51,7 @@ unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
 
-ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,memory}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -100,11 +100,23 @@ proc_cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc
 proc_hwm_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 proc_rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-# start_ipstats TOPIC PORT DIR: ipstats on a fresh group and checkpoint directory.
+# start_ipstats TOPIC PORT DIR [ARGS...]: ipstats on a fresh group and checkpoint directory.
 start_ipstats() {
-  "$BIN" --brokers "$BROKERS" --topics "$1" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$3" \
-    --listen "127.0.0.1:$2" --batch 200ms --slide 200ms --window 600s >"$OUT/ipstats.log" 2>&1 &
+  local topic=$1 port=$2 dir=$3
+  shift 3
+  "$BIN" --brokers "$BROKERS" --topics "$topic" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$dir" \
+    --listen "127.0.0.1:$port" --batch 200ms --slide 200ms --window 600s "$@" >"$OUT/ipstats.log" 2>&1 &
   echo $!
+}
+
+# healthz_max_ms PORT TIMES: the slowest of TIMES /healthz answers, in ms.
+healthz_max_ms() {
+  local worst=0 t
+  for _ in $(seq 1 "$2"); do
+    t=$(curl -fsS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$1/healthz")
+    worst=$(echo "if ($t > $worst) $t else $worst" | bc -l)
+  done
+  num "$worst * 1000"
 }
 
 # wait_consumed PORT TOTAL PID: until every record is counted (lag 0 everywhere);
@@ -113,24 +125,46 @@ wait_consumed() {
   scripts/wait-consumed.py "$1" "$2" "$3" 900 || { log "$(tail -5 "$OUT/ipstats.log")"; exit 1; }
 }
 
-# ipstats_round NAME ROUND [wrk]: ipstats from a fresh group and checkpoint,
-# whole process, start until every record is counted; with `wrk`, while wrk
-# keeps 64 connections busy on /api/v1/top?n=100 until ingest is done.
+# ipstats_round NAME ROUND [wrk|sse]: ipstats from a fresh group and
+# checkpoint, whole process, start until every record is counted; with
+# `wrk`, while wrk keeps 64 connections busy on /api/v1/top?n=100 until
+# ingest is done; with `sse`, while 1,000 event streams at n=100 are open.
 ipstats_round() {
-  local name=$1 round=$2 port dir started pid wrk_pid="" ended cpu hwm wall
+  local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" ended cpu hwm wall healthz=""
   port=$(free_port)
   dir=$(mktemp -d)
   started=$(date +%s.%N)
-  pid=$(start_ipstats "$TOPIC" "$port" "$dir")
-  if [ "${3:-}" = wrk ]; then
+  if [ "${3:-}" = sse ]; then
+    pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000)
+  else
+    pid=$(start_ipstats "$TOPIC" "$port" "$dir")
+  fi
+  if [ -n "${3:-}" ]; then
     until curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.01; done
+  fi
+  if [ "${3:-}" = wrk ]; then
     wrk -t2 -c64 -d300s --latency "http://127.0.0.1:$port/api/v1/top?n=100" >"$OUT/wrk.txt" &
     wrk_pid=$!
+  fi
+  if [ "${3:-}" = sse ]; then
+    scripts/sse-clients.py "$port" 1000 "/api/v1/events?n=100" >"$OUT/sse.txt" &
+    sse_pid=$!
+    until grep -q '^open ' "$OUT/sse.txt" 2>/dev/null; do
+      kill -0 "$sse_pid" 2>/dev/null || { log "event streams refused: $(cat "$OUT/sse.txt")"; exit 1; }
+      sleep 0.01
+    done
+    healthz=$(healthz_max_ms "$port" 20)
   fi
   ended=$(wait_consumed "$port" "$LINES" "$pid")
   if [ -n "$wrk_pid" ]; then
     kill -INT "$wrk_pid"
     wait "$wrk_pid" || true
+  fi
+  if [ -n "$sse_pid" ]; then
+    kill -TERM "$sse_pid"
+    wait "$sse_pid" || true
+    record "$(printf '{"row":"healthz with 1000 event streams","round":%d,"max_ms":%s}' "$round" "$healthz")"
+    log "event streams round $round: $(tail -1 "$OUT/sse.txt"); slowest of 20 /healthz ${healthz} ms"
   fi
   cpu=$(proc_cpu_s "$pid")
   hwm=$(proc_hwm_kib "$pid")
@@ -166,6 +200,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ipstats_round ipstats "$round"
   fi
   if section wrk; then ipstats_round "ipstats under wrk" "$round" wrk; fi
+  if section sse; then ipstats_round "ipstats with 1000 event streams" "$round" sse; fi
 done
 
 # ---- c: the Kafka Streams peer (bench/peers/kafka-streams), whole JVM process ---------------
@@ -264,7 +299,7 @@ if section memory; then memory_row; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats under wrk", "kafka streams", "spark", "goaccess", "ipstats count"]
+NAMES = ["kcat", "ipstats", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -290,6 +325,9 @@ ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
 if "ipstats" in rate and "ipstats under wrk" in rate:
     print(f"ingest slow-down under wrk: {100 * (1 - rate['ipstats under wrk'] / rate['ipstats']):.0f}%")
+if "ipstats" in rate and "ipstats with 1000 event streams" in rate:
+    print(f"ingest with 1,000 event streams (n=100) / without, records/s: {rate['ipstats with 1000 event streams'] / rate['ipstats']:.2f}x; "
+          f"slowest /healthz meanwhile {median('healthz with 1000 event streams', 'max_ms'):.1f} ms (median of rounds)")
 p99, rps = median("wrk top n=100", "p99_ms"), median("wrk top n=100", "requests_per_s")
 if p99 is not None:
     print(f"wrk /api/v1/top?n=100, 64 connections, during ingest: {rps:,.0f} requests/s, p99 {p99:.2f} ms (medians)")
