@@ -3,15 +3,7 @@
 use std::process::Command;
 
 fn ipstats(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
-        .args(args)
-        .env_remove("IPSTATS_BROKERS")
-        .output()
-        .expect("run ipstats");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    ipstats_env(args, &[])
 }
 
 #[test]

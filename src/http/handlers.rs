@@ -31,16 +31,17 @@ pub struct TopQuery {
     n: Option<String>,
 }
 
-fn parse_n(text: Option<&str>) -> Result<usize, Problem> {
+/// `n`: absent means [`DEFAULT_TOP_N`]; else 1 to `max`.
+fn parse_n(text: Option<&str>, max: usize) -> Result<usize, Problem> {
     match text {
         None => Ok(DEFAULT_TOP_N),
         Some(text) => text
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=MAX_TOP_N).contains(n))
+            .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| {
                 Problem::bad_request(format!(
-                    "n must be an integer from 1 to {MAX_TOP_N}, got {text:?}"
+                    "n must be an integer from 1 to {max}, got {text:?}"
                 ))
             }),
     }
@@ -51,7 +52,7 @@ pub async fn top(
     query: Result<Query<TopQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let n = parse_n(query.n.as_deref())?;
+    let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.sources.published.load();
     // Dashboards and scrapers ask the same question many times per slide.
     let body = snapshot.rendered_top.get_or_render(n, || {
@@ -226,18 +227,7 @@ pub async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let n = match query.n.as_deref() {
-        None => DEFAULT_TOP_N,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_EVENT_N).contains(n))
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "n must be an integer from 1 to {MAX_EVENT_N} for an event stream, got {text:?}"
-                ))
-            })?,
-    };
+    let n = parse_n(query.n.as_deref(), MAX_EVENT_N)?;
     let limit = match query.limit.as_deref() {
         None => usize::MAX,
         Some(text) => text
