@@ -22,14 +22,16 @@ fn temp_dir(name: &str) -> String {
         .to_string()
 }
 
-/// The test process itself holds thousands of sockets.
-fn allow_sockets(n: u64) {
+/// The test process itself holds thousands of sockets: raises its limit
+/// towards `n`; returns the limit it got.
+fn allow_sockets(n: u64) -> u64 {
     let (soft, hard) = rlimit::Resource::NOFILE.get().expect("open-files limit");
     if soft < n {
         rlimit::Resource::NOFILE
             .set(n.min(hard), hard)
             .expect("raise the open-files limit");
     }
+    rlimit::Resource::NOFILE.get().expect("open-files limit").0
 }
 
 /// `/healthz` `times` times; the slowest answer.
@@ -61,9 +63,19 @@ fn closed_by_server(connections: &mut [TcpStream]) -> usize {
 #[test]
 fn floods_of_idle_and_slowloris_connections_never_stop_health_counting_or_checkpoints() {
     let Some(cluster) = cluster() else { return };
-    const IDLE: usize = 5_000;
     const SLOW: usize = 500;
-    allow_sockets(8_192);
+    // 5,000 idle connections, or as many as this machine lets the test hold
+    // (always several times the server's 1,024 descriptors).
+    let limit = allow_sockets(8_192);
+    let idle_wanted = 5_000.min(
+        usize::try_from(limit)
+            .unwrap_or(0)
+            .saturating_sub(SLOW + 300),
+    );
+    assert!(
+        idle_wanted >= 2_500,
+        "the test process may hold only {limit} sockets"
+    );
     let topic = unique("flood");
     let first = produce_lines(&cluster, &topic, 2_000, 2, 91);
     // 1,024 descriptors, soft and hard: ipstats cannot raise it, and keeps
@@ -97,7 +109,7 @@ fn floods_of_idle_and_slowloris_connections_never_stop_health_counting_or_checkp
     );
 
     let started = Instant::now();
-    let mut idle: Vec<TcpStream> = (0..IDLE)
+    let mut idle: Vec<TcpStream> = (0..idle_wanted)
         .filter_map(|_| TcpStream::connect(service.addr).ok())
         .collect();
     let mut slow: Vec<TcpStream> = (0..SLOW)
@@ -108,7 +120,13 @@ fn floods_of_idle_and_slowloris_connections_never_stop_health_counting_or_checkp
             Some(c)
         })
         .collect();
-    assert!(idle.len() + slow.len() > 5_000, "the flood is on");
+    // (A connect may be refused when the listen backlog is full for a moment.)
+    assert!(
+        idle.len() * 10 >= idle_wanted * 9 && slow.len() * 10 >= SLOW * 9,
+        "the flood is on: {} idle, {} slow",
+        idle.len(),
+        slow.len()
+    );
 
     // One header byte per slowloris connection per second, while we check.
     let trickle = std::thread::spawn({
