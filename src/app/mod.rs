@@ -86,13 +86,13 @@ impl App {
             .is_demo()
             .then(|| std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())));
         if let Some(dir) = &demo_dir {
+            settings.checkpoint_dir = dir.clone();
             let dir = dir.clone();
             blocking(move || {
                 let _ = std::fs::remove_dir_all(&dir);
                 Ok(())
             })
             .await?;
-            settings.checkpoint_dir = demo_dir.clone().unwrap_or_default();
         }
         // Before any socket: a directory another process uses, or one that
         // cannot be created, stops the start here.

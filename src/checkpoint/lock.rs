@@ -8,6 +8,8 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::durable::{FileError, at};
+
 const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -17,11 +19,8 @@ pub enum LockError {
          or give this one another --checkpoint-dir"
     )]
     Held { dir: PathBuf, pid: String },
-    #[error("--checkpoint-dir {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("--checkpoint-dir {0}")]
+    Io(#[from] FileError),
 }
 
 /// The held lock; dropping it (or the process ending) releases it.
@@ -32,11 +31,7 @@ pub struct DirLock {
 
 /// Creates `dir` if needed and locks it for this process.
 pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| LockError::Io { path, source }
-    };
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    fs::create_dir_all(dir).map_err(at(dir))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -44,7 +39,7 @@ pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(io(&path))?;
+        .map_err(at(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -59,13 +54,13 @@ pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
                 pid,
             });
         }
-        Err(TryLockError::Error(source)) => return Err(io(&path)(source)),
+        Err(TryLockError::Error(source)) => return Err(at(&path)(source).into()),
     }
     // Informational only: the lock is the flock, not the file's content.
     file.set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| writeln!(file, "{}", std::process::id()))
-        .map_err(io(&path))?;
+        .map_err(at(&path))?;
     Ok(DirLock { _file: file })
 }
 

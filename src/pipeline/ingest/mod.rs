@@ -160,6 +160,8 @@ struct State {
     stored: StoredOffsets,
     links: Links,
     logs: LogLimit,
+    /// A snapshot of this run has been published.
+    published: bool,
 }
 
 impl Ingest {
@@ -207,6 +209,7 @@ impl Ingest {
             stored,
             links,
             logs: LogLimit::default(),
+            published: false,
         };
         Ok(Ingest { consumer, state })
     }
@@ -323,17 +326,18 @@ impl State {
             return Ok(());
         };
         let view = &self.links.view;
-        let log_start = || {
-            view.borrow()
+        let on_gap = || {
+            let log_start = view
+                .borrow()
                 .find(message.topic(), partition)
-                .map(|p| p.low)
+                .map(|p| p.low);
+            (log_start, SystemTime::now())
         };
         let verdict = self.tracker.record(
             slot,
             message.offset(),
             message.timestamp().to_millis(),
-            log_start,
-            SystemTime::now(),
+            on_gap,
         );
         match verdict {
             Verdict::Count => {}
@@ -467,11 +471,10 @@ impl State {
             .set(self.window.distinct_ips() as i64);
 
         let seq = self.tracker.next_seq();
-        // Until ready, every batch is published, so that the first numbers
-        // show at once.
-        let ready = self.links.health.is_ready();
-        if seq.is_multiple_of(self.config.slide_batches) || !ready {
+        // The run's first batch is published at once, the rest at slides.
+        if seq.is_multiple_of(self.config.slide_batches) || !self.published {
             self.publish();
+            self.published = true;
         }
         if seq.is_multiple_of(self.config.checkpoint_batches) {
             // Never wait for the disk: a busy writer gets the next job instead,
@@ -483,7 +486,7 @@ impl State {
         }
         // Ready: state is restored (before ingest started), a batch closed,
         // and the Kafka cluster has answered at least once.
-        if !ready && self.links.health.kafka_contact_age().is_some() {
+        if !self.links.health.is_ready() && self.links.health.kafka_contact_age().is_some() {
             self.links.health.set_ready();
         }
         let busy = self.tracker.busy_until(Instant::now());

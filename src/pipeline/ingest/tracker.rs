@@ -229,18 +229,18 @@ impl Tracker {
         slot
     }
 
-    /// One polled record of the partition in `slot`. `log_start` (the
-    /// partition's first stored offset) is asked for only when the offsets
-    /// jump, to tell a normal gap (compaction, transaction markers) from
-    /// records deleted before they were counted.
+    /// One polled record of the partition in `slot`. `on_gap` gives the
+    /// partition's first stored offset and the time; it is asked only when
+    /// the offsets jump, to tell a normal gap (compaction, transaction
+    /// markers) from records deleted before they were counted, so that the
+    /// path of an ordinary record reads no clock.
     #[inline]
     pub fn record(
         &mut self,
         slot: usize,
         offset: i64,
         timestamp_ms: Option<i64>,
-        log_start: impl FnOnce() -> Option<i64>,
-        wall: SystemTime,
+        on_gap: impl FnOnce() -> (Option<i64>, SystemTime),
     ) -> Verdict {
         let p = &mut self.partitions[slot];
         if p.held.is_some() || offset < p.next {
@@ -253,20 +253,21 @@ impl Tracker {
             return Verdict::Pause;
         }
         let mut verdict = Verdict::Count;
-        if offset > p.next
-            && let Some(log_start) = log_start().filter(|low| *low > p.next)
-        {
-            let reset = Reset {
-                reason: ResetReason::Expired,
-                stored: Some(p.next),
-                start: offset,
-                log_start,
-                log_end: offset,
-                lost: log_start.min(offset) - p.next,
-                at: wall,
-            };
-            p.last_reset = Some(reset.clone());
-            verdict = Verdict::CountAfterLoss(reset);
+        if offset > p.next {
+            let (log_start, wall) = on_gap();
+            if let Some(log_start) = log_start.filter(|low| *low > p.next) {
+                let reset = Reset {
+                    reason: ResetReason::Expired,
+                    stored: Some(p.next),
+                    start: offset,
+                    log_start,
+                    log_end: offset,
+                    lost: log_start.min(offset) - p.next,
+                    at: wall,
+                };
+                p.last_reset = Some(reset.clone());
+                verdict = Verdict::CountAfterLoss(reset);
+            }
         }
         p.taken += 1;
         p.next = offset + 1;
@@ -390,7 +391,7 @@ mod tests {
     }
 
     fn count(tracker: &mut Tracker, offset: i64) -> Verdict {
-        tracker.record(0, offset, Some(offset * 10), || Some(0), wall(0))
+        tracker.record(0, offset, Some(offset * 10), || (Some(0), wall(0)))
     }
 
     #[test]
@@ -467,12 +468,12 @@ mod tests {
         assert_eq!(count(&mut tracker, 0), Verdict::Count);
         // Compaction: offsets jump, but the log still starts at 0.
         assert_eq!(
-            tracker.record(0, 5, None, || Some(0), wall(0)),
+            tracker.record(0, 5, None, || (Some(0), wall(0))),
             Verdict::Count
         );
         assert_eq!(tracker.partitions()[0].last_reset, None);
         // Retention moved the log start to 40 while we were at 6: 34 lost.
-        let verdict = tracker.record(0, 50, None, || Some(40), wall(7));
+        let verdict = tracker.record(0, 50, None, || (Some(40), wall(7)));
         let Verdict::CountAfterLoss(reset) = verdict else {
             panic!("expected a loss, got {verdict:?}");
         };
