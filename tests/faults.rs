@@ -61,7 +61,7 @@ impl Scenario {
         let zookeeper = format!("{}{}", self.cluster.zookeeper, self.chroot);
         Service::on_cluster(
             &self.cluster,
-            &zookeeper,
+            Some(&zookeeper),
             &self.topic,
             &self.group,
             &self.dir,

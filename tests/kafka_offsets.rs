@@ -56,7 +56,19 @@ impl Setup {
     fn spawn(&self, checkpoint: &std::path::Path, extra: &[&str]) -> Service {
         Service::on_cluster(
             &self.cluster,
-            &self.zookeeper(),
+            Some(&self.zookeeper()),
+            &self.topic,
+            &self.group,
+            checkpoint,
+            extra,
+        )
+    }
+
+    /// Without `--zookeeper`: the Kafka group is the only offset store.
+    fn spawn_without_zk(&self, checkpoint: &std::path::Path, extra: &[&str]) -> Service {
+        Service::on_cluster(
+            &self.cluster,
+            None,
             &self.topic,
             &self.group,
             checkpoint,
@@ -72,7 +84,13 @@ fn wait_counted(addr: SocketAddr, truth: &Truth) {
 
 /// Waits until the API shows both stores committed at `ends`.
 fn wait_committed(addr: SocketAddr, ends: &BTreeMap<i32, i64>) {
-    wait_for("offsets committed to ZooKeeper and the group", WAIT, || {
+    wait_committed_to(addr, ends, true);
+}
+
+/// Waits until the API shows the group (and ZooKeeper, if `zookeeper`; else
+/// null) committed at `ends`.
+fn wait_committed_to(addr: SocketAddr, ends: &BTreeMap<i32, i64>, zookeeper: bool) {
+    wait_for("offsets committed", WAIT, || {
         let offsets = get_json(addr, "/api/v1/offsets");
         let seen: BTreeMap<i32, (Value, Value)> = offsets["partitions"]
             .as_array()
@@ -90,7 +108,14 @@ fn wait_committed(addr: SocketAddr, ends: &BTreeMap<i32, i64>) {
             .collect();
         let expected: BTreeMap<i32, (Value, Value)> = ends
             .iter()
-            .map(|(p, e)| (*p, (Value::from(*e), Value::from(*e))))
+            .map(|(p, e)| {
+                let zk = if zookeeper {
+                    Value::from(*e)
+                } else {
+                    Value::Null
+                };
+                (*p, (zk, Value::from(*e)))
+            })
             .collect();
         if seen == expected {
             Ok(())
@@ -215,22 +240,7 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
     // While ipstats is down, 700 more records arrive and retention (here:
     // delete-records) removes everything below offset 600.
     produce_lines(&s.cluster, &s.topic, 700, 1, 42);
-    let spec = temp_dir("delete").join("offsets.json");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"{{"partitions":[{{"topic":"{}","partition":0,"offset":600}}],"version":1}}"#,
-            s.topic
-        ),
-    )
-    .expect("offset json");
-    cluster_tool(&[
-        "kafka-delete-records",
-        "--bootstrap-server",
-        &s.cluster.brokers,
-        "--offset-json-file",
-        spec.to_str().expect("path"),
-    ]);
+    delete_records(&s, 600);
     let remaining = kcat_lines(&s.cluster.brokers, &s.topic, 0, 600);
     assert_eq!(remaining.len(), 400);
 
@@ -284,6 +294,188 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
         ),
         Some(300.0)
     );
+}
+
+/// Each partition's `start` object in `/api/v1/offsets`.
+fn starts(addr: SocketAddr) -> BTreeMap<i64, Value> {
+    get_json(addr, "/api/v1/offsets")["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| (p["partition"].as_i64().unwrap_or(-1), p["start"].clone()))
+        .collect()
+}
+
+/// Sets the group's committed offset of partition 0 with Kafka's own tool.
+fn set_group_offset(s: &Setup, offset: i64) {
+    cluster_tool(&[
+        "kafka-consumer-groups",
+        "--bootstrap-server",
+        &s.cluster.brokers,
+        "--group",
+        &s.group,
+        "--topic",
+        &format!("{}:0", s.topic),
+        "--reset-offsets",
+        "--to-offset",
+        &offset.to_string(),
+        "--execute",
+    ]);
+    let described = describe_group(&s.cluster.brokers, &s.group);
+    assert_eq!(
+        described.get(&(s.topic.clone(), 0)).and_then(|row| row.0),
+        Some(offset),
+        "{described:?}"
+    );
+}
+
+#[test]
+fn without_zookeeper_a_lost_checkpoint_resumes_from_the_kafka_group() {
+    let Some(s) = Setup::new("group-resume") else {
+        return;
+    };
+    let first = produce_lines(&s.cluster, &s.topic, 3_000, 2, 61);
+    let mut svc = s.spawn_without_zk(&temp_dir("ckpt-a"), &[]);
+    svc.wait_ready(WAIT);
+    wait_counted(svc.addr, &Truth::of(first.iter().map(Vec::as_slice)));
+    let ends = log_ends(&s.cluster.brokers, &s.topic);
+    wait_committed_to(svc.addr, &ends, false);
+    assert!(svc.terminate(WAIT).success());
+
+    // The checkpoint directory is lost: only the group remembers where the
+    // first run stopped, and only the new records are counted.
+    let second = produce_lines(&s.cluster, &s.topic, 1_000, 2, 62);
+    let mut svc = s.spawn_without_zk(&temp_dir("ckpt-lost"), &[]);
+    svc.wait_ready(WAIT);
+    wait_counted(svc.addr, &Truth::of(second.iter().map(Vec::as_slice)));
+    for (partition, start) in starts(svc.addr) {
+        assert_eq!(start["from"], "kafka", "{start}");
+        assert_eq!(
+            start["offset"].as_i64(),
+            ends.get(&(partition as i32)).copied()
+        );
+    }
+    assert_eq!(
+        metric(svc.addr, "ipstats_offset_resets_total{reason=\"missing\"}"),
+        Some(0.0)
+    );
+    // The group's offsets are shown from the start, before any commit.
+    let offsets = get_json(svc.addr, "/api/v1/offsets");
+    assert!(
+        offsets["partitions"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["committed_kafka"].is_i64())),
+        "{offsets}"
+    );
+}
+
+#[test]
+fn zookeeper_wins_over_a_disagreeing_group_and_says_so() {
+    let Some(s) = Setup::new("disagree") else {
+        return;
+    };
+    produce_lines(&s.cluster, &s.topic, 1_000, 1, 71);
+    let mut svc = s.spawn(&temp_dir("ckpt-a"), &[]);
+    svc.wait_ready(WAIT);
+    wait_committed(svc.addr, &BTreeMap::from([(0, 1_000)]));
+    assert!(svc.terminate(WAIT).success());
+    // Someone rewinds the group (kafka-consumer-groups --reset-offsets).
+    set_group_offset(&s, 400);
+
+    let second = produce_lines(&s.cluster, &s.topic, 200, 1, 72);
+    let mut svc = s.spawn(&temp_dir("ckpt-b"), &[]);
+    svc.wait_ready(WAIT);
+    wait_counted(svc.addr, &Truth::of(second.iter().map(Vec::as_slice)));
+    let start = &starts(svc.addr)[&0];
+    assert_eq!(
+        (start["from"].as_str(), start["offset"].as_i64()),
+        (Some("zookeeper"), Some(1_000))
+    );
+    let note = start["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("ZooKeeper comes before the group") && note.contains("has 400"),
+        "{start}"
+    );
+    assert!(
+        svc.log_text().contains("the offset stores disagree"),
+        "the disagreement is logged"
+    );
+}
+
+#[test]
+fn an_expired_group_offset_without_zookeeper_counts_the_loss() {
+    let Some(s) = Setup::new("group-expired") else {
+        return;
+    };
+    produce_lines(&s.cluster, &s.topic, 300, 1, 81);
+    let mut svc = s.spawn_without_zk(&temp_dir("ckpt-a"), &[]);
+    svc.wait_ready(WAIT);
+    wait_committed_to(svc.addr, &BTreeMap::from([(0, 300)]), false);
+    assert!(svc.terminate(WAIT).success());
+
+    produce_lines(&s.cluster, &s.topic, 700, 1, 82);
+    delete_records(&s, 600);
+    let remaining = kcat_lines(&s.cluster.brokers, &s.topic, 0, 600);
+    let mut svc = s.spawn_without_zk(&temp_dir("ckpt-fresh"), &[]);
+    svc.wait_ready(WAIT);
+    wait_counted(svc.addr, &Truth::of(remaining.iter().map(Vec::as_slice)));
+    let partition = &get_json(svc.addr, "/api/v1/offsets")["partitions"][0];
+    let reset = &partition["last_reset"];
+    assert_eq!(
+        (
+            reset["reason"].as_str(),
+            reset["stored_offset"].as_i64(),
+            reset["stored_in"].as_str(),
+            reset["reset_to"].as_i64(),
+            reset["records_lost"].as_i64()
+        ),
+        (
+            Some("expired"),
+            Some(300),
+            Some("kafka"),
+            Some(600),
+            Some(300)
+        ),
+        "{partition}"
+    );
+    assert_eq!(partition["start"]["from"], "offset_reset");
+    assert_eq!(
+        metric(
+            svc.addr,
+            &format!(
+                "ipstats_records_lost_total{{partition=\"0\",topic=\"{}\"}}",
+                s.topic
+            )
+        ),
+        Some(300.0)
+    );
+    let log = svc.log_text();
+    assert!(
+        log.contains("partition does not start at a stored offset")
+            && log.contains("stored=300")
+            && log.contains("from=kafka"),
+        "the reset is logged with plain values: {log}"
+    );
+}
+
+/// Retention, made explicit: everything below `offset` in partition 0 is deleted.
+fn delete_records(s: &Setup, offset: i64) {
+    let spec = temp_dir("delete").join("offsets.json");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"partitions":[{{"topic":"{}","partition":0,"offset":{offset}}}],"version":1}}"#,
+            s.topic
+        ),
+    )
+    .expect("offset json");
+    cluster_tool(&[
+        "kafka-delete-records",
+        "--bootstrap-server",
+        &s.cluster.brokers,
+        "--offset-json-file",
+        spec.to_str().expect("path"),
+    ]);
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! Start-up once HTTP answers: restore the checkpoint; with ZooKeeper,
 //! connect, claim the partitions and read their stored offsets; read the
-//! Kafka group's committed offsets; prepare the checkpoint writer. Every wait
+//! Kafka group's committed offsets; choose each partition's stored offset
+//! (checkpoint, ZooKeeper, group); prepare the checkpoint writer. Every wait
 //! here is cancellable (a SIGTERM during the ZooKeeper ownership wait ends it
 //! at once). Then [`Ready::launch`] starts ingest, the writer and the
 //! committers under the supervisor.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -19,10 +21,13 @@ use crate::http::Sources;
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::offsets::committed::StoreState;
 use crate::offsets::zookeeper::{ZkOptions, ZkStore};
-use crate::offsets::{CommitRequest, kafka_group, zookeeper};
-use crate::pipeline::ingest::{Ingest, IngestConfig, Links, Resume, StoredOffsets};
+use crate::offsets::{
+    CommitRequest, OffsetsOf, StoredOffsets, choose_stored, kafka_group, zookeeper,
+};
+use crate::pipeline::ingest::{Ingest, IngestConfig, Links, Resume};
 use crate::pipeline::snapshot::Counters;
 use crate::stop::Stop;
+use crate::vocab::Origin;
 
 /// Everything start-up needs, moved in by the app.
 pub struct Startup {
@@ -40,8 +45,8 @@ pub struct Startup {
 pub struct Ready {
     startup: Startup,
     restored: Option<Restored>,
-    /// ZooKeeper's offsets, used when there is no checkpoint.
-    zk_offsets: StoredOffsets,
+    /// Each partition's stored offset, from the first store that holds one.
+    stored: StoredOffsets,
     zk_store: Option<ZkStore>,
     writer: Writer,
 }
@@ -62,9 +67,13 @@ impl Startup {
         let health = self.shared.health.clone();
         health.set_phase("restoring the checkpoint");
         let restored = self.restore().await?;
-        let mut zk_offsets = StoredOffsets::new();
+        let from_checkpoint = restored
+            .as_ref()
+            .map(|r| checkpoint::store::manifest_offsets(&r.manifest))
+            .unwrap_or_default();
+        let mut from_zookeeper = OffsetsOf::new();
         let mut zk_store = None;
-        if let Some(options) = &self.zookeeper {
+        let view = if let Some(options) = &self.zookeeper {
             health.set_phase("waiting for ZooKeeper");
             let committed = self.shared.committed.clone();
             let status = &committed.zookeeper;
@@ -79,25 +88,41 @@ impl Startup {
             for p in &view.partitions {
                 store.claim(&p.topic, p.partition).await?;
             }
-            // The checkpoint wins; ZooKeeper is read for display, and for the
-            // start offsets only when there is no checkpoint.
             for p in &view.partitions {
                 if let Some(offset) = store.read_offset(&p.topic, p.partition).await? {
-                    zk_offsets.insert((p.topic.clone(), p.partition), offset);
+                    from_zookeeper.insert((p.topic.clone(), p.partition), offset);
                 }
             }
             status.record(
-                zk_offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)),
+                from_zookeeper.iter().map(|((t, p), o)| (t.clone(), *p, *o)),
                 false,
             );
             info!(
                 partitions = view.partitions.len(),
-                stored = zk_offsets.len(),
+                stored = from_zookeeper.len(),
                 "ZooKeeper offsets read; partitions owned by this instance"
             );
             zk_store = Some(store);
-        }
-        self.read_group_offsets().await;
+            view
+        } else {
+            health.set_phase("waiting for Kafka metadata");
+            let Some(view) = self.first_view().await else {
+                return Ok(None);
+            };
+            view
+        };
+        // The group is needed when a partition has no offset in the stores
+        // before it; otherwise it is read for display only.
+        let needed = view.partitions.iter().any(|p| {
+            let key = (p.topic.clone(), p.partition);
+            !from_checkpoint.contains_key(&key) && !from_zookeeper.contains_key(&key)
+        });
+        health.set_phase("reading the Kafka group's committed offsets");
+        let Some(from_group) = self.read_group_offsets(&view, needed, cancel).await else {
+            return Ok(None);
+        };
+        let stored = choose_stored(&from_checkpoint, &from_zookeeper, &from_group);
+        log_start_offsets(&stored);
         let (dir, shape) = (
             self.settings.checkpoint_dir.clone(),
             Shape::of(&self.settings),
@@ -109,7 +134,7 @@ impl Startup {
         Ok(Some(Ready {
             startup: self,
             restored,
-            zk_offsets,
+            stored,
             zk_store,
             writer,
         }))
@@ -155,30 +180,82 @@ impl Startup {
         view.ok().map(|v| v.clone())
     }
 
-    /// The group's committed offsets, shown beside ZooKeeper's (best effort).
-    async fn read_group_offsets(&mut self) {
-        let view = self.view.borrow().clone();
+    /// The group's committed offsets for the partitions of `view`. When
+    /// `needed`, retried until read (a partition would otherwise start by
+    /// `--offset-reset` and recount or skip what the group has); `None` when
+    /// cancelled first. Otherwise one try, for display.
+    async fn read_group_offsets(
+        &self,
+        view: &ClusterView,
+        needed: bool,
+        cancel: &CancellationToken,
+    ) -> Option<OffsetsOf> {
         let partitions: Vec<_> = view
             .partitions
             .iter()
             .map(|p| (p.topic.clone(), p.partition))
             .collect();
         if partitions.is_empty() {
-            return;
+            return Some(OffsetsOf::new());
         }
-        let client = self.group_client.clone();
         let committed = &self.shared.committed.kafka;
-        match tokio::task::spawn_blocking(move || kafka_group::read_committed(&client, &partitions))
-            .await
-        {
-            Ok(Ok(offsets)) => {
-                committed.record(offsets, false);
-                committed.set_state(StoreState::Connected);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let (client, asked) = (self.group_client.clone(), partitions.clone());
+            let read =
+                tokio::task::spawn_blocking(move || kafka_group::read_committed(&client, &asked))
+                    .await;
+            let error = match read {
+                Ok(Ok(offsets)) => {
+                    committed.record(offsets.iter().cloned(), false);
+                    committed.set_state(StoreState::Connected);
+                    info!(
+                        partitions = partitions.len(),
+                        committed = offsets.len(),
+                        "Kafka group's committed offsets read"
+                    );
+                    return Some(offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect());
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            committed.failed(error.clone());
+            if !needed {
+                warn!(%error, "reading the Kafka group's committed offsets failed; \
+                    the start offsets come from the checkpoint or ZooKeeper");
+                return Some(OffsetsOf::new());
             }
-            Ok(Err(e)) => warn!(error = %e, "reading the Kafka group's committed offsets failed"),
-            Err(e) => warn!(error = %e, "reading the Kafka group's committed offsets failed"),
+            warn!(%error, retry_in = ?backoff, "reading the Kafka group's committed offsets failed; \
+                retrying before any partition starts");
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// Says where the partitions start from; a disagreement between the stores
+/// is a warning when ZooKeeper's offset wins over the group's, a note when
+/// the checkpoint's wins (the stores lag behind it after a crash).
+fn log_start_offsets(stored: &StoredOffsets) {
+    let mut by_origin = [0usize; 3];
+    for ((topic, partition), s) in stored {
+        by_origin[s.origin as usize] += 1;
+        let Some(note) = &s.note else { continue };
+        if s.origin == Origin::Checkpoint {
+            info!(%topic, partition, offset = s.offset, "{note}");
+        } else {
+            warn!(%topic, partition, offset = s.offset, "the offset stores disagree: {note}");
+        }
+    }
+    info!(
+        checkpoint = by_origin[Origin::Checkpoint as usize],
+        zookeeper = by_origin[Origin::Zookeeper as usize],
+        kafka_group = by_origin[Origin::KafkaGroup as usize],
+        "stored offsets found, by store"
+    );
 }
 
 impl Ready {
@@ -188,30 +265,25 @@ impl Ready {
         let Ready {
             startup: s,
             restored,
-            zk_offsets,
+            stored,
             zk_store,
             writer,
         } = self;
         let commits = watch::channel(Arc::new(CommitRequest::default())).0;
-        let (stored, resume) = match restored {
-            None => (zk_offsets, None),
-            Some(r) => {
-                let stored = checkpoint::store::manifest_offsets(&r.manifest);
-                // Durable already: the stores may lag behind it after a crash.
-                commits.send_replace(Arc::new(CommitRequest {
-                    offsets: stored
-                        .iter()
-                        .map(|((t, p), o)| (t.clone(), *p, *o))
-                        .collect(),
-                }));
-                let resume = Resume {
-                    panes: r.panes,
-                    next_seq: r.manifest.next_pane_seq,
-                    counters: Counters::from(&r.manifest.counters),
-                };
-                (stored, Some(resume))
+        let resume = restored.map(|r| {
+            // Durable already: the stores may lag behind it after a crash.
+            commits.send_replace(Arc::new(CommitRequest {
+                offsets: checkpoint::store::manifest_offsets(&r.manifest)
+                    .into_iter()
+                    .map(|((t, p), o)| (t, p, o))
+                    .collect(),
+            }));
+            Resume {
+                panes: r.panes,
+                next_seq: r.manifest.next_pane_seq,
+                counters: Counters::from(&r.manifest.counters),
             }
-        };
+        });
         let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);
         {
             let (commits, status, metrics) = (

@@ -17,12 +17,13 @@ use tokio_stream::{Stream, StreamExt};
 use super::AppState;
 use super::problem::Problem;
 use super::views::{
-    IpView, OffsetsView, PaneCount, PartitionView, ResetView, TopView, WindowView, rfc3339,
+    IpView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, TopView, WindowView,
+    rfc3339,
 };
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
 use crate::pipeline::snapshot::Snapshot;
-use crate::vocab::{Health, SkipReason, parse_ip};
+use crate::vocab::{Health, Origin, SkipReason, parse_ip};
 
 const DEFAULT_TOP_N: usize = 10;
 
@@ -110,12 +111,18 @@ fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
                 last_reset: p.last_reset.as_ref().map(|r| ResetView {
                     reason: r.reason.as_str(),
                     stored_offset: r.stored,
+                    stored_in: r.origin.map(Origin::as_str),
                     reset_to: r.start,
                     log_start: r.log_start,
                     log_end: r.log_end,
                     records_lost: r.lost,
                     at: rfc3339(r.at),
                 }),
+                start: StartView {
+                    offset: p.started.offset,
+                    from: p.started.from.as_str(),
+                    note: p.started.note.clone(),
+                },
             })
             .collect(),
     }

@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::pipeline::snapshot::{IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::pipeline::window::{IpMap, Pane, TopList};
-use crate::vocab::{IpKey, SkipCounts, parse_ip};
+use crate::vocab::{IpKey, Origin, SkipCounts, Started, StartedFrom, parse_ip};
 
 fn ip(text: &str) -> IpKey {
     parse_ip(text).expect("test address")
@@ -64,6 +64,11 @@ fn state(ready: bool) -> AppState {
             log_end: Some(120),
             lag_seconds: Some(1.5),
             last_reset: None,
+            started: Started {
+                offset: 100,
+                from: StartedFrom::Stored(Origin::KafkaGroup),
+                note: Some("the Kafka group's offset 100 used".into()),
+            },
         }],
         ingest: IngestStatus::default(),
         history: Vec::new(),

@@ -101,6 +101,9 @@ pub struct IpView {
 pub struct ResetView {
     pub reason: &'static str,
     pub stored_offset: Option<i64>,
+    /// The store that held `stored_offset` (`checkpoint`, `zookeeper`,
+    /// `kafka`); null for records expired while consuming.
+    pub stored_in: Option<&'static str>,
     pub reset_to: i64,
     pub log_start: i64,
     pub log_end: i64,
@@ -121,6 +124,17 @@ pub struct PartitionView {
     pub lag: Option<i64>,
     pub lag_seconds: Option<f64>,
     pub last_reset: Option<ResetView>,
+    pub start: StartView,
+}
+
+/// Where this run started a partition: `from` is the store whose offset was
+/// used (`checkpoint`, `zookeeper`, `kafka`), `offset_reset` or
+/// `new_partition`; `note` says why when the stores disagree.
+#[derive(Serialize)]
+pub struct StartView {
+    pub offset: i64,
+    pub from: &'static str,
+    pub note: Option<String>,
 }
 
 #[derive(Serialize)]

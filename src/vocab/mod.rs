@@ -10,6 +10,6 @@ pub mod stamp;
 
 pub use health::Health;
 pub use ip::{IpKey, parse_ip};
-pub use reset::{Reset, ResetReason};
+pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
 pub use skip::{SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp};

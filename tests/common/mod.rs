@@ -343,28 +343,29 @@ pub struct Service {
 
 impl Service {
     /// ipstats on the real cluster with ZooKeeper offsets under `zookeeper`
-    /// (connect string with chroot), a topic, a group and a checkpoint directory.
+    /// (connect string with chroot; none: the Kafka group only), a topic, a
+    /// group and a checkpoint directory.
     pub fn on_cluster(
         cluster: &Cluster,
-        zookeeper: &str,
+        zookeeper: Option<&str>,
         topic: &str,
         group: &str,
         checkpoint: &std::path::Path,
         extra: &[&str],
     ) -> Service {
         let checkpoint = checkpoint.to_str().expect("utf-8 path");
-        let mut args = vec![
-            "--brokers",
-            &cluster.brokers,
-            "--zookeeper",
-            zookeeper,
+        let mut args = vec!["--brokers", &cluster.brokers];
+        if let Some(zookeeper) = zookeeper {
+            args.extend(["--zookeeper", zookeeper]);
+        }
+        args.extend([
             "--topics",
             topic,
             "--group",
             group,
             "--checkpoint-dir",
             checkpoint,
-        ];
+        ]);
         args.extend_from_slice(extra);
         Service::spawn(&args)
     }

@@ -31,9 +31,9 @@ use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
+pub use crate::offsets::StoredOffsets;
 use crate::stop::Stop;
-use crate::vocab::{Health, Reset, ResetReason};
-pub use tracker::StoredOffsets;
+use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
 use tracker::{Tracker, Verdict};
 
 /// Why ingest stopped for good.
@@ -274,18 +274,21 @@ impl Ingest {
 }
 
 /// Logs and counts one partition that does not continue from where it was,
-/// found at assignment or on a gap in its offsets.
+/// found at assignment or on a gap in its offsets. Always a warning: a reset
+/// means records are counted again, skipped or lost.
 fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, gap: bool) {
+    let stored = offset_text(reset.stored);
+    let from = reset.origin.map_or("-", Origin::as_str);
     if gap {
-        warn!(%topic, partition, next = ?reset.stored, log_start = reset.log_start,
+        warn!(%topic, partition, next = %stored, log_start = reset.log_start,
             lost = reset.lost, "records expired before they were counted");
     } else if reset.reason == ResetReason::Missing {
-        // A first start has nothing stored: worth a note, not a warning.
-        info!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
+        warn!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
             log_end = reset.log_end, start = reset.start,
-            "no stored offset; starting by --offset-reset");
+            "no stored offset in the checkpoint, ZooKeeper or the Kafka group; \
+             starting by --offset-reset");
     } else {
-        warn!(%topic, partition, reason = %reset.reason, stored = ?reset.stored,
+        warn!(%topic, partition, reason = %reset.reason, %stored, %from,
             log_start = reset.log_start, log_end = reset.log_end, start = reset.start,
             lost = reset.lost, "partition does not start at a stored offset");
     }
@@ -511,6 +514,7 @@ impl State {
                     next: p.next,
                     last_timestamp_ms: p.last_timestamp_ms,
                     last_reset: p.last_reset.as_ref(),
+                    started: &p.started,
                 };
                 let status = partition_status(
                     &progress,

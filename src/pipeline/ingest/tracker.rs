@@ -4,18 +4,14 @@
 //! `now` and says what to do (count, skip, pause, close a pane, seek back);
 //! the loop in [`super`] makes the librdkafka calls.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::OffsetReset;
 use crate::kafka::ClusterView;
-use crate::offsets::{ResetRefused, resolve_start};
+use crate::offsets::{ResetRefused, StoredOffsets, resolve_start};
 use crate::pipeline::window::OffsetRange;
-use crate::vocab::{Reset, ResetReason};
-
-/// Stored next offsets to start from, per partition (checkpoint or ZooKeeper).
-pub type StoredOffsets = HashMap<(Arc<str>, i32), i64>;
+use crate::vocab::{Reset, ResetReason, Started, StartedFrom};
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -34,6 +30,8 @@ pub struct Partition {
     pub last_timestamp_ms: Option<i64>,
     /// The last time this partition did not continue from where it was.
     pub last_reset: Option<Reset>,
+    /// Where this run started it, and why.
+    pub started: Started,
 }
 
 /// What to do with one polled record.
@@ -59,6 +57,9 @@ pub struct Start {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    pub from: StartedFrom,
+    /// Why this store's offset won over another one's, if they disagree.
+    pub note: Option<String>,
     /// Set when the partition does not start at a stored offset.
     pub reset: Option<Reset>,
 }
@@ -196,16 +197,24 @@ impl Tracker {
             {
                 continue;
             }
-            let (offset, reset) = if initial {
-                let stored = stored.get(&(p.topic.clone(), p.partition)).copied();
-                resolve_start(&p.topic, p.partition, stored, p.low, p.high, policy)?
+            let (offset, reset, from, note) = if initial {
+                let found = stored.get(&(p.topic.clone(), p.partition));
+                let (offset, reset) =
+                    resolve_start(&p.topic, p.partition, found, p.low, p.high, policy)?;
+                let from = match (found, &reset) {
+                    (Some(s), None) => StartedFrom::Stored(s.origin),
+                    _ => StartedFrom::Reset,
+                };
+                (offset, reset, from, found.and_then(|s| s.note.clone()))
             } else {
-                (p.low, None)
+                (p.low, None, StartedFrom::NewPartition, None)
             };
             starts.push(Start {
                 topic: p.topic.clone(),
                 partition: p.partition,
                 offset,
+                from,
+                note,
                 reset,
             });
         }
@@ -225,6 +234,11 @@ impl Tracker {
             held: None,
             last_timestamp_ms: None,
             last_reset: start.reset,
+            started: Started {
+                offset: start.offset,
+                from: start.from,
+                note: start.note,
+            },
         });
         slot
     }
@@ -259,6 +273,7 @@ impl Tracker {
                 let reset = Reset {
                     reason: ResetReason::Expired,
                     stored: Some(p.next),
+                    origin: None,
                     start: offset,
                     log_start,
                     log_end: offset,
@@ -353,6 +368,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::kafka::PartitionInfo;
+    use crate::vocab::{Origin, Stored};
 
     const BATCH: Duration = Duration::from_secs(1);
 
@@ -385,6 +401,8 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset,
+            from: StartedFrom::NewPartition,
+            note: None,
             reset: None,
         });
         (tracker, t0)
@@ -500,13 +518,17 @@ mod tests {
             ("t", 2, 0, 100),  // stored 500: ahead (topic recreated)
             ("u", 0, 5, 100),  // nothing stored
         ]);
-        let stored: StoredOffsets = [
-            ((Arc::from("t"), 0), 50),
-            ((Arc::from("t"), 1), 10),
-            ((Arc::from("t"), 2), 500),
-        ]
-        .into_iter()
-        .collect();
+        let stored: StoredOffsets = [(0, 50), (1, 10), (2, 500)]
+            .into_iter()
+            .map(|(partition, offset)| {
+                let stored = Stored {
+                    offset,
+                    origin: Origin::KafkaGroup,
+                    note: None,
+                };
+                ((Arc::from("t"), partition), stored)
+            })
+            .collect();
         let starts = tracker
             .plan(&cluster, &stored, OffsetReset::Latest, true)
             .expect("plan");
@@ -514,16 +536,35 @@ mod tests {
             .iter()
             .map(|s| {
                 let reset = s.reset.as_ref().map(|r| (r.reason, r.lost));
-                (&*s.topic, s.partition, s.offset, reset)
+                (&*s.topic, s.partition, s.offset, s.from, reset)
             })
             .collect();
+        let group = StartedFrom::Stored(Origin::KafkaGroup);
         assert_eq!(
             summary,
             [
-                ("t", 0, 50, None),
-                ("t", 1, 30, Some((ResetReason::Expired, 20))),
-                ("t", 2, 100, Some((ResetReason::Ahead, 0))),
-                ("u", 0, 100, Some((ResetReason::Missing, 0))),
+                ("t", 0, 50, group, None),
+                (
+                    "t",
+                    1,
+                    30,
+                    StartedFrom::Reset,
+                    Some((ResetReason::Expired, 20))
+                ),
+                (
+                    "t",
+                    2,
+                    100,
+                    StartedFrom::Reset,
+                    Some((ResetReason::Ahead, 0))
+                ),
+                (
+                    "u",
+                    0,
+                    100,
+                    StartedFrom::Reset,
+                    Some((ResetReason::Missing, 0))
+                ),
             ]
         );
         let refused = tracker.plan(&cluster, &stored, OffsetReset::Fail, true);
@@ -546,9 +587,10 @@ mod tests {
             .expect("plan");
         let planned: Vec<_> = starts
             .iter()
-            .map(|s| (&*s.topic, s.partition, s.offset, s.reset.is_some()))
+            .map(|s| (&*s.topic, s.partition, s.offset, s.from, s.reset.is_some()))
             .collect();
-        assert_eq!(planned, [("t", 1, 3, false), ("u", 0, 0, false)]);
+        let new = StartedFrom::NewPartition;
+        assert_eq!(planned, [("t", 1, 3, new, false), ("u", 0, 0, new, false)]);
         for start in starts {
             tracker.add(start);
         }

@@ -10,7 +10,7 @@ use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, Snapshot};
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
 use crate::pipeline::window::{Pane, Window};
-use crate::vocab::Reset;
+use crate::vocab::{Reset, Started};
 
 /// How much slide history the dashboard's sparklines get.
 const HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
@@ -25,6 +25,7 @@ pub struct PartitionProgress<'a> {
     /// Timestamp (ms) of the last record read.
     pub last_timestamp_ms: Option<i64>,
     pub last_reset: Option<&'a Reset>,
+    pub started: &'a Started,
 }
 
 /// A partition's status: the offsets the window covers, and its lag against
@@ -54,6 +55,7 @@ pub fn partition_status<'a>(
         log_end: info.map(|i| i.high.max(p.next)),
         lag_seconds: None,
         last_reset: p.last_reset.cloned(),
+        started: p.started.clone(),
     };
     if let Some(lag) = status.lag() {
         status.lag_seconds = match (
@@ -155,6 +157,7 @@ mod tests {
     use super::*;
     use crate::pipeline::window::{OffsetRange, SortedCounts};
     use crate::vocab::SkipCounts;
+    use crate::vocab::StartedFrom;
 
     fn pane(seq: u64, from: i64, until: i64) -> Arc<Pane> {
         Arc::new(Pane {
@@ -182,6 +185,11 @@ mod tests {
             next: 30,
             last_timestamp_ms: Some(1_000),
             last_reset: None,
+            started: &Started {
+                offset: 10,
+                from: StartedFrom::NewPartition,
+                note: None,
+            },
         };
         let info = PartitionInfo {
             topic: topic.clone(),

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use tokio::sync::watch;
 
 use super::window::{Pane, TopList};
-use crate::vocab::{IpKey, Reset, SkipCounts};
+use crate::vocab::{IpKey, Reset, SkipCounts, Started};
 
 /// One published state of the window.
 #[derive(Debug)]
@@ -129,6 +129,8 @@ pub struct PartitionStatus {
     pub lag_seconds: Option<f64>,
     /// The last time this partition did not continue from where it was.
     pub last_reset: Option<Reset>,
+    /// Where this run started the partition, and why.
+    pub started: Started,
 }
 
 impl PartitionStatus {
