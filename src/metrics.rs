@@ -135,7 +135,31 @@ metrics! {
         labels ["reason"];
 }
 
+/// `ipstats_checkpoint_failures_total{reason}`'s label values.
+pub const CHECKPOINT_FAILURE_REASONS: [&str; 5] =
+    ["no_space", "permission", "read_only", "io", "invalid"];
+
+/// `ipstats_offset_commits_total{store="kafka",result}`'s label values.
+pub const KAFKA_COMMIT_RESULTS: [&str; 2] = ["ok", "error"];
+
+/// `ipstats_offset_commits_total{store="zookeeper",result}`'s label values.
+pub const ZOOKEEPER_COMMIT_RESULTS: [&str; 3] = ["ok", "error", "conflict"];
+
 impl Metrics {
+    /// The commit series of the stores in use, at zero, so that alerts on
+    /// them can be written before the first commit.
+    pub fn offset_stores(&self, zookeeper: bool) {
+        for result in KAFKA_COMMIT_RESULTS {
+            self.offset_commits.with_label_values(&["kafka", result]);
+        }
+        if zookeeper {
+            for result in ZOOKEEPER_COMMIT_RESULTS {
+                self.offset_commits
+                    .with_label_values(&["zookeeper", result]);
+            }
+        }
+    }
+
     /// What the table cannot say: the process collector, and the label
     /// values that are visible from the start, at zero.
     fn start(&self) -> prometheus::Result<()> {
@@ -147,6 +171,9 @@ impl Metrics {
         }
         for reason in ResetReason::ALL {
             self.offset_resets.with_label_values(&[reason.as_str()]);
+        }
+        for reason in CHECKPOINT_FAILURE_REASONS {
+            self.checkpoint_failures.with_label_values(&[reason]);
         }
         Ok(())
     }
@@ -185,6 +212,7 @@ mod tests {
             "ipstats_records_consumed_total{partition=\"0\",topic=\"t\"} 3",
             "ipstats_records_skipped_total{reason=\"not_json\"} 0",
             "ipstats_offset_resets_total{reason=\"expired\"} 0",
+            "ipstats_checkpoint_failures_total{reason=\"no_space\"} 0",
             "# TYPE kafka_consumergroup_lag gauge",
             "kafka_consumergroup_lag{consumergroup=\"g\",partition=\"0\",topic=\"t\"} 5",
         ] {

@@ -100,10 +100,12 @@ impl App {
             let dir = settings.checkpoint_dir.clone();
             blocking(move || Ok(checkpoint::lock::lock(&dir)?)).await?
         };
+        let metrics = Metrics::new().context("creating metrics")?;
+        metrics.offset_stores(settings.zookeeper.is_some());
         let shared = Sources {
             published: Published::new(Snapshot::empty(settings.window, settings.slide)),
             health: Arc::new(Health::new(settings.is_demo())),
-            metrics: Metrics::new().context("creating metrics")?,
+            metrics,
             committed: Arc::new(Committed::new(settings.zookeeper.is_some())),
             checkpoint: Arc::new(checkpoint::Status::default()),
         };

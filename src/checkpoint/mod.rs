@@ -198,3 +198,26 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CHECKPOINT_FAILURE_REASONS;
+
+    #[test]
+    fn every_failure_reason_is_a_series_present_from_the_start() {
+        let io = |code| CheckpointError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        let corrupt = CheckpointError::Corrupt {
+            path: PathBuf::from("x"),
+            reason: "bad".into(),
+        };
+        let reasons: Vec<_> = [io(28), io(13), io(30), io(5), corrupt]
+            .iter()
+            .map(CheckpointError::reason)
+            .collect();
+        assert_eq!(reasons, CHECKPOINT_FAILURE_REASONS);
+    }
+}

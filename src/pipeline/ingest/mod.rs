@@ -115,7 +115,9 @@ pub struct Links {
     pub metrics: Metrics,
 }
 
-/// One partition's metric handles, resolved once at assignment.
+/// One partition's metric handles, resolved once at assignment: every
+/// per-partition series exists from then on (lag in seconds is NaN, not 0,
+/// until known).
 struct PartitionMetrics {
     consumed: IntCounter,
     lag: IntGauge,
@@ -126,15 +128,18 @@ struct PartitionMetrics {
 impl PartitionMetrics {
     fn new(metrics: &Metrics, group: &str, topic: &str, partition: i32) -> Self {
         let p = partition.to_string();
+        metrics.records_lost.with_label_values(&[topic, &p]);
+        let lag_seconds = metrics
+            .partition_lag_seconds
+            .with_label_values(&[topic, &p]);
+        lag_seconds.set(f64::NAN);
         PartitionMetrics {
             consumed: metrics.records_consumed.with_label_values(&[topic, &p]),
             lag: metrics.partition_lag.with_label_values(&[topic, &p]),
             group_lag: metrics
                 .consumergroup_lag
                 .with_label_values(&[group, topic, &p]),
-            lag_seconds: metrics
-                .partition_lag_seconds
-                .with_label_values(&[topic, &p]),
+            lag_seconds,
         }
     }
 }
@@ -525,9 +530,10 @@ impl State {
                     metrics.lag.set(lag);
                     metrics.group_lag.set(lag);
                 }
-                if let Some(seconds) = status.lag_seconds {
-                    metrics.lag_seconds.set(seconds);
-                }
+                // The same answer as /api/v1/offsets: unknown is NaN, never 0.
+                metrics
+                    .lag_seconds
+                    .set(status.lag_seconds.unwrap_or(f64::NAN));
                 status
             })
             .collect();

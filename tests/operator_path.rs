@@ -1,0 +1,182 @@
+//! The path an operator walks in the first week, on the real binary and the
+//! real cluster: every documented metric is there from the first scrape,
+//! `ipstats legacy` takes every serve option and environment variable.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{
+    Service, Truth, cluster, get_json, http_get, produce_lines, unique, wait_all_counted, wait_for,
+    window_counts,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// One row of the README's metrics table: the name, whether it is per
+/// partition, and the label values it enumerates.
+struct Documented {
+    name: String,
+    per_partition: bool,
+    values: Vec<(String, String)>,
+}
+
+/// The README's metrics table.
+fn documented_metrics() -> Vec<Documented> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("## Metrics")
+        .nth(1)
+        .expect("a Metrics section");
+    let ticked = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = ticked(cells.get(1)?).into_iter().next()?;
+            let labels = cells.get(3).copied().unwrap_or_default();
+            let mut values = Vec::new();
+            for part in labels.split(';').filter(|p| p.contains('=')) {
+                let mut names = ticked(part).into_iter();
+                let label = names.next()?;
+                values.extend(names.map(|v| (label.clone(), v)));
+            }
+            Some(Documented {
+                per_partition: labels.contains("`partition`"),
+                name,
+                values,
+            })
+        })
+        .collect()
+}
+
+/// Series lines (not comments) of one scrape.
+fn scrape(addr: SocketAddr) -> Vec<String> {
+    let (code, text) = http_get(addr, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a series of `name` (`prefix_*` for a family) with `label` exists.
+fn has_series(lines: &[String], name: &str, label: Option<(&str, &str)>) -> bool {
+    if let Some(prefix) = name.strip_suffix('*') {
+        return lines.iter().any(|l| l.starts_with(prefix));
+    }
+    lines.iter().any(|l| {
+        let Some(rest) = l.strip_prefix(name) else {
+            return false;
+        };
+        let named = rest.starts_with(['{', ' ']) || rest.starts_with("_bucket");
+        named && label.is_none_or(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+    })
+}
+
+#[test]
+fn a_scrape_right_after_start_shows_every_documented_metric() {
+    let Some(cluster) = cluster() else { return };
+    let documented = documented_metrics();
+    assert!(documented.len() >= 15, "the README's table was found");
+    let topic = unique("metrics-at-start");
+    let lines = produce_lines(&cluster, &topic, 400, 2, 91);
+    let checkpoint = std::env::temp_dir().join(unique("ckpt"));
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("chroot"));
+    let mut svc = Service::on_cluster(
+        &cluster,
+        Some(&zookeeper),
+        &topic,
+        &unique("group"),
+        &checkpoint,
+        &[],
+    );
+    let addr = svc.addr;
+    wait_for("the first answer", WAIT, || {
+        match http_get(addr, "/healthz") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let first = scrape(addr);
+    for metric in documented.iter().filter(|m| !m.per_partition) {
+        assert!(
+            has_series(&first, &metric.name, None),
+            "{} has no series in the first scrape:\n{}",
+            metric.name,
+            first.join("\n")
+        );
+        for (label, value) in &metric.values {
+            assert!(
+                has_series(&first, &metric.name, Some((label, value))),
+                "{}{{{label}=\"{value}\"}} has no series in the first scrape",
+                metric.name
+            );
+        }
+    }
+
+    // Once the partitions are assigned, every per-partition series exists.
+    svc.wait_ready(WAIT);
+    let assigned = scrape(addr);
+    for metric in documented.iter().filter(|m| m.per_partition) {
+        for partition in ["0", "1"] {
+            assert!(
+                has_series(&assigned, &metric.name, Some(("partition", partition))),
+                "{}{{partition=\"{partition}\"}} is missing once assigned",
+                metric.name
+            );
+        }
+    }
+    wait_all_counted(addr, lines.len() as u64, WAIT);
+    assert_eq!(
+        window_counts(addr),
+        Truth::of(lines.iter().map(Vec::as_slice)).counts
+    );
+    lag_seconds_agree(addr, &topic);
+}
+
+/// `/api/v1/offsets` and `ipstats_partition_lag_seconds` give one answer:
+/// the same number, or null and NaN, never null and 0.
+fn lag_seconds_agree(addr: SocketAddr, topic: &str) {
+    wait_for(
+        "the API and the metric to agree on lag seconds",
+        WAIT,
+        || {
+            let api: BTreeMap<i64, Option<f64>> = get_json(addr, "/api/v1/offsets")["partitions"]
+                .as_array()
+                .expect("partitions")
+                .iter()
+                .map(|p| {
+                    (
+                        p["partition"].as_i64().unwrap_or(-1),
+                        p["lag_seconds"].as_f64(),
+                    )
+                })
+                .collect();
+            let metric: BTreeMap<i64, Option<f64>> = (0..2)
+                .map(|p| {
+                    let series = format!(
+                        "ipstats_partition_lag_seconds{{partition=\"{p}\",topic=\"{topic}\"}}"
+                    );
+                    let value = common::metric(addr, &series).expect("the series exists");
+                    (p, (!value.is_nan()).then_some(value))
+                })
+                .collect();
+            if api == metric {
+                Ok(())
+            } else {
+                Err(format!("api {api:?}, metric {metric:?}"))
+            }
+        },
+    );
+}
