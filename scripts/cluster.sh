@@ -3,12 +3,17 @@
 # and ZooKeeper on free loopback ports, data in a temporary directory.
 #
 #   scripts/cluster.sh up        start both (or report the running pair); stdout
-#                                is exactly two lines for eval:
-#                                  IPSTATS_BROKERS=127.0.0.1:<port>
-#                                  IPSTATS_ZOOKEEPER=127.0.0.1:<port>
+#                                is exactly three lines for eval:
+#                                  export IPSTATS_BROKERS=127.0.0.1:<port>
+#                                  export IPSTATS_ZOOKEEPER=127.0.0.1:<port>
+#                                  export IPSTATS_SASL_BROKERS=127.0.0.1:<port>
+#                                the last is a SASL_PLAINTEXT listener (mechanism
+#                                PLAIN, user ipstats, password ipstats-secret).
+#                                Topics are not auto-created: `ipstats produce`
+#                                creates its topic, or use kafka-topics --create.
 #   scripts/cluster.sh down      stop both and remove their data
 #   scripts/cluster.sh status    what runs, where
-#   scripts/cluster.sh env       the two lines of a running cluster
+#   scripts/cluster.sh env       the three lines of a running cluster
 #   scripts/cluster.sh pid kafka|zookeeper
 #   scripts/cluster.sh start|stop kafka|zookeeper   restart one process (fault tests)
 #   scripts/cluster.sh kafka-topics ARGS...           Kafka's own tools, from the same jars
@@ -92,8 +97,9 @@ wait_until() {
 }
 
 print_env() {
-  echo "IPSTATS_BROKERS=127.0.0.1:$(cat "$STATE/kafka.port")"
-  echo "IPSTATS_ZOOKEEPER=127.0.0.1:$(cat "$STATE/zookeeper.port")"
+  echo "export IPSTATS_BROKERS=127.0.0.1:$(cat "$STATE/kafka.port")"
+  echo "export IPSTATS_ZOOKEEPER=127.0.0.1:$(cat "$STATE/zookeeper.port")"
+  echo "export IPSTATS_SASL_BROKERS=127.0.0.1:$(cat "$STATE/kafka-sasl.port")"
 }
 
 java_tool() {
@@ -118,18 +124,21 @@ minSessionTimeout=1000
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,mntr
 EOF
-  local port cport
+  local port cport sport
   port=$(cat "$STATE/kafka.port")
   cport=$(cat "$STATE/controller.port")
+  sport=$(cat "$STATE/kafka-sasl.port")
   cat >"$STATE/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ipstats="ipstats-secret";
 log.dirs=$STATE/kafka-logs
 num.partitions=1
 auto.create.topics.enable=false
@@ -181,6 +190,11 @@ cmd_up() {
   # Also when a cluster is already running (perhaps started from another
   # checkout): the tools below run from this checkout's jars.
   ensure_installed
+  # A cluster started before the SASL listener existed is restarted with it.
+  if [ -f "$STATE/kafka.port" ] && [ ! -f "$STATE/kafka-sasl.port" ]; then
+    stop_process kafka
+    free_port >"$STATE/kafka-sasl.port"
+  fi
   if alive kafka && alive zookeeper && zk_answers && kafka_answers; then
     log "already running (state in $STATE)"
     print_env
@@ -192,11 +206,12 @@ cmd_up() {
     free_port >"$STATE/zookeeper.port"
     free_port >"$STATE/kafka.port"
     free_port >"$STATE/controller.port"
+    free_port >"$STATE/kafka-sasl.port"
   fi
   write_configs
   start_zookeeper
   start_kafka
-  log "Kafka $KAFKA_VERSION and ZooKeeper up in $((SECONDS - started))s (state in $STATE)"
+  log "Kafka $KAFKA_VERSION and ZooKeeper up in $((SECONDS - started))s (state in $STATE); topics are not auto-created"
   print_env
 }
 

@@ -23,7 +23,6 @@ step "starting the local Kafka + ZooKeeper cluster"
 started=$SECONDS
 cluster_env=$(scripts/cluster.sh up)
 eval "$cluster_env"
-export IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 echo "cluster started in $((SECONDS - started))s: $IPSTATS_BROKERS, ZooKeeper $IPSTATS_ZOOKEEPER" >&2
 trap 'scripts/cluster.sh down' EXIT
 
@@ -31,6 +30,7 @@ trap 'scripts/cluster.sh down' EXIT
 # itself must not inherit the variables as its own settings.
 run_tests() {
   IPSTATS_TEST_BROKERS=$IPSTATS_BROKERS IPSTATS_TEST_ZOOKEEPER=$IPSTATS_ZOOKEEPER \
+    IPSTATS_TEST_SASL_BROKERS=$IPSTATS_SASL_BROKERS \
     env -u IPSTATS_BROKERS -u IPSTATS_ZOOKEEPER cargo test --locked "$@"
 }
 

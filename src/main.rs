@@ -3,9 +3,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
-use ipstats::config::{Cli, Command, EXIT_USAGE, Settings};
+use clap::{CommandFactory, FromArgMatches};
+use ipstats::config::{Cli, Command, EXIT_USAGE, Settings, check_legacy_repeats};
 use ipstats::stop::Stop;
 use tracing_subscriber::EnvFilter;
 
@@ -15,14 +15,22 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => return usage_error(format_args!("{} (see --help)", one_line(&e))),
     };
+    if let Some(legacy) = matches.subcommand_matches("legacy")
+        && let Err(e) = check_legacy_repeats(legacy)
+    {
+        return usage_error(e);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("IPSTATS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -61,7 +69,7 @@ fn main() -> ExitCode {
         command => {
             let settings = match command {
                 Some(Command::Serve(args)) => Settings::try_from(*args),
-                Some(Command::Legacy(args)) => Settings::try_from(args),
+                Some(Command::Legacy(args)) => Settings::try_from(*args),
                 _ => Settings::try_from(cli.serve),
             };
             let settings = match settings {

@@ -102,7 +102,7 @@ fn ipstats_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 fn missing_positional_arguments_are_named() {
     let (code, stderr) = ipstats(&["legacy", "zk:2181", "b:9092"]);
     assert_eq!(code, Some(64), "{stderr}");
-    for name in ["<TOPICS>", "<GROUP_ID>", "<SLIDE_SECONDS>"] {
+    for name in ["<topics>", "<groupId>", "<slideSeconds>"] {
         assert!(stderr.contains(name), "{name} in {stderr}");
     }
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -154,4 +154,95 @@ fn environment_booleans_and_several_kafka_properties_are_read() {
     );
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("group.id cannot be set here"), "{stderr}");
+}
+
+#[test]
+fn legacy_refuses_an_option_that_repeats_one_of_its_arguments() {
+    let legacy = [
+        "legacy", "zk:2181", "b:9092", "t", "g", "/tmp/x", "5", "20", "5",
+    ];
+    for (flag, value, argument) in [
+        ("--brokers", "other:9092", "<brokers>"),
+        ("--window", "40s", "<windowSeconds>"),
+        ("--checkpoint-dir", "/tmp/y", "<checkpointDirectory>"),
+    ] {
+        let mut args = legacy.to_vec();
+        args.extend([flag, value]);
+        let (code, stderr) = ipstats(&args);
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(argument),
+            "{stderr}"
+        );
+    }
+    // Options the arguments do not set are taken, from the flags or the
+    // environment: the first bad one is named.
+    let mut args = legacy.to_vec();
+    args.extend(["--max-rate-per-partition", "ten"]);
+    let (code, stderr) = ipstats(&args);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--max-rate-per-partition"), "{stderr}");
+    let (code, stderr) = ipstats_env(&legacy, &[("IPSTATS_LISTEN", "nowhere")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (code, stderr) = ipstats(&[
+        "legacy", "zk:2181", "b:9092", "t", "g", "/tmp/x", "0", "20", "5",
+    ]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("<batchSeconds>"), "{stderr}");
+}
+
+#[test]
+fn sasl_without_credentials_exits_64_naming_the_option_and_the_property() {
+    for args in [
+        &["--brokers", "127.0.0.1:1"][..],
+        &["produce", "--brokers", "127.0.0.1:1"],
+        &[
+            "legacy",
+            "zk:2181",
+            "127.0.0.1:1",
+            "t",
+            "g",
+            "/tmp/x",
+            "5",
+            "20",
+            "5",
+        ],
+    ] {
+        let (code, stderr) = ipstats_env(
+            args,
+            &[(
+                "IPSTATS_KAFKA_CONFIG",
+                "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN",
+            )],
+        );
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--kafka-config") && stderr.contains("sasl.username"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn a_busy_listen_port_is_the_first_error_before_the_demo_broker_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["--listen", &addr])
+        .env_remove("IPSTATS_BROKERS")
+        .env("IPSTATS_LOG", "info")
+        .output()
+        .expect("run ipstats");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (--listen)")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("DEMO MODE"),
+        "the demo broker never started: {stderr}"
+    );
 }

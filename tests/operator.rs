@@ -88,11 +88,14 @@ fn sighup_is_answered_and_the_service_keeps_running() {
 #[test]
 fn a_dead_broker_is_not_ready_and_its_errors_do_not_flood_the_log() {
     let dir = temp_dir("dead-ckpt");
+    // Reconnecting at least once a second: a flood of errors within the wait.
     let service = Service::spawn(&[
         "--brokers",
         DEAD_BROKER,
         "--checkpoint-dir",
         dir.to_str().expect("utf-8 path"),
+        "--kafka-config",
+        "reconnect.backoff.max.ms=1000",
     ]);
     serving(&service);
     // Every refused connection is still counted: wait for many.

@@ -180,3 +180,125 @@ fn lag_seconds_agree(addr: SocketAddr, topic: &str) {
         },
     );
 }
+
+#[test]
+fn legacy_counts_from_secured_kafka_with_serve_options_and_the_environment() {
+    let Some(cluster) = cluster() else { return };
+    let sasl = cluster.sasl_brokers.clone().expect(
+        "IPSTATS_TEST_SASL_BROKERS is not set: scripts/test.sh sets it from scripts/cluster.sh up",
+    );
+    let topic = unique("legacy-sasl");
+    let lines = produce_lines(&cluster, &topic, 500, 1, 93);
+    let checkpoint = std::env::temp_dir().join(unique("ckpt"));
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("chroot"));
+    let group = unique("group");
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .expect("address");
+    let legacy = |password: &str| {
+        let args = [
+            "legacy",
+            &zookeeper,
+            &sasl,
+            &topic,
+            &group,
+            checkpoint.to_str().expect("utf-8 path"),
+            "1",
+            "60",
+            "1",
+            "--kafka-config",
+            "security.protocol=SASL_PLAINTEXT",
+            "--kafka-config",
+            "sasl.mechanisms=PLAIN",
+            "--max-rate-per-partition",
+            "200",
+        ];
+        // The credentials and the listen address come from the environment.
+        let credentials = format!("sasl.username=ipstats\nsasl.password={password}\n");
+        let listen = addr.to_string();
+        Service::spawn_exactly(
+            None,
+            addr,
+            &args,
+            &[
+                ("IPSTATS_KAFKA_CONFIG", credentials.as_str()),
+                ("IPSTATS_LISTEN", listen.as_str()),
+            ],
+        )
+    };
+
+    // A wrong password: never ready, and the log says why.
+    let refused = legacy("wrong");
+    wait_for("the authentication failure logged", WAIT, || {
+        let log = refused.log_text();
+        if log.contains("Authentication failed") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    assert_eq!(
+        http_get(addr, "/readyz").map(|(code, _)| code).ok(),
+        Some(503)
+    );
+    wait_for("the status to show why", WAIT, || {
+        let status = get_json(addr, "/api/v1/status");
+        let error = status["kafka"]["last_error"].as_str().unwrap_or_default();
+        if error.contains("Authentication") {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert!(refused.terminate(WAIT).success());
+
+    let mut svc = legacy("ipstats-secret");
+    svc.wait_ready(WAIT);
+    // The rate cap holds throughout: at most 200 records per one-second batch.
+    wait_for("every record counted under the rate cap", WAIT, || {
+        let status = get_json(addr, "/api/v1/status");
+        let (batches, consumed) = (
+            status["batches"].as_u64().unwrap_or(0),
+            status["records_consumed"].as_u64().unwrap_or(0),
+        );
+        assert!(consumed <= 200 * batches, "{status}");
+        if consumed == lines.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{consumed} consumed in {batches} batches"))
+        }
+    });
+    wait_all_counted(addr, lines.len() as u64, WAIT);
+    assert_eq!(
+        window_counts(addr),
+        Truth::of(lines.iter().map(Vec::as_slice)).counts
+    );
+    assert_eq!(get_json(addr, "/api/v1/status")["group"], group.as_str());
+}
+
+#[test]
+fn a_demo_stopped_at_any_point_of_its_start_leaves_no_directory_behind() {
+    for moment in ["its directory exists", "it answers", "it is ready"] {
+        let mut svc = Service::spawn(&[]);
+        let addr = svc.addr;
+        let dir = std::env::temp_dir().join(format!("ipstats-demo-{}", svc.child.id()));
+        match moment {
+            "its directory exists" => wait_for(moment, WAIT, || {
+                if dir.exists() {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            }),
+            "it answers" => wait_for(moment, WAIT, || match http_get(addr, "/healthz") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }),
+            _ => svc.wait_ready(WAIT),
+        }
+        svc.signal("TERM");
+        let status = svc.wait_exit(WAIT);
+        assert!(status.success(), "{moment}: {status}\n{}", svc.log_text());
+        assert!(!dir.exists(), "{moment}: {} is left behind", dir.display());
+    }
+}

@@ -41,7 +41,9 @@ use crate::config::{OffsetReset, Secret, Settings};
 use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
-use crate::kafka::{ClusterView, KafkaConsumer, KafkaContext, consumer_config, run_monitor};
+use crate::kafka::{
+    ClusterView, KafkaConsumer, KafkaContext, MonitorClients, consumer_config, run_monitor,
+};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
@@ -67,7 +69,17 @@ pub struct App {
     /// This process's hold on `--checkpoint-dir`, released after the last checkpoint.
     dir_lock: checkpoint::lock::DirLock,
     /// The demo's throw-away checkpoint directory, removed at exit.
-    demo_dir: Option<PathBuf>,
+    demo_dir: Option<DemoDir>,
+}
+
+/// The demo's throw-away checkpoint directory: removed when dropped, however
+/// the run ends (a stop, a failed start, a stop that overran its grace).
+struct DemoDir(PathBuf);
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs blocking start-up work (files, fsync, the demo broker) off the async workers.
@@ -82,12 +94,12 @@ impl App {
     pub async fn start(mut settings: Settings) -> anyhow::Result<App> {
         // Demo data lives only as long as the embedded broker: its state is
         // checkpointed like real data, into a directory thrown away at exit.
-        let demo_dir = settings
-            .is_demo()
-            .then(|| std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())));
+        let demo_dir = settings.is_demo().then(|| {
+            DemoDir(std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())))
+        });
         if let Some(dir) = &demo_dir {
-            settings.checkpoint_dir = dir.clone();
-            let dir = dir.clone();
+            settings.checkpoint_dir = dir.0.clone();
+            let dir = dir.0.clone();
             blocking(move || {
                 let _ = std::fs::remove_dir_all(&dir);
                 Ok(())
@@ -100,6 +112,39 @@ impl App {
             let dir = settings.checkpoint_dir.clone();
             blocking(move || Ok(checkpoint::lock::lock(&dir)?)).await?
         };
+        // Bound before anything else starts (the demo broker, Kafka clients):
+        // a busy port is the first error, not the last.
+        // Descriptors: as many as allowed, and HTTP clients never get them all.
+        let fd_limit = match raise_fd_limit() {
+            Ok((soft, hard)) => {
+                info!(soft, hard, "open-files limit");
+                soft
+            }
+            Err(error) => {
+                warn!(%error, "reading the open-files limit failed; assuming 1024");
+                1024
+            }
+        };
+        let connections = ConnectionLimits {
+            max: settings.max_connections,
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+        }
+        .within(fd_limit);
+        if connections.max < settings.max_connections {
+            warn!(
+                max_connections = connections.max,
+                asked = settings.max_connections,
+                fd_limit,
+                "--max-connections lowered to fit the open-files limit"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
         let metrics = Metrics::new().context("creating metrics")?;
         metrics.offset_stores(settings.zookeeper.is_some());
         let shared = Sources {
@@ -198,6 +243,7 @@ impl App {
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
         {
             let (monitor, tail) = (client("monitor")?, client("tail")?);
+            let idle = group_client.clone();
             let (topics, health, stop) =
                 (settings.topics.clone(), shared.health.clone(), stop.clone());
             parts.thread(
@@ -207,8 +253,11 @@ impl App {
                 Report::Always,
                 move || {
                     run_monitor(
-                        monitor,
-                        tail,
+                        MonitorClients {
+                            monitor,
+                            tail,
+                            idle: vec![idle],
+                        },
                         topics,
                         MONITOR_INTERVAL,
                         view_tx,
@@ -220,37 +269,6 @@ impl App {
             )?;
         }
 
-        // Descriptors: as many as allowed, and HTTP clients never get them all.
-        let fd_limit = match raise_fd_limit() {
-            Ok((soft, hard)) => {
-                info!(soft, hard, "open-files limit");
-                soft
-            }
-            Err(error) => {
-                warn!(%error, "reading the open-files limit failed; assuming 1024");
-                1024
-            }
-        };
-        let connections = ConnectionLimits {
-            max: settings.max_connections,
-            header_timeout: settings.header_timeout,
-            idle_timeout: settings.idle_timeout,
-        }
-        .within(fd_limit);
-        if connections.max < settings.max_connections {
-            warn!(
-                max_connections = connections.max,
-                asked = settings.max_connections,
-                fd_limit,
-                "--max-connections lowered to fit the open-files limit"
-            );
-        }
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
-        let addr = listener
-            .local_addr()
-            .context("reading the listen address")?;
         let serve_cancel = CancellationToken::new();
         let state = AppState {
             sources: shared.clone(),
@@ -370,10 +388,10 @@ impl App {
 
     async fn stop(self) -> anyhow::Result<()> {
         let stopped = self.supervisor.stop().await;
-        if let Some(dir) = self.demo_dir {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        }
         drop(self.dir_lock);
+        if let Some(dir) = self.demo_dir {
+            let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+        }
         stopped
     }
 }
@@ -401,7 +419,18 @@ fn overran(grace: Duration, progress: &StopProgress) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the service and runs it until `shutdown` completes.
+/// Starts the service and runs it until `shutdown` completes. `shutdown` is
+/// polled first, so that its signal handlers are in place before anything
+/// is created; a signal during start-up drops what was started.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    App::start(settings).await?.run_until(shutdown).await
+    let mut shutdown = std::pin::pin!(shutdown);
+    let app = tokio::select! {
+        biased;
+        () = &mut shutdown => {
+            info!("stopped during start-up");
+            return Ok(());
+        }
+        app = App::start(settings) => app?,
+    };
+    app.run_until(shutdown).await
 }

@@ -80,7 +80,7 @@ impl Startup {
             let Some(mut store) = ZkStore::connect_retrying(options, status, cancel).await else {
                 return Ok(None);
             };
-            health.set_phase("waiting for Kafka metadata");
+            health.set_phase("waiting for the Kafka cluster to answer");
             let Some(view) = self.first_view().await else {
                 return Ok(None);
             };
@@ -105,7 +105,7 @@ impl Startup {
             zk_store = Some(store);
             view
         } else {
-            health.set_phase("waiting for Kafka metadata");
+            health.set_phase("waiting for the Kafka cluster to answer");
             let Some(view) = self.first_view().await else {
                 return Ok(None);
             };

@@ -23,8 +23,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write realistic nginx JSON access-log lines into a Kafka topic.
     Produce(ProduceArgs),
-    /// The original Spark job's argument list, for drop-in migration.
-    Legacy(LegacyArgs),
+    /// The original Spark job's eight arguments, for drop-in migration; every
+    /// serve option and environment variable applies beside them.
+    Legacy(Box<LegacyArgs>),
     /// The top-N of a log file (or `-` for stdin), printed as `/api/v1/top` answers.
     Count(CountArgs),
 }
@@ -141,14 +142,10 @@ pub struct ServeArgs {
         default_value = "client_real_ip"
     )]
     pub ip_field: String,
-    /// Extra librdkafka property (security.protocol, sasl.*, ...); repeatable.
-    /// IPSTATS_KAFKA_CONFIG holds one property per line.
-    #[arg(
-        long,
-        env = "IPSTATS_KAFKA_CONFIG",
-        value_name = "KEY=VALUE",
-        value_delimiter = '\n'
-    )]
+    /// Extra librdkafka property (security.protocol, sasl.*, ssl.*, ...); repeatable.
+    /// The environment variable IPSTATS_KAFKA_CONFIG adds more, one per line
+    /// (e.g. the credentials, kept off the command line); a flag wins on the same key.
+    #[arg(long, value_name = "KEY=VALUE")]
     pub kafka_config: Vec<String>,
     /// Lines longer than this are skipped as `too_large`.
     #[arg(
@@ -238,35 +235,62 @@ pub struct ProduceArgs {
     /// Also write every line, exactly as produced, to this file (ground truth for tests).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Extra librdkafka property; repeatable. IPSTATS_KAFKA_CONFIG holds one per line.
-    #[arg(
-        long,
-        env = "IPSTATS_KAFKA_CONFIG",
-        value_name = "KEY=VALUE",
-        value_delimiter = '\n'
-    )]
+    /// Extra librdkafka property (security.protocol, sasl.*, ssl.*, ...); repeatable.
+    /// The environment variable IPSTATS_KAFKA_CONFIG adds more, one per line
+    /// (e.g. the credentials, kept off the command line); a flag wins on the same key.
+    #[arg(long, value_name = "KEY=VALUE")]
     pub kafka_config: Vec<String>,
 }
 
-/// `ipstats legacy <zkServers> <brokers> <topics> <groupId> <checkpointDirectory> <batchSeconds> <windowSeconds> <slideSeconds>`
+/// `ipstats legacy <zkServers> <brokers> <topics> <groupId> <checkpointDirectory> <batchSeconds> <windowSeconds> <slideSeconds> [SERVE OPTIONS]`
+///
+/// The eight arguments of the original job, in its order; every `serve`
+/// option and environment variable applies beside them. An option that
+/// repeats one of the eight (`--brokers` …) is refused; its environment
+/// variable is overridden by the argument.
 #[derive(Debug, Clone, Args)]
 pub struct LegacyArgs {
+    /// ZooKeeper connect string (host:port[,host:port][/chroot]): offsets are kept under /consumers/<groupId>/offsets.
+    #[arg(value_name = "zkServers")]
     pub zk_servers: String,
-    pub brokers: String,
-    pub topics: String,
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(value_name = "brokers")]
+    pub legacy_brokers: String,
+    /// Topics to consume, comma-separated.
+    #[arg(value_name = "topics")]
+    pub legacy_topics: String,
+    /// Consumer group: ZooKeeper's offset path and the Kafka group.
+    #[arg(value_name = "groupId")]
     pub group_id: String,
+    /// Directory for checkpoints (the job's checkpointDirectory).
+    #[arg(value_name = "checkpointDirectory")]
     pub checkpoint_directory: PathBuf,
+    /// Batch interval in whole seconds (1..=3600).
+    #[arg(value_name = "batchSeconds")]
     pub batch_seconds: u64,
+    /// Window length in whole seconds: a multiple of batchSeconds, at most 7 days.
+    #[arg(value_name = "windowSeconds")]
     pub window_seconds: u64,
+    /// Slide in whole seconds: a multiple of batchSeconds, at most windowSeconds.
+    #[arg(value_name = "slideSeconds")]
     pub slide_seconds: u64,
-    /// HTTP listen address.
-    #[arg(
-        long,
-        env = "IPSTATS_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl LegacyArgs {
+    /// The serve options the eight positional arguments set: clap's id,
+    /// the flag, the argument.
+    pub const REPEATED: [(&'static str, &'static str, &'static str); 8] = [
+        ("zookeeper", "--zookeeper", "zkServers"),
+        ("brokers", "--brokers", "brokers"),
+        ("topics", "--topics", "topics"),
+        ("group", "--group", "groupId"),
+        ("checkpoint_dir", "--checkpoint-dir", "checkpointDirectory"),
+        ("batch", "--batch", "batchSeconds"),
+        ("window", "--window", "windowSeconds"),
+        ("slide", "--slide", "slideSeconds"),
+    ];
 }
 
 /// `ipstats count FILE|-`

@@ -354,37 +354,56 @@ impl ProduceArgs {
 impl TryFrom<LegacyArgs> for Settings {
     type Error = ConfigError;
 
+    /// The eight arguments over the serve options (and their environment).
     fn try_from(l: LegacyArgs) -> Result<Self, ConfigError> {
+        let seconds = |setting: &'static str, n: u64| {
+            if n == 0 {
+                Err(invalid(
+                    setting,
+                    "0 seconds; give a whole number of seconds ≥ 1",
+                ))
+            } else {
+                Ok(Duration::from_secs(n))
+            }
+        };
         let args = ServeArgs {
-            brokers: Some(l.brokers),
-            topics: l.topics,
+            brokers: Some(l.legacy_brokers),
+            topics: l.legacy_topics,
             group: l.group_id,
             zookeeper: Some(l.zk_servers),
-            zookeeper_session_timeout: Duration::from_secs(10),
             checkpoint_dir: l.checkpoint_directory,
-            checkpoint_interval: None,
-            reset_checkpoint: false,
-            shutdown_grace: Duration::from_secs(10),
-            batch: Duration::from_secs(l.batch_seconds),
-            window: Duration::from_secs(l.window_seconds),
-            slide: Duration::from_secs(l.slide_seconds),
-            max_rate_per_partition: 0,
-            offset_reset: OffsetReset::Earliest,
-            listen: l.listen,
-            ip_field: "client_real_ip".into(),
-            kafka_config: Vec::new(),
-            max_line_bytes: 64 * 1024,
-            demo_rate: 0,
-            max_event_streams: 256,
-            max_connections: 4096,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            auth_token_file: None,
-            metrics_without_auth: false,
-            allowed_hosts: None,
+            batch: seconds("<batchSeconds>", l.batch_seconds)?,
+            window: seconds("<windowSeconds>", l.window_seconds)?,
+            slide: seconds("<slideSeconds>", l.slide_seconds)?,
+            ..l.serve
         };
-        Settings::try_from(args)
+        // A rule broken by one of the eight arguments names it too.
+        Settings::try_from(args).map_err(|mut e| {
+            if let Some((_, _, positional)) = LegacyArgs::REPEATED
+                .iter()
+                .find(|(_, flag, _)| *flag == e.setting)
+            {
+                e.rule = format!("{} (the argument <{positional}>)", e.rule);
+            }
+            e
+        })
     }
+}
+
+/// `ipstats legacy` with an option that one of its eight arguments sets
+/// (`matches` are the legacy subcommand's): refused, naming both.
+pub fn check_legacy_repeats(matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+    for (id, flag, positional) in LegacyArgs::REPEATED {
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            return Err(invalid(
+                flag,
+                format!(
+                    "ipstats legacy's argument <{positional}> sets it; give it once, as the argument"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_durations(
@@ -520,11 +539,31 @@ const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
     ("auto.offset.reset", "use --offset-reset"),
 ];
 
-pub fn parse_kafka_config(pairs: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+/// The properties of `IPSTATS_KAFKA_CONFIG` (one per line; blank lines and
+/// `#` comments skipped), then the flags': librdkafka keeps the last value
+/// set, so a flag wins over the environment on the same key.
+fn kafka_properties(flags: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut all = match std::env::var_os("IPSTATS_KAFKA_CONFIG") {
+        None => Vec::new(),
+        Some(value) => value
+            .to_str()
+            .ok_or_else(|| invalid("IPSTATS_KAFKA_CONFIG", "not UTF-8"))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect(),
+    };
+    all.extend(flags.iter().cloned());
+    Ok(all)
+}
+
+pub fn parse_kafka_config(flags: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
     const SETTING: &str = "--kafka-config";
+    let pairs = kafka_properties(flags)?;
     let mut out = Vec::with_capacity(pairs.len());
     let mut check = rdkafka::ClientConfig::new();
-    for pair in pairs {
+    for pair in &pairs {
         let (key, value) = pair
             .split_once('=')
             .filter(|(k, _)| !k.trim().is_empty())
@@ -540,6 +579,23 @@ pub fn parse_kafka_config(pairs: &[String]) -> Result<Vec<(String, String)>, Con
     check
         .create_native_config()
         .map_err(|e| invalid(SETTING, e.to_string()))?;
+    // Some rules hold between properties (SASL without credentials): a
+    // client without bootstrap servers checks them and connects nowhere.
+    check
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(|e| {
+            let why = e.to_string();
+            let why = why.strip_prefix("Client creation error: ").unwrap_or(&why);
+            let hint = if why.contains("GSSAPI") {
+                " (sasl.mechanisms defaults to GSSAPI: set it, e.g. sasl.mechanisms=PLAIN)"
+            } else {
+                ""
+            };
+            invalid(
+                SETTING,
+                format!("librdkafka refuses these properties: {why}{hint}"),
+            )
+        })?;
     Ok(out)
 }
 
@@ -554,7 +610,7 @@ mod tests {
         let serve = match cli.command {
             None => cli.serve,
             Some(Command::Serve(s)) => *s,
-            Some(Command::Legacy(l)) => return Settings::try_from(l).map_err(|e| e.to_string()),
+            Some(Command::Legacy(l)) => return Settings::try_from(*l).map_err(|e| e.to_string()),
             Some(Command::Produce(_) | Command::Count(_)) => return Err("not serve".into()),
         };
         Settings::try_from(serve).map_err(|e| e.to_string())
@@ -653,6 +709,35 @@ mod tests {
             "legacy", "zk:2181", "b:9092", "t", "g", "/tmp/c", "5", "21", "5",
         ])
         .expect_err("21 is not a multiple of 5");
-        assert!(err.contains("--window"), "{err}");
+        assert!(
+            err.contains("--window") && err.contains("(the argument <windowSeconds>)"),
+            "{err}"
+        );
+        // Beside the eight arguments, every serve option.
+        let s = settings(&[
+            "legacy",
+            "zk:2181",
+            "b:9092",
+            "t",
+            "g",
+            "/tmp/c",
+            "1",
+            "60",
+            "5",
+            "--max-rate-per-partition",
+            "100",
+            "--listen",
+            "127.0.0.1:9999",
+            "--kafka-config",
+            "client.rack=r1",
+            "--offset-reset",
+            "latest",
+        ])
+        .expect("serve options are taken");
+        assert_eq!(s.max_rate_per_partition, 100);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(s.kafka_config, [("client.rack".into(), "r1".into())]);
+        assert_eq!(s.offset_reset, OffsetReset::Latest);
+        assert_eq!(s.window_panes(), 60);
     }
 }

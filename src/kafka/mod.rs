@@ -10,7 +10,7 @@ use std::time::Instant;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -18,7 +18,7 @@ use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::vocab::Health;
 
-pub use monitor::run_monitor;
+pub use monitor::{MonitorClients, run_monitor};
 
 /// Reports client-level errors to metrics and health instead of only
 /// logging them; a dead broker's errors, repeated many times a second by
@@ -37,7 +37,12 @@ impl ClientContext for KafkaContext {
         if let Some(repeats) = self.logs.admit(&message, Instant::now()) {
             warn!(%error, reason, "kafka client error{}", repeats_note(repeats, log_limit::EVERY));
         }
-        self.health.kafka_failed(message);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // A consequence: the broker errors before it say why.
+            self.health.kafka_failed_summary(message, u64::MAX);
+        } else {
+            self.health.kafka_failed(message);
+        }
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {

@@ -17,12 +17,28 @@ use crate::vocab::Health;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The Kafka clients the monitor uses and polls.
+pub struct MonitorClients {
+    /// Reads metadata and watermarks.
+    pub monitor: KafkaConsumer,
+    /// Reads the last record of each partition.
+    pub tail: KafkaConsumer,
+    /// Clients no loop polls (the committer's): polled for their errors.
+    pub idle: Vec<Arc<KafkaConsumer>>,
+}
+
 /// Refreshes partitions, watermarks and newest-record timestamps every
 /// `interval` until stopped. `tail` is a spare consumer that reads the last
-/// record of each partition for its timestamp.
+/// record of each partition for its timestamp. Clients deliver their errors
+/// and log lines only when polled: the monitor polls its own, `tail` and
+/// `idle` (clients no loop polls, such as the committer's) at each refresh,
+/// so that a broker refusing the credentials is reported at once.
 pub fn run_monitor(
-    consumer: KafkaConsumer,
-    tail: KafkaConsumer,
+    MonitorClients {
+        monitor: consumer,
+        tail,
+        idle,
+    }: MonitorClients,
     topics: Vec<String>,
     interval: Duration,
     view: ViewSender,
@@ -31,8 +47,25 @@ pub fn run_monitor(
 ) {
     let topics: Vec<Arc<str>> = topics.into_iter().map(Arc::from).collect();
     let mut missing_reported = vec![false; topics.len()];
+    // Whether the cluster's state was reported: a failure at start-up is
+    // worth a warning as much as one after contact.
+    let mut reported = false;
     loop {
-        match refresh(&consumer, &topics, &mut missing_reported) {
+        let errors_before = health.kafka_errors();
+        let refreshed = refresh(&consumer, &topics, &mut missing_reported);
+        for client in std::iter::once(&consumer)
+            .chain(std::iter::once(&tail))
+            .chain(idle.iter().map(|c| &**c))
+        {
+            // Not assigned: a poll only serves queued errors and log lines,
+            // one event per call; drained up to a bound.
+            for _ in 0..1_000 {
+                if client.poll(Duration::ZERO).is_none() {
+                    break;
+                }
+            }
+        }
+        match refreshed {
             Ok(mut partitions) => {
                 let old = view.borrow().clone();
                 let same_set = old.partitions.len() == partitions.len()
@@ -60,16 +93,18 @@ pub fn run_monitor(
                 }
                 newest_timestamps(&tail, &mut partitions, &old);
                 publish(partitions);
-                if !health.kafka_connected() {
+                if !health.kafka_connected() || !reported {
                     info!("kafka cluster reachable");
                 }
+                reported = true;
                 health.kafka_ok();
             }
             Err(error) => {
-                if health.kafka_connected() {
+                if health.kafka_connected() || !reported {
                     warn!(%error, "kafka cluster unreachable; counting resumes when it answers");
                 }
-                health.kafka_failed(error.to_string());
+                reported = true;
+                health.kafka_failed_summary(error.to_string(), errors_before);
             }
         }
         if stop.wait(interval) {

@@ -2,7 +2,7 @@
 //! readiness, the start-up phase, and whether Kafka answers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,9 @@ pub struct Health {
     ready: AtomicBool,
     kafka_connected: AtomicBool,
     kafka_last_error: LastError,
+    /// How many errors were recorded: a summary error (all brokers down, a
+    /// metadata timeout) does not replace the cause reported just before it.
+    kafka_errors: AtomicU64,
     kafka_contact: Stamp,
     phase: ArcSwap<&'static str>,
     demo: bool,
@@ -27,6 +30,7 @@ impl Health {
             ready: AtomicBool::new(false),
             kafka_connected: AtomicBool::new(false),
             kafka_last_error: LastError::default(),
+            kafka_errors: AtomicU64::new(0),
             kafka_contact: Stamp::default(),
             phase: ArcSwap::from_pointee("starting"),
             demo,
@@ -68,9 +72,25 @@ impl Health {
         self.kafka_contact.touch();
     }
 
+    /// Kafka failed, and `error` says why.
     pub fn kafka_failed(&self, error: String) {
         self.kafka_connected.store(false, Ordering::Release);
         self.kafka_last_error.set(error);
+        self.kafka_errors.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Kafka failed with a consequence (`error`), not a cause: recorded
+    /// only when no error was recorded since `errors_before`, or ever.
+    pub fn kafka_failed_summary(&self, error: String, errors_before: u64) {
+        self.kafka_connected.store(false, Ordering::Release);
+        if self.kafka_errors() == errors_before || self.kafka_last_error().is_none() {
+            self.kafka_failed(error);
+        }
+    }
+
+    /// Errors recorded so far.
+    pub fn kafka_errors(&self) -> u64 {
+        self.kafka_errors.load(Ordering::Acquire)
     }
 
     pub fn kafka_connected(&self) -> bool {
@@ -79,5 +99,34 @@ impl Health {
 
     pub fn kafka_last_error(&self) -> Option<String> {
         self.kafka_last_error.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_error_keeps_the_cause_reported_before_it() {
+        let health = Health::new(false);
+        health.kafka_failed_summary("all brokers down".into(), 0);
+        assert_eq!(
+            health.kafka_last_error().as_deref(),
+            Some("all brokers down")
+        );
+        let before = health.kafka_errors();
+        health.kafka_failed("authentication failed".into());
+        health.kafka_failed_summary("all brokers down".into(), before);
+        assert_eq!(
+            health.kafka_last_error().as_deref(),
+            Some("authentication failed")
+        );
+        // A later round without a cause: the summary is the news.
+        health.kafka_failed_summary("metadata timeout".into(), health.kafka_errors());
+        assert_eq!(
+            health.kafka_last_error().as_deref(),
+            Some("metadata timeout")
+        );
+        assert!(!health.kafka_connected());
     }
 }

@@ -154,6 +154,8 @@ pub fn skipped_counts(addr: SocketAddr) -> BTreeMap<&'static str, u64> {
 pub struct Cluster {
     pub brokers: String,
     pub zookeeper: String,
+    /// The broker's SASL_PLAINTEXT listener (PLAIN, ipstats / ipstats-secret).
+    pub sasl_brokers: Option<String>,
 }
 
 /// The cluster from `IPSTATS_TEST_BROKERS` / `IPSTATS_TEST_ZOOKEEPER`. Under
@@ -163,7 +165,11 @@ pub fn cluster() -> Option<Cluster> {
     let brokers = std::env::var("IPSTATS_TEST_BROKERS").ok();
     let zookeeper = std::env::var("IPSTATS_TEST_ZOOKEEPER").ok();
     match (brokers, zookeeper) {
-        (Some(brokers), Some(zookeeper)) => Some(Cluster { brokers, zookeeper }),
+        (Some(brokers), Some(zookeeper)) => Some(Cluster {
+            brokers,
+            zookeeper,
+            sasl_brokers: std::env::var("IPSTATS_TEST_SASL_BROKERS").ok(),
+        }),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!(
                 "CI=true but IPSTATS_TEST_BROKERS/IPSTATS_TEST_ZOOKEEPER are not set: run scripts/test.sh"
@@ -383,6 +389,22 @@ impl Service {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
+        let listen = addr.to_string();
+        let mut all = args.to_vec();
+        all.extend([
+            "--listen", &listen, "--batch", "100ms", "--slide", "100ms", "--window", "600s",
+        ]);
+        Service::spawn_exactly(fd_limit, addr, &all, &[])
+    }
+
+    /// ipstats with exactly `args` and `env` (nothing added), expected to
+    /// listen on `addr`.
+    pub fn spawn_exactly(
+        fd_limit: Option<u32>,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Service {
         let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
         let file = std::fs::File::create(&log).expect("log file");
         let binary = env!("CARGO_BIN_EXE_ipstats");
@@ -401,19 +423,10 @@ impl Service {
         };
         let child = command
             .args(args)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--batch",
-                "100ms",
-                "--slide",
-                "100ms",
-                "--window",
-                "600s",
-            ])
             .env_remove("IPSTATS_BROKERS")
             .env_remove("IPSTATS_ZOOKEEPER")
             .env("IPSTATS_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
