@@ -131,6 +131,20 @@ fn values_that_parse_but_make_no_sense_exit_64() {
             &["produce", "--brokers", "k:9092", "--topic", "a b"],
             "--topic",
         ),
+        (
+            &["produce", "--brokers", "k:9092", "--time-rate", "0"],
+            "--time-rate",
+        ),
+        (
+            &[
+                "produce",
+                "--brokers",
+                "k:9092",
+                "--start-time",
+                "yesterday",
+            ],
+            "--start-time",
+        ),
     ] {
         let (code, stderr) = ipstats(args);
         assert_eq!(code, Some(64), "{args:?}: {stderr}");

@@ -143,6 +143,47 @@ fn a_scrape_right_after_start_shows_every_documented_metric() {
         Truth::of(lines.iter().map(Vec::as_slice)).counts
     );
     lag_seconds_agree(addr, &topic);
+    count_answers_as_the_api(addr, &lines);
+}
+
+/// The keys of a JSON text, in the order written.
+fn keys_in_order(json: &str) -> Vec<&str> {
+    json.split('"')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[1].starts_with(':') && !w[0].is_empty())
+        .map(|w| w[0])
+        .collect()
+}
+
+/// `ipstats count` over the same lines prints what `/api/v1/top` answers:
+/// the same keys in the same order, the same numbers.
+fn count_answers_as_the_api(addr: SocketAddr, lines: &[Vec<u8>]) {
+    let file = std::env::temp_dir().join(unique("count-input"));
+    std::fs::write(&file, lines.join(&b'\n')).expect("write lines");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["count", "-n", "10"])
+        .arg(&file)
+        .output()
+        .expect("run ipstats count");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let (code, served) = http_get(addr, "/api/v1/top?n=10").expect("top");
+    assert_eq!(code, 200);
+    let keys = keys_in_order(&served);
+    assert!(
+        keys.starts_with(&["window", "start"]) && keys.contains(&"count"),
+        "{keys:?}"
+    );
+    assert_eq!(keys_in_order(printed.trim()), keys);
+    let (printed, served): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&printed).expect("json"),
+        serde_json::from_str(&served).expect("json"),
+    );
+    for key in ["total_requests", "distinct_ips", "top"] {
+        assert_eq!(printed[key], served[key], "{key}");
+    }
+    let _ = std::fs::remove_file(&file);
 }
 
 /// `/api/v1/offsets` and `ipstats_partition_lag_seconds` give one answer:
@@ -301,4 +342,75 @@ fn a_demo_stopped_at_any_point_of_its_start_leaves_no_directory_behind() {
         assert!(status.success(), "{moment}: {status}\n{}", svc.log_text());
         assert!(!dir.exists(), "{moment}: {} is left behind", dir.display());
     }
+}
+
+/// `ipstats produce` with `extra` into a new topic; the lines it wrote.
+fn produce_with(cluster: &common::Cluster, extra: &[&str]) -> Vec<u8> {
+    let out = std::env::temp_dir().join(unique("produced"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["produce", "--brokers", &cluster.brokers, "--topic"])
+        .arg(unique("reproducible"))
+        .args([
+            "--rate",
+            "0",
+            "--count",
+            "2000",
+            "--partitions",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .args(extra)
+        .output()
+        .expect("run ipstats produce");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = std::fs::read(&out).expect("--out");
+    let _ = std::fs::remove_file(&out);
+    bytes
+}
+
+#[test]
+fn produce_with_a_seed_and_a_start_time_writes_the_same_bytes() {
+    let Some(cluster) = cluster() else { return };
+    let fixed = [
+        "--seed",
+        "7",
+        "--start-time",
+        "2026-11-24T06:00:00Z",
+        "--time-rate",
+        "100",
+    ];
+    let first = produce_with(&cluster, &fixed);
+    let second = produce_with(&cluster, &fixed);
+    assert_eq!(first.len(), second.len());
+    assert!(first == second, "the same seed and start: the same bytes");
+    let lines: Vec<&[u8]> = first.split(|&b| b == b'\n').collect();
+    let time_of = |i: usize| {
+        let line = String::from_utf8_lossy(lines[i]).into_owned();
+        line.split("\"time_local\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_string)
+    };
+    // Line i is stamped start + i / 100 s (malformed lines may lack the field).
+    let stamped: Vec<_> = [0, 1000, 1999].iter().filter_map(|&i| time_of(i)).collect();
+    assert!(
+        stamped.iter().all(|t| t.starts_with("24/Nov/2026:06:00:")),
+        "{stamped:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.windows(20).any(|w| w == b"24/Nov/2026:06:00:19")),
+        "the last lines are 19 s after the start"
+    );
+    let later = produce_with(
+        &cluster,
+        &["--seed", "7", "--start-time", "2026-11-24T07:00:00Z"],
+    );
+    assert_ne!(first, later, "another start: other times");
 }

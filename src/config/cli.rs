@@ -226,6 +226,14 @@ pub struct ProduceArgs {
     /// Random seed: the same seed writes the same lines.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Log time of the first line, RFC 3339 in UTC (2026-11-24T06:00:00Z): with
+    /// --seed, the same bytes every run. Default: the wall clock as each line is written.
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    pub start_time: Option<std::time::SystemTime>,
+    /// Lines per second of log time: line i is stamped start + i / N (default
+    /// 1000 with --start-time; without it, the start is now).
+    #[arg(long, value_name = "N")]
+    pub time_rate: Option<f64>,
     /// Share of malformed lines (not JSON, missing field, invalid IP, binary).
     #[arg(long, default_value_t = 0.01)]
     pub malformed_ratio: f64,

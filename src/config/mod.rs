@@ -347,6 +347,14 @@ impl ProduceArgs {
         if self.ips == 0 {
             return Err(invalid("--ips", "must be at least 1"));
         }
+        if let Some(rate) = self.time_rate
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1e9)
+        {
+            return Err(invalid(
+                "--time-rate",
+                format!("{rate} is not a number of lines per second in (0, 1e9]"),
+            ));
+        }
         Ok(extra)
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 
-use super::produce::{CountingContext, DeliveryCounter, LineProducer, producer_config, send_lines};
+use super::produce::{
+    CountingContext, DeliveryCounter, LineProducer, LogClock, producer_config, send_lines,
+};
 use super::traffic::{Traffic, TrafficConfig};
 use crate::stop::Stop;
 
@@ -63,6 +65,7 @@ pub fn start(
                         &producer,
                         topic,
                         &mut traffic,
+                        LogClock::Wall,
                         per_topic,
                         chunk,
                         &thread_stop,

@@ -65,6 +65,9 @@ pub fn producer_config(brokers: &str, extra: &[(String, String)]) -> ClientConfi
     config
 }
 
+/// Lines per second of log time with `--start-time` and no `--time-rate`.
+pub const DEFAULT_TIME_RATE: f64 = 1000.0;
+
 /// What one run of [`send_lines`] wrote.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sent {
@@ -73,12 +76,36 @@ pub struct Sent {
     pub bytes: u64,
 }
 
+/// The time written into each line.
+#[derive(Clone, Copy, Debug)]
+pub enum LogClock {
+    /// The wall clock when the line is generated.
+    Wall,
+    /// Line `i` at `start + i / per_second`: the same seed writes the same bytes.
+    Fixed { start: SystemTime, per_second: f64 },
+}
+
+impl LogClock {
+    /// The time of line `i` (from 0).
+    pub fn at(self, i: u64) -> SystemTime {
+        match self {
+            LogClock::Wall => SystemTime::now(),
+            LogClock::Fixed { start, per_second } => {
+                start + Duration::from_secs_f64(i as f64 / per_second)
+            }
+        }
+    }
+}
+
 /// Writes generated lines to `topic` at `rate` lines/s (0 = unpaced) until
-/// `count` lines (0 = no limit) or `stop`. `each` sees every line as sent.
+/// `count` lines (0 = no limit) or `stop`, stamped by `clock`. `each` sees
+/// every line as sent.
+#[allow(clippy::too_many_arguments)]
 pub fn send_lines(
     producer: &LineProducer,
     topic: &str,
     traffic: &mut Traffic,
+    clock: LogClock,
     rate: u64,
     count: u64,
     stop: &Stop,
@@ -99,7 +126,7 @@ pub fn send_lines(
             }
         }
         line.clear();
-        let kind = traffic.next_line(SystemTime::now(), &mut line);
+        let kind = traffic.next_line(clock.at(sent.lines), &mut line);
         loop {
             match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(&line)) {
                 Ok(()) => break,
@@ -203,10 +230,18 @@ fn produce_blocking(
     let started = Instant::now();
     let mut progress = Progress::new(args.count);
     let mut write_error = None;
+    let clock = match (args.start_time, args.time_rate) {
+        (None, None) => LogClock::Wall,
+        (start, rate) => LogClock::Fixed {
+            start: start.unwrap_or_else(SystemTime::now),
+            per_second: rate.unwrap_or(DEFAULT_TIME_RATE),
+        },
+    };
     let sent = send_lines(
         &producer,
         &args.topic,
         &mut traffic,
+        clock,
         args.rate,
         args.count,
         &stop,
