@@ -260,3 +260,145 @@ fn a_busy_listen_port_is_the_first_error_before_the_demo_broker_starts() {
         "the demo broker never started: {stderr}"
     );
 }
+
+/// One option as `--help` describes it: its block of text, env and default.
+#[derive(Debug, Default)]
+struct HelpOption {
+    text: String,
+    env: Option<String>,
+    default: Option<String>,
+}
+
+/// `ipstats <command> --help`, option by option (the long flag is the key).
+fn help_options(command: &str) -> std::collections::BTreeMap<String, HelpOption> {
+    let (code, _) = ipstats(&[command, "--help"]);
+    assert_eq!(code, Some(0));
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args([command, "--help"])
+        .output()
+        .expect("run ipstats --help");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    // Long help puts the text under the flag, short help beside it.
+    let mut options = std::collections::BTreeMap::<String, HelpOption>::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let flag = trimmed
+            .split([' ', ','])
+            .find(|w| w.starts_with("--"))
+            .filter(|_| (2..=6).contains(&indent) && trimmed.starts_with('-'));
+        let rest = match flag {
+            Some(flag) => {
+                current = Some(flag.to_string());
+                options.insert(flag.to_string(), HelpOption::default());
+                // Past the flag and its <VALUE>.
+                let after = &trimmed[trimmed.find(flag).unwrap_or(0) + flag.len()..];
+                let after = after.trim_start();
+                match after.strip_prefix('<') {
+                    Some(value) => value.split_once('>').map_or("", |(_, r)| r),
+                    None => after,
+                }
+            }
+            None => trimmed,
+        };
+        if let Some(option) = current.as_ref().and_then(|f| options.get_mut(f)) {
+            option.text.push_str(rest.trim());
+            option.text.push(' ');
+        }
+    }
+    for option in options.values_mut() {
+        let bracket = |key: &str| {
+            let start = option.text.find(key)? + key.len();
+            let end = option.text[start..].find(']')? + start;
+            Some(option.text[start..end].to_string())
+        };
+        option.env = bracket("[env: ").map(|e| e.trim_end_matches('=').to_string());
+        option.default = bracket("[default: ");
+        if let Some(cut) = option.text.find(" [env: ").or(option.text.find("[env: ")) {
+            option.text.truncate(cut);
+        }
+        if let Some(cut) = option.text.find("[default: ") {
+            option.text.truncate(cut);
+        }
+    }
+    options.remove("--help");
+    options.remove("--version");
+    options
+}
+
+/// The README's option table under `heading`: flag → (env cell, default
+/// cell, meaning cell).
+fn readme_options(heading: &str) -> std::collections::BTreeMap<String, (String, String, String)> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| option"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let row = row.replace("\\|", "/");
+            let cells: Vec<String> = row.split('|').map(|c| c.trim().to_string()).collect();
+            let flag = cells[1]
+                .trim_matches('`')
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .expect("a long flag")
+                .to_string();
+            (flag, (cells[2].clone(), cells[3].clone(), cells[4].clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_option_tables_say_what_help_says() {
+    for (command, heading) in [
+        ("serve", "### `ipstats` / `ipstats serve`"),
+        ("produce", "### `ipstats produce`"),
+        ("count", "### `ipstats count"),
+    ] {
+        let help = help_options(command);
+        let readme = readme_options(heading);
+        assert!(help.len() >= 3, "{command}: {help:?}");
+        assert_eq!(
+            help.keys().collect::<Vec<_>>(),
+            readme.keys().collect::<Vec<_>>(),
+            "{command}: the same options"
+        );
+        for (flag, option) in &help {
+            let (env, default, meaning) = &readme[flag];
+            // The variable: clap's [env: …], or named in the help text.
+            let readme_env = env.split('`').nth(1).unwrap_or_default();
+            match &option.env {
+                Some(name) => assert_eq!(readme_env, name, "{command} {flag}: env"),
+                None if readme_env.is_empty() => {}
+                None => assert!(
+                    option.text.contains(readme_env),
+                    "{command} {flag}: --help does not mention {readme_env}"
+                ),
+            }
+            if let Some(value) = &option.default {
+                assert!(
+                    default.contains(&format!("`{value}`")),
+                    "{command} {flag}: default {value:?}, README says {default:?}"
+                );
+            }
+            // Every limit --help gives is in the README's row, and the other way.
+            let limits = |text: &str| -> Vec<String> {
+                text.split([' ', '(', ')', ';', ',', ':'])
+                    .filter(|w| w.contains("..="))
+                    .map(|w| w.trim_matches(['`', '.']).to_string())
+                    .collect()
+            };
+            assert_eq!(
+                limits(&option.text),
+                limits(meaning),
+                "{command} {flag}: limits"
+            );
+        }
+    }
+}

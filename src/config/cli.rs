@@ -65,7 +65,7 @@ pub struct ServeArgs {
     /// ZooKeeper for offsets: host:port[,host:port][/chroot]. Absent: no ZooKeeper offsets.
     #[arg(long, env = "IPSTATS_ZOOKEEPER", value_name = "CONNECT")]
     pub zookeeper: Option<String>,
-    /// ZooKeeper session timeout: how long a crashed instance's ownership lingers.
+    /// ZooKeeper session timeout (2s..=2m): how long a crashed instance's ownership lingers.
     #[arg(
         long,
         env = "IPSTATS_ZOOKEEPER_SESSION_TIMEOUT",
@@ -82,17 +82,18 @@ pub struct ServeArgs {
         default_value = "./ipstats-checkpoint"
     )]
     pub checkpoint_dir: PathBuf,
-    /// How often state is checkpointed; a whole multiple of --slide. Default: 5 slides.
+    /// How often state is checkpointed: a whole multiple of --slide, at most 24h. Default: 5 slides.
     #[arg(long, env = "IPSTATS_CHECKPOINT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Option<Duration>,
-    /// Discard the state in --checkpoint-dir and start afresh (offsets then come from ZooKeeper).
+    /// Discard the state in --checkpoint-dir and start afresh (start offsets then come from
+    /// ZooKeeper or the Kafka group).
     #[arg(
         long,
         env = "IPSTATS_RESET_CHECKPOINT",
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub reset_checkpoint: bool,
-    /// How long a graceful stop (SIGTERM, SIGINT) may take: last batch, checkpoint, commits.
+    /// How long a graceful stop (SIGTERM, SIGINT) may take (1s..=10m): last batch, checkpoint, commits.
     #[arg(
         long,
         env = "IPSTATS_SHUTDOWN_GRACE",
@@ -101,10 +102,10 @@ pub struct ServeArgs {
         value_parser = humantime::parse_duration
     )]
     pub shutdown_grace: Duration,
-    /// Batch interval: records consumed during one batch form one pane.
+    /// Batch interval (10ms..=1h): records consumed during one batch form one pane.
     #[arg(long, env = "IPSTATS_BATCH", value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch: Duration,
-    /// Window length; a whole multiple of --batch.
+    /// Window length: a whole multiple of --batch, at most 7 days and 100000 panes.
     #[arg(long, env = "IPSTATS_WINDOW", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub window: Duration,
     /// How often results are published; a whole multiple of --batch, at most --window.
@@ -118,7 +119,8 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     pub max_rate_per_partition: u64,
-    /// Where to start a partition that has no usable stored offset.
+    /// Where to start a partition without a usable stored offset (the checkpoint's, then
+    /// ZooKeeper's, then the Kafka group's).
     #[arg(
         long,
         env = "IPSTATS_OFFSET_RESET",
@@ -147,7 +149,7 @@ pub struct ServeArgs {
     /// (e.g. the credentials, kept off the command line); a flag wins on the same key.
     #[arg(long, value_name = "KEY=VALUE")]
     pub kafka_config: Vec<String>,
-    /// Lines longer than this are skipped as `too_large`.
+    /// Lines longer than this (256..=16777216) are skipped as `too_large`.
     #[arg(
         long,
         env = "IPSTATS_MAX_LINE_BYTES",
@@ -155,7 +157,7 @@ pub struct ServeArgs {
         default_value_t = 64 * 1024
     )]
     pub max_line_bytes: usize,
-    /// Lines per second the embedded demo generates (demo mode only).
+    /// Lines per second the embedded demo generates (demo mode only; 0 = as fast as possible, at most 1000000).
     #[arg(
         long,
         env = "IPSTATS_DEMO_RATE",
@@ -163,7 +165,7 @@ pub struct ServeArgs {
         default_value_t = 2000
     )]
     pub demo_rate: u64,
-    /// Live event streams (/api/v1/events) open at once; more are answered 503.
+    /// Live event streams (/api/v1/events) open at once (1..=100000); more are answered 503.
     #[arg(
         long,
         env = "IPSTATS_MAX_EVENT_STREAMS",
@@ -171,7 +173,7 @@ pub struct ServeArgs {
         default_value_t = 256
     )]
     pub max_event_streams: usize,
-    /// Open HTTP connections at most (lowered to fit the open-files limit);
+    /// Open HTTP connections at most (16..=1000000; lowered to fit the open-files limit);
     /// at the cap, the connection idle the longest is closed.
     #[arg(
         long,
@@ -180,7 +182,7 @@ pub struct ServeArgs {
         default_value_t = 4096
     )]
     pub max_connections: usize,
-    /// A request's header must arrive within this, or the connection is closed.
+    /// A request's header must arrive within this (100ms..=1h), or the connection is closed.
     #[arg(long, env = "IPSTATS_HEADER_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
     /// A file holding a bearer token that API requests must carry
@@ -198,7 +200,7 @@ pub struct ServeArgs {
     /// a loopback --listen, localhost,127.0.0.1,[::1] (against DNS rebinding); else any.
     #[arg(long, env = "IPSTATS_ALLOWED_HOSTS", value_name = "LIST")]
     pub allowed_hosts: Option<String>,
-    /// A connection with no request in progress for this long is closed.
+    /// A connection with no request in progress for this long (100ms..=1h) is closed.
     #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 }
@@ -209,22 +211,27 @@ pub struct ProduceArgs {
     #[arg(long, env = "IPSTATS_BROKERS", value_name = "LIST")]
     pub brokers: String,
     /// Topic to write to; created with --partitions if missing.
-    #[arg(long, env = "IPSTATS_TOPIC", default_value = "access-log")]
+    #[arg(
+        long,
+        env = "IPSTATS_TOPIC",
+        value_name = "NAME",
+        default_value = "access-log"
+    )]
     pub topic: String,
     /// Lines per second, 0 = as fast as possible.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     pub rate: u64,
     /// Lines to write, 0 = until interrupted.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub count: u64,
     /// Distinct client addresses to draw from.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub ips: usize,
     /// Zipf exponent of the address popularity (0 = uniform).
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, value_name = "S", default_value_t = 1.1)]
     pub zipf: f64,
-    /// Random seed: the same seed writes the same lines.
-    #[arg(long, default_value_t = 1)]
+    /// Random seed: the same seed (and --start-time) writes the same lines.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
     /// Log time of the first line, RFC 3339 in UTC (2026-11-24T06:00:00Z): with
     /// --seed, the same bytes every run. Default: the wall clock as each line is written.
@@ -234,11 +241,11 @@ pub struct ProduceArgs {
     /// 1000 with --start-time; without it, the start is now).
     #[arg(long, value_name = "N")]
     pub time_rate: Option<f64>,
-    /// Share of malformed lines (not JSON, missing field, invalid IP, binary).
-    #[arg(long, default_value_t = 0.01)]
+    /// Share of malformed lines (0..=1: not JSON, missing field, invalid IP, binary).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.01)]
     pub malformed_ratio: f64,
     /// Partitions for the topic if it has to be created.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub partitions: i32,
     /// Also write every line, exactly as produced, to this file (ground truth for tests).
     #[arg(long, value_name = "FILE")]
@@ -306,13 +313,23 @@ impl LegacyArgs {
 pub struct CountArgs {
     /// The log file, one JSON line per request; `-` reads standard input.
     pub file: PathBuf,
-    /// How many IPs to print.
-    #[arg(short, long, default_value_t = 10)]
+    /// How many IPs to print (1..=100000).
+    #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
     /// JSON field holding the client IP.
-    #[arg(long, env = "IPSTATS_IP_FIELD", default_value = "client_real_ip")]
+    #[arg(
+        long,
+        env = "IPSTATS_IP_FIELD",
+        value_name = "NAME",
+        default_value = "client_real_ip"
+    )]
     pub ip_field: String,
-    /// Lines longer than this are skipped as `too_large`.
-    #[arg(long, env = "IPSTATS_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
+    /// Lines longer than this (256..=16777216) are skipped as `too_large`.
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_LINE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 64 * 1024
+    )]
     pub max_line_bytes: usize,
 }

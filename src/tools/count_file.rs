@@ -38,6 +38,13 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         }
         .into());
     }
+    if !(256..=16 * 1024 * 1024).contains(&args.max_line_bytes) {
+        return Err(ConfigError {
+            setting: "--max-line-bytes",
+            rule: format!("{} is outside 256..=16777216", args.max_line_bytes),
+        }
+        .into());
+    }
     let started = SystemTime::now();
     let mut parser = Parser::new(&args.ip_field, args.max_line_bytes);
     let counted = if args.file.as_os_str() == "-" {
