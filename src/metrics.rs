@@ -93,6 +93,8 @@ metrics! {
         "Records read from Kafka, counted or skipped.", labels ["topic", "partition"];
     records_skipped: IntCounterVec = "ipstats_records_skipped_total",
         "Records not counted, by reason.", labels ["reason"];
+    records_repaired: IntCounter = "ipstats_records_repaired_total",
+        "Records that were not valid UTF-8, read with the invalid bytes replaced by U+FFFD (counted or skipped as any other).";
     batches: IntCounter = "ipstats_batches_total", "Batches (panes) closed.";
     batch_duration: Histogram = "ipstats_batch_duration_seconds",
         "Time the consumer thread spent on one batch: polling, handing records to the counting thread and closing the pane, waiting excluded.",

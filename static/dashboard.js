@@ -161,9 +161,12 @@ function renderOffsets(offsets) {
 function renderStatus(status) {
   $("demo-banner").hidden = status.mode !== "demo";
   $("rate").textContent = fmt.format(Math.round(status.records_per_second));
-  $("skips").tBodies[0].replaceChildren(...Object.entries(status.skipped).map(([reason, n]) => {
+  const rows = Object.entries(status.skipped).map(([reason, n]) => [reason.replace(/_/g, " "), n]);
+  // Not a skip: lines with invalid UTF-8, read repaired and counted as any other.
+  rows.push(["repaired (invalid UTF-8, read)", status.records_repaired]);
+  $("skips").tBodies[0].replaceChildren(...rows.map(([label, n]) => {
     const row = el("tr");
-    row.appendChild(el("td", reason.replace(/_/g, " ")));
+    row.appendChild(el("td", label));
     row.appendChild(el("td", fmt.format(n), "num"));
     return row;
   }));

@@ -145,6 +145,16 @@ async fn counts_exactly_what_was_produced() {
             truth.skipped,
             "skip counters are exact"
         );
+        assert!(truth.repaired > 0, "some lines hold invalid UTF-8");
+        assert_eq!(
+            get_json(addr, "/api/v1/status")["records_repaired"].as_u64(),
+            Some(truth.repaired),
+            "lines read repaired are counted"
+        );
+        assert_eq!(
+            common::metric(addr, "ipstats_records_repaired_total"),
+            Some(truth.repaired as f64)
+        );
         let top = get_json(addr, "/api/v1/top?n=100000");
         assert_eq!(top["total_requests"].as_u64(), Some(truth.counted()));
         assert_eq!(

@@ -11,10 +11,11 @@ use super::{CheckpointError, corrupt};
 use crate::config::Settings;
 use crate::pipeline::snapshot;
 use crate::pipeline::window::{OffsetRange, Pane, SortedCounts};
-use crate::vocab::{IpKey, SkipCounts};
+use crate::vocab::{IpKey, SKIP_REASONS, SkipCounts};
 
-/// On-disk format version of panes and manifests.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format version of panes and manifests written. Version 1 (five
+/// fixed skip counts, `not_utf8` among them) is still read.
+pub const FORMAT_VERSION: u32 = 2;
 const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
 
 pub(super) fn millis(t: SystemTime) -> i64 {
@@ -45,7 +46,9 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     out.extend_from_slice(&millis(pane.start).to_le_bytes());
     out.extend_from_slice(&millis(pane.end).to_le_bytes());
     out.extend_from_slice(&pane.requests.to_le_bytes());
-    for count in pane.skipped.to_array() {
+    let skipped = pane.skipped.to_array();
+    out.push(skipped.len() as u8);
+    for count in skipped {
         out.extend_from_slice(&count.to_le_bytes());
     }
     out.extend_from_slice(&(pane.ranges.len() as u32).to_le_bytes());
@@ -120,21 +123,37 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         return Err(corrupt(path, "not a pane file"));
     }
     let version = r.u32().ok_or_else(bad)?;
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(
             path,
-            format!("format version {version}, expected {FORMAT_VERSION}"),
+            format!("format version {version}, expected 1..={FORMAT_VERSION}"),
         ));
     }
     let seq = r.u64().ok_or_else(bad)?;
     let start = from_millis(r.i64().ok_or_else(bad)?);
     let end = from_millis(r.i64().ok_or_else(bad)?);
     let requests = r.u64().ok_or_else(bad)?;
-    let mut skipped = [0u64; 5];
-    for count in &mut skipped {
-        *count = r.u64().ok_or_else(bad)?;
-    }
-    let skipped = SkipCounts::from_array(skipped);
+    let skipped = if version == 1 {
+        let mut old = [0u64; 5];
+        for count in &mut old {
+            *count = r.u64().ok_or_else(bad)?;
+        }
+        SkipCounts::from_format_1(old)
+    } else {
+        // Reasons are appended over versions: fewer is an older build's pane.
+        let n = usize::from(r.take::<1>().ok_or_else(bad)?[0]);
+        if n > SKIP_REASONS {
+            return Err(corrupt(
+                path,
+                format!("{n} skip reasons, this build knows {SKIP_REASONS}"),
+            ));
+        }
+        let mut counts = [0u64; SKIP_REASONS];
+        for count in &mut counts[..n] {
+            *count = r.u64().ok_or_else(bad)?;
+        }
+        SkipCounts::from_array(counts)
+    };
     let nranges = r.u32().ok_or_else(bad)?;
     let mut ranges = Vec::with_capacity(nranges.min(1 << 16) as usize);
     for _ in 0..nranges {
@@ -227,7 +246,25 @@ pub struct Counters {
     pub batches: u64,
     pub records_consumed: u64,
     pub records_counted: u64,
-    pub skipped: [u64; 5],
+    pub skipped: Skipped,
+    /// Lines read with invalid UTF-8 replaced (format 2 on).
+    #[serde(default)]
+    pub repaired: u64,
+}
+
+/// Skip counts in a manifest: by reason name (format 2), or the five fixed
+/// counts of format 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Skipped {
+    ByName(std::collections::BTreeMap<String, u64>),
+    Format1([u64; 5]),
+}
+
+impl Default for Skipped {
+    fn default() -> Self {
+        Skipped::ByName(Default::default())
+    }
 }
 
 impl From<&snapshot::Counters> for Counters {
@@ -236,7 +273,13 @@ impl From<&snapshot::Counters> for Counters {
             batches: c.batches,
             records_consumed: c.records_consumed,
             records_counted: c.records_counted,
-            skipped: c.skipped.to_array(),
+            skipped: Skipped::ByName(
+                c.skipped
+                    .iter()
+                    .map(|(reason, n)| (reason.as_str().to_string(), n))
+                    .collect(),
+            ),
+            repaired: c.repaired,
         }
     }
 }
@@ -247,7 +290,19 @@ impl From<&Counters> for snapshot::Counters {
             batches: c.batches,
             records_consumed: c.records_consumed,
             records_counted: c.records_counted,
-            skipped: SkipCounts::from_array(c.skipped),
+            skipped: match &c.skipped {
+                Skipped::Format1(old) => SkipCounts::from_format_1(*old),
+                Skipped::ByName(named) => {
+                    let mut counts = SkipCounts::default();
+                    for (name, n) in named {
+                        // A reason this build does not know is a display
+                        // total only: nothing to count it under.
+                        counts.add_named(name, *n);
+                    }
+                    counts
+                }
+            },
+            repaired: c.repaired,
         }
     }
 }
@@ -277,11 +332,11 @@ pub(super) fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, Che
     let body = verify_crc(path, bytes)?;
     let manifest: Manifest = serde_json::from_slice(body)
         .map_err(|e| corrupt(path, format!("malformed manifest: {e}")))?;
-    if manifest.format != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&manifest.format) {
         return Err(corrupt(
             path,
             format!(
-                "format version {}, expected {FORMAT_VERSION}",
+                "format version {}, expected 1..={FORMAT_VERSION}",
                 manifest.format
             ),
         ));
@@ -320,5 +375,52 @@ mod tests {
                 "flipped byte {flip}"
             );
         }
+    }
+
+    /// A pane as format 1 wrote it: five fixed skip counts, `not_utf8` second.
+    fn format_1(pane_v2: &[u8], old_skipped: [u64; 5]) -> Vec<u8> {
+        // magic 8, version 4, seq 8, start 8, end 8, requests 8, then n + n counts.
+        let head = 8 + 4 + 8 + 8 + 8 + 8;
+        let n = usize::from(pane_v2[head]);
+        let tail = &pane_v2[head + 1 + 8 * n..pane_v2.len() - 4];
+        let mut out = pane_v2[..head].to_vec();
+        out[8..12].copy_from_slice(&1u32.to_le_bytes());
+        for count in old_skipped {
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(tail);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn format_1_panes_and_manifests_are_read_with_not_utf8_as_not_json() {
+        let original = pane(3, &[("10.0.0.1", 2)]);
+        let old = format_1(&encode_pane(&original), [1, 20, 300, 4000, 50000]);
+        let decoded = decode_pane(Path::new("p"), &old).expect("format 1 decodes");
+        assert_eq!(decoded.counts, original.counts);
+        assert_eq!(decoded.ranges, original.ranges);
+        assert_eq!(decoded.skipped.to_array(), [1, 320, 4000, 50000]);
+
+        let counters: Counters = serde_json::from_str(
+            r#"{"batches":2,"records_consumed":9,"records_counted":3,"skipped":[1,2,3,0,0]}"#,
+        )
+        .expect("format 1 counters");
+        let restored = snapshot::Counters::from(&counters);
+        assert_eq!(restored.skipped.to_array(), [1, 5, 0, 0]);
+        assert_eq!(restored.repaired, 0);
+        // Format 2 names the reasons, and keeps the repaired lines.
+        let again = Counters::from(&snapshot::Counters {
+            repaired: 7,
+            ..restored
+        });
+        let text = serde_json::to_string(&again).expect("json");
+        assert!(
+            text.contains(r#""not_json":5"#) && text.contains(r#""repaired":7"#),
+            "{text}"
+        );
+        let back: Counters = serde_json::from_str(&text).expect("format 2 counters");
+        assert_eq!(snapshot::Counters::from(&back).skipped, restored.skipped);
     }
 }

@@ -171,6 +171,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "records_counted": ingest.counters.records_counted,
         "records_per_second": ingest.records_per_second,
         "skipped": skipped,
+        "records_repaired": ingest.counters.repaired,
         "checkpoint": {
             "dir": state.info.checkpoint_dir,
             "age_seconds": state.sources.checkpoint.age().map(|d| d.as_secs_f64()),

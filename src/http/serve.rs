@@ -198,6 +198,26 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// Accepted sockets not yet closed, beyond the cap, while evicted
+/// connections close.
+const EVICTION_SLACK: usize = 64;
+
+/// One accepted socket, counted until its connection task ends.
+struct OpenSocket(Arc<AtomicUsize>);
+
+impl OpenSocket {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        OpenSocket(count.clone())
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, lets
 /// open requests finish (event streams end on the same signal) and returns.
 pub async fn serve(
@@ -212,6 +232,7 @@ pub async fn serve(
         open: Mutex::new(HashMap::new()),
     });
     let connections = TaskTracker::new();
+    let sockets = Arc::new(AtomicUsize::new(0));
     let logs = LogLimit::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -240,6 +261,14 @@ pub async fn serve(
             // Every connection is busy: this one is refused (closed at once).
             continue;
         }
+        // An evicted connection's socket closes when its task next runs; a
+        // burst of accepts can outpace that. Past a small slack above the
+        // cap, new sockets are closed at once, so that descriptors never run
+        // out (the slack is far below the reserve kept for the rest).
+        if sockets.load(Ordering::Acquire) >= limits.max + EVICTION_SLACK {
+            continue;
+        }
+        let socket = OpenSocket::new(&sockets);
         let _ = stream.set_nodelay(true);
         let (id, activity, close) = registry.add();
         let service = {
@@ -257,6 +286,7 @@ pub async fn serve(
         };
         let (registry, shutdown) = (registry.clone(), shutdown.clone());
         connections.spawn(async move {
+            let _socket = socket;
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)

@@ -56,6 +56,8 @@ pub struct PaneCounts {
     /// Records counted (parsed to an IP).
     pub requests: u64,
     pub skipped: SkipCounts,
+    /// Lines read with invalid UTF-8 replaced by U+FFFD, counted or skipped.
+    pub repaired: u64,
 }
 
 /// The counting thread stopped (it never does unless it panicked).
@@ -136,6 +138,7 @@ impl Counter {
                                 counts: SortedCounts::from(&open.counts),
                                 requests: mem::take(&mut open.requests),
                                 skipped: mem::take(&mut open.skipped),
+                                repaired: parser.take_repaired(),
                             };
                             open.counts.clear();
                             if pane_tx.send(pane).is_err() {

@@ -1,10 +1,18 @@
 //! Log line → client IP.
 //!
 //! [`Parser::parse`] is the hot path: a validating single-pass JSON scanner
-//! that builds no tree and allocates nothing for ordinary lines. It is exactly
-//! as strict as [`parse_reference`], a full `serde_json` parse, and a property
-//! test holds the two to the same answer on every input: a line that is not
-//! valid JSON is never counted, however plausible the address inside it.
+//! over bytes that builds no tree and allocates nothing for ordinary lines.
+//! It answers exactly as [`parse_reference`]: `serde_json` over the line with
+//! invalid UTF-8 replaced by U+FFFD (`String::from_utf8_lossy`, as the
+//! original JVM job decoded records), and property tests hold the two to the
+//! same answer on every input: a line that is not valid JSON is never
+//! counted, however plausible the address inside it, and a stray `\xff` in a
+//! User-Agent does not hide the client.
+//!
+//! Invalid UTF-8 can only change a line inside strings (outside them, bytes
+//! ≥ 0x80 are invalid JSON either way), and never swallows an ASCII byte, so
+//! the scanner reads bytes and decodes lossily only what it compares or
+//! returns.
 
 use crate::vocab::{IpKey, SkipReason, parse_ip};
 
@@ -21,6 +29,7 @@ pub struct Parser {
     field: Box<str>,
     max_line_bytes: usize,
     scratch: String,
+    repaired: u64,
 }
 
 impl Parser {
@@ -29,7 +38,14 @@ impl Parser {
             field: field.into(),
             max_line_bytes,
             scratch: String::new(),
+            repaired: 0,
         }
+    }
+
+    /// Lines read so far that were not valid UTF-8 (read as if repaired),
+    /// counted or not; reset to 0.
+    pub fn take_repaired(&mut self) -> u64 {
+        std::mem::take(&mut self.repaired)
     }
 
     /// The client IP of one log line, or why it has none.
@@ -37,27 +53,29 @@ impl Parser {
         if line.len() > self.max_line_bytes {
             return Err(SkipReason::TooLarge);
         }
-        let text = std::str::from_utf8(line).map_err(|_| SkipReason::NotUtf8)?;
+        if std::str::from_utf8(line).is_err() {
+            self.repaired += 1;
+        }
         let mut scanner = Scanner {
-            text,
             bytes: line,
             pos: 0,
         };
         let found = scanner
             .top_level(&self.field, &mut self.scratch)
             .map_err(|Invalid| SkipReason::NotJson)?;
-        let ip_text = match found {
+        let ip_bytes = match found {
             None => return Err(SkipReason::MissingField),
             Some(FieldValue::NotString) => return Err(SkipReason::InvalidIp),
-            Some(FieldValue::Plain { start, end }) => &text[start..end],
+            Some(FieldValue::Plain { start, end }) => &line[start..end],
             Some(FieldValue::Escaped { start, end }) => {
-                decode_string(&text[start..end], &mut self.scratch);
-                &self.scratch
+                decode_string(&line[start..end], &mut self.scratch);
+                self.scratch.as_bytes()
             }
         };
-        dotted_quad(ip_text.as_bytes())
+        dotted_quad(ip_bytes)
             .map(IpKey::from_v4_bits)
-            .or_else(|| parse_ip(ip_text))
+            // Bytes that are not UTF-8 would read as U+FFFD: not an address.
+            .or_else(|| parse_ip(std::str::from_utf8(ip_bytes).ok()?))
             .ok_or(SkipReason::InvalidIp)
     }
 }
@@ -96,7 +114,8 @@ fn dotted_quad(text: &[u8]) -> Option<u32> {
     }
 }
 
-/// The definition the fast path must agree with: a full `serde_json` parse.
+/// The definition the fast path must agree with: a full `serde_json` parse of
+/// the line with invalid UTF-8 replaced by U+FFFD.
 pub fn parse_reference(
     line: &[u8],
     field: &str,
@@ -105,8 +124,8 @@ pub fn parse_reference(
     if line.len() > max_line_bytes {
         return Err(SkipReason::TooLarge);
     }
-    let text = std::str::from_utf8(line).map_err(|_| SkipReason::NotUtf8)?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| SkipReason::NotJson)?;
+    let text = String::from_utf8_lossy(line);
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|_| SkipReason::NotJson)?;
     let object = value.as_object().ok_or(SkipReason::NotJson)?;
     match object.get(field) {
         None => Err(SkipReason::MissingField),
@@ -133,7 +152,6 @@ enum FieldValue {
 }
 
 struct Scanner<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -199,11 +217,17 @@ impl Scanner<'_> {
             let (start, end, escaped) = self.string_body()?;
             let is_wanted = match wanted.as_mut() {
                 None => false,
-                Some((field, scratch)) if escaped => {
-                    decode_string(&self.text[start..end], scratch);
-                    scratch.as_str() == *field
+                Some((field, scratch)) => {
+                    let key = &self.bytes[start..end];
+                    if escaped || (key != field.as_bytes() && !key.is_ascii()) {
+                        // Escapes, or bytes that may not be UTF-8: compare
+                        // what the reference compares, the decoded key.
+                        decode_string(key, scratch);
+                        scratch.as_str() == *field
+                    } else {
+                        key == field.as_bytes()
+                    }
                 }
-                Some((field, _)) => &self.text[start..end] == *field,
             };
             self.skip_ws();
             self.expect(b':')?;
@@ -331,8 +355,9 @@ impl Scanner<'_> {
         // serde_json rejects numbers that overflow an f64 (`1e400`); only an
         // exponent or a very long number can, so only those pay for the check.
         if exponent || self.pos - start > SIMPLE_NUMBER_MAX_LEN {
-            serde_json::from_str::<serde_json::Number>(&self.text[start..self.pos])
-                .map_err(|_| Invalid)?;
+            // Numbers are ASCII: the bytes are their text.
+            let text = std::str::from_utf8(&self.bytes[start..self.pos]).map_err(|_| Invalid)?;
+            serde_json::from_str::<serde_json::Number>(text).map_err(|_| Invalid)?;
         }
         Ok(())
     }
@@ -431,9 +456,19 @@ fn special_byte(bytes: &[u8]) -> Option<usize> {
         .map(|i| offset + i)
 }
 
-/// Unescapes the contents of a JSON string already validated by the scanner.
-fn decode_string(raw: &str, out: &mut String) {
+/// Unescapes the contents of a JSON string already validated by the scanner;
+/// bytes that are not UTF-8 become U+FFFD, as `String::from_utf8_lossy` makes
+/// them (escapes are ASCII, so decoding the runs between them is the same).
+fn decode_string(raw: &[u8], out: &mut String) {
     out.clear();
+    let lossy;
+    let raw = match std::str::from_utf8(raw) {
+        Ok(text) => text,
+        Err(_) => {
+            lossy = String::from_utf8_lossy(raw);
+            &*lossy
+        }
+    };
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
@@ -494,7 +529,7 @@ mod tests {
 
     #[test]
     fn reasons_are_specific() {
-        assert_eq!(fast(b"\xff\xfe"), Err(SkipReason::NotUtf8));
+        assert_eq!(fast(b"\xff\xfe"), Err(SkipReason::NotJson));
         assert_eq!(fast(b"client_real_ip=1.2.3.4"), Err(SkipReason::NotJson));
         assert_eq!(fast(b"[1,2]"), Err(SkipReason::NotJson));
         assert_eq!(fast(br#"{"ip":"1.2.3.4"}"#), Err(SkipReason::MissingField));
@@ -511,6 +546,37 @@ mod tests {
             "x".repeat(MAX)
         );
         assert_eq!(fast(big.as_bytes()), Err(SkipReason::TooLarge));
+    }
+
+    #[test]
+    fn invalid_utf8_inside_strings_is_read_as_u_fffd_and_the_line_counted() {
+        let mut parser = Parser::new(FIELD, MAX);
+        // nginx escape=json writes bytes >= 0x80 raw: a hostile User-Agent.
+        let line = b"{\"client_real_ip\":\"203.0.113.7\",\"http_user_agent\":\"x\xff\xfe\xc3\",\"request\":\"GET /\xe2\x80 HTTP/1.1\"}";
+        assert_eq!(parser.parse(line), Ok(ip("203.0.113.7")));
+        assert_eq!(parse_reference(line, FIELD, MAX), Ok(ip("203.0.113.7")));
+        assert_eq!(parser.take_repaired(), 1);
+        // Valid multi-byte UTF-8 is not a repair.
+        assert_eq!(
+            parser.parse("{\"client_real_ip\":\"10.0.0.1\",\"ua\":\"Mozilla é 🦀\"}".as_bytes()),
+            Ok(ip("10.0.0.1"))
+        );
+        assert_eq!(parser.take_repaired(), 0);
+        // In the address itself, or outside strings, it is what the reference says.
+        for line in [
+            &b"{\"client_real_ip\":\"10.0.0.\xff\"}"[..],
+            b"{\"client_real_ip\":\"10.0.0.1\"}\xff",
+            b"{\"client_real_\xffip\":\"10.0.0.1\"}",
+        ] {
+            assert_eq!(parser.parse(line), parse_reference(line, FIELD, MAX));
+        }
+        // A key that only matches once repaired: the field name holds U+FFFD.
+        let mut odd = Parser::new("a\u{FFFD}", MAX);
+        assert_eq!(odd.parse(b"{\"a\xff\":\"10.0.0.9\"}"), Ok(ip("10.0.0.9")));
+        assert_eq!(
+            parse_reference(b"{\"a\xff\":\"10.0.0.9\"}", "a\u{FFFD}", MAX),
+            Ok(ip("10.0.0.9"))
+        );
     }
 
     #[test]
@@ -589,9 +655,29 @@ mod tests {
         }
     }
 
-    /// JSON-ish fragments: valid pieces, near misses and traps, so that random
-    /// concatenations land on both sides of validity.
-    fn fragment() -> impl Strategy<Value = String> {
+    /// JSON-ish fragments: valid pieces, near misses and traps, raw bytes that
+    /// are not UTF-8, so that random concatenations land on both sides of
+    /// validity.
+    fn fragment() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![text_fragment().prop_map(String::into_bytes), invalid_utf8(),]
+    }
+
+    /// Byte sequences that are not UTF-8: stray continuation bytes, truncated
+    /// and overlong sequences, encoded surrogates, bytes never valid.
+    fn invalid_utf8() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(vec![0xff]),
+            Just(vec![0x80]),
+            Just(vec![0xc3]),
+            Just(vec![0xe2, 0x80]),
+            Just(vec![0xf0, 0x9f, 0xa6]),
+            Just(vec![0xc0, 0xaf]),
+            Just(vec![0xed, 0xa0, 0x80]),
+            prop::collection::vec(0x80u8..=0xff, 1..4),
+        ]
+    }
+
+    fn text_fragment() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("{".to_string()),
             Just("}".to_string()),
@@ -667,7 +753,21 @@ mod tests {
         #[test]
         fn fast_path_agrees_with_serde_json_on_fragments(parts in prop::collection::vec(fragment(), 0..12)) {
             let line = parts.concat();
-            prop_assert_eq!(fast(line.as_bytes()), parse_reference(line.as_bytes(), FIELD, MAX));
+            prop_assert_eq!(fast(&line), parse_reference(&line, FIELD, MAX));
+        }
+
+        #[test]
+        fn invalid_utf8_inside_other_strings_never_hides_the_address(
+            line in valid_object(),
+            raw in prop::collection::vec(invalid_utf8(), 1..4),
+        ) {
+            // A first member whose string holds raw bytes (a hostile User-Agent).
+            let member: Vec<u8> = [&b"\"http_user_agent\":\"x"[..], &raw.concat(), b"y\","].concat();
+            let bytes = line.into_bytes();
+            let mutated = [&bytes[..1], &member, &bytes[1..]].concat();
+            let reference = parse_reference(&mutated, FIELD, MAX);
+            prop_assert_eq!(fast(&mutated), reference);
+            prop_assert_ne!(reference, Err(SkipReason::NotJson), "{:?}", String::from_utf8_lossy(&mutated));
         }
 
         #[test]

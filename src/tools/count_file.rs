@@ -74,8 +74,9 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
+    let repaired = parser.take_repaired();
     eprintln!(
-        "counted {} requests from {} IPs in {:.2}s; skipped {} lines{}",
+        "counted {} requests from {} IPs in {:.2}s; skipped {} lines{}{}",
         counted.requests,
         counted.counts.len(),
         elapsed.as_secs_f64(),
@@ -84,6 +85,11 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
             String::new()
         } else {
             format!(" ({})", skipped.join(", "))
+        },
+        if repaired == 0 {
+            String::new()
+        } else {
+            format!("; {repaired} lines held invalid UTF-8 (read with U+FFFD)")
         }
     );
     Ok(())

@@ -68,6 +68,10 @@ const PATHS: &[&str] = &[
 ];
 const METHODS: &[&str] = &["GET", "GET", "GET", "GET", "POST", "HEAD"];
 const STATUSES: &[u16] = &[200, 200, 200, 200, 200, 304, 301, 404, 500, 502];
+/// A User-Agent that is not UTF-8, as hostile clients send and nginx's
+/// `escape=json` logs it.
+const RAW_AGENT: &[u8] = b"Mozilla/5.0 (X11; \xff\xfe) Scanner/1.0 \xc3";
+
 const AGENTS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
@@ -153,7 +157,12 @@ impl Traffic {
         let status = STATUSES[self.rng.below(STATUSES.len())];
         let bytes = 200 + self.rng.below(40_000);
         let referer = REFERERS[self.rng.below(REFERERS.len())];
-        let agent = AGENTS[self.rng.below(AGENTS.len())];
+        // One client in fifty sends bytes that are not UTF-8 in its
+        // User-Agent; nginx's escape=json writes them raw.
+        let agent = match self.rng.below(AGENTS.len() * 50) {
+            i if i < AGENTS.len() * 49 => AGENTS[i % AGENTS.len()].as_bytes(),
+            _ => RAW_AGENT,
+        };
         let request_time = self.rng.below(2_000) as f64 / 1000.0;
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{{\"time_local\":\"");
@@ -163,8 +172,10 @@ impl Traffic {
         }
         let _ = write!(
             out,
-            "\",\"request\":\"{method} {path} HTTP/1.1\",\"status\":{status},\"body_bytes_sent\":{bytes},\"http_referer\":\"{referer}\",\"http_user_agent\":\"{agent}\",\"request_time\":{request_time:.3}}}"
+            "\",\"request\":\"{method} {path} HTTP/1.1\",\"status\":{status},\"body_bytes_sent\":{bytes},\"http_referer\":\"{referer}\",\"http_user_agent\":\""
         );
+        out.extend_from_slice(agent);
+        let _ = write!(out, "\",\"request_time\":{request_time:.3}}}");
     }
 
     fn malformed(&mut self, ip: IpAddr, now: SystemTime, out: &mut Vec<u8>) {

@@ -11,5 +11,5 @@ pub mod stamp;
 pub use health::Health;
 pub use ip::{IpKey, parse_ip};
 pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
-pub use skip::{SkipCounts, SkipReason};
+pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp};

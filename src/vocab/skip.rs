@@ -7,9 +7,7 @@ use std::fmt;
 pub enum SkipReason {
     /// The line is longer than `--max-line-bytes`.
     TooLarge,
-    /// The line is not valid UTF-8 (binary data).
-    NotUtf8,
-    /// The line is not a JSON object.
+    /// The line is not a JSON object (read with invalid UTF-8 replaced by U+FFFD).
     NotJson,
     /// The JSON object has no top-level IP field.
     MissingField,
@@ -18,10 +16,10 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    /// Every reason, in the order used by [`SkipCounts`].
-    pub const ALL: [SkipReason; 5] = [
+    /// Every reason, in the order used by [`SkipCounts`] and stored in
+    /// checkpoint panes: a new reason goes at the end.
+    pub const ALL: [SkipReason; SKIP_REASONS] = [
         SkipReason::TooLarge,
-        SkipReason::NotUtf8,
         SkipReason::NotJson,
         SkipReason::MissingField,
         SkipReason::InvalidIp,
@@ -31,7 +29,6 @@ impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::TooLarge => "too_large",
-            SkipReason::NotUtf8 => "not_utf8",
             SkipReason::NotJson => "not_json",
             SkipReason::MissingField => "missing_field",
             SkipReason::InvalidIp => "invalid_ip",
@@ -49,9 +46,12 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// How many skip reasons there are.
+pub const SKIP_REASONS: usize = 4;
+
 /// Skipped lines counted per reason; indexable without hashing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SkipCounts([u64; 5]);
+pub struct SkipCounts([u64; SKIP_REASONS]);
 
 impl SkipCounts {
     pub fn add(&mut self, reason: SkipReason) {
@@ -69,12 +69,31 @@ impl SkipCounts {
     }
 
     /// The counts in [`SkipReason::ALL`] order, as checkpoints store them.
-    pub fn to_array(&self) -> [u64; 5] {
+    pub fn to_array(&self) -> [u64; SKIP_REASONS] {
         self.0
     }
 
-    pub fn from_array(counts: [u64; 5]) -> Self {
+    pub fn from_array(counts: [u64; SKIP_REASONS]) -> Self {
         SkipCounts(counts)
+    }
+
+    /// Counts in the order of checkpoint format 1 (`too_large`, `not_utf8`,
+    /// `not_json`, `missing_field`, `invalid_ip`). `not_utf8` is no reason
+    /// any more (such lines are read repaired); its lines were not readable
+    /// as JSON then, and count as `not_json`.
+    pub fn from_format_1(c: [u64; 5]) -> Self {
+        SkipCounts([c[0], c[1] + c[2], c[3], c[4]])
+    }
+
+    /// The count of the reason named `name`, if it is one.
+    pub fn add_named(&mut self, name: &str, count: u64) -> bool {
+        match SkipReason::ALL.iter().find(|r| r.as_str() == name) {
+            Some(r) => {
+                self.0[r.index()] += count;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn total(&self) -> u64 {

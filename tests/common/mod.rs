@@ -97,6 +97,8 @@ pub struct Truth {
     pub counts: BTreeMap<String, u64>,
     pub skipped: BTreeMap<&'static str, u64>,
     pub lines: u64,
+    /// Lines that are not valid UTF-8 (read repaired, counted or skipped).
+    pub repaired: u64,
 }
 
 impl Truth {
@@ -107,6 +109,7 @@ impl Truth {
         }
         for line in lines {
             truth.lines += 1;
+            truth.repaired += u64::from(std::str::from_utf8(line).is_err());
             match parse_reference(line, "client_real_ip", 64 * 1024) {
                 Ok(ip) => *truth.counts.entry(ip.to_string()).or_insert(0) += 1,
                 Err(reason) => *truth.skipped.entry(reason.as_str()).or_insert(0) += 1,

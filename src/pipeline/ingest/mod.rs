@@ -449,6 +449,7 @@ impl State {
             consumed += taken;
         }
         let open = self.counter.take()?;
+        let open_repaired = open.repaired;
         let pane = Pane {
             seq: closed.seq,
             start: closed.start,
@@ -471,6 +472,8 @@ impl State {
         self.counters.records_consumed += consumed;
         self.counters.records_counted += pane.requests;
         self.counters.skipped.merge(&pane.skipped);
+        self.counters.repaired += open_repaired;
+        metrics.records_repaired.inc_by(open_repaired);
         self.window.push(Arc::new(pane));
         metrics.batches.inc();
         metrics.window_requests.set(self.window.requests() as i64);

@@ -147,6 +147,8 @@ pub struct Counters {
     pub records_consumed: u64,
     pub records_counted: u64,
     pub skipped: SkipCounts,
+    /// Lines read with invalid UTF-8 replaced by U+FFFD, counted or skipped.
+    pub repaired: u64,
 }
 
 /// What `/api/v1/status` shows of the ingest loop.
