@@ -296,6 +296,21 @@ fn expired_zookeeper_offsets_restart_at_the_log_start_and_count_the_loss() {
     );
 }
 
+/// `count` records into partition 0, counted and committed by a first run
+/// (with ZooKeeper or without) that then stops gracefully.
+fn first_run(s: &Setup, zookeeper: bool, count: u64, seed: u64) {
+    produce_lines(&s.cluster, &s.topic, count, 1, seed);
+    let checkpoint = temp_dir("ckpt-first");
+    let mut svc = if zookeeper {
+        s.spawn(&checkpoint, &[])
+    } else {
+        s.spawn_without_zk(&checkpoint, &[])
+    };
+    svc.wait_ready(WAIT);
+    wait_committed_to(svc.addr, &BTreeMap::from([(0, count as i64)]), zookeeper);
+    assert!(svc.terminate(WAIT).success());
+}
+
 /// Each partition's `start` object in `/api/v1/offsets`.
 fn starts(addr: SocketAddr) -> BTreeMap<i64, Value> {
     get_json(addr, "/api/v1/offsets")["partitions"]
@@ -374,11 +389,7 @@ fn zookeeper_wins_over_a_disagreeing_group_and_says_so() {
     let Some(s) = Setup::new("disagree") else {
         return;
     };
-    produce_lines(&s.cluster, &s.topic, 1_000, 1, 71);
-    let mut svc = s.spawn(&temp_dir("ckpt-a"), &[]);
-    svc.wait_ready(WAIT);
-    wait_committed(svc.addr, &BTreeMap::from([(0, 1_000)]));
-    assert!(svc.terminate(WAIT).success());
+    first_run(&s, true, 1_000, 71);
     // Someone rewinds the group (kafka-consumer-groups --reset-offsets).
     set_group_offset(&s, 400);
 
@@ -407,11 +418,7 @@ fn an_expired_group_offset_without_zookeeper_counts_the_loss() {
     let Some(s) = Setup::new("group-expired") else {
         return;
     };
-    produce_lines(&s.cluster, &s.topic, 300, 1, 81);
-    let mut svc = s.spawn_without_zk(&temp_dir("ckpt-a"), &[]);
-    svc.wait_ready(WAIT);
-    wait_committed_to(svc.addr, &BTreeMap::from([(0, 300)]), false);
-    assert!(svc.terminate(WAIT).success());
+    first_run(&s, false, 300, 81);
 
     produce_lines(&s.cluster, &s.topic, 700, 1, 82);
     delete_records(&s, 600);
