@@ -135,6 +135,12 @@ fn values_that_parse_but_make_no_sense_exit_64() {
             &["produce", "--brokers", "k:9092", "--time-rate", "0"],
             "--time-rate",
         ),
+        (&["--ip-field", "source..ip"], "--ip-field"),
+        (&["--trusted-proxies", "10.0.0.1/8"], "--trusted-proxies"),
+        (
+            &["count", "--trusted-proxies", "proxy", "-"],
+            "--trusted-proxies",
+        ),
         (
             &[
                 "produce",
@@ -401,4 +407,43 @@ fn the_readme_option_tables_say_what_help_says() {
             );
         }
     }
+}
+
+#[test]
+fn count_reads_nested_fields_and_forwarded_lists_behind_trusted_proxies() {
+    let path = std::env::temp_dir().join(format!("ipstats-xff-{}.log", std::process::id()));
+    std::fs::write(
+        &path,
+        concat!(
+            "{\"source\":{\"ip\":\"203.0.113.7, 10.0.0.2\"}}\n",
+            "{\"source\":{\"ip\":\"198.51.100.1, 203.0.113.7, 10.9.9.9\"}}\n",
+            "{\"source\":{\"ip\":\"-\"}}\n",
+            "{\"source\":{\"ip\":\"unknown, 10.0.0.2\"}}\n",
+            "{\"source.ip\":\"192.0.2.1\"}\n",
+        ),
+    )
+    .expect("write log");
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args([
+            "count",
+            "--ip-field",
+            "source.ip",
+            "--trusted-proxies",
+            "10.0.0.0/8",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run ipstats count");
+    assert!(output.status.success());
+    let top: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        top["top"],
+        serde_json::json!([{"ip": "203.0.113.7", "count": 2}])
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("missing_field 2") && stderr.contains("invalid_ip 1"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&path).expect("cleanup");
 }

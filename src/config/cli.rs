@@ -136,14 +136,20 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// JSON field holding the client IP.
+    /// JSON field holding the client IP: a dotted path into nested objects
+    /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(
         long,
         env = "IPSTATS_IP_FIELD",
-        value_name = "NAME",
+        value_name = "PATH",
         default_value = "client_real_ip"
     )]
     pub ip_field: String,
+    /// Networks of your own proxies, comma-separated CIDRs (10.0.0.0/8,2001:db8::/32): in an
+    /// X-Forwarded-For list the client is the right-most address not in them (none given: the
+    /// right-most).
+    #[arg(long, env = "IPSTATS_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
     /// Extra librdkafka property (security.protocol, sasl.*, ssl.*, ...); repeatable.
     /// The environment variable IPSTATS_KAFKA_CONFIG adds more, one per line
     /// (e.g. the credentials, kept off the command line); a flag wins on the same key.
@@ -316,14 +322,20 @@ pub struct CountArgs {
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
-    /// JSON field holding the client IP.
+    /// JSON field holding the client IP: a dotted path into nested objects
+    /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(
         long,
         env = "IPSTATS_IP_FIELD",
-        value_name = "NAME",
+        value_name = "PATH",
         default_value = "client_real_ip"
     )]
     pub ip_field: String,
+    /// Networks of your own proxies, comma-separated CIDRs (10.0.0.0/8,2001:db8::/32): in an
+    /// X-Forwarded-For list the client is the right-most address not in them (none given: the
+    /// right-most).
+    #[arg(long, env = "IPSTATS_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
     /// Lines longer than this (256..=16777216) are skipped as `too_large`.
     #[arg(
         long,

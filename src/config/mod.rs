@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::vocab::Network;
+
 mod cli;
 
 mod kafka;
@@ -64,6 +66,8 @@ pub struct Settings {
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
     pub ip_field: String,
+    /// Proxies looked past in an X-Forwarded-For list.
+    pub trusted_proxies: Vec<Network>,
     pub kafka_config: Vec<(String, String)>,
     pub max_line_bytes: usize,
     pub demo_rate: u64,
@@ -204,9 +208,8 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
-        if a.ip_field.is_empty() {
-            return Err(invalid("--ip-field", "must not be empty"));
-        }
+        check_ip_field(&a.ip_field)?;
+        let trusted_proxies = parse_networks("--trusted-proxies", a.trusted_proxies.as_deref())?;
         if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
             return Err(invalid(
                 "--max-line-bytes",
@@ -306,6 +309,7 @@ impl TryFrom<ServeArgs> for Settings {
             offset_reset: a.offset_reset,
             listen: a.listen,
             ip_field: a.ip_field,
+            trusted_proxies,
             kafka_config,
             max_line_bytes: a.max_line_bytes,
             demo_rate: a.demo_rate,
@@ -415,6 +419,43 @@ pub fn check_legacy_repeats(matches: &clap::ArgMatches) -> Result<(), ConfigErro
         }
     }
     Ok(())
+}
+
+/// `--ip-field`: a dotted path of non-empty names.
+pub fn check_ip_field(path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Err(invalid("--ip-field", "must not be empty"));
+    }
+    if path.split('.').any(str::is_empty) {
+        return Err(invalid(
+            "--ip-field",
+            format!("{path:?} has an empty name: a dotted path is name(.name)* (source.ip)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A comma-separated list of networks (`10.0.0.0/8,2001:db8::/32`, or bare
+/// addresses); none given is an empty list.
+pub fn parse_networks(
+    setting: &'static str,
+    list: Option<&str>,
+) -> Result<Vec<Network>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|text| {
+            Network::parse(text).ok_or_else(|| {
+                invalid(
+                    setting,
+                    format!("{text:?} is not an address or a network in CIDR form (10.0.0.0/8)"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn validate_durations(
@@ -614,6 +655,21 @@ mod tests {
             let err = settings(args).expect_err("must be refused");
             assert!(err.contains(setting), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_and_the_ip_field_a_path() {
+        let s = settings(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 2001:db8::/32,192.0.2.1",
+            "--ip-field",
+            "source.ip",
+        ])
+        .expect("valid");
+        let shown: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]);
+        assert_eq!(s.ip_field, "source.ip");
+        assert!(settings(&[]).expect("defaults").trusted_proxies.is_empty());
     }
 
     #[test]

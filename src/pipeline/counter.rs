@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use super::counts::{IpMap, SortedCounts};
-use super::parse::Parser;
+use super::parse::{ClientField, Parser};
 use crate::vocab::{SkipCounts, SkipReason};
 
 /// Lines parsed into per-IP counts and skip reasons: an open pane, or the
@@ -112,11 +112,11 @@ pub struct Counter {
 }
 
 impl Counter {
-    pub fn spawn(ip_field: &str, max_line_bytes: usize) -> std::io::Result<Self> {
+    pub fn spawn(field: ClientField, max_line_bytes: usize) -> std::io::Result<Self> {
         let (work_tx, work_rx) = sync_channel::<Work>(QUEUE_CHUNKS);
         let (pane_tx, panes) = sync_channel::<PaneCounts>(1);
         let (free_tx, free) = sync_channel::<Chunk>(QUEUE_CHUNKS + 1);
-        let mut parser = Parser::new(ip_field, max_line_bytes);
+        let mut parser = Parser::new(field, max_line_bytes);
         let thread = std::thread::Builder::new()
             .name("counter".into())
             .spawn(move || {
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn panes_hold_exactly_the_lines_pushed_before_take() {
-        let mut counter = Counter::spawn("client_real_ip", 200).expect("thread");
+        let mut counter = Counter::spawn("client_real_ip".into(), 200).expect("thread");
         // More than a few chunks, so that hand-overs and the free list are exercised.
         let first = CHUNK_LINES * (QUEUE_CHUNKS + 3) + 17;
         for i in 0..first {

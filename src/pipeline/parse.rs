@@ -14,7 +14,7 @@
 //! the scanner reads bytes and decodes lossily only what it compares or
 //! returns.
 
-use crate::vocab::{IpKey, SkipReason, parse_ip};
+use crate::vocab::{IpKey, Network, SkipReason, parse_ip};
 
 /// serde_json refuses containers nested this deep; so do we.
 const MAX_DEPTH: usize = 128;
@@ -22,18 +22,70 @@ const MAX_DEPTH: usize = 128;
 /// which serde_json rejects; such rare numbers are checked by serde_json itself.
 const SIMPLE_NUMBER_MAX_LEN: usize = 300;
 
+/// Where the client address is: a dotted path into nested objects
+/// (`client_real_ip`, `source.ip`), and the proxies to look past when the
+/// value is an X-Forwarded-For list.
+#[derive(Clone, Debug)]
+pub struct ClientField {
+    path: Box<[Box<str>]>,
+    trusted: Box<[Network]>,
+}
+
+impl ClientField {
+    pub fn new(path: &str, trusted: Vec<Network>) -> Self {
+        ClientField {
+            path: path.split('.').map(Box::from).collect(),
+            trusted: trusted.into(),
+        }
+    }
+
+    /// The client of the field's text: one address, or the right-most
+    /// address of a comma-separated list that is not a trusted proxy (all
+    /// trusted: the left-most). `-` and empty are `missing_field` (nginx's
+    /// empty variable); any malformed entry makes the line `invalid_ip`.
+    fn client(&self, text: &str) -> Result<IpKey, SkipReason> {
+        if text.is_empty() || text == "-" {
+            return Err(SkipReason::MissingField);
+        }
+        if !text.contains(',') {
+            return parse_ip(text).ok_or(SkipReason::InvalidIp);
+        }
+        let mut hops = Vec::new();
+        for entry in text.split(',') {
+            hops.push(parse_ip(entry.trim_matches([' ', '\t'])).ok_or(SkipReason::InvalidIp)?);
+        }
+        let untrusted = hops
+            .iter()
+            .rev()
+            .find(|ip| !self.trusted.iter().any(|net| net.contains(**ip)));
+        Ok(*untrusted.unwrap_or(&hops[0]))
+    }
+}
+
+impl From<&str> for ClientField {
+    fn from(path: &str) -> Self {
+        ClientField::new(path, Vec::new())
+    }
+}
+
+impl From<&ClientField> for ClientField {
+    fn from(field: &ClientField) -> Self {
+        field.clone()
+    }
+}
+
 /// The fast, non-allocating line parser. One per counting thread (and one
 /// for `ipstats count`).
 #[derive(Debug)]
 pub struct Parser {
-    field: Box<str>,
+    field: ClientField,
     max_line_bytes: usize,
     scratch: String,
     repaired: u64,
 }
 
 impl Parser {
-    pub fn new(field: &str, max_line_bytes: usize) -> Self {
+    pub fn new(field: impl Into<ClientField>, max_line_bytes: usize) -> Self {
         Parser {
             field: field.into(),
             max_line_bytes,
@@ -61,7 +113,7 @@ impl Parser {
             pos: 0,
         };
         let found = scanner
-            .top_level(&self.field, &mut self.scratch)
+            .top_level(&self.field.path, &mut self.scratch)
             .map_err(|Invalid| SkipReason::NotJson)?;
         let ip_bytes = match found {
             None => return Err(SkipReason::MissingField),
@@ -72,11 +124,14 @@ impl Parser {
                 self.scratch.as_bytes()
             }
         };
-        dotted_quad(ip_bytes)
-            .map(IpKey::from_v4_bits)
+        match dotted_quad(ip_bytes) {
+            Some(v4) => Ok(IpKey::from_v4_bits(v4)),
             // Bytes that are not UTF-8 would read as U+FFFD: not an address.
-            .or_else(|| parse_ip(std::str::from_utf8(ip_bytes).ok()?))
-            .ok_or(SkipReason::InvalidIp)
+            None => match std::str::from_utf8(ip_bytes) {
+                Ok(text) => self.field.client(text),
+                Err(_) => Err(SkipReason::InvalidIp),
+            },
+        }
     }
 }
 
@@ -118,19 +173,28 @@ fn dotted_quad(text: &[u8]) -> Option<u32> {
 /// the line with invalid UTF-8 replaced by U+FFFD.
 pub fn parse_reference(
     line: &[u8],
-    field: &str,
+    field: impl Into<ClientField>,
     max_line_bytes: usize,
 ) -> Result<IpKey, SkipReason> {
+    let field = field.into();
     if line.len() > max_line_bytes {
         return Err(SkipReason::TooLarge);
     }
     let text = String::from_utf8_lossy(line);
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|_| SkipReason::NotJson)?;
-    let object = value.as_object().ok_or(SkipReason::NotJson)?;
-    match object.get(field) {
-        None => Err(SkipReason::MissingField),
-        Some(serde_json::Value::String(s)) => parse_ip(s).ok_or(SkipReason::InvalidIp),
-        Some(_) => Err(SkipReason::InvalidIp),
+    if !value.is_object() {
+        return Err(SkipReason::NotJson);
+    }
+    let mut at = &value;
+    for segment in &field.path {
+        at = at
+            .as_object()
+            .and_then(|o| o.get(&**segment))
+            .ok_or(SkipReason::MissingField)?;
+    }
+    match at {
+        serde_json::Value::String(s) => field.client(s),
+        _ => Err(SkipReason::InvalidIp),
     }
 }
 
@@ -161,14 +225,14 @@ impl Scanner<'_> {
     /// top-level occurrence of `field` (serde_json keeps the last duplicate).
     fn top_level(
         &mut self,
-        field: &str,
+        path: &[Box<str>],
         scratch: &mut String,
     ) -> Result<Option<FieldValue>, Invalid> {
         self.skip_ws();
         // Anything but an object is `not_json` to the reference as well, so
         // there is no need to validate it.
         self.expect(b'{')?;
-        let found = self.object_members(1, Some((field, scratch)))?;
+        let found = self.object_members(1, Some((path, scratch)))?;
         self.skip_ws();
         if self.pos != self.bytes.len() {
             return Err(Invalid);
@@ -195,12 +259,13 @@ impl Scanner<'_> {
         }
     }
 
-    /// After `{`: members up to and including `}`. With `wanted`, reports the
-    /// last value stored under that key.
+    /// After `{`: members up to and including `}`. With `wanted`, a path,
+    /// reports the value at that path under the last member named by its
+    /// first segment (serde_json keeps the last duplicate at every level).
     fn object_members(
         &mut self,
         depth: usize,
-        mut wanted: Option<(&str, &mut String)>,
+        mut wanted: Option<(&[Box<str>], &mut String)>,
     ) -> Result<Option<FieldValue>, Invalid> {
         if depth >= MAX_DEPTH {
             return Err(Invalid);
@@ -217,13 +282,14 @@ impl Scanner<'_> {
             let (start, end, escaped) = self.string_body()?;
             let is_wanted = match wanted.as_mut() {
                 None => false,
-                Some((field, scratch)) => {
+                Some((path, scratch)) => {
+                    let field: &str = &path[0];
                     let key = &self.bytes[start..end];
                     if escaped || (key != field.as_bytes() && !key.is_ascii()) {
                         // Escapes, or bytes that may not be UTF-8: compare
                         // what the reference compares, the decoded key.
                         decode_string(key, scratch);
-                        scratch.as_str() == *field
+                        scratch.as_str() == field
                     } else {
                         key == field.as_bytes()
                     }
@@ -232,7 +298,17 @@ impl Scanner<'_> {
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
-            if is_wanted && self.peek() == Some(b'"') {
+            let nested = wanted.as_mut().filter(|(path, _)| path.len() > 1);
+            if is_wanted && let Some((path, scratch)) = nested {
+                // The path goes on: only an object holds the rest of it.
+                found = if self.peek() == Some(b'{') {
+                    self.pos += 1;
+                    self.object_members(depth + 1, Some((&path[1..], &mut **scratch)))?
+                } else {
+                    self.value(depth + 1)?;
+                    None
+                };
+            } else if is_wanted && self.peek() == Some(b'"') {
                 self.pos += 1;
                 let (start, end, escaped) = self.string_body()?;
                 found = Some(if escaped {
@@ -580,6 +656,98 @@ mod tests {
     }
 
     #[test]
+    fn a_dotted_path_reads_nested_objects_as_serde_json_does() {
+        let mut parser = Parser::new("source.ip", MAX);
+        let cases: [(&[u8], Result<IpKey, SkipReason>); 6] = [
+            (
+                br#"{"source":{"ip":"192.0.2.1","port":80}}"#,
+                Ok(ip("192.0.2.1")),
+            ),
+            // The last duplicate wins at every level, even without the field.
+            (
+                br#"{"source":{"ip":"192.0.2.1"},"source":{"port":1}}"#,
+                Err(SkipReason::MissingField),
+            ),
+            (
+                br#"{"source":{"ip":"192.0.2.1","ip":"192.0.2.2"}}"#,
+                Ok(ip("192.0.2.2")),
+            ),
+            (br#"{"source":"192.0.2.1"}"#, Err(SkipReason::MissingField)),
+            (
+                br#"{"source.ip":"192.0.2.1"}"#,
+                Err(SkipReason::MissingField),
+            ),
+            (
+                br#"{"source":{"ip":{"v":"192.0.2.1"}}}"#,
+                Err(SkipReason::InvalidIp),
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(
+                parser.parse(line),
+                expected,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+            assert_eq!(parse_reference(line, "source.ip", MAX), expected);
+        }
+    }
+
+    #[test]
+    fn an_x_forwarded_for_list_gives_the_right_most_untrusted_address() {
+        let trusted = ["10.0.0.0/8", "2001:db8:ffff::/48"]
+            .iter()
+            .filter_map(|n| Network::parse(n))
+            .collect();
+        let field = ClientField::new("xff", trusted);
+        let mut parser = Parser::new(&field, MAX);
+        let mut plain = Parser::new("xff", MAX);
+        for (value, behind_proxies, without) in [
+            (
+                "203.0.113.7, 10.0.0.2",
+                Ok(ip("203.0.113.7")),
+                Ok(ip("10.0.0.2")),
+            ),
+            (
+                "198.51.100.1,203.0.113.7, 10.1.1.1,\\t2001:db8:ffff::9",
+                Ok(ip("203.0.113.7")),
+                Ok(ip("2001:db8:ffff::9")),
+            ),
+            ("10.0.0.9, 10.0.0.2", Ok(ip("10.0.0.9")), Ok(ip("10.0.0.2"))),
+            ("10.0.0.9", Ok(ip("10.0.0.9")), Ok(ip("10.0.0.9"))),
+            (
+                "-",
+                Err(SkipReason::MissingField),
+                Err(SkipReason::MissingField),
+            ),
+            (
+                "",
+                Err(SkipReason::MissingField),
+                Err(SkipReason::MissingField),
+            ),
+            (
+                "unknown, 10.0.0.2",
+                Err(SkipReason::InvalidIp),
+                Err(SkipReason::InvalidIp),
+            ),
+            (
+                "203.0.113.7, , 10.0.0.2",
+                Err(SkipReason::InvalidIp),
+                Err(SkipReason::InvalidIp),
+            ),
+        ] {
+            let line = format!(r#"{{"xff":"{value}"}}"#);
+            assert_eq!(parser.parse(line.as_bytes()), behind_proxies, "{value}");
+            assert_eq!(
+                parse_reference(line.as_bytes(), &field, MAX),
+                behind_proxies
+            );
+            assert_eq!(plain.parse(line.as_bytes()), without, "{value}");
+            assert_eq!(parse_reference(line.as_bytes(), "xff", MAX), without);
+        }
+    }
+
+    #[test]
     fn invalid_json_is_never_counted_even_with_a_good_address() {
         for line in [
             r#"{"client_real_ip":"1.2.3.4""#,
@@ -687,6 +855,11 @@ mod tests {
             Just(":".to_string()),
             Just(" ".to_string()),
             Just("\"client_real_ip\"".to_string()),
+            Just("\"client\"".to_string()),
+            Just("\"ip\"".to_string()),
+            Just("\"10.0.0.1, 2001:db8::1\"".to_string()),
+            Just("\"-\"".to_string()),
+            Just("\"\"".to_string()),
             Just("\"client_real\\u005fip\"".to_string()),
             Just("\"1.2.3.4\"".to_string()),
             Just("\"::ffff:10.0.0.1\"".to_string()),
@@ -754,6 +927,28 @@ mod tests {
         fn fast_path_agrees_with_serde_json_on_fragments(parts in prop::collection::vec(fragment(), 0..12)) {
             let line = parts.concat();
             prop_assert_eq!(fast(&line), parse_reference(&line, FIELD, MAX));
+            // A dotted path, and X-Forwarded-For lists behind a trusted proxy.
+            let field = ClientField::new("client.ip", vec![Network::parse("10.0.0.0/8").expect("net")]);
+            prop_assert_eq!(Parser::new(&field, MAX).parse(&line), parse_reference(&line, &field, MAX));
+        }
+
+        #[test]
+        fn nested_objects_agree_with_serde_json(
+            inner in valid_object(),
+            before in prop::collection::vec(fragment(), 0..3),
+            duplicate in any::<bool>(),
+        ) {
+            // {"client": <object holding client_real_ip>, ...}, sometimes twice,
+            // sometimes with noise in front.
+            let inner = inner.replace("client_real_ip", "ip");
+            let mut line = format!(r#"{{"client":{inner}"#).into_bytes();
+            if duplicate {
+                line.extend_from_slice(br#","client":{"port":1}"#);
+            }
+            line.push(b'}');
+            let line = [before.concat(), line].concat();
+            let field = ClientField::from("client.ip");
+            prop_assert_eq!(Parser::new(&field, MAX).parse(&line), parse_reference(&line, &field, MAX));
         }
 
         #[test]

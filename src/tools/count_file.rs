@@ -7,10 +7,10 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-use crate::config::{ConfigError, CountArgs, MAX_TOP_N};
+use crate::config::{ConfigError, CountArgs, MAX_TOP_N, check_ip_field, parse_networks};
 use crate::http::views::{TopView, WindowView};
 use crate::pipeline::counter::Tally;
-use crate::pipeline::parse::Parser;
+use crate::pipeline::parse::{ClientField, Parser};
 use crate::pipeline::window::top_k;
 
 /// Counts every line of `input` (newline-separated; a final line without a
@@ -46,7 +46,12 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         .into());
     }
     let started = SystemTime::now();
-    let mut parser = Parser::new(&args.ip_field, args.max_line_bytes);
+    check_ip_field(&args.ip_field)?;
+    let trusted = parse_networks("--trusted-proxies", args.trusted_proxies.as_deref())?;
+    let mut parser = Parser::new(
+        ClientField::new(&args.ip_field, trusted),
+        args.max_line_bytes,
+    );
     let counted = if args.file.as_os_str() == "-" {
         count_lines(io::stdin().lock(), &mut parser).context("reading standard input")?
     } else {

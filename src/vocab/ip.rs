@@ -87,3 +87,100 @@ impl fmt::Debug for IpKey {
 pub fn parse_ip(text: &str) -> Option<IpKey> {
     IpAddr::from_str(text).ok().map(IpKey::from)
 }
+
+/// A network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`); a bare address is
+/// the network of that one address. IPv4 networks live in the IPv4-mapped
+/// range, as [`IpKey`] holds IPv4 addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    bits: u128,
+    /// Prefix length in the 128-bit space (IPv4 /n is 96 + n).
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `address[/prefix]`; `None` when either part is invalid or
+    /// bits are set past the prefix (`10.0.0.1/8` is refused: write `10.0.0.0/8`).
+    pub fn parse(text: &str) -> Option<Network> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let key = parse_ip(address)?;
+        let (max, offset) = if key.is_v4() { (32u8, 96u8) } else { (128, 0) };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|n| *n <= max)?
+            }
+            Some(_) => return None,
+        };
+        let network = Network {
+            bits: key.0,
+            prefix: prefix + offset,
+        };
+        (network.mask() & key.0 == key.0).then_some(network)
+    }
+
+    fn mask(self) -> u128 {
+        match self.prefix {
+            0 => 0,
+            p => u128::MAX << (128 - u32::from(p)),
+        }
+    }
+
+    pub fn contains(self, ip: IpKey) -> bool {
+        ip.0 & self.mask() == self.bits
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = IpKey(self.bits);
+        let prefix = if key.is_v4() && self.prefix >= 96 {
+            self.prefix - 96
+        } else {
+            self.prefix
+        };
+        write!(f, "{key}/{prefix}")
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses_and_only_those() {
+        let net = Network::parse("10.0.0.0/8").expect("v4");
+        assert!(net.contains(parse_ip("10.200.3.4").expect("ip")));
+        assert!(!net.contains(parse_ip("11.0.0.1").expect("ip")));
+        assert!(
+            !net.contains(parse_ip("::a00:1").expect("ip")),
+            "not the v6 form"
+        );
+        let one = Network::parse("192.0.2.7").expect("bare address");
+        assert!(one.contains(parse_ip("::ffff:192.0.2.7").expect("mapped")));
+        assert!(!one.contains(parse_ip("192.0.2.8").expect("ip")));
+        let v6 = Network::parse("2001:db8::/32").expect("v6");
+        assert!(v6.contains(parse_ip("2001:db8:1::9").expect("ip")));
+        assert!(!v6.contains(parse_ip("2001:db9::").expect("ip")));
+        assert!(
+            Network::parse("0.0.0.0/0")
+                .expect("all v4")
+                .contains(parse_ip("8.8.8.8").expect("ip"))
+        );
+        assert_eq!(v6.to_string(), "2001:db8::/32");
+        assert_eq!(net.to_string(), "10.0.0.0/8");
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "x/8",
+            "::/129",
+        ] {
+            assert_eq!(Network::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub mod skip;
 pub mod stamp;
 
 pub use health::Health;
-pub use ip::{IpKey, parse_ip};
+pub use ip::{IpKey, Network, parse_ip};
 pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
 pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp};

@@ -23,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::counter::{Counter, CounterGone};
+use super::parse::ClientField;
 use super::snapshot::build::{Builder, PartitionProgress, partition_status};
 use super::snapshot::{Counters, PartitionStatus, Published};
 use super::window::{Pane, Window};
@@ -64,7 +65,7 @@ pub struct IngestConfig {
     pub checkpoint_batches: u64,
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
-    pub ip_field: String,
+    pub client_field: ClientField,
     pub max_line_bytes: usize,
     pub group: String,
 }
@@ -80,7 +81,7 @@ impl From<&Settings> for IngestConfig {
             checkpoint_batches: s.checkpoint_batches(),
             max_rate_per_partition: s.max_rate_per_partition,
             offset_reset: s.offset_reset,
-            ip_field: s.ip_field.clone(),
+            client_field: ClientField::new(&s.ip_field, s.trusted_proxies.clone()),
             max_line_bytes: s.max_line_bytes,
             group: s.group.clone(),
         }
@@ -205,7 +206,7 @@ impl Ingest {
                 SystemTime::now(),
             ),
             builder: Builder::new(config.window, config.slide, counters.records_consumed, now),
-            counter: Counter::spawn(&config.ip_field, config.max_line_bytes)?,
+            counter: Counter::spawn(config.client_field.clone(), config.max_line_bytes)?,
             partition_metrics: Vec::new(),
             window,
             counters,
