@@ -447,3 +447,42 @@ fn count_reads_nested_fields_and_forwarded_lists_behind_trusted_proxies() {
     );
     std::fs::remove_file(&path).expect("cleanup");
 }
+
+#[test]
+fn count_reads_common_and_combined_log_format() {
+    let path = std::env::temp_dir().join(format!("ipstats-clf-{}.log", std::process::id()));
+    let mut log = Vec::new();
+    for line in [
+        &br#"203.0.113.7 - - [24/Nov/2026:06:35:13 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/8.5.0""#[..],
+        b"203.0.113.7 - - [24/Nov/2026:06:35:14 +0000] \"GET /\\x22\xff HTTP/1.1\" 404 0 \"-\" \"Mozilla \xfe\\x22\"",
+        br#"2001:db8::7 - frank [24/Nov/2026:06:35:15 +0000] "POST /login HTTP/1.0" 302 -"#,
+        br#"- - - [24/Nov/2026:06:35:15 +0000] "GET / HTTP/1.1" 400 0 "-" "-""#,
+        br#"crawler.example - - [24/Nov/2026:06:35:15 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
+        br#"{"client_real_ip":"10.0.0.1"}"#,
+    ] {
+        log.extend_from_slice(line);
+        log.push(b'\n');
+    }
+    std::fs::write(&path, log).expect("write log");
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["count", "--format", "clf"])
+        .arg(&path)
+        .output()
+        .expect("run ipstats count");
+    assert!(output.status.success());
+    let top: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        top["top"],
+        serde_json::json!([{"ip": "203.0.113.7", "count": 2}, {"ip": "2001:db8::7", "count": 1}])
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "missing_field 1",
+        "invalid_ip 1",
+        "bad_format 1",
+        "1 lines held invalid UTF-8",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    std::fs::remove_file(&path).expect("cleanup");
+}

@@ -130,8 +130,12 @@ async fn counts_exactly_what_was_produced() {
     let per_partition = produce(&bootstrap, "logs", 3, &lines);
     let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
     assert!(
-        truth.skipped.values().all(|&n| n > 0),
-        "every reason occurs: {:?}",
+        truth
+            .skipped
+            .iter()
+            .filter(|(reason, _)| **reason != "bad_format")
+            .all(|(_, &n)| n > 0),
+        "every JSON reason occurs (bad_format is CLF's): {:?}",
         truth.skipped
     );
 

@@ -414,3 +414,65 @@ fn produce_with_a_seed_and_a_start_time_writes_the_same_bytes() {
     );
     assert_ne!(first, later, "another start: other times");
 }
+
+#[test]
+fn serve_counts_combined_log_format_lines_from_kafka() {
+    let Some(cluster) = cluster() else { return };
+    let topic = unique("clf");
+    common::cluster_tool(&[
+        "kafka-topics",
+        "--bootstrap-server",
+        &cluster.brokers,
+        "--create",
+        "--topic",
+        &topic,
+        "--partitions",
+        "1",
+    ]);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for i in 0..300u32 {
+        let client = if i % 3 == 0 {
+            "2001:db8::7".to_string()
+        } else {
+            format!("203.0.113.{}", i % 7)
+        };
+        lines.push(
+            format!(
+                "{client} - - [24/Nov/2026:06:35:13 +0000] \"GET /{i}\\x22 HTTP/1.1\" 200 612 \"-\" \"agent \u{e9}\""
+            )
+            .into_bytes(),
+        );
+    }
+    lines.push(b"not a log line".to_vec());
+    let mut kcat = std::process::Command::new("kcat")
+        .args(["-P", "-b", &cluster.brokers, "-t", &topic, "-p", "0"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    {
+        use std::io::Write;
+        let stdin = kcat.stdin.as_mut().expect("stdin");
+        for line in &lines {
+            stdin
+                .write_all(line)
+                .and_then(|()| stdin.write_all(b"\n"))
+                .expect("write");
+        }
+    }
+    assert!(kcat.wait().expect("kcat").success());
+    let checkpoint = std::env::temp_dir().join(unique("ckpt"));
+    let mut svc = Service::on_cluster(
+        &cluster,
+        None,
+        &topic,
+        &unique("group"),
+        &checkpoint,
+        &["--format", "clf"],
+    );
+    svc.wait_ready(WAIT);
+    wait_all_counted(svc.addr, lines.len() as u64, WAIT);
+    let counts = window_counts(svc.addr);
+    assert_eq!(counts.get("2001:db8::7"), Some(&100));
+    assert_eq!(counts.values().sum::<u64>(), 300);
+    assert_eq!(common::skipped_counts(svc.addr).get("bad_format"), Some(&1));
+}

@@ -395,20 +395,40 @@ mod tests {
     }
 
     #[test]
+    fn a_pane_with_fewer_reasons_than_this_build_knows_reads_the_rest_as_0() {
+        let original = pane(4, &[("10.0.0.1", 2)]);
+        let bytes = encode_pane(&original);
+        let head = 8 + 4 + 8 + 8 + 8 + 8;
+        let n = usize::from(bytes[head]);
+        // The pane an older build wrote: one reason fewer.
+        let mut older = bytes[..head].to_vec();
+        older.push((n - 1) as u8);
+        older.extend_from_slice(&bytes[head + 1..head + 1 + 8 * (n - 1)]);
+        older.extend_from_slice(&bytes[head + 1 + 8 * n..bytes.len() - 4]);
+        let crc = crc32fast::hash(&older);
+        older.extend_from_slice(&crc.to_le_bytes());
+        let decoded = decode_pane(Path::new("p"), &older).expect("decodes");
+        let mut expected = original.skipped.to_array();
+        expected[n - 1] = 0;
+        assert_eq!(decoded.skipped.to_array(), expected);
+        assert_eq!(decoded.counts, original.counts);
+    }
+
+    #[test]
     fn format_1_panes_and_manifests_are_read_with_not_utf8_as_not_json() {
         let original = pane(3, &[("10.0.0.1", 2)]);
         let old = format_1(&encode_pane(&original), [1, 20, 300, 4000, 50000]);
         let decoded = decode_pane(Path::new("p"), &old).expect("format 1 decodes");
         assert_eq!(decoded.counts, original.counts);
         assert_eq!(decoded.ranges, original.ranges);
-        assert_eq!(decoded.skipped.to_array(), [1, 320, 4000, 50000]);
+        assert_eq!(decoded.skipped.to_array(), [1, 320, 4000, 50000, 0]);
 
         let counters: Counters = serde_json::from_str(
             r#"{"batches":2,"records_consumed":9,"records_counted":3,"skipped":[1,2,3,0,0]}"#,
         )
         .expect("format 1 counters");
         let restored = snapshot::Counters::from(&counters);
-        assert_eq!(restored.skipped.to_array(), [1, 5, 0, 0]);
+        assert_eq!(restored.skipped.to_array(), [1, 5, 0, 0, 0]);
         assert_eq!(restored.repaired, 0);
         // Format 2 names the reasons, and keeps the repaired lines.
         let again = Counters::from(&snapshot::Counters {

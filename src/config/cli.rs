@@ -30,6 +30,16 @@ pub enum Command {
     Count(CountArgs),
 }
 
+/// How a record's bytes are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per record (nginx `log_format ... escape=json`).
+    #[default]
+    Json,
+    /// NCSA common/combined text (nginx's default `combined`, Apache `common`/`combined`).
+    Clf,
+}
+
 /// When no offset is stored for a partition, or the stored one is unusable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OffsetReset {
@@ -136,6 +146,10 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// How records are read: json (one object per record) or clf (NCSA common/combined:
+    /// the client is the first field).
+    #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]
+    pub format: Format,
     /// JSON field holding the client IP: a dotted path into nested objects
     /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(
@@ -322,6 +336,10 @@ pub struct CountArgs {
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
+    /// How records are read: json (one object per record) or clf (NCSA common/combined:
+    /// the client is the first field).
+    #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]
+    pub format: Format,
     /// JSON field holding the client IP: a dotted path into nested objects
     /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(

@@ -14,7 +14,7 @@ mod cli;
 
 mod kafka;
 
-pub use cli::{Cli, Command, CountArgs, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs};
+pub use cli::{Cli, Command, CountArgs, Format, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs};
 pub use kafka::parse_kafka_config;
 
 /// Exit code for a bad setting (`EX_USAGE` from sysexits.h).
@@ -65,6 +65,7 @@ pub struct Settings {
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
+    pub format: Format,
     pub ip_field: String,
     /// Proxies looked past in an X-Forwarded-For list.
     pub trusted_proxies: Vec<Network>,
@@ -308,6 +309,7 @@ impl TryFrom<ServeArgs> for Settings {
             max_rate_per_partition: a.max_rate_per_partition,
             offset_reset: a.offset_reset,
             listen: a.listen,
+            format: a.format,
             ip_field: a.ip_field,
             trusted_proxies,
             kafka_config,

@@ -202,19 +202,27 @@ impl hyper::body::Body for Tracked {
 /// connections close.
 const EVICTION_SLACK: usize = 64;
 
+/// Accepted sockets not closed yet, and a signal when one closes.
+#[derive(Default)]
+struct Sockets {
+    count: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
 /// One accepted socket, counted until its connection task ends.
-struct OpenSocket(Arc<AtomicUsize>);
+struct OpenSocket(Arc<Sockets>);
 
 impl OpenSocket {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        OpenSocket(count.clone())
+    fn new(sockets: &Arc<Sockets>) -> Self {
+        sockets.count.fetch_add(1, Ordering::AcqRel);
+        OpenSocket(sockets.clone())
     }
 }
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_one();
     }
 }
 
@@ -232,7 +240,7 @@ pub async fn serve(
         open: Mutex::new(HashMap::new()),
     });
     let connections = TaskTracker::new();
-    let sockets = Arc::new(AtomicUsize::new(0));
+    let sockets = Arc::new(Sockets::default());
     let logs = LogLimit::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -263,10 +271,15 @@ pub async fn serve(
         }
         // An evicted connection's socket closes when its task next runs; a
         // burst of accepts can outpace that. Past a small slack above the
-        // cap, new sockets are closed at once, so that descriptors never run
-        // out (the slack is far below the reserve kept for the rest).
-        if sockets.load(Ordering::Acquire) >= limits.max + EVICTION_SLACK {
-            continue;
+        // cap, the new connection waits (briefly) for evicted ones to close,
+        // so that descriptors never run out (the slack is far below the
+        // reserve kept for the rest) and a new client still gets in.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while sockets.count.load(Ordering::Acquire) >= limits.max + EVICTION_SLACK {
+            tokio::select! {
+                () = sockets.closed.notified() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
         let socket = OpenSocket::new(&sockets);
         let _ = stream.set_nodelay(true);

@@ -15,8 +15,10 @@
 //! - [`snapshot`]: the immutable published view, and how it is built.
 //! - [`ingest`]: the consumer loop; [`ingest::tracker`] decides, the loop calls librdkafka.
 
+pub mod clf;
 pub mod counter;
 pub mod counts;
+pub mod field;
 pub mod ingest;
 pub mod parse;
 pub mod snapshot;

@@ -14,65 +14,16 @@
 //! the scanner reads bytes and decodes lossily only what it compares or
 //! returns.
 
-use crate::vocab::{IpKey, Network, SkipReason, parse_ip};
+use super::clf;
+pub use super::field::ClientField;
+use crate::config::Format;
+use crate::vocab::{IpKey, SkipReason};
 
 /// serde_json refuses containers nested this deep; so do we.
 const MAX_DEPTH: usize = 128;
 /// Numbers longer than this, or with an exponent, may overflow an `f64`,
 /// which serde_json rejects; such rare numbers are checked by serde_json itself.
 const SIMPLE_NUMBER_MAX_LEN: usize = 300;
-
-/// Where the client address is: a dotted path into nested objects
-/// (`client_real_ip`, `source.ip`), and the proxies to look past when the
-/// value is an X-Forwarded-For list.
-#[derive(Clone, Debug)]
-pub struct ClientField {
-    path: Box<[Box<str>]>,
-    trusted: Box<[Network]>,
-}
-
-impl ClientField {
-    pub fn new(path: &str, trusted: Vec<Network>) -> Self {
-        ClientField {
-            path: path.split('.').map(Box::from).collect(),
-            trusted: trusted.into(),
-        }
-    }
-
-    /// The client of the field's text: one address, or the right-most
-    /// address of a comma-separated list that is not a trusted proxy (all
-    /// trusted: the left-most). `-` and empty are `missing_field` (nginx's
-    /// empty variable); any malformed entry makes the line `invalid_ip`.
-    fn client(&self, text: &str) -> Result<IpKey, SkipReason> {
-        if text.is_empty() || text == "-" {
-            return Err(SkipReason::MissingField);
-        }
-        if !text.contains(',') {
-            return parse_ip(text).ok_or(SkipReason::InvalidIp);
-        }
-        let mut hops = Vec::new();
-        for entry in text.split(',') {
-            hops.push(parse_ip(entry.trim_matches([' ', '\t'])).ok_or(SkipReason::InvalidIp)?);
-        }
-        let untrusted = hops
-            .iter()
-            .rev()
-            .find(|ip| !self.trusted.iter().any(|net| net.contains(**ip)));
-        Ok(*untrusted.unwrap_or(&hops[0]))
-    }
-}
-
-impl From<&str> for ClientField {
-    fn from(path: &str) -> Self {
-        ClientField::new(path, Vec::new())
-    }
-}
-
-impl From<&ClientField> for ClientField {
-    fn from(field: &ClientField) -> Self {
-        field.clone()
-    }
-}
 
 /// The fast, non-allocating line parser. One per counting thread (and one
 /// for `ipstats count`).
@@ -107,6 +58,13 @@ impl Parser {
         }
         if std::str::from_utf8(line).is_err() {
             self.repaired += 1;
+        }
+        if self.field.format == Format::Clf {
+            let host = clf::parse(line)?.host;
+            return match std::str::from_utf8(host) {
+                Ok(text) => self.field.client(text),
+                Err(_) => Err(SkipReason::InvalidIp),
+            };
         }
         let mut scanner = Scanner {
             bytes: line,
@@ -179,6 +137,10 @@ pub fn parse_reference(
     let field = field.into();
     if line.len() > max_line_bytes {
         return Err(SkipReason::TooLarge);
+    }
+    if field.format == Format::Clf {
+        let host = String::from_utf8_lossy(clf::parse(line)?.host).into_owned();
+        return field.client(&host);
     }
     let text = String::from_utf8_lossy(line);
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|_| SkipReason::NotJson)?;
@@ -584,6 +546,7 @@ fn hex_unit(chars: &mut std::str::Chars<'_>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::{Network, parse_ip};
     use proptest::prelude::*;
 
     const FIELD: &str = "client_real_ip";

@@ -49,7 +49,7 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     check_ip_field(&args.ip_field)?;
     let trusted = parse_networks("--trusted-proxies", args.trusted_proxies.as_deref())?;
     let mut parser = Parser::new(
-        ClientField::new(&args.ip_field, trusted),
+        ClientField::new(&args.ip_field, trusted).with_format(args.format),
         args.max_line_bytes,
     );
     let counted = if args.file.as_os_str() == "-" {

@@ -13,6 +13,8 @@ pub enum SkipReason {
     MissingField,
     /// The IP field is not a string holding an IPv4 or IPv6 address.
     InvalidIp,
+    /// The line does not have the structure of `--format` (CLF).
+    BadFormat,
 }
 
 impl SkipReason {
@@ -23,6 +25,7 @@ impl SkipReason {
         SkipReason::NotJson,
         SkipReason::MissingField,
         SkipReason::InvalidIp,
+        SkipReason::BadFormat,
     ];
 
     /// The label value used in metrics and the API.
@@ -32,6 +35,7 @@ impl SkipReason {
             SkipReason::NotJson => "not_json",
             SkipReason::MissingField => "missing_field",
             SkipReason::InvalidIp => "invalid_ip",
+            SkipReason::BadFormat => "bad_format",
         }
     }
 
@@ -47,7 +51,7 @@ impl fmt::Display for SkipReason {
 }
 
 /// How many skip reasons there are.
-pub const SKIP_REASONS: usize = 4;
+pub const SKIP_REASONS: usize = 5;
 
 /// Skipped lines counted per reason; indexable without hashing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,7 +86,7 @@ impl SkipCounts {
     /// any more (such lines are read repaired); its lines were not readable
     /// as JSON then, and count as `not_json`.
     pub fn from_format_1(c: [u64; 5]) -> Self {
-        SkipCounts([c[0], c[1] + c[2], c[3], c[4]])
+        SkipCounts([c[0], c[1] + c[2], c[3], c[4], 0])
     }
 
     /// The count of the reason named `name`, if it is one.

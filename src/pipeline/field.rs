@@ -1,0 +1,65 @@
+//! Where the client address is in a record: the format, the JSON path, and
+//! the proxies to look past in an X-Forwarded-For list.
+
+use crate::config::Format;
+use crate::vocab::{IpKey, Network, SkipReason, parse_ip};
+
+/// Where the client address is: a dotted path into nested objects
+/// (`client_real_ip`, `source.ip`), and the proxies to look past when the
+/// value is an X-Forwarded-For list.
+#[derive(Clone, Debug)]
+pub struct ClientField {
+    pub(super) format: Format,
+    pub(super) path: Box<[Box<str>]>,
+    trusted: Box<[Network]>,
+}
+
+impl ClientField {
+    pub fn new(path: &str, trusted: Vec<Network>) -> Self {
+        ClientField {
+            format: Format::Json,
+            path: path.split('.').map(Box::from).collect(),
+            trusted: trusted.into(),
+        }
+    }
+
+    /// Records read as `format` (the path applies to JSON only).
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The client of the field's text: one address, or the right-most
+    /// address of a comma-separated list that is not a trusted proxy (all
+    /// trusted: the left-most). `-` and empty are `missing_field` (nginx's
+    /// empty variable); any malformed entry makes the line `invalid_ip`.
+    pub(super) fn client(&self, text: &str) -> Result<IpKey, SkipReason> {
+        if text.is_empty() || text == "-" {
+            return Err(SkipReason::MissingField);
+        }
+        if !text.contains(',') {
+            return parse_ip(text).ok_or(SkipReason::InvalidIp);
+        }
+        let mut hops = Vec::new();
+        for entry in text.split(',') {
+            hops.push(parse_ip(entry.trim_matches([' ', '\t'])).ok_or(SkipReason::InvalidIp)?);
+        }
+        let untrusted = hops
+            .iter()
+            .rev()
+            .find(|ip| !self.trusted.iter().any(|net| net.contains(**ip)));
+        Ok(*untrusted.unwrap_or(&hops[0]))
+    }
+}
+
+impl From<&str> for ClientField {
+    fn from(path: &str) -> Self {
+        ClientField::new(path, Vec::new())
+    }
+}
+
+impl From<&ClientField> for ClientField {
+    fn from(field: &ClientField) -> Self {
+        field.clone()
+    }
+}
