@@ -136,6 +136,8 @@ fn values_that_parse_but_make_no_sense_exit_64() {
             "--time-rate",
         ),
         (&["--ip-field", "source..ip"], "--ip-field"),
+        (&["--envelope", ""], "--envelope"),
+        (&["count", "--envelope", "a.", "-"], "--envelope"),
         (&["--trusted-proxies", "10.0.0.1/8"], "--trusted-proxies"),
         (
             &["count", "--trusted-proxies", "proxy", "-"],

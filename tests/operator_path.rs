@@ -415,10 +415,9 @@ fn produce_with_a_seed_and_a_start_time_writes_the_same_bytes() {
     assert_ne!(first, later, "another start: other times");
 }
 
-#[test]
-fn serve_counts_combined_log_format_lines_from_kafka() {
-    let Some(cluster) = cluster() else { return };
-    let topic = unique("clf");
+/// `lines` into a new one-partition topic, with Kafka's and kcat's tools.
+fn into_topic(cluster: &common::Cluster, lines: &[Vec<u8>]) -> String {
+    let topic = unique("lines");
     common::cluster_tool(&[
         "kafka-topics",
         "--bootstrap-server",
@@ -429,21 +428,6 @@ fn serve_counts_combined_log_format_lines_from_kafka() {
         "--partitions",
         "1",
     ]);
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    for i in 0..300u32 {
-        let client = if i % 3 == 0 {
-            "2001:db8::7".to_string()
-        } else {
-            format!("203.0.113.{}", i % 7)
-        };
-        lines.push(
-            format!(
-                "{client} - - [24/Nov/2026:06:35:13 +0000] \"GET /{i}\\x22 HTTP/1.1\" 200 612 \"-\" \"agent \u{e9}\""
-            )
-            .into_bytes(),
-        );
-    }
-    lines.push(b"not a log line".to_vec());
     let mut kcat = std::process::Command::new("kcat")
         .args(["-P", "-b", &cluster.brokers, "-t", &topic, "-p", "0"])
         .stdin(std::process::Stdio::piped())
@@ -452,7 +436,7 @@ fn serve_counts_combined_log_format_lines_from_kafka() {
     {
         use std::io::Write;
         let stdin = kcat.stdin.as_mut().expect("stdin");
-        for line in &lines {
+        for line in lines {
             stdin
                 .write_all(line)
                 .and_then(|()| stdin.write_all(b"\n"))
@@ -460,19 +444,52 @@ fn serve_counts_combined_log_format_lines_from_kafka() {
         }
     }
     assert!(kcat.wait().expect("kcat").success());
-    let checkpoint = std::env::temp_dir().join(unique("ckpt"));
-    let mut svc = Service::on_cluster(
-        &cluster,
-        None,
-        &topic,
-        &unique("group"),
-        &checkpoint,
-        &["--format", "clf"],
-    );
-    svc.wait_ready(WAIT);
-    wait_all_counted(svc.addr, lines.len() as u64, WAIT);
-    let counts = window_counts(svc.addr);
-    assert_eq!(counts.get("2001:db8::7"), Some(&100));
-    assert_eq!(counts.values().sum::<u64>(), 300);
-    assert_eq!(common::skipped_counts(svc.addr).get("bad_format"), Some(&1));
+    topic
+}
+
+#[test]
+fn serve_counts_combined_log_format_lines_bare_and_in_a_shipper_envelope() {
+    let Some(cluster) = cluster() else { return };
+    let clf: Vec<String> = (0..300u32)
+        .map(|i| {
+            let client = if i % 3 == 0 {
+                "2001:db8::7".to_string()
+            } else {
+                format!("203.0.113.{}", i % 7)
+            };
+            format!(
+                "{client} - - [24/Nov/2026:06:35:13 +0000] \"GET /{i}\\x22 HTTP/1.1\" 200 612 \"-\" \"agent \u{e9} \\\"q\\\"\""
+            )
+        })
+        .chain(["not a log line".to_string()])
+        .collect();
+    // Filebeat/Vector wrap each line in a JSON envelope.
+    let wrapped: Vec<Vec<u8>> = clf
+        .iter()
+        .map(|l| {
+            serde_json::json!({"@timestamp": "2026-11-24T06:35:13Z", "message": l})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let bare: Vec<Vec<u8>> = clf.iter().map(|l| l.clone().into_bytes()).collect();
+    for (lines, extra) in [
+        (bare, &["--format", "clf"][..]),
+        (wrapped, &["--format", "clf", "--envelope", "message"]),
+    ] {
+        let topic = into_topic(&cluster, &lines);
+        let checkpoint = std::env::temp_dir().join(unique("ckpt"));
+        let mut svc =
+            Service::on_cluster(&cluster, None, &topic, &unique("group"), &checkpoint, extra);
+        svc.wait_ready(WAIT);
+        wait_all_counted(svc.addr, lines.len() as u64, WAIT);
+        let counts = window_counts(svc.addr);
+        assert_eq!(counts.get("2001:db8::7"), Some(&100), "{extra:?}");
+        assert_eq!(counts.values().sum::<u64>(), 300, "{extra:?}");
+        assert_eq!(
+            common::skipped_counts(svc.addr).get("bad_format"),
+            Some(&1),
+            "{extra:?}"
+        );
+    }
 }

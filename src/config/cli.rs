@@ -150,6 +150,10 @@ pub struct ServeArgs {
     /// the client is the first field).
     #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]
     pub format: Format,
+    /// Records are JSON envelopes whose string field at this (dotted) path holds the raw
+    /// line, read with --format: message (Filebeat, Vector), log (Fluent Bit, Docker).
+    #[arg(long, env = "IPSTATS_ENVELOPE", value_name = "FIELD")]
+    pub envelope: Option<String>,
     /// JSON field holding the client IP: a dotted path into nested objects
     /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(
@@ -340,6 +344,10 @@ pub struct CountArgs {
     /// the client is the first field).
     #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]
     pub format: Format,
+    /// Records are JSON envelopes whose string field at this (dotted) path holds the raw
+    /// line, read with --format: message (Filebeat, Vector), log (Fluent Bit, Docker).
+    #[arg(long, env = "IPSTATS_ENVELOPE", value_name = "FIELD")]
+    pub envelope: Option<String>,
     /// JSON field holding the client IP: a dotted path into nested objects
     /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
     #[arg(

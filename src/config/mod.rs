@@ -66,6 +66,8 @@ pub struct Settings {
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
     pub format: Format,
+    /// The envelope field holding the raw line, if records are wrapped.
+    pub envelope: Option<String>,
     pub ip_field: String,
     /// Proxies looked past in an X-Forwarded-For list.
     pub trusted_proxies: Vec<Network>,
@@ -209,7 +211,10 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
-        check_ip_field(&a.ip_field)?;
+        check_ip_field("--ip-field", &a.ip_field)?;
+        if let Some(envelope) = &a.envelope {
+            check_ip_field("--envelope", envelope)?;
+        }
         let trusted_proxies = parse_networks("--trusted-proxies", a.trusted_proxies.as_deref())?;
         if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
             return Err(invalid(
@@ -310,6 +315,7 @@ impl TryFrom<ServeArgs> for Settings {
             offset_reset: a.offset_reset,
             listen: a.listen,
             format: a.format,
+            envelope: a.envelope,
             ip_field: a.ip_field,
             trusted_proxies,
             kafka_config,
@@ -423,14 +429,14 @@ pub fn check_legacy_repeats(matches: &clap::ArgMatches) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// `--ip-field`: a dotted path of non-empty names.
-pub fn check_ip_field(path: &str) -> Result<(), ConfigError> {
+/// `--ip-field`, `--envelope`: a dotted path of non-empty names.
+pub fn check_ip_field(setting: &'static str, path: &str) -> Result<(), ConfigError> {
     if path.is_empty() {
-        return Err(invalid("--ip-field", "must not be empty"));
+        return Err(invalid(setting, "must not be empty"));
     }
     if path.split('.').any(str::is_empty) {
         return Err(invalid(
-            "--ip-field",
+            setting,
             format!("{path:?} has an empty name: a dotted path is name(.name)* (source.ip)"),
         ));
     }

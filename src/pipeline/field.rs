@@ -11,6 +11,8 @@ use crate::vocab::{IpKey, Network, SkipReason, parse_ip};
 pub struct ClientField {
     pub(super) format: Format,
     pub(super) path: Box<[Box<str>]>,
+    /// The path of the envelope's string field holding the raw line.
+    pub(super) envelope: Option<Box<[Box<str>]>>,
     trusted: Box<[Network]>,
 }
 
@@ -19,8 +21,17 @@ impl ClientField {
         ClientField {
             format: Format::Json,
             path: path.split('.').map(Box::from).collect(),
+            envelope: None,
             trusted: trusted.into(),
         }
+    }
+
+    /// Records are JSON envelopes whose string field at `path` (dotted)
+    /// holds the raw line, read with the format (Filebeat/Vector `message`,
+    /// Fluent Bit/Docker `log`).
+    pub fn with_envelope(mut self, path: Option<&str>) -> Self {
+        self.envelope = path.map(|p| p.split('.').map(Box::from).collect());
+        self
     }
 
     /// Records read as `format` (the path applies to JSON only).

@@ -21,5 +21,6 @@ pub mod counts;
 pub mod field;
 pub mod ingest;
 pub mod parse;
+pub mod reference;
 pub mod snapshot;
 pub mod window;

@@ -16,6 +16,7 @@
 
 use super::clf;
 pub use super::field::ClientField;
+pub use super::reference::parse_reference;
 use crate::config::Format;
 use crate::vocab::{IpKey, SkipReason};
 
@@ -32,6 +33,8 @@ pub struct Parser {
     field: ClientField,
     max_line_bytes: usize,
     scratch: String,
+    /// An envelope's decoded line.
+    inner: String,
     repaired: u64,
 }
 
@@ -41,6 +44,7 @@ impl Parser {
             field: field.into(),
             max_line_bytes,
             scratch: String::new(),
+            inner: String::new(),
             repaired: 0,
         }
     }
@@ -59,37 +63,74 @@ impl Parser {
         if std::str::from_utf8(line).is_err() {
             self.repaired += 1;
         }
-        if self.field.format == Format::Clf {
-            let host = clf::parse(line)?.host;
-            return match std::str::from_utf8(host) {
-                Ok(text) => self.field.client(text),
-                Err(_) => Err(SkipReason::InvalidIp),
-            };
-        }
-        let mut scanner = Scanner {
-            bytes: line,
-            pos: 0,
+        let Some(envelope) = &self.field.envelope else {
+            return record_client(&self.field, &mut self.scratch, line);
         };
-        let found = scanner
-            .top_level(&self.field.path, &mut self.scratch)
-            .map_err(|Invalid| SkipReason::NotJson)?;
-        let ip_bytes = match found {
+        // The envelope is JSON; its string field holds the line, escapes
+        // decoded before the inner read.
+        let inner = match json_field(line, envelope, &mut self.scratch)? {
             None => return Err(SkipReason::MissingField),
-            Some(FieldValue::NotString) => return Err(SkipReason::InvalidIp),
+            Some(FieldValue::NotString) => return Err(SkipReason::BadFormat),
             Some(FieldValue::Plain { start, end }) => &line[start..end],
             Some(FieldValue::Escaped { start, end }) => {
-                decode_string(&line[start..end], &mut self.scratch);
-                self.scratch.as_bytes()
+                decode_string(&line[start..end], &mut self.inner);
+                self.inner.as_bytes()
             }
         };
-        match dotted_quad(ip_bytes) {
-            Some(v4) => Ok(IpKey::from_v4_bits(v4)),
-            // Bytes that are not UTF-8 would read as U+FFFD: not an address.
-            None => match std::str::from_utf8(ip_bytes) {
-                Ok(text) => self.field.client(text),
-                Err(_) => Err(SkipReason::InvalidIp),
-            },
+        record_client(&self.field, &mut self.scratch, strip_newline(inner))
+    }
+}
+
+/// Shippers keep the line's own newline (Docker's json-file, Fluent Bit).
+pub(super) fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The value at `path` of a JSON line, validating the whole line.
+fn json_field(
+    line: &[u8],
+    path: &[Box<str>],
+    scratch: &mut String,
+) -> Result<Option<FieldValue>, SkipReason> {
+    let mut scanner = Scanner {
+        bytes: line,
+        pos: 0,
+    };
+    scanner
+        .top_level(path, scratch)
+        .map_err(|Invalid| SkipReason::NotJson)
+}
+
+/// The client of one record in `field`'s format.
+fn record_client(
+    field: &ClientField,
+    scratch: &mut String,
+    line: &[u8],
+) -> Result<IpKey, SkipReason> {
+    if field.format == Format::Clf {
+        let host = clf::parse(line)?.host;
+        return match std::str::from_utf8(host) {
+            Ok(text) => field.client(text),
+            Err(_) => Err(SkipReason::InvalidIp),
+        };
+    }
+    let ip_bytes = match json_field(line, &field.path, scratch)? {
+        None => return Err(SkipReason::MissingField),
+        Some(FieldValue::NotString) => return Err(SkipReason::InvalidIp),
+        Some(FieldValue::Plain { start, end }) => &line[start..end],
+        Some(FieldValue::Escaped { start, end }) => {
+            decode_string(&line[start..end], scratch);
+            scratch.as_bytes()
         }
+    };
+    match dotted_quad(ip_bytes) {
+        Some(v4) => Ok(IpKey::from_v4_bits(v4)),
+        // Bytes that are not UTF-8 would read as U+FFFD: not an address.
+        None => match std::str::from_utf8(ip_bytes) {
+            Ok(text) => field.client(text),
+            Err(_) => Err(SkipReason::InvalidIp),
+        },
     }
 }
 
@@ -124,39 +165,6 @@ fn dotted_quad(text: &[u8]) -> Option<u32> {
             (1..=3, Some(b'.')) => rest = &rest[1..],
             _ => return None,
         }
-    }
-}
-
-/// The definition the fast path must agree with: a full `serde_json` parse of
-/// the line with invalid UTF-8 replaced by U+FFFD.
-pub fn parse_reference(
-    line: &[u8],
-    field: impl Into<ClientField>,
-    max_line_bytes: usize,
-) -> Result<IpKey, SkipReason> {
-    let field = field.into();
-    if line.len() > max_line_bytes {
-        return Err(SkipReason::TooLarge);
-    }
-    if field.format == Format::Clf {
-        let host = String::from_utf8_lossy(clf::parse(line)?.host).into_owned();
-        return field.client(&host);
-    }
-    let text = String::from_utf8_lossy(line);
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|_| SkipReason::NotJson)?;
-    if !value.is_object() {
-        return Err(SkipReason::NotJson);
-    }
-    let mut at = &value;
-    for segment in &field.path {
-        at = at
-            .as_object()
-            .and_then(|o| o.get(&**segment))
-            .ok_or(SkipReason::MissingField)?;
-    }
-    match at {
-        serde_json::Value::String(s) => field.client(s),
-        _ => Err(SkipReason::InvalidIp),
     }
 }
 
@@ -711,6 +719,39 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_holds_the_raw_line_in_either_format() {
+        let clf = ClientField::from(FIELD)
+            .with_format(Format::Clf)
+            .with_envelope(Some("message"));
+        let json = ClientField::from(FIELD).with_envelope(Some("log"));
+        let cases: [(&ClientField, &[u8], Result<IpKey, SkipReason>); 7] = [
+            // Filebeat/Vector shipping nginx's default combined log.
+            (&clf, br#"{"@timestamp":"2026-11-24T06:35:13Z","message":"203.0.113.7 - - [24/Nov/2026:06:35:13 +0000] \"GET /\\x22 HTTP/1.1\" 200 612 \"-\" \"caf\u00e9 \\\\ \\\"q\\\"\""}"#, Ok(ip("203.0.113.7"))),
+            // Docker json-file / Fluent Bit: escaped JSON with its newline.
+            (&json, br#"{"log":"{\"client_real_ip\":\"2001:db8::7\",\"ua\":\"\u00e9\"}\n","stream":"stdout"}"#, Ok(ip("2001:db8::7"))),
+            (&json, br#"{"log":"{\"client_real_ip\":\"2001:db8::7\"}"}"#, Ok(ip("2001:db8::7"))),
+            (&json, br#"{"stream":"stdout"}"#, Err(SkipReason::MissingField)),
+            (&json, br#"{"log":{"client_real_ip":"10.0.0.1"}}"#, Err(SkipReason::BadFormat)),
+            (&json, br#"{"log":"not json\n"}"#, Err(SkipReason::NotJson)),
+            (&clf, br#"{"message":"not a log line"}"#, Err(SkipReason::BadFormat)),
+        ];
+        for (field, line, expected) in cases {
+            assert_eq!(
+                Parser::new(field, MAX).parse(line),
+                expected,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+            assert_eq!(
+                parse_reference(line, field, MAX),
+                expected,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
     fn invalid_json_is_never_counted_even_with_a_good_address() {
         for line in [
             r#"{"client_real_ip":"1.2.3.4""#,
@@ -893,6 +934,26 @@ mod tests {
             // A dotted path, and X-Forwarded-For lists behind a trusted proxy.
             let field = ClientField::new("client.ip", vec![Network::parse("10.0.0.0/8").expect("net")]);
             prop_assert_eq!(Parser::new(&field, MAX).parse(&line), parse_reference(&line, &field, MAX));
+        }
+
+        #[test]
+        fn envelopes_agree_with_the_reference(
+            inner in valid_object(),
+            newline in any::<bool>(),
+            cut in any::<usize>(),
+            insert in any::<u8>(),
+        ) {
+            // The inner line as a shipper writes it: a JSON string.
+            let text = if newline { format!("{inner}\n") } else { inner };
+            let line = format!(r#"{{"stream":"stdout","log":{}}}"#, serde_json::Value::String(text)).into_bytes();
+            let field = ClientField::from(FIELD).with_envelope(Some("log"));
+            let reference = parse_reference(&line, &field, MAX);
+            prop_assert_eq!(Parser::new(&field, MAX).parse(&line), reference);
+            prop_assert_ne!(reference, Err(SkipReason::NotJson));
+            let mut mutated = line.clone();
+            let at = cut % mutated.len();
+            mutated[at] = insert;
+            prop_assert_eq!(Parser::new(&field, MAX).parse(&mutated), parse_reference(&mutated, &field, MAX));
         }
 
         #[test]

@@ -46,10 +46,15 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         .into());
     }
     let started = SystemTime::now();
-    check_ip_field(&args.ip_field)?;
+    check_ip_field("--ip-field", &args.ip_field)?;
+    if let Some(envelope) = &args.envelope {
+        check_ip_field("--envelope", envelope)?;
+    }
     let trusted = parse_networks("--trusted-proxies", args.trusted_proxies.as_deref())?;
     let mut parser = Parser::new(
-        ClientField::new(&args.ip_field, trusted).with_format(args.format),
+        ClientField::new(&args.ip_field, trusted)
+            .with_format(args.format)
+            .with_envelope(args.envelope.as_deref()),
         args.max_line_bytes,
     );
     let counted = if args.file.as_os_str() == "-" {
