@@ -466,6 +466,15 @@ fn count_reads_common_and_combined_log_format() {
         log.push(b'\n');
     }
     std::fs::write(&path, log).expect("write log");
+    // Read as JSON, the same file is mostly text: the hint names the flag.
+    let as_json = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .arg("count")
+        .arg(&path)
+        .output()
+        .expect("run ipstats count");
+    let stderr = String::from_utf8_lossy(&as_json.stderr);
+    assert!(stderr.contains("run with --format clf"), "{stderr}");
+    assert_eq!(stderr.matches("--format clf").count(), 1, "once: {stderr}");
     let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
         .args(["count", "--format", "clf"])
         .arg(&path)
@@ -483,6 +492,7 @@ fn count_reads_common_and_combined_log_format() {
         "invalid_ip 1",
         "bad_format 1",
         "1 lines held invalid UTF-8",
+        "lines are JSON objects: run with --format json",
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }

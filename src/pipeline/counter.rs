@@ -125,6 +125,9 @@ impl Counter {
                     match work {
                         Work::Lines(mut chunk) => {
                             count_chunk(&mut parser, &chunk, &mut open);
+                            for hint in parser.take_new_hints() {
+                                tracing::warn!("{}", hint.advice());
+                            }
                             chunk.clear();
                             // A full free list drops the chunk: it is only a cache.
                             let _ = free_tx.try_send(chunk);

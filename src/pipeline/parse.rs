@@ -16,6 +16,7 @@
 
 use super::clf;
 pub use super::field::ClientField;
+pub use super::hint::Hint;
 pub use super::reference::parse_reference;
 use crate::config::Format;
 use crate::vocab::{IpKey, SkipReason};
@@ -36,6 +37,9 @@ pub struct Parser {
     /// An envelope's decoded line.
     inner: String,
     repaired: u64,
+    /// Hints seen, and hints already handed out (bit sets of [`Hint`]).
+    hints_seen: u8,
+    hints_given: u8,
 }
 
 impl Parser {
@@ -46,7 +50,32 @@ impl Parser {
             scratch: String::new(),
             inner: String::new(),
             repaired: 0,
+            hints_seen: 0,
+            hints_given: 0,
         }
+    }
+
+    /// Hints seen since the last call and never handed out before: each
+    /// misconfiguration is reported once.
+    pub fn take_new_hints(&mut self) -> impl Iterator<Item = Hint> + use<> {
+        let new = self.hints_seen & !self.hints_given;
+        self.hints_given |= new;
+        Hint::ALL.into_iter().filter(move |h| new & h.bit() != 0)
+    }
+
+    /// Why a skipped line was skipped may point to a setting: noted for
+    /// [`Parser::take_new_hints`]. Only skipped lines pay for the look.
+    #[cold]
+    fn note_hint(&mut self, line: &[u8], reason: SkipReason) {
+        let hint = match (self.field.format, reason) {
+            (Format::Json, SkipReason::NotJson) if line.windows(4).any(|w| w == b"\\x22") => {
+                Hint::NginxDefaultEscaping
+            }
+            (Format::Json, SkipReason::NotJson) if clf::parse(line).is_ok() => Hint::ClfAsJson,
+            (Format::Clf, SkipReason::BadFormat) if line.first() == Some(&b'{') => Hint::JsonAsClf,
+            _ => return,
+        };
+        self.hints_seen |= hint.bit();
     }
 
     /// Lines read so far that were not valid UTF-8 (read as if repaired),
@@ -64,7 +93,11 @@ impl Parser {
             self.repaired += 1;
         }
         let Some(envelope) = &self.field.envelope else {
-            return record_client(&self.field, &mut self.scratch, line);
+            let client = record_client(&self.field, &mut self.scratch, line);
+            if let Err(reason @ (SkipReason::NotJson | SkipReason::BadFormat)) = client {
+                self.note_hint(line, reason);
+            }
+            return client;
         };
         // The envelope is JSON; its string field holds the line, escapes
         // decoded before the inner read.
@@ -749,6 +782,33 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn misconfigurations_are_hinted_once_each() {
+        let mut json = Parser::new(FIELD, MAX);
+        let nginx_default = br#"{"client_real_ip":"10.0.0.1","request":"GET /\x22 HTTP/1.1"}"#;
+        let combined =
+            br#"10.0.0.1 - - [24/Nov/2026:06:35:13 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#;
+        for _ in 0..3 {
+            assert_eq!(json.parse(nginx_default), Err(SkipReason::NotJson));
+            assert_eq!(json.parse(combined), Err(SkipReason::NotJson));
+            assert_eq!(json.parse(b"plain garbage"), Err(SkipReason::NotJson));
+        }
+        let hints: Vec<Hint> = json.take_new_hints().collect();
+        assert_eq!(hints, [Hint::NginxDefaultEscaping, Hint::ClfAsJson]);
+        assert!(hints[0].advice().contains("escape=json"));
+        assert!(hints[1].advice().contains("--format clf"));
+        json.parse(combined).expect_err("still skipped");
+        assert_eq!(json.take_new_hints().count(), 0, "each once");
+
+        let mut clf = Parser::new(ClientField::from(FIELD).with_format(Format::Clf), MAX);
+        assert_eq!(
+            clf.parse(br#"{"client_real_ip":"10.0.0.1"}"#),
+            Err(SkipReason::BadFormat)
+        );
+        assert_eq!(clf.take_new_hints().collect::<Vec<_>>(), [Hint::JsonAsClf]);
+        assert!(Hint::JsonAsClf.advice().contains("--envelope"));
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
+    for hint in parser.take_new_hints() {
+        eprintln!("ipstats: {}", hint.advice());
+    }
     let repaired = parser.take_repaired();
     eprintln!(
         "counted {} requests from {} IPs in {:.2}s; skipped {} lines{}{}",
