@@ -212,7 +212,7 @@ impl Shape {
     pub fn of(s: &Settings) -> Self {
         Shape {
             topics: s.topics.clone(),
-            ip_field: s.ip_field.clone(),
+            ip_field: s.input.ip_field.clone(),
             batch_ms: s.batch.as_millis() as u64,
             window_ms: s.window.as_millis() as u64,
             slide_ms: s.slide.as_millis() as u64,

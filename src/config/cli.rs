@@ -146,41 +146,13 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// How records are read: json (one object per record) or clf (NCSA common/combined:
-    /// the client is the first field).
-    #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]
-    pub format: Format,
-    /// Records are JSON envelopes whose string field at this (dotted) path holds the raw
-    /// line, read with --format: message (Filebeat, Vector), log (Fluent Bit, Docker).
-    #[arg(long, env = "IPSTATS_ENVELOPE", value_name = "FIELD")]
-    pub envelope: Option<String>,
-    /// JSON field holding the client IP: a dotted path into nested objects
-    /// (source.ip). A value "a, b, c" is an X-Forwarded-For list (see --trusted-proxies).
-    #[arg(
-        long,
-        env = "IPSTATS_IP_FIELD",
-        value_name = "PATH",
-        default_value = "client_real_ip"
-    )]
-    pub ip_field: String,
-    /// Networks of your own proxies, comma-separated CIDRs (10.0.0.0/8,2001:db8::/32): in an
-    /// X-Forwarded-For list the client is the right-most address not in them (none given: the
-    /// right-most).
-    #[arg(long, env = "IPSTATS_TRUSTED_PROXIES", value_name = "CIDRS")]
-    pub trusted_proxies: Option<String>,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Extra librdkafka property (security.protocol, sasl.*, ssl.*, ...); repeatable.
     /// The environment variable IPSTATS_KAFKA_CONFIG adds more, one per line
     /// (e.g. the credentials, kept off the command line); a flag wins on the same key.
     #[arg(long, value_name = "KEY=VALUE")]
     pub kafka_config: Vec<String>,
-    /// Lines longer than this (256..=16777216) are skipped as `too_large`.
-    #[arg(
-        long,
-        env = "IPSTATS_MAX_LINE_BYTES",
-        value_name = "BYTES",
-        default_value_t = 64 * 1024
-    )]
-    pub max_line_bytes: usize,
     /// Lines per second the embedded demo generates (demo mode only; 0 = as fast as possible, at most 1000000).
     #[arg(
         long,
@@ -340,6 +312,14 @@ pub struct CountArgs {
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// How records are read and where the client is in them: the same for
+/// `serve` (and `legacy`) and `count`.
+#[derive(Debug, Clone, Args)]
+pub struct InputArgs {
     /// How records are read: json (one object per record) or clf (NCSA common/combined:
     /// the client is the first field).
     #[arg(long, env = "IPSTATS_FORMAT", value_enum, default_value = "json")]

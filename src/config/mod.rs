@@ -14,7 +14,9 @@ mod cli;
 
 mod kafka;
 
-pub use cli::{Cli, Command, CountArgs, Format, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs};
+pub use cli::{
+    Cli, Command, CountArgs, Format, InputArgs, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs,
+};
 pub use kafka::parse_kafka_config;
 
 /// Exit code for a bad setting (`EX_USAGE` from sysexits.h).
@@ -65,14 +67,8 @@ pub struct Settings {
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
-    pub format: Format,
-    /// The envelope field holding the raw line, if records are wrapped.
-    pub envelope: Option<String>,
-    pub ip_field: String,
-    /// Proxies looked past in an X-Forwarded-For list.
-    pub trusted_proxies: Vec<Network>,
+    pub input: Input,
     pub kafka_config: Vec<(String, String)>,
-    pub max_line_bytes: usize,
     pub demo_rate: u64,
     pub max_event_streams: usize,
     pub max_connections: usize,
@@ -211,17 +207,7 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
-        check_ip_field("--ip-field", &a.ip_field)?;
-        if let Some(envelope) = &a.envelope {
-            check_ip_field("--envelope", envelope)?;
-        }
-        let trusted_proxies = parse_networks("--trusted-proxies", a.trusted_proxies.as_deref())?;
-        if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
-            return Err(invalid(
-                "--max-line-bytes",
-                format!("{} is outside 256..=16777216", a.max_line_bytes),
-            ));
-        }
+        let input = Input::try_from(a.input)?;
         if a.max_rate_per_partition > 10_000_000 {
             return Err(invalid(
                 "--max-rate-per-partition",
@@ -314,12 +300,8 @@ impl TryFrom<ServeArgs> for Settings {
             max_rate_per_partition: a.max_rate_per_partition,
             offset_reset: a.offset_reset,
             listen: a.listen,
-            format: a.format,
-            envelope: a.envelope,
-            ip_field: a.ip_field,
-            trusted_proxies,
+            input,
             kafka_config,
-            max_line_bytes: a.max_line_bytes,
             demo_rate: a.demo_rate,
             max_event_streams: a.max_event_streams,
             max_connections: a.max_connections,
@@ -429,8 +411,44 @@ pub fn check_legacy_repeats(matches: &clap::ArgMatches) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// How records are read, validated ([`InputArgs`]).
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub format: Format,
+    /// The envelope field holding the raw line, if records are wrapped.
+    pub envelope: Option<String>,
+    pub ip_field: String,
+    /// Proxies looked past in an X-Forwarded-For list.
+    pub trusted_proxies: Vec<Network>,
+    pub max_line_bytes: usize,
+}
+
+impl TryFrom<InputArgs> for Input {
+    type Error = ConfigError;
+
+    fn try_from(a: InputArgs) -> Result<Self, ConfigError> {
+        check_path("--ip-field", &a.ip_field)?;
+        if let Some(envelope) = &a.envelope {
+            check_path("--envelope", envelope)?;
+        }
+        if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
+            return Err(invalid(
+                "--max-line-bytes",
+                format!("{} is outside 256..=16777216", a.max_line_bytes),
+            ));
+        }
+        Ok(Input {
+            trusted_proxies: parse_networks("--trusted-proxies", a.trusted_proxies.as_deref())?,
+            format: a.format,
+            envelope: a.envelope,
+            ip_field: a.ip_field,
+            max_line_bytes: a.max_line_bytes,
+        })
+    }
+}
+
 /// `--ip-field`, `--envelope`: a dotted path of non-empty names.
-pub fn check_ip_field(setting: &'static str, path: &str) -> Result<(), ConfigError> {
+fn check_path(setting: &'static str, path: &str) -> Result<(), ConfigError> {
     if path.is_empty() {
         return Err(invalid(setting, "must not be empty"));
     }
@@ -445,10 +463,7 @@ pub fn check_ip_field(setting: &'static str, path: &str) -> Result<(), ConfigErr
 
 /// A comma-separated list of networks (`10.0.0.0/8,2001:db8::/32`, or bare
 /// addresses); none given is an empty list.
-pub fn parse_networks(
-    setting: &'static str,
-    list: Option<&str>,
-) -> Result<Vec<Network>, ConfigError> {
+fn parse_networks(setting: &'static str, list: Option<&str>) -> Result<Vec<Network>, ConfigError> {
     let Some(list) = list else {
         return Ok(Vec::new());
     };
@@ -615,7 +630,7 @@ mod tests {
             )
         );
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.ip_field, "client_real_ip");
+        assert_eq!(s.input.ip_field, "client_real_ip");
         assert_eq!(s.offset_reset, OffsetReset::Earliest);
         assert_eq!(s.window_panes(), 60);
         assert_eq!(s.slide_batches(), 5);
@@ -674,10 +689,21 @@ mod tests {
             "source.ip",
         ])
         .expect("valid");
-        let shown: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        let shown: Vec<String> = s
+            .input
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]);
-        assert_eq!(s.ip_field, "source.ip");
-        assert!(settings(&[]).expect("defaults").trusted_proxies.is_empty());
+        assert_eq!(s.input.ip_field, "source.ip");
+        assert!(
+            settings(&[])
+                .expect("defaults")
+                .input
+                .trusted_proxies
+                .is_empty()
+        );
     }
 
     #[test]

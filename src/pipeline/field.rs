@@ -1,7 +1,7 @@
 //! Where the client address is in a record: the format, the JSON path, and
 //! the proxies to look past in an X-Forwarded-For list.
 
-use crate::config::Format;
+use crate::config::{Format, Input};
 use crate::vocab::{IpKey, Network, SkipReason, parse_ip};
 
 /// Where the client address is: a dotted path into nested objects
@@ -60,6 +60,14 @@ impl ClientField {
             .rev()
             .find(|ip| !self.trusted.iter().any(|net| net.contains(**ip)));
         Ok(*untrusted.unwrap_or(&hops[0]))
+    }
+}
+
+impl From<&Input> for ClientField {
+    fn from(input: &Input) -> Self {
+        ClientField::new(&input.ip_field, input.trusted_proxies.clone())
+            .with_format(input.format)
+            .with_envelope(input.envelope.as_deref())
     }
 }
 

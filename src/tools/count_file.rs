@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-use crate::config::{ConfigError, CountArgs, MAX_TOP_N, check_ip_field, parse_networks};
+use crate::config::{ConfigError, CountArgs, Input, MAX_TOP_N};
 use crate::http::views::{TopView, WindowView};
 use crate::pipeline::counter::Tally;
 use crate::pipeline::parse::{ClientField, Parser};
@@ -38,25 +38,9 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
         }
         .into());
     }
-    if !(256..=16 * 1024 * 1024).contains(&args.max_line_bytes) {
-        return Err(ConfigError {
-            setting: "--max-line-bytes",
-            rule: format!("{} is outside 256..=16777216", args.max_line_bytes),
-        }
-        .into());
-    }
+    let input = Input::try_from(args.input)?;
     let started = SystemTime::now();
-    check_ip_field("--ip-field", &args.ip_field)?;
-    if let Some(envelope) = &args.envelope {
-        check_ip_field("--envelope", envelope)?;
-    }
-    let trusted = parse_networks("--trusted-proxies", args.trusted_proxies.as_deref())?;
-    let mut parser = Parser::new(
-        ClientField::new(&args.ip_field, trusted)
-            .with_format(args.format)
-            .with_envelope(args.envelope.as_deref()),
-        args.max_line_bytes,
-    );
+    let mut parser = Parser::new(ClientField::from(&input), input.max_line_bytes);
     let counted = if args.file.as_os_str() == "-" {
         count_lines(io::stdin().lock(), &mut parser).context("reading standard input")?
     } else {

@@ -81,10 +81,8 @@ impl From<&Settings> for IngestConfig {
             checkpoint_batches: s.checkpoint_batches(),
             max_rate_per_partition: s.max_rate_per_partition,
             offset_reset: s.offset_reset,
-            client_field: ClientField::new(&s.ip_field, s.trusted_proxies.clone())
-                .with_format(s.format)
-                .with_envelope(s.envelope.as_deref()),
-            max_line_bytes: s.max_line_bytes,
+            client_field: ClientField::from(&s.input),
+            max_line_bytes: s.input.max_line_bytes,
             group: s.group.clone(),
         }
     }
