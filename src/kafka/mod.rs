@@ -39,7 +39,7 @@ impl ClientContext for KafkaContext {
         }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             // A consequence: the broker errors before it say why.
-            self.health.kafka_failed_summary(message, u64::MAX);
+            self.health.kafka_failed_summary(message, None);
         } else {
             self.health.kafka_failed(message);
         }

@@ -104,7 +104,7 @@ pub fn run_monitor(
                     warn!(%error, "kafka cluster unreachable; counting resumes when it answers");
                 }
                 reported = true;
-                health.kafka_failed_summary(error.to_string(), errors_before);
+                health.kafka_failed_summary(error.to_string(), Some(errors_before));
             }
         }
         if stop.wait(interval) {

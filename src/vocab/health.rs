@@ -79,11 +79,16 @@ impl Health {
         self.kafka_errors.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Kafka failed with a consequence (`error`), not a cause: recorded
-    /// only when no error was recorded since `errors_before`, or ever.
-    pub fn kafka_failed_summary(&self, error: String, errors_before: u64) {
+    /// Kafka failed with a consequence (`error`), not a cause: recorded only
+    /// when no cause was recorded since `errors_before` (a count from
+    /// [`Health::kafka_errors`]; `None`: ever).
+    pub fn kafka_failed_summary(&self, error: String, errors_before: Option<u64>) {
         self.kafka_connected.store(false, Ordering::Release);
-        if self.kafka_errors() == errors_before || self.kafka_last_error().is_none() {
+        let cause_known = match errors_before {
+            Some(before) => self.kafka_errors() != before,
+            None => self.kafka_last_error().is_some(),
+        };
+        if !cause_known {
             self.kafka_failed(error);
         }
     }
@@ -109,20 +114,20 @@ mod tests {
     #[test]
     fn a_summary_error_keeps_the_cause_reported_before_it() {
         let health = Health::new(false);
-        health.kafka_failed_summary("all brokers down".into(), 0);
+        health.kafka_failed_summary("all brokers down".into(), None);
         assert_eq!(
             health.kafka_last_error().as_deref(),
             Some("all brokers down")
         );
         let before = health.kafka_errors();
         health.kafka_failed("authentication failed".into());
-        health.kafka_failed_summary("all brokers down".into(), before);
+        health.kafka_failed_summary("all brokers down".into(), Some(before));
         assert_eq!(
             health.kafka_last_error().as_deref(),
             Some("authentication failed")
         );
         // A later round without a cause: the summary is the news.
-        health.kafka_failed_summary("metadata timeout".into(), health.kafka_errors());
+        health.kafka_failed_summary("metadata timeout".into(), Some(health.kafka_errors()));
         assert_eq!(
             health.kafka_last_error().as_deref(),
             Some("metadata timeout")

@@ -394,7 +394,7 @@ impl State {
         };
         let mut tpl = TopicPartitionList::new();
         for s in &starts {
-            tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.offset))
+            tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.started.offset))
                 .map_err(|e| assign_error(&s.topic, s.partition, e))?;
         }
         consumer
@@ -411,7 +411,7 @@ impl State {
                 );
             }
             info!(topic = %start.topic, partition = start.partition,
-                start_offset = start.offset, initial, "partition assigned");
+                start_offset = start.started.offset, initial, "partition assigned");
             self.partition_metrics.push(PartitionMetrics::new(
                 &self.links.metrics,
                 &self.config.group,

@@ -56,10 +56,8 @@ pub enum Verdict {
 pub struct Start {
     pub topic: Arc<str>,
     pub partition: i32,
-    pub offset: i64,
-    pub from: StartedFrom,
-    /// Why this store's offset won over another one's, if they disagree.
-    pub note: Option<String>,
+    /// The first offset, and where it came from.
+    pub started: Started,
     /// Set when the partition does not start at a stored offset.
     pub reset: Option<Reset>,
 }
@@ -212,9 +210,7 @@ impl Tracker {
             starts.push(Start {
                 topic: p.topic.clone(),
                 partition: p.partition,
-                offset,
-                from,
-                note,
+                started: Started { offset, from, note },
                 reset,
             });
         }
@@ -228,17 +224,13 @@ impl Tracker {
         self.partitions.push(Partition {
             topic: start.topic,
             partition: start.partition,
-            next: start.offset,
-            pane_from: start.offset,
+            next: start.started.offset,
+            pane_from: start.started.offset,
             taken: 0,
             held: None,
             last_timestamp_ms: None,
             last_reset: start.reset,
-            started: Started {
-                offset: start.offset,
-                from: start.from,
-                note: start.note,
-            },
+            started: start.started,
         });
         slot
     }
@@ -400,9 +392,11 @@ mod tests {
         tracker.add(Start {
             topic: "t".into(),
             partition: 0,
-            offset,
-            from: StartedFrom::NewPartition,
-            note: None,
+            started: Started {
+                offset,
+                from: StartedFrom::NewPartition,
+                note: None,
+            },
             reset: None,
         });
         (tracker, t0)
@@ -536,7 +530,13 @@ mod tests {
             .iter()
             .map(|s| {
                 let reset = s.reset.as_ref().map(|r| (r.reason, r.lost));
-                (&*s.topic, s.partition, s.offset, s.from, reset)
+                (
+                    &*s.topic,
+                    s.partition,
+                    s.started.offset,
+                    s.started.from,
+                    reset,
+                )
             })
             .collect();
         let group = StartedFrom::Stored(Origin::KafkaGroup);
@@ -587,7 +587,16 @@ mod tests {
             .expect("plan");
         let planned: Vec<_> = starts
             .iter()
-            .map(|s| (&*s.topic, s.partition, s.offset, s.from, s.reset.is_some()))
+            .map(|s| {
+                let started = &s.started;
+                (
+                    &*s.topic,
+                    s.partition,
+                    started.offset,
+                    started.from,
+                    s.reset.is_some(),
+                )
+            })
             .collect();
         let new = StartedFrom::NewPartition;
         assert_eq!(planned, [("t", 1, 3, new, false), ("u", 0, 0, new, false)]);
