@@ -2,6 +2,28 @@
 
 use std::process::Command;
 
+/// `ipstats count ARGS FILE` on `log`, written to a temporary file; it must
+/// succeed. The JSON printed, and standard error.
+fn count(args: &[&str], log: &[u8]) -> (serde_json::Value, String) {
+    let path = std::env::temp_dir().join(format!(
+        "ipstats-count-{}-{}.log",
+        std::process::id(),
+        log.len()
+    ));
+    std::fs::write(&path, log).expect("write log");
+    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .arg("count")
+        .args(args)
+        .arg(&path)
+        .output()
+        .expect("run ipstats count");
+    std::fs::remove_file(&path).expect("cleanup");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let top = serde_json::from_slice(&output.stdout).expect("json");
+    (top, stderr)
+}
+
 fn ipstats(args: &[&str]) -> (Option<i32>, String) {
     ipstats_env(args, &[])
 }
@@ -413,46 +435,29 @@ fn the_readme_option_tables_say_what_help_says() {
 
 #[test]
 fn count_reads_nested_fields_and_forwarded_lists_behind_trusted_proxies() {
-    let path = std::env::temp_dir().join(format!("ipstats-xff-{}.log", std::process::id()));
-    std::fs::write(
-        &path,
+    let (top, stderr) = count(
+        &["--ip-field", "source.ip", "--trusted-proxies", "10.0.0.0/8"],
         concat!(
             "{\"source\":{\"ip\":\"203.0.113.7, 10.0.0.2\"}}\n",
             "{\"source\":{\"ip\":\"198.51.100.1, 203.0.113.7, 10.9.9.9\"}}\n",
             "{\"source\":{\"ip\":\"-\"}}\n",
             "{\"source\":{\"ip\":\"unknown, 10.0.0.2\"}}\n",
             "{\"source.ip\":\"192.0.2.1\"}\n",
-        ),
-    )
-    .expect("write log");
-    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
-        .args([
-            "count",
-            "--ip-field",
-            "source.ip",
-            "--trusted-proxies",
-            "10.0.0.0/8",
-        ])
-        .arg(&path)
-        .output()
-        .expect("run ipstats count");
-    assert!(output.status.success());
-    let top: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        )
+        .as_bytes(),
+    );
     assert_eq!(
         top["top"],
         serde_json::json!([{"ip": "203.0.113.7", "count": 2}])
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("missing_field 2") && stderr.contains("invalid_ip 1"),
         "{stderr}"
     );
-    std::fs::remove_file(&path).expect("cleanup");
 }
 
 #[test]
 fn count_reads_common_and_combined_log_format() {
-    let path = std::env::temp_dir().join(format!("ipstats-clf-{}.log", std::process::id()));
     let mut log = Vec::new();
     for line in [
         &br#"203.0.113.7 - - [24/Nov/2026:06:35:13 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/8.5.0""#[..],
@@ -465,28 +470,15 @@ fn count_reads_common_and_combined_log_format() {
         log.extend_from_slice(line);
         log.push(b'\n');
     }
-    std::fs::write(&path, log).expect("write log");
     // Read as JSON, the same file is mostly text: the hint names the flag.
-    let as_json = Command::new(env!("CARGO_BIN_EXE_ipstats"))
-        .arg("count")
-        .arg(&path)
-        .output()
-        .expect("run ipstats count");
-    let stderr = String::from_utf8_lossy(&as_json.stderr);
+    let (_, stderr) = count(&[], &log);
     assert!(stderr.contains("run with --format clf"), "{stderr}");
     assert_eq!(stderr.matches("--format clf").count(), 1, "once: {stderr}");
-    let output = Command::new(env!("CARGO_BIN_EXE_ipstats"))
-        .args(["count", "--format", "clf"])
-        .arg(&path)
-        .output()
-        .expect("run ipstats count");
-    assert!(output.status.success());
-    let top: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let (top, stderr) = count(&["--format", "clf"], &log);
     assert_eq!(
         top["top"],
         serde_json::json!([{"ip": "203.0.113.7", "count": 2}, {"ip": "2001:db8::7", "count": 1}])
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
         "missing_field 1",
         "invalid_ip 1",
@@ -496,5 +488,4 @@ fn count_reads_common_and_combined_log_format() {
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
-    std::fs::remove_file(&path).expect("cleanup");
 }

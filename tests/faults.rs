@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Service, Truth, cluster, cluster_tool, get_json, http_get, log_ends, unique, wait_for,
-    window_counts,
+    Cluster, Service, Truth, cluster, cluster_tool, create_topic, get_json, http_get, log_ends,
+    unique, wait_for, window_counts,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -37,17 +37,7 @@ struct Scenario {
 impl Scenario {
     fn new(name: &str) -> Option<Scenario> {
         let cluster = cluster()?;
-        let topic = unique(name);
-        cluster_tool(&[
-            "kafka-topics",
-            "--bootstrap-server",
-            &cluster.brokers,
-            "--create",
-            "--topic",
-            &topic,
-            "--partitions",
-            "4",
-        ]);
+        let topic = create_topic(&cluster, name, 4);
         Some(Scenario {
             cluster,
             topic,

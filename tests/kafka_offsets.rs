@@ -156,33 +156,6 @@ fn kcat_lines(brokers: &str, topic: &str, partition: i32, from: i64) -> Vec<Vec<
         .collect()
 }
 
-fn kcat_produce(brokers: &str, topic: &str, partition: i32, lines: &[Vec<u8>]) {
-    use std::io::Write;
-    let mut child = Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            brokers,
-            "-t",
-            topic,
-            "-p",
-            &partition.to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kcat");
-    {
-        let stdin = child.stdin.as_mut().expect("stdin");
-        for line in lines {
-            stdin
-                .write_all(line)
-                .and_then(|()| stdin.write_all(b"\n"))
-                .expect("write");
-        }
-    }
-    assert!(child.wait().expect("kcat").success());
-}
-
 #[test]
 fn zookeeper_holds_plain_offsets_and_a_restart_counts_only_new_records() {
     let Some(s) = Setup::new("zk-offsets") else {
@@ -533,7 +506,7 @@ fn partitions_added_while_running_are_consumed_from_their_start() {
                 line
             })
             .collect();
-        kcat_produce(&s.cluster.brokers, &s.topic, partition, &lines);
+        common::kcat_produce(&s.cluster.brokers, &s.topic, partition, &lines);
         more.extend(lines);
     }
     wait_counted(

@@ -415,38 +415,6 @@ fn produce_with_a_seed_and_a_start_time_writes_the_same_bytes() {
     assert_ne!(first, later, "another start: other times");
 }
 
-/// `lines` into a new one-partition topic, with Kafka's and kcat's tools.
-fn into_topic(cluster: &common::Cluster, lines: &[Vec<u8>]) -> String {
-    let topic = unique("lines");
-    common::cluster_tool(&[
-        "kafka-topics",
-        "--bootstrap-server",
-        &cluster.brokers,
-        "--create",
-        "--topic",
-        &topic,
-        "--partitions",
-        "1",
-    ]);
-    let mut kcat = std::process::Command::new("kcat")
-        .args(["-P", "-b", &cluster.brokers, "-t", &topic, "-p", "0"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("kcat");
-    {
-        use std::io::Write;
-        let stdin = kcat.stdin.as_mut().expect("stdin");
-        for line in lines {
-            stdin
-                .write_all(line)
-                .and_then(|()| stdin.write_all(b"\n"))
-                .expect("write");
-        }
-    }
-    assert!(kcat.wait().expect("kcat").success());
-    topic
-}
-
 #[test]
 fn serve_counts_combined_log_format_lines_bare_and_in_a_shipper_envelope() {
     let Some(cluster) = cluster() else { return };
@@ -477,7 +445,8 @@ fn serve_counts_combined_log_format_lines_bare_and_in_a_shipper_envelope() {
         (bare, &["--format", "clf"][..]),
         (wrapped, &["--format", "clf", "--envelope", "message"]),
     ] {
-        let topic = into_topic(&cluster, &lines);
+        let topic = common::create_topic(&cluster, "lines", 1);
+        common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
         let checkpoint = std::env::temp_dir().join(unique("ckpt"));
         let mut svc =
             Service::on_cluster(&cluster, None, &topic, &unique("group"), &checkpoint, extra);

@@ -210,6 +210,50 @@ pub fn cluster_tool(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A new topic named after `prefix` with `partitions` partitions (the test
+/// cluster does not create topics on first use).
+pub fn create_topic(cluster: &Cluster, prefix: &str, partitions: u32) -> String {
+    let topic = unique(prefix);
+    cluster_tool(&[
+        "kafka-topics",
+        "--bootstrap-server",
+        &cluster.brokers,
+        "--create",
+        "--topic",
+        &topic,
+        "--partitions",
+        &partitions.to_string(),
+    ]);
+    topic
+}
+
+/// `lines` into one partition of `topic`, by kcat.
+pub fn kcat_produce(brokers: &str, topic: &str, partition: i32, lines: &[Vec<u8>]) {
+    let mut child = std::process::Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            brokers,
+            "-t",
+            topic,
+            "-p",
+            &partition.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kcat");
+    {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        for line in lines {
+            stdin
+                .write_all(line)
+                .and_then(|()| stdin.write_all(b"\n"))
+                .expect("write");
+        }
+    }
+    assert!(child.wait().expect("kcat").success());
+}
+
 /// `ipstats produce` into a real topic; returns the lines it wrote (ground truth).
 pub fn produce_lines(
     cluster: &Cluster,
