@@ -1,5 +1,6 @@
 //! The hot path, measured: parsing a realistic corpus (valid, escaped and
-//! malformed lines mixed), counting into a pane, and the per-slide work
+//! malformed lines mixed; JSON, and the same requests as CLF text bare and in
+//! a shipper's envelope), counting into a pane, and the per-slide work
 //! (pane push with eviction, top-N) at 10k, 100k and 1M distinct IPs.
 //!
 //! `cargo bench --bench hot_path`; numbers in BENCHMARKS.md.
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ipstats::config::{MAX_TOP_N, SORTED_TOP_N};
+use ipstats::config::{Format, MAX_TOP_N, SORTED_TOP_N};
 use ipstats::pipeline::counter::Tally;
+use ipstats::pipeline::field::ClientField;
 use ipstats::pipeline::parse::{Parser, parse_reference};
 use ipstats::pipeline::window::{IpMap, Pane, Window};
 use ipstats::tools::traffic::{Traffic, TrafficConfig};
@@ -21,12 +23,18 @@ const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
 
 fn corpus(lines: usize, ips: usize) -> Vec<Vec<u8>> {
+    corpus_in(Format::Json, lines, ips)
+}
+
+/// The same requests as `corpus`, written in `format`.
+fn corpus_in(format: Format, lines: usize, ips: usize) -> Vec<Vec<u8>> {
     let mut traffic = Traffic::new(&TrafficConfig {
         ips,
         zipf: 1.1,
         seed: 42,
         malformed_ratio: 0.02,
-    });
+    })
+    .with_format(format);
     (0..lines)
         .map(|_| {
             let mut line = Vec::with_capacity(400);
@@ -50,6 +58,46 @@ fn parse(c: &mut Criterion) {
             ok
         })
     });
+    // The same requests as nginx's default `combined` text, bare and as a
+    // shipper (Filebeat, Vector) wraps it.
+    let clf = corpus_in(Format::Clf, 10_000, 10_000);
+    let wrapped: Vec<Vec<u8>> = clf
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "@timestamp": "2026-11-24T06:35:13.000Z",
+                "message": String::from_utf8_lossy(l),
+                "log": {"file": {"path": "/var/log/nginx/access.log"}},
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    for (name, lines, field) in [
+        (
+            "clf",
+            &clf,
+            ClientField::from(FIELD).with_format(Format::Clf),
+        ),
+        (
+            "clf_in_envelope",
+            &wrapped,
+            ClientField::from(FIELD)
+                .with_format(Format::Clf)
+                .with_envelope(Some("message")),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            let mut parser = Parser::new(field.clone(), MAX);
+            b.iter(|| {
+                let mut ok = 0u32;
+                for line in lines {
+                    ok += u32::from(parser.parse(black_box(line)).is_ok());
+                }
+                ok
+            })
+        });
+    }
     group.bench_function("serde_json_reference", |b| {
         b.iter(|| {
             let mut ok = 0u32;

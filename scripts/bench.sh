@@ -11,7 +11,8 @@
 #
 # Rows: kcat (a bare librdkafka consumer: the limit), ipstats end to end
 # (whole process, fresh group and checkpoint, start until every record is
-# counted), GoAccess vs `ipstats count` on the same file, wrk on
+# counted), GoAccess vs `ipstats count` on the same file (JSON, and the same
+# requests as nginx's `combined` text), wrk on
 # /api/v1/top?n=100 during full-speed ingest, and resident memory per
 # distinct IP with about a million IPs in the window.
 set -euo pipefail
@@ -252,6 +253,21 @@ section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd "ipstats count" "$round" "$BIN" count "$DATA" -n 100
 done
 
+# The same requests as nginx's default `combined` text: GoAccess's home ground.
+CLF_TOPIC="bench-clf-$LINES"
+CLF_DATA="$OUT/lines-$LINES.clf"
+if section file && { [ "$(topic_size "$CLF_TOPIC")" != "$LINES" ] || [ ! -s "$CLF_DATA" ]; }; then
+  log "producing $LINES CLF lines into $CLF_TOPIC and $CLF_DATA"
+  scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$CLF_TOPIC" >/dev/null 2>&1 || true
+  "$BIN" produce --brokers "$BROKERS" --topic "$CLF_TOPIC" --partitions "$PARTITIONS" --count "$LINES" \
+    --rate 0 --ips 100000 --zipf 1.1 --seed 5 --malformed-ratio 0.01 --format clf --out "$CLF_DATA" >&2
+fi
+section file && for round in $(seq 1 "$ROUNDS"); do
+  time_cmd "goaccess clf" "$round" goaccess "$CLF_DATA" --log-format=COMBINED --no-global-config \
+    -o "$OUT/goaccess-clf.json"
+  time_cmd "ipstats count clf" "$round" "$BIN" count --format clf "$CLF_DATA" -n 100
+done
+
 # ---- memory per distinct IP ----------------------------------------------------------
 # memory_topic TOPIC IPS SEED: MEM_LINES lines from IPS uniformly drawn addresses.
 memory_topic() {
@@ -299,7 +315,7 @@ if section memory; then memory_row; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count"]
+NAMES = ["kcat", "ipstats", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -323,6 +339,7 @@ ratio("ipstats / kcat records/s", "ipstats", "kcat", rate, 2)
 ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
 ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
+ratio("ipstats count / GoAccess records/s on CLF (combined)", "ipstats count clf", "goaccess clf", rate, 1)
 if "ipstats" in rate and "ipstats under wrk" in rate:
     print(f"ingest slow-down under wrk: {100 * (1 - rate['ipstats under wrk'] / rate['ipstats']):.0f}%")
 if "ipstats" in rate and "ipstats with 1000 event streams" in rate:

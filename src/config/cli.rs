@@ -240,6 +240,10 @@ pub struct ProduceArgs {
     /// Share of malformed lines (0..=1: not JSON, missing field, invalid IP, binary).
     #[arg(long, value_name = "RATIO", default_value_t = 0.01)]
     pub malformed_ratio: f64,
+    /// Lines written as json (nginx `escape=json`) or clf (nginx's default `combined`); the
+    /// same seed writes the same requests in either.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
     /// Partitions for the topic if it has to be created.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub partitions: i32,

@@ -13,6 +13,9 @@ pub struct ClientField {
     pub(super) path: Box<[Box<str>]>,
     /// The path of the envelope's string field holding the raw line.
     pub(super) envelope: Option<Box<[Box<str>]>>,
+    /// A segment of either path holds U+FFFD, which a key that is not UTF-8
+    /// reads as: only then are such keys decoded to be compared.
+    pub(super) lossy_keys: bool,
     trusted: Box<[Network]>,
 }
 
@@ -22,6 +25,7 @@ impl ClientField {
             format: Format::Json,
             path: path.split('.').map(Box::from).collect(),
             envelope: None,
+            lossy_keys: path.contains(char::REPLACEMENT_CHARACTER),
             trusted: trusted.into(),
         }
     }
@@ -31,6 +35,7 @@ impl ClientField {
     /// Fluent Bit/Docker `log`).
     pub fn with_envelope(mut self, path: Option<&str>) -> Self {
         self.envelope = path.map(|p| p.split('.').map(Box::from).collect());
+        self.lossy_keys |= path.is_some_and(|p| p.contains(char::REPLACEMENT_CHARACTER));
         self
     }
 

@@ -8,7 +8,8 @@
 //!    └──► every checkpoint interval: CheckpointJob ──► checkpoint writer
 //! ```
 //!
-//! - [`parse`]: log line → client IP (fast path, held to a reference parser).
+//! - [`parse`]: log line → client IP (fast path, held to a reference parser);
+//!   [`json`] is its JSON scanner, [`clf`] its CLF reader.
 //! - [`counts`]: per-IP counters (open: hash table; closed: sorted arrays).
 //! - [`counter`]: [`counter::Tally`] (parse + count) and the counting thread.
 //! - [`window`]: panes, running totals, top-N — pure, time passed in.
@@ -21,6 +22,7 @@ pub mod counts;
 pub mod field;
 pub mod hint;
 pub mod ingest;
+pub mod json;
 pub mod parse;
 pub mod reference;
 pub mod snapshot;

@@ -226,7 +226,8 @@ fn produce_blocking(
         zipf: args.zipf,
         seed: args.seed,
         malformed_ratio: args.malformed_ratio,
-    });
+    })
+    .with_format(args.format);
     let started = Instant::now();
     let mut progress = Progress::new(args.count);
     let mut write_error = None;

@@ -1,12 +1,15 @@
-//! Realistic nginx JSON access-log lines: Zipf-distributed IPv4 and IPv6
-//! clients and a share of malformed lines. Deterministic for a given seed, so
-//! the same seed always writes the same lines.
+//! Realistic nginx access-log lines, as `escape=json` JSON or as nginx's
+//! default `combined` text: Zipf-distributed IPv4 and IPv6 clients and a
+//! share of malformed lines. Deterministic for a given seed, so the same seed
+//! always writes the same lines (and the same requests in either format).
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashSet;
+
+use crate::config::Format;
 
 /// What the generator is asked for.
 #[derive(Clone, Debug)]
@@ -96,6 +99,7 @@ pub struct Traffic {
     /// Cumulative Zipf weights, one per address.
     cdf: Vec<f64>,
     malformed_ratio: f64,
+    format: Format,
 }
 
 impl Traffic {
@@ -122,7 +126,15 @@ impl Traffic {
             addresses,
             cdf,
             malformed_ratio: config.malformed_ratio.clamp(0.0, 1.0),
+            format: Format::Json,
         }
+    }
+
+    /// Lines written in `format` (JSON by default): the same seed gives the
+    /// same requests in either.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     fn pick_address(&mut self) -> IpAddr {
@@ -136,11 +148,16 @@ impl Traffic {
     pub fn next_line(&mut self, now: SystemTime, out: &mut Vec<u8>) -> LineKind {
         let ip = self.pick_address();
         if self.rng.next_f64() < self.malformed_ratio {
+            // Malformed lines draw from a stream of their own, so the
+            // requests that follow are the same in either format.
+            let mut own = Rng::new(self.rng.next_u64());
+            std::mem::swap(&mut self.rng, &mut own);
             self.malformed(ip, now, out);
+            std::mem::swap(&mut self.rng, &mut own);
             return LineKind::Malformed;
         }
         // A few lines spell the address with JSON escapes; they must count too.
-        let ip_text = if self.rng.below(200) == 0 {
+        let ip_text = if self.rng.below(200) == 0 && self.format == Format::Json {
             ip.to_string()
                 .replace('.', "\\u002e")
                 .replace(':', "\\u003a")
@@ -165,6 +182,17 @@ impl Traffic {
         };
         let request_time = self.rng.below(2_000) as f64 / 1000.0;
         // Writing into a Vec cannot fail.
+        if self.format == Format::Clf {
+            let _ = write!(out, "{} - - [", if with_ip { ip_text } else { "-" });
+            write_time_local(now, out);
+            let _ = write!(
+                out,
+                "] \"{method} {path} HTTP/1.1\" {status} {bytes} \"{referer}\" \""
+            );
+            write_nginx_escaped(agent, out);
+            out.push(b'"');
+            return;
+        }
         let _ = write!(out, "{{\"time_local\":\"");
         write_time_local(now, out);
         if with_ip {
@@ -179,6 +207,9 @@ impl Traffic {
     }
 
     fn malformed(&mut self, ip: IpAddr, now: SystemTime, out: &mut Vec<u8>) {
+        if self.format == Format::Clf {
+            return self.malformed_clf(ip, now, out);
+        }
         match self.rng.below(5) {
             // cut off mid-line, as a crashed shipper leaves it
             0 => {
@@ -201,6 +232,41 @@ impl Traffic {
                     "{ip} - - [23/Nov/2026:19:51:07 +0000] \"GET / HTTP/1.1\" 200 512 \"-\" \"curl/8.5.0\""
                 );
             }
+        }
+    }
+}
+
+impl Traffic {
+    fn malformed_clf(&mut self, ip: IpAddr, now: SystemTime, out: &mut Vec<u8>) {
+        match self.rng.below(5) {
+            // cut off inside the date: no request, no status
+            0 => {
+                let _ = write!(out, "{ip} - - [");
+                write_time_local(now, out);
+                out.truncate(out.len() - 12);
+            }
+            1 => self.line("", now, false, out),
+            2 => {
+                let bad = ["unknown", "300.1.2.3", "10.0.0", "fe80::1%eth0"][self.rng.below(4)];
+                self.line(bad, now, true, out);
+            }
+            3 => out.extend_from_slice(b"\xff\xfe\x00\x01binary\x80garbage"),
+            // a JSON line in a CLF stream
+            _ => {
+                let _ = write!(out, "{{\"client_real_ip\":\"{ip}\",\"status\":200}}");
+            }
+        }
+    }
+}
+
+/// `bytes` as nginx writes a variable in a default (non-JSON) log format:
+/// `"`, `\\`, control bytes and bytes ≥ 0x7f as `\xHH`.
+fn write_nginx_escaped(bytes: &[u8], out: &mut Vec<u8>) {
+    for &b in bytes {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
         }
     }
 }
@@ -252,6 +318,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::field::ClientField;
     use crate::pipeline::parse::Parser;
     use crate::vocab::IpKey;
     use std::time::Duration;
@@ -276,25 +343,41 @@ mod tests {
             malformed_ratio: 0.05,
         };
         let (mut a, mut b) = (Traffic::new(&config), Traffic::new(&config));
+        let mut clf = Traffic::new(&config).with_format(Format::Clf);
         let mut parser = Parser::new("client_real_ip", 64 * 1024);
-        let (mut malformed, mut v6) = (0, 0);
+        let mut clf_parser = Parser::new(
+            ClientField::from("client_real_ip").with_format(Format::Clf),
+            64 * 1024,
+        );
+        let (mut malformed, mut v6, mut escaped) = (0, 0, 0);
         for _ in 0..5_000 {
-            let (mut la, mut lb) = (Vec::new(), Vec::new());
+            let (mut la, mut lb, mut lc) = (Vec::new(), Vec::new(), Vec::new());
             let kind = a.next_line(UNIX_EPOCH, &mut la);
             b.next_line(UNIX_EPOCH, &mut lb);
             assert_eq!(la, lb, "same seed, same line");
+            assert_eq!(
+                clf.next_line(UNIX_EPOCH, &mut lc),
+                kind,
+                "same seed, same request in CLF"
+            );
+            assert!(std::str::from_utf8(&lc).is_ok() || kind == LineKind::Malformed);
+            escaped += usize::from(lc.windows(2).any(|w| w == b"\\x"));
             match kind {
                 LineKind::Valid(ip) => {
                     assert_eq!(parser.parse(&la), Ok(IpKey::from(ip)));
+                    assert_eq!(
+                        clf_parser.parse(&lc),
+                        Ok(IpKey::from(ip)),
+                        "{}",
+                        String::from_utf8_lossy(&lc)
+                    );
                     v6 += usize::from(ip.is_ipv6());
                 }
                 LineKind::Malformed => {
                     malformed += 1;
-                    assert!(
-                        parser.parse(&la).is_err(),
-                        "{}",
-                        String::from_utf8_lossy(&la)
-                    );
+                    for (p, line) in [(&mut parser, &la), (&mut clf_parser, &lc)] {
+                        assert!(p.parse(line).is_err(), "{}", String::from_utf8_lossy(line));
+                    }
                 }
             }
         }
@@ -303,5 +386,6 @@ mod tests {
             "about 5% malformed: {malformed}"
         );
         assert!(v6 > 100, "some IPv6 clients: {v6}");
+        assert!(escaped > 20, "raw agents escaped as nginx does: {escaped}");
     }
 }
