@@ -58,6 +58,17 @@ fn parse(c: &mut Criterion) {
             ok
         })
     });
+    // Event time: the client and the time of each line.
+    group.bench_function("fast_path_with_time", |b| {
+        let mut parser = Parser::new(ClientField::from(FIELD).with_time(Some("time_local")), MAX);
+        b.iter(|| {
+            let mut ok = 0u32;
+            for line in &lines {
+                ok += u32::from(parser.parse_record(black_box(line)).is_ok());
+            }
+            ok
+        })
+    });
     // The same requests as nginx's default `combined` text, bare and as a
     // shipper (Filebeat, Vector) wraps it.
     let clf = corpus_in(Format::Clf, 10_000, 10_000);

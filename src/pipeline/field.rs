@@ -13,6 +13,9 @@ pub struct ClientField {
     pub(super) path: Box<[Box<str>]>,
     /// The path of the envelope's string field holding the raw line.
     pub(super) envelope: Option<Box<[Box<str>]>>,
+    /// Where the record's time is: a JSON path; any value means CLF's
+    /// bracketed date. `None`: the time is not read.
+    pub(super) time_path: Option<Box<[Box<str>]>>,
     /// A segment of either path holds U+FFFD, which a key that is not UTF-8
     /// reads as: only then are such keys decoded to be compared.
     pub(super) lossy_keys: bool,
@@ -25,6 +28,7 @@ impl ClientField {
             format: Format::Json,
             path: path.split('.').map(Box::from).collect(),
             envelope: None,
+            time_path: None,
             lossy_keys: path.contains(char::REPLACEMENT_CHARACTER),
             trusted: trusted.into(),
         }
@@ -37,6 +41,19 @@ impl ClientField {
         self.envelope = path.map(|p| p.split('.').map(Box::from).collect());
         self.lossy_keys |= path.is_some_and(|p| p.contains(char::REPLACEMENT_CHARACTER));
         self
+    }
+
+    /// The record's time is read too, at this dotted path (JSON; CLF reads
+    /// its bracketed date whatever the path).
+    pub fn with_time(mut self, path: Option<&str>) -> Self {
+        self.time_path = path.map(|p| p.split('.').map(Box::from).collect());
+        self.lossy_keys |= path.is_some_and(|p| p.contains(char::REPLACEMENT_CHARACTER));
+        self
+    }
+
+    /// Whether the record's time is read.
+    pub fn reads_time(&self) -> bool {
+        self.time_path.is_some()
     }
 
     /// Records read as `format` (the path applies to JSON only).

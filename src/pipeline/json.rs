@@ -16,16 +16,21 @@ const MAX_DEPTH: usize = 128;
 /// which serde_json rejects; such rare numbers are checked by serde_json itself.
 const SIMPLE_NUMBER_MAX_LEN: usize = 300;
 
-/// The value at `path` of a JSON line, validating the whole line; `ascii`
+/// Up to two dotted paths looked for in one scan (the client, the time).
+pub(super) type Paths<'p> = [Option<&'p [Box<str>]>; 2];
+/// What was found at each of the [`Paths`].
+pub(super) type Found = [Option<FieldValue>; 2];
+
+/// The values at `paths` of a JSON line, validating the whole line; `ascii`
 /// is set when the line proved to be ASCII. With `lossy_keys` (a segment of
-/// the path holds U+FFFD), keys that are not UTF-8 are decoded to compare.
-pub(super) fn json_field(
+/// a path holds U+FFFD), keys that are not UTF-8 are decoded to compare.
+pub(super) fn json_fields(
     line: &[u8],
-    path: &[Box<str>],
+    paths: Paths<'_>,
     lossy_keys: bool,
     scratch: &mut String,
     ascii: &mut bool,
-) -> Result<Option<FieldValue>, SkipReason> {
+) -> Result<Found, SkipReason> {
     let mut scanner = Scanner {
         bytes: line,
         pos: 0,
@@ -33,7 +38,7 @@ pub(super) fn json_field(
         lossy_keys,
     };
     let found = scanner
-        .top_level(path, scratch)
+        .top_level(paths, scratch)
         .map_err(|Invalid| SkipReason::NotJson)?;
     *ascii = !scanner.non_ascii;
     Ok(found)
@@ -42,18 +47,15 @@ pub(super) fn json_field(
 /// The line is not valid JSON.
 struct Invalid;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum FieldValue {
-    NotString,
+    /// A value that is not a string (number, literal, object, array) at
+    /// `text[start..end]`.
+    Other { start: usize, end: usize },
     /// String contents `text[start..end]` hold no escapes.
-    Plain {
-        start: usize,
-        end: usize,
-    },
+    Plain { start: usize, end: usize },
     /// String contents `text[start..end]` need unescaping.
-    Escaped {
-        start: usize,
-        end: usize,
-    },
+    Escaped { start: usize, end: usize },
 }
 
 struct Scanner<'a> {
@@ -67,17 +69,13 @@ struct Scanner<'a> {
 
 impl Scanner<'_> {
     /// Validates the whole line as one JSON value and returns the last
-    /// top-level occurrence of `field` (serde_json keeps the last duplicate).
-    fn top_level(
-        &mut self,
-        path: &[Box<str>],
-        scratch: &mut String,
-    ) -> Result<Option<FieldValue>, Invalid> {
+    /// occurrence of each path (serde_json keeps the last duplicate).
+    fn top_level(&mut self, paths: Paths<'_>, scratch: &mut String) -> Result<Found, Invalid> {
         self.skip_ws();
         // Anything but an object is `not_json` to the reference as well, so
         // there is no need to validate it.
         self.expect(b'{')?;
-        let found = self.object_members(1, Some((path, scratch)))?;
+        let found = self.object_members(1, paths, scratch)?;
         self.skip_ws();
         if self.pos != self.bytes.len() {
             return Err(Invalid);
@@ -104,69 +102,61 @@ impl Scanner<'_> {
         }
     }
 
-    /// After `{`: members up to and including `}`. With `wanted`, a path,
-    /// reports the value at that path under the last member named by its
-    /// first segment (serde_json keeps the last duplicate at every level).
+    /// After `{`: members up to and including `}`. Reports the value at
+    /// each of `paths` under the last member named by its first segment
+    /// (serde_json keeps the last duplicate at every level).
     fn object_members(
         &mut self,
         depth: usize,
-        mut wanted: Option<(&[Box<str>], &mut String)>,
-    ) -> Result<Option<FieldValue>, Invalid> {
+        paths: Paths<'_>,
+        scratch: &mut String,
+    ) -> Result<Found, Invalid> {
         if depth >= MAX_DEPTH {
             return Err(Invalid);
         }
-        let mut found = None;
+        let mut found: Found = [None, None];
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(None);
+            return Ok(found);
         }
+        let wanted = paths[0].is_some() || paths[1].is_some();
         loop {
             self.skip_ws();
             self.expect(b'"')?;
             let (start, end, escaped) = self.string_body()?;
-            let is_wanted = match wanted.as_mut() {
-                None => false,
-                Some((path, scratch)) => {
-                    let field: &str = &path[0];
-                    let key = &self.bytes[start..end];
-                    if escaped || (self.lossy_keys && key != field.as_bytes()) {
-                        // Escapes, or bytes that are not UTF-8 where U+FFFD
-                        // is wanted: compare what the reference compares,
-                        // the decoded key.
-                        decode_string(key, scratch);
-                        scratch.as_str() == field
-                    } else {
-                        key == field.as_bytes()
+            // Per path: the rest of it when this member leads on, or an
+            // empty rest when the member is the value itself.
+            let mut matched: Paths<'_> = [None, None];
+            if wanted {
+                let key = &self.bytes[start..end];
+                if escaped || self.lossy_keys {
+                    // Escapes, or bytes that are not UTF-8 where U+FFFD
+                    // is wanted: compare what the reference compares, the
+                    // decoded key.
+                    decode_string(key, scratch);
+                }
+                for (at, path) in matched.iter_mut().zip(paths) {
+                    if let Some(path) = path {
+                        let field = path[0].as_bytes();
+                        let hit = if escaped || self.lossy_keys {
+                            scratch.as_bytes() == field
+                        } else {
+                            key == field
+                        };
+                        if hit {
+                            *at = Some(&path[1..]);
+                        }
                     }
                 }
-            };
+            }
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
-            let nested = wanted.as_mut().filter(|(path, _)| path.len() > 1);
-            if is_wanted && let Some((path, scratch)) = nested {
-                // The path goes on: only an object holds the rest of it.
-                found = if self.peek() == Some(b'{') {
-                    self.pos += 1;
-                    self.object_members(depth + 1, Some((&path[1..], &mut **scratch)))?
-                } else {
-                    self.value(depth + 1)?;
-                    None
-                };
-            } else if is_wanted && self.peek() == Some(b'"') {
-                self.pos += 1;
-                let (start, end, escaped) = self.string_body()?;
-                found = Some(if escaped {
-                    FieldValue::Escaped { start, end }
-                } else {
-                    FieldValue::Plain { start, end }
-                });
-            } else {
+            if matched[0].is_none() && matched[1].is_none() {
                 self.value(depth + 1)?;
-                if is_wanted {
-                    found = Some(FieldValue::NotString);
-                }
+            } else {
+                self.wanted_value(depth, matched, &mut found, scratch)?;
             }
             self.skip_ws();
             match self.peek() {
@@ -178,6 +168,59 @@ impl Scanner<'_> {
                 _ => return Err(Invalid),
             }
         }
+    }
+
+    /// The value of a member some path goes through (`rest` non-empty: only
+    /// an object holds the rest of it) or ends at (`rest` empty).
+    fn wanted_value(
+        &mut self,
+        depth: usize,
+        rests: Paths<'_>,
+        found: &mut Found,
+        scratch: &mut String,
+    ) -> Result<(), Invalid> {
+        let nested = rests.map(|r| r.filter(|r| !r.is_empty()));
+        let start = self.pos;
+        let value = match self.peek() {
+            Some(b'{') if nested.iter().any(Option::is_some) => {
+                self.pos += 1;
+                let inner = self.object_members(depth + 1, nested, scratch)?;
+                for (slot, (rest, value)) in found.iter_mut().zip(nested.iter().zip(inner)) {
+                    if rest.is_some() {
+                        *slot = value;
+                    }
+                }
+                FieldValue::Other {
+                    start,
+                    end: self.pos,
+                }
+            }
+            Some(b'"') => {
+                self.pos += 1;
+                let (start, end, escaped) = self.string_body()?;
+                if escaped {
+                    FieldValue::Escaped { start, end }
+                } else {
+                    FieldValue::Plain { start, end }
+                }
+            }
+            _ => {
+                self.value(depth + 1)?;
+                FieldValue::Other {
+                    start,
+                    end: self.pos,
+                }
+            }
+        };
+        for (slot, rest) in found.iter_mut().zip(rests) {
+            match rest {
+                Some([]) => *slot = Some(value),
+                // The path goes on into something that is not an object.
+                Some(_) if !matches!(self.bytes[start], b'{') => *slot = None,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn array_elements(&mut self, depth: usize) -> Result<(), Invalid> {
@@ -214,7 +257,9 @@ impl Scanner<'_> {
             }
             b'{' => {
                 self.pos += 1;
-                self.object_members(depth, None).map(drop)
+                // No path is looked for here, so the scratch stays unused.
+                self.object_members(depth, [None, None], &mut String::new())
+                    .map(drop)
             }
             b'[' => {
                 self.pos += 1;

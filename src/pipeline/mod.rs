@@ -26,4 +26,5 @@ pub mod json;
 pub mod parse;
 pub mod reference;
 pub mod snapshot;
+pub mod time;
 pub mod window;

@@ -13,8 +13,10 @@
 use super::clf;
 pub use super::field::ClientField;
 pub use super::hint::Hint;
-use super::json::{FieldValue, decode_string, json_field};
+use super::json::{FieldValue, decode_string, json_fields};
 pub use super::reference::parse_reference;
+use super::time::TimeCache;
+pub use super::time::parse_time;
 use crate::config::Format;
 use crate::vocab::{IpKey, SkipReason};
 
@@ -24,7 +26,7 @@ use crate::vocab::{IpKey, SkipReason};
 pub struct Parser {
     field: ClientField,
     max_line_bytes: usize,
-    scratch: String,
+    scratch: Scratch,
     /// An envelope's decoded line.
     inner: String,
     repaired: u64,
@@ -33,12 +35,22 @@ pub struct Parser {
     hints_given: u8,
 }
 
+/// Buffers reused from line to line.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Decoded keys and the decoded client field.
+    text: String,
+    /// The decoded time field.
+    time: String,
+    times: TimeCache,
+}
+
 impl Parser {
     pub fn new(field: impl Into<ClientField>, max_line_bytes: usize) -> Self {
         Parser {
             field: field.into(),
             max_line_bytes,
-            scratch: String::new(),
+            scratch: Scratch::default(),
             inner: String::new(),
             repaired: 0,
             hints_seen: 0,
@@ -76,47 +88,55 @@ impl Parser {
     }
 
     /// The client IP of one log line, or why it has none.
+    #[inline]
     pub fn parse(&mut self, line: &[u8]) -> Result<IpKey, SkipReason> {
+        self.parse_record(line).map(|(ip, _)| ip)
+    }
+
+    /// The client IP of one log line and, when the field names a time
+    /// ([`ClientField::with_time`]), its time in epoch milliseconds (a line
+    /// without a readable time is `bad_time`); or why it has none.
+    pub fn parse_record(&mut self, line: &[u8]) -> Result<(IpKey, Option<i64>), SkipReason> {
         if line.len() > self.max_line_bytes {
             return Err(SkipReason::TooLarge);
         }
         // A JSON scan that saw no byte >= 0x80 proves the line ASCII; only
         // other lines pay for a UTF-8 check.
         let mut ascii = false;
-        let client = self.read(line, &mut ascii);
+        let record = self.read(line, &mut ascii);
         if !ascii && std::str::from_utf8(line).is_err() {
             self.repaired += 1;
         }
-        client
+        record
     }
 
-    fn read(&mut self, line: &[u8], ascii: &mut bool) -> Result<IpKey, SkipReason> {
+    fn read(&mut self, line: &[u8], ascii: &mut bool) -> Result<(IpKey, Option<i64>), SkipReason> {
         let Some(envelope) = &self.field.envelope else {
-            let client = record_client(&self.field, &mut self.scratch, line, ascii);
-            if let Err(reason @ (SkipReason::NotJson | SkipReason::BadFormat)) = client {
+            let record = read_record(&self.field, &mut self.scratch, line, ascii);
+            if let Err(reason @ (SkipReason::NotJson | SkipReason::BadFormat)) = record {
                 self.note_hint(line, reason);
             }
-            return client;
+            return record;
         };
         // The envelope is JSON; its string field holds the line, escapes
         // decoded before the inner read.
-        let found = json_field(
+        let [found, _] = json_fields(
             line,
-            envelope,
+            [Some(envelope), None],
             self.field.lossy_keys,
-            &mut self.scratch,
+            &mut self.scratch.text,
             ascii,
         )?;
         let inner = match found {
             None => return Err(SkipReason::MissingField),
-            Some(FieldValue::NotString) => return Err(SkipReason::BadFormat),
+            Some(FieldValue::Other { .. }) => return Err(SkipReason::BadFormat),
             Some(FieldValue::Plain { start, end }) => &line[start..end],
             Some(FieldValue::Escaped { start, end }) => {
                 decode_string(&line[start..end], &mut self.inner);
                 self.inner.as_bytes()
             }
         };
-        record_client(
+        read_record(
             &self.field,
             &mut self.scratch,
             strip_newline(inner),
@@ -131,37 +151,93 @@ pub(super) fn strip_newline(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The client of one record in `field`'s format.
-fn record_client(
+/// The client (and the time, if asked for) of one record in `field`'s format.
+fn read_record(
     field: &ClientField,
-    scratch: &mut String,
+    scratch: &mut Scratch,
     line: &[u8],
     ascii: &mut bool,
-) -> Result<IpKey, SkipReason> {
+) -> Result<(IpKey, Option<i64>), SkipReason> {
     if field.format == Format::Clf {
-        let host = clf::parse(line)?.host;
-        return match std::str::from_utf8(host) {
-            Ok(text) => field.client(text),
-            Err(_) => Err(SkipReason::InvalidIp),
+        let parsed = clf::parse(line)?;
+        let ip = match std::str::from_utf8(parsed.host) {
+            Ok(text) => field.client(text)?,
+            Err(_) => return Err(SkipReason::InvalidIp),
         };
+        let time = match field.time_path {
+            None => None,
+            Some(_) => Some(
+                scratch
+                    .times
+                    .parse(parsed.time)
+                    .ok_or(SkipReason::BadTime)?,
+            ),
+        };
+        return Ok((ip, time));
     }
-    let ip_bytes = match json_field(line, &field.path, field.lossy_keys, scratch, ascii)? {
+    let paths = [Some(&*field.path), field.time_path.as_deref()];
+    let [ip_value, time_value] =
+        json_fields(line, paths, field.lossy_keys, &mut scratch.text, ascii)?;
+    let ip_bytes = match ip_value {
         None => return Err(SkipReason::MissingField),
-        Some(FieldValue::NotString) => return Err(SkipReason::InvalidIp),
+        Some(FieldValue::Other { .. }) => return Err(SkipReason::InvalidIp),
         Some(FieldValue::Plain { start, end }) => &line[start..end],
         Some(FieldValue::Escaped { start, end }) => {
-            decode_string(&line[start..end], scratch);
-            scratch.as_bytes()
+            decode_string(&line[start..end], &mut scratch.text);
+            scratch.text.as_bytes()
         }
     };
-    match dotted_quad(ip_bytes) {
-        Some(v4) => Ok(IpKey::from_v4_bits(v4)),
+    let ip = match dotted_quad(ip_bytes) {
+        Some(v4) => IpKey::from_v4_bits(v4),
         // Bytes that are not UTF-8 would read as U+FFFD: not an address.
         None => match std::str::from_utf8(ip_bytes) {
-            Ok(text) => field.client(text),
-            Err(_) => Err(SkipReason::InvalidIp),
+            Ok(text) => field.client(text)?,
+            Err(_) => return Err(SkipReason::InvalidIp),
         },
-    }
+    };
+    let time = match field.time_path {
+        None => None,
+        Some(_) => Some(read_time(line, time_value, scratch).ok_or(SkipReason::BadTime)?),
+    };
+    Ok((ip, time))
+}
+
+/// The time at a JSON field: a string in any form [`parse_time`] reads, or
+/// a number of epoch seconds as serde_json reads it (its value printed).
+fn read_time(line: &[u8], value: Option<FieldValue>, scratch: &mut Scratch) -> Option<i64> {
+    let text = match value? {
+        FieldValue::Plain { start, end } => &line[start..end],
+        FieldValue::Escaped { start, end } => {
+            decode_string(&line[start..end], &mut scratch.time);
+            scratch.time.as_bytes()
+        }
+        FieldValue::Other { start, end } => {
+            let raw = &line[start..end];
+            if plain_seconds(raw) {
+                // Prints as written, give or take trailing zeros.
+                raw
+            } else {
+                let number: serde_json::Number =
+                    serde_json::from_str(std::str::from_utf8(raw).ok()?).ok()?;
+                scratch.time.clear();
+                scratch.time.push_str(&number.to_string());
+                scratch.time.as_bytes()
+            }
+        }
+    };
+    scratch.times.parse(text)
+}
+
+/// Digits (at most 11) and at most three decimals: a number serde_json
+/// prints with the same value as written.
+fn plain_seconds(raw: &[u8]) -> bool {
+    let (whole, fraction) = match raw.iter().position(|b| *b == b'.') {
+        Some(dot) => (&raw[..dot], &raw[dot + 1..]),
+        None => (raw, &b"0"[..]),
+    };
+    (1..=11).contains(&whole.len())
+        && (1..=3).contains(&fraction.len())
+        && whole.iter().chain(fraction).all(u8::is_ascii_digit)
 }
 
 /// The common case, an IPv4 address in canonical dotted-quad form, without
@@ -201,6 +277,7 @@ fn dotted_quad(text: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::reference::reference_record;
     use crate::vocab::{Network, parse_ip};
     use proptest::prelude::*;
 
@@ -549,6 +626,9 @@ mod tests {
             Just("\"-\"".to_string()),
             Just("\"\"".to_string()),
             Just("\"client_real\\u005fip\"".to_string()),
+            Just("\"time_local\"".to_string()),
+            Just("\"24/Nov/2026:06:35:13 +0000\"".to_string()),
+            Just("1795502113.123".to_string()),
             Just("\"1.2.3.4\"".to_string()),
             Just("\"::ffff:10.0.0.1\"".to_string()),
             Just("\"2001:db8::\\u0031\"".to_string()),
@@ -706,5 +786,107 @@ mod tests {
             let standard = text.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
             prop_assert_eq!(dotted_quad(text.as_bytes()), standard);
         }
+    }
+
+    /// Values a time field may hold: every accepted form, numbers serde_json
+    /// prints differently from their text, escapes, and garbage.
+    fn time_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#""24/Nov/2026:06:35:13 +0000""#.to_string()),
+            Just(r#""24\/Nov\/2026:06:35:13 \u002b0000""#.to_string()),
+            Just(r#""2026-11-24T06:35:13+00:00""#.to_string()),
+            Just(r#""2026-11-24T06:35:13.5Z""#.to_string()),
+            Just(r#""1795502113.123""#.to_string()),
+            Just("1795502113".to_string()),
+            Just("1795502113.120".to_string()),
+            Just("1.795502113e9".to_string()),
+            Just("1795502113.1239999999999".to_string()),
+            Just("-1795502113".to_string()),
+            Just("17955021130000".to_string()),
+            Just("null".to_string()),
+            Just("{}".to_string()),
+            Just(r#"{"time_local":"1795502113"}"#.to_string()),
+            Just(r#""-""#.to_string()),
+            (0i64..4_000_000_000, 0u32..1000).prop_map(|(s, ms)| format!("{s}.{ms:03}")),
+            (0i64..4_000_000_000).prop_map(|s| format!("\"{s}\"")),
+            "[0-9:/ .+TZ-]{0,26}".prop_map(|t| format!("\"{t}\"")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn the_time_agrees_with_the_reference(
+            line in valid_object(),
+            times in prop::collection::vec(time_value(), 0..3),
+            nested in any::<bool>(),
+            cut in any::<usize>(),
+            insert in any::<u8>(),
+        ) {
+            // The time member(s) first, sometimes twice, sometimes nested.
+            let members: String = times
+                .iter()
+                .map(|t| if nested { format!(r#""t":{{"local":{t}}},"#) } else { format!(r#""time_local":{t},"#) })
+                .collect();
+            let line = format!("{{{members}{}", &line[1..]).into_bytes();
+            let path = if nested { "t.local" } else { "time_local" };
+            let field = ClientField::from(FIELD).with_time(Some(path));
+            let mut parser = Parser::new(&field, MAX);
+            prop_assert_eq!(parser.parse_record(&line), reference_record(&line, &field, MAX));
+            let mut mutated = line.clone();
+            let at = cut % mutated.len();
+            mutated[at] = insert;
+            prop_assert_eq!(parser.parse_record(&mutated), reference_record(&mutated, &field, MAX));
+        }
+
+        #[test]
+        fn fragments_with_a_time_agree_with_the_reference(parts in prop::collection::vec(fragment(), 0..12)) {
+            let line = parts.concat();
+            let field = ClientField::from(FIELD).with_time(Some("time_local"));
+            prop_assert_eq!(
+                Parser::new(&field, MAX).parse_record(&line),
+                reference_record(&line, &field, MAX)
+            );
+        }
+    }
+
+    #[test]
+    fn clf_and_envelopes_give_the_bracketed_time() {
+        const T: i64 = 1_795_502_113_000;
+        let clf = br#"203.0.113.7 - - [24/Nov/2026:06:35:13 +0000] "GET / HTTP/1.1" 200 5 "-" "x""#;
+        let field = ClientField::from(FIELD)
+            .with_format(Format::Clf)
+            .with_time(Some("time_local"));
+        assert_eq!(
+            Parser::new(&field, MAX).parse_record(clf),
+            Ok((ip("203.0.113.7"), Some(T)))
+        );
+        let bad = br#"203.0.113.7 - - [24/Nov/2026:06:35:13] "GET / HTTP/1.1" 200 5"#;
+        assert_eq!(
+            Parser::new(&field, MAX).parse_record(bad),
+            Err(SkipReason::BadTime)
+        );
+        let wrapped = serde_json::json!({"message": String::from_utf8_lossy(clf)}).to_string();
+        let field = field.with_envelope(Some("message"));
+        assert_eq!(
+            Parser::new(&field, MAX).parse_record(wrapped.as_bytes()),
+            Ok((ip("203.0.113.7"), Some(T)))
+        );
+        // Without a time asked for, a line without one still counts.
+        assert_eq!(
+            Parser::new(FIELD, MAX).parse_record(b"{\"client_real_ip\":\"1.2.3.4\"}"),
+            Ok((ip("1.2.3.4"), None))
+        );
+        let timed = ClientField::from(FIELD).with_time(Some("time_local"));
+        assert_eq!(
+            Parser::new(&timed, MAX).parse_record(b"{\"client_real_ip\":\"1.2.3.4\"}"),
+            Err(SkipReason::BadTime)
+        );
+        // The client's errors come first.
+        assert_eq!(
+            Parser::new(&timed, MAX).parse_record(b"{\"client_real_ip\":\"x\"}"),
+            Err(SkipReason::InvalidIp)
+        );
     }
 }

@@ -6,6 +6,7 @@
 use super::clf;
 use super::field::ClientField;
 use super::parse::strip_newline;
+use super::time::parse_time;
 use crate::config::Format;
 use crate::vocab::{IpKey, SkipReason};
 
@@ -16,6 +17,17 @@ pub fn parse_reference(
     field: impl Into<ClientField>,
     max_line_bytes: usize,
 ) -> Result<IpKey, SkipReason> {
+    reference_record(line, field, max_line_bytes).map(|(ip, _)| ip)
+}
+
+/// [`parse_reference`] with the record's time, when the field names one:
+/// a string in a form [`parse_time`] reads, or a JSON number of epoch
+/// seconds (its value as serde_json prints it). Client errors come first.
+pub fn reference_record(
+    line: &[u8],
+    field: impl Into<ClientField>,
+    max_line_bytes: usize,
+) -> Result<(IpKey, Option<i64>), SkipReason> {
     let field = field.into();
     if line.len() > max_line_bytes {
         return Err(SkipReason::TooLarge);
@@ -26,16 +38,36 @@ pub fn parse_reference(
             .as_str()
             .ok_or(SkipReason::BadFormat)?;
         let bare = field.clone().with_envelope(None);
-        return parse_reference(strip_newline(inner.as_bytes()), &bare, usize::MAX);
+        return reference_record(strip_newline(inner.as_bytes()), &bare, usize::MAX);
     }
+    let wants_time = field.time_path.is_some();
     if field.format == Format::Clf {
-        let host = String::from_utf8_lossy(clf::parse(line)?.host).into_owned();
-        return field.client(&host);
+        let parsed = clf::parse(line)?;
+        let ip = field.client(&String::from_utf8_lossy(parsed.host))?;
+        if !wants_time {
+            return Ok((ip, None));
+        }
+        let time = parse_time(
+            &String::from_utf8_lossy(parsed.time)
+                .into_owned()
+                .into_bytes(),
+        );
+        return Ok((ip, Some(time.ok_or(SkipReason::BadTime)?)));
     }
-    match at_path(&json_object(line)?, &field.path)? {
-        serde_json::Value::String(s) => field.client(s),
-        _ => Err(SkipReason::InvalidIp),
-    }
+    let object = json_object(line)?;
+    let ip = match at_path(&object, &field.path)? {
+        serde_json::Value::String(s) => field.client(s)?,
+        _ => return Err(SkipReason::InvalidIp),
+    };
+    let Some(time_path) = &field.time_path else {
+        return Ok((ip, None));
+    };
+    let time = match at_path(&object, time_path) {
+        Ok(serde_json::Value::String(s)) => parse_time(s.as_bytes()),
+        Ok(serde_json::Value::Number(n)) => parse_time(n.to_string().as_bytes()),
+        _ => None,
+    };
+    Ok((ip, Some(time.ok_or(SkipReason::BadTime)?)))
 }
 
 /// The line as serde_json reads it after a lossy repair; only an object is

@@ -15,6 +15,11 @@ pub enum SkipReason {
     InvalidIp,
     /// The line does not have the structure of `--format` (CLF).
     BadFormat,
+    /// Event time: the record has no readable time at `--time-field`.
+    BadTime,
+    /// Event time: the record's time is more than `--max-future` ahead of
+    /// the wall clock.
+    FutureTime,
 }
 
 impl SkipReason {
@@ -26,6 +31,8 @@ impl SkipReason {
         SkipReason::MissingField,
         SkipReason::InvalidIp,
         SkipReason::BadFormat,
+        SkipReason::BadTime,
+        SkipReason::FutureTime,
     ];
 
     /// The label value used in metrics and the API.
@@ -36,6 +43,8 @@ impl SkipReason {
             SkipReason::MissingField => "missing_field",
             SkipReason::InvalidIp => "invalid_ip",
             SkipReason::BadFormat => "bad_format",
+            SkipReason::BadTime => "bad_time",
+            SkipReason::FutureTime => "future_time",
         }
     }
 
@@ -51,7 +60,7 @@ impl fmt::Display for SkipReason {
 }
 
 /// How many skip reasons there are.
-pub const SKIP_REASONS: usize = 5;
+pub const SKIP_REASONS: usize = 7;
 
 /// Skipped lines counted per reason; indexable without hashing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,7 +95,7 @@ impl SkipCounts {
     /// any more (such lines are read repaired); its lines were not readable
     /// as JSON then, and count as `not_json`.
     pub fn from_format_1(c: [u64; 5]) -> Self {
-        SkipCounts([c[0], c[1] + c[2], c[3], c[4], 0])
+        SkipCounts([c[0], c[1] + c[2], c[3], c[4], 0, 0, 0])
     }
 
     /// The count of the reason named `name`, if it is one.
