@@ -120,6 +120,11 @@ metrics! {
     records_lost: IntCounterVec = "ipstats_records_lost_total",
         "Records deleted by retention before they could be counted.",
         labels ["topic", "partition"];
+    records_late: IntCounterVec = "ipstats_records_late_total",
+        "Event time: records that arrived more than --lateness behind the window's end, counted here and not in a pane.",
+        labels ["topic", "partition"];
+    event_time_lag: Gauge = "ipstats_event_time_lag_seconds",
+        "Event time: the wall clock minus the window's end (NaN before the first record with a time; 0 with --time-source arrival).";
     partition_lag_seconds: GaugeVec = "ipstats_partition_lag_seconds",
         "Timestamp of the newest record in the partition minus that of the last counted record.",
         labels ["topic", "partition"];

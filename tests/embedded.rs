@@ -31,15 +31,24 @@ fn lines(count: usize, seed: u64) -> Vec<Vec<u8>> {
         })
         .collect();
     // Hostile lines: huge, escaped, and a valid-looking address in invalid JSON.
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     out.push(
         format!(
-            r#"{{"client_real_ip":"10.9.9.9","pad":"{}"}}"#,
+            r#"{{"client_real_ip":"10.9.9.9","time_local":"{now}","pad":"{}"}}"#,
             "x".repeat(70_000)
         )
         .into_bytes(),
     );
-    out.push(br#"{"client_real_ip":"10\u002e9\u002e9\u002e9"}"#.to_vec());
-    out.push(br#"{"client_real_ip":"10.9.9.9""#.to_vec());
+    out.push(
+        format!(r#"{{"client_real_ip":"10\u002e9\u002e9\u002e9","time_local":"{now}"}}"#)
+            .into_bytes(),
+    );
+    out.push(format!(r#"{{"client_real_ip":"10.9.9.9","time_local":"{now}""#).into_bytes());
+    // Event time: no readable time, and a time far ahead of the clock.
+    out.push(br#"{"client_real_ip":"10.9.9.7","time_local":"yesterday"}"#.to_vec());
+    out.push(
+        br#"{"client_real_ip":"10.9.9.8","time_local":"01/Jan/2099:00:00:00 +0000"}"#.to_vec(),
+    );
     out
 }
 
@@ -215,11 +224,19 @@ async fn rate_cap_delays_but_never_loses_or_duplicates() {
     cluster.create_topic("capped", 1, 1).expect("topic");
     let lines = lines(400, 12);
     produce(&bootstrap, "capped", 1, &lines);
-    let truth = Truth::of(lines.iter().map(|l| l.as_slice()));
-    // 100 records/s in 100 ms batches: at most 10 records per batch.
+    let truth = Truth::arrival(lines.iter().map(|l| l.as_slice()));
+    // 100 records/s in 100 ms batches: at most 10 records per batch, each
+    // batch its own pane by arrival time.
     let app = start(
         &bootstrap,
-        &["--topics", "capped", "--max-rate-per-partition", "100"],
+        &[
+            "--topics",
+            "capped",
+            "--max-rate-per-partition",
+            "100",
+            "--time-source",
+            "arrival",
+        ],
     )
     .await;
     let addr = app.local_addr();
@@ -360,7 +377,7 @@ async fn a_graceful_restart_restores_the_window_and_rewindows_without_loss() {
     let addr = app.local_addr();
     let expected = truth.counts.clone();
     tokio::task::spawn_blocking(move || {
-        wait_consumed(addr, 1503);
+        wait_consumed(addr, 1505);
         assert_eq!(window_counts(addr), expected);
     })
     .await
@@ -386,7 +403,7 @@ async fn a_graceful_restart_restores_the_window_and_rewindows_without_loss() {
                 Err(status.to_string())
             }
         });
-        wait_consumed(addr, 1503);
+        wait_consumed(addr, 1505);
         assert_eq!(
             window_counts(addr),
             truth.counts,
@@ -490,7 +507,7 @@ async fn an_unwritable_checkpoint_directory_degrades_but_never_stops_counting() 
     let panes = dir.join("panes");
     tokio::task::spawn_blocking(move || {
         produce(&bootstrap, "disk", 1, &first);
-        wait_consumed(addr, 203);
+        wait_consumed(addr, 205);
         wait_for("a checkpoint", WAIT, || {
             let age = get_json(addr, "/api/v1/status")["checkpoint"]["age_seconds"].clone();
             if age.is_number() {

@@ -291,6 +291,9 @@ impl App {
                     brokers.clone()
                 },
                 zookeeper: zookeeper.as_ref().map(ZkOptions::display),
+                time_source: settings.time.source.as_str(),
+                time_field: settings.time.parsed_field().map(str::to_string),
+                lateness: settings.time.lateness,
             }),
         };
         {

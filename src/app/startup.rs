@@ -282,6 +282,7 @@ impl Ready {
                 panes: r.panes,
                 next_seq: r.manifest.next_pane_seq,
                 counters: Counters::from(&r.manifest.counters),
+                event_end_ms: r.manifest.event_end_ms,
             }
         });
         let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);

@@ -205,6 +205,24 @@ pub struct Shape {
     pub batch_ms: u64,
     pub window_ms: u64,
     pub slide_ms: u64,
+    /// Which time put records in panes (`arrival`, `event:<field>`, `kafka`);
+    /// checkpoints written before it existed were by arrival.
+    #[serde(default = "arrival")]
+    pub time: String,
+}
+
+impl Shape {
+    /// The time settings as flags: `event --time-field time_local`.
+    fn time_flags(&self) -> String {
+        match self.time.split_once(':') {
+            Some((source, field)) => format!("{source} --time-field {field}"),
+            None => self.time.clone(),
+        }
+    }
+}
+
+fn arrival() -> String {
+    "arrival".into()
 }
 
 impl Shape {
@@ -216,17 +234,19 @@ impl Shape {
             batch_ms: s.batch.as_millis() as u64,
             window_ms: s.window.as_millis() as u64,
             slide_ms: s.slide.as_millis() as u64,
+            time: s.time.describe(),
         }
     }
 
     pub(super) fn describe(&self) -> String {
         format!(
-            "--topics {} --ip-field {} --batch {} --window {} --slide {}",
+            "--topics {} --ip-field {} --batch {} --window {} --slide {} --time-source {}",
             self.topics.join(","),
             self.ip_field,
             humantime::format_duration(Duration::from_millis(self.batch_ms)),
             humantime::format_duration(Duration::from_millis(self.window_ms)),
             humantime::format_duration(Duration::from_millis(self.slide_ms)),
+            self.time_flags(),
         )
     }
 }
@@ -250,6 +270,9 @@ pub struct Counters {
     /// Lines read with invalid UTF-8 replaced (format 2 on).
     #[serde(default)]
     pub repaired: u64,
+    /// Event time: records that arrived after their pane closed.
+    #[serde(default)]
+    pub late: u64,
 }
 
 /// Skip counts in a manifest: by reason name (format 2), or the five fixed
@@ -280,6 +303,7 @@ impl From<&snapshot::Counters> for Counters {
                     .collect(),
             ),
             repaired: c.repaired,
+            late: c.late,
         }
     }
 }
@@ -303,6 +327,7 @@ impl From<&Counters> for snapshot::Counters {
                 }
             },
             repaired: c.repaired,
+            late: c.late,
         }
     }
 }
@@ -318,6 +343,10 @@ pub struct Manifest {
     pub offsets: Vec<PartitionOffset>,
     pub next_pane_seq: u64,
     pub counters: Counters,
+    /// Event time: the window's end (epoch ms); panes starting at or after
+    /// it wait ahead of the window. Absent with arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_end_ms: Option<i64>,
 }
 
 pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {

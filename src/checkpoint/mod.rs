@@ -163,6 +163,7 @@ pub(crate) mod test_support {
             batch_ms: 1000,
             window_ms: 60_000,
             slide_ms: 5000,
+            time: "event:time_local".into(),
         }
     }
 
@@ -195,6 +196,7 @@ pub(crate) mod test_support {
             panes,
             next_pane_seq: next,
             counters: Counters::default(),
+            event_end_ms: None,
         }
     }
 }

@@ -112,8 +112,10 @@ pub fn reset(dir: &Path) -> Result<usize, CheckpointError> {
 /// Checks a restored checkpoint against the running settings. Window and
 /// slide may change when the batch did not: the panes still fit.
 pub fn check_shape(dir: &Path, old: &Shape, new: &Shape) -> Result<(), CheckpointError> {
-    let fits =
-        old.topics == new.topics && old.ip_field == new.ip_field && old.batch_ms == new.batch_ms;
+    let fits = old.topics == new.topics
+        && old.ip_field == new.ip_field
+        && old.batch_ms == new.batch_ms
+        && old.time == new.time;
     if fits {
         if old != new {
             info!(old = %old.describe(), new = %new.describe(), "re-windowing the restored panes");

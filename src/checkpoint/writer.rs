@@ -133,6 +133,7 @@ impl Writer {
                 })
                 .collect(),
             next_pane_seq: job.next_pane_seq,
+            event_end_ms: job.event_end_ms,
             counters: (&job.counters).into(),
         };
         let bytes = encode_manifest(&manifest);

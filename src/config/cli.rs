@@ -40,6 +40,27 @@ pub enum Format {
     Clf,
 }
 
+/// Which time puts a record in a pane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimeSource {
+    /// The log line's own time (--time-field).
+    Event,
+    /// The batch in which the record was polled (the original job).
+    Arrival,
+    /// The Kafka record's timestamp.
+    Kafka,
+}
+
+impl TimeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeSource::Event => "event",
+            TimeSource::Arrival => "arrival",
+            TimeSource::Kafka => "kafka",
+        }
+    }
+}
+
 /// When no offset is stored for a partition, or the stored one is unusable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OffsetReset {
@@ -138,6 +159,40 @@ pub struct ServeArgs {
         default_value = "earliest"
     )]
     pub offset_reset: OffsetReset,
+    /// Which time puts a record in a pane: event (the log line's own time; default), arrival
+    /// (the batch in which it was polled; `ipstats legacy`'s default) or kafka (the record's
+    /// timestamp).
+    #[arg(long, env = "IPSTATS_TIME_SOURCE", value_enum, value_name = "SOURCE")]
+    pub time_source: Option<TimeSource>,
+    /// The record's time with --time-source event: a dotted JSON path holding nginx
+    /// $time_local, RFC 3339 ($time_iso8601) or epoch seconds ($msec); CLF reads its [date].
+    #[arg(
+        long,
+        env = "IPSTATS_TIME_FIELD",
+        value_name = "PATH",
+        default_value = "time_local"
+    )]
+    pub time_field: String,
+    /// How far behind the window's end a record may arrive and still join its pane (shorter
+    /// than --window); older records are counted as late.
+    #[arg(
+        long,
+        env = "IPSTATS_LATENESS",
+        value_name = "DUR",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
+    pub lateness: Duration,
+    /// Records whose time is further ahead of the wall clock are skipped as future_time
+    /// (at most 24h).
+    #[arg(
+        long,
+        env = "IPSTATS_MAX_FUTURE",
+        value_name = "DUR",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub max_future: Duration,
     /// HTTP listen address.
     #[arg(
         long,

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::vocab::Network;
-
 mod cli;
-
+mod input;
 mod kafka;
 
 pub use cli::{
     Cli, Command, CountArgs, Format, InputArgs, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs,
+    TimeSource,
 };
+pub use input::{Input, Time};
 pub use kafka::parse_kafka_config;
 
 /// Exit code for a bad setting (`EX_USAGE` from sysexits.h).
@@ -68,6 +68,7 @@ pub struct Settings {
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
     pub input: Input,
+    pub time: Time,
     pub kafka_config: Vec<(String, String)>,
     pub demo_rate: u64,
     pub max_event_streams: usize,
@@ -301,6 +302,13 @@ impl TryFrom<ServeArgs> for Settings {
             offset_reset: a.offset_reset,
             listen: a.listen,
             input,
+            time: Time::new(
+                a.time_source.unwrap_or(TimeSource::Event),
+                a.time_field,
+                a.lateness,
+                a.max_future,
+                a.window,
+            )?,
             kafka_config,
             demo_rate: a.demo_rate,
             max_event_streams: a.max_event_streams,
@@ -380,6 +388,8 @@ impl TryFrom<LegacyArgs> for Settings {
             batch: seconds("<batchSeconds>", l.batch_seconds)?,
             window: seconds("<windowSeconds>", l.window_seconds)?,
             slide: seconds("<slideSeconds>", l.slide_seconds)?,
+            // The original job counted by arrival.
+            time_source: Some(l.serve.time_source.unwrap_or(TimeSource::Arrival)),
             ..l.serve
         };
         // A rule broken by one of the eight arguments names it too.
@@ -409,76 +419,6 @@ pub fn check_legacy_repeats(matches: &clap::ArgMatches) -> Result<(), ConfigErro
         }
     }
     Ok(())
-}
-
-/// How records are read, validated ([`InputArgs`]).
-#[derive(Clone, Debug)]
-pub struct Input {
-    pub format: Format,
-    /// The envelope field holding the raw line, if records are wrapped.
-    pub envelope: Option<String>,
-    pub ip_field: String,
-    /// Proxies looked past in an X-Forwarded-For list.
-    pub trusted_proxies: Vec<Network>,
-    pub max_line_bytes: usize,
-}
-
-impl TryFrom<InputArgs> for Input {
-    type Error = ConfigError;
-
-    fn try_from(a: InputArgs) -> Result<Self, ConfigError> {
-        check_path("--ip-field", &a.ip_field)?;
-        if let Some(envelope) = &a.envelope {
-            check_path("--envelope", envelope)?;
-        }
-        if !(256..=16 * 1024 * 1024).contains(&a.max_line_bytes) {
-            return Err(invalid(
-                "--max-line-bytes",
-                format!("{} is outside 256..=16777216", a.max_line_bytes),
-            ));
-        }
-        Ok(Input {
-            trusted_proxies: parse_networks("--trusted-proxies", a.trusted_proxies.as_deref())?,
-            format: a.format,
-            envelope: a.envelope,
-            ip_field: a.ip_field,
-            max_line_bytes: a.max_line_bytes,
-        })
-    }
-}
-
-/// `--ip-field`, `--envelope`: a dotted path of non-empty names.
-fn check_path(setting: &'static str, path: &str) -> Result<(), ConfigError> {
-    if path.is_empty() {
-        return Err(invalid(setting, "must not be empty"));
-    }
-    if path.split('.').any(str::is_empty) {
-        return Err(invalid(
-            setting,
-            format!("{path:?} has an empty name: a dotted path is name(.name)* (source.ip)"),
-        ));
-    }
-    Ok(())
-}
-
-/// A comma-separated list of networks (`10.0.0.0/8,2001:db8::/32`, or bare
-/// addresses); none given is an empty list.
-fn parse_networks(setting: &'static str, list: Option<&str>) -> Result<Vec<Network>, ConfigError> {
-    let Some(list) = list else {
-        return Ok(Vec::new());
-    };
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|text| {
-            Network::parse(text).ok_or_else(|| {
-                invalid(
-                    setting,
-                    format!("{text:?} is not an address or a network in CIDR form (10.0.0.0/8)"),
-                )
-            })
-        })
-        .collect()
 }
 
 fn validate_durations(

@@ -108,6 +108,12 @@ fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
                 log_end: p.log_end,
                 lag: p.lag(),
                 lag_seconds: p.lag_seconds,
+                newest_event_time: p.newest_event_ms.map(|ms| {
+                    rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+                    )
+                }),
+                records_late: p.records_late,
                 last_reset: p.last_reset.as_ref().map(|r| ResetView {
                     reason: r.reason.as_str(),
                     stored_offset: r.stored,
@@ -138,6 +144,29 @@ fn store_view(store: &StoreStatus, connect: Value) -> Value {
         "connect": connect,
         "last_error": store.last_error(),
         "last_commit_age_seconds": store.commit_age().map(|d| d.as_secs_f64()),
+    })
+}
+
+/// Which time the window runs on and how fresh its answer is: with event
+/// time, the window's end is the data's time and the lag is the wall clock
+/// minus it.
+fn time_view(state: &AppState, snapshot: &Snapshot, now: SystemTime) -> Value {
+    let info = &state.info;
+    let event = info.time_source != "arrival";
+    let has_data = !snapshot.panes.is_empty();
+    json!({
+        "source": info.time_source,
+        "field": info.time_field,
+        "lateness_seconds": info.lateness.as_secs_f64(),
+        "window_end": (event && has_data).then(|| rfc3339(snapshot.window_end)),
+        "event_time_lag_seconds": if !event {
+            Some(0.0)
+        } else if has_data {
+            Some(now.duration_since(snapshot.window_end).unwrap_or_default().as_secs_f64())
+        } else {
+            None
+        },
+        "records_late": snapshot.ingest.counters.late,
     })
 }
 
@@ -172,6 +201,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "records_per_second": ingest.records_per_second,
         "skipped": skipped,
         "records_repaired": ingest.counters.repaired,
+        "time": time_view(state, snapshot, now),
         "checkpoint": {
             "dir": state.info.checkpoint_dir,
             "age_seconds": state.sources.checkpoint.age().map(|d| d.as_secs_f64()),

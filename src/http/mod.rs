@@ -50,6 +50,10 @@ pub struct ServiceInfo {
     pub brokers: String,
     pub zookeeper: Option<String>,
     pub checkpoint_dir: String,
+    /// `--time-source` and, for `event`, `--time-field`.
+    pub time_source: &'static str,
+    pub time_field: Option<String>,
+    pub lateness: std::time::Duration,
 }
 
 /// Where HTTP's answers come from: what the service's parts write as they

@@ -69,6 +69,8 @@ fn state(ready: bool) -> AppState {
                 from: StartedFrom::Stored(Origin::KafkaGroup),
                 note: Some("the Kafka group's offset 100 used".into()),
             },
+            newest_event_ms: Some(1_795_502_113_000),
+            records_late: 2,
         }],
         ingest: IngestStatus::default(),
         history: Vec::new(),
@@ -102,6 +104,9 @@ fn state(ready: bool) -> AppState {
             topics: vec!["access-log".into()],
             brokers: "embedded".into(),
             zookeeper: None,
+            time_source: "event",
+            time_field: Some("time_local".into()),
+            lateness: std::time::Duration::from_secs(5),
         }),
     }
 }

@@ -123,6 +123,10 @@ pub struct PartitionView {
     pub log_end: Option<i64>,
     pub lag: Option<i64>,
     pub lag_seconds: Option<f64>,
+    /// Event time: the newest time counted from this partition.
+    pub newest_event_time: Option<String>,
+    /// Event time: records that arrived after their pane closed.
+    pub records_late: u64,
     pub last_reset: Option<ResetView>,
     pub start: StartView,
 }

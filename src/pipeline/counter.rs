@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use super::counts::{IpMap, SortedCounts};
+use super::event::{EventBatch, EventConfig, EventTally};
 use super::parse::{ClientField, Parser};
 use crate::vocab::{SkipCounts, SkipReason};
 
@@ -58,6 +59,20 @@ pub struct PaneCounts {
     pub skipped: SkipCounts,
     /// Lines read with invalid UTF-8 replaced by U+FFFD, counted or skipped.
     pub repaired: u64,
+    /// Event time: the records by the pane of their time (`counts` and
+    /// `requests` are then empty).
+    pub event: Option<EventBatch>,
+}
+
+/// Which time puts a record in a pane, as the counting thread sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum PaneTime {
+    /// The batch that polled it: one pane per batch.
+    Arrival,
+    /// The time in the line (the parser reads it).
+    Line(EventConfig),
+    /// The Kafka record's timestamp, pushed with the line.
+    Kafka(EventConfig),
 }
 
 /// The counting thread stopped (it never does unless it panicked).
@@ -72,6 +87,10 @@ struct Chunk {
     ends: Vec<usize>,
     /// Lines longer than `--max-line-bytes`, not copied.
     too_large: u64,
+    /// The partition slot of each line.
+    slots: Vec<u32>,
+    /// The Kafka timestamp of each line (`PaneTime::Kafka` only; -1: none).
+    times: Vec<i64>,
 }
 
 impl Chunk {
@@ -80,6 +99,8 @@ impl Chunk {
             bytes: Vec::with_capacity(CHUNK_BYTES),
             ends: Vec::with_capacity(CHUNK_LINES),
             too_large: 0,
+            slots: Vec::with_capacity(CHUNK_LINES),
+            times: Vec::new(),
         }
     }
 
@@ -91,6 +112,8 @@ impl Chunk {
         self.bytes.clear();
         self.ends.clear();
         self.too_large = 0;
+        self.slots.clear();
+        self.times.clear();
     }
 }
 
@@ -98,11 +121,14 @@ enum Work {
     Lines(Chunk),
     /// Reply with the open pane's counts and start a new pane.
     Take,
+    /// Event time: panes below this index are closed.
+    Floor(Option<i64>),
 }
 
 /// The consumer thread's handle on the counting thread.
 pub struct Counter {
     max_line_bytes: usize,
+    kafka_time: bool,
     chunk: Chunk,
     work: Option<SyncSender<Work>>,
     panes: Receiver<PaneCounts>,
@@ -112,11 +138,20 @@ pub struct Counter {
 }
 
 impl Counter {
-    pub fn spawn(field: ClientField, max_line_bytes: usize) -> std::io::Result<Self> {
+    pub fn spawn(
+        field: ClientField,
+        max_line_bytes: usize,
+        time: PaneTime,
+    ) -> std::io::Result<Self> {
         let (work_tx, work_rx) = sync_channel::<Work>(QUEUE_CHUNKS);
         let (pane_tx, panes) = sync_channel::<PaneCounts>(1);
         let (free_tx, free) = sync_channel::<Chunk>(QUEUE_CHUNKS + 1);
         let mut parser = Parser::new(field, max_line_bytes);
+        let kafka_time = matches!(time, PaneTime::Kafka(_));
+        let mut event = match time {
+            PaneTime::Arrival => None,
+            PaneTime::Line(config) | PaneTime::Kafka(config) => Some(EventTally::new(config)),
+        };
         let thread = std::thread::Builder::new()
             .name("counter".into())
             .spawn(move || {
@@ -124,7 +159,10 @@ impl Counter {
                 for work in work_rx {
                     match work {
                         Work::Lines(mut chunk) => {
-                            count_chunk(&mut parser, &chunk, &mut open);
+                            match event.as_mut() {
+                                None => count_chunk(&mut parser, &chunk, &mut open),
+                                Some(tally) => count_by_time(&mut parser, &chunk, tally),
+                            }
                             for hint in parser.take_new_hints() {
                                 tracing::warn!("{}", hint.advice());
                             }
@@ -132,18 +170,28 @@ impl Counter {
                             // A full free list drops the chunk: it is only a cache.
                             let _ = free_tx.try_send(chunk);
                         }
+                        Work::Floor(floor) => {
+                            if let Some(tally) = event.as_mut() {
+                                tally.set_floor(floor);
+                            }
+                        }
                         Work::Take => {
                             // The pane lives as long as the window: sorted
                             // arrays, without a hash table's slack. The table
                             // is cleared and reused, so that steady state
                             // allocates only the arrays.
-                            let pane = PaneCounts {
+                            let mut pane = PaneCounts {
                                 counts: SortedCounts::from(&open.counts),
                                 requests: mem::take(&mut open.requests),
                                 skipped: mem::take(&mut open.skipped),
                                 repaired: parser.take_repaired(),
+                                event: None,
                             };
                             open.counts.clear();
+                            if let Some(tally) = event.as_mut() {
+                                pane.skipped.merge(&mem::take(&mut tally.skipped));
+                                pane.event = Some(tally.take());
+                            }
                             if pane_tx.send(pane).is_err() {
                                 return;
                             }
@@ -153,6 +201,7 @@ impl Counter {
             })?;
         Ok(Counter {
             max_line_bytes,
+            kafka_time,
             chunk: Chunk::with_capacity(),
             work: Some(work_tx),
             panes,
@@ -161,13 +210,23 @@ impl Counter {
         })
     }
 
-    /// Queues one line for the open pane.
-    pub fn push(&mut self, line: &[u8]) -> Result<(), CounterGone> {
+    /// Queues one line of partition `slot` (with its Kafka timestamp, when
+    /// that is the time) for the open pane.
+    pub fn push(
+        &mut self,
+        line: &[u8],
+        slot: usize,
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), CounterGone> {
         if line.len() > self.max_line_bytes {
             self.chunk.too_large += 1;
         } else {
             self.chunk.bytes.extend_from_slice(line);
             self.chunk.ends.push(self.chunk.bytes.len());
+            self.chunk.slots.push(slot as u32);
+            if self.kafka_time {
+                self.chunk.times.push(timestamp_ms.unwrap_or(-1));
+            }
         }
         if self.chunk.ends.len() >= CHUNK_LINES || self.chunk.bytes.len() >= CHUNK_BYTES {
             self.hand_over()?;
@@ -182,6 +241,14 @@ impl Counter {
         }
         self.send(Work::Take)?;
         self.panes.recv().map_err(|_| CounterGone)
+    }
+
+    /// Event time: records of panes below `floor` are late from now on.
+    pub fn set_floor(&mut self, floor: Option<i64>) -> Result<(), CounterGone> {
+        if !self.chunk.is_empty() {
+            self.hand_over()?;
+        }
+        self.send(Work::Floor(floor))
     }
 
     fn hand_over(&mut self) -> Result<(), CounterGone> {
@@ -220,6 +287,32 @@ fn count_chunk(parser: &mut Parser, chunk: &Chunk, open: &mut Tally<u32>) {
     }
 }
 
+fn count_by_time(parser: &mut Parser, chunk: &Chunk, tally: &mut EventTally) {
+    // One clock read per chunk: the future check needs no finer grain.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut start = 0;
+    for (i, &end) in chunk.ends.iter().enumerate() {
+        let record = parser.parse_record(&chunk.bytes[start..end]);
+        start = end;
+        let time = match (record, chunk.times.get(i)) {
+            (Err(reason), _) => Err(reason),
+            (Ok((ip, _)), Some(&kafka)) if kafka >= 0 => Ok((ip, kafka)),
+            (Ok(_), Some(_)) => Err(SkipReason::BadTime),
+            (Ok((ip, Some(line))), None) => Ok((ip, line)),
+            (Ok((_, None)), None) => Err(SkipReason::BadTime),
+        };
+        match time {
+            Ok((ip, time)) => tally.record(chunk.slots[i] as usize, ip, time, now_ms),
+            Err(reason) => tally.skipped.add(reason),
+        }
+    }
+    for _ in 0..chunk.too_large {
+        tally.skipped.add(SkipReason::TooLarge);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,16 +324,17 @@ mod tests {
 
     #[test]
     fn panes_hold_exactly_the_lines_pushed_before_take() {
-        let mut counter = Counter::spawn("client_real_ip".into(), 200).expect("thread");
+        let mut counter =
+            Counter::spawn("client_real_ip".into(), 200, PaneTime::Arrival).expect("thread");
         // More than a few chunks, so that hand-overs and the free list are exercised.
         let first = CHUNK_LINES * (QUEUE_CHUNKS + 3) + 17;
         for i in 0..first {
             counter
-                .push(&line(&format!("10.0.{}.{}", i % 3, i % 7)))
+                .push(&line(&format!("10.0.{}.{}", i % 3, i % 7)), 0, None)
                 .expect("push");
         }
-        counter.push(b"not json").expect("push");
-        counter.push(&[b' '; 201]).expect("push");
+        counter.push(b"not json", 0, None).expect("push");
+        counter.push(&[b' '; 201], 0, None).expect("push");
         let pane = counter.take().expect("first pane");
         assert_eq!(pane.requests, first as u64);
         assert_eq!(
@@ -251,7 +345,7 @@ mod tests {
         assert_eq!(pane.skipped.get(SkipReason::NotJson), 1);
         assert_eq!(pane.skipped.get(SkipReason::TooLarge), 1);
 
-        counter.push(&line("2001:db8::1")).expect("push");
+        counter.push(&line("2001:db8::1"), 0, None).expect("push");
         let pane = counter.take().expect("second pane");
         assert_eq!(pane.requests, 1);
         assert_eq!(pane.skipped.total(), 0);

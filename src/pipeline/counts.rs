@@ -158,6 +158,58 @@ impl SortedCounts {
             .map(|e| e.1)
             .chain(self.v6_counts.iter().copied())
     }
+
+    /// Both counts added address by address (a pane that received more
+    /// records), in one pass over the two sorted lists.
+    pub fn merged(&self, other: &SortedCounts) -> SortedCounts {
+        let v4 = merge_sorted(self.v4.iter().copied(), other.v4.iter().copied());
+        let v6 = merge_sorted(
+            self.v6.iter().copied().zip(self.v6_counts.iter().copied()),
+            other
+                .v6
+                .iter()
+                .copied()
+                .zip(other.v6_counts.iter().copied()),
+        );
+        SortedCounts {
+            v4: v4.into_boxed_slice(),
+            v6: v6.iter().map(|e| e.0).collect(),
+            v6_counts: v6.iter().map(|e| e.1).collect(),
+        }
+    }
+}
+
+/// Two address-sorted lists as one, counts of the same address added
+/// (saturating: a pane never holds 4 billion requests of one address).
+fn merge_sorted<K: Ord + Copy>(
+    a: impl Iterator<Item = (K, u32)>,
+    b: impl Iterator<Item = (K, u32)>,
+) -> Vec<(K, u32)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let mut out = Vec::with_capacity(a.size_hint().0 + b.size_hint().0);
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                out.push((x.0, x.1.saturating_add(y.1)));
+                a.next();
+                b.next();
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                out.push(x);
+                a.next();
+            }
+            (_, Some(y)) => {
+                out.push(y);
+                b.next();
+            }
+            (Some(x), None) => {
+                out.push(x);
+                a.next();
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 impl From<&IpMap<u32>> for SortedCounts {
@@ -197,10 +249,43 @@ mod tests {
             prop_assert!(listed.windows(2).all(|w| w[0] < w[1]), "address order");
             let from_pairs = SortedCounts::from_pairs(all.iter().map(|(&ip, &n)| (ip, n)));
             prop_assert_eq!(from_pairs.as_ref(), Some(&sorted));
+            // Merging with itself doubles every count.
+            let doubled = sorted.merged(&sorted);
+            prop_assert!(sorted.iter().zip(doubled.iter()).all(|(a, b)| a.0 == b.0 && 2 * a.1 == b.1));
+            let empty = SortedCounts::default();
+            prop_assert_eq!(&sorted.merged(&empty), &sorted);
+            prop_assert_eq!(&empty.merged(&sorted), &sorted);
             if let Some((&ip, &n)) = all.iter().next() {
                 let twice = all.iter().map(|(&ip, &n)| (ip, n)).chain([(ip, n)]);
                 prop_assert!(SortedCounts::from_pairs(twice).is_none(), "a repeat is refused");
             }
+        }
+
+        #[test]
+        fn merged_counts_add_address_by_address(
+            a in prop::collection::hash_map(0u32..64, 1u32..9, 0..40),
+            b in prop::collection::hash_map(0u32..64, 1u32..9, 0..40),
+            v6 in prop::collection::hash_map(0u128..64, 1u32..9, 0..10),
+        ) {
+            let build = |m: &std::collections::HashMap<u32, u32>, six: bool| {
+                let mut map = IpMap::default();
+                for (&k, &n) in m {
+                    map.insert(IpKey::from_v4_bits(k), n);
+                }
+                if six {
+                    for (&k, &n) in &v6 {
+                        map.insert(IpKey::from_bits(k | 1 << 100), n);
+                    }
+                }
+                map
+            };
+            let (ma, mb) = (build(&a, true), build(&b, false));
+            let merged = SortedCounts::from(&ma).merged(&SortedCounts::from(&mb));
+            let mut expected = ma;
+            for (ip, n) in mb.iter() {
+                expected.add(ip, n);
+            }
+            prop_assert_eq!(merged, SortedCounts::from(&expected));
         }
     }
 }

@@ -19,6 +19,7 @@
 pub mod clf;
 pub mod counter;
 pub mod counts;
+pub mod event;
 pub mod field;
 pub mod hint;
 pub mod ingest;

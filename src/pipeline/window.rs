@@ -45,6 +45,36 @@ impl Pane {
     pub fn count(&self, ip: IpKey) -> u32 {
         self.counts.get(ip).unwrap_or(0)
     }
+
+    /// This pane with `more` records of the same time span added, as one
+    /// pane numbered `more.seq` (event time: a pane receives records over
+    /// several batches). Each partition's range spans both.
+    pub fn merged(&self, more: Pane) -> Pane {
+        let mut ranges = self.ranges.clone();
+        for r in more.ranges {
+            match ranges
+                .iter_mut()
+                .find(|o| o.partition == r.partition && o.topic == r.topic)
+            {
+                Some(o) => {
+                    o.from = o.from.min(r.from);
+                    o.until = o.until.max(r.until);
+                }
+                None => ranges.push(r),
+            }
+        }
+        let mut skipped = self.skipped;
+        skipped.merge(&more.skipped);
+        Pane {
+            seq: more.seq,
+            start: self.start,
+            end: self.end,
+            counts: self.counts.merged(&more.counts),
+            requests: self.requests + more.requests,
+            skipped,
+            ranges,
+        }
+    }
 }
 
 /// Counts at or above this share one histogram bucket.
@@ -293,6 +323,22 @@ impl Window {
             self.totals.small.shrink_to_fit();
         }
         Some(evicted)
+    }
+
+    /// Adds records to the pane of the window that starts where `more` does
+    /// (event time: a pane still open to records within the lateness): the
+    /// pane is replaced by [`Pane::merged`] and the totals grow by `more`.
+    /// Gives `more` back when no pane of the window starts there.
+    pub fn add_to(&mut self, more: Pane) -> Result<(), Box<Pane>> {
+        let Some(at) = self.panes.iter().position(|p| p.start == more.start) else {
+            return Err(Box::new(more));
+        };
+        for (ip, n) in more.counts.iter() {
+            self.totals.add(ip, n);
+        }
+        self.requests += more.requests;
+        self.panes[at] = Arc::new(self.panes[at].merged(more));
+        Ok(())
     }
 
     /// Continues from a checkpoint's panes (the newest that fit). Batches

@@ -154,7 +154,7 @@ test("hostile log lines render inert", async () => {
     `<script>window.__xss = 1</script>`,
     `{"client_real_ip":"<img src=x onerror=\\"window.__xss=1\\">","request":"GET /"}`,
     `{"client_real_ip":"\\"><script>window.__xss=1</script>"}`,
-    `{"client_real_ip":"${marker}","request":"<script>window.__xss=1</script>","http_user_agent":"\\"><img src=x onerror=window.__xss=1>","http_referer":"javascript:window.__xss=1"}`,
+    `{"client_real_ip":"${marker}","time_local":"${new Date().toISOString()}","request":"<script>window.__xss=1</script>","http_user_agent":"\\"><img src=x onerror=window.__xss=1>","http_referer":"javascript:window.__xss=1"}`,
   ];
   // Many copies of the valid one, so that its IP reaches the top table.
   const lines = [...hostile.slice(0, 3), ...Array(3000).fill(hostile[3])].join("\n") + "\n";

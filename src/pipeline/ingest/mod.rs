@@ -9,6 +9,8 @@
 //! with each record and when a pane closes is decided by [`Tracker`], which
 //! knows nothing of Kafka; this loop makes the librdkafka calls.
 
+pub mod event;
+mod slide;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -22,12 +24,13 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::counter::{Counter, CounterGone};
+use super::counter::{Counter, CounterGone, PaneTime};
+use super::event::EventConfig;
 use super::parse::ClientField;
-use super::snapshot::build::{Builder, PartitionProgress, partition_status};
-use super::snapshot::{Counters, PartitionStatus, Published};
+use super::snapshot::build::Builder;
+use super::snapshot::{Counters, Published};
 use super::window::{Pane, Window};
-use crate::config::{OffsetReset, Settings};
+use crate::config::{OffsetReset, Settings, Time, TimeSource};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
@@ -35,7 +38,13 @@ use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
 use crate::stop::Stop;
 use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
+use event::EventPanes;
 use tracker::{Tracker, Verdict};
+
+/// How old the cluster view may be for a partition it shows caught up to
+/// stop holding back the event-time window (the monitor refreshes it every
+/// second).
+const VIEW_FRESH_FOR_EVENT_TIME: Duration = Duration::from_secs(3);
 
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,22 @@ pub struct IngestConfig {
     pub client_field: ClientField,
     pub max_line_bytes: usize,
     pub group: String,
+    pub time: Time,
+}
+
+impl IngestConfig {
+    /// How the counting thread times records.
+    fn pane_time(&self) -> PaneTime {
+        let config = EventConfig {
+            batch_ms: self.batch.as_millis() as i64,
+            max_future_ms: self.time.max_future.as_millis() as i64,
+        };
+        match self.time.source {
+            TimeSource::Arrival => PaneTime::Arrival,
+            TimeSource::Event => PaneTime::Line(config),
+            TimeSource::Kafka => PaneTime::Kafka(config),
+        }
+    }
 }
 
 impl From<&Settings> for IngestConfig {
@@ -81,9 +106,10 @@ impl From<&Settings> for IngestConfig {
             checkpoint_batches: s.checkpoint_batches(),
             max_rate_per_partition: s.max_rate_per_partition,
             offset_reset: s.offset_reset,
-            client_field: ClientField::from(&s.input),
+            client_field: ClientField::from(&s.input).with_time(s.time.parsed_field()),
             max_line_bytes: s.input.max_line_bytes,
             group: s.group.clone(),
+            time: s.time.clone(),
         }
     }
 }
@@ -97,6 +123,9 @@ pub struct CheckpointJob {
     pub offsets: Vec<(Arc<str>, i32, i64)>,
     pub next_pane_seq: u64,
     pub counters: Counters,
+    /// Event time: the window's end (epoch ms); panes starting at or after
+    /// it wait ahead of the window.
+    pub event_end_ms: Option<i64>,
 }
 
 /// A window to continue from: the panes of a checkpoint and its counters.
@@ -105,6 +134,7 @@ pub struct Resume {
     pub panes: Vec<Arc<Pane>>,
     pub next_seq: u64,
     pub counters: Counters,
+    pub event_end_ms: Option<i64>,
 }
 
 /// Where ingest reads the cluster view and delivers what it produces.
@@ -124,6 +154,7 @@ struct PartitionMetrics {
     lag: IntGauge,
     group_lag: IntGauge,
     lag_seconds: Gauge,
+    late: IntCounter,
 }
 
 impl PartitionMetrics {
@@ -141,6 +172,7 @@ impl PartitionMetrics {
                 .consumergroup_lag
                 .with_label_values(&[group, topic, &p]),
             lag_seconds,
+            late: metrics.records_late.with_label_values(&[topic, &p]),
         }
     }
 }
@@ -160,6 +192,8 @@ struct State {
     /// Parses and counts the open pane on its own thread.
     counter: Counter,
     window: Window,
+    /// Event time: the window's end and the panes ahead of it.
+    events: Option<EventPanes>,
     builder: Builder,
     counters: Counters,
     assigned_generation: Option<u64>,
@@ -181,13 +215,32 @@ impl Ingest {
     ) -> std::io::Result<Self> {
         let mut window = Window::new(config.window_panes);
         let (mut next_seq, mut counters) = (0, Counters::default());
-        if let Some(resume) = resume {
-            next_seq = window.restore(
-                resume.panes,
-                resume.next_seq,
+        let mut events = config.time.is_event().then(|| {
+            EventPanes::new(
                 config.batch,
-                SystemTime::now(),
-            );
+                config.slide,
+                config.time.lateness,
+                config.window,
+            )
+        });
+        if let Some(resume) = resume {
+            next_seq = match events.as_mut() {
+                Some(events) => {
+                    events.restore(
+                        resume.panes,
+                        resume.event_end_ms,
+                        resume.next_seq,
+                        &mut window,
+                    );
+                    resume.next_seq
+                }
+                None => window.restore(
+                    resume.panes,
+                    resume.next_seq,
+                    config.batch,
+                    SystemTime::now(),
+                ),
+            };
             counters = resume.counters;
             info!(
                 panes = window.panes().len(),
@@ -206,9 +259,14 @@ impl Ingest {
                 SystemTime::now(),
             ),
             builder: Builder::new(config.window, config.slide, counters.records_consumed, now),
-            counter: Counter::spawn(config.client_field.clone(), config.max_line_bytes)?,
+            counter: Counter::spawn(
+                config.client_field.clone(),
+                config.max_line_bytes,
+                config.pane_time(),
+            )?,
             partition_metrics: Vec::new(),
             window,
+            events,
             counters,
             config,
             assigned_generation: None,
@@ -369,7 +427,11 @@ impl State {
                 return Ok(());
             }
         }
-        self.counter.push(message.payload().unwrap_or_default())?;
+        self.counter.push(
+            message.payload().unwrap_or_default(),
+            slot,
+            message.timestamp().to_millis(),
+        )?;
         Ok(())
     }
 
@@ -449,19 +511,9 @@ impl State {
             metrics.consumed.inc_by(*taken);
             consumed += taken;
         }
-        let open = self.counter.take()?;
-        let open_repaired = open.repaired;
-        let pane = Pane {
-            seq: closed.seq,
-            start: closed.start,
-            end: closed.end,
-            counts: open.counts,
-            requests: open.requests,
-            skipped: open.skipped,
-            ranges: closed.ranges,
-        };
+        let mut open = self.counter.take()?;
         let metrics = &self.links.metrics;
-        for (reason, n) in pane.skipped.iter() {
+        for (reason, n) in open.skipped.iter() {
             if n > 0 {
                 metrics
                     .records_skipped
@@ -471,20 +523,48 @@ impl State {
         }
         self.counters.batches += 1;
         self.counters.records_consumed += consumed;
-        self.counters.records_counted += pane.requests;
-        self.counters.skipped.merge(&pane.skipped);
-        self.counters.repaired += open_repaired;
-        metrics.records_repaired.inc_by(open_repaired);
-        self.window.push(Arc::new(pane));
+        self.counters.skipped.merge(&open.skipped);
+        self.counters.repaired += open.repaired;
+        metrics.records_repaired.inc_by(open.repaired);
         metrics.batches.inc();
+        let mut published = false;
+        match (open.event.take(), self.events.as_mut()) {
+            (Some(batch), Some(events)) => {
+                self.counters.records_counted +=
+                    batch.panes.iter().map(|p| p.requests).sum::<u64>();
+                let late = events.absorb(batch, &closed.ranges, &mut self.window);
+                for (slot, n) in late.into_iter().enumerate() {
+                    if let Some(m) = self.partition_metrics.get(slot) {
+                        m.late.inc_by(n);
+                    }
+                    self.counters.late += n;
+                }
+                published = self.advance_event_time()?;
+            }
+            _ => {
+                let pane = Pane {
+                    seq: closed.seq,
+                    start: closed.start,
+                    end: closed.end,
+                    counts: open.counts,
+                    requests: open.requests,
+                    skipped: open.skipped,
+                    ranges: closed.ranges,
+                };
+                self.counters.records_counted += pane.requests;
+                self.window.push(Arc::new(pane));
+            }
+        }
+        let metrics = &self.links.metrics;
         metrics.window_requests.set(self.window.requests() as i64);
         metrics
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);
 
         let seq = self.tracker.next_seq();
-        // The run's first batch is published at once, the rest at slides.
-        if seq.is_multiple_of(self.config.slide_batches) || !self.published {
+        // The run's first batch is published at once, the rest at slides
+        // (event time: also whenever the window's end moved).
+        if published || seq.is_multiple_of(self.config.slide_batches) || !self.published {
             self.publish();
             self.published = true;
         }
@@ -507,56 +587,5 @@ impl State {
             .batch_duration
             .observe(busy.as_secs_f64());
         Ok(())
-    }
-
-    fn publish(&mut self) {
-        let view = self.links.view.borrow().clone();
-        let partitions: Vec<PartitionStatus> = self
-            .tracker
-            .partitions()
-            .iter()
-            .zip(&self.partition_metrics)
-            .map(|(p, metrics)| {
-                let progress = PartitionProgress {
-                    topic: &p.topic,
-                    partition: p.partition,
-                    next: p.next,
-                    last_timestamp_ms: p.last_timestamp_ms,
-                    last_reset: p.last_reset.as_ref(),
-                    started: &p.started,
-                };
-                let status = partition_status(
-                    &progress,
-                    self.window.panes(),
-                    view.find(&p.topic, p.partition),
-                );
-                if let Some(lag) = status.lag() {
-                    metrics.lag.set(lag);
-                    metrics.group_lag.set(lag);
-                }
-                // The same answer as /api/v1/offsets: unknown is NaN, never 0.
-                metrics
-                    .lag_seconds
-                    .set(status.lag_seconds.unwrap_or(f64::NAN));
-                status
-            })
-            .collect();
-        let snapshot = self.builder.build(
-            &mut self.window,
-            partitions,
-            self.counters,
-            Instant::now(),
-            SystemTime::now(),
-        );
-        self.links.published.store(Arc::new(snapshot));
-    }
-
-    fn checkpoint_job(&self) -> CheckpointJob {
-        CheckpointJob {
-            panes: self.window.panes().cloned().collect(),
-            offsets: self.tracker.offsets(),
-            next_pane_seq: self.tracker.next_seq(),
-            counters: self.counters,
-        }
     }
 }

@@ -26,6 +26,10 @@ pub struct PartitionProgress<'a> {
     pub last_timestamp_ms: Option<i64>,
     pub last_reset: Option<&'a Reset>,
     pub started: &'a Started,
+    /// Event time: the newest time counted (epoch ms).
+    pub newest_event_ms: Option<i64>,
+    /// Event time: records that arrived after their pane closed.
+    pub records_late: u64,
 }
 
 /// A partition's status: the offsets the window covers, and its lag against
@@ -56,6 +60,8 @@ pub fn partition_status<'a>(
         lag_seconds: None,
         last_reset: p.last_reset.cloned(),
         started: p.started.clone(),
+        newest_event_ms: p.newest_event_ms,
+        records_late: p.records_late,
     };
     if let Some(lag) = status.lag() {
         status.lag_seconds = match (
@@ -190,6 +196,8 @@ mod tests {
                 from: StartedFrom::NewPartition,
                 note: None,
             },
+            newest_event_ms: None,
+            records_late: 0,
         };
         let info = PartitionInfo {
             topic: topic.clone(),

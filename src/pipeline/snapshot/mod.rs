@@ -131,6 +131,10 @@ pub struct PartitionStatus {
     pub last_reset: Option<Reset>,
     /// Where this run started the partition, and why.
     pub started: Started,
+    /// Event time: the newest time counted (epoch ms).
+    pub newest_event_ms: Option<i64>,
+    /// Event time: records of this partition that arrived after their pane closed.
+    pub records_late: u64,
 }
 
 impl PartitionStatus {
@@ -149,6 +153,8 @@ pub struct Counters {
     pub skipped: SkipCounts,
     /// Lines read with invalid UTF-8 replaced by U+FFFD, counted or skipped.
     pub repaired: u64,
+    /// Event time: records that arrived after their pane closed.
+    pub late: u64,
 }
 
 /// What `/api/v1/status` shows of the ingest loop.

@@ -1,0 +1,392 @@
+//! Event time in the consumer loop: where the window's end is, and which
+//! panes are in the window, ahead of it, or closed.
+//!
+//! The end follows the data. Each partition's newest counted time is kept;
+//! partitions that still have a backlog (lag > 0) hold the end back at
+//! their newest time, caught-up partitions do not (a quiet partition never
+//! freezes the window). The end is the first slide boundary at or after the
+//! end of the pane holding that time, so the newest records are always in
+//! the answer. Panes at or after the end are counted but wait ahead of the
+//! window; panes ending more than `--lateness` before the end are closed
+//! (the counting thread counts their records as late).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::pipeline::event::EventBatch;
+use crate::pipeline::window::{OffsetRange, Pane, SortedCounts, Window};
+use crate::vocab::SkipCounts;
+
+/// Intermediate slides published per batch while a backlog is replayed;
+/// more are passed through without a snapshot.
+const REPLAY_SNAPSHOTS_PER_BATCH: usize = 8;
+
+/// The event-time state of the window.
+#[derive(Debug)]
+pub struct EventPanes {
+    batch_ms: i64,
+    slide_ms: i64,
+    lateness_ms: i64,
+    window_ms: i64,
+    /// The window's end (epoch ms, a slide boundary); `None` until a record
+    /// has been counted.
+    end_ms: Option<i64>,
+    /// Panes at or after the end, by start (epoch ms).
+    ahead: BTreeMap<i64, Arc<Pane>>,
+    /// The newest time counted per partition slot.
+    newest: Vec<Option<i64>>,
+    /// Late records per partition slot, since the start of this run.
+    late: Vec<u64>,
+    next_seq: u64,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+fn time_of(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Epoch milliseconds of a time (0 before the epoch).
+pub fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl EventPanes {
+    pub fn new(batch: Duration, slide: Duration, lateness: Duration, window: Duration) -> Self {
+        EventPanes {
+            batch_ms: ms(batch),
+            slide_ms: ms(slide),
+            lateness_ms: ms(lateness),
+            window_ms: ms(window),
+            end_ms: None,
+            ahead: BTreeMap::new(),
+            newest: Vec::new(),
+            late: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Continues a checkpoint: panes starting before `end_ms` go to the
+    /// window (in order), the rest wait ahead. Pane numbers go on from
+    /// `next_seq`.
+    pub fn restore(
+        &mut self,
+        panes: Vec<Arc<Pane>>,
+        end_ms: Option<i64>,
+        next_seq: u64,
+        window: &mut Window,
+    ) {
+        self.end_ms = end_ms;
+        self.next_seq = next_seq;
+        for pane in panes {
+            let start = epoch_ms(pane.start);
+            match end_ms {
+                Some(end) if start < end => {
+                    window.push(pane);
+                }
+                _ => {
+                    self.ahead.insert(start, pane);
+                }
+            }
+        }
+    }
+
+    pub fn end_ms(&self) -> Option<i64> {
+        self.end_ms
+    }
+
+    /// The next pane number (pane files are named by it: a pane that
+    /// receives more records is written anew under a new number).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The first pane index still open to records; `None`: all are.
+    pub fn floor(&self) -> Option<i64> {
+        self.end_ms
+            .map(|end| (end - self.lateness_ms).div_euclid(self.batch_ms))
+    }
+
+    pub fn newest(&self, slot: usize) -> Option<i64> {
+        self.newest.get(slot).copied().flatten()
+    }
+
+    pub fn late(&self, slot: usize) -> u64 {
+        self.late.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Panes waiting ahead of the window, oldest first.
+    pub fn ahead(&self) -> impl Iterator<Item = &Arc<Pane>> {
+        self.ahead.values()
+    }
+
+    /// One batch's records into their panes: merged into the window's pane
+    /// of their time, or into a pane ahead of it. Returns the late records
+    /// of the batch per slot.
+    pub fn absorb(
+        &mut self,
+        batch: EventBatch,
+        ranges: &[OffsetRange],
+        window: &mut Window,
+    ) -> Vec<u64> {
+        for (slot, newest) in batch.newest.iter().enumerate() {
+            if let Some(t) = newest {
+                if self.newest.len() <= slot {
+                    self.newest.resize(slot + 1, None);
+                }
+                let kept = &mut self.newest[slot];
+                *kept = Some(kept.map_or(*t, |k| k.max(*t)));
+            }
+        }
+        for (slot, n) in batch.late.iter().enumerate() {
+            if self.late.len() <= slot {
+                self.late.resize(slot + 1, 0);
+            }
+            self.late[slot] += n;
+        }
+        for counted in batch.panes {
+            let start = counted.index * self.batch_ms;
+            let pane = Pane {
+                seq: self.take_seq(),
+                start: time_of(start),
+                end: time_of(start + self.batch_ms),
+                counts: counted.counts,
+                requests: counted.requests,
+                skipped: SkipCounts::default(),
+                ranges: ranges.to_vec(),
+            };
+            let pane = match self.end_ms {
+                Some(end) if start < end => match window.add_to(pane) {
+                    Ok(()) => continue,
+                    // Not in the window: only a pane older than the window
+                    // could be, and the floor closes those. Kept ahead
+                    // rather than lost.
+                    Err(pane) => *pane,
+                },
+                _ => pane,
+            };
+            let merged = match self.ahead.remove(&start) {
+                Some(old) => old.merged(pane),
+                None => pane,
+            };
+            self.ahead.insert(start, Arc::new(merged));
+        }
+        batch.late
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Where the end should be: the newest time of the partitions that
+    /// have a backlog (the oldest of those), or of all when none has;
+    /// `None` while a partition with a backlog has no time yet, or nothing
+    /// has a time at all.
+    pub fn target_end(&self, backlog: &[bool]) -> Option<i64> {
+        let mut held: Option<i64> = None;
+        let mut newest_all: Option<i64> = None;
+        for (slot, &behind) in backlog.iter().enumerate() {
+            let newest = self.newest(slot);
+            if behind {
+                let t = newest?;
+                held = Some(held.map_or(t, |h| h.min(t)));
+            }
+            if let Some(t) = newest {
+                newest_all = Some(newest_all.map_or(t, |n| n.max(t)));
+            }
+        }
+        let t = held.or(newest_all)?;
+        let pane_end = (t.div_euclid(self.batch_ms) + 1) * self.batch_ms;
+        let end = pane_end.div_euclid(self.slide_ms) * self.slide_ms
+            + if pane_end.rem_euclid(self.slide_ms) == 0 {
+                0
+            } else {
+                self.slide_ms
+            };
+        Some(match self.end_ms {
+            Some(old) => end.max(old),
+            None => end,
+        })
+    }
+
+    /// The slide ends to stop at on the way to `target`: every one when
+    /// few, otherwise evenly spaced samples; always `target` last.
+    pub fn steps(&self, target: i64) -> Vec<i64> {
+        let Some(end) = self.end_ms else {
+            return vec![target];
+        };
+        if target <= end {
+            return Vec::new();
+        }
+        let slides = (target - end) / self.slide_ms;
+        let every = (slides as usize)
+            .div_ceil(REPLAY_SNAPSHOTS_PER_BATCH)
+            .max(1) as i64;
+        let mut steps: Vec<i64> = (1..slides)
+            .filter(|i| i % every == 0)
+            .map(|i| end + i * self.slide_ms)
+            .collect();
+        steps.push(target);
+        steps
+    }
+
+    /// Moves the end to `to`: the panes in between (counted ahead, or empty)
+    /// enter the window and the oldest leave it. A jump longer than the
+    /// window starts the window afresh.
+    pub fn advance_to(&mut self, to: i64, window: &mut Window, capacity: usize) {
+        let from = match self.end_ms {
+            Some(end) if to - end < self.window_ms => end,
+            Some(_) | None => {
+                // A fresh window starts at its oldest counted pane: empty
+                // panes before it would only be written and evicted.
+                *window = Window::new(capacity);
+                let oldest = self.ahead.keys().next().copied().unwrap_or(to);
+                oldest.clamp(to - self.window_ms, to)
+            }
+        };
+        // Panes that fall before the new window never enter it.
+        let stale: Vec<i64> = self.ahead.range(..from).map(|(s, _)| *s).collect();
+        for start in stale {
+            self.ahead.remove(&start);
+        }
+        let mut start = from;
+        while start < to {
+            let pane = match self.ahead.remove(&start) {
+                Some(pane) => pane,
+                None => Arc::new(Pane {
+                    seq: self.take_seq(),
+                    start: time_of(start),
+                    end: time_of(start + self.batch_ms),
+                    counts: SortedCounts::default(),
+                    requests: 0,
+                    skipped: SkipCounts::default(),
+                    ranges: Vec::new(),
+                }),
+            };
+            window.push(pane);
+            start += self.batch_ms;
+        }
+        self.end_ms = Some(to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::counts::IpMap;
+    use crate::pipeline::event::EventPane;
+    use crate::vocab::IpKey;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn batch(panes: &[(i64, u32, u32)], newest: &[Option<i64>]) -> EventBatch {
+        EventBatch {
+            panes: panes
+                .iter()
+                .map(|&(index, ip, n)| {
+                    let mut counts = IpMap::default();
+                    counts.add(IpKey::from_v4_bits(ip), n);
+                    EventPane {
+                        index,
+                        counts: SortedCounts::from(&counts),
+                        requests: u64::from(n),
+                    }
+                })
+                .collect(),
+            late: vec![0; newest.len()],
+            newest: newest.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_end_follows_the_newest_time_and_a_backlog_holds_it_back() {
+        let mut events = EventPanes::new(S, 2 * S, 5 * S, 10 * S);
+        let mut window = Window::new(10);
+        assert_eq!(events.target_end(&[false, false]), None, "no time yet");
+        events.absorb(
+            batch(&[(100, 1, 3)], &[Some(100_500), None]),
+            &[],
+            &mut window,
+        );
+        // Partition 1 has a backlog but no time yet: it holds.
+        assert_eq!(events.target_end(&[false, true]), None);
+        // Caught up: the pane [100 s, 101 s) ends at 101 s, the slide boundary after is 102 s.
+        assert_eq!(events.target_end(&[false, false]), Some(102_000));
+        events.absorb(
+            batch(&[(90, 2, 1)], &[None, Some(90_000)]),
+            &[],
+            &mut window,
+        );
+        assert_eq!(
+            events.target_end(&[false, true]),
+            Some(92_000),
+            "the backlog holds"
+        );
+        assert_eq!(events.target_end(&[true, true]), Some(92_000));
+        assert_eq!(events.target_end(&[false, false]), Some(102_000));
+        for step in events.steps(102_000) {
+            events.advance_to(step, &mut window, 10);
+        }
+        // The window is [92 s, 102 s): the pane at 90 s is older.
+        assert_eq!(window.requests(), 3);
+        assert_eq!(
+            window.panes().len(),
+            10,
+            "the pane at 90 s is older than the window"
+        );
+        assert_eq!(events.floor(), Some(97));
+        // A late-but-allowed record joins its pane in the window.
+        events.absorb(
+            batch(&[(98, 1, 2)], &[Some(98_000), None]),
+            &[],
+            &mut window,
+        );
+        assert_eq!(window.requests(), 5);
+        // A record ahead of the end waits.
+        events.absorb(
+            batch(&[(103, 1, 1)], &[Some(103_000), None]),
+            &[],
+            &mut window,
+        );
+        assert_eq!(window.requests(), 5);
+        assert_eq!(events.ahead().count(), 1);
+        // The end never goes back.
+        assert_eq!(events.target_end(&[false, true]), Some(102_000));
+        let target = events.target_end(&[false, false]).expect("end");
+        assert_eq!(target, 104_000);
+        for step in events.steps(target) {
+            events.advance_to(step, &mut window, 10);
+        }
+        assert_eq!(window.requests(), 6);
+        assert_eq!(events.ahead().count(), 0);
+    }
+
+    #[test]
+    fn a_long_replay_is_published_in_sampled_steps_and_a_jump_past_the_window_starts_afresh() {
+        let mut events = EventPanes::new(S, S, 5 * S, 10 * S);
+        let mut window = Window::new(10);
+        events.absorb(batch(&[(0, 1, 1)], &[Some(0)]), &[], &mut window);
+        events.advance_to(1_000, &mut window, 10);
+        let steps = events.steps(101_000);
+        assert!(steps.len() <= REPLAY_SNAPSHOTS_PER_BATCH + 1, "{steps:?}");
+        assert_eq!(steps.last(), Some(&101_000));
+        assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        events.absorb(batch(&[(100, 2, 1)], &[Some(100_000)]), &[], &mut window);
+        events.advance_to(101_000, &mut window, 10);
+        assert_eq!(window.requests(), 1, "the old pane left, the new one came");
+        assert_eq!(
+            window.panes().len(),
+            1,
+            "a fresh window starts at its first pane"
+        );
+        assert_eq!(
+            window.panes().last().map(|p| epoch_ms(p.end)),
+            Some(101_000)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! What the consumer loop hands out: a snapshot at each slide (with event
+//! time, at each slide the data's time passes), and the checkpoint job.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::event::{EventPanes, epoch_ms};
+use super::{CheckpointJob, IngestError, State, VIEW_FRESH_FOR_EVENT_TIME};
+use crate::pipeline::snapshot::PartitionStatus;
+use crate::pipeline::snapshot::build::{PartitionProgress, partition_status};
+use crate::pipeline::window::Pane;
+
+impl State {
+    /// Event time: moves the window's end as far as the data says,
+    /// publishing the slides passed on the way (sampled while a backlog is
+    /// replayed), then tells the counting thread the new floor. True when
+    /// the end moved (the last slide is for the caller to publish).
+    pub(super) fn advance_event_time(&mut self) -> Result<bool, IngestError> {
+        let view = self.links.view.borrow().clone();
+        // A view the monitor has not refreshed lately (Kafka unreachable)
+        // cannot tell a quiet partition from one whose records are yet to
+        // come: then every partition holds the end back.
+        let fresh = view
+            .refreshed
+            .is_some_and(|at| at.elapsed() <= VIEW_FRESH_FOR_EVENT_TIME);
+        let backlog: Vec<bool> = self
+            .tracker
+            .partitions()
+            .iter()
+            .map(|p| {
+                !fresh
+                    || view
+                        .find(&p.topic, p.partition)
+                        .is_none_or(|i| p.next < i.high)
+            })
+            .collect();
+        let Some(events) = self.events.as_ref() else {
+            return Ok(false);
+        };
+        let steps = events
+            .target_end(&backlog)
+            .map_or_else(Vec::new, |target| events.steps(target));
+        let last = steps.len().saturating_sub(1);
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(events) = self.events.as_mut() {
+                events.advance_to(*step, &mut self.window, self.config.window_panes);
+            }
+            if i < last {
+                self.publish();
+            }
+        }
+        let floor = self.events.as_ref().and_then(EventPanes::floor);
+        self.counter.set_floor(floor)?;
+        Ok(!steps.is_empty())
+    }
+
+    pub(super) fn publish(&mut self) {
+        let view = self.links.view.borrow().clone();
+        let partitions: Vec<PartitionStatus> = self
+            .tracker
+            .partitions()
+            .iter()
+            .zip(&self.partition_metrics)
+            .enumerate()
+            .map(|(slot, (p, metrics))| {
+                let progress = PartitionProgress {
+                    topic: &p.topic,
+                    partition: p.partition,
+                    next: p.next,
+                    last_timestamp_ms: p.last_timestamp_ms,
+                    last_reset: p.last_reset.as_ref(),
+                    started: &p.started,
+                    newest_event_ms: self.events.as_ref().and_then(|e| e.newest(slot)),
+                    records_late: self.events.as_ref().map_or(0, |e| e.late(slot)),
+                };
+                let status = partition_status(
+                    &progress,
+                    self.window.panes(),
+                    view.find(&p.topic, p.partition),
+                );
+                if let Some(lag) = status.lag() {
+                    metrics.lag.set(lag);
+                    metrics.group_lag.set(lag);
+                }
+                // The same answer as /api/v1/offsets: unknown is NaN, never 0.
+                metrics
+                    .lag_seconds
+                    .set(status.lag_seconds.unwrap_or(f64::NAN));
+                status
+            })
+            .collect();
+        let wall = SystemTime::now();
+        // Wall clock minus the window's end: how far behind the answer is.
+        let event_lag = match &self.events {
+            None => 0.0,
+            Some(events) => events.end_ms().map_or(f64::NAN, |end| {
+                (epoch_ms(wall) - end).max(0) as f64 / 1000.0
+            }),
+        };
+        self.links.metrics.event_time_lag.set(event_lag);
+        let snapshot = self.builder.build(
+            &mut self.window,
+            partitions,
+            self.counters,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        self.links.published.store(Arc::new(snapshot));
+    }
+
+    pub(super) fn checkpoint_job(&self) -> CheckpointJob {
+        let mut panes: Vec<Arc<Pane>> = self.window.panes().cloned().collect();
+        let (mut next_pane_seq, mut event_end_ms) = (self.tracker.next_seq(), None);
+        if let Some(events) = &self.events {
+            // Panes ahead of the window hold counted records too.
+            panes.extend(events.ahead().cloned());
+            next_pane_seq = events.next_seq();
+            event_end_ms = events.end_ms();
+        }
+        CheckpointJob {
+            panes,
+            offsets: self.tracker.offsets(),
+            next_pane_seq,
+            counters: self.counters,
+            event_end_ms,
+        }
+    }
+}
