@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::pipeline::event::EventBatch;
 use crate::pipeline::window::{OffsetRange, Pane, SortedCounts, Window};
@@ -38,6 +38,10 @@ pub struct EventPanes {
     newest: Vec<Option<i64>>,
     /// Late records per partition slot, since the start of this run.
     late: Vec<u64>,
+    /// Records for a pane the window did not hold (see [`EventPanes::absorb`]).
+    unplaced: u64,
+    /// When each partition slot last delivered a record with a time.
+    active: Vec<Option<Instant>>,
     next_seq: u64,
 }
 
@@ -66,6 +70,8 @@ impl EventPanes {
             ahead: BTreeMap::new(),
             newest: Vec::new(),
             late: Vec::new(),
+            active: Vec::new(),
+            unplaced: 0,
             next_seq: 0,
         }
     }
@@ -115,8 +121,22 @@ impl EventPanes {
         self.newest.get(slot).copied().flatten()
     }
 
+    /// Records counted as late because no pane of the window could take them.
+    pub fn unplaced(&self) -> u64 {
+        self.unplaced
+    }
+
     pub fn late(&self, slot: usize) -> u64 {
         self.late.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Whether the slot delivered a record with a time within `recent` of `now`.
+    pub fn active(&self, slot: usize, now: Instant, recent: Duration) -> bool {
+        self.active
+            .get(slot)
+            .copied()
+            .flatten()
+            .is_some_and(|at| now.duration_since(at) <= recent)
     }
 
     /// Panes waiting ahead of the window, oldest first.
@@ -124,20 +144,24 @@ impl EventPanes {
         self.ahead.values()
     }
 
-    /// One batch's records into their panes: merged into the window's pane
-    /// of their time, or into a pane ahead of it. Returns the late records
-    /// of the batch per slot.
+    /// One batch's records (closed at `now`) into their panes: merged into
+    /// the window's pane of their time, or into a pane ahead of it. Returns
+    /// the late records of the batch per slot (and adds to
+    /// [`EventPanes::unplaced`]).
     pub fn absorb(
         &mut self,
         batch: EventBatch,
         ranges: &[OffsetRange],
         window: &mut Window,
+        now: Instant,
     ) -> Vec<u64> {
         for (slot, newest) in batch.newest.iter().enumerate() {
             if let Some(t) = newest {
                 if self.newest.len() <= slot {
                     self.newest.resize(slot + 1, None);
+                    self.active.resize(slot + 1, None);
                 }
+                self.active[slot] = Some(now);
                 let kept = &mut self.newest[slot];
                 *kept = Some(kept.map_or(*t, |k| k.max(*t)));
             }
@@ -162,10 +186,18 @@ impl EventPanes {
             let pane = match self.end_ms {
                 Some(end) if start < end => match window.add_to(pane) {
                     Ok(()) => continue,
-                    // Not in the window: only a pane older than the window
-                    // could be, and the floor closes those. Kept ahead
-                    // rather than lost.
-                    Err(pane) => *pane,
+                    // The window holds every pane from the floor to its
+                    // end, so this does not happen; if it did, the records
+                    // are counted as late rather than lost.
+                    Err(pane) => {
+                        tracing::warn!(
+                            start,
+                            requests = pane.requests,
+                            "records for a pane outside the window counted as late"
+                        );
+                        self.unplaced += pane.requests;
+                        continue;
+                    }
                 },
                 _ => pane,
             };
@@ -242,11 +274,14 @@ impl EventPanes {
         let from = match self.end_ms {
             Some(end) if to - end < self.window_ms => end,
             Some(_) | None => {
-                // A fresh window starts at its oldest counted pane: empty
-                // panes before it would only be written and evicted.
+                // A fresh window starts at its oldest counted pane, or
+                // where records may still join (the lateness before the
+                // end), whichever is older: empty panes before that would
+                // only be written and evicted.
                 *window = Window::new(capacity);
+                let open = (to - self.lateness_ms).div_euclid(self.batch_ms) * self.batch_ms;
                 let oldest = self.ahead.keys().next().copied().unwrap_or(to);
-                oldest.clamp(to - self.window_ms, to)
+                oldest.min(open).clamp(to - self.window_ms, to)
             }
         };
         // Panes that fall before the new window never enter it.
@@ -312,6 +347,7 @@ mod tests {
             batch(&[(100, 1, 3)], &[Some(100_500), None]),
             &[],
             &mut window,
+            Instant::now(),
         );
         // Partition 1 has a backlog but no time yet: it holds.
         assert_eq!(events.target_end(&[false, true]), None);
@@ -321,6 +357,7 @@ mod tests {
             batch(&[(90, 2, 1)], &[None, Some(90_000)]),
             &[],
             &mut window,
+            Instant::now(),
         );
         assert_eq!(
             events.target_end(&[false, true]),
@@ -345,6 +382,7 @@ mod tests {
             batch(&[(98, 1, 2)], &[Some(98_000), None]),
             &[],
             &mut window,
+            Instant::now(),
         );
         assert_eq!(window.requests(), 5);
         // A record ahead of the end waits.
@@ -352,6 +390,7 @@ mod tests {
             batch(&[(103, 1, 1)], &[Some(103_000), None]),
             &[],
             &mut window,
+            Instant::now(),
         );
         assert_eq!(window.requests(), 5);
         assert_eq!(events.ahead().count(), 1);
@@ -370,19 +409,29 @@ mod tests {
     fn a_long_replay_is_published_in_sampled_steps_and_a_jump_past_the_window_starts_afresh() {
         let mut events = EventPanes::new(S, S, 5 * S, 10 * S);
         let mut window = Window::new(10);
-        events.absorb(batch(&[(0, 1, 1)], &[Some(0)]), &[], &mut window);
+        events.absorb(
+            batch(&[(0, 1, 1)], &[Some(0)]),
+            &[],
+            &mut window,
+            Instant::now(),
+        );
         events.advance_to(1_000, &mut window, 10);
         let steps = events.steps(101_000);
         assert!(steps.len() <= REPLAY_SNAPSHOTS_PER_BATCH + 1, "{steps:?}");
         assert_eq!(steps.last(), Some(&101_000));
         assert!(steps.windows(2).all(|w| w[0] < w[1]));
-        events.absorb(batch(&[(100, 2, 1)], &[Some(100_000)]), &[], &mut window);
+        events.absorb(
+            batch(&[(100, 2, 1)], &[Some(100_000)]),
+            &[],
+            &mut window,
+            Instant::now(),
+        );
         events.advance_to(101_000, &mut window, 10);
         assert_eq!(window.requests(), 1, "the old pane left, the new one came");
         assert_eq!(
             window.panes().len(),
-            1,
-            "a fresh window starts at its first pane"
+            5,
+            "a fresh window starts where records may still join: the lateness before its end"
         );
         assert_eq!(
             window.panes().last().map(|p| epoch_ms(p.end)),

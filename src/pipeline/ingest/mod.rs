@@ -41,9 +41,9 @@ use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
 use event::EventPanes;
 use tracker::{Tracker, Verdict};
 
-/// How old the cluster view may be for a partition it shows caught up to
-/// stop holding back the event-time window (the monitor refreshes it every
-/// second).
+/// Event time: how old the cluster view may be, and how long a partition
+/// must have delivered nothing, for a caught-up partition to stop holding
+/// back the window's end (the monitor refreshes the view every second).
 const VIEW_FRESH_FOR_EVENT_TIME: Duration = Duration::from_secs(3);
 
 /// Why ingest stopped for good.
@@ -532,7 +532,9 @@ impl State {
             (Some(batch), Some(events)) => {
                 self.counters.records_counted +=
                     batch.panes.iter().map(|p| p.requests).sum::<u64>();
-                let late = events.absorb(batch, &closed.ranges, &mut self.window);
+                let unplaced = events.unplaced();
+                let late = events.absorb(batch, &closed.ranges, &mut self.window, Instant::now());
+                self.counters.late += events.unplaced() - unplaced;
                 for (slot, n) in late.into_iter().enumerate() {
                     if let Some(m) = self.partition_metrics.get(slot) {
                         m.late.inc_by(n);

@@ -17,26 +17,31 @@ impl State {
     /// the end moved (the last slide is for the caller to publish).
     pub(super) fn advance_event_time(&mut self) -> Result<bool, IngestError> {
         let view = self.links.view.borrow().clone();
-        // A view the monitor has not refreshed lately (Kafka unreachable)
-        // cannot tell a quiet partition from one whose records are yet to
-        // come: then every partition holds the end back.
+        let Some(events) = self.events.as_ref() else {
+            return Ok(false);
+        };
+        // A partition holds the end back while it is behind or busy: the
+        // cluster view shows records it has not read, it delivered records
+        // lately (the view may not show the newest ones yet), or the view
+        // is too old to tell (Kafka unreachable). Only a caught-up, quiet
+        // partition does not, so a quiet partition never freezes the window.
+        let now = Instant::now();
         let fresh = view
             .refreshed
-            .is_some_and(|at| at.elapsed() <= VIEW_FRESH_FOR_EVENT_TIME);
+            .is_some_and(|at| now.duration_since(at) <= VIEW_FRESH_FOR_EVENT_TIME);
         let backlog: Vec<bool> = self
             .tracker
             .partitions()
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(slot, p)| {
                 !fresh
+                    || events.active(slot, now, VIEW_FRESH_FOR_EVENT_TIME)
                     || view
                         .find(&p.topic, p.partition)
                         .is_none_or(|i| p.next < i.high)
             })
             .collect();
-        let Some(events) = self.events.as_ref() else {
-            return Ok(false);
-        };
         let steps = events
             .target_end(&backlog)
             .map_or_else(Vec::new, |target| events.steps(target));
