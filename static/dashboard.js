@@ -41,6 +41,7 @@ function num(v) {
 
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
+  if (seconds >= 7200) return `${(seconds / 3600).toFixed(1)} h`;
   if (seconds >= 120) return `${Math.round(seconds / 60)} min`;
   if (seconds >= 10) return `${Math.round(seconds)} s`;
   return `${seconds.toFixed(1)} s`;
@@ -158,18 +159,30 @@ function renderOffsets(offsets) {
   }));
 }
 
+// How current the answer is: by event time, the data's own time and how
+// far behind the clock it is ("data up to 12:01:05, 3 s behind").
+function freshness(time) {
+  if (time.source === "arrival") return "by arrival time";
+  if (!time.window_end) return `by ${time.source} time · no data yet`;
+  const end = new Date(time.window_end).toLocaleTimeString();
+  return `data up to ${end}, ${duration(time.event_time_lag_seconds)} behind`;
+}
+
 function renderStatus(status) {
   $("demo-banner").hidden = status.mode !== "demo";
   $("rate").textContent = fmt.format(Math.round(status.records_per_second));
   const rows = Object.entries(status.skipped).map(([reason, n]) => [reason.replace(/_/g, " "), n]);
   // Not a skip: lines with invalid UTF-8, read repaired and counted as any other.
   rows.push(["repaired (invalid UTF-8, read)", status.records_repaired]);
+  // Not a skip either: records that came after their pane closed.
+  if (status.time.source !== "arrival") rows.push(["late (after --lateness)", status.time.records_late]);
   $("skips").tBodies[0].replaceChildren(...rows.map(([label, n]) => {
     const row = el("tr");
     row.appendChild(el("td", label));
     row.appendChild(el("td", fmt.format(n), "num"));
     return row;
   }));
+  $("freshness").textContent = freshness(status.time);
   const cp = status.checkpoint;
   $("checkpoint").textContent = cp.age_seconds === null ? "none yet" : duration(cp.age_seconds);
   $("checkpoint-note").textContent = cp.failing ? `failing: ${cp.last_error || "unknown error"}` : "";

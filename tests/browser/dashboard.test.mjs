@@ -98,6 +98,9 @@ test("the top table fills and the feed is live", async () => {
   assert.equal(await page.locator("#demo-banner").isVisible(), true, "demo data is labelled");
   assert.match(await page.locator("#health").textContent(), /live/);
   assert.ok((await page.locator("#top-chart rect").count()) >= 10, "bar chart drawn");
+  // Event time: how fresh the data is, next to the window.
+  await waitFor("the data's freshness", async () =>
+    /^data up to .+, [\d.]+ s behind$/.test(await page.locator("#freshness").textContent()));
   await page.screenshot({ path: join(artifacts, "dashboard-desktop.png"), fullPage: true });
   assert.deepEqual(problems, []);
   await page.close();

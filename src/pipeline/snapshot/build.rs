@@ -85,6 +85,8 @@ pub struct Builder {
     slide: Duration,
     last_publish: Instant,
     consumed_at_last_publish: u64,
+    /// Records consumed per second, as last measured.
+    rate: f64,
     history: VecDeque<HistoryPoint>,
 }
 
@@ -96,6 +98,7 @@ impl Builder {
             slide,
             last_publish: now,
             consumed_at_last_publish: consumed,
+            rate: 0.0,
             history: VecDeque::new(),
         }
     }
@@ -108,31 +111,39 @@ impl Builder {
         now: Instant,
         wall: SystemTime,
     ) -> Snapshot {
-        let elapsed = now.duration_since(self.last_publish).as_secs_f64();
-        let records_per_second = if elapsed > 0.0 {
-            (counters.records_consumed - self.consumed_at_last_publish) as f64 / elapsed
-        } else {
-            0.0
-        };
-        self.last_publish = now;
-        self.consumed_at_last_publish = counters.records_consumed;
+        // The rate over at least half a slide: with event time, snapshots
+        // also come whenever the data's time passes a slide, which can be
+        // moments apart.
+        let elapsed = now.duration_since(self.last_publish);
+        if elapsed >= self.slide / 2 || self.history.is_empty() {
+            let seconds = elapsed.as_secs_f64();
+            self.rate = if seconds > 0.0 {
+                (counters.records_consumed - self.consumed_at_last_publish) as f64 / seconds
+            } else {
+                0.0
+            };
+            self.last_publish = now;
+            self.consumed_at_last_publish = counters.records_consumed;
+        }
+        let records_per_second = self.rate;
 
+        let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
+        let window_end = panes.last().map_or(wall, |p| p.end);
+        // A point per slide at the window's end: with event time, the
+        // slides of a replay are spread over the data's time, in order.
         self.history.push_back(HistoryPoint {
-            at: wall,
+            at: window_end,
             records_per_second,
             window_requests: window.requests(),
             distinct_ips: window.distinct_ips(),
         });
         while self.history.len() > HISTORY_POINTS
-            || self
-                .history
-                .front()
-                .is_some_and(|p| wall.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN)
+            || self.history.front().is_some_and(|p| {
+                window_end.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN
+            })
         {
             self.history.pop_front();
         }
-        let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
-        let window_end = panes.last().map_or(wall, |p| p.end);
         let window_start = window_end
             .checked_sub(self.window_length)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -254,14 +265,28 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1)
         );
         assert_eq!(snapshot.history.len(), 1);
-        // History older than its span is dropped.
-        let later = wall + HISTORY_SPAN + Duration::from_secs(1);
+        // A snapshot moments later keeps the last rate rather than measure
+        // a fraction of a slide.
+        let snapshot = builder.build(
+            &mut window,
+            Vec::new(),
+            counters,
+            start + Duration::from_millis(2_100),
+            wall,
+        );
+        assert_eq!(snapshot.ingest.records_per_second, 100.0);
+        // History older than its span (by the window's end) is dropped.
+        let later = SystemTime::UNIX_EPOCH + HISTORY_SPAN + Duration::from_secs(10);
+        window.push(Arc::new(Pane {
+            end: later,
+            ..(*pane(1, 10, 20)).clone()
+        }));
         let snapshot = builder.build(
             &mut window,
             Vec::new(),
             counters,
             start + Duration::from_secs(3),
-            later,
+            wall,
         );
         assert_eq!(snapshot.ingest.records_per_second, 0.0);
         assert_eq!(snapshot.history.len(), 1);
