@@ -553,3 +553,90 @@ async fn an_unwritable_checkpoint_directory_degrades_but_never_stops_counting() 
     .expect("assertions");
     app.run_until(async {}).await.expect("graceful stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_timestamp_can_be_the_time() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("stamped", 2, 1).expect("topic");
+    // Lines without a time of their own, stamped by Kafka over a minute
+    // that ended ten minutes ago.
+    let first_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as i64
+        - 11 * 60_000;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    let lines: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!(r#"{{"client_real_ip":"198.51.100.{}"}}"#, i % 7).into_bytes())
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to("stamped")
+                    .partition((i % 2) as i32)
+                    .payload(line)
+                    .timestamp(first_ms + i as i64 * 200),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let truth = Truth::arrival(lines.iter().map(|l| l.as_slice()));
+    let app = start(
+        &bootstrap,
+        &[
+            "--topics",
+            "stamped",
+            "--time-source",
+            "kafka",
+            "--batch",
+            "1s",
+            "--slide",
+            "1s",
+            "--window",
+            "2m",
+        ],
+    )
+    .await;
+    let addr = app.local_addr();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the window to hold every line", WAIT, || {
+            let counts = window_counts(addr);
+            if counts == truth.counts {
+                Ok(())
+            } else {
+                Err(format!("{counts:?}"))
+            }
+        });
+        let status = get_json(addr, "/api/v1/status");
+        assert_eq!(status["time"]["source"], "kafka");
+        assert_eq!(status["time"]["records_late"], 0);
+        // The window ends at the slide after the newest timestamp.
+        let end = humantime::parse_rfc3339_weak(status["time"]["window_end"].as_str().expect("end"))
+            .expect("rfc 3339")
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis() as i64;
+        let newest = first_ms + 299 * 200;
+        assert!(
+            (newest..=newest + 1_000).contains(&end),
+            "{end} vs {newest}"
+        );
+        // A minute of data: about sixty one-second panes hold records.
+        let detail = get_json(addr, "/api/v1/ips/198.51.100.0");
+        let holding = detail["panes"]
+            .as_array()
+            .expect("panes")
+            .iter()
+            .filter(|p| p["count"] != 0)
+            .count();
+        assert!((35..=61).contains(&holding), "{detail}");
+    })
+    .await
+    .expect("assertions");
+    app.run_until(async {}).await.expect("clean stop");
+}

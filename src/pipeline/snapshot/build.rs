@@ -138,9 +138,10 @@ impl Builder {
             distinct_ips: window.distinct_ips(),
         });
         while self.history.len() > HISTORY_POINTS
-            || self.history.front().is_some_and(|p| {
-                window_end.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN
-            })
+            || self
+                .history
+                .front()
+                .is_some_and(|p| window_end.duration_since(p.at).unwrap_or_default() > HISTORY_SPAN)
         {
             self.history.pop_front();
         }
