@@ -11,7 +11,7 @@
 #
 # Rows: kcat (a bare librdkafka consumer: the limit), ipstats end to end
 # (whole process, fresh group and checkpoint, start until every record is
-# counted), GoAccess vs `ipstats count` on the same file (JSON, and the same
+# counted; by event time, and by arrival time beside it), GoAccess vs `ipstats count` on the same file (JSON, and the same
 # requests as nginx's `combined` text), wrk on
 # /api/v1/top?n=100 during full-speed ingest, and resident memory per
 # distinct IP with about a million IPs in the window.
@@ -126,21 +126,22 @@ wait_consumed() {
   scripts/wait-consumed.py "$1" "$2" "$3" 900 || { log "$(tail -5 "$OUT/ipstats.log")"; exit 1; }
 }
 
-# ipstats_round NAME ROUND [wrk|sse]: ipstats from a fresh group and
-# checkpoint, whole process, start until every record is counted; with
-# `wrk`, while wrk keeps 64 connections busy on /api/v1/top?n=100 until
-# ingest is done; with `sse`, while 1,000 event streams at n=100 are open.
+# ipstats_round NAME ROUND [wrk|sse|arrival]: ipstats from a fresh group and
+# checkpoint, whole process, start until every record is counted (by event
+# time, the default); with `wrk`, while wrk keeps 64 connections busy on
+# /api/v1/top?n=100 until ingest is done; with `sse`, while 1,000 event
+# streams at n=100 are open; with `arrival`, by arrival time.
 ipstats_round() {
   local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" ended cpu hwm wall healthz=""
   port=$(free_port)
   dir=$(mktemp -d)
   started=$(date +%s.%N)
-  if [ "${3:-}" = sse ]; then
-    pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000)
-  else
-    pid=$(start_ipstats "$TOPIC" "$port" "$dir")
-  fi
-  if [ -n "${3:-}" ]; then
+  case "${3:-}" in
+    sse) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000) ;;
+    arrival) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --time-source arrival) ;;
+    *) pid=$(start_ipstats "$TOPIC" "$port" "$dir") ;;
+  esac
+  if [ "${3:-}" = wrk ] || [ "${3:-}" = sse ]; then
     until curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.01; done
   fi
   if [ "${3:-}" = wrk ]; then
@@ -199,6 +200,7 @@ for round in $(seq 1 "$ROUNDS"); do
   if section ingest; then
     time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
     ipstats_round ipstats "$round"
+    ipstats_round "ipstats by arrival time" "$round" arrival
   fi
   if section wrk; then ipstats_round "ipstats under wrk" "$round" wrk; fi
   if section sse; then ipstats_round "ipstats with 1000 event streams" "$round" sse; fi
@@ -315,7 +317,7 @@ if section memory; then memory_row; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
+NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -336,6 +338,7 @@ def ratio(text, a, b, table, digits):
     if a in table and b in table:
         print(f"{text}: {table[a] / table[b]:.{digits}f}x")
 ratio("ipstats / kcat records/s", "ipstats", "kcat", rate, 2)
+ratio("ipstats by event time (default) / by arrival time, records/s", "ipstats", "ipstats by arrival time", rate, 2)
 ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
 ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
