@@ -204,5 +204,23 @@ mod tests {
         let mut other_field = shape();
         other_field.ip_field = "remote_addr".into();
         assert!(check_shape(dir, &shape(), &other_field).is_err());
+        // Panes by another time are other panes: refused, naming both.
+        for time in ["arrival", "kafka", "event:msec"] {
+            let mut other_time = shape();
+            other_time.time = time.into();
+            let err = check_shape(dir, &shape(), &other_time)
+                .expect_err("time changed")
+                .to_string();
+            assert!(
+                err.contains("--time-source event --time-field time_local"),
+                "{err}"
+            );
+        }
+        // A checkpoint from before the time source existed was by arrival.
+        let old: Shape = serde_json::from_str(
+            r#"{"topics":["t"],"ip_field":"client_real_ip","batch_ms":1000,"window_ms":60000,"slide_ms":5000}"#,
+        )
+        .expect("an old shape");
+        assert_eq!(old.time, "arrival");
     }
 }
