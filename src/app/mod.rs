@@ -272,6 +272,7 @@ impl App {
         let serve_cancel = CancellationToken::new();
         let state = AppState {
             sources: shared.clone(),
+            adhoc: AppState::adhoc_permits(),
             streams: Arc::new(Streams::new(
                 settings.max_event_streams,
                 serve_cancel.clone(),
@@ -291,6 +292,8 @@ impl App {
                     brokers.clone()
                 },
                 zookeeper: zookeeper.as_ref().map(ZkOptions::display),
+                batch: settings.batch,
+                retention: settings.retention,
                 time_source: settings.time.source.as_str(),
                 time_field: settings.time.parsed_field().map(str::to_string),
                 lateness: settings.time.lateness,

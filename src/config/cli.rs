@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// Window length: a whole multiple of --batch, at most 7 days and 100000 panes.
     #[arg(long, env = "IPSTATS_WINDOW", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub window: Duration,
+    /// How much history is kept for questions about other windows (`window=`, `end=`): a whole
+    /// multiple of --slide, at least --window, at most 7 days and 1000000 panes. Default: --window.
+    #[arg(long, env = "IPSTATS_RETENTION", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
     /// How often results are published; a whole multiple of --batch, at most --window.
     #[arg(long, env = "IPSTATS_SLIDE", value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slide: Duration,

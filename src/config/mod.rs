@@ -64,6 +64,8 @@ pub struct Settings {
     pub batch: Duration,
     pub window: Duration,
     pub slide: Duration,
+    /// History kept for ad-hoc questions: at least the window.
+    pub retention: Duration,
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
@@ -149,6 +151,11 @@ impl Settings {
     /// Panes in the window.
     pub fn window_panes(&self) -> usize {
         (self.window.as_nanos() / self.batch.as_nanos()) as usize
+    }
+
+    /// Panes kept after they slide out of the window (`--retention`).
+    pub fn retained_panes(&self) -> usize {
+        ((self.retention - self.window).as_nanos() / self.batch.as_nanos()) as usize
     }
 
     /// Batches per slide.
@@ -298,6 +305,7 @@ impl TryFrom<ServeArgs> for Settings {
             batch: a.batch,
             window: a.window,
             slide: a.slide,
+            retention: retention(a.retention, a.window, a.slide, a.batch)?,
             max_rate_per_partition: a.max_rate_per_partition,
             offset_reset: a.offset_reset,
             listen: a.listen,
@@ -474,6 +482,46 @@ fn validate_durations(
     }
     Ok(())
 }
+
+/// `--retention`: default the window; a multiple of the slide from the
+/// window to 7 days and [`MAX_RETAINED_PANES`] panes.
+fn retention(
+    retention: Option<Duration>,
+    window: Duration,
+    slide: Duration,
+    batch: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(retention) = retention else {
+        return Ok(window);
+    };
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let rule = if retention < window || retention > MAX_WINDOW {
+        format!(
+            "{} must be from --window ({}) to {}",
+            show(retention),
+            show(window),
+            show(MAX_WINDOW)
+        )
+    } else if !retention.as_nanos().is_multiple_of(slide.as_nanos()) {
+        format!(
+            "{} is not a whole multiple of --slide ({})",
+            show(retention),
+            show(slide)
+        )
+    } else if retention.as_nanos() / batch.as_nanos() > MAX_RETAINED_PANES {
+        format!(
+            "{} holds more than {MAX_RETAINED_PANES} batches of {}; use a longer --batch",
+            show(retention),
+            show(batch)
+        )
+    } else {
+        return Ok(retention);
+    };
+    Err(invalid("--retention", rule))
+}
+
+/// The most panes `--retention` may keep.
+const MAX_RETAINED_PANES: u128 = 1_000_000;
 
 fn parse_topics(list: &str) -> Result<Vec<String>, ConfigError> {
     let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();

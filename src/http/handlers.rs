@@ -15,6 +15,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
+use super::adhoc::{self, Asked, Question};
 use super::problem::Problem;
 use super::views::{
     IpView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, TopView, WindowView,
@@ -23,13 +24,46 @@ use super::views::{
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
 use crate::pipeline::snapshot::Snapshot;
-use crate::vocab::{Health, Origin, SkipReason, parse_ip};
+use crate::vocab::{Health, Network, Origin, SkipReason, parse_ip};
 
 const DEFAULT_TOP_N: usize = 10;
 
 #[derive(Deserialize)]
 pub struct TopQuery {
     n: Option<String>,
+    window: Option<String>,
+    end: Option<String>,
+    prefix4: Option<String>,
+    prefix6: Option<String>,
+}
+
+impl TopQuery {
+    fn asked(&self) -> Asked<'_> {
+        Asked {
+            window: self.window.as_deref(),
+            end: self.end.as_deref(),
+            prefix4: self.prefix4.as_deref(),
+            prefix6: self.prefix6.as_deref(),
+        }
+    }
+}
+
+/// `window` and `end` of `/api/v1/ips/{ip}` and `/api/v1/networks/{cidr}`.
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    n: Option<String>,
+    window: Option<String>,
+    end: Option<String>,
+}
+
+impl RangeQuery {
+    fn asked(&self) -> Asked<'_> {
+        Asked {
+            window: self.window.as_deref(),
+            end: self.end.as_deref(),
+            ..Asked::default()
+        }
+    }
 }
 
 /// `n`: absent means [`DEFAULT_TOP_N`]; else 1 to `max`.
@@ -55,6 +89,15 @@ pub async fn top(
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.sources.published.load();
+    let asked = query.asked();
+    if !asked.is_default() {
+        let question = Question::Top {
+            range: adhoc::range(&state, &snapshot, &asked)?,
+            grouping: adhoc::grouping(&asked)?,
+            n,
+        };
+        return adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await;
+    }
     // Dashboards and scrapers ask the same question many times per slide.
     let body = snapshot.rendered_top.get_or_render(n, || {
         serde_json::to_vec(&TopView::of(&snapshot, n))
@@ -69,11 +112,21 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub async fn ip(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<IpView>, Problem> {
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
     let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let ip = parse_ip(&text)
         .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
     let snapshot = state.sources.published.load();
+    let asked = query.asked();
+    if !asked.is_default() {
+        let question = Question::Ip {
+            range: adhoc::range(&state, &snapshot, &asked)?,
+            ip,
+        };
+        return adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await;
+    }
     Ok(Json(IpView {
         ip: ip.to_string(),
         count: snapshot.count(ip),
@@ -87,7 +140,32 @@ pub async fn ip(
                 count: p.count(ip),
             })
             .collect(),
-    }))
+    })
+    .into_response())
+}
+
+/// One network's requests, distinct addresses and top addresses over the
+/// current window or any kept range.
+pub async fn network(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let network = Network::parse(&text).ok_or_else(|| {
+        Problem::bad_request(format!(
+            "{text:?} is not a network in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix"
+        ))
+    })?;
+    let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
+    let snapshot = state.sources.published.load();
+    let question = Question::Network {
+        range: adhoc::range(&state, &snapshot, &query.asked())?,
+        network,
+        n,
+    };
+    adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await
 }
 
 fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {

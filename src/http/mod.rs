@@ -5,6 +5,7 @@
 //! gauge, set when `/metrics` is scraped. Nothing here can slow ingest down.
 
 pub mod access;
+mod adhoc;
 mod handlers;
 mod problem;
 pub mod serve;
@@ -50,6 +51,9 @@ pub struct ServiceInfo {
     pub brokers: String,
     pub zookeeper: Option<String>,
     pub checkpoint_dir: String,
+    /// `--batch` (the pane length) and `--retention` (the history kept).
+    pub batch: Duration,
+    pub retention: Duration,
     /// `--time-source` and, for `event`, `--time-field`.
     pub time_source: &'static str,
     pub time_field: Option<String>,
@@ -97,6 +101,15 @@ pub struct AppState {
     pub info: Arc<ServiceInfo>,
     pub streams: Arc<Streams>,
     pub access: Arc<access::Access>,
+    /// Places for ad-hoc merges (other windows, networks).
+    pub adhoc: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// The permits ad-hoc questions share.
+    pub fn adhoc_permits() -> Arc<Semaphore> {
+        adhoc::permits()
+    }
 }
 
 /// Every route: the router is built from this list and the spec test reads it.
@@ -107,6 +120,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/dashboard.css", get(handlers::dashboard_css)),
         ("/api/v1/top", get(handlers::top)),
         ("/api/v1/ips/{ip}", get(handlers::ip)),
+        ("/api/v1/networks/{*cidr}", get(handlers::network)),
         ("/api/v1/offsets", get(handlers::offsets)),
         ("/api/v1/status", get(handlers::status)),
         ("/api/v1/events", get(handlers::events)),

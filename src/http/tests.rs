@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
@@ -55,6 +55,13 @@ fn state(ready: bool) -> AppState {
             (ip("2001:db8::1"), 1),
         ]),
         panes,
+        // One older pane kept by --retention, the second before the window.
+        retained: vec![Arc::new(Pane {
+            seq: 9,
+            start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_999_999),
+            end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            ..(*pane(9, &[("10.0.0.9", 4), ("10.0.0.1", 1)])).clone()
+        })],
         partitions: vec![PartitionStatus {
             topic: "access-log".into(),
             partition: 0,
@@ -75,6 +82,7 @@ fn state(ready: bool) -> AppState {
         ingest: IngestStatus::default(),
         history: Vec::new(),
         rendered_top: Default::default(),
+        rendered_adhoc: Default::default(),
         rendered_events: Default::default(),
     };
     let health = Arc::new(Health::new(true));
@@ -96,6 +104,7 @@ fn state(ready: bool) -> AppState {
     };
     AppState {
         sources,
+        adhoc: AppState::adhoc_permits(),
         streams: Arc::new(Streams::new(2, tokio_util::sync::CancellationToken::new())),
         access: Arc::new(access::Access::default()),
         info: Arc::new(ServiceInfo {
@@ -104,6 +113,8 @@ fn state(ready: bool) -> AppState {
             topics: vec!["access-log".into()],
             brokers: "embedded".into(),
             zookeeper: None,
+            batch: Duration::from_secs(1),
+            retention: Duration::from_secs(3),
             time_source: "event",
             time_field: Some("time_local".into()),
             lateness: std::time::Duration::from_secs(5),
@@ -331,7 +342,11 @@ fn router_and_spec_list_the_same_routes() {
         .keys()
         .map(|k| k.as_str().expect("path").to_string())
         .collect();
-    let router_paths: BTreeSet<String> = routes().into_iter().map(|(p, _)| p.to_string()).collect();
+    // The router's catch-all `{*cidr}` (a CIDR holds a slash) is `{cidr}` in the spec.
+    let router_paths: BTreeSet<String> = routes()
+        .into_iter()
+        .map(|(p, _)| p.replace("{*", "{"))
+        .collect();
     assert_eq!(spec_paths, router_paths);
     for (path, item) in spec["paths"].as_mapping().expect("paths") {
         let methods: Vec<&str> = item
@@ -544,4 +559,92 @@ async fn a_loopback_instance_answers_only_to_its_own_names() {
     // A page on another domain that resolves to 127.0.0.1 (DNS rebinding).
     let (status, _) = ask(&router, "/api/v1/top", &[("host", "rebind.example:8080")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn any_kept_range_answers_by_address_and_by_network() {
+    // Three kept panes: the retained one (10.0.0.9 ×4, 10.0.0.1 ×1) and the window's two.
+    let (status, body) = get_json("/api/v1/top?window=3s&n=10").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total_requests"], 16);
+    assert_eq!(body["distinct_ips"], 4);
+    assert_eq!(body["window"]["start"], "2027-01-15T07:59:59.000Z");
+    assert_eq!(body["window"]["end"], "2027-01-15T08:00:02.000Z");
+    assert_eq!(body["window"]["length_seconds"], 3.0);
+    assert_eq!(body["top"][0], json!({"ip": "10.0.0.1", "count": 6}));
+    // One pane, ending at its boundary.
+    let (_, first) = get_json("/api/v1/top?window=1s&end=2027-01-15T08:00:01Z").await;
+    assert_eq!(first["total_requests"], 4);
+    assert_eq!(first["window"]["start"], "2027-01-15T08:00:00.000Z");
+    // Networks: the IPv4 addresses share a /24, the IPv6 one is its own /128.
+    let (_, nets) = get_json("/api/v1/top?prefix4=24").await;
+    assert_eq!(nets["distinct_networks"], 2, "{nets}");
+    assert_eq!(
+        nets["top"][0],
+        json!({"network": "10.0.0.0/24", "count": 10, "distinct_ips": 2})
+    );
+    assert_eq!(nets["top"][1]["network"], "2001:db8::1/128");
+    assert_eq!(
+        (nets["prefix4"].clone(), nets["prefix6"].clone()),
+        (json!(24), json!(128))
+    );
+    let (_, all6) = get_json("/api/v1/top?prefix6=0&window=3s").await;
+    assert!(
+        all6["top"]
+            .as_array()
+            .expect("top")
+            .iter()
+            .any(|t| t["network"] == "::/0" && t["count"] == 1),
+        "{all6}"
+    );
+    // One network's members, and one address over the range.
+    let (status, net) = get_json("/api/v1/networks/10.0.0.0/24?window=3s&n=1").await;
+    assert_eq!(status, StatusCode::OK, "{net}");
+    assert_eq!(net["network"], "10.0.0.0/24");
+    assert_eq!(
+        (net["count"].clone(), net["distinct_ips"].clone()),
+        (json!(15), json!(3))
+    );
+    assert_eq!(net["top"], json!([{"ip": "10.0.0.1", "count": 6}]));
+    let (_, encoded) = get_json("/api/v1/networks/10.0.0.0%2F24?window=3s&n=1").await;
+    assert_eq!(encoded["count"], 15, "an encoded slash works too");
+    let (_, ip) = get_json("/api/v1/ips/10.0.0.1?window=3s").await;
+    assert_eq!(ip["count"], 6);
+    assert_eq!(ip["panes"].as_array().expect("panes").len(), 3);
+    // Asked again within the slide: the same bytes, from the cache.
+    let again = call(Method::GET, "/api/v1/top?window=3s&n=10").await;
+    let (_, _, first_body) = call(Method::GET, "/api/v1/top?window=3s&n=10").await;
+    assert_eq!(again.2, first_body);
+}
+
+#[tokio::test]
+async fn ranges_outside_the_kept_history_are_problems_naming_the_parameter() {
+    for (uri, names) in [
+        ("/api/v1/top?window=4s", "retention"),
+        ("/api/v1/top?window=1500ms", "window"),
+        ("/api/v1/top?window=0s", "window"),
+        ("/api/v1/top?window=soon", "window"),
+        ("/api/v1/top?end=2027-01-15T08:00:00.500Z", "end"),
+        ("/api/v1/top?end=yesterday", "end"),
+        (
+            "/api/v1/top?window=2s&end=2027-01-15T08:00:00Z",
+            "oldest kept pane",
+        ),
+        ("/api/v1/top?prefix4=33", "prefix4"),
+        ("/api/v1/top?prefix6=129", "prefix6"),
+        ("/api/v1/top?prefix4=-1", "prefix4"),
+        ("/api/v1/ips/10.0.0.1?window=9s", "window"),
+        ("/api/v1/networks/10.0.0.1/24", "CIDR"),
+        ("/api/v1/networks/nowhere", "CIDR"),
+        ("/api/v1/networks/10.0.0.0/33", "CIDR"),
+        ("/api/v1/networks/10.0.0.0/24?n=0", "n must be"),
+    ] {
+        let (status, content_type, body) = call(Method::GET, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            content_type.contains("problem+json"),
+            "{uri}: {content_type}"
+        );
+        assert!(body.contains(names), "{uri}: {body}");
+    }
 }

@@ -25,6 +25,7 @@ pub mod hint;
 pub mod ingest;
 pub mod json;
 pub mod parse;
+pub mod query;
 pub mod reference;
 pub mod snapshot;
 pub mod time;

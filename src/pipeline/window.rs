@@ -279,11 +279,16 @@ impl TopList {
     }
 }
 
-/// The sliding window: a ring of panes and their running totals.
+/// The sliding window: a ring of panes and their running totals, and the
+/// panes that slid out but are kept for questions about older ranges
+/// (`--retention`).
 #[derive(Debug)]
 pub struct Window {
     capacity: usize,
     panes: VecDeque<Arc<Pane>>,
+    /// Panes older than the window, oldest first, at most `retain` of them.
+    retained: VecDeque<Arc<Pane>>,
+    retain: usize,
     totals: Totals,
     requests: u64,
     /// Scratch space of [`Window::top_list`].
@@ -297,13 +302,48 @@ impl Window {
         Window {
             capacity,
             panes: VecDeque::with_capacity(capacity + 1),
+            retained: VecDeque::new(),
+            retain: 0,
             totals: Totals::default(),
             candidates: Vec::new(),
             requests: 0,
         }
     }
 
-    /// Adds a closed pane; returns the pane that slid out, if any.
+    /// Keeps `panes` more panes after they slide out of the window.
+    pub fn with_retained(mut self, panes: usize) -> Self {
+        self.retain = panes;
+        self
+    }
+
+    /// Panes older than the window that are still kept, oldest first.
+    pub fn retained(&self) -> impl ExactSizeIterator<Item = &Arc<Pane>> {
+        self.retained.iter()
+    }
+
+    /// Empties the window (its panes join the kept older ones): the data
+    /// jumped further ahead than the window is long.
+    pub fn restart(&mut self) {
+        let panes = std::mem::take(&mut self.panes);
+        for pane in panes {
+            self.keep(pane);
+        }
+        self.totals = Totals::default();
+        self.requests = 0;
+    }
+
+    fn keep(&mut self, pane: Arc<Pane>) {
+        if self.retain == 0 {
+            return;
+        }
+        self.retained.push_back(pane);
+        while self.retained.len() > self.retain {
+            self.retained.pop_front();
+        }
+    }
+
+    /// Adds a closed pane; returns the pane that slid out, if any (it is
+    /// kept among the older panes while they are fewer than asked for).
     pub fn push(&mut self, pane: Arc<Pane>) -> Option<Arc<Pane>> {
         for (ip, n) in pane.counts.iter() {
             self.totals.add(ip, n);
@@ -322,6 +362,7 @@ impl Window {
         if self.totals.small.capacity() > 4 * self.totals.small.len().max(1024) {
             self.totals.small.shrink_to_fit();
         }
+        self.keep(evicted.clone());
         Some(evicted)
     }
 
@@ -352,7 +393,7 @@ impl Window {
         batch: Duration,
         now: SystemTime,
     ) -> u64 {
-        let skip = panes.len().saturating_sub(self.capacity);
+        let skip = panes.len().saturating_sub(self.capacity + self.retain);
         for pane in panes.into_iter().skip(skip) {
             self.push(pane);
         }

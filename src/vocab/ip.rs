@@ -91,7 +91,7 @@ pub fn parse_ip(text: &str) -> Option<IpKey> {
 /// A network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`); a bare address is
 /// the network of that one address. IPv4 networks live in the IPv4-mapped
 /// range, as [`IpKey`] holds IPv4 addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Network {
     bits: u128,
     /// Prefix length in the 128-bit space (IPv4 /n is 96 + n).
@@ -120,6 +120,36 @@ impl Network {
             prefix: prefix + offset,
         };
         (network.mask() & key.0 == key.0).then_some(network)
+    }
+
+    /// The network of `ip` with `prefix4` bits (IPv4) or `prefix6` bits
+    /// (IPv6) kept: `203.0.113.7` with 24 is `203.0.113.0/24`. Prefixes
+    /// longer than the family's are cut to it.
+    pub fn of(ip: IpKey, prefix4: u8, prefix6: u8) -> Network {
+        let prefix = if ip.is_v4() {
+            96 + prefix4.min(32)
+        } else {
+            prefix6.min(128)
+        };
+        let network = Network { bits: 0, prefix };
+        Network {
+            bits: ip.0 & network.mask(),
+            prefix,
+        }
+    }
+
+    /// An IPv4 network (in the IPv4-mapped range, prefix 96 or longer).
+    pub fn is_v4(self) -> bool {
+        IpKey(self.bits).is_v4() && self.prefix >= 96
+    }
+
+    /// The prefix length as written (`/24` for an IPv4 /24).
+    pub fn prefix_len(self) -> u8 {
+        if IpKey(self.bits).is_v4() && self.prefix >= 96 {
+            self.prefix - 96
+        } else {
+            self.prefix
+        }
     }
 
     fn mask(self) -> u128 {

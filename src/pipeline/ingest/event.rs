@@ -270,7 +270,7 @@ impl EventPanes {
     /// Moves the end to `to`: the panes in between (counted ahead, or empty)
     /// enter the window and the oldest leave it. A jump longer than the
     /// window starts the window afresh.
-    pub fn advance_to(&mut self, to: i64, window: &mut Window, capacity: usize) {
+    pub fn advance_to(&mut self, to: i64, window: &mut Window) {
         let from = match self.end_ms {
             Some(end) if to - end < self.window_ms => end,
             Some(_) | None => {
@@ -278,7 +278,7 @@ impl EventPanes {
                 // where records may still join (the lateness before the
                 // end), whichever is older: empty panes before that would
                 // only be written and evicted.
-                *window = Window::new(capacity);
+                window.restart();
                 let open = (to - self.lateness_ms).div_euclid(self.batch_ms) * self.batch_ms;
                 let oldest = self.ahead.keys().next().copied().unwrap_or(to);
                 oldest.min(open).clamp(to - self.window_ms, to)
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(events.target_end(&[true, true]), Some(92_000));
         assert_eq!(events.target_end(&[false, false]), Some(102_000));
         for step in events.steps(102_000) {
-            events.advance_to(step, &mut window, 10);
+            events.advance_to(step, &mut window);
         }
         // The window is [92 s, 102 s): the pane at 90 s is older.
         assert_eq!(window.requests(), 3);
@@ -399,7 +399,7 @@ mod tests {
         let target = events.target_end(&[false, false]).expect("end");
         assert_eq!(target, 104_000);
         for step in events.steps(target) {
-            events.advance_to(step, &mut window, 10);
+            events.advance_to(step, &mut window);
         }
         assert_eq!(window.requests(), 6);
         assert_eq!(events.ahead().count(), 0);
@@ -415,7 +415,7 @@ mod tests {
             &mut window,
             Instant::now(),
         );
-        events.advance_to(1_000, &mut window, 10);
+        events.advance_to(1_000, &mut window);
         let steps = events.steps(101_000);
         assert!(steps.len() <= REPLAY_SNAPSHOTS_PER_BATCH + 1, "{steps:?}");
         assert_eq!(steps.last(), Some(&101_000));
@@ -426,7 +426,7 @@ mod tests {
             &mut window,
             Instant::now(),
         );
-        events.advance_to(101_000, &mut window, 10);
+        events.advance_to(101_000, &mut window);
         assert_eq!(window.requests(), 1, "the old pane left, the new one came");
         assert_eq!(
             window.panes().len(),

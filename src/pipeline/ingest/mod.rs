@@ -70,6 +70,8 @@ pub struct IngestConfig {
     pub window: Duration,
     pub slide: Duration,
     pub window_panes: usize,
+    /// Panes kept after they leave the window (`--retention`).
+    pub retained_panes: usize,
     pub slide_batches: u64,
     pub checkpoint_batches: u64,
     pub max_rate_per_partition: u64,
@@ -102,6 +104,7 @@ impl From<&Settings> for IngestConfig {
             window: s.window,
             slide: s.slide,
             window_panes: s.window_panes(),
+            retained_panes: s.retained_panes(),
             slide_batches: s.slide_batches(),
             checkpoint_batches: s.checkpoint_batches(),
             max_rate_per_partition: s.max_rate_per_partition,
@@ -213,7 +216,7 @@ impl Ingest {
         resume: Option<Resume>,
         links: Links,
     ) -> std::io::Result<Self> {
-        let mut window = Window::new(config.window_panes);
+        let mut window = Window::new(config.window_panes).with_retained(config.retained_panes);
         let (mut next_seq, mut counters) = (0, Counters::default());
         let mut events = config.time.is_event().then(|| {
             EventPanes::new(

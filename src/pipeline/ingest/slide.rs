@@ -48,7 +48,7 @@ impl State {
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
             if let Some(events) = self.events.as_mut() {
-                events.advance_to(*step, &mut self.window, self.config.window_panes);
+                events.advance_to(*step, &mut self.window);
             }
             if i < last {
                 self.publish();
@@ -114,7 +114,9 @@ impl State {
     }
 
     pub(super) fn checkpoint_job(&self) -> CheckpointJob {
-        let mut panes: Vec<Arc<Pane>> = self.window.panes().cloned().collect();
+        // Older panes kept for ad-hoc questions, the window's, then those ahead.
+        let mut panes: Vec<Arc<Pane>> = self.window.retained().cloned().collect();
+        panes.extend(self.window.panes().cloned());
         let (mut next_pane_seq, mut event_end_ms) = (self.tracker.next_seq(), None);
         if let Some(events) = &self.events {
             // Panes ahead of the window hold counted records too.

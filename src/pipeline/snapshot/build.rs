@@ -158,6 +158,7 @@ impl Builder {
             distinct_ips: window.distinct_ips(),
             top: window.top_list(MAX_TOP_N, SORTED_TOP_N),
             panes,
+            retained: window.retained().cloned().collect(),
             partitions,
             ingest: IngestStatus {
                 counters,
@@ -166,6 +167,7 @@ impl Builder {
             history: self.history.iter().copied().collect(),
             rendered_top: Default::default(),
             rendered_events: Default::default(),
+            rendered_adhoc: Default::default(),
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub top: TopList,
     /// The panes in the window, oldest first (shared with ingest, never copied).
     pub panes: Vec<Arc<Pane>>,
+    /// Older panes kept for questions about other ranges (`--retention`),
+    /// oldest first.
+    pub retained: Vec<Arc<Pane>>,
     pub partitions: Vec<PartitionStatus>,
     pub ingest: IngestStatus,
     /// Recent slides, oldest first, for the dashboard's sparklines.
@@ -40,39 +43,55 @@ pub struct Snapshot {
     /// `/api/v1/events` event data rendered from this snapshot, by `n`:
     /// every stream asking the same `n` sends the same bytes.
     pub rendered_events: RenderCache,
+    /// Answers to questions about other ranges or networks, by query.
+    pub rendered_adhoc: RenderCache<String>,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again
 /// before the next slide is answered with the same bytes, not rendered anew.
-#[derive(Debug, Default)]
-pub struct RenderCache(Mutex<Vec<(usize, Bytes)>>);
+#[derive(Debug)]
+pub struct RenderCache<K = usize>(Mutex<Vec<(K, Bytes)>>);
 
-impl RenderCache {
+impl<K> Default for RenderCache<K> {
+    fn default() -> Self {
+        RenderCache(Mutex::new(Vec::new()))
+    }
+}
+
+impl<K: PartialEq> RenderCache<K> {
     /// Distinct questions kept per snapshot (the oldest answer goes first).
     const ENTRIES: usize = 8;
 
-    pub fn get_or_render(&self, key: usize, render: impl FnOnce() -> Bytes) -> Bytes {
-        let cached = self
-            .lock()
+    /// The cached answer to `key`, if any.
+    pub fn get(&self, key: &K) -> Option<Bytes> {
+        self.lock()
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, b)| b.clone());
-        if let Some(body) = cached {
-            return body;
-        }
-        // Rendered outside the lock: concurrent first askers may both render.
-        let body = render();
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Keeps `body` as the answer to `key`.
+    pub fn put(&self, key: K, body: Bytes) {
         let mut cache = self.lock();
         if !cache.iter().any(|(k, _)| *k == key) {
             if cache.len() == Self::ENTRIES {
                 cache.remove(0);
             }
-            cache.push((key, body.clone()));
+            cache.push((key, body));
         }
+    }
+
+    pub fn get_or_render(&self, key: K, render: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some(body) = self.get(&key) {
+            return body;
+        }
+        // Rendered outside the lock: concurrent first askers may both render.
+        let body = render();
+        self.put(key, body.clone());
         body
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Bytes)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(K, Bytes)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -100,11 +119,13 @@ impl Snapshot {
             distinct_ips: 0,
             top: TopList::default(),
             panes: Vec::new(),
+            retained: Vec::new(),
             partitions: Vec::new(),
             ingest: IngestStatus::default(),
             history: Vec::new(),
             rendered_top: RenderCache::default(),
             rendered_events: RenderCache::default(),
+            rendered_adhoc: RenderCache::default(),
         }
     }
 
@@ -215,17 +236,17 @@ mod tests {
         assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
         assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
         assert_eq!(renders.get(), 1, "the second ask is served from the cache");
-        for key in 1..=RenderCache::ENTRIES {
+        for key in 1..=RenderCache::<usize>::ENTRIES {
             assert_eq!(
                 cache.get_or_render(key, || render(key)),
                 format!("body {key}")
             );
         }
-        assert_eq!(renders.get(), 1 + RenderCache::ENTRIES);
+        assert_eq!(renders.get(), 1 + RenderCache::<usize>::ENTRIES);
         cache.get_or_render(100, || render(100));
         assert_eq!(
             renders.get(),
-            2 + RenderCache::ENTRIES,
+            2 + RenderCache::<usize>::ENTRIES,
             "evicted, rendered again"
         );
     }

@@ -1,0 +1,338 @@
+//! Questions asked at query time: `window` and `end` (any run of kept panes),
+//! `prefix4` / `prefix6` (networks instead of addresses), and one network's
+//! members. Answers are merged from the snapshot's panes on a blocking
+//! thread, at most [`MAX_ADHOC`] at once (a saturated server answers 503
+//! rather than queue), and cached per snapshot: the same question within a
+//! slide costs a lookup. Without these parameters nothing here runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::AppState;
+use super::problem::Problem;
+use super::views::{IpCount, PaneCount, WindowView, rfc3339};
+use crate::pipeline::query::{self, Grouping, Range};
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::window::Pane;
+use crate::vocab::{IpKey, Network};
+
+/// Ad-hoc merges running at once (the machine's cores do the work).
+pub const MAX_ADHOC: usize = 2;
+
+/// The permits for ad-hoc merges.
+pub fn permits() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_ADHOC))
+}
+
+/// The parameters that choose a range and a grouping, as given.
+#[derive(Debug, Default)]
+pub struct Asked<'a> {
+    pub window: Option<&'a str>,
+    pub end: Option<&'a str>,
+    pub prefix4: Option<&'a str>,
+    pub prefix6: Option<&'a str>,
+}
+
+impl Asked<'_> {
+    /// No parameter beyond `n`: the pre-rendered default answer.
+    pub fn is_default(&self) -> bool {
+        self.window.is_none()
+            && self.end.is_none()
+            && self.prefix4.is_none()
+            && self.prefix6.is_none()
+    }
+}
+
+/// The kept panes of a snapshot, oldest first.
+fn kept(snapshot: &Snapshot) -> Vec<Arc<Pane>> {
+    snapshot
+        .retained
+        .iter()
+        .chain(&snapshot.panes)
+        .cloned()
+        .collect()
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The range `window` and `end` name, checked against the kept panes.
+pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result<Range, Problem> {
+    let batch = state.info.batch;
+    let retention = state.info.retention;
+    let length = match asked.window {
+        None => snapshot.window_length,
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|d| {
+                !d.is_zero() && *d <= retention && d.as_nanos().is_multiple_of(batch.as_nanos())
+            })
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "window must be a whole multiple of the batch ({}) from {} to the retention ({}), got {text:?}",
+                    show(batch),
+                    show(batch),
+                    show(retention)
+                ))
+            })?,
+    };
+    let oldest = snapshot
+        .retained
+        .first()
+        .or(snapshot.panes.first())
+        .map(|p| p.start);
+    let newest = snapshot.panes.last().map(|p| p.end);
+    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+        return Err(Problem::unavailable(
+            "no pane is closed yet: ask again after the first batch",
+        ));
+    };
+    let end = match asked.end {
+        None => snapshot.window_end,
+        Some(text) => {
+            let at = humantime::parse_rfc3339_weak(text).ok();
+            let boundary = at.filter(|t| {
+                snapshot
+                    .retained
+                    .iter()
+                    .chain(&snapshot.panes)
+                    .any(|p| p.end == *t)
+            });
+            boundary.ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "end must be an RFC 3339 time at a pane boundary (every {}) from {} to {}, got {text:?}",
+                    show(batch),
+                    rfc3339(oldest + batch),
+                    rfc3339(newest)
+                ))
+            })?
+        }
+    };
+    let range = Range::ending(end, length);
+    if range.start < oldest {
+        return Err(Problem::bad_request(format!(
+            "window {} ending at {} reaches back to {}, before the oldest kept pane ({}); \
+             the kept history is {} (--retention)",
+            show(length),
+            rfc3339(end),
+            rfc3339(range.start),
+            rfc3339(oldest),
+            show(retention)
+        )));
+    }
+    Ok(range)
+}
+
+/// `prefix4` (0–32) and `prefix6` (0–128); `None` when neither is given.
+pub fn grouping(asked: &Asked<'_>) -> Result<Option<Grouping>, Problem> {
+    let parse = |name: &str, text: Option<&str>, max: u8| -> Result<Option<u8>, Problem> {
+        text.map(|t| {
+            t.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "{name} must be an integer from 0 to {max}, got {t:?}"
+                ))
+            })
+        })
+        .transpose()
+    };
+    let prefix4 = parse("prefix4", asked.prefix4, 32)?;
+    let prefix6 = parse("prefix6", asked.prefix6, 128)?;
+    Ok((prefix4.is_some() || prefix6.is_some()).then(|| Grouping {
+        prefix4: prefix4.unwrap_or(32),
+        prefix6: prefix6.unwrap_or(128),
+    }))
+}
+
+#[derive(Serialize)]
+struct NetworkItem {
+    network: String,
+    count: u64,
+    distinct_ips: u64,
+}
+
+#[derive(Serialize)]
+struct NetworkTopView {
+    window: WindowView,
+    total_requests: u64,
+    distinct_ips: usize,
+    prefix4: u8,
+    prefix6: u8,
+    distinct_networks: usize,
+    top: Vec<NetworkItem>,
+}
+
+#[derive(Serialize)]
+struct AddressTopView {
+    window: WindowView,
+    total_requests: u64,
+    distinct_ips: usize,
+    top: Vec<IpCount>,
+}
+
+#[derive(Serialize)]
+struct NetworkView {
+    network: String,
+    window: WindowView,
+    count: u64,
+    distinct_ips: u64,
+    top: Vec<IpCount>,
+}
+
+#[derive(Serialize)]
+struct IpRangeView {
+    ip: String,
+    count: u64,
+    window: WindowView,
+    panes: Vec<PaneCount>,
+}
+
+fn window_view(range: Range, snapshot: &Snapshot) -> WindowView {
+    let length = range.end.duration_since(range.start).unwrap_or_default();
+    WindowView::new(range.start, range.end, length, snapshot.slide)
+}
+
+fn ip_counts(top: Vec<(IpKey, u64)>) -> Vec<IpCount> {
+    top.into_iter()
+        .map(|(ip, count)| IpCount {
+            ip: ip.to_string(),
+            count,
+        })
+        .collect()
+}
+
+/// What is asked, once parsed.
+pub enum Question {
+    Top {
+        range: Range,
+        grouping: Option<Grouping>,
+        n: usize,
+    },
+    Network {
+        range: Range,
+        network: Network,
+        n: usize,
+    },
+    Ip {
+        range: Range,
+        ip: IpKey,
+    },
+}
+
+impl Question {
+    fn key(&self) -> String {
+        match self {
+            Question::Top { range, grouping, n } => format!("top {range:?} {grouping:?} {n}"),
+            Question::Network { range, network, n } => format!("net {range:?} {network} {n}"),
+            Question::Ip { range, ip } => format!("ip {range:?} {ip}"),
+        }
+    }
+
+    fn answer(&self, kept: &[Arc<Pane>], snapshot: &Snapshot) -> Bytes {
+        let json = match self {
+            Question::Top { range, grouping, n } => {
+                let counts = query::merge(range.panes(kept));
+                let total_requests = counts.values().sum();
+                match grouping {
+                    None => serde_json::to_vec(&AddressTopView {
+                        window: window_view(*range, snapshot),
+                        total_requests,
+                        distinct_ips: counts.len(),
+                        top: ip_counts(query::top_addresses(&counts, *n)),
+                    }),
+                    Some(g) => {
+                        let (top, distinct_networks) = query::top_networks(&counts, *g, *n);
+                        serde_json::to_vec(&NetworkTopView {
+                            window: window_view(*range, snapshot),
+                            total_requests,
+                            distinct_ips: counts.len(),
+                            prefix4: g.prefix4,
+                            prefix6: g.prefix6,
+                            distinct_networks,
+                            top: top
+                                .into_iter()
+                                .map(|t| NetworkItem {
+                                    network: t.network.to_string(),
+                                    count: t.count,
+                                    distinct_ips: t.distinct_ips,
+                                })
+                                .collect(),
+                        })
+                    }
+                }
+            }
+            Question::Network { range, network, n } => {
+                let counts = query::merge(range.panes(kept));
+                let (count, distinct_ips, top) = query::network_members(&counts, *network, *n);
+                serde_json::to_vec(&NetworkView {
+                    network: network.to_string(),
+                    window: window_view(*range, snapshot),
+                    count,
+                    distinct_ips,
+                    top: ip_counts(top),
+                })
+            }
+            Question::Ip { range, ip } => {
+                let panes: Vec<PaneCount> = range
+                    .panes(kept)
+                    .map(|p| PaneCount {
+                        start: rfc3339(p.start),
+                        end: rfc3339(p.end),
+                        count: p.count(*ip),
+                    })
+                    .collect();
+                serde_json::to_vec(&IpRangeView {
+                    ip: ip.to_string(),
+                    count: panes.iter().map(|p| u64::from(p.count)).sum(),
+                    window: window_view(*range, snapshot),
+                    panes,
+                })
+            }
+        };
+        json.unwrap_or_default().into()
+    }
+}
+
+/// Answers `question` from the current snapshot: from its cache, or merged
+/// on a blocking thread if one of the [`MAX_ADHOC`] places is free.
+pub async fn answer(
+    state: &AppState,
+    snapshot: Arc<Snapshot>,
+    question: Question,
+) -> Result<Response, Problem> {
+    let key = question.key();
+    let body = match snapshot.rendered_adhoc.get(&key) {
+        Some(body) => body,
+        None => {
+            let permit = state.adhoc.clone().try_acquire_owned().map_err(|_| {
+                Problem::unavailable(format!(
+                    "{MAX_ADHOC} questions about other windows or networks are being answered, the most at once; \
+                     ask again shortly (the default /api/v1/top is always answered)"
+                ))
+            })?;
+            let worker = snapshot.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                question.answer(&kept(&worker), &worker)
+            })
+            .await
+            .map_err(|e| Problem::unavailable(format!("the answer could not be computed: {e}")))?;
+            snapshot.rendered_adhoc.put(key, body.clone());
+            body
+        }
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
