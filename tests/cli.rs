@@ -489,3 +489,34 @@ fn count_reads_common_and_combined_log_format() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }
+
+#[test]
+fn count_groups_addresses_into_networks() {
+    let mut log = String::new();
+    // 250 addresses of one /24, each once; 5,000 of one /64, each once; one busy address.
+    for i in 0..250 {
+        log.push_str(&format!("{{\"client_real_ip\":\"203.0.113.{i}\"}}\n"));
+    }
+    for i in 0..5000 {
+        log.push_str(&format!("{{\"client_real_ip\":\"2001:db8:7:7::{i:x}\"}}\n"));
+    }
+    for _ in 0..100 {
+        log.push_str("{\"client_real_ip\":\"198.51.100.1\"}\n");
+    }
+    let (by_address, _) = count(&["-n", "1"], log.as_bytes());
+    assert_eq!(by_address["top"][0]["ip"], "198.51.100.1");
+    let (v4, _) = count(&["-n", "1", "--prefix4", "24"], log.as_bytes());
+    assert_eq!(v4["top"][0]["network"], "203.0.113.0/24", "{v4}");
+    assert_eq!(v4["top"][0]["count"], 250);
+    let (v6, stderr) = count(
+        &["-n", "2", "--prefix6", "64", "--prefix4", "24"],
+        log.as_bytes(),
+    );
+    assert_eq!(
+        v6["top"][0],
+        serde_json::json!({"network": "2001:db8:7:7::/64", "count": 5000, "distinct_ips": 5000}),
+        "{stderr}"
+    );
+    assert_eq!(v6["distinct_networks"], 3);
+    assert_eq!(v6["total_requests"], 5350);
+}

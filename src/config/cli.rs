@@ -375,6 +375,14 @@ pub struct CountArgs {
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
+    /// Group IPv4 addresses into networks of this prefix length (0..=32), as
+    /// /api/v1/top?prefix4= does; IPv6 stays /128 unless --prefix6 is given.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub prefix4: Option<u8>,
+    /// Group IPv6 addresses into networks of this prefix length (0..=128); IPv4 stays /32
+    /// unless --prefix4 is given.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub prefix6: Option<u8>,
     #[command(flatten)]
     pub input: InputArgs,
 }

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::problem::Problem;
-use super::views::{IpCount, PaneCount, WindowView, rfc3339};
+use super::views::{IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
 use crate::pipeline::query::{self, Grouping, Range};
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::window::Pane;
@@ -151,24 +151,6 @@ pub fn grouping(asked: &Asked<'_>) -> Result<Option<Grouping>, Problem> {
 }
 
 #[derive(Serialize)]
-struct NetworkItem {
-    network: String,
-    count: u64,
-    distinct_ips: u64,
-}
-
-#[derive(Serialize)]
-struct NetworkTopView {
-    window: WindowView,
-    total_requests: u64,
-    distinct_ips: usize,
-    prefix4: u8,
-    prefix6: u8,
-    distinct_networks: usize,
-    top: Vec<NetworkItem>,
-}
-
-#[derive(Serialize)]
 struct AddressTopView {
     window: WindowView,
     total_requests: u64,
@@ -247,23 +229,15 @@ impl Question {
                         top: ip_counts(query::top_addresses(&counts, *n)),
                     }),
                     Some(g) => {
-                        let (top, distinct_networks) = query::top_networks(&counts, *g, *n);
-                        serde_json::to_vec(&NetworkTopView {
-                            window: window_view(*range, snapshot),
+                        let pairs = counts.iter().map(|(&ip, &c)| (ip, c));
+                        let (top, distinct_networks) = query::top_networks(pairs, *g, *n);
+                        serde_json::to_vec(&NetworkTopView::new(
+                            window_view(*range, snapshot),
                             total_requests,
-                            distinct_ips: counts.len(),
-                            prefix4: g.prefix4,
-                            prefix6: g.prefix6,
-                            distinct_networks,
-                            top: top
-                                .into_iter()
-                                .map(|t| NetworkItem {
-                                    network: t.network.to_string(),
-                                    count: t.count,
-                                    distinct_ips: t.distinct_ips,
-                                })
-                                .collect(),
-                        })
+                            counts.len(),
+                            *g,
+                            (top, distinct_networks),
+                        ))
                     }
                 }
             }

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::pipeline::query::{Grouping, NetworkCount};
 use crate::pipeline::snapshot::Snapshot;
 use crate::vocab::IpKey;
 
@@ -39,6 +40,52 @@ impl WindowView {
 pub struct IpCount {
     pub ip: String,
     pub count: u64,
+}
+
+#[derive(Serialize)]
+pub struct NetworkItem {
+    pub network: String,
+    pub count: u64,
+    pub distinct_ips: u64,
+}
+
+/// The top networks of a range (`prefix4`, `prefix6`).
+#[derive(Serialize)]
+pub struct NetworkTopView {
+    pub window: WindowView,
+    pub total_requests: u64,
+    pub distinct_ips: usize,
+    pub prefix4: u8,
+    pub prefix6: u8,
+    pub distinct_networks: usize,
+    pub top: Vec<NetworkItem>,
+}
+
+impl NetworkTopView {
+    pub fn new(
+        window: WindowView,
+        total_requests: u64,
+        distinct_ips: usize,
+        grouping: Grouping,
+        (top, distinct_networks): (Vec<NetworkCount>, usize),
+    ) -> Self {
+        NetworkTopView {
+            window,
+            total_requests,
+            distinct_ips,
+            prefix4: grouping.prefix4,
+            prefix6: grouping.prefix6,
+            distinct_networks,
+            top: top
+                .into_iter()
+                .map(|t| NetworkItem {
+                    network: t.network.to_string(),
+                    count: t.count,
+                    distinct_ips: t.distinct_ips,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]

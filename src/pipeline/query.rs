@@ -77,12 +77,12 @@ pub struct NetworkCount {
 /// The `n` networks with the most requests (count descending, then network
 /// ascending), and how many networks there are.
 pub fn top_networks(
-    counts: &FxHashMap<IpKey, u64>,
+    counts: impl IntoIterator<Item = (IpKey, u64)>,
     grouping: Grouping,
     n: usize,
 ) -> (Vec<NetworkCount>, usize) {
     let mut networks: FxHashMap<Network, (u64, u64)> = FxHashMap::default();
-    for (&ip, &count) in counts {
+    for (ip, count) in counts {
         let entry = networks
             .entry(Network::of(ip, grouping.prefix4, grouping.prefix6))
             .or_insert((0, 0));
@@ -203,7 +203,7 @@ mod tests {
                 e.1 += 1;
             }
             let grouping = Grouping { prefix4, prefix6 };
-            let (top, total) = top_networks(&counts, grouping, usize::MAX);
+            let (top, total) = top_networks(counts.iter().map(|(&ip, &c)| (ip, c)), grouping, usize::MAX);
             prop_assert_eq!(total, by_network.len());
             let got: BTreeMap<Network, (u64, u64)> =
                 top.iter().map(|t| (t.network, (t.count, t.distinct_ips))).collect();
@@ -215,7 +215,7 @@ mod tests {
                 prop_assert!(members.iter().all(|(ip, _)| network.contains(*ip)));
             }
             // Every address its own network: the per-address answer.
-            let (singles, _) = top_networks(&counts, Grouping::ADDRESSES, usize::MAX);
+            let (singles, _) = top_networks(counts.iter().map(|(&ip, &c)| (ip, c)), Grouping::ADDRESSES, usize::MAX);
             prop_assert_eq!(singles.len(), expected.len());
         }
     }

@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use crate::config::{ConfigError, CountArgs, Input, MAX_TOP_N};
-use crate::http::views::{TopView, WindowView};
+use crate::http::views::{NetworkTopView, TopView, WindowView};
 use crate::pipeline::counter::Tally;
 use crate::pipeline::parse::{ClientField, Parser};
+use crate::pipeline::query::{Grouping, top_networks};
 use crate::pipeline::window::top_k;
 
 /// Counts every line of `input` (newline-separated; a final line without a
@@ -50,17 +51,29 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", args.file.display()))?
     };
     let ended = SystemTime::now();
-    let top = top_k(counted.counts.iter().collect(), args.n);
     let elapsed = ended.duration_since(started).unwrap_or_default();
     // The window is the run.
-    let out = TopView::new(
-        WindowView::new(started, ended, elapsed, elapsed),
-        counted.requests,
-        counted.counts.len(),
-        &top,
-    );
+    let window = WindowView::new(started, ended, elapsed, elapsed);
     let mut stdout = io::stdout().lock();
-    serde_json::to_writer(&mut stdout, &out)?;
+    if args.prefix4.is_some() || args.prefix6.is_some() {
+        let grouping = Grouping {
+            prefix4: args.prefix4.unwrap_or(32),
+            prefix6: args.prefix6.unwrap_or(128),
+        };
+        let top = top_networks(counted.counts.iter(), grouping, args.n);
+        let out = NetworkTopView::new(
+            window,
+            counted.requests,
+            counted.counts.len(),
+            grouping,
+            top,
+        );
+        serde_json::to_writer(&mut stdout, &out)?;
+    } else {
+        let top = top_k(counted.counts.iter().collect(), args.n);
+        let out = TopView::new(window, counted.requests, counted.counts.len(), &top);
+        serde_json::to_writer(&mut stdout, &out)?;
+    }
     writeln!(stdout)?;
     let skipped: Vec<String> = counted
         .skipped
