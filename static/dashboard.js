@@ -12,6 +12,7 @@ let source = null;
 let pollTimer = null;
 let sseFailures = 0;
 let selectedIp = null;
+let selectedNet = null;
 let lastSlideMs = 1000;
 
 // With --auth-token-file the page is opened as /?access_token=...: every API
@@ -64,7 +65,15 @@ function setBadge(id, text, ok) {
 
 // ---- rendering ------------------------------------------------------------
 
+// A top entry's key: an address, or a network when grouped.
+function keyOf(entry) {
+  return entry.network !== undefined ? entry.network : entry.ip;
+}
+
 function renderTop(top) {
+  const grouped = top.prefix4 !== undefined;
+  $("top-title").textContent = grouped ? "Top networks" : "Top IPs";
+  $("top-key").textContent = grouped ? "Network" : "IP";
   $("total").textContent = fmt.format(top.total_requests);
   $("distinct").textContent = fmt.format(top.distinct_ips);
   $("window-start").textContent = new Date(top.window.start).toLocaleTimeString();
@@ -76,18 +85,23 @@ function renderTop(top) {
   $("top").tBodies[0].replaceChildren(...top.top.map((entry, i) => {
     const row = el("tr");
     row.appendChild(el("td", String(i + 1), "num"));
-    const ipCell = el("td");
-    const button = el("button", entry.ip, "ip");
+    const keyCell = el("td");
+    const button = el("button", keyOf(entry), grouped ? "net" : "ip");
     button.type = "button";
-    button.dataset.ip = entry.ip;
-    button.title = "show this IP's history";
-    ipCell.appendChild(button);
-    row.appendChild(ipCell);
+    if (grouped) {
+      button.dataset.network = entry.network;
+      button.title = `${fmt.format(entry.distinct_ips)} addresses: show them`;
+    } else {
+      button.dataset.ip = entry.ip;
+      button.title = "show this IP's history";
+    }
+    keyCell.appendChild(button);
+    row.appendChild(keyCell);
     row.appendChild(el("td", fmt.format(entry.count), "num"));
     const share = el("td", undefined, "share");
     share.appendChild(bar(entry.count / max));
     const pct = top.total_requests ? (100 * entry.count / top.total_requests).toFixed(1) + " %" : "–";
-    share.appendChild(el("span", pct, "bar-label"));
+    share.appendChild(el("span", grouped ? `${pct} · ${fmt.format(entry.distinct_ips)} addr.` : pct, "bar-label"));
     row.appendChild(share);
     return row;
   }));
@@ -106,7 +120,7 @@ function renderTopChart(entries) {
   chart.replaceChildren(...entries.flatMap((entry, i) => {
     const y = i * rowHeight;
     const label = svgEl("text", { x: labelWidth - 6, y: y + 13, "text-anchor": "end" });
-    label.textContent = entry.ip;
+    label.textContent = keyOf(entry);
     const w = Math.max(1, (width - labelWidth - 56) * entry.count / max);
     const rect = svgEl("rect", { x: labelWidth, y: y + 3, width: w, height: rowHeight - 6, rx: 2 });
     const value = svgEl("text", { x: labelWidth + w + 4, y: y + 13 });
@@ -183,6 +197,11 @@ function renderStatus(status) {
     return row;
   }));
   $("freshness").textContent = freshness(status.time);
+  // Windows longer than the kept history cannot be asked for.
+  const seconds = { "10s": 10, "1m": 60, "5m": 300, "1h": 3600 };
+  for (const option of $("range").options) {
+    if (option.value) option.disabled = seconds[option.value] > status.retention_seconds;
+  }
   const cp = status.checkpoint;
   $("checkpoint").textContent = cp.age_seconds === null ? "none yet" : duration(cp.age_seconds);
   $("checkpoint-note").textContent = cp.failing ? `failing: ${cp.last_error || "unknown error"}` : "";
@@ -195,14 +214,38 @@ function renderStatus(status) {
   setBadge("zk", "ZooKeeper " + zk.state, zk.state === "connected");
 }
 
-function render(event) {
-  renderTop(event.top);
+// The range and grouping chosen, as query parameters ("" when live by address).
+function adhocQuery() {
+  const q = new URLSearchParams();
+  if ($("range").value) q.set("window", $("range").value);
+  const group = $("group").value;
+  if (group.includes("24")) q.set("prefix4", "24");
+  if (group.includes("64")) q.set("prefix6", "64");
+  return q.toString();
+}
+
+function rangeQuery() {
+  return $("range").value ? `?window=${encodeURIComponent($("range").value)}` : "";
+}
+
+async function render(event) {
+  let top = event.top;
+  const adhoc = adhocQuery();
+  if (adhoc) {
+    try {
+      top = await getJson(`/api/v1/top?n=${encodeURIComponent(n())}&${adhoc}`);
+    } catch (error) {
+      showError(`Cannot load that window: ${error.message}`);
+    }
+  }
+  renderTop(top);
   renderOffsets(event.offsets);
   renderStatus(event.status);
   if (event.history) renderHistory(event.history);
   $("error-banner").hidden = true;
   $("updated").textContent = new Date().toLocaleTimeString();
   if (selectedIp) loadIpHistory(selectedIp);
+  if (selectedNet) loadMembers(selectedNet);
 }
 
 function showError(message) {
@@ -215,7 +258,7 @@ function showError(message) {
 
 async function loadIpHistory(ip) {
   try {
-    const response = await fetch(api(`/api/v1/ips/${encodeURIComponent(ip)}`), { cache: "no-store" });
+    const response = await fetch(api(`/api/v1/ips/${encodeURIComponent(ip)}${rangeQuery()}`), { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     renderIpHistory(await response.json());
   } catch (error) {
@@ -246,6 +289,33 @@ function renderIpHistory(detail) {
       return rect;
     }),
   );
+}
+
+// ---- one network's members ---------------------------------------------------
+
+async function loadMembers(network) {
+  try {
+    const q = rangeQuery();
+    const detail = await getJson(`/api/v1/networks/${encodeURIComponent(network)}${q ? q + "&" : "?"}n=25`);
+    $("net-members").hidden = false;
+    $("net-members-net").textContent = detail.network;
+    $("net-members-count").textContent = fmt.format(detail.count);
+    $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
+    $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
+      const row = el("tr");
+      const cell = el("td");
+      const button = el("button", entry.ip, "ip");
+      button.type = "button";
+      button.dataset.ip = entry.ip;
+      button.title = "show this IP's history";
+      cell.appendChild(button);
+      row.appendChild(cell);
+      row.appendChild(el("td", fmt.format(entry.count), "num"));
+      return row;
+    }));
+  } catch (error) {
+    showError(`Cannot load the members of ${network}: ${error.message}`);
+  }
 }
 
 // ---- data feed: SSE, polling as the fall-back ----------------------------------
@@ -332,12 +402,36 @@ document.addEventListener("DOMContentLoaded", () => {
     applyTheme($("theme").value);
     keepInUrl("theme", $("theme").value, "auto");
   });
-  $("top").addEventListener("click", (event) => {
+  for (const [id, name] of [["range", "window"], ["group", "group"]]) {
+    const wanted = params.get(name);
+    if (wanted && [...$(id).options].some((o) => o.value === wanted)) $(id).value = wanted;
+    $(id).addEventListener("change", () => {
+      keepInUrl(name, $(id).value, "");
+      connect();
+    });
+  }
+  selectedNet = params.get("network");
+  if (selectedNet) loadMembers(selectedNet);
+  const choose = (event) => {
+    const net = event.target.closest("button.net");
+    if (net) {
+      selectedNet = net.dataset.network;
+      keepInUrl("network", selectedNet, "");
+      loadMembers(selectedNet);
+      return;
+    }
     const button = event.target.closest("button.ip");
     if (!button) return;
     selectedIp = button.dataset.ip;
     keepInUrl("ip", selectedIp, "");
     loadIpHistory(selectedIp);
+  };
+  $("top").addEventListener("click", choose);
+  $("net-members-table").addEventListener("click", choose);
+  $("net-members-close").addEventListener("click", () => {
+    selectedNet = null;
+    keepInUrl("network", "", "");
+    $("net-members").hidden = true;
   });
   $("ip-history-close").addEventListener("click", () => {
     selectedIp = null;

@@ -272,6 +272,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "group": state.info.group,
         "topics": state.info.topics,
         "window": WindowView::of(snapshot),
+        "retention_seconds": state.info.retention.as_secs_f64(),
         "snapshot_age_seconds": age(snapshot.taken_at),
         "batches": ingest.counters.batches,
         "records_consumed": ingest.counters.records_consumed,

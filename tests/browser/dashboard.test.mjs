@@ -178,6 +178,27 @@ test("hostile log lines render inert", async () => {
   await page.close();
 });
 
+test("another window, networks, and one network's members", async () => {
+  const { page, problems } = await open("/?n=25&window=10s&group=24");
+  assert.equal(await page.locator("#range").inputValue(), "10s", "the window comes from the URL");
+  await waitFor("the top networks", async () =>
+    (await page.locator("#top-title").textContent()) === "Top networks"
+    && (await page.locator("#top tbody button.net").count()) > 0);
+  assert.equal(await page.locator("#window-length").textContent(), "10 s");
+  assert.ok(await page.locator('#range option[value="1h"]').isDisabled(), "beyond --retention");
+  const first = page.locator("#top tbody button.net").first();
+  const network = await first.textContent();
+  assert.match(network, /^\d+\.\d+\.\d+\.0\/24$|\/128$/);
+  await first.click();
+  await waitFor("the network's members", async () =>
+    (await page.locator("#net-members-net").textContent()) === network
+    && (await page.locator("#net-members-table tbody tr").count()) > 0);
+  assert.match(page.url(), /network=/, "the choice is kept in the URL");
+  await page.screenshot({ path: join(artifacts, "dashboard-networks.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a phone-width screen shows the same dashboard", async () => {
   const { page, problems } = await open("/", { width: 390, height: 844 });
   await waitFor("rows", async () => (await rows(page)) > 0);
