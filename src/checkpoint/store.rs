@@ -47,19 +47,23 @@ pub fn load(dir: &Path) -> Result<Option<Restored>, CheckpointError> {
             Err(e) => return Err(e),
         }
     }
-    let panes_present = fs::read_dir(dir.join(PANES_DIR))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if seqs.is_empty() && !panes_present {
+    if seqs.is_empty() {
+        // Panes but no manifest at all: the first checkpoint was cut short
+        // between its panes and its manifest. Offsets are committed only
+        // after a manifest is durable, so nothing was ever acknowledged from
+        // these panes; the writer removes them and ingest starts as new.
+        let unfinished = fs::read_dir(dir.join(PANES_DIR)).map_or(0, Iterator::count);
+        if unfinished > 0 {
+            warn!(
+                panes = unfinished,
+                "pane files of an unfinished first checkpoint (no manifest was written); discarding them"
+            );
+        }
         return Ok(None);
     }
     Err(CheckpointError::NothingValid {
         dir: dir.to_path_buf(),
-        reasons: if skipped.is_empty() {
-            "panes without a manifest".to_string()
-        } else {
-            skipped.join("; ")
-        },
+        reasons: skipped.join("; "),
     })
 }
 
@@ -180,6 +184,25 @@ mod tests {
         assert!(err.contains("--reset-checkpoint"), "{err}");
         assert_eq!(reset(&dir).expect("reset"), 2);
         assert!(load(&dir).expect("after reset").is_none());
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn panes_of_an_unfinished_first_checkpoint_are_discarded_not_refused() {
+        // kill -9 between the first panes and the first manifest
+        let dir = temp("unfinished");
+        fs::create_dir_all(dir.join(PANES_DIR)).expect("panes dir");
+        let mut bytes = Vec::new();
+        crate::checkpoint::codec::encode_pane_into(&pane(0, &[("10.0.0.1", 3)]), &mut bytes);
+        fs::write(pane_path(&dir, 0), &bytes).expect("orphan pane");
+        assert!(load(&dir).expect("starts as new").is_none());
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        assert!(!pane_path(&dir, 0).exists(), "the orphan is removed");
+        writer
+            .write(&job(vec![pane(0, &[("10.0.0.2", 1)])]))
+            .expect("first checkpoint");
+        let restored = load(&dir).expect("load").expect("a checkpoint");
+        assert_eq!(restored.panes[0].requests, 1);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -83,47 +83,46 @@ pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result
                 ))
             })?,
     };
-    let oldest = snapshot
-        .retained
-        .first()
-        .or(snapshot.panes.first())
-        .map(|p| p.start);
-    let newest = snapshot.panes.last().map(|p| p.end);
-    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+    // The kept history: the retention back from the newest pane's end.
+    // Panes missing in it (before the first record, or a quiet spell) held
+    // nothing, so any range inside it is answered.
+    let Some(newest) = snapshot.panes.last().map(|p| p.end) else {
         return Err(Problem::unavailable(
             "no pane is closed yet: ask again after the first batch",
         ));
     };
+    let horizon = newest
+        .checked_sub(retention)
+        .unwrap_or(std::time::UNIX_EPOCH);
     let end = match asked.end {
         None => snapshot.window_end,
         Some(text) => {
-            let at = humantime::parse_rfc3339_weak(text).ok();
-            let boundary = at.filter(|t| {
-                snapshot
-                    .retained
-                    .iter()
-                    .chain(&snapshot.panes)
-                    .any(|p| p.end == *t)
-            });
-            boundary.ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "end must be an RFC 3339 time at a pane boundary (every {}) from {} to {}, got {text:?}",
-                    show(batch),
-                    rfc3339(oldest + batch),
-                    rfc3339(newest)
-                ))
-            })?
+            let on_grid = |t: &std::time::SystemTime| {
+                newest.duration_since(*t).is_ok_and(|back| {
+                    back < retention && back.as_nanos().is_multiple_of(batch.as_nanos())
+                })
+            };
+            humantime::parse_rfc3339_weak(text)
+                .ok()
+                .filter(on_grid)
+                .ok_or_else(|| {
+                    Problem::bad_request(format!(
+                        "end must be an RFC 3339 time at a pane boundary (every {}) from {} to {}, got {text:?}",
+                        show(batch),
+                        rfc3339(horizon + batch),
+                        rfc3339(newest)
+                    ))
+                })?
         }
     };
     let range = Range::ending(end, length);
-    if range.start < oldest {
+    if range.start < horizon {
         return Err(Problem::bad_request(format!(
-            "window {} ending at {} reaches back to {}, before the oldest kept pane ({}); \
-             the kept history is {} (--retention)",
+            "window {} ending at {} reaches back to {}, before the kept history (from {}, --retention {})",
             show(length),
             rfc3339(end),
             rfc3339(range.start),
-            rfc3339(oldest),
+            rfc3339(horizon),
             show(retention)
         )));
     }

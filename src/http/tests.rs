@@ -628,7 +628,15 @@ async fn ranges_outside_the_kept_history_are_problems_naming_the_parameter() {
         ("/api/v1/top?end=yesterday", "end"),
         (
             "/api/v1/top?window=2s&end=2027-01-15T08:00:00Z",
-            "oldest kept pane",
+            "before the kept history",
+        ),
+        (
+            "/api/v1/top?window=1s&end=2027-01-15T07:59:59Z",
+            "end must be",
+        ),
+        (
+            "/api/v1/top?window=1s&end=2027-01-15T08:00:03Z",
+            "end must be",
         ),
         ("/api/v1/top?prefix4=33", "prefix4"),
         ("/api/v1/top?prefix6=129", "prefix6"),

@@ -28,7 +28,9 @@ pub struct EventPanes {
     batch_ms: i64,
     slide_ms: i64,
     lateness_ms: i64,
-    window_ms: i64,
+    /// The window and the kept history before it (`--retention`): a jump
+    /// of the end by less keeps every pane in between.
+    kept_ms: i64,
     /// The window's end (epoch ms, a slide boundary); `None` until a record
     /// has been counted.
     end_ms: Option<i64>,
@@ -60,12 +62,13 @@ pub fn epoch_ms(t: SystemTime) -> i64 {
 }
 
 impl EventPanes {
-    pub fn new(batch: Duration, slide: Duration, lateness: Duration, window: Duration) -> Self {
+    /// `kept` is the longer of the window and `--retention`.
+    pub fn new(batch: Duration, slide: Duration, lateness: Duration, kept: Duration) -> Self {
         EventPanes {
             batch_ms: ms(batch),
             slide_ms: ms(slide),
             lateness_ms: ms(lateness),
-            window_ms: ms(window),
+            kept_ms: ms(kept),
             end_ms: None,
             ahead: BTreeMap::new(),
             newest: Vec::new(),
@@ -268,20 +271,21 @@ impl EventPanes {
     }
 
     /// Moves the end to `to`: the panes in between (counted ahead, or empty)
-    /// enter the window and the oldest leave it. A jump longer than the
-    /// window starts the window afresh.
+    /// enter the window and the oldest leave it (into the kept history). A
+    /// jump longer than the kept history starts the window afresh.
     pub fn advance_to(&mut self, to: i64, window: &mut Window) {
         let from = match self.end_ms {
-            Some(end) if to - end < self.window_ms => end,
+            Some(end) if to - end < self.kept_ms => end,
             Some(_) | None => {
                 // A fresh window starts at its oldest counted pane, or
                 // where records may still join (the lateness before the
-                // end), whichever is older: empty panes before that would
-                // only be written and evicted.
+                // end), whichever is older, but no further back than the
+                // kept history: empty panes before that would only be
+                // written and evicted.
                 window.restart();
                 let open = (to - self.lateness_ms).div_euclid(self.batch_ms) * self.batch_ms;
                 let oldest = self.ahead.keys().next().copied().unwrap_or(to);
-                oldest.min(open).clamp(to - self.window_ms, to)
+                oldest.min(open).clamp(to - self.kept_ms, to)
             }
         };
         // Panes that fall before the new window never enter it.
@@ -403,6 +407,36 @@ mod tests {
         }
         assert_eq!(window.requests(), 6);
         assert_eq!(events.ahead().count(), 0);
+    }
+
+    #[test]
+    fn a_backlog_older_than_the_window_goes_to_the_kept_history() {
+        // A 10 s window with 50 s kept: the first batch holds 40 s of log.
+        let mut events = EventPanes::new(S, S, 5 * S, 50 * S);
+        let mut window = Window::new(10).with_retained(40);
+        let panes: Vec<(i64, u32, u32)> = (0..40).map(|s| (s, s as u32, 1)).collect();
+        events.absorb(
+            batch(&panes, &[Some(39_500)]),
+            &[],
+            &mut window,
+            Instant::now(),
+        );
+        let target = events.target_end(&[false]).expect("end");
+        for step in events.steps(target) {
+            events.advance_to(step, &mut window);
+        }
+        assert_eq!(window.requests(), 10);
+        let kept: u64 = window.retained().map(|p| p.requests).sum();
+        assert_eq!(kept, 30, "nothing counted is dropped within the retention");
+        // A jump beyond the kept history starts afresh.
+        events.absorb(
+            batch(&[(200, 1, 1)], &[Some(200_000)]),
+            &[],
+            &mut window,
+            Instant::now(),
+        );
+        events.advance_to(201_000, &mut window);
+        assert_eq!(window.requests(), 1);
     }
 
     #[test]

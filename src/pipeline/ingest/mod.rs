@@ -223,7 +223,7 @@ impl Ingest {
                 config.batch,
                 config.slide,
                 config.time.lateness,
-                config.window,
+                config.window + config.batch * config.retained_panes as u32,
             )
         });
         if let Some(resume) = resume {
