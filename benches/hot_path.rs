@@ -1,7 +1,9 @@
 //! The hot path, measured: parsing a realistic corpus (valid, escaped and
 //! malformed lines mixed; JSON, and the same requests as CLF text bare and in
 //! a shipper's envelope), counting into a pane, and the per-slide work
-//! (pane push with eviction, top-N) at 10k, 100k and 1M distinct IPs.
+//! (pane push with eviction, top-N) at 10k, 100k and 1M distinct IPs; and
+//! questions asked at query time (a window merged from 60 kept panes, by
+//! address and by network) at 1M distinct addresses.
 //!
 //! `cargo bench --bench hot_path`; numbers in BENCHMARKS.md.
 
@@ -15,9 +17,10 @@ use ipstats::config::{Format, MAX_TOP_N, SORTED_TOP_N};
 use ipstats::pipeline::counter::Tally;
 use ipstats::pipeline::field::ClientField;
 use ipstats::pipeline::parse::{Parser, parse_reference};
+use ipstats::pipeline::query::{self, Grouping};
 use ipstats::pipeline::window::{IpMap, Pane, Window};
 use ipstats::tools::traffic::{Traffic, TrafficConfig};
-use ipstats::vocab::{IpKey, SkipCounts};
+use ipstats::vocab::{IpKey, Network, SkipCounts};
 
 const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
@@ -146,9 +149,14 @@ fn ip(i: u32) -> IpKey {
 
 /// A pane holding `distinct` IPs starting at `first`.
 fn pane(seq: u64, first: u32, distinct: u32) -> Arc<Pane> {
+    pane_of(seq, first, distinct, ip)
+}
+
+/// A pane holding `distinct` addresses `address(first..)`.
+fn pane_of(seq: u64, first: u32, distinct: u32, address: fn(u32) -> IpKey) -> Arc<Pane> {
     let mut counts = IpMap::with_capacity(distinct as usize);
     for i in first..first + distinct {
-        counts.insert(ip(i), 1 + i % 3);
+        counts.insert(address(i), 1 + i % 3);
     }
     let requests = counts.values().map(u64::from).sum();
     Arc::new(Pane {
@@ -222,5 +230,57 @@ fn slide(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, pane_ingest, slide);
+/// Addresses spread over 4,096 /24s (and 1 in 8 IPv6, over /64s): what
+/// `prefix4=24` and `prefix6=64` group.
+fn spread(i: u32) -> IpKey {
+    let i = i.wrapping_mul(2_654_435_761);
+    if i.is_multiple_of(8) {
+        let bits = (0x2001_0db8u128 << 96) | (u128::from(i % 4096) << 64) | u128::from(i);
+        IpKey::from(IpAddr::V6(bits.into()))
+    } else {
+        IpKey::from(IpAddr::V4(Ipv4Addr::from(
+            0x0A00_0000 | ((i % 4096) << 8) | (i >> 24),
+        )))
+    }
+}
+
+/// Questions at query time over 60 one-second panes holding 1M distinct
+/// addresses: `disjoint`, every address in one pane (1M pane entries);
+/// `overlapping`, each pane 100k addresses of a band that moves by a
+/// sixtieth of 1M a pane (6M entries, each address in 6 panes).
+fn adhoc(c: &mut Criterion) {
+    let mut group = c.benchmark_group("adhoc");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    const DISTINCT: u32 = 1_000_000;
+    const PANES: u32 = 60;
+    let step = DISTINCT / PANES;
+    for (shape, per_pane) in [("disjoint", step), ("overlapping", 100_000)] {
+        let panes: Vec<Arc<Pane>> = (0..PANES)
+            .map(|s| pane_of(u64::from(s), s * step, per_pane, |i| spread(i % DISTINCT)))
+            .collect();
+        group.bench_function(BenchmarkId::new("window_top_100", shape), |b| {
+            b.iter(|| query::merge(panes.iter()).top(black_box(100)).len())
+        });
+        group.bench_function(BenchmarkId::new("prefix4_24_top_100", shape), |b| {
+            let grouping = Grouping {
+                prefix4: 24,
+                prefix6: 64,
+            };
+            b.iter(|| {
+                query::merge(panes.iter())
+                    .top_networks(grouping, black_box(100))
+                    .1
+            })
+        });
+        group.bench_function(BenchmarkId::new("network_members", shape), |b| {
+            let network = Network::of(spread(7), 24, 64);
+            b.iter(|| query::network_members(panes.iter(), network, black_box(100)).1)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, pane_ingest, slide, adhoc);
 criterion_main!(benches);

@@ -219,30 +219,26 @@ impl Question {
         let json = match self {
             Question::Top { range, grouping, n } => {
                 let counts = query::merge(range.panes(kept));
-                let total_requests = counts.values().sum();
+                let total_requests = counts.total();
                 match grouping {
                     None => serde_json::to_vec(&AddressTopView {
                         window: window_view(*range, snapshot),
                         total_requests,
                         distinct_ips: counts.len(),
-                        top: ip_counts(query::top_addresses(&counts, *n)),
+                        top: ip_counts(counts.top(*n)),
                     }),
-                    Some(g) => {
-                        let pairs = counts.iter().map(|(&ip, &c)| (ip, c));
-                        let (top, distinct_networks) = query::top_networks(pairs, *g, *n);
-                        serde_json::to_vec(&NetworkTopView::new(
-                            window_view(*range, snapshot),
-                            total_requests,
-                            counts.len(),
-                            *g,
-                            (top, distinct_networks),
-                        ))
-                    }
+                    Some(g) => serde_json::to_vec(&NetworkTopView::new(
+                        window_view(*range, snapshot),
+                        total_requests,
+                        counts.len(),
+                        *g,
+                        counts.top_networks(*g, *n),
+                    )),
                 }
             }
             Question::Network { range, network, n } => {
-                let counts = query::merge(range.panes(kept));
-                let (count, distinct_ips, top) = query::network_members(&counts, *network, *n);
+                let (count, distinct_ips, top) =
+                    query::network_members(range.panes(kept), *network, *n);
                 serde_json::to_vec(&NetworkView {
                     network: network.to_string(),
                     window: window_view(*range, snapshot),

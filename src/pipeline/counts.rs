@@ -152,6 +152,16 @@ impl SortedCounts {
         v4.chain(v6.map(|(&a, &n)| (IpKey::from_bits(a), n)))
     }
 
+    /// The IPv4 entries, by address.
+    pub fn v4(&self) -> &[(u32, u32)] {
+        &self.v4
+    }
+
+    /// The IPv6 addresses (sorted) and their counts.
+    pub fn v6(&self) -> (&[u128], &[u32]) {
+        (&self.v6, &self.v6_counts)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
         self.v4
             .iter()

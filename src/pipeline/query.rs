@@ -35,20 +35,286 @@ impl Range {
     }
 }
 
+/// Counts per address over a range of panes, in address order (IPv4
+/// first). Built by merging the panes' sorted lists pairwise, as a merge
+/// sort does: linear passes over memory instead of a hash table's random
+/// access, which is what makes a window of a million addresses cheap.
+#[derive(Debug, Default)]
+pub struct Merged {
+    v4: Vec<(u32, u64)>,
+    v6: Vec<(u128, u64)>,
+}
+
+impl Merged {
+    /// Distinct addresses.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Requests in all.
+    pub fn total(&self) -> u64 {
+        self.v4.iter().map(|e| e.1).sum::<u64>() + self.v6.iter().map(|e| e.1).sum::<u64>()
+    }
+
+    /// In address order, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u64)> + Clone + '_ {
+        let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
+        v4.chain(self.v6.iter().map(|&(a, n)| (IpKey::from_bits(a), n)))
+    }
+
+    /// The top `n` addresses (count descending, then address): one pass
+    /// with a heap of the best `n` so far when `n` is small beside the
+    /// list, a selection over the whole list otherwise.
+    pub fn top(&self, n: usize) -> Vec<(IpKey, u64)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        if n > self.len() / 8 {
+            return top_k(self.iter().collect(), n);
+        }
+        // The heap's top is the weakest kept: the smallest count, and of
+        // equal counts the largest address.
+        let mut best: BinaryHeap<Reverse<(u64, Reverse<IpKey>)>> = BinaryHeap::with_capacity(n + 1);
+        for (ip, count) in self.iter() {
+            let entry = Reverse((count, Reverse(ip)));
+            if best.len() < n {
+                best.push(entry);
+            } else if best.peek().is_some_and(|weakest| entry < *weakest) {
+                best.pop();
+                best.push(entry);
+            }
+        }
+        top_k(
+            best.into_iter()
+                .map(|Reverse((count, Reverse(ip)))| (ip, count))
+                .collect(),
+            n,
+        )
+    }
+
+    /// The `n` networks with the most requests (count descending, then
+    /// network ascending), and how many networks there are. Addresses come
+    /// in order, so a network's addresses are one run: no table needed.
+    pub fn top_networks(&self, grouping: Grouping, n: usize) -> (Vec<NetworkCount>, usize) {
+        let mut all: Vec<NetworkCount> = Vec::new();
+        for (ip, count) in self.iter() {
+            let network = Network::of(ip, grouping.prefix4, grouping.prefix6);
+            match all.last_mut() {
+                Some(last) if last.network == network => {
+                    last.count += count;
+                    last.distinct_ips += 1;
+                }
+                _ => all.push(NetworkCount {
+                    network,
+                    count,
+                    distinct_ips: 1,
+                }),
+            }
+        }
+        let total = all.len();
+        let rank = |a: &NetworkCount, b: &NetworkCount| {
+            b.count.cmp(&a.count).then(a.network.cmp(&b.network))
+        };
+        if n < all.len() {
+            all.select_nth_unstable_by(n, rank);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(rank);
+        (all, total)
+    }
+}
+
 /// Counts per address over a range of panes.
-pub fn merge<'a>(panes: impl Iterator<Item = &'a Arc<Pane>>) -> FxHashMap<IpKey, u64> {
-    let mut counts: FxHashMap<IpKey, u64> = FxHashMap::default();
-    for pane in panes {
-        counts.reserve(
-            pane.counts
-                .len()
-                .saturating_sub(counts.capacity() - counts.len()),
-        );
-        for (ip, n) in pane.counts.iter() {
-            *counts.entry(ip).or_insert(0) += u64::from(n);
+pub fn merge<'a>(panes: impl Iterator<Item = &'a Arc<Pane>>) -> Merged {
+    let panes: Vec<&Arc<Pane>> = panes.collect();
+    let v4 = merge_runs(panes.iter().map(|p| p.counts.v4()).collect(), |&(a, n)| {
+        (a, u64::from(n))
+    });
+    let v6 = merge_runs(
+        panes
+            .iter()
+            .map(|p| {
+                let (addresses, counts) = p.counts.v6();
+                addresses
+                    .iter()
+                    .zip(counts)
+                    .map(|(&a, &n)| (a, u64::from(n)))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        |&e| e,
+    );
+    Merged { v4, v6 }
+}
+
+/// One network over a range: its requests, its distinct addresses and its
+/// top `n` addresses. Only each pane's slice inside the network is read
+/// (found by binary search). An IPv6 network never holds IPv4 addresses
+/// (even `::/0`): IPv4-mapped addresses are IPv4.
+pub fn network_members<'a>(
+    panes: impl Iterator<Item = &'a Arc<Pane>>,
+    network: Network,
+    n: usize,
+) -> (u64, u64, Vec<(IpKey, u64)>) {
+    let (first, last) = network.bounds();
+    let members = if network.is_v4() {
+        let (first, last) = (first as u32, last as u32);
+        let slices = panes
+            .map(|p| {
+                let v4 = p.counts.v4();
+                let from = v4.partition_point(|e| e.0 < first);
+                let to = v4.partition_point(|e| e.0 <= last);
+                &v4[from..to]
+            })
+            .collect();
+        Merged {
+            v4: merge_runs(slices, |&(a, n)| (a, u64::from(n))),
+            v6: Vec::new(),
+        }
+    } else {
+        let slices = panes
+            .map(|p| {
+                let (addresses, counts) = p.counts.v6();
+                let from = addresses.partition_point(|a| *a < first);
+                let to = addresses.partition_point(|a| *a <= last);
+                addresses[from..to]
+                    .iter()
+                    .zip(&counts[from..to])
+                    .map(|(&a, &n)| (a, u64::from(n)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Merged {
+            v4: Vec::new(),
+            v6: merge_runs(slices, |&e| e),
+        }
+    };
+    (members.total(), members.len() as u64, members.top(n))
+}
+
+/// Entries merged at a time: the merge rounds of one block stay in the
+/// processor's cache.
+const BLOCK: usize = 16 * 1024;
+/// Every `SAMPLE`-th key of each run is a candidate block boundary.
+const SAMPLE: usize = 256;
+
+/// Address-sorted runs as one, counts of one address added. The address
+/// space is cut into blocks of about [`BLOCK`] entries (boundaries taken
+/// from the runs' own keys, so a skewed range cuts as finely as a spread
+/// one); each block's slices of the runs are merged in pairs, round after
+/// round as a merge sort does, in two small buffers used again for every
+/// block.
+fn merge_runs<K: Ord + Copy, E, R: AsRef<[E]>>(
+    runs: Vec<R>,
+    widen: impl Fn(&E) -> (K, u64) + Copy,
+) -> Vec<(K, u64)> {
+    let runs: Vec<&[E]> = runs.iter().map(AsRef::as_ref).collect();
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    let mut samples: Vec<K> = runs
+        .iter()
+        .flat_map(|r| r.iter().step_by(SAMPLE).map(|e| widen(e).0))
+        .collect();
+    samples.sort_unstable();
+    let mut bounds: Vec<K> = samples
+        .iter()
+        .copied()
+        .step_by((BLOCK / SAMPLE).max(1))
+        .skip(1)
+        .collect();
+    bounds.dedup();
+    // Room for every entry, as if no address repeated: memory never
+    // touched costs nothing, and the list is never copied to grow.
+    let mut out: Vec<(K, u64)> = Vec::with_capacity(total);
+    let (mut scratch, mut spare) = (Vec::new(), Vec::new());
+    let mut from = vec![0; runs.len()];
+    let mut slices: Vec<&[E]> = Vec::with_capacity(runs.len());
+    for bound in bounds.iter().map(Some).chain([None]) {
+        slices.clear();
+        for (run, start) in runs.iter().zip(from.iter_mut()) {
+            let end = match bound {
+                Some(bound) => *start + run[*start..].partition_point(|e| widen(e).0 < *bound),
+                None => run.len(),
+            };
+            slices.push(&run[*start..end]);
+            *start = end;
+        }
+        merge_block(&slices, widen, &mut scratch, &mut spare);
+        out.extend_from_slice(&scratch);
+    }
+    out
+}
+
+/// One block: the slices merged into `merged` (`spare` is scratch).
+fn merge_block<K: Ord + Copy, E>(
+    slices: &[&[E]],
+    widen: impl Fn(&E) -> (K, u64) + Copy,
+    merged: &mut Vec<(K, u64)>,
+    spare: &mut Vec<(K, u64)>,
+) {
+    merged.clear();
+    // Where each run of `merged` ends.
+    let mut ends = Vec::with_capacity(slices.len().div_ceil(2));
+    for pair in slices.chunks(2) {
+        let second: &[E] = pair.get(1).copied().unwrap_or(&[]);
+        merge_two(pair[0], second, widen, widen, merged);
+        ends.push(merged.len());
+    }
+    while ends.len() > 1 {
+        spare.clear();
+        let mut next_ends = Vec::with_capacity(ends.len().div_ceil(2));
+        let mut start = 0;
+        for pair in ends.chunks(2) {
+            let middle = pair[0];
+            let end = pair.get(1).copied().unwrap_or(middle);
+            merge_two(
+                &merged[start..middle],
+                &merged[middle..end],
+                |&e| e,
+                |&e| e,
+                spare,
+            );
+            next_ends.push(spare.len());
+            start = end;
+        }
+        std::mem::swap(merged, spare);
+        ends = next_ends;
+    }
+}
+
+fn merge_two<K: Ord + Copy, A, B>(
+    a: &[A],
+    b: &[B],
+    fa: impl Fn(&A) -> (K, u64),
+    fb: impl Fn(&B) -> (K, u64),
+    out: &mut Vec<(K, u64)>,
+) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (fa(&a[i]), fb(&b[j]));
+        match x.0.cmp(&y.0) {
+            std::cmp::Ordering::Less => {
+                out.push(x);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(y);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((x.0, x.1 + y.1));
+                i += 1;
+                j += 1;
+            }
         }
     }
-    counts
+    out.extend(a[i..].iter().map(fa));
+    out.extend(b[j..].iter().map(fb));
 }
 
 /// How addresses are grouped: the prefix kept of each family.
@@ -75,7 +341,8 @@ pub struct NetworkCount {
 }
 
 /// The `n` networks with the most requests (count descending, then network
-/// ascending), and how many networks there are.
+/// ascending), and how many networks there are, from counts in any order
+/// (`ipstats count --prefix4`).
 pub fn top_networks(
     counts: impl IntoIterator<Item = (IpKey, u64)>,
     grouping: Grouping,
@@ -106,29 +373,6 @@ pub fn top_networks(
     }
     all.sort_unstable_by(rank);
     (all, total)
-}
-
-/// The top `n` addresses of a range (count descending, then address).
-pub fn top_addresses(counts: &FxHashMap<IpKey, u64>, n: usize) -> Vec<(IpKey, u64)> {
-    top_k(counts.iter().map(|(&ip, &c)| (ip, c)).collect(), n)
-}
-
-/// One network over a range: its requests, its distinct addresses and its
-/// top `n` addresses. An IPv6 network never holds IPv4 addresses (even
-/// `::/0`): IPv4-mapped addresses are IPv4.
-pub fn network_members(
-    counts: &FxHashMap<IpKey, u64>,
-    network: Network,
-    n: usize,
-) -> (u64, u64, Vec<(IpKey, u64)>) {
-    let members: Vec<(IpKey, u64)> = counts
-        .iter()
-        .filter(|(ip, _)| ip.is_v4() == network.is_v4() && network.contains(**ip))
-        .map(|(&ip, &c)| (ip, c))
-        .collect();
-    let total = members.iter().map(|(_, c)| c).sum();
-    let distinct = members.len() as u64;
-    (total, distinct, top_k(members, n))
 }
 
 #[cfg(test)]
@@ -194,8 +438,15 @@ mod tests {
                     *expected.entry(ip).or_insert(0) += u64::from(n);
                 }
             }
-            let merged: BTreeMap<IpKey, u64> = counts.iter().map(|(&ip, &c)| (ip, c)).collect();
+            let merged: BTreeMap<IpKey, u64> = counts.iter().collect();
             prop_assert_eq!(&merged, &expected);
+            prop_assert_eq!(counts.total(), expected.values().sum::<u64>());
+            let mut ranked: Vec<(IpKey, u64)> = expected.iter().map(|(&ip, &c)| (ip, c)).collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            for n in [0, 1, 3, usize::MAX] {
+                let want: Vec<(IpKey, u64)> = ranked.iter().take(n).copied().collect();
+                prop_assert_eq!(counts.top(n), want);
+            }
             let mut by_network: BTreeMap<Network, (u64, u64)> = BTreeMap::new();
             for (&ip, &c) in &expected {
                 let e = by_network.entry(Network::of(ip, prefix4, prefix6)).or_insert((0, 0));
@@ -203,21 +454,66 @@ mod tests {
                 e.1 += 1;
             }
             let grouping = Grouping { prefix4, prefix6 };
-            let (top, total) = top_networks(counts.iter().map(|(&ip, &c)| (ip, c)), grouping, usize::MAX);
+            let (top, total) = counts.top_networks(grouping, usize::MAX);
             prop_assert_eq!(total, by_network.len());
+            // The same as from counts in any order (ipstats count).
+            prop_assert_eq!(&top_networks(counts.iter(), grouping, usize::MAX), &(top.clone(), total));
             let got: BTreeMap<Network, (u64, u64)> =
                 top.iter().map(|t| (t.network, (t.count, t.distinct_ips))).collect();
             prop_assert_eq!(&got, &by_network);
             prop_assert!(top.windows(2).all(|w| w[0].count >= w[1].count));
             for (network, (count, distinct)) in &by_network {
-                let (c, d, members) = network_members(&counts, *network, 3);
+                let (c, d, members) = network_members(range.panes(&panes), *network, 3);
                 prop_assert_eq!((c, d), (*count, *distinct));
                 prop_assert!(members.iter().all(|(ip, _)| network.contains(*ip)));
+                let mine: Vec<(IpKey, u64)> =
+                    ranked.iter().filter(|(ip, _)| Network::of(*ip, prefix4, prefix6) == *network).take(3).copied().collect();
+                prop_assert_eq!(members, mine);
             }
             // Every address its own network: the per-address answer.
-            let (singles, _) = top_networks(counts.iter().map(|(&ip, &c)| (ip, c)), Grouping::ADDRESSES, usize::MAX);
+            let (singles, _) = counts.top_networks(Grouping::ADDRESSES, usize::MAX);
             prop_assert_eq!(singles.len(), expected.len());
         }
+    }
+
+    #[test]
+    fn large_runs_merge_block_by_block_as_one_count() {
+        // Many blocks, one run much denser in one range than the others.
+        let mut expected: BTreeMap<IpKey, u64> = BTreeMap::new();
+        let panes: Vec<Arc<Pane>> = (0..5u32)
+            .map(|p| {
+                let records: Vec<(IpKey, u32)> = (0..40_000u32)
+                    .map(|i| {
+                        let ip = if p == 0 {
+                            IpKey::from_v4_bits(0x0A00_0000 + i)
+                        } else {
+                            IpKey::from_v4_bits(i.wrapping_mul(2_654_435_761) ^ p)
+                        };
+                        (ip, 1 + i % 3)
+                    })
+                    .chain((0..3000u32).map(|i| {
+                        (
+                            IpKey::from_bits(0x2001_0db8_u128 << 96 | u128::from(i * (p + 1))),
+                            2,
+                        )
+                    }))
+                    .collect();
+                for &(ip, n) in &records {
+                    *expected.entry(ip).or_insert(0) += u64::from(n);
+                }
+                pane(u64::from(p), &records)
+            })
+            .collect();
+        let merged = merge(panes.iter());
+        assert!(merged.len() > 4 * BLOCK, "several blocks");
+        let got: BTreeMap<IpKey, u64> = merged.iter().collect();
+        assert_eq!(got, expected);
+        let in_order: Vec<IpKey> = merged.iter().map(|e| e.0).collect();
+        assert!(
+            in_order
+                .windows(2)
+                .all(|w| (w[0].is_v4() && !w[1].is_v4()) || w[0] < w[1])
+        );
     }
 
     #[test]

@@ -159,6 +159,11 @@ impl Network {
         }
     }
 
+    /// The first and the last address of the network (128-bit form).
+    pub fn bounds(self) -> (u128, u128) {
+        (self.bits, self.bits | !self.mask())
+    }
+
     pub fn contains(self, ip: IpKey) -> bool {
         ip.0 & self.mask() == self.bits
     }
