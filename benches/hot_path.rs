@@ -230,6 +230,28 @@ fn slide(c: &mut Criterion) {
     group.finish();
 }
 
+/// A pane of `requests` requests from addresses drawn at random among `of`.
+fn random_pane(seq: u64, requests: u32, of: u32) -> Arc<Pane> {
+    let mut counts = IpMap::with_capacity(requests as usize);
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..requests {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        counts.add(spread((x % u64::from(of)) as u32), 1);
+    }
+    let requests = counts.values().map(u64::from).sum();
+    Arc::new(Pane {
+        seq,
+        start: SystemTime::UNIX_EPOCH,
+        end: SystemTime::UNIX_EPOCH,
+        counts: (&counts).into(),
+        requests,
+        skipped: SkipCounts::default(),
+        ranges: Vec::new(),
+    })
+}
+
 /// Addresses spread over 4,096 /24s (and 1 in 8 IPv6, over /64s): what
 /// `prefix4=24` and `prefix6=64` group.
 fn spread(i: u32) -> IpKey {
@@ -256,9 +278,14 @@ fn adhoc(c: &mut Criterion) {
     const DISTINCT: u32 = 1_000_000;
     const PANES: u32 = 60;
     let step = DISTINCT / PANES;
-    for (shape, per_pane) in [("disjoint", step), ("overlapping", 100_000)] {
+    for (shape, per_pane) in [("disjoint", step), ("overlapping", 100_000), ("random", 0)] {
         let panes: Vec<Arc<Pane>> = (0..PANES)
-            .map(|s| pane_of(u64::from(s), s * step, per_pane, |i| spread(i % DISTINCT)))
+            .map(|s| match per_pane {
+                // 50,000 requests a pane from 1M addresses drawn at random:
+                // about 2.9M pane entries in all, each address in ~3 panes.
+                0 => random_pane(u64::from(s), 50_000, DISTINCT),
+                _ => pane_of(u64::from(s), s * step, per_pane, |i| spread(i % DISTINCT)),
+            })
             .collect();
         group.bench_function(BenchmarkId::new("window_top_100", shape), |b| {
             b.iter(|| query::merge(panes.iter()).top(black_box(100)).len())

@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,query
 #   runs only those sections. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
@@ -13,8 +13,11 @@
 # (whole process, fresh group and checkpoint, start until every record is
 # counted; by event time, and by arrival time beside it), GoAccess vs `ipstats count` on the same file (JSON, and the same
 # requests as nginx's `combined` text), wrk on
-# /api/v1/top?n=100 during full-speed ingest, and resident memory per
-# distinct IP with about a million IPs in the window.
+# /api/v1/top?n=100 during full-speed ingest, resident memory per
+# distinct IP with about a million IPs in the window, and questions asked at
+# query time (ad-hoc windows over 60 one-second panes of about a million
+# addresses: first answer, cached repeat, the default top beside them, and
+# memory per address per pane with --retention 1h).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -52,7 +55,7 @@ unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
 
-ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,query}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -101,12 +104,16 @@ proc_cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc
 proc_hwm_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 proc_rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-# start_ipstats TOPIC PORT DIR [ARGS...]: ipstats on a fresh group and checkpoint directory.
+# start_ipstats TOPIC PORT DIR [ARGS...]: ipstats on a fresh group and
+# checkpoint directory; panes and window from SHAPE unless ARGS set them.
+SHAPE=(--batch 200ms --slide 200ms --window 600s)
 start_ipstats() {
   local topic=$1 port=$2 dir=$3
   shift 3
+  local shape=("${SHAPE[@]}")
+  [[ " $* " == *" --batch "* ]] && shape=()
   "$BIN" --brokers "$BROKERS" --topics "$topic" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$dir" \
-    --listen "127.0.0.1:$port" --batch 200ms --slide 200ms --window 600s "$@" >"$OUT/ipstats.log" 2>&1 &
+    --listen "127.0.0.1:$port" "${shape[@]}" "$@" >"$OUT/ipstats.log" 2>&1 &
   echo $!
 }
 
@@ -313,6 +320,53 @@ memory_row() {
 }
 if section memory; then memory_row; fi
 
+# ---- questions asked at query time ----------------------------------------------------
+# query_topic TOPIC IPS SEED: 3M lines from IPS uniform addresses, spread
+# over 60 s of log time ending 30 s ago (one-second panes, all full).
+query_topic() {
+  local lines=3000000 start
+  start=$(date -u -d '-90 seconds' +%Y-%m-%dT%H:%M:%SZ)
+  scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$1" >/dev/null 2>&1 || true
+  "$BIN" produce --brokers "$BROKERS" --topic "$1" --partitions "$PARTITIONS" --count "$lines" \
+    --rate 0 --ips "$2" --zipf 0 --seed "$3" --malformed-ratio 0 \
+    --start-time "$start" --time-rate $((lines / 60)) >&2
+  echo "$lines"
+}
+
+# query_run TOPIC LINES TAG: ipstats with 1 s panes, a 60 s window and
+# --retention 1h over TOPIC; prints its RSS (KiB) then query-bench.py's rows.
+query_run() {
+  local port dir pid
+  port=$(free_port)
+  dir=$(mktemp -d)
+  pid=$(start_ipstats "$1" "$port" "$dir" --batch 1s --slide 1s --window 60s --retention 1h)
+  wait_consumed "$port" "$2" "$pid" >/dev/null
+  proc_rss_kib "$pid"
+  mkdir -p "$OUT/query-$3"
+  scripts/query-bench.py "$port" "$OUT/query-$3"
+  stop_ipstats "$pid"
+  rm -rf "$dir"
+}
+
+query_rows() {
+  local lines few_lines rss few_rss entries few_entries
+  lines=$(query_topic "bench-query" 1000000 8)
+  local many_out few_out
+  many_out=$(query_run "bench-query" "$lines" many)
+  few_lines=$(query_topic "bench-query-few" 1000 9)
+  few_out=$(query_run "bench-query-few" "$few_lines" few)
+  rss=$(echo "$many_out" | head -1)
+  few_rss=$(echo "$few_out" | head -1)
+  echo "$many_out" | tail -n +2 | while read -r row; do record "${row%\}},\"shape\":\"1M addresses\"}"; done
+  entries=$(echo "$many_out" | grep '"row": "pane"' | grep -o '"pane_entries": [0-9]*' | grep -o '[0-9]*$')
+  few_entries=$(echo "$few_out" | grep '"row": "pane"' | grep -o '"pane_entries": [0-9]*' | grep -o '[0-9]*$')
+  record "$(printf '{"row":"query memory","pane_entries":%d,"rss_kib":%d,"few_pane_entries":%d,"few_rss_kib":%d,"bytes_per_address_per_pane":%.1f}' \
+    "$entries" "$rss" "$few_entries" "$few_rss" \
+    "$(echo "($rss - $few_rss) * 1024 / ($entries - $few_entries)" | bc -l)")"
+  log "query: $entries pane entries -> $rss KiB; $few_entries -> $few_rss KiB"
+}
+if section query; then query_rows; fi
+
 # ---- the table ------------------------------------------------------------------------
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
@@ -354,4 +408,15 @@ if p99 is not None:
 for r in rows:
     if r.get("row") == "memory":
         print(json.dumps(r))
+by = {r["row"]: r for r in rows}
+if "adhoc" in by:
+    p = by["pane"]
+    print(f"query time, {p['distinct_ips']:,} addresses over {p['panes']} one-second panes ({p['pane_entries']:,} pane entries):")
+    print(f"  ad-hoc window (first ask, {by['adhoc']['questions']} questions): p50 {by['adhoc']['p50_ms']:.1f} ms, p99 {by['adhoc']['p99_ms']:.1f} ms")
+    print(f"  cached repeat: p50 {by['cached']['p50_ms']:.2f} ms, p99 {by['cached']['p99_ms']:.2f} ms")
+    a, b = by["wrk_alone"], by["wrk_beside"]
+    print(f"  default /api/v1/top?n=100, 64 connections: p99 {a['p99_ms']:.2f} ms alone, {b['p99_ms']:.2f} ms beside ad-hoc questions "
+          f"({b['adhoc_answered']} answered, {b['adhoc_refused']} refused with 503); {b['requests_per_s'] / a['requests_per_s']:.2f}x the requests/s")
+if "query memory" in by:
+    print(f"  memory with --retention 1h: {by['query memory']['bytes_per_address_per_pane']:.1f} bytes per address per pane")
 EOF

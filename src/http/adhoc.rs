@@ -1,11 +1,15 @@
 //! Questions asked at query time: `window` and `end` (any run of kept panes),
 //! `prefix4` / `prefix6` (networks instead of addresses), and one network's
-//! members. Answers are merged from the snapshot's panes on a blocking
-//! thread, at most [`MAX_ADHOC`] at once (a saturated server answers 503
-//! rather than queue), and cached per snapshot: the same question within a
-//! slide costs a lookup. Without these parameters nothing here runs.
+//! members. Answers are merged from the snapshot's panes on [`MAX_ADHOC`]
+//! worker threads of lower scheduling priority (nice 10), so that ingest
+//! and the default answers keep the processor when both want it; a
+//! question finding every worker busy is answered 503 rather than queued.
+//! Answers are cached per snapshot, and a snapshot whose panes did not
+//! change keeps its predecessor's cache: the same question costs a lookup.
+//! Without these parameters nothing here runs.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -28,6 +32,55 @@ pub const MAX_ADHOC: usize = 2;
 /// The permits for ad-hoc merges.
 pub fn permits() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(MAX_ADHOC))
+}
+
+/// How much less eager the workers are than the rest of the process.
+const WORKER_NICENESS: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The ad-hoc workers, started at the first question. A permit is taken
+/// before a job is sent, so the queue never holds more than the workers
+/// can start at once.
+fn workers() -> &'static SyncSender<Job> {
+    static WORKERS: OnceLock<SyncSender<Job>> = OnceLock::new();
+    WORKERS.get_or_init(|| {
+        let (jobs, queue) = sync_channel::<Job>(MAX_ADHOC);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..MAX_ADHOC {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("ipstats-adhoc-{i}"))
+                .spawn(move || work(&queue));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start an ad-hoc worker");
+            }
+        }
+        jobs
+    })
+}
+
+fn work(queue: &Mutex<Receiver<Job>>) {
+    // Only this thread: Linux applies PRIO_PROCESS with a thread id to
+    // that thread alone.
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), WORKER_NICENESS) {
+        tracing::debug!(error = %e, "ad-hoc worker keeps the normal priority");
+    }
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        match job {
+            // A failed answer drops its sender (the asker gets a 503); the
+            // worker stays.
+            Ok(job) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// The parameters that choose a range and a grouping, as given.
@@ -286,12 +339,16 @@ pub async fn answer(
                 ))
             })?;
             let worker = snapshot.clone();
-            let body = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                question.answer(&kept(&worker), &worker)
-            })
-            .await
-            .map_err(|e| Problem::unavailable(format!("the answer could not be computed: {e}")))?;
+            let (done, answered) = tokio::sync::oneshot::channel();
+            workers()
+                .send(Box::new(move || {
+                    let _permit = permit;
+                    let _ = done.send(question.answer(&kept(&worker), &worker));
+                }))
+                .map_err(|_| Problem::unavailable("the ad-hoc workers are gone".to_string()))?;
+            let body = answered.await.map_err(|_| {
+                Problem::unavailable("the answer could not be computed".to_string())
+            })?;
             snapshot.rendered_adhoc.put(key, body.clone());
             body
         }
@@ -304,4 +361,44 @@ pub async fn answer(
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_run_jobs_at_a_lower_priority_than_the_process() {
+        let process = rustix::process::getpriority_process(None).expect("own priority");
+        let (done, got) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let done = done.clone();
+            workers()
+                .send(Box::new(move || {
+                    let me = rustix::thread::gettid();
+                    let _ = done.send(rustix::process::getpriority_process(Some(me)));
+                }))
+                .expect("workers");
+        }
+        for _ in 0..3 {
+            let nice = got
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a job ran")
+                .expect("priority");
+            assert!(nice >= WORKER_NICENESS.max(process), "{nice}");
+        }
+        // A job that panics leaves its worker running.
+        workers()
+            .send(Box::new(|| panic!("a bug in one answer")))
+            .expect("workers");
+        for _ in 0..MAX_ADHOC + 1 {
+            let done = done.clone();
+            workers()
+                .send(Box::new(move || {
+                    let _ = done.send(Ok(0));
+                }))
+                .expect("workers");
+            assert!(got.recv_timeout(Duration::from_secs(10)).is_ok());
+        }
+    }
 }

@@ -210,7 +210,7 @@ const SAMPLE: usize = 256;
 /// one); each block's slices of the runs are merged in pairs, round after
 /// round as a merge sort does, in two small buffers used again for every
 /// block.
-fn merge_runs<K: Ord + Copy, E, R: AsRef<[E]>>(
+fn merge_runs<K: Ord + Copy + Default, E, R: AsRef<[E]>>(
     runs: Vec<R>,
     widen: impl Fn(&E) -> (K, u64) + Copy,
 ) -> Vec<(K, u64)> {
@@ -244,77 +244,86 @@ fn merge_runs<K: Ord + Copy, E, R: AsRef<[E]>>(
             slices.push(&run[*start..end]);
             *start = end;
         }
-        merge_block(&slices, widen, &mut scratch, &mut spare);
-        out.extend_from_slice(&scratch);
+        let len = merge_block(&slices, widen, &mut scratch, &mut spare);
+        out.extend_from_slice(&scratch[..len]);
     }
     out
 }
 
-/// One block: the slices merged into `merged` (`spare` is scratch).
-fn merge_block<K: Ord + Copy, E>(
+/// One block: the slices merged into `merged` (`spare` is scratch); the
+/// block's entries are `merged[..returned]`.
+fn merge_block<K: Ord + Copy + Default, E>(
     slices: &[&[E]],
     widen: impl Fn(&E) -> (K, u64) + Copy,
     merged: &mut Vec<(K, u64)>,
     spare: &mut Vec<(K, u64)>,
-) {
-    merged.clear();
+) -> usize {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    if merged.len() < total {
+        merged.resize(total, (K::default(), 0));
+        spare.resize(total, (K::default(), 0));
+    }
     // Where each run of `merged` ends.
     let mut ends = Vec::with_capacity(slices.len().div_ceil(2));
+    let mut len = 0;
     for pair in slices.chunks(2) {
         let second: &[E] = pair.get(1).copied().unwrap_or(&[]);
-        merge_two(pair[0], second, widen, widen, merged);
-        ends.push(merged.len());
+        len += merge_two(pair[0], second, widen, widen, &mut merged[len..]);
+        ends.push(len);
     }
     while ends.len() > 1 {
-        spare.clear();
         let mut next_ends = Vec::with_capacity(ends.len().div_ceil(2));
-        let mut start = 0;
+        let (mut start, mut len) = (0, 0);
         for pair in ends.chunks(2) {
             let middle = pair[0];
             let end = pair.get(1).copied().unwrap_or(middle);
-            merge_two(
+            len += merge_two(
                 &merged[start..middle],
                 &merged[middle..end],
                 |&e| e,
                 |&e| e,
-                spare,
+                &mut spare[len..],
             );
-            next_ends.push(spare.len());
+            next_ends.push(len);
             start = end;
         }
         std::mem::swap(merged, spare);
         ends = next_ends;
     }
+    ends.last().copied().unwrap_or(0)
 }
 
+/// `a` and `b` merged into the front of `out` (long enough for both);
+/// returns the entries written. Without branches on the keys (they
+/// interleave at random, so a branch would be mispredicted half the time):
+/// both sides step when the keys are equal.
 fn merge_two<K: Ord + Copy, A, B>(
     a: &[A],
     b: &[B],
     fa: impl Fn(&A) -> (K, u64),
     fb: impl Fn(&B) -> (K, u64),
-    out: &mut Vec<(K, u64)>,
-) {
-    let (mut i, mut j) = (0, 0);
+    out: &mut [(K, u64)],
+) -> usize {
+    let (mut i, mut j, mut k) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         let (x, y) = (fa(&a[i]), fb(&b[j]));
-        match x.0.cmp(&y.0) {
-            std::cmp::Ordering::Less => {
-                out.push(x);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(y);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push((x.0, x.1 + y.1));
-                i += 1;
-                j += 1;
-            }
-        }
+        let (take_x, take_y) = (x.0 <= y.0, y.0 <= x.0);
+        let key = if take_x { x.0 } else { y.0 };
+        let count = if take_x { x.1 } else { 0 } + if take_y { y.1 } else { 0 };
+        out[k] = (key, count);
+        k += 1;
+        i += usize::from(take_x);
+        j += usize::from(take_y);
     }
-    out.extend(a[i..].iter().map(fa));
-    out.extend(b[j..].iter().map(fb));
+    for e in &a[i..] {
+        out[k] = fa(e);
+        k += 1;
+    }
+    for e in &b[j..] {
+        out[k] = fb(e);
+        k += 1;
+    }
+    k
 }
 
 /// How addresses are grouped: the prefix kept of each family.

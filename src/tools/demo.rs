@@ -53,7 +53,8 @@ pub fn start(
                 zipf: 1.1,
                 seed,
                 malformed_ratio: 0.01,
-            });
+            })
+            .with_rotating_networks(0.16);
             // One topic at a time would starve the others; split the rate.
             let (per_topic, chunk) = match rate / topics.len() as u64 {
                 0 if rate == 0 => (0, 10_000), // unpaced

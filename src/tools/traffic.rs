@@ -100,6 +100,9 @@ pub struct Traffic {
     cdf: Vec<f64>,
     malformed_ratio: f64,
     format: Format,
+    /// Share of requests from clients that rotate their address inside one
+    /// network (see [`Traffic::with_rotating_networks`]).
+    rotating: f64,
 }
 
 impl Traffic {
@@ -127,6 +130,7 @@ impl Traffic {
             cdf,
             malformed_ratio: config.malformed_ratio.clamp(0.0, 1.0),
             format: Format::Json,
+            rotating: 0.0,
         }
     }
 
@@ -137,7 +141,27 @@ impl Traffic {
         self
     }
 
+    /// Adds two clients that hide from a per-address top-N, `share` of the
+    /// requests each: a scraper rotating over the 250 addresses of
+    /// `198.51.100.0/24` and an IPv6 client taking a new address in
+    /// `2001:db8:bad:64::/64` for every request. `prefix4=24` and
+    /// `prefix6=64` find them (the demo shows this).
+    pub fn with_rotating_networks(mut self, share: f64) -> Self {
+        self.rotating = share.clamp(0.0, 0.5);
+        self
+    }
+
     fn pick_address(&mut self) -> IpAddr {
+        if self.rotating > 0.0 {
+            let x = self.rng.next_f64();
+            if x < self.rotating {
+                return IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1 + self.rng.below(250) as u8));
+            }
+            if x < 2.0 * self.rotating {
+                let host = u128::from(self.rng.next_u64());
+                return IpAddr::V6(Ipv6Addr::from((0x2001_0db8_0bad_0064_u128 << 64) | host));
+            }
+        }
         let total = self.cdf.last().copied().unwrap_or(1.0);
         let x = self.rng.next_f64() * total;
         let i = self.cdf.partition_point(|&c| c <= x);
@@ -332,6 +356,37 @@ mod tests {
             String::from_utf8(out).expect("ascii"),
             "23/Nov/2026:19:51:07 +0000"
         );
+    }
+
+    #[test]
+    fn rotating_clients_spread_over_their_networks() {
+        let config = TrafficConfig {
+            ips: 500,
+            zipf: 1.1,
+            seed: 3,
+            malformed_ratio: 0.0,
+        };
+        let mut traffic = Traffic::new(&config).with_rotating_networks(0.05);
+        let (mut v4, mut v6) = (FxHashSet::default(), FxHashSet::default());
+        let mut line = Vec::new();
+        for _ in 0..40_000 {
+            line.clear();
+            if let LineKind::Valid(ip) = traffic.next_line(UNIX_EPOCH, &mut line) {
+                match ip {
+                    IpAddr::V4(a) if a.octets()[..3] == [198, 51, 100] => {
+                        v4.insert(a);
+                    }
+                    IpAddr::V6(a) if a.segments()[..4] == [0x2001, 0xdb8, 0xbad, 0x64] => {
+                        v6.insert(a);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // About 2,000 requests each: all 250 addresses of the /24, and a
+        // new address of the /64 every time.
+        assert_eq!(v4.len(), 250);
+        assert!((1600..2400).contains(&v6.len()), "{}", v6.len());
     }
 
     #[test]

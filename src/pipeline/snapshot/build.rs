@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, Snapshot};
+use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, RenderCache, Snapshot};
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
 use crate::pipeline::window::{Pane, Window};
@@ -88,6 +88,46 @@ pub struct Builder {
     /// Records consumed per second, as last measured.
     rate: f64,
     history: VecDeque<HistoryPoint>,
+    /// The last snapshot's ad-hoc answers and the panes they came from.
+    adhoc: Option<(KeptPanes, Arc<RenderCache<String>>)>,
+}
+
+/// Which panes a snapshot kept, by identity: the window's panes, and the
+/// ends of the older kept ones (those never change, they only leave).
+#[derive(Debug)]
+struct KeptPanes {
+    window: Vec<Arc<Pane>>,
+    retained: usize,
+    oldest: Option<Arc<Pane>>,
+    newest_retained: Option<Arc<Pane>>,
+}
+
+impl KeptPanes {
+    fn of(window: &[Arc<Pane>], retained: &[Arc<Pane>]) -> Self {
+        KeptPanes {
+            window: window.to_vec(),
+            retained: retained.len(),
+            oldest: retained.first().cloned(),
+            newest_retained: retained.last().cloned(),
+        }
+    }
+
+    fn same_as(&self, other: &KeptPanes) -> bool {
+        let same = |a: &Option<Arc<Pane>>, b: &Option<Arc<Pane>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.window.len() == other.window.len()
+            && self
+                .window
+                .iter()
+                .zip(&other.window)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.retained == other.retained
+            && same(&self.oldest, &other.oldest)
+            && same(&self.newest_retained, &other.newest_retained)
+    }
 }
 
 impl Builder {
@@ -100,6 +140,7 @@ impl Builder {
             consumed_at_last_publish: consumed,
             rate: 0.0,
             history: VecDeque::new(),
+            adhoc: None,
         }
     }
 
@@ -148,6 +189,13 @@ impl Builder {
         let window_start = window_end
             .checked_sub(self.window_length)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        let retained: Vec<Arc<Pane>> = window.retained().cloned().collect();
+        let kept = KeptPanes::of(&panes, &retained);
+        let rendered_adhoc = match self.adhoc.take() {
+            Some((before, cache)) if before.same_as(&kept) => cache,
+            _ => Arc::default(),
+        };
+        self.adhoc = Some((kept, rendered_adhoc.clone()));
         Snapshot {
             taken_at: wall,
             window_start,
@@ -158,7 +206,7 @@ impl Builder {
             distinct_ips: window.distinct_ips(),
             top: window.top_list(MAX_TOP_N, SORTED_TOP_N),
             panes,
-            retained: window.retained().cloned().collect(),
+            retained,
             partitions,
             ingest: IngestStatus {
                 counters,
@@ -167,7 +215,7 @@ impl Builder {
             history: self.history.iter().copied().collect(),
             rendered_top: Default::default(),
             rendered_events: Default::default(),
-            rendered_adhoc: Default::default(),
+            rendered_adhoc,
         }
     }
 }
@@ -242,6 +290,37 @@ mod tests {
         let caught_up = PartitionInfo { high: 30, ..info };
         let status = partition_status(&progress, &panes, Some(&caught_up));
         assert_eq!((status.lag(), status.lag_seconds), (Some(0), Some(0.0)));
+    }
+
+    #[test]
+    fn ad_hoc_answers_carry_over_while_the_panes_stay_the_same() {
+        let start = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH;
+        let mut builder = Builder::new(Duration::from_secs(2), Duration::from_secs(1), 0, start);
+        let mut window = Window::new(2).with_retained(2);
+        window.push(pane(0, 0, 10));
+        let mut build = |window: &mut Window| {
+            builder.build(window, Vec::new(), Counters::default(), start, wall)
+        };
+        let first = build(&mut window);
+        first.rendered_adhoc.put("q".into(), "answer".into());
+        let same = build(&mut window);
+        assert_eq!(same.rendered_adhoc.get(&"q".into()), Some("answer".into()));
+        window.push(pane(1, 10, 20));
+        let moved = build(&mut window);
+        assert_eq!(
+            moved.rendered_adhoc.get(&"q".into()),
+            None,
+            "new panes, new answers"
+        );
+        moved.rendered_adhoc.put("q".into(), "newer".into());
+        assert!(window.add_to((*pane(1, 10, 20)).clone()).is_ok());
+        let merged = build(&mut window);
+        assert_eq!(
+            merged.rendered_adhoc.get(&"q".into()),
+            None,
+            "a pane received records"
+        );
     }
 
     #[test]

@@ -43,8 +43,10 @@ pub struct Snapshot {
     /// `/api/v1/events` event data rendered from this snapshot, by `n`:
     /// every stream asking the same `n` sends the same bytes.
     pub rendered_events: RenderCache,
-    /// Answers to questions about other ranges or networks, by query.
-    pub rendered_adhoc: RenderCache<String>,
+    /// Answers to questions about other ranges or networks, by query;
+    /// shared with the next snapshot while the kept panes are the same (a
+    /// slide that moved nothing, as when the data's time stands still).
+    pub rendered_adhoc: Arc<RenderCache<String>>,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again
@@ -125,7 +127,7 @@ impl Snapshot {
             history: Vec::new(),
             rendered_top: RenderCache::default(),
             rendered_events: RenderCache::default(),
-            rendered_adhoc: RenderCache::default(),
+            rendered_adhoc: Default::default(),
         }
     }
 
