@@ -125,6 +125,12 @@ metrics! {
         labels ["topic", "partition"];
     event_time_lag: Gauge = "ipstats_event_time_lag_seconds",
         "Event time: the wall clock minus the window's end (NaN before the first record with a time; 0 with --time-source arrival).";
+    alerts_firing: IntGaugeVec = "ipstats_alerts_firing",
+        "Keys breaking each rule now (--rules).",
+        labels ["rule"];
+    alert_transitions: IntCounterVec = "ipstats_alert_transitions_total",
+        "Alert transitions by rule and state (firing, resolved).",
+        labels ["rule", "state"];
     partition_lag_seconds: GaugeVec = "ipstats_partition_lag_seconds",
         "Timestamp of the newest record in the partition minus that of the last counted record.",
         labels ["topic", "partition"];

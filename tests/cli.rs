@@ -520,3 +520,28 @@ fn count_groups_addresses_into_networks() {
     assert_eq!(v6["distinct_networks"], 3);
     assert_eq!(v6["total_requests"], 5350);
 }
+
+#[test]
+fn a_bad_rules_file_exits_64_naming_the_file_line_and_reason() {
+    let path = std::env::temp_dir().join(format!("ipstats-rules-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"hot\"\nkey = \"ip\"\nwindow = \"90s\"\nrequests = 100\n",
+    )
+    .expect("rules");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, stderr) = ipstats(&["--rules", file, "--window", "60s"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--rules") && stderr.contains(&format!("{file}:4: window must be")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--retention (1m)"),
+        "the limit is named: {stderr}"
+    );
+    let (code, stderr) = ipstats(&["--rules", "/nonexistent/rules.toml"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("cannot read the rules file"), "{stderr}");
+    std::fs::remove_file(&path).expect("cleanup");
+}

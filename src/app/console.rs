@@ -66,10 +66,13 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
     }
 }
 
-/// SIGHUP reloads what can be reloaded; until there is a rules file, that
-/// is nothing, and ipstats says so and keeps running.
+/// SIGHUP re-reads `--rules`: a file that reads and checks replaces the
+/// rules at the next slide; one that does not leaves the rules in force and
+/// says why. Without `--rules` there is nothing to reload, and ipstats says
+/// so and keeps running.
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
+    rules: Option<std::sync::Arc<crate::rules::Rules>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -79,7 +82,22 @@ pub async fn reload_on_hangup(
                 if received.is_none() {
                     return Ok(());
                 }
-                info!("SIGHUP received: nothing to reload (no setting is reloadable yet); still running");
+                let Some(rules) = rules.as_ref() else {
+                    info!("SIGHUP received: nothing to reload (no --rules file); still running");
+                    continue;
+                };
+                let reloaded = {
+                    let rules = rules.clone();
+                    tokio::task::spawn_blocking(move || rules.reload()).await
+                };
+                match reloaded {
+                    Ok(Ok(n)) => info!(file = %rules.path().display(), rules = n, "SIGHUP: rules reloaded"),
+                    Ok(Err(reason)) => tracing::error!(
+                        %reason,
+                        "SIGHUP: the rules file was not reloaded; the rules in force stay"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reloading the rules failed"),
+                }
             }
         }
     }

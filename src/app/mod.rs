@@ -169,7 +169,7 @@ impl App {
                 Signal::Token(cancel.clone()),
                 Report::FailuresOnly,
                 None,
-                console::reload_on_hangup(hangups, cancel),
+                console::reload_on_hangup(hangups, settings.rules.clone(), cancel),
             );
         }
 

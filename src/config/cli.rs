@@ -255,6 +255,11 @@ pub struct ServeArgs {
     /// a loopback --listen, localhost,127.0.0.1,[::1] (against DNS rebinding); else any.
     #[arg(long, env = "IPSTATS_ALLOWED_HOSTS", value_name = "LIST")]
     pub allowed_hosts: Option<String>,
+    /// Rules file (TOML): keys to flag when their count over a window crosses a threshold
+    /// (/api/v1/alerts, /api/v1/blocklist). Re-read on SIGHUP; a bad file is refused with the
+    /// line and the reason (at start: exit 64; on SIGHUP the rules in force stay).
+    #[arg(long, env = "IPSTATS_RULES", value_name = "FILE")]
+    pub rules: Option<PathBuf>,
     /// A connection with no request in progress for this long (100ms..=1h) is closed.
     #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

@@ -81,6 +81,8 @@ pub struct Settings {
     pub metrics_without_auth: bool,
     /// Host names requests may name; `None`: any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// `--rules`, read and checked.
+    pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
 }
 
 /// A value that must not reach logs: `Debug` shows that it is set, not what it is.
@@ -292,7 +294,14 @@ impl TryFrom<ServeArgs> for Settings {
         if a.checkpoint_dir.as_os_str().is_empty() {
             return Err(invalid("--checkpoint-dir", "must not be empty"));
         }
+        let retention = retention(a.retention, a.window, a.slide, a.batch)?;
+        let limits = crate::rules::Limits {
+            batch: a.batch,
+            retention,
+        };
+        let rules = a.rules.map(|path| crate::rules::Rules::load(path, limits));
         Ok(Settings {
+            rules: rules.transpose().map_err(|e| invalid("--rules", e))?,
             brokers: a.brokers,
             topics,
             group: a.group,
@@ -305,7 +314,7 @@ impl TryFrom<ServeArgs> for Settings {
             batch: a.batch,
             window: a.window,
             slide: a.slide,
-            retention: retention(a.retention, a.window, a.slide, a.batch)?,
+            retention,
             max_rate_per_partition: a.max_rate_per_partition,
             offset_reset: a.offset_reset,
             listen: a.listen,

@@ -6,6 +6,7 @@
 
 pub mod access;
 mod adhoc;
+mod alerts;
 mod handlers;
 mod problem;
 pub mod serve;
@@ -122,6 +123,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/ips/{ip}", get(handlers::ip)),
         ("/api/v1/networks/{*cidr}", get(handlers::network)),
         ("/api/v1/offsets", get(handlers::offsets)),
+        ("/api/v1/alerts", get(alerts::alerts)),
+        ("/api/v1/blocklist", get(alerts::blocklist)),
         ("/api/v1/status", get(handlers::status)),
         ("/api/v1/events", get(handlers::events)),
         ("/metrics", get(handlers::metrics)),

@@ -41,6 +41,19 @@ fn state(ready: bool) -> AppState {
         pane(0, &[("10.0.0.1", 3), ("2001:db8::1", 1)]),
         pane(1, &[("10.0.0.1", 2), ("10.0.0.2", 5)]),
     ];
+    // Rules over the window: both IPv4 addresses reach 5 (blocked), their
+    // /24 reaches 10 (not blocked).
+    let rules = crate::rules::file::parse(
+        "[[rule]]\nname = \"hot\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 5\nblock = true\n\
+         [[rule]]\nname = \"net\"\nkey = \"v4/24\"\nwindow = \"2s\"\nrequests = 8\n",
+        crate::rules::Limits {
+            batch: Duration::from_secs(1),
+            retention: Duration::from_secs(3),
+        },
+    )
+    .expect("rules");
+    let mut engine = crate::rules::Engine::new(rules, Duration::from_secs(1));
+    engine.evaluate(&panes, panes[1].end);
     let snapshot = Snapshot {
         taken_at: SystemTime::now(),
         window_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -83,6 +96,7 @@ fn state(ready: bool) -> AppState {
         history: Vec::new(),
         rendered_top: Default::default(),
         rendered_adhoc: Default::default(),
+        alerts: Arc::new(engine.view()),
         rendered_events: Default::default(),
     };
     let health = Arc::new(Health::new(true));
@@ -655,4 +669,90 @@ async fn ranges_outside_the_kept_history_are_problems_naming_the_parameter() {
         );
         assert!(body.contains(names), "{uri}: {body}");
     }
+}
+
+#[tokio::test]
+async fn alerts_and_the_block_list_follow_the_firing_rules() {
+    let (status, alerts) = get_json("/api/v1/alerts").await;
+    assert_eq!(status, StatusCode::OK);
+    let firing: Vec<(String, String)> = alerts["firing"]
+        .as_array()
+        .expect("firing")
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap_or("").into(),
+                f["key"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        firing,
+        [
+            ("hot".to_string(), "10.0.0.1".to_string()),
+            ("hot".into(), "10.0.0.2".into()),
+            ("net".into(), "10.0.0.0/24".into())
+        ]
+    );
+    assert_eq!(
+        alerts["transitions"].as_array().expect("transitions").len(),
+        3
+    );
+    assert_eq!(alerts["transitions"][0]["state"], "firing");
+
+    let (status, content_type, plain) = call(Method::GET, "/api/v1/blocklist").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(
+        plain, "10.0.0.1\n10.0.0.2\n",
+        "only block rules, in address order"
+    );
+    let (_, _, nginx) = call(Method::GET, "/api/v1/blocklist?format=nginx").await;
+    assert_eq!(nginx, "deny 10.0.0.1;\ndeny 10.0.0.2;\n");
+    let (_, json) = get_json("/api/v1/blocklist?format=json").await;
+    assert_eq!(json["entries"][1]["key"], "10.0.0.2");
+    assert_eq!(json["entries"][1]["rule"], "hot");
+    assert_eq!(json["entries"][1]["expires"], Value::Null);
+    let (status, _, body) = call(Method::GET, "/api/v1/blocklist?format=csv").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.contains("format must be plain, nginx or json"),
+        "{body}"
+    );
+
+    // The ETag: the same list is 304 when named.
+    let response = router(state(true))
+        .oneshot(
+            Request::get("/api/v1/blocklist")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let etag = response.headers()[header::ETAG].clone();
+    let again = router(state(true))
+        .oneshot(
+            Request::get("/api/v1/blocklist")
+                .header(header::IF_NONE_MATCH, etag.clone())
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()[header::ETAG], etag);
+    let other = router(state(true))
+        .oneshot(
+            Request::get("/api/v1/blocklist?format=nginx")
+                .header(header::IF_NONE_MATCH, etag)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(
+        other.status(),
+        StatusCode::OK,
+        "another format, another tag"
+    );
 }

@@ -9,6 +9,7 @@
 //! with each record and when a pane closes is decided by [`Tracker`], which
 //! knows nothing of Kafka; this loop makes the librdkafka calls.
 
+mod config;
 pub mod event;
 mod slide;
 pub mod tracker;
@@ -24,22 +25,23 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::counter::{Counter, CounterGone, PaneTime};
-use super::event::EventConfig;
-use super::parse::ClientField;
+use super::counter::{Counter, CounterGone};
 use super::snapshot::build::Builder;
 use super::snapshot::{Counters, Published};
 use super::window::{Pane, Window};
-use crate::config::{OffsetReset, Settings, Time, TimeSource};
+use crate::config::OffsetReset;
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
+use crate::rules::Evaluator;
 use crate::stop::Stop;
 use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
 use event::EventPanes;
 use tracker::{Tracker, Verdict};
+
+pub use config::IngestConfig;
 
 /// Event time: how old the cluster view may be, and how long a partition
 /// must have delivered nothing, for a caught-up partition to stop holding
@@ -61,60 +63,6 @@ pub enum IngestError {
     ConsumeFailed(KafkaError),
     #[error(transparent)]
     CounterGone(#[from] CounterGone),
-}
-
-/// What ingest needs to know from the settings.
-#[derive(Clone, Debug)]
-pub struct IngestConfig {
-    pub batch: Duration,
-    pub window: Duration,
-    pub slide: Duration,
-    pub window_panes: usize,
-    /// Panes kept after they leave the window (`--retention`).
-    pub retained_panes: usize,
-    pub slide_batches: u64,
-    pub checkpoint_batches: u64,
-    pub max_rate_per_partition: u64,
-    pub offset_reset: OffsetReset,
-    pub client_field: ClientField,
-    pub max_line_bytes: usize,
-    pub group: String,
-    pub time: Time,
-}
-
-impl IngestConfig {
-    /// How the counting thread times records.
-    fn pane_time(&self) -> PaneTime {
-        let config = EventConfig {
-            batch_ms: self.batch.as_millis() as i64,
-            max_future_ms: self.time.max_future.as_millis() as i64,
-        };
-        match self.time.source {
-            TimeSource::Arrival => PaneTime::Arrival,
-            TimeSource::Event => PaneTime::Line(config),
-            TimeSource::Kafka => PaneTime::Kafka(config),
-        }
-    }
-}
-
-impl From<&Settings> for IngestConfig {
-    fn from(s: &Settings) -> Self {
-        IngestConfig {
-            batch: s.batch,
-            window: s.window,
-            slide: s.slide,
-            window_panes: s.window_panes(),
-            retained_panes: s.retained_panes(),
-            slide_batches: s.slide_batches(),
-            checkpoint_batches: s.checkpoint_batches(),
-            max_rate_per_partition: s.max_rate_per_partition,
-            offset_reset: s.offset_reset,
-            client_field: ClientField::from(&s.input).with_time(s.time.parsed_field()),
-            max_line_bytes: s.input.max_line_bytes,
-            group: s.group.clone(),
-            time: s.time.clone(),
-        }
-    }
 }
 
 /// What ingest hands to the checkpoint writer: the window's panes (shared,
@@ -261,7 +209,13 @@ impl Ingest {
                 now,
                 SystemTime::now(),
             ),
-            builder: Builder::new(config.window, config.slide, counters.records_consumed, now),
+            builder: Builder::new(config.window, config.slide, counters.records_consumed, now)
+                .with_rules(
+                    config
+                        .rules
+                        .clone()
+                        .map(|rules| Evaluator::new(rules, config.batch, links.metrics.clone())),
+                ),
             counter: Counter::spawn(
                 config.client_field.clone(),
                 config.max_line_bytes,

@@ -10,6 +10,7 @@ use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, RenderCache, 
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
 use crate::pipeline::window::{Pane, Window};
+use crate::rules::Evaluator;
 use crate::vocab::{Reset, Started};
 
 /// How much slide history the dashboard's sparklines get.
@@ -90,6 +91,8 @@ pub struct Builder {
     history: VecDeque<HistoryPoint>,
     /// The last snapshot's ad-hoc answers and the panes they came from.
     adhoc: Option<(KeptPanes, Arc<RenderCache<String>>)>,
+    /// `--rules`, evaluated at every snapshot.
+    rules: Option<Evaluator>,
 }
 
 /// Which panes a snapshot kept, by identity: the window's panes, and the
@@ -141,7 +144,14 @@ impl Builder {
             rate: 0.0,
             history: VecDeque::new(),
             adhoc: None,
+            rules: None,
         }
+    }
+
+    /// Evaluates `rules` at every snapshot.
+    pub fn with_rules(mut self, rules: Option<Evaluator>) -> Self {
+        self.rules = rules;
+        self
     }
 
     pub fn build(
@@ -196,6 +206,13 @@ impl Builder {
             _ => Arc::default(),
         };
         self.adhoc = Some((kept, rendered_adhoc.clone()));
+        let alerts = match self.rules.as_mut() {
+            Some(rules) => {
+                let all: Vec<Arc<Pane>> = retained.iter().chain(&panes).cloned().collect();
+                rules.slide(&all, window_end)
+            }
+            None => Arc::default(),
+        };
         Snapshot {
             taken_at: wall,
             window_start,
@@ -216,6 +233,7 @@ impl Builder {
             rendered_top: Default::default(),
             rendered_events: Default::default(),
             rendered_adhoc,
+            alerts,
         }
     }
 }

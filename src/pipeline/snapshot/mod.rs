@@ -47,6 +47,8 @@ pub struct Snapshot {
     /// shared with the next snapshot while the kept panes are the same (a
     /// slide that moved nothing, as when the data's time stands still).
     pub rendered_adhoc: Arc<RenderCache<String>>,
+    /// `--rules`: what fires now and the recent transitions.
+    pub alerts: Arc<crate::rules::AlertsView>,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again
@@ -128,6 +130,7 @@ impl Snapshot {
             rendered_top: RenderCache::default(),
             rendered_events: RenderCache::default(),
             rendered_adhoc: Default::default(),
+            alerts: Default::default(),
         }
     }
 

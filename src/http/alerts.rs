@@ -1,0 +1,125 @@
+//! `/api/v1/alerts` (what fires now, recent transitions) and
+//! `/api/v1/blocklist` (the keys of firing `block` rules, as a firewall, an
+//! nginx include or a program reads them), both from the published snapshot.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::problem::Problem;
+use super::views::rfc3339;
+use crate::rules::AlertsView;
+use crate::vocab::Network;
+
+pub async fn alerts(State(state): State<AppState>) -> Json<AlertsView> {
+    Json(AlertsView::clone(&state.sources.published.load().alerts))
+}
+
+#[derive(Deserialize)]
+pub struct BlocklistQuery {
+    format: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    key: String,
+    rule: String,
+    since: String,
+    /// Listed until the rule resolves: no fixed expiry.
+    expires: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BlocklistJson {
+    entries: Vec<Entry>,
+}
+
+pub async fn blocklist(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<BlocklistQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let format = query.format.as_deref().unwrap_or("plain");
+    let snapshot = state.sources.published.load();
+    // One line per key, in address order, whichever rules flag it.
+    let mut keys: BTreeMap<Network, &str> = BTreeMap::new();
+    for firing in snapshot.alerts.firing.iter().filter(|f| f.block) {
+        keys.entry(firing.network).or_insert(&firing.key);
+    }
+    let (body, content_type) = match format {
+        "plain" => (
+            keys.values().map(|k| format!("{k}\n")).collect::<String>(),
+            "text/plain; charset=utf-8",
+        ),
+        "nginx" => (
+            keys.values()
+                .map(|k| format!("deny {k};\n"))
+                .collect::<String>(),
+            "text/plain; charset=utf-8",
+        ),
+        "json" => {
+            let mut entries: Vec<(&Network, Entry)> = snapshot
+                .alerts
+                .firing
+                .iter()
+                .filter(|f| f.block)
+                .map(|f| {
+                    (
+                        &f.network,
+                        Entry {
+                            key: f.key.clone(),
+                            rule: f.rule.clone(),
+                            since: rfc3339(f.since),
+                            expires: None,
+                        },
+                    )
+                })
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0).then(a.1.rule.cmp(&b.1.rule)));
+            let json = BlocklistJson {
+                entries: entries.into_iter().map(|(_, e)| e).collect(),
+            };
+            (
+                serde_json::to_string(&json).unwrap_or_default(),
+                "application/json",
+            )
+        }
+        other => {
+            return Err(Problem::bad_request(format!(
+                "format must be plain, nginx or json, got {other:?}"
+            )));
+        }
+    };
+    let mut hasher = rustc_hash::FxHasher::default();
+    (format, &body).hash(&mut hasher);
+    let etag = format!("\"{:016x}\"", hasher.finish());
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag == "*"
+        });
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::ETAG, etag_value),
+        ],
+        body,
+    )
+        .into_response())
+}

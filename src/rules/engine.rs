@@ -1,0 +1,534 @@
+//! Rule evaluation at every slide, on event time.
+//!
+//! Rules that count the same key over the same window share one running
+//! count ([`Aggregate`]): at each slide the panes that entered its range are
+//! added and those that left (or were replaced, when late records joined a
+//! pane) subtracted, so a slide costs what its changed panes hold, not what
+//! the window holds. Each aggregate also keeps the keys at or above the
+//! lowest count any of its rules could fire at (the "floor"), updated as
+//! counts cross it; a slide looks only at those, never at every address.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::file::{Key, Rule};
+use super::{AlertsView, Firing, State, Transition, WindowBounds};
+use crate::pipeline::window::Pane;
+use crate::vocab::{IpKey, Network};
+
+/// Transitions kept for `/api/v1/alerts`.
+const RECENT_TRANSITIONS: usize = 1000;
+
+/// A running count of one key kind over the last `panes` panes.
+#[derive(Debug)]
+struct Aggregate {
+    key: Key,
+    panes: usize,
+    floor: u64,
+    counts: FxHashMap<Network, u64>,
+    /// Keys whose count is at least `floor`.
+    above: FxHashSet<Network>,
+    total: u64,
+    included: Vec<Arc<Pane>>,
+}
+
+impl Aggregate {
+    fn network(&self, ip: IpKey) -> Option<Network> {
+        match self.key {
+            Key::Ip => Some(Network::of(ip, 32, 128)),
+            Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
+            Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
+            _ => None,
+        }
+    }
+
+    fn apply(&mut self, pane: &Pane, add: bool) {
+        if add {
+            self.total += pane.requests;
+        } else {
+            self.total = self.total.saturating_sub(pane.requests);
+        }
+        for (ip, n) in pane.counts.iter() {
+            let Some(network) = self.network(ip) else {
+                continue;
+            };
+            let n = u64::from(n);
+            if add {
+                let count = self.counts.entry(network).or_insert(0);
+                *count += n;
+                if *count >= self.floor {
+                    self.above.insert(network);
+                }
+            } else if let Some(count) = self.counts.get_mut(&network) {
+                *count = count.saturating_sub(n);
+                if *count < self.floor {
+                    self.above.remove(&network);
+                }
+                if *count == 0 {
+                    self.counts.remove(&network);
+                }
+            }
+        }
+    }
+
+    /// Brings the count to the last `panes` of `kept` (oldest first).
+    fn sync(&mut self, kept: &[Arc<Pane>]) {
+        let now = &kept[kept.len().saturating_sub(self.panes)..];
+        let ptr = |p: &Arc<Pane>| Arc::as_ptr(p) as usize;
+        let before: FxHashSet<usize> = self.included.iter().map(ptr).collect();
+        let after: FxHashSet<usize> = now.iter().map(ptr).collect();
+        let included = std::mem::take(&mut self.included);
+        for pane in included.iter().filter(|p| !after.contains(&ptr(p))) {
+            self.apply(pane, false);
+        }
+        for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
+            self.apply(pane, true);
+        }
+        self.included = now.to_vec();
+    }
+}
+
+/// A rule with its keys' states and resolve times, carried over a reload.
+type RuleState = (
+    Rule,
+    FxHashMap<Network, KeyState>,
+    FxHashMap<Network, SystemTime>,
+);
+
+/// What one rule knows about one key.
+#[derive(Clone, Copy, Debug)]
+enum KeyState {
+    /// Over the threshold since this event time, not yet for `for`.
+    Pending {
+        since: SystemTime,
+    },
+    Firing {
+        since: SystemTime,
+    },
+}
+
+/// The rules and their state.
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    aggregates: Vec<Aggregate>,
+    /// The aggregate of each rule.
+    of_rule: Vec<usize>,
+    states: Vec<FxHashMap<Network, KeyState>>,
+    /// When each rule last resolved each key (for `cooldown`).
+    resolved: Vec<FxHashMap<Network, SystemTime>>,
+    transitions: VecDeque<Transition>,
+    batch: Duration,
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>, batch: Duration) -> Self {
+        let mut engine = Engine {
+            rules: Vec::new(),
+            aggregates: Vec::new(),
+            of_rule: Vec::new(),
+            states: Vec::new(),
+            resolved: Vec::new(),
+            transitions: VecDeque::new(),
+            batch,
+        };
+        engine.replace(rules);
+        engine
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// New rules (a reloaded file): the state of rules that are unchanged
+    /// (same name and definition) carries over; the running counts are
+    /// rebuilt at the next slide.
+    pub fn replace(&mut self, rules: Vec<Rule>) {
+        let mut old: HashMap<String, RuleState> = HashMap::new();
+        for ((rule, state), resolved) in std::mem::take(&mut self.rules)
+            .into_iter()
+            .zip(std::mem::take(&mut self.states))
+            .zip(std::mem::take(&mut self.resolved))
+        {
+            old.insert(rule.name.clone(), (rule, state, resolved));
+        }
+        self.aggregates.clear();
+        self.of_rule.clear();
+        for rule in &rules {
+            let panes = (rule.window.as_nanos() / self.batch.as_nanos().max(1)) as usize;
+            let floor = rule.threshold.floor();
+            let at = match self
+                .aggregates
+                .iter()
+                .position(|a| a.key == rule.key && a.panes == panes)
+            {
+                Some(at) => {
+                    let aggregate = &mut self.aggregates[at];
+                    aggregate.floor = aggregate.floor.min(floor);
+                    at
+                }
+                None => {
+                    self.aggregates.push(Aggregate {
+                        key: rule.key,
+                        panes,
+                        floor,
+                        counts: FxHashMap::default(),
+                        above: FxHashSet::default(),
+                        total: 0,
+                        included: Vec::new(),
+                    });
+                    self.aggregates.len() - 1
+                }
+            };
+            self.of_rule.push(at);
+            match old.remove(&rule.name) {
+                Some((before, state, resolved)) if before == *rule => {
+                    self.states.push(state);
+                    self.resolved.push(resolved);
+                }
+                _ => {
+                    self.states.push(FxHashMap::default());
+                    self.resolved.push(FxHashMap::default());
+                }
+            }
+        }
+        self.rules = rules;
+    }
+
+    /// One slide: the kept panes (oldest first, the window's last) and the
+    /// window's end in event time. Returns the new transitions.
+    pub fn evaluate(&mut self, kept: &[Arc<Pane>], end: SystemTime) -> Vec<Transition> {
+        for aggregate in &mut self.aggregates {
+            aggregate.sync(kept);
+        }
+        let mut new = Vec::new();
+        for (r, rule) in self.rules.iter().enumerate() {
+            let aggregate = &self.aggregates[self.of_rule[r]];
+            let window = WindowBounds {
+                start: end
+                    .checked_sub(rule.window)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                end,
+            };
+            let needed = rule.threshold.needed(aggregate.total);
+            let over: Vec<(Network, u64)> = match needed {
+                None => Vec::new(),
+                Some(needed) => aggregate
+                    .above
+                    .iter()
+                    .filter_map(|k| aggregate.counts.get(k).map(|c| (*k, *c)))
+                    .filter(|(k, c)| *c >= needed && !rule.allowed(*k))
+                    .collect(),
+            };
+            let threshold = needed.unwrap_or(u64::MAX);
+            let states = &mut self.states[r];
+            let resolved = &mut self.resolved[r];
+            resolved.retain(|_, at| end.duration_since(*at).unwrap_or_default() < rule.cooldown);
+            let over_keys: FxHashSet<Network> = over.iter().map(|(k, _)| *k).collect();
+            // Keys no longer over the threshold.
+            let gone: Vec<Network> = states
+                .keys()
+                .filter(|k| !over_keys.contains(k))
+                .copied()
+                .collect();
+            for key in gone {
+                if let Some(KeyState::Firing { .. }) = states.remove(&key) {
+                    let value = aggregate.counts.get(&key).copied().unwrap_or(0);
+                    resolved.insert(key, end);
+                    new.push(transition(
+                        rule,
+                        key,
+                        State::Resolved,
+                        value,
+                        threshold,
+                        window,
+                        end,
+                    ));
+                }
+            }
+            for (key, value) in over {
+                match states.get(&key).copied() {
+                    Some(KeyState::Firing { .. }) => {}
+                    state => {
+                        let since = match state {
+                            Some(KeyState::Pending { since }) => since,
+                            _ => end,
+                        };
+                        let held = end.duration_since(since).unwrap_or_default() >= rule.hold_for;
+                        if held && !resolved.contains_key(&key) {
+                            states.insert(key, KeyState::Firing { since: end });
+                            new.push(transition(
+                                rule,
+                                key,
+                                State::Firing,
+                                value,
+                                threshold,
+                                window,
+                                end,
+                            ));
+                        } else {
+                            states.insert(key, KeyState::Pending { since });
+                        }
+                    }
+                }
+            }
+        }
+        for t in &new {
+            if self.transitions.len() == RECENT_TRANSITIONS {
+                self.transitions.pop_front();
+            }
+            self.transitions.push_back(t.clone());
+        }
+        new
+    }
+
+    /// What `/api/v1/alerts` and `/api/v1/blocklist` show.
+    pub fn view(&self) -> AlertsView {
+        let mut firing = Vec::new();
+        for (r, rule) in self.rules.iter().enumerate() {
+            let aggregate = &self.aggregates[self.of_rule[r]];
+            let threshold = rule.threshold.needed(aggregate.total).unwrap_or(u64::MAX);
+            for (key, state) in &self.states[r] {
+                if let KeyState::Firing { since } = state {
+                    firing.push(Firing {
+                        rule: rule.name.clone(),
+                        key: key_text(*key, rule.key),
+                        value: aggregate.counts.get(key).copied().unwrap_or(0),
+                        threshold,
+                        since: *since,
+                        block: rule.block,
+                        severity: rule.severity.clone(),
+                        network: *key,
+                    });
+                }
+            }
+        }
+        firing.sort_by(|a, b| a.rule.cmp(&b.rule).then(a.network.cmp(&b.network)));
+        AlertsView {
+            firing,
+            transitions: self.transitions.iter().rev().cloned().collect(),
+        }
+    }
+
+    /// Keys firing per rule (for `ipstats_alerts_firing{rule}`).
+    pub fn firing_counts(&self) -> Vec<(&str, usize)> {
+        self.rules
+            .iter()
+            .zip(&self.states)
+            .map(|(rule, states)| {
+                let n = states
+                    .values()
+                    .filter(|s| matches!(s, KeyState::Firing { .. }))
+                    .count();
+                (rule.name.as_str(), n)
+            })
+            .collect()
+    }
+}
+
+/// An address for `ip` rules, CIDR for networks.
+fn key_text(network: Network, key: Key) -> String {
+    match key {
+        Key::Ip => IpKey::from_bits(network.bounds().0).to_string(),
+        Key::V4(_) | Key::V6(_) => network.to_string(),
+    }
+}
+
+/// A transition; its id is the same whenever the same rule, key, state
+/// and time recur (a restart evaluating the same slide again), so receivers
+/// can drop repeats.
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    rule: &Rule,
+    key: Network,
+    state: State,
+    value: u64,
+    threshold: u64,
+    window: WindowBounds,
+    at: SystemTime,
+) -> Transition {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = rustc_hash::FxHasher::default();
+    (rule.name.as_str(), key, state as u8, at).hash(&mut hasher);
+    Transition {
+        id: format!("{:016x}", hasher.finish()),
+        rule: rule.name.clone(),
+        key: key_text(key, rule.key),
+        state,
+        value,
+        threshold,
+        window,
+        at,
+        severity: rule.severity.clone(),
+        description: rule.description.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::counts::{IpMap, SortedCounts};
+    use crate::rules::file::{Limits, parse};
+    use crate::vocab::{SkipCounts, parse_ip};
+    use std::time::UNIX_EPOCH;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn pane(second: u64, records: &[(&str, u32)]) -> Arc<Pane> {
+        let mut counts = IpMap::default();
+        for (ip, n) in records {
+            counts.add(parse_ip(ip).expect("ip"), *n);
+        }
+        Arc::new(Pane {
+            seq: second,
+            start: UNIX_EPOCH + S * second as u32,
+            end: UNIX_EPOCH + S * (second as u32 + 1),
+            counts: SortedCounts::from(&counts),
+            requests: records.iter().map(|r| u64::from(r.1)).sum(),
+            skipped: SkipCounts::default(),
+            ranges: Vec::new(),
+        })
+    }
+
+    fn engine(text: &str) -> Engine {
+        let limits = Limits {
+            batch: S,
+            retention: S * 60,
+        };
+        Engine::new(parse(text, limits).expect("rules"), S)
+    }
+
+    /// Runs slides over `panes` (one per second) and returns every
+    /// transition as (second, rule, key, state).
+    fn run(engine: &mut Engine, panes: &[Arc<Pane>]) -> Vec<(u64, String, String, State)> {
+        let mut out = Vec::new();
+        for i in 0..panes.len() {
+            let end = panes[i].end;
+            for t in engine.evaluate(&panes[..=i], end) {
+                let second = t.at.duration_since(UNIX_EPOCH).expect("epoch").as_secs();
+                out.push((second, t.rule, t.key, t.state));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_key_fires_when_its_window_count_crosses_and_resolves_when_it_falls() {
+        let mut e = engine(
+            "[[rule]]\nname = \"hot\"\nkey = \"ip\"\nwindow = \"3s\"\nrequests = 10\nblock = true\nallow = [\"10.9.0.0/16\"]\n",
+        );
+        let panes: Vec<Arc<Pane>> = (0..8)
+            .map(|s| match s {
+                1..=3 => pane(s, &[("10.0.0.1", 4), ("10.9.1.1", 50), ("10.0.0.2", 1)]),
+                _ => pane(s, &[("10.0.0.2", 1)]),
+            })
+            .collect();
+        let seen = run(&mut e, &panes);
+        // The window [end − 3 s, end): 8 at end 3, 12 at end 4, 8 at end 5.
+        assert_eq!(
+            seen,
+            [
+                (4, "hot".into(), "10.0.0.1".into(), State::Firing),
+                (5, "hot".into(), "10.0.0.1".into(), State::Resolved),
+            ],
+            "the allowed network never fires"
+        );
+        let view = e.view();
+        assert!(view.firing.is_empty());
+        assert_eq!(view.transitions.len(), 2);
+        assert_eq!(view.transitions[0].state, State::Resolved, "newest first");
+        assert_ne!(view.transitions[0].id, view.transitions[1].id);
+    }
+
+    #[test]
+    fn for_holds_back_and_cooldown_suppresses_a_second_firing() {
+        let mut e = engine(
+            "[[rule]]\nname = \"r\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 5\nfor = \"2s\"\ncooldown = \"5s\"\n",
+        );
+        let busy = |s| pane(s, &[("192.0.2.1", 5)]);
+        let quiet = |s| pane(s, &[("192.0.2.1", 1)]);
+        let panes = vec![
+            busy(0),
+            busy(1),
+            busy(2),  // over from end 1: fires at end 3 (held 2 s)
+            quiet(3), // resolves at end 4
+            busy(4),
+            busy(5),
+            busy(6),
+            busy(7), // over again, but within the cooldown until end 9
+            busy(8),
+            busy(9),
+            busy(10),
+        ];
+        let seen: Vec<(u64, State)> = run(&mut e, &panes)
+            .into_iter()
+            .map(|t| (t.0, t.3))
+            .collect();
+        assert_eq!(
+            seen,
+            [(3, State::Firing), (4, State::Resolved), (9, State::Firing)]
+        );
+        assert_eq!(e.firing_counts(), [("r", 1)]);
+    }
+
+    #[test]
+    fn networks_and_shares_count_their_family_only() {
+        let mut e = engine(concat!(
+            "[[rule]]\nname = \"net\"\nkey = \"v4/24\"\nwindow = \"2s\"\nrequests = 6\n",
+            "[[rule]]\nname = \"six\"\nkey = \"v6/64\"\nwindow = \"2s\"\nshare = 0.5\nmin_total = 20\n",
+        ));
+        let mut records: Vec<(String, u32)> =
+            (1..=4).map(|i| (format!("203.0.113.{i}"), 1)).collect();
+        records.extend((1..=12).map(|i| (format!("2001:db8:1:2::{i:x}"), 1)));
+        let refs: Vec<(&str, u32)> = records.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+        let panes = vec![pane(0, &refs), pane(1, &refs)];
+        let seen = run(&mut e, &panes);
+        // At end 1: total 16 < min_total; /24 has 4. At end 2: /24 has 8 ≥ 6,
+        // the /64 24 of 32 = 75 % ≥ 50 %.
+        assert_eq!(
+            seen,
+            [
+                (2, "net".into(), "203.0.113.0/24".into(), State::Firing),
+                (2, "six".into(), "2001:db8:1:2::/64".into(), State::Firing),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pane_that_received_late_records_is_counted_anew() {
+        let mut e = engine("[[rule]]\nname = \"r\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 5\n");
+        let first = pane(0, &[("198.51.100.7", 3)]);
+        assert!(
+            e.evaluate(std::slice::from_ref(&first), first.end)
+                .is_empty()
+        );
+        // The same pane with two more records (event time: within lateness).
+        let merged = Arc::new(first.merged((*pane(0, &[("198.51.100.7", 2)])).clone()));
+        let fired = e.evaluate(std::slice::from_ref(&merged), merged.end);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].value, 5, "not 8: the old version was subtracted");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_unchanged_rules() {
+        let text = "[[rule]]\nname = \"r\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n";
+        let mut e = engine(text);
+        let p = pane(0, &[("192.0.2.9", 1)]);
+        assert_eq!(e.evaluate(std::slice::from_ref(&p), p.end).len(), 1);
+        let limits = Limits {
+            batch: S,
+            retention: S * 60,
+        };
+        e.replace(parse(text, limits).expect("same rules"));
+        assert!(
+            e.evaluate(std::slice::from_ref(&p), p.end).is_empty(),
+            "still firing, no new transition"
+        );
+        e.replace(parse(&text.replace("requests = 1", "requests = 2"), limits).expect("changed"));
+        assert!(e.evaluate(std::slice::from_ref(&p), p.end).is_empty());
+        assert!(e.view().firing.is_empty(), "a changed rule starts afresh");
+    }
+}

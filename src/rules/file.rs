@@ -1,0 +1,409 @@
+//! The rules file (`--rules`, TOML): parsed and checked as a whole, every
+//! problem reported with the file, the line and the reason, so that a bad
+//! file is refused at start (exit 64) and, on SIGHUP, leaves the old rules
+//! running.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::vocab::Network;
+
+/// Which key a rule counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// Each address, both families.
+    Ip,
+    /// IPv4 networks of this prefix length (IPv6 addresses are not counted).
+    V4(u8),
+    /// IPv6 networks of this prefix length (IPv4 addresses are not counted).
+    V6(u8),
+}
+
+impl Key {
+    fn parse(text: &str) -> Option<Key> {
+        if text == "ip" {
+            return Some(Key::Ip);
+        }
+        let (family, bits) = text.split_once('/')?;
+        if bits.is_empty() || !bits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let bits: u8 = bits.parse().ok()?;
+        match family {
+            "v4" if bits <= 32 => Some(Key::V4(bits)),
+            "v6" if bits <= 128 => Some(Key::V6(bits)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Ip => f.write_str("ip"),
+            Key::V4(bits) => write!(f, "v4/{bits}"),
+            Key::V6(bits) => write!(f, "v6/{bits}"),
+        }
+    }
+}
+
+/// When a key is flagged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    /// Its count in the window is at least this.
+    Requests(u64),
+    /// Its share of all requests in the window is at least `share`, once the
+    /// window holds at least `min_total` requests.
+    Share { share: f64, min_total: u64 },
+}
+
+impl Threshold {
+    /// The count a key needs in a window holding `total` requests; `None`
+    /// when the rule cannot fire at that total.
+    pub fn needed(self, total: u64) -> Option<u64> {
+        match self {
+            Threshold::Requests(n) => Some(n),
+            Threshold::Share { min_total, .. } if total < min_total => None,
+            Threshold::Share { share, .. } => Some(((share * total as f64).ceil() as u64).max(1)),
+        }
+    }
+
+    /// The smallest count that can ever be enough: keys below it need not
+    /// be looked at.
+    pub fn floor(self) -> u64 {
+        match self {
+            Threshold::Requests(n) => n.max(1),
+            Threshold::Share { share, min_total } => {
+                ((share * min_total as f64).ceil() as u64).max(1)
+            }
+        }
+    }
+}
+
+/// One checked rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub key: Key,
+    pub window: Duration,
+    pub threshold: Threshold,
+    pub hold_for: Duration,
+    pub cooldown: Duration,
+    pub allow: Vec<Network>,
+    pub block: bool,
+    pub severity: String,
+    pub description: String,
+}
+
+impl Rule {
+    /// Whether `network` (a key of this rule) lies in an allowed network.
+    pub fn allowed(&self, network: Network) -> bool {
+        let (first, last) = network.bounds();
+        self.allow.iter().any(|a| {
+            let (lo, hi) = a.bounds();
+            a.is_v4() == network.is_v4() && lo <= first && last <= hi
+        })
+    }
+}
+
+/// What the rules must fit: windows are whole batches within the retention.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub batch: Duration,
+    pub retention: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    key: Spanned<String>,
+    window: Spanned<String>,
+    requests: Option<Spanned<i64>>,
+    share: Option<Spanned<f64>>,
+    min_total: Option<Spanned<i64>>,
+    #[serde(rename = "for")]
+    hold_for: Option<Spanned<String>>,
+    cooldown: Option<Spanned<String>>,
+    allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    block: bool,
+    severity: Option<String>,
+    description: Option<String>,
+}
+
+/// Reads and checks a rules file.
+pub fn load(path: &Path, limits: Limits) -> Result<Vec<Rule>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the rules file: {e}", path.display()))?;
+    parse(&text, limits).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Checks the text of a rules file; errors read `LINE: reason`.
+pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, String> {
+    let line = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(1, line);
+        format!("{at}: {}", e.message())
+    })?;
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
+    for spanned in raw.rule {
+        let at = line(spanned.span());
+        let raw = spanned.into_inner();
+        let fail = |span: Range<usize>, reason: String| format!("{}: {reason}", line(span));
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            return Err(fail(
+                raw.name.span(),
+                "name must be a non-empty line of text".into(),
+            ));
+        }
+        if rules.iter().any(|r| r.name == name) {
+            return Err(fail(
+                raw.name.span(),
+                format!("a second rule named {name:?}: names are unique"),
+            ));
+        }
+        let key = Key::parse(raw.key.get_ref()).ok_or_else(|| {
+            fail(
+                raw.key.span(),
+                format!(
+                    "key must be \"ip\", \"v4/N\" (N 0..=32) or \"v6/N\" (N 0..=128), got {:?}",
+                    raw.key.get_ref()
+                ),
+            )
+        })?;
+        let window = duration(&raw.window, "window").map_err(|r| fail(raw.window.span(), r))?;
+        let whole = !window.is_zero() && window.as_nanos().is_multiple_of(limits.batch.as_nanos());
+        if !whole || window > limits.retention {
+            return Err(fail(
+                raw.window.span(),
+                format!(
+                    "window must be a whole multiple of --batch ({}) up to --retention ({}), got {:?}",
+                    humantime::format_duration(limits.batch),
+                    humantime::format_duration(limits.retention),
+                    raw.window.get_ref()
+                ),
+            ));
+        }
+        let threshold = match (&raw.requests, &raw.share) {
+            (Some(n), None) => {
+                if raw.min_total.is_some() {
+                    return Err(fail(
+                        n.span(),
+                        "min_total goes with share, not requests".into(),
+                    ));
+                }
+                if *n.get_ref() < 1 {
+                    return Err(fail(
+                        n.span(),
+                        format!("requests must be 1 or more, got {}", n.get_ref()),
+                    ));
+                }
+                Threshold::Requests(*n.get_ref() as u64)
+            }
+            (None, Some(share)) => {
+                let s = *share.get_ref();
+                if !(s > 0.0 && s <= 1.0) {
+                    return Err(fail(
+                        share.span(),
+                        format!("share must be above 0 and at most 1, got {s}"),
+                    ));
+                }
+                let min_total = match &raw.min_total {
+                    None => 1,
+                    Some(m) if *m.get_ref() >= 1 => *m.get_ref() as u64,
+                    Some(m) => {
+                        return Err(fail(
+                            m.span(),
+                            format!("min_total must be 1 or more, got {}", m.get_ref()),
+                        ));
+                    }
+                };
+                Threshold::Share {
+                    share: s,
+                    min_total,
+                }
+            }
+            (Some(n), Some(_)) => {
+                return Err(fail(n.span(), "give requests or share, not both".into()));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "{at}: rule {name:?} needs a threshold: requests = N, or share = 0..1 (with min_total)"
+                ));
+            }
+        };
+        let hold_for = optional_duration(&raw.hold_for, "for").map_err(|(s, r)| fail(s, r))?;
+        let cooldown = optional_duration(&raw.cooldown, "cooldown").map_err(|(s, r)| fail(s, r))?;
+        let mut allow = Vec::new();
+        for entry in raw.allow.unwrap_or_default() {
+            let network = Network::parse(entry.get_ref()).ok_or_else(|| {
+                fail(
+                    entry.span(),
+                    format!(
+                        "allow entries are networks in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix, got {:?}",
+                        entry.get_ref()
+                    ),
+                )
+            })?;
+            allow.push(network);
+        }
+        rules.push(Rule {
+            name,
+            key,
+            window,
+            threshold,
+            hold_for,
+            cooldown,
+            allow,
+            block: raw.block,
+            severity: raw.severity.unwrap_or_else(|| "warning".to_string()),
+            description: raw.description.unwrap_or_default(),
+        });
+    }
+    Ok(rules)
+}
+
+fn duration(text: &Spanned<String>, field: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.get_ref()).map_err(|e| {
+        format!(
+            "{field} must be a duration (30s, 1m, 1h), got {:?}: {e}",
+            text.get_ref()
+        )
+    })
+}
+
+fn optional_duration(
+    text: &Option<Spanned<String>>,
+    field: &str,
+) -> Result<Duration, (Range<usize>, String)> {
+    match text {
+        None => Ok(Duration::ZERO),
+        Some(t) => duration(t, field).map_err(|r| (t.span(), r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        batch: Duration::from_secs(1),
+        retention: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn the_documented_example_reads_as_written() {
+        let rules = parse(
+            r#"
+[[rule]]
+name = "hot-ip"
+key = "ip"
+window = "1m"
+requests = 500
+for = "0s"
+cooldown = "10m"
+allow = ["203.0.113.0/24"]
+block = true
+severity = "warning"
+description = "one client above 500 requests a minute"
+
+[[rule]]
+name = "busy-net"
+key = "v4/24"
+window = "5m"
+share = 0.2
+min_total = 1000
+"#,
+            LIMITS,
+        )
+        .expect("valid");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].key, Key::Ip);
+        assert_eq!(rules[0].threshold, Threshold::Requests(500));
+        assert_eq!(rules[0].cooldown, Duration::from_secs(600));
+        assert!(rules[0].block);
+        assert!(rules[0].allowed(Network::parse("203.0.113.9").expect("ip")));
+        assert!(!rules[0].allowed(Network::parse("203.0.114.9").expect("ip")));
+        assert_eq!(rules[1].key, Key::V4(24));
+        assert_eq!(rules[1].threshold.needed(999), None);
+        assert_eq!(rules[1].threshold.needed(1000), Some(200));
+        assert_eq!(rules[1].threshold.floor(), 200);
+        assert_eq!(rules[1].severity, "warning");
+        assert!(parse("", LIMITS).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn every_mistake_names_its_line_and_reason() {
+        let cases = [
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"v4/33\"\nwindow = \"1m\"\nrequests = 5\n",
+                "3: key must be",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1500ms\"\nrequests = 5\n",
+                "4: window must be a whole multiple",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"2h\"\nrequests = 5\n",
+                "4: window must be",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\n",
+                "1: rule \"a\" needs a threshold",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nshare = 1.5\n",
+                "5: share must be",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\nshare = 0.5\n",
+                "5: give requests or share",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\nallow = [\"10.0.0.1/8\"]\n",
+                "6: allow entries",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\ncolor = 1\n",
+                "6: unknown field",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\n[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\n",
+                "7: a second rule named",
+            ),
+            ("[[rule]\n", "1: "),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"soon\"\nrequests = 5\n",
+                "4: window must be a duration",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 0\n",
+                "5: requests must be 1 or more",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text, LIMITS).expect_err(text);
+            assert!(
+                err.starts_with(expected.split(':').next().unwrap_or("")),
+                "{text:?}: {err}"
+            );
+            assert!(
+                err.contains(expected.split(": ").nth(1).unwrap_or(expected)),
+                "{text:?}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Rules, alerts and block lists: `--rules FILE` names keys (addresses or
+//! networks) to flag when their count over a window crosses a threshold.
+//! [`file`] reads and checks the file; [`engine`] evaluates the rules at
+//! every slide; [`Rules`] is the reloadable set (SIGHUP) the engine follows.
+
+pub mod engine;
+pub mod file;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::{Serialize, Serializer};
+
+pub use engine::Engine;
+pub use file::{Key, Limits, Rule, Threshold};
+
+use crate::vocab::Network;
+
+/// A transition's new state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Firing,
+    Resolved,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Firing => "firing",
+            State::Resolved => "resolved",
+        }
+    }
+}
+
+fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::http::views::rfc3339(*t))
+}
+
+/// A range of event time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct WindowBounds {
+    #[serde(serialize_with = "time")]
+    pub start: SystemTime,
+    #[serde(serialize_with = "time")]
+    pub end: SystemTime,
+}
+
+/// A key starting or stopping to break a rule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    /// The same for the same rule, key, state and time: receivers can drop
+    /// repeats (a retried webhook, a restart evaluating a slide again).
+    pub id: String,
+    pub rule: String,
+    pub key: String,
+    pub state: State,
+    /// The key's count in the window.
+    pub value: u64,
+    /// The count the rule needed at that slide.
+    pub threshold: u64,
+    pub window: WindowBounds,
+    /// The window's end (event time) when it happened.
+    #[serde(serialize_with = "time")]
+    pub at: SystemTime,
+    pub severity: String,
+    pub description: String,
+}
+
+/// A key breaking a rule now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Firing {
+    pub rule: String,
+    pub key: String,
+    pub value: u64,
+    pub threshold: u64,
+    #[serde(serialize_with = "time")]
+    pub since: SystemTime,
+    pub severity: String,
+    /// Listed in the block list while firing.
+    pub block: bool,
+    #[serde(skip)]
+    pub network: Network,
+}
+
+/// What `/api/v1/alerts` answers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AlertsView {
+    pub firing: Vec<Firing>,
+    /// Newest first.
+    pub transitions: Vec<Transition>,
+}
+
+/// The rules in force and the file they come from; SIGHUP reloads it. A
+/// file that does not read or check keeps the rules in force.
+#[derive(Debug)]
+pub struct Rules {
+    path: PathBuf,
+    limits: Limits,
+    current: ArcSwap<Vec<Rule>>,
+    generation: AtomicU64,
+}
+
+impl Rules {
+    /// Reads `path`; the error names the file, the line and the reason.
+    pub fn load(path: PathBuf, limits: Limits) -> Result<Arc<Rules>, String> {
+        let rules = file::load(&path, limits)?;
+        Ok(Arc::new(Rules {
+            path,
+            limits,
+            current: ArcSwap::from_pointee(rules),
+            generation: AtomicU64::new(1),
+        }))
+    }
+
+    /// Reads the file again; on success the engine takes the new rules at
+    /// the next slide. Returns how many rules are in force.
+    pub fn reload(&self) -> Result<usize, String> {
+        let rules = file::load(&self.path, self.limits)?;
+        let n = rules.len();
+        self.current.store(Arc::new(rules));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(n)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Vec<Rule>> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// The engine as the snapshot builder runs it: follows reloads and keeps
+/// the metrics.
+pub struct Evaluator {
+    rules: Arc<Rules>,
+    engine: Engine,
+    seen: u64,
+    metrics: crate::metrics::Metrics,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("rules", &self.engine.rules().len())
+            .field("generation", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Evaluator {
+    pub fn new(
+        rules: Arc<Rules>,
+        batch: std::time::Duration,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
+        let engine = Engine::new(rules.current().to_vec(), batch);
+        let seen = rules.generation();
+        let evaluator = Evaluator {
+            rules,
+            engine,
+            seen,
+            metrics,
+        };
+        evaluator.zero_series();
+        evaluator
+    }
+
+    /// Every rule's series exist from the start, at zero.
+    fn zero_series(&self) {
+        for rule in self.engine.rules() {
+            self.metrics
+                .alerts_firing
+                .with_label_values(&[&rule.name])
+                .set(0);
+            for state in [State::Firing, State::Resolved] {
+                self.metrics
+                    .alert_transitions
+                    .with_label_values(&[&rule.name, state.as_str()]);
+            }
+        }
+    }
+
+    /// One slide: `kept` panes oldest first and the window's end.
+    pub fn slide(
+        &mut self,
+        kept: &[Arc<crate::pipeline::window::Pane>],
+        end: SystemTime,
+    ) -> Arc<AlertsView> {
+        let generation = self.rules.generation();
+        if generation != self.seen {
+            for rule in self.engine.rules() {
+                let _ = self
+                    .metrics
+                    .alerts_firing
+                    .remove_label_values(&[&rule.name]);
+            }
+            self.engine.replace(self.rules.current().to_vec());
+            self.seen = generation;
+            self.zero_series();
+        }
+        for t in self.engine.evaluate(kept, end) {
+            self.metrics
+                .alert_transitions
+                .with_label_values(&[&t.rule, t.state.as_str()])
+                .inc();
+        }
+        for (rule, n) in self.engine.firing_counts() {
+            self.metrics
+                .alerts_firing
+                .with_label_values(&[rule])
+                .set(n as i64);
+        }
+        Arc::new(self.engine.view())
+    }
+}

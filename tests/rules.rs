@@ -1,0 +1,193 @@
+//! Rules on real-cluster traffic with a known truth: who fires, who never
+//! does (allowed networks), the block list, the metrics, and SIGHUP.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::{cluster, free_port, get_json, http_get, unique, wait_for};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn line(ip: &str, t: SystemTime) -> Vec<u8> {
+    format!(
+        r#"{{"time_local":"{}","client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#,
+        humantime::format_rfc3339_millis(t)
+    )
+    .into_bytes()
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "hot-ip"
+key = "ip"
+window = "1m"
+requests = 200
+allow = ["192.0.2.0/24"]
+block = true
+
+[[rule]]
+name = "busy-net"
+key = "v4/24"
+window = "1m"
+share = 0.3
+min_total = 100
+severity = "critical"
+"#;
+
+fn firing(addr: SocketAddr) -> Vec<(String, String)> {
+    let alerts = get_json(addr, "/api/v1/alerts");
+    let mut firing: Vec<(String, String)> = alerts["firing"]
+        .as_array()
+        .expect("firing")
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap_or_default().to_string(),
+                f["key"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    firing.sort();
+    firing
+}
+
+#[test]
+fn rules_flag_the_keys_over_their_thresholds_and_never_an_allowed_network() {
+    let Some(cluster) = cluster() else { return };
+    let topic = common::create_topic(&cluster, "rules", 1);
+    let now = SystemTime::now();
+    let mut lines = Vec::new();
+    // 203.0.113.7: 300 requests (over 200); 192.0.2.1: 400, but allowed;
+    // 198.51.100.0/24: 250 addresses twice, 500 of 1,450 = 34 % (over 30 %);
+    // 50 quiet clients, 5 each.
+    lines.extend((0..300).map(|_| line("203.0.113.7", now)));
+    lines.extend((0..400).map(|_| line("192.0.2.1", now)));
+    for i in 1..=250 {
+        lines.push(line(&format!("198.51.100.{i}"), now));
+        lines.push(line(&format!("198.51.100.{i}"), now));
+    }
+    for i in 0..50 {
+        lines.extend((0..5).map(|_| line(&format!("10.1.{i}.1"), now)));
+    }
+    common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
+    let dir = std::env::temp_dir().join(unique("rules"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, RULES).expect("rules");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let listen = addr.to_string();
+    let checkpoint = dir.join("ckpt");
+    let mut svc = common::Service::spawn_exactly(
+        None,
+        addr,
+        &[
+            "--brokers",
+            &cluster.brokers,
+            "--topics",
+            &topic,
+            "--group",
+            &unique("rules"),
+            "--checkpoint-dir",
+            checkpoint.to_str().expect("utf-8"),
+            "--listen",
+            &listen,
+            "--batch",
+            "1s",
+            "--slide",
+            "1s",
+            "--window",
+            "1m",
+            "--rules",
+            rules.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    svc.wait_ready(WAIT);
+    let expected = vec![
+        ("busy-net".to_string(), "198.51.100.0/24".to_string()),
+        ("hot-ip".to_string(), "203.0.113.7".to_string()),
+    ];
+    wait_for("the two keys firing", WAIT, || {
+        let now = firing(addr);
+        if now == expected {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let alerts = get_json(addr, "/api/v1/alerts");
+    let hot = alerts["firing"]
+        .as_array()
+        .expect("firing")
+        .iter()
+        .find(|f| f["rule"] == "hot-ip")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        (hot["value"].as_u64(), hot["threshold"].as_u64()),
+        (Some(300), Some(200))
+    );
+    let transitions = alerts["transitions"].as_array().expect("transitions");
+    assert_eq!(
+        transitions.len(),
+        2,
+        "one firing transition each: {transitions:?}"
+    );
+    assert!(transitions.iter().all(|t| t["state"] == "firing"));
+    let busy = transitions
+        .iter()
+        .find(|t| t["rule"] == "busy-net")
+        .expect("busy-net");
+    assert_eq!(busy["severity"], "critical");
+    assert_eq!(busy["value"], 500);
+
+    let (status, plain) = http_get(addr, "/api/v1/blocklist").expect("blocklist");
+    assert_eq!(
+        (status, plain.as_str()),
+        (200, "203.0.113.7\n"),
+        "only block rules"
+    );
+    let (_, metrics) = http_get(addr, "/metrics").expect("metrics");
+    for series in [
+        "ipstats_alerts_firing{rule=\"hot-ip\"} 1",
+        "ipstats_alerts_firing{rule=\"busy-net\"} 1",
+        "ipstats_alert_transitions_total{rule=\"hot-ip\",state=\"firing\"} 1",
+        "ipstats_alert_transitions_total{rule=\"hot-ip\",state=\"resolved\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series}");
+    }
+
+    // SIGHUP with a broken file: the rules in force stay, and the log says why.
+    std::fs::write(&rules, RULES.replace("requests = 200", "requests = -1")).expect("rules");
+    svc.signal("HUP");
+    wait_for("the refusal logged", WAIT, || {
+        let log = svc.log_text();
+        if log.contains("rules file was not reloaded") && log.contains("requests must be 1 or more")
+        {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    assert_eq!(firing(addr), expected, "the old rules still run");
+    // A good file: hot-ip now needs 500, so only busy-net fires.
+    std::fs::write(&rules, RULES.replace("requests = 200", "requests = 500")).expect("rules");
+    svc.signal("HUP");
+    wait_for("the new rules in force", WAIT, || {
+        let now = firing(addr);
+        if now == expected[..1] {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let (_, plain) = http_get(addr, "/api/v1/blocklist").expect("blocklist");
+    assert_eq!(plain, "", "nothing blocked any more");
+    svc.terminate(WAIT);
+    let _ = std::fs::remove_dir_all(&dir);
+}
