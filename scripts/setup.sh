@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools the tests use, if missing: Debian packages (promtool,
-# ZooKeeper, kcat, nginx), the Kafka jars, and a Python venv with schemathesis.
+# ZooKeeper, kcat, nginx, Alertmanager), the Kafka jars, and a Python venv with schemathesis.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -12,6 +12,7 @@ command -v mvn >/dev/null || need+=(maven)
 command -v curl >/dev/null || need+=(curl)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -11,7 +11,6 @@ pub mod log_limit;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
-pub mod rules;
 pub mod stop;
 pub mod tools;
 pub mod vocab;

@@ -131,6 +131,9 @@ metrics! {
     alert_transitions: IntCounterVec = "ipstats_alert_transitions_total",
         "Alert transitions by rule and state (firing, resolved).",
         labels ["rule", "state"];
+    alert_deliveries: IntCounterVec = "ipstats_alert_deliveries_total",
+        "Alert sends by target (webhook, alertmanager) and result: ok, retry (a failed attempt, retried), dropped (the queue was full), stale (about data older than --alert-max-age: recorded, not sent).",
+        labels ["target", "result"];
     partition_lag_seconds: GaugeVec = "ipstats_partition_lag_seconds",
         "Timestamp of the newest record in the partition minus that of the last counted record.",
         labels ["topic", "partition"];

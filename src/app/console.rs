@@ -72,7 +72,7 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
 /// so and keeps running.
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    rules: Option<std::sync::Arc<crate::rules::Rules>>,
+    rules: Option<std::sync::Arc<crate::pipeline::rules::Rules>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint;
-use crate::config::{OffsetReset, Secret, Settings};
+use crate::config::{ConfigError, OffsetReset, Secret, Settings};
 use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
@@ -49,6 +49,8 @@ use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
 use crate::offsets::instance::instance_id;
 use crate::offsets::zookeeper::ZkOptions;
+use crate::pipeline::rules::send::{self, Targets};
+use crate::pipeline::rules::{Limits, Rules};
 use crate::pipeline::snapshot::{Published, Snapshot};
 use crate::stop::Stop;
 use crate::tools::demo;
@@ -92,6 +94,24 @@ async fn blocking<T: Send + 'static>(
 impl App {
     /// Starts everything and returns once the HTTP listener is bound.
     pub async fn start(mut settings: Settings) -> anyhow::Result<App> {
+        // The rules file is checked before anything starts: a bad one is a
+        // bad setting (exit 64), named with its line.
+        let rules = match &settings.rules_file {
+            Some(path) => Some(
+                Rules::load(
+                    path.clone(),
+                    Limits {
+                        batch: settings.batch,
+                        retention: settings.retention,
+                    },
+                )
+                .map_err(|rule| ConfigError {
+                    setting: "--rules",
+                    rule,
+                })?,
+            ),
+            None => None,
+        };
         // Demo data lives only as long as the embedded broker: its state is
         // checkpointed like real data, into a directory thrown away at exit.
         let demo_dir = settings.is_demo().then(|| {
@@ -169,7 +189,7 @@ impl App {
                 Signal::Token(cancel.clone()),
                 Report::FailuresOnly,
                 None,
-                console::reload_on_hangup(hangups, settings.rules.clone(), cancel),
+                console::reload_on_hangup(hangups, rules.clone(), cancel),
             );
         }
 
@@ -328,8 +348,31 @@ impl App {
             );
         }
 
+        let outbox = {
+            let cancel = CancellationToken::new();
+            let targets = Targets {
+                webhook: settings.alert_webhook.clone(),
+                alertmanager: settings.alertmanager.clone(),
+                max_age: settings.alert_max_age,
+            };
+            let outbox = send::start(&targets, shared.published.clone(), &shared.metrics, &cancel);
+            parts.task(
+                "alert senders",
+                Stage::Serve,
+                Signal::Token(cancel.clone()),
+                Report::FailuresOnly,
+                None,
+                async move {
+                    cancel.cancelled().await;
+                    Ok(())
+                },
+            );
+            outbox
+        };
         let shutdown_grace = settings.shutdown_grace;
         let startup = Startup {
+            rules,
+            outbox,
             settings,
             zookeeper,
             consumer,

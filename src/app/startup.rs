@@ -39,6 +39,9 @@ pub struct Startup {
     pub shared: Sources,
     /// Stops ingest (the same flag stops the cluster monitor).
     pub stop: Stop,
+    /// `--rules`, and where their transitions are sent.
+    pub rules: Option<Arc<crate::pipeline::rules::Rules>>,
+    pub outbox: Option<crate::pipeline::rules::send::Outbox>,
 }
 
 /// Start-up resolved: where to start, ready to launch.
@@ -318,7 +321,11 @@ impl Ready {
         };
         let ingest = Ingest::new(
             s.consumer,
-            IngestConfig::from(&s.settings),
+            IngestConfig {
+                rules: s.rules.clone(),
+                outbox: s.outbox.clone(),
+                ..IngestConfig::from(&s.settings)
+            },
             stored,
             resume,
             links,

@@ -260,6 +260,18 @@ pub struct ServeArgs {
     /// line and the reason (at start: exit 64; on SIGHUP the rules in force stay).
     #[arg(long, env = "IPSTATS_RULES", value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// POST each alert transition (JSON) to this URL; retried with backoff in order, from a
+    /// bounded queue (overflow counted); never blocks ingest. Needs --rules.
+    #[arg(long, env = "IPSTATS_ALERT_WEBHOOK", value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// Prometheus Alertmanager's base URL: alerts are pushed to its /api/v2/alerts, re-sent
+    /// while firing and resolved with endsAt. Needs --rules.
+    #[arg(long, env = "IPSTATS_ALERTMANAGER", value_name = "URL")]
+    pub alertmanager: Option<String>,
+    /// Alert transitions about data older than this (event time against the clock, as in a
+    /// replayed backlog) are recorded but not sent to the webhook or Alertmanager.
+    #[arg(long, env = "IPSTATS_ALERT_MAX_AGE", value_name = "DUR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub alert_max_age: Duration,
     /// A connection with no request in progress for this long (100ms..=1h) is closed.
     #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod access;
 mod cli;
 mod input;
 mod kafka;
 
+pub use access::Secret;
+use access::{allowed_hosts, read_token};
 pub use cli::{
     Cli, Command, CountArgs, Format, InputArgs, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs,
     TimeSource,
@@ -81,72 +84,11 @@ pub struct Settings {
     pub metrics_without_auth: bool,
     /// Host names requests may name; `None`: any.
     pub allowed_hosts: Option<Vec<String>>,
-    /// `--rules`, read and checked.
-    pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
-}
-
-/// A value that must not reach logs: `Debug` shows that it is set, not what it is.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-/// The shortest token accepted: shorter ones are guessable.
-const MIN_TOKEN_LEN: usize = 16;
-
-fn read_token(path: &std::path::Path) -> Result<Secret, ConfigError> {
-    const SETTING: &str = "--auth-token-file";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid(SETTING, format!("cannot read {}: {e}", path.display())))?;
-    let token = text.trim();
-    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            SETTING,
-            format!(
-                "{} must hold one token of at least {MIN_TOKEN_LEN} characters without spaces",
-                path.display()
-            ),
-        ));
-    }
-    Ok(Secret(token.to_string()))
-}
-
-/// `--allowed-hosts`, or its default for `listen`.
-fn allowed_hosts(
-    list: Option<&str>,
-    listen: SocketAddr,
-) -> Result<Option<Vec<String>>, ConfigError> {
-    match list.map(str::trim) {
-        None if listen.ip().is_loopback() => Ok(Some(
-            ["localhost", "127.0.0.1", "[::1]"]
-                .map(String::from)
-                .to_vec(),
-        )),
-        None | Some("*") => Ok(None),
-        Some(list) => {
-            let hosts: Vec<String> = list.split(',').map(|h| h.trim().to_string()).collect();
-            if let Some(bad) = hosts
-                .iter()
-                .find(|h| h.is_empty() || h.contains(|c: char| c == '/' || c.is_whitespace()))
-            {
-                return Err(invalid(
-                    "--allowed-hosts",
-                    format!("{bad:?} is not a host name (give names without port, or *)"),
-                ));
-            }
-            Ok(Some(hosts))
-        }
-    }
+    /// `--rules`: read and checked at start (see `app`).
+    pub rules_file: Option<PathBuf>,
+    pub alert_webhook: Option<reqwest::Url>,
+    pub alertmanager: Option<reqwest::Url>,
+    pub alert_max_age: Duration,
 }
 
 impl Settings {
@@ -295,13 +237,15 @@ impl TryFrom<ServeArgs> for Settings {
             return Err(invalid("--checkpoint-dir", "must not be empty"));
         }
         let retention = retention(a.retention, a.window, a.slide, a.batch)?;
-        let limits = crate::rules::Limits {
-            batch: a.batch,
-            retention,
-        };
-        let rules = a.rules.map(|path| crate::rules::Rules::load(path, limits));
         Ok(Settings {
-            rules: rules.transpose().map_err(|e| invalid("--rules", e))?,
+            alert_webhook: access::alert_url(
+                "--alert-webhook",
+                a.alert_webhook.as_deref(),
+                &a.rules,
+            )?,
+            alertmanager: access::alert_url("--alertmanager", a.alertmanager.as_deref(), &a.rules)?,
+            alert_max_age: a.alert_max_age,
+            rules_file: a.rules,
             brokers: a.brokers,
             topics,
             group: a.group,

@@ -43,16 +43,16 @@ fn state(ready: bool) -> AppState {
     ];
     // Rules over the window: both IPv4 addresses reach 5 (blocked), their
     // /24 reaches 10 (not blocked).
-    let rules = crate::rules::file::parse(
+    let rules = crate::pipeline::rules::file::parse(
         "[[rule]]\nname = \"hot\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 5\nblock = true\n\
          [[rule]]\nname = \"net\"\nkey = \"v4/24\"\nwindow = \"2s\"\nrequests = 8\n",
-        crate::rules::Limits {
+        crate::pipeline::rules::Limits {
             batch: Duration::from_secs(1),
             retention: Duration::from_secs(3),
         },
     )
     .expect("rules");
-    let mut engine = crate::rules::Engine::new(rules, Duration::from_secs(1));
+    let mut engine = crate::pipeline::rules::Engine::new(rules, Duration::from_secs(1));
     engine.evaluate(&panes, panes[1].end);
     let snapshot = Snapshot {
         taken_at: SystemTime::now(),

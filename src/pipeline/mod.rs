@@ -27,6 +27,7 @@ pub mod json;
 pub mod parse;
 pub mod query;
 pub mod reference;
+pub mod rules;
 pub mod snapshot;
 pub mod time;
 pub mod window;

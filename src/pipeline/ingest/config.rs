@@ -24,7 +24,9 @@ pub struct IngestConfig {
     pub max_line_bytes: usize,
     pub group: String,
     pub time: Time,
-    pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
+    /// `--rules` (set by the app, which loads them).
+    pub rules: Option<std::sync::Arc<crate::pipeline::rules::Rules>>,
+    pub outbox: Option<crate::pipeline::rules::send::Outbox>,
 }
 
 impl IngestConfig {
@@ -58,7 +60,8 @@ impl From<&Settings> for IngestConfig {
             max_line_bytes: s.input.max_line_bytes,
             group: s.group.clone(),
             time: s.time.clone(),
-            rules: s.rules.clone(),
+            rules: None,
+            outbox: None,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
-use crate::rules::Evaluator;
+use crate::pipeline::rules::Evaluator;
 use crate::stop::Stop;
 use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
 use event::EventPanes;
@@ -210,12 +210,10 @@ impl Ingest {
                 SystemTime::now(),
             ),
             builder: Builder::new(config.window, config.slide, counters.records_consumed, now)
-                .with_rules(
-                    config
-                        .rules
-                        .clone()
-                        .map(|rules| Evaluator::new(rules, config.batch, links.metrics.clone())),
-                ),
+                .with_rules(config.rules.clone().map(|rules| {
+                    Evaluator::new(rules, config.batch, links.metrics.clone())
+                        .with_outbox(config.outbox.clone())
+                })),
             counter: Counter::spawn(
                 config.client_field.clone(),
                 config.max_line_bytes,

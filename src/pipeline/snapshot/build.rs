@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, RenderCache, Snapshot};
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
+use crate::pipeline::rules::Evaluator;
 use crate::pipeline::window::{Pane, Window};
-use crate::rules::Evaluator;
 use crate::vocab::{Reset, Started};
 
 /// How much slide history the dashboard's sparklines get.

@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// slide that moved nothing, as when the data's time stands still).
     pub rendered_adhoc: Arc<RenderCache<String>>,
     /// `--rules`: what fires now and the recent transitions.
-    pub alerts: Arc<crate::rules::AlertsView>,
+    pub alerts: Arc<crate::pipeline::rules::AlertsView>,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again

@@ -302,6 +302,7 @@ impl Engine {
                         block: rule.block,
                         severity: rule.severity.clone(),
                         network: *key,
+                        description: rule.description.clone(),
                     });
                 }
             }
@@ -371,7 +372,7 @@ fn transition(
 mod tests {
     use super::*;
     use crate::pipeline::counts::{IpMap, SortedCounts};
-    use crate::rules::file::{Limits, parse};
+    use crate::pipeline::rules::file::{Limits, parse};
     use crate::vocab::{SkipCounts, parse_ip};
     use std::time::UNIX_EPOCH;
 

@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod file;
+pub mod send;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,8 +37,13 @@ impl State {
     }
 }
 
+/// RFC 3339 with milliseconds, as every time in the API.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::http::views::rfc3339(*t))
+    s.serialize_str(&rfc3339(*t))
 }
 
 /// A range of event time.
@@ -84,6 +90,8 @@ pub struct Firing {
     pub block: bool,
     #[serde(skip)]
     pub network: Network,
+    #[serde(skip)]
+    pub description: String,
 }
 
 /// What `/api/v1/alerts` answers.
@@ -146,6 +154,7 @@ pub struct Evaluator {
     engine: Engine,
     seen: u64,
     metrics: crate::metrics::Metrics,
+    outbox: Option<send::Outbox>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -170,9 +179,16 @@ impl Evaluator {
             engine,
             seen,
             metrics,
+            outbox: None,
         };
         evaluator.zero_series();
         evaluator
+    }
+
+    /// Offers every transition to the webhook and Alertmanager senders.
+    pub fn with_outbox(mut self, outbox: Option<send::Outbox>) -> Self {
+        self.outbox = outbox;
+        self
     }
 
     /// Every rule's series exist from the start, at zero.
@@ -213,6 +229,9 @@ impl Evaluator {
                 .alert_transitions
                 .with_label_values(&[&t.rule, t.state.as_str()])
                 .inc();
+            if let Some(outbox) = &self.outbox {
+                outbox.offer(&t, SystemTime::now());
+            }
         }
         for (rule, n) in self.engine.firing_counts() {
             self.metrics

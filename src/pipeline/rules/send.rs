@@ -1,0 +1,290 @@
+//! Sending alert transitions: a JSON POST per transition to a webhook, and
+//! Prometheus Alertmanager's v2 API. Each target has its own bounded queue
+//! and task: the evaluator only offers a transition (never waits), a full
+//! queue drops it and counts it, and a target that fails is retried with
+//! backoff, in order, so that one key's transitions arrive as they
+//! happened. A transition about data older than `--alert-max-age` (a
+//! replayed backlog) is never offered: it is recorded, not sent.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Firing, State, Transition, rfc3339};
+use crate::metrics::Metrics;
+use crate::pipeline::snapshot::Published;
+
+/// Transitions waiting per target before new ones are dropped (counted).
+pub const QUEUE: usize = 10_000;
+/// How often Alertmanager hears again of what still fires (it resolves an
+/// alert it has not heard of for its `resolve_timeout`, 5 min by default).
+const RESEND_EVERY: Duration = Duration::from_secs(30);
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where transitions go.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub webhook: Option<reqwest::Url>,
+    pub alertmanager: Option<reqwest::Url>,
+    pub max_age: Duration,
+}
+
+impl Targets {
+    pub fn any(&self) -> bool {
+        self.webhook.is_some() || self.alertmanager.is_some()
+    }
+}
+
+/// The evaluator's end of the queues.
+#[derive(Clone)]
+pub struct Outbox {
+    queues: Vec<(&'static str, Sender<Transition>)>,
+    max_age: Duration,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    /// Offers a transition to every target; never waits.
+    pub fn offer(&self, transition: &Transition, now: SystemTime) {
+        let stale = now.duration_since(transition.at).unwrap_or_default() > self.max_age;
+        for (target, queue) in &self.queues {
+            let result = if stale {
+                "stale"
+            } else {
+                match queue.try_send(transition.clone()) {
+                    Ok(()) => continue,
+                    Err(TrySendError::Full(_)) => "dropped",
+                    Err(TrySendError::Closed(_)) => "dropped",
+                }
+            };
+            self.metrics
+                .alert_deliveries
+                .with_label_values(&[target, result])
+                .inc();
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let targets: Vec<&str> = self.queues.iter().map(|(t, _)| *t).collect();
+        f.debug_struct("Outbox").field("targets", &targets).finish()
+    }
+}
+
+/// Starts a task per target; they end when `cancel` fires.
+pub fn start(
+    targets: &Targets,
+    published: Published,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Option<Outbox> {
+    if !targets.any() {
+        return None;
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("ipstats/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client for alert receivers: alerts are recorded, not sent");
+            return None;
+        }
+    };
+    let mut queues = Vec::new();
+    for target in ["webhook", "alertmanager"] {
+        for result in ["ok", "retry", "dropped", "stale"] {
+            metrics
+                .alert_deliveries
+                .with_label_values(&[target, result]);
+        }
+    }
+    if let Some(url) = targets.webhook.clone() {
+        let (tx, rx) = channel(QUEUE);
+        queues.push(("webhook", tx));
+        let sender = Poster::new(
+            client.clone(),
+            url,
+            "webhook",
+            metrics.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(webhook(sender, rx));
+    }
+    if let Some(base) = targets.alertmanager.clone() {
+        let (tx, rx) = channel(QUEUE);
+        queues.push(("alertmanager", tx));
+        let url = base.join("api/v2/alerts").unwrap_or(base);
+        let sender = Poster::new(client, url, "alertmanager", metrics.clone(), cancel.clone());
+        tokio::spawn(alertmanager(sender, rx, published, targets.max_age));
+    }
+    Some(Outbox {
+        queues,
+        max_age: targets.max_age,
+        metrics: metrics.clone(),
+    })
+}
+
+/// POSTs JSON to one URL until it is accepted (2xx) or ipstats stops.
+struct Poster {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    target: &'static str,
+    metrics: Metrics,
+    cancel: CancellationToken,
+}
+
+impl Poster {
+    fn new(
+        client: reqwest::Client,
+        url: reqwest::Url,
+        target: &'static str,
+        metrics: Metrics,
+        cancel: CancellationToken,
+    ) -> Self {
+        Poster {
+            client,
+            url,
+            target,
+            metrics,
+            cancel,
+        }
+    }
+
+    /// `false` when ipstats stopped first.
+    async fn post(&self, body: &impl Serialize) -> bool {
+        let mut wait = FIRST_RETRY;
+        let mut failures = 0u32;
+        loop {
+            let sent = self.client.post(self.url.clone()).json(body).send().await;
+            let error = match sent {
+                Ok(response) if response.status().is_success() => {
+                    if failures > 0 {
+                        info!(target = self.target, url = %self.url, failures, "alert receiver accepts again");
+                    }
+                    self.metrics
+                        .alert_deliveries
+                        .with_label_values(&[self.target, "ok"])
+                        .inc();
+                    return true;
+                }
+                Ok(response) => format!("answered {}", response.status()),
+                Err(e) => e.to_string(),
+            };
+            failures += 1;
+            self.metrics
+                .alert_deliveries
+                .with_label_values(&[self.target, "retry"])
+                .inc();
+            if failures == 1 || failures.is_power_of_two() {
+                warn!(target = self.target, url = %self.url, %error, failures, "alert not delivered; retrying");
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(LAST_RETRY);
+        }
+    }
+}
+
+async fn webhook(poster: Poster, mut queue: Receiver<Transition>) {
+    loop {
+        let transition = tokio::select! {
+            () = poster.cancel.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        if !poster.post(&transition).await {
+            return;
+        }
+    }
+}
+
+/// One alert as Alertmanager's v2 API takes it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AmAlert {
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+    starts_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ends_at: Option<String>,
+}
+
+fn am_transition(t: &Transition) -> AmAlert {
+    AmAlert {
+        labels: json!({"alertname": t.rule, "key": t.key, "severity": t.severity}),
+        annotations: json!({
+            "description": t.description,
+            "value": t.value.to_string(),
+            "threshold": t.threshold.to_string(),
+        }),
+        starts_at: rfc3339(t.at.min(SystemTime::now())),
+        // Alertmanager keeps an alert until its endsAt by its own clock:
+        // never later than now, even when the data's time runs ahead.
+        ends_at: (t.state == State::Resolved).then(|| rfc3339(t.at.min(SystemTime::now()))),
+    }
+}
+
+fn am_firing(f: &Firing) -> AmAlert {
+    AmAlert {
+        labels: json!({"alertname": f.rule, "key": f.key, "severity": f.severity}),
+        annotations: json!({
+            "description": f.description,
+            "value": f.value.to_string(),
+            "threshold": f.threshold.to_string(),
+        }),
+        starts_at: rfc3339(f.since),
+        ends_at: None,
+    }
+}
+
+/// Transitions as they come, and every [`RESEND_EVERY`] what fires now
+/// (while the data is fresh: a replay does not page anyone).
+async fn alertmanager(
+    poster: Poster,
+    mut queue: Receiver<Transition>,
+    published: Published,
+    max_age: Duration,
+) {
+    let mut resend = tokio::time::interval(RESEND_EVERY);
+    loop {
+        let batch: Vec<AmAlert> = tokio::select! {
+            () = poster.cancel.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(t) => vec![am_transition(&t)],
+                None => return,
+            },
+            _ = resend.tick() => {
+                let snapshot = published.load();
+                let fresh = SystemTime::now()
+                    .duration_since(snapshot.window_end)
+                    .unwrap_or_default()
+                    <= max_age;
+                if !fresh {
+                    continue;
+                }
+                snapshot
+                    .alerts
+                    .firing
+                    .iter()
+                    .map(am_firing)
+                    .collect()
+            }
+        };
+        if !batch.is_empty() && !poster.post(&batch).await {
+            return;
+        }
+    }
+}
