@@ -6,7 +6,8 @@
 //! them as `escape=json` JSON and as the default `combined` text. Every
 //! request nginx answered must be counted exactly once under its address, by
 //! `ipstats count` and by the service reading a real Kafka topic, bare and in
-//! a shipper's `message` envelope.
+//! a shipper's `message` envelope. And the loop back: nginx enforcing the
+//! block list ipstats writes from those logs.
 
 mod common;
 
@@ -52,15 +53,27 @@ const JSON_FORMAT: &str = r#"'{"time_local":"$time_local","client_real_ip":"$rem
 
 impl Nginx {
     fn start(binary: &Path) -> Nginx {
+        Nginx::start_with(binary, false)
+    }
+
+    /// With `deny`: a master process (for `nginx -s reload`) and the server
+    /// including `deny.conf` (empty at first).
+    fn start_with(binary: &Path, deny: bool) -> Nginx {
         let dir = std::env::temp_dir().join(unique("nginx"));
         for sub in ["logs", "html", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).expect("nginx prefix");
         }
         std::fs::write(dir.join("html/index.html"), "ok\n").expect("index");
+        std::fs::write(dir.join("deny.conf"), "").expect("deny.conf");
+        let (master, include) = if deny {
+            ("on", "include deny.conf;")
+        } else {
+            ("off", "")
+        };
         let port = common::free_port();
         let conf = format!(
             "daemon off;
-master_process off;
+master_process {master};
 worker_processes 1;
 error_log logs/error.log warn;
 pid nginx.pid;
@@ -82,6 +95,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root html;
+        {include}
     }}
 }}
 "
@@ -468,4 +482,94 @@ fn every_request_real_nginx_answered_is_counted_once_under_its_address() {
         svc.terminate(WAIT);
         let _ = std::fs::remove_dir_all(&checkpoint);
     }
+}
+
+/// The loop from log line to enforcement: requests through nginx, its log
+/// through Kafka into ipstats, a `block` rule firing, the block list written
+/// as an nginx include, `nginx -s reload`: the flagged address gets 403,
+/// the others still 200.
+#[test]
+fn nginx_enforces_the_block_list_ipstats_writes_from_its_own_logs() {
+    let Some(cluster) = cluster() else { return };
+    let Some(binary) = nginx_binary() else { return };
+    let nginx = Nginx::start_with(&binary, true);
+    let get = |client: &str| Request {
+        method: "GET",
+        path: b"/".to_vec(),
+        forwarded: client.to_string(),
+        user_agent: b"curl/8".to_vec(),
+        referer: None,
+        body: Vec::new(),
+    };
+    let (scraper, visitor) = ("203.0.113.50", "198.51.100.20");
+    for _ in 0..60 {
+        assert_eq!(nginx.send(&get(scraper)), 200);
+    }
+    for _ in 0..10 {
+        assert_eq!(nginx.send(&get(visitor)), 200);
+    }
+    let lines = nginx.log_lines("access.json", 70);
+    let topic = common::create_topic(&cluster, "blocklist", 1);
+    common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
+    let rules = nginx.dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"scraper\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 50\nblock = true\n",
+    )
+    .expect("rules");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .expect("address");
+    let listen = addr.to_string();
+    let checkpoint = nginx.dir.join("ckpt");
+    let mut svc = Service::spawn_exactly(
+        None,
+        addr,
+        &[
+            "--brokers",
+            &cluster.brokers,
+            "--topics",
+            &topic,
+            "--group",
+            &unique("blocklist"),
+            "--checkpoint-dir",
+            checkpoint.to_str().expect("utf-8"),
+            "--listen",
+            &listen,
+            "--rules",
+            rules.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    svc.wait_ready(WAIT);
+    let deny = wait_for("the scraper in the block list", WAIT, || {
+        let (status, body) =
+            common::http_get(addr, "/api/v1/blocklist?format=nginx").map_err(|e| e.to_string())?;
+        if status == 200 && !body.is_empty() {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body:?}"))
+        }
+    });
+    assert_eq!(deny, format!("deny {scraper};\n"));
+    std::fs::write(nginx.dir.join("deny.conf"), &deny).expect("include");
+    let reload = Command::new(&binary)
+        .arg("-p")
+        .arg(&nginx.dir)
+        .args(["-c", "nginx.conf", "-s", "reload"])
+        .output()
+        .expect("nginx -s reload");
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    wait_for("nginx to refuse the scraper", WAIT, || {
+        match nginx.send(&get(scraper)) {
+            403 => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    assert_eq!(nginx.send(&get(visitor)), 200, "others still served");
+    svc.terminate(WAIT);
 }
