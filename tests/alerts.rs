@@ -202,6 +202,15 @@ fn alerts_reach_alertmanager_and_a_failing_webhook_once_each_in_order() {
     );
     assert_eq!(alert["status"]["state"], "active");
 
+    // An event stream opened now gets the transitions recorded after it.
+    let mut events = std::net::TcpStream::connect(svc.addr).expect("connect");
+    events.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        events,
+        "GET /api/v1/events?n=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("request");
+
     // The data moves on: the key's requests leave the 2 s window.
     let later: Vec<Vec<u8>> = (0..5)
         .map(|_| line("198.51.100.1", t0 + Duration::from_secs(5)))
@@ -216,6 +225,29 @@ fn alerts_reach_alertmanager_and_a_failing_webhook_once_each_in_order() {
         });
         if still { Err(body) } else { Ok(()) }
     });
+
+    let mut reader = BufReader::new(events);
+    let mut alert_events = Vec::new();
+    let mut event = String::new();
+    while alert_events.is_empty() {
+        let mut text = String::new();
+        assert!(
+            reader.read_line(&mut text).expect("event stream") > 0,
+            "stream ended"
+        );
+        if let Some(name) = text.strip_prefix("event: ") {
+            event = name.trim().to_string();
+        } else if let Some(data) = text.strip_prefix("data: ")
+            && event == "alert"
+        {
+            alert_events.push(serde_json::from_str::<Value>(data.trim()).expect("alert json"));
+        }
+    }
+    assert_eq!(
+        alert_events[0]["state"], "resolved",
+        "only what came after the stream opened"
+    );
+    assert_eq!(alert_events[0]["key"], "203.0.113.7");
 
     // The webhook failed twice, then took both transitions, once each, in order.
     let got = wait_for("both transitions at the webhook", WAIT, || {

@@ -362,21 +362,46 @@ pub async fn events(
         ))
     })?;
     let closing = state.streams.closing.clone().cancelled_owned();
-    let stream = WatchStream::new(state.sources.published.subscribe())
-        .map(move |_| {
+    // Alert transitions recorded since the stream opened, each once, oldest
+    // first, before the snapshot that carries them.
+    let mut alerts_sent = state
+        .sources
+        .published
+        .load()
+        .alerts
+        .transitions
+        .first()
+        .map_or(0, |t| t.seq);
+    let stream = futures_util::StreamExt::flat_map(
+        WatchStream::new(state.sources.published.subscribe()),
+        move |_| {
             // The place is given back when the stream ends.
             let _held = &place;
             let snapshot = state.sources.published.load();
+            let mut events: Vec<Result<Event, Infallible>> = snapshot
+                .alerts
+                .transitions
+                .iter()
+                .rev()
+                .filter(|t| t.seq > alerts_sent)
+                .map(|t| {
+                    let data = serde_json::to_string(t).unwrap_or_default();
+                    Ok(Event::default().event("alert").data(data))
+                })
+                .collect();
+            alerts_sent = alerts_sent.max(snapshot.alerts.transitions.first().map_or(0, |t| t.seq));
             let data = snapshot.rendered_events.get_or_render(n, || {
                 serde_json::to_vec(&event_view(&state, &snapshot, n))
                     .unwrap_or_default()
                     .into()
             });
-            Ok(Event::default()
+            events.push(Ok(Event::default()
                 .event("snapshot")
-                .data(std::str::from_utf8(&data).unwrap_or_default()))
-        })
-        .take(limit);
+                .data(std::str::from_utf8(&data).unwrap_or_default())));
+            futures_util::stream::iter(events)
+        },
+    )
+    .take(limit);
     let stream = futures_util::StreamExt::take_until(stream, closing);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

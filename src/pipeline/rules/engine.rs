@@ -121,6 +121,7 @@ pub struct Engine {
     /// When each rule last resolved each key (for `cooldown`).
     resolved: Vec<FxHashMap<Network, SystemTime>>,
     transitions: VecDeque<Transition>,
+    recorded: u64,
     batch: Duration,
 }
 
@@ -133,6 +134,7 @@ impl Engine {
             states: Vec::new(),
             resolved: Vec::new(),
             transitions: VecDeque::new(),
+            recorded: 0,
             batch,
         };
         engine.replace(rules);
@@ -276,7 +278,9 @@ impl Engine {
                 }
             }
         }
-        for t in &new {
+        for t in &mut new {
+            self.recorded += 1;
+            t.seq = self.recorded;
             if self.transitions.len() == RECENT_TRANSITIONS {
                 self.transitions.pop_front();
             }
@@ -365,6 +369,7 @@ fn transition(
         at,
         severity: rule.severity.clone(),
         description: rule.description.clone(),
+        seq: 0,
     }
 }
 

@@ -74,6 +74,9 @@ pub struct Transition {
     pub at: SystemTime,
     pub severity: String,
     pub description: String,
+    /// Order of recording in this run (for `event: alert` streams).
+    #[serde(skip)]
+    pub seq: u64,
 }
 
 /// A key breaking a rule now.
