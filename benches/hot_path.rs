@@ -309,5 +309,65 @@ fn adhoc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, pane_ingest, slide, adhoc);
+/// One slide's rule evaluation with 1M distinct addresses in a 60-pane
+/// window: three rules (an address, a /24 and a /64 threshold, 1 min), one
+/// pane entering and one leaving per slide; and the same with 100 rules
+/// over those three keys.
+fn rules(c: &mut Criterion) {
+    use ipstats::pipeline::rules::{Engine, Limits, file::parse};
+    let mut group = c.benchmark_group("rules");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    const PANES: usize = 60;
+    let per_pane = 1_000_000 / PANES as u32;
+    let panes: Vec<Arc<Pane>> = (0..2 * PANES as u64)
+        .map(|s| {
+            pane_of(s, (s % PANES as u64) as u32 * per_pane, per_pane, |i| {
+                spread(i % 1_000_000)
+            })
+        })
+        .collect();
+    let limits = Limits {
+        batch: Duration::from_secs(1),
+        retention: Duration::from_secs(3600),
+    };
+    let keys = ["ip", "v4/24", "v6/64"];
+    for count in [3usize, 100] {
+        let text: String = (0..count)
+            .map(|i| {
+                format!(
+                    "[[rule]]\nname = \"r{i}\"\nkey = \"{}\"\nwindow = \"1m\"\nrequests = {}\n",
+                    keys[i % 3],
+                    20 + i
+                )
+            })
+            .collect();
+        let rules = parse(&text, limits).expect("rules");
+        group.bench_function(BenchmarkId::new("one_slide_1m_addresses", count), |b| {
+            b.iter_custom(|iterations| {
+                let mut engine = Engine::new(rules.clone(), Duration::from_secs(1));
+                let mut step = 0;
+                let mut spent = Duration::ZERO;
+                engine.evaluate(&panes[..PANES], SystemTime::UNIX_EPOCH);
+                for _ in 0..iterations {
+                    step += 1;
+                    if step == PANES {
+                        // Start over (not measured): the ring of panes ends.
+                        engine = Engine::new(rules.clone(), Duration::from_secs(1));
+                        engine.evaluate(&panes[..PANES], SystemTime::UNIX_EPOCH);
+                        step = 1;
+                    }
+                    let started = std::time::Instant::now();
+                    black_box(engine.evaluate(&panes[step..step + PANES], SystemTime::UNIX_EPOCH));
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, pane_ingest, slide, adhoc, rules);
 criterion_main!(benches);

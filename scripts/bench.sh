@@ -55,6 +55,15 @@ unset IPSTATS_BROKERS IPSTATS_ZOOKEEPER
 
 record() { echo "$1" >>"$RESULTS"; }
 
+# 100 rules over three keys and two windows, thresholds from 200 requests up.
+RULES_FILE="$OUT/rules.toml"
+for i in $(seq 0 99); do
+  keys=(ip v4/24 v6/64)
+  windows=(1m 10m)
+  printf '[[rule]]\nname = "r%d"\nkey = "%s"\nwindow = "%s"\nrequests = %d\nblock = %s\n\n' \
+    "$i" "${keys[i % 3]}" "${windows[i % 2]}" $((200 + 10 * i)) "$([ $((i % 2)) = 0 ] && echo true || echo false)"
+done >"$RULES_FILE"
+
 ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,query}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -137,7 +146,8 @@ wait_consumed() {
 # checkpoint, whole process, start until every record is counted (by event
 # time, the default); with `wrk`, while wrk keeps 64 connections busy on
 # /api/v1/top?n=100 until ingest is done; with `sse`, while 1,000 event
-# streams at n=100 are open; with `arrival`, by arrival time.
+# streams at n=100 are open; with `arrival`, by arrival time; with `rules`,
+# with 100 rules loaded (addresses, /24s and /64s over 1 min and 10 min).
 ipstats_round() {
   local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" ended cpu hwm wall healthz=""
   port=$(free_port)
@@ -146,6 +156,7 @@ ipstats_round() {
   case "${3:-}" in
     sse) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000) ;;
     arrival) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --time-source arrival) ;;
+    rules) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --rules "$RULES_FILE") ;;
     *) pid=$(start_ipstats "$TOPIC" "$port" "$dir") ;;
   esac
   if [ "${3:-}" = wrk ] || [ "${3:-}" = sse ]; then
@@ -208,6 +219,7 @@ for round in $(seq 1 "$ROUNDS"); do
     time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
     ipstats_round ipstats "$round"
     ipstats_round "ipstats by arrival time" "$round" arrival
+    ipstats_round "ipstats with 100 rules" "$round" rules
   fi
   if section wrk; then ipstats_round "ipstats under wrk" "$round" wrk; fi
   if section sse; then ipstats_round "ipstats with 1000 event streams" "$round" sse; fi
@@ -371,7 +383,7 @@ if section query; then query_rows; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
+NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -393,6 +405,7 @@ def ratio(text, a, b, table, digits):
         print(f"{text}: {table[a] / table[b]:.{digits}f}x")
 ratio("ipstats / kcat records/s", "ipstats", "kcat", rate, 2)
 ratio("ipstats by event time (default) / by arrival time, records/s", "ipstats", "ipstats by arrival time", rate, 2)
+ratio("ipstats with 100 rules / without, records/s", "ipstats with 100 rules", "ipstats", rate, 2)
 ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
 ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)

@@ -96,6 +96,11 @@ function renderTop(top) {
       button.title = "show this IP's history";
     }
     keyCell.appendChild(button);
+    const alert = flagged.get(keyOf(entry));
+    if (alert) {
+      row.classList.add("flagged");
+      keyCell.appendChild(el("span", ` ⚑ ${alert.rule}`, "flag"));
+    }
     row.appendChild(keyCell);
     row.appendChild(el("td", fmt.format(entry.count), "num"));
     const share = el("td", undefined, "share");
@@ -228,7 +233,27 @@ function rangeQuery() {
   return $("range").value ? `?window=${encodeURIComponent($("range").value)}` : "";
 }
 
+// Keys breaking a rule now (addresses and networks), for marking rows.
+let flagged = new Map();
+
+function renderAlerts(alerts) {
+  const firing = (alerts && alerts.firing) || [];
+  const transitions = (alerts && alerts.transitions) || [];
+  flagged = new Map(firing.map((f) => [f.key, f]));
+  $("alerts").hidden = firing.length === 0 && transitions.length === 0;
+  $("alerts-count").textContent = firing.length === 1 ? "1 alert" : `${firing.length} alerts`;
+  $("alerts-firing").replaceChildren(...firing.map((f) => {
+    const item = el("li", undefined, "firing");
+    item.appendChild(el("strong", f.rule));
+    item.appendChild(el("span", ` ${f.key} · ${fmt.format(f.value)} ≥ ${fmt.format(f.threshold)} · since ${new Date(f.since).toLocaleTimeString()}${f.block ? " · blocked" : ""}`));
+    return item;
+  }));
+  $("alerts-transitions").replaceChildren(...transitions.map((t) =>
+    el("li", `${new Date(t.at).toLocaleTimeString()} ${t.state} ${t.rule} ${t.key} (${fmt.format(t.value)}, needs ${fmt.format(t.threshold)})`, t.state)));
+}
+
 async function render(event) {
+  renderAlerts(event.alerts);
   let top = event.top;
   const adhoc = adhocQuery();
   if (adhoc) {
@@ -356,12 +381,13 @@ async function getJson(path) {
 async function poll() {
   $("feed").textContent = "polling";
   try {
-    const [top, offsets, status] = await Promise.all([
+    const [top, offsets, status, alerts] = await Promise.all([
       getJson(`/api/v1/top?n=${encodeURIComponent(n())}`),
       getJson("/api/v1/offsets"),
       getJson("/api/v1/status"),
+      getJson("/api/v1/alerts"),
     ]);
-    render({ top, offsets, status });
+    render({ top, offsets, status, alerts });
   } catch (error) {
     showError(`Cannot reach ipstats: ${error.message}`);
   }

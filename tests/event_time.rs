@@ -105,7 +105,29 @@ fn wait_window(addr: SocketAddr, truth: &Truth) {
             Ok(())
         } else {
             let got: u64 = counts.values().sum();
-            Err(format!("{got} of {} counted", truth.counted()))
+            let status = get_json(addr, "/api/v1/status");
+            Err(format!(
+                "{got} of {} counted; consumed {}, late {}, window {} .. {}; partitions {}",
+                truth.counted(),
+                status["records_consumed"],
+                status["time"]["records_late"],
+                get_json(addr, "/api/v1/top?n=1")["window"]["start"],
+                status["time"]["window_end"],
+                get_json(addr, "/api/v1/offsets")["partitions"]
+                    .as_array()
+                    .map(|ps| ps
+                        .iter()
+                        .map(|p| format!(
+                            "[{} until {} end {} lag {} newest {}]",
+                            p["partition"],
+                            p["until_offset"],
+                            p["log_end"],
+                            p["lag"],
+                            p["newest_event_time"]
+                        ))
+                        .collect::<String>())
+                    .unwrap_or_default(),
+            ))
         }
     });
     let status = get_json(addr, "/api/v1/status");

@@ -323,13 +323,22 @@ fn event_view(state: &AppState, snapshot: &Snapshot, n: usize) -> Value {
             })
         })
         .collect();
+    let alerts = &snapshot.alerts;
     json!({
         "top": TopView::of(snapshot, n),
         "offsets": offsets_view(state, snapshot),
         "status": status_view(state, snapshot),
         "history": history,
+        // What the dashboard shows: all that fires, the last transitions.
+        "alerts": {
+            "firing": alerts.firing,
+            "transitions": &alerts.transitions[..alerts.transitions.len().min(DASHBOARD_TRANSITIONS)],
+        },
     })
 }
+
+/// Transitions each snapshot event carries (`/api/v1/alerts` has more).
+const DASHBOARD_TRANSITIONS: usize = 10;
 
 /// The largest `n` an event stream may ask for: each event carries the
 /// top-`n` list, sent to every stream at every slide.

@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, openSync } from "node:fs";
+import { mkdirSync, openSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -58,7 +58,15 @@ before(async () => {
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   const log = openSync(join(artifacts, "browser-ipstats.log"), "w");
-  service = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--batch", "200ms", "--slide", "1s", "--window", "60s"], {
+  // Rules the demo's traffic breaks: its busiest address, and the /24 a
+  // scraper rotates over.
+  const rules = join(artifacts, "browser-rules.toml");
+  writeFileSync(rules, [
+    '[[rule]]\nname = "hot-ip"\nkey = "ip"\nwindow = "10s"\nrequests = 200\n',
+    '[[rule]]\nname = "rotating-24"\nkey = "v4/24"\nwindow = "10s"\nshare = 0.08\nmin_total = 100\nblock = true\n',
+  ].join("\n"));
+  service = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--batch", "200ms", "--slide", "1s", "--window", "60s",
+    "--rules", rules], {
     stdio: ["ignore", log, log],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("IPSTATS_"))),
   });
@@ -195,6 +203,23 @@ test("another window, networks, and one network's members", async () => {
     && (await page.locator("#net-members-table tbody tr").count()) > 0);
   assert.match(page.url(), /network=/, "the choice is kept in the URL");
   await page.screenshot({ path: join(artifacts, "dashboard-networks.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("firing alerts are listed at the top and their rows are marked", async () => {
+  const { page, problems } = await open("/?n=25");
+  await waitFor("the alerts panel", async () => await page.locator("#alerts").isVisible()
+    && /rotating-24\s+198\.51\.100\.0\/24/.test(await page.locator("#alerts-firing").textContent()));
+  assert.match(await page.locator("#alerts-firing").textContent(), /hot-ip/);
+  await waitFor("the busiest address marked", async () =>
+    (await page.locator("#top tbody tr.flagged").count()) > 0);
+  assert.match(await page.locator("#top tbody tr.flagged").first().textContent(), /hot-ip/);
+  // Grouped by /24: the scraper's network is marked.
+  await page.selectOption("#group", "24");
+  await waitFor("the /24 marked", async () =>
+    /198\.51\.100\.0\/24/.test(await page.locator("#top tbody tr.flagged").allTextContents().then((t) => t.join(" "))));
+  await page.screenshot({ path: join(artifacts, "dashboard-alerts.png"), fullPage: true });
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -235,7 +235,19 @@ impl EventPanes {
                 newest_all = Some(newest_all.map_or(t, |n| n.max(t)));
             }
         }
-        let t = held.or(newest_all)?;
+        // Nothing behind: the end reaches every counted record, those of
+        // panes waiting ahead too (after a restart, the partitions that
+        // filled them may have nothing more to read, and their newest
+        // times are not known to this run).
+        let ahead = self
+            .ahead
+            .keys()
+            .next_back()
+            .map(|start| start + self.batch_ms - 1);
+        let t = held.or(match (newest_all, ahead) {
+            (Some(n), Some(a)) => Some(n.max(a)),
+            (n, a) => n.or(a),
+        })?;
         let pane_end = (t.div_euclid(self.batch_ms) + 1) * self.batch_ms;
         let end = pane_end.div_euclid(self.slide_ms) * self.slide_ms
             + if pane_end.rem_euclid(self.slide_ms) == 0 {
@@ -407,6 +419,39 @@ mod tests {
         }
         assert_eq!(window.requests(), 6);
         assert_eq!(events.ahead().count(), 0);
+    }
+
+    #[test]
+    fn restored_panes_ahead_of_the_end_enter_once_nothing_is_behind() {
+        // A checkpoint: the end at 10 s, panes counted up to 14 s ahead of
+        // it by partitions this run never hears from again.
+        let mut events = EventPanes::new(S, S, 5 * S, 60 * S);
+        let mut window = Window::new(60);
+        let pane = |start: u64, n: u64| {
+            Arc::new(Pane {
+                seq: start,
+                start: UNIX_EPOCH + S * start as u32,
+                end: UNIX_EPOCH + S * (start as u32 + 1),
+                counts: SortedCounts::default(),
+                requests: n,
+                skipped: SkipCounts::default(),
+                ranges: Vec::new(),
+            })
+        };
+        events.restore(
+            vec![pane(9, 1), pane(12, 2), pane(14, 3)],
+            Some(10_000),
+            15,
+            &mut window,
+        );
+        assert_eq!(events.ahead().count(), 2);
+        assert_eq!(events.target_end(&[false, false]), Some(15_000));
+        // Partition 1 still reads: it holds the end until it has a time.
+        assert_eq!(events.target_end(&[false, true]), None);
+        for step in events.steps(15_000) {
+            events.advance_to(step, &mut window);
+        }
+        assert_eq!(window.requests(), 6);
     }
 
     #[test]
