@@ -93,13 +93,28 @@ fn a_scrape_right_after_start_shows_every_documented_metric() {
     let lines = produce_lines(&cluster, &topic, 400, 2, 91);
     let checkpoint = std::env::temp_dir().join(unique("ckpt"));
     let zookeeper = format!("{}/{}", cluster.zookeeper, unique("chroot"));
+    // With a rule and both alert receivers, so that their series are
+    // documented and present too (nothing fires: nothing is sent).
+    let rules = std::env::temp_dir().join(unique("rules.toml"));
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"never\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 1000000\n",
+    )
+    .expect("rules");
     let mut svc = Service::on_cluster(
         &cluster,
         Some(&zookeeper),
         &topic,
         &unique("group"),
         &checkpoint,
-        &[],
+        &[
+            "--rules",
+            rules.to_str().expect("utf-8"),
+            "--alert-webhook",
+            "http://127.0.0.1:9/",
+            "--alertmanager",
+            "http://127.0.0.1:9/",
+        ],
     );
     let addr = svc.addr;
     wait_for("the first answer", WAIT, || {

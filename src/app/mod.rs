@@ -167,6 +167,14 @@ impl App {
             .context("reading the listen address")?;
         let metrics = Metrics::new().context("creating metrics")?;
         metrics.offset_stores(settings.zookeeper.is_some());
+        // Every rule's and receiver's series, at zero, from the first scrape.
+        let in_force = rules.as_ref().map(|r| r.current());
+        send::declare_series(
+            &metrics,
+            in_force.as_deref().map_or(&[][..], Vec::as_slice),
+            settings.alert_webhook.is_some(),
+            settings.alertmanager.is_some(),
+        );
         let shared = Sources {
             published: Published::new(Snapshot::empty(settings.window, settings.slide)),
             health: Arc::new(Health::new(settings.is_demo())),

@@ -194,19 +194,9 @@ impl Evaluator {
         self
     }
 
-    /// Every rule's series exist from the start, at zero.
+    /// Every rule's series exist, at zero (a reload may add rules).
     fn zero_series(&self) {
-        for rule in self.engine.rules() {
-            self.metrics
-                .alerts_firing
-                .with_label_values(&[&rule.name])
-                .set(0);
-            for state in [State::Firing, State::Resolved] {
-                self.metrics
-                    .alert_transitions
-                    .with_label_values(&[&rule.name, state.as_str()]);
-            }
-        }
+        send::declare_series(&self.metrics, self.engine.rules(), false, false);
     }
 
     /// One slide: `kept` panes oldest first and the window's end.

@@ -78,6 +78,30 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// The series of `rules` and of the receivers in use, at zero, so that
+/// they exist from the first scrape (alerting on them needs no traffic).
+pub fn declare_series(metrics: &Metrics, rules: &[super::Rule], webhook: bool, alertmanager: bool) {
+    for rule in rules {
+        metrics
+            .alerts_firing
+            .with_label_values(&[&rule.name])
+            .set(0);
+        for state in [State::Firing, State::Resolved] {
+            metrics
+                .alert_transitions
+                .with_label_values(&[&rule.name, state.as_str()]);
+        }
+    }
+    let targets = [("webhook", webhook), ("alertmanager", alertmanager)];
+    for (target, _) in targets.iter().filter(|(_, used)| *used) {
+        for result in ["ok", "retry", "dropped", "stale"] {
+            metrics
+                .alert_deliveries
+                .with_label_values(&[target, result]);
+        }
+    }
+}
+
 /// Starts a task per target; they end when `cancel` fires.
 pub fn start(
     targets: &Targets,
@@ -100,13 +124,6 @@ pub fn start(
         }
     };
     let mut queues = Vec::new();
-    for target in ["webhook", "alertmanager"] {
-        for result in ["ok", "retry", "dropped", "stale"] {
-            metrics
-                .alert_deliveries
-                .with_label_values(&[target, result]);
-        }
-    }
     if let Some(url) = targets.webhook.clone() {
         let (tx, rx) = channel(QUEUE);
         queues.push(("webhook", tx));
