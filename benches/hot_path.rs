@@ -158,13 +158,17 @@ fn pane_of(seq: u64, first: u32, distinct: u32, address: fn(u32) -> IpKey) -> Ar
     for i in first..first + distinct {
         counts.insert(address(i), 1 + i % 3);
     }
-    let requests = counts.values().map(u64::from).sum();
+    closed(seq, &counts)
+}
+
+/// A closed pane of `counts`.
+fn closed(seq: u64, counts: &IpMap<u32>) -> Arc<Pane> {
     Arc::new(Pane {
         seq,
         start: SystemTime::UNIX_EPOCH,
         end: SystemTime::UNIX_EPOCH,
-        counts: (&counts).into(),
-        requests,
+        counts: counts.into(),
+        requests: counts.values().map(u64::from).sum(),
         skipped: SkipCounts::default(),
         ranges: Vec::new(),
     })
@@ -240,16 +244,7 @@ fn random_pane(seq: u64, requests: u32, of: u32) -> Arc<Pane> {
         x ^= x << 17;
         counts.add(spread((x % u64::from(of)) as u32), 1);
     }
-    let requests = counts.values().map(u64::from).sum();
-    Arc::new(Pane {
-        seq,
-        start: SystemTime::UNIX_EPOCH,
-        end: SystemTime::UNIX_EPOCH,
-        counts: (&counts).into(),
-        requests,
-        skipped: SkipCounts::default(),
-        ranges: Vec::new(),
-    })
+    closed(seq, &counts)
 }
 
 /// Addresses spread over 4,096 /24s (and 1 in 8 IPv6, over /64s): what

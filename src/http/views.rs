@@ -9,9 +9,7 @@ use crate::pipeline::query::{Grouping, NetworkCount};
 use crate::pipeline::snapshot::Snapshot;
 use crate::vocab::IpKey;
 
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::vocab::rfc3339;
 
 #[derive(Serialize)]
 pub struct WindowView {

@@ -1,5 +1,6 @@
 //! Facts one thread records and others read without a lock: when something
-//! last happened, and the last error a component reported.
+//! last happened, and the last error a component reported; and how a time
+//! is written in answers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,11 @@ impl LastError {
     pub fn get(&self) -> Option<String> {
         self.0.load().as_ref().clone()
     }
+}
+
+/// RFC 3339 in UTC with milliseconds, as every time in the API.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]

@@ -74,9 +74,11 @@ impl Aggregate {
         }
     }
 
-    /// Brings the count to the last `panes` of `kept` (oldest first).
-    fn sync(&mut self, kept: &[Arc<Pane>]) {
-        let now = &kept[kept.len().saturating_sub(self.panes)..];
+    /// Brings the count to the last `panes` of the kept panes: `older`
+    /// then `window`, oldest first.
+    fn sync(&mut self, older: &[Arc<Pane>], window: &[Arc<Pane>]) {
+        let skip = (older.len() + window.len()).saturating_sub(self.panes);
+        let now: Vec<Arc<Pane>> = older.iter().chain(window).skip(skip).cloned().collect();
         let ptr = |p: &Arc<Pane>| Arc::as_ptr(p) as usize;
         let before: FxHashSet<usize> = self.included.iter().map(ptr).collect();
         let after: FxHashSet<usize> = now.iter().map(ptr).collect();
@@ -87,7 +89,7 @@ impl Aggregate {
         for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
             self.apply(pane, true);
         }
-        self.included = now.to_vec();
+        self.included = now;
     }
 }
 
@@ -203,8 +205,19 @@ impl Engine {
     /// One slide: the kept panes (oldest first, the window's last) and the
     /// window's end in event time. Returns the new transitions.
     pub fn evaluate(&mut self, kept: &[Arc<Pane>], end: SystemTime) -> Vec<Transition> {
+        self.evaluate_kept(&[], kept, end)
+    }
+
+    /// [`Engine::evaluate`] with the kept panes in two parts, as a snapshot
+    /// holds them: those older than the window, then the window's.
+    pub fn evaluate_kept(
+        &mut self,
+        older: &[Arc<Pane>],
+        window: &[Arc<Pane>],
+        end: SystemTime,
+    ) -> Vec<Transition> {
         for aggregate in &mut self.aggregates {
-            aggregate.sync(kept);
+            aggregate.sync(older, window);
         }
         let mut new = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {

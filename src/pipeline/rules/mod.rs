@@ -18,7 +18,7 @@ use serde::{Serialize, Serializer};
 pub use engine::Engine;
 pub use file::{Key, Limits, Rule, Threshold};
 
-use crate::vocab::Network;
+use crate::vocab::{Network, rfc3339};
 
 /// A transition's new state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -35,11 +35,6 @@ impl State {
             State::Resolved => "resolved",
         }
     }
-}
-
-/// RFC 3339 with milliseconds, as every time in the API.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -199,10 +194,11 @@ impl Evaluator {
         send::declare_series(&self.metrics, self.engine.rules(), false, false);
     }
 
-    /// One slide: `kept` panes oldest first and the window's end.
+    /// One slide: the panes older than the window, the window's, its end.
     pub fn slide(
         &mut self,
-        kept: &[Arc<crate::pipeline::window::Pane>],
+        older: &[Arc<crate::pipeline::window::Pane>],
+        window: &[Arc<crate::pipeline::window::Pane>],
         end: SystemTime,
     ) -> Arc<AlertsView> {
         let generation = self.rules.generation();
@@ -217,7 +213,7 @@ impl Evaluator {
             self.seen = generation;
             self.zero_series();
         }
-        for t in self.engine.evaluate(kept, end) {
+        for t in self.engine.evaluate_kept(older, window, end) {
             self.metrics
                 .alert_transitions
                 .with_label_values(&[&t.rule, t.state.as_str()])

@@ -14,9 +14,10 @@ use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Firing, State, Transition, rfc3339};
+use super::{Firing, State, Transition};
 use crate::metrics::Metrics;
 use crate::pipeline::snapshot::Published;
+use crate::vocab::rfc3339;
 
 /// Transitions waiting per target before new ones are dropped (counted).
 pub const QUEUE: usize = 10_000;
@@ -239,32 +240,57 @@ struct AmAlert {
     ends_at: Option<String>,
 }
 
-fn am_transition(t: &Transition) -> AmAlert {
-    AmAlert {
-        labels: json!({"alertname": t.rule, "key": t.key, "severity": t.severity}),
-        annotations: json!({
-            "description": t.description,
-            "value": t.value.to_string(),
-            "threshold": t.threshold.to_string(),
-        }),
-        starts_at: rfc3339(t.at.min(SystemTime::now())),
-        // Alertmanager keeps an alert until its endsAt by its own clock:
-        // never later than now, even when the data's time runs ahead.
-        ends_at: (t.state == State::Resolved).then(|| rfc3339(t.at.min(SystemTime::now()))),
+/// What one alert says: the rule, the key and their labels, the count
+/// against the threshold.
+struct AlertText<'a> {
+    rule: &'a str,
+    key: &'a str,
+    severity: &'a str,
+    description: &'a str,
+    value: u64,
+    threshold: u64,
+}
+
+impl AlertText<'_> {
+    fn am(&self, starts_at: SystemTime, ends_at: Option<SystemTime>) -> AmAlert {
+        AmAlert {
+            labels: json!({"alertname": self.rule, "key": self.key, "severity": self.severity}),
+            annotations: json!({
+                "description": self.description,
+                "value": self.value.to_string(),
+                "threshold": self.threshold.to_string(),
+            }),
+            starts_at: rfc3339(starts_at),
+            ends_at: ends_at.map(rfc3339),
+        }
     }
 }
 
+fn am_transition(t: &Transition) -> AmAlert {
+    // Alertmanager keeps an alert until its endsAt by its own clock: never
+    // later than now, even when the data's time runs ahead.
+    let at = t.at.min(SystemTime::now());
+    let text = AlertText {
+        rule: &t.rule,
+        key: &t.key,
+        severity: &t.severity,
+        description: &t.description,
+        value: t.value,
+        threshold: t.threshold,
+    };
+    text.am(at, (t.state == State::Resolved).then_some(at))
+}
+
 fn am_firing(f: &Firing) -> AmAlert {
-    AmAlert {
-        labels: json!({"alertname": f.rule, "key": f.key, "severity": f.severity}),
-        annotations: json!({
-            "description": f.description,
-            "value": f.value.to_string(),
-            "threshold": f.threshold.to_string(),
-        }),
-        starts_at: rfc3339(f.since),
-        ends_at: None,
-    }
+    let text = AlertText {
+        rule: &f.rule,
+        key: &f.key,
+        severity: &f.severity,
+        description: &f.description,
+        value: f.value,
+        threshold: f.threshold,
+    };
+    text.am(f.since, None)
 }
 
 /// Transitions as they come, and every [`RESEND_EVERY`] what fires now

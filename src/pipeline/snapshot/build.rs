@@ -207,10 +207,7 @@ impl Builder {
         };
         self.adhoc = Some((kept, rendered_adhoc.clone()));
         let alerts = match self.rules.as_mut() {
-            Some(rules) => {
-                let all: Vec<Arc<Pane>> = retained.iter().chain(&panes).cloned().collect();
-                rules.slide(&all, window_end)
-            }
+            Some(rules) => rules.slide(&retained, &panes, window_end),
             None => Arc::default(),
         };
         Snapshot {
