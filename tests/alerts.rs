@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{Cluster, Service, cluster, free_port, get_json, http_get, unique, wait_for};
+use common::{
+    Cluster, Service, cluster, free_port, get_json, http_get, json_line, unique, wait_for,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -27,14 +29,6 @@ block = true
 severity = "page"
 description = "one client above 100 requests in 2 s"
 "#;
-
-fn line(ip: &str, t: SystemTime) -> Vec<u8> {
-    format!(
-        r#"{{"time_local":"{}","client_real_ip":"{ip}"}}"#,
-        humantime::format_rfc3339_millis(t)
-    )
-    .into_bytes()
-}
 
 /// A child process killed when dropped.
 struct Killed(Child);
@@ -124,25 +118,9 @@ fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
 }
 
 fn serve(cluster: &Cluster, topic: &str, dir: &Path, extra: &[&str]) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let listen = addr.to_string();
     let rules: PathBuf = dir.join("rules.toml");
     std::fs::write(&rules, RULES).expect("rules");
-    let checkpoint = dir.join(unique("ckpt"));
-    let group = unique("alerts");
     let mut args = vec![
-        "--brokers",
-        &cluster.brokers,
-        "--topics",
-        topic,
-        "--group",
-        &group,
-        "--checkpoint-dir",
-        checkpoint.to_str().expect("utf-8"),
-        "--listen",
-        &listen,
         "--batch",
         "1s",
         "--slide",
@@ -153,7 +131,9 @@ fn serve(cluster: &Cluster, topic: &str, dir: &Path, extra: &[&str]) -> Service 
         rules.to_str().expect("utf-8"),
     ];
     args.extend_from_slice(extra);
-    let mut svc = Service::spawn_exactly(None, addr, &args, &[]);
+    let checkpoint = dir.join(unique("ckpt"));
+    let mut svc =
+        Service::on_cluster_exactly(cluster, topic, &unique("alerts"), &checkpoint, &args);
     svc.wait_ready(WAIT);
     svc
 }
@@ -167,8 +147,8 @@ fn alerts_reach_alertmanager_and_a_failing_webhook_once_each_in_order() {
     let (hook, received) = receiver(2);
     let topic = common::create_topic(&cluster, "alerts", 1);
     let t0 = SystemTime::now() - Duration::from_secs(2);
-    let mut lines: Vec<Vec<u8>> = (0..150).map(|_| line("203.0.113.7", t0)).collect();
-    lines.extend((0..20).map(|_| line("198.51.100.1", t0)));
+    let mut lines: Vec<Vec<u8>> = (0..150).map(|_| json_line("203.0.113.7", t0)).collect();
+    lines.extend((0..20).map(|_| json_line("198.51.100.1", t0)));
     common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
     let am_url = format!("http://{am}/");
     let hook_url = format!("http://{hook}/hook");
@@ -213,7 +193,7 @@ fn alerts_reach_alertmanager_and_a_failing_webhook_once_each_in_order() {
 
     // The data moves on: the key's requests leave the 2 s window.
     let later: Vec<Vec<u8>> = (0..5)
-        .map(|_| line("198.51.100.1", t0 + Duration::from_secs(5)))
+        .map(|_| json_line("198.51.100.1", t0 + Duration::from_secs(5)))
         .collect();
     common::kcat_produce(&cluster.brokers, &topic, 0, &later);
     wait_for("the alert resolved in Alertmanager", WAIT, || {
@@ -289,7 +269,7 @@ fn a_replayed_backlog_records_transitions_but_sends_none() {
     let topic = common::create_topic(&cluster, "replay-alerts", 1);
     // Ten minutes old: beyond --alert-max-age (5 min).
     let old = SystemTime::now() - Duration::from_secs(600);
-    let lines: Vec<Vec<u8>> = (0..150).map(|_| line("203.0.113.9", old)).collect();
+    let lines: Vec<Vec<u8>> = (0..150).map(|_| json_line("203.0.113.9", old)).collect();
     common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
     let hook_url = format!("http://{hook}/hook");
     let svc = serve(&cluster, &topic, &dir, &["--alert-webhook", &hook_url]);

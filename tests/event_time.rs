@@ -7,44 +7,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Cluster, Service, Truth, cluster, free_port, get_json, unique, wait_for, window_counts,
+    Cluster, Service, Truth, cluster, get_json, json_line, unique, wait_for, window_counts,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// ipstats by event time on the real cluster, with exactly these windows.
-fn serve(
-    cluster: &Cluster,
-    topic: &str,
-    group: &str,
-    checkpoint: &Path,
-    extra: &[&str],
-) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let listen = addr.to_string();
-    let checkpoint = checkpoint.to_str().expect("utf-8 path");
-    let mut args = vec![
-        "--brokers",
-        &cluster.brokers,
-        "--topics",
-        topic,
-        "--group",
-        group,
-        "--checkpoint-dir",
-        checkpoint,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    Service::spawn_exactly(None, addr, &args, &[])
-}
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -86,15 +56,6 @@ fn produce_timed(
         .filter(|l| !l.is_empty())
         .map(<[u8]>::to_vec)
         .collect()
-}
-
-/// A JSON line from `ip` at `t`.
-fn line(ip: &str, t: SystemTime) -> Vec<u8> {
-    format!(
-        r#"{{"time_local":"{}","client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#,
-        rfc3339(t)
-    )
-    .into_bytes()
 }
 
 /// Waits until the window holds exactly `truth` and nothing was late.
@@ -147,7 +108,8 @@ fn a_replay_answers_as_the_live_run_and_both_equal_the_truth() {
     let topic = common::create_topic(&cluster, "replay", 3);
     let windows = ["--batch", "1s", "--slide", "5s", "--window", "40m"];
     let live_dir = std::env::temp_dir().join(unique("live-ckpt"));
-    let mut live = serve(&cluster, &topic, &unique("live"), &live_dir, &windows);
+    let mut live =
+        Service::on_cluster_exactly(&cluster, &topic, &unique("live"), &live_dir, &windows);
     live.wait_ready(WAIT);
     // 30 minutes of log time (20 lines per log second), produced in ~10 s
     // while the live instance counts.
@@ -157,7 +119,8 @@ fn a_replay_answers_as_the_live_run_and_both_equal_the_truth() {
     wait_window(live.addr, &truth);
 
     let replay_dir = std::env::temp_dir().join(unique("replay-ckpt"));
-    let mut replay = serve(&cluster, &topic, &unique("replay"), &replay_dir, &windows);
+    let mut replay =
+        Service::on_cluster_exactly(&cluster, &topic, &unique("replay"), &replay_dir, &windows);
     replay.wait_ready(WAIT);
     wait_window(replay.addr, &truth);
 
@@ -213,11 +176,11 @@ fn records_beyond_the_lateness_are_counted_as_late_exactly_and_within_it_join_th
         "--lateness",
         "5s",
     ];
-    let mut svc = serve(&cluster, &topic, &unique("late"), &dir, &extra);
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &unique("late"), &dir, &extra);
     svc.wait_ready(WAIT);
     let now = SystemTime::now();
     let first: Vec<Vec<u8>> = (0..100)
-        .map(|i| line(&format!("203.0.113.{}", i % 5), now))
+        .map(|i| json_line(&format!("203.0.113.{}", i % 5), now))
         .collect();
     common::kcat_produce(&cluster.brokers, &topic, 0, &first);
     wait_window(svc.addr, &Truth::of(first.iter().map(Vec::as_slice)));
@@ -228,10 +191,10 @@ fn records_beyond_the_lateness_are_counted_as_late_exactly_and_within_it_join_th
     // 30 lines a minute behind the end (in the window, beyond the
     // lateness) and 20 two seconds behind it (within the lateness).
     let late: Vec<Vec<u8>> = (0..30)
-        .map(|_| line("198.51.100.1", end - Duration::from_secs(60)))
+        .map(|_| json_line("198.51.100.1", end - Duration::from_secs(60)))
         .collect();
     let within: Vec<Vec<u8>> = (0..20)
-        .map(|_| line("198.51.100.2", end - Duration::from_secs(2)))
+        .map(|_| json_line("198.51.100.2", end - Duration::from_secs(2)))
         .collect();
     common::kcat_produce(&cluster.brokers, &topic, 0, &[late, within].concat());
     wait_for("the late records counted as late", WAIT, || {
@@ -288,10 +251,10 @@ fn a_quiet_partition_does_not_hold_the_window_back_a_backlogged_one_does() {
     // Partition 0: 200 lines over a minute; partition 1: 3,000 lines over
     // the same minute; partition 2: nothing at all.
     let p0: Vec<Vec<u8>> = (0..200)
-        .map(|i| line("203.0.113.1", base + Duration::from_millis(i * 300)))
+        .map(|i| json_line("203.0.113.1", base + Duration::from_millis(i * 300)))
         .collect();
     let p1: Vec<Vec<u8>> = (0..3000)
-        .map(|i| line("203.0.113.2", base + Duration::from_millis(i * 20)))
+        .map(|i| json_line("203.0.113.2", base + Duration::from_millis(i * 20)))
         .collect();
     common::kcat_produce(&cluster.brokers, &topic, 0, &p0);
     common::kcat_produce(&cluster.brokers, &topic, 1, &p1);
@@ -307,7 +270,7 @@ fn a_quiet_partition_does_not_hold_the_window_back_a_backlogged_one_does() {
         "--max-rate-per-partition",
         "300",
     ];
-    let mut svc = serve(&cluster, &topic, &unique("hold"), &dir, &extra);
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &unique("hold"), &dir, &extra);
     svc.wait_ready(WAIT);
     let mut held_back = 0;
     wait_for("partition 1 caught up", WAIT, || {
@@ -376,7 +339,7 @@ fn kill_9_during_a_backlog_replay_loses_and_doubles_nothing() {
         "1000",
     ];
     for round in 0..3 {
-        let mut svc = serve(&cluster, &topic, &group, &dir, &extra);
+        let mut svc = Service::on_cluster_exactly(&cluster, &topic, &group, &dir, &extra);
         svc.wait_ready(WAIT);
         let target = 6_000 * (round + 1);
         wait_for("part of the backlog read", WAIT, || {
@@ -392,7 +355,7 @@ fn kill_9_during_a_backlog_replay_loses_and_doubles_nothing() {
         svc.signal("KILL");
         svc.wait_exit(WAIT);
     }
-    let mut svc = serve(&cluster, &topic, &group, &dir, &extra);
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &group, &dir, &extra);
     svc.wait_ready(WAIT);
     wait_window(svc.addr, &truth);
     svc.terminate(WAIT);

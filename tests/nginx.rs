@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Service, cluster, get_json, unique, wait_all_counted, wait_for, window_counts};
+use common::{
+    Service, cluster, get_json, top_counts, unique, wait_all_counted, wait_for, window_counts,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -296,21 +298,6 @@ fn clients() -> Vec<(IpAddr, u64)> {
     out
 }
 
-/// Counts per address as ipstats prints and serves them (`top` entries).
-fn top_counts(top: &serde_json::Value) -> BTreeMap<String, u64> {
-    top["top"]
-        .as_array()
-        .expect("top array")
-        .iter()
-        .map(|e| {
-            (
-                e["ip"].as_str().expect("ip").to_string(),
-                e["count"].as_u64().expect("count"),
-            )
-        })
-        .collect()
-}
-
 /// Runs `ipstats count ARGS` on `lines`; (top, stderr).
 fn count(args: &[&str], lines: &[Vec<u8>]) -> (serde_json::Value, String) {
     let path = std::env::temp_dir().join(format!("{}.log", unique("nginx-count")));
@@ -444,23 +431,7 @@ fn every_request_real_nginx_answered_is_counted_once_under_its_address() {
         ),
     ] {
         let topic = common::create_topic(&cluster, "nginx", 2);
-        let (even, odd): (Vec<_>, Vec<_>) = lines
-            .iter()
-            .cloned()
-            .enumerate()
-            .partition(|(i, _)| i % 2 == 0);
-        common::kcat_produce(
-            &cluster.brokers,
-            &topic,
-            0,
-            &even.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
-        );
-        common::kcat_produce(
-            &cluster.brokers,
-            &topic,
-            1,
-            &odd.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
-        );
+        common::kcat_produce_spread(&cluster.brokers, &topic, 2, lines);
         let checkpoint = std::env::temp_dir().join(unique("ckpt"));
         let mut svc =
             Service::on_cluster(&cluster, None, &topic, &unique("group"), &checkpoint, extra);
@@ -517,30 +488,15 @@ fn nginx_enforces_the_block_list_ipstats_writes_from_its_own_logs() {
         "[[rule]]\nname = \"scraper\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 50\nblock = true\n",
     )
     .expect("rules");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .expect("address");
-    let listen = addr.to_string();
     let checkpoint = nginx.dir.join("ckpt");
-    let mut svc = Service::spawn_exactly(
-        None,
-        addr,
-        &[
-            "--brokers",
-            &cluster.brokers,
-            "--topics",
-            &topic,
-            "--group",
-            &unique("blocklist"),
-            "--checkpoint-dir",
-            checkpoint.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
-            "--rules",
-            rules.to_str().expect("utf-8"),
-        ],
-        &[],
+    let mut svc = Service::on_cluster_exactly(
+        &cluster,
+        &topic,
+        &unique("blocklist"),
+        &checkpoint,
+        &["--rules", rules.to_str().expect("utf-8")],
     );
+    let addr = svc.addr;
     svc.wait_ready(WAIT);
     let deny = wait_for("the scraper in the block list", WAIT, || {
         let (status, body) =

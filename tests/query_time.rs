@@ -5,59 +5,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::{Cluster, Service, cluster, free_port, get_json, unique, wait_for};
+use common::{Service, cluster, get_json, json_line, unique, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn serve(
-    cluster: &Cluster,
-    topic: &str,
-    group: &str,
-    checkpoint: &Path,
-    extra: &[&str],
-) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let listen = addr.to_string();
-    let checkpoint = checkpoint.to_str().expect("utf-8 path");
-    let mut args = vec![
-        "--brokers",
-        &cluster.brokers,
-        "--topics",
-        topic,
-        "--group",
-        group,
-        "--checkpoint-dir",
-        checkpoint,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    Service::spawn_exactly(None, addr, &args, &[])
-}
-
-fn line(ip: &str, t: SystemTime) -> Vec<u8> {
-    format!(
-        r#"{{"time_local":"{}","client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#,
-        humantime::format_rfc3339_millis(t)
-    )
-    .into_bytes()
-}
-
-fn wait_counted(addr: SocketAddr, total: u64) {
-    wait_for("every line counted", WAIT, || {
-        let top = get_json(addr, "/api/v1/top?n=1");
-        match top["total_requests"].as_u64() {
-            Some(n) if n == total => Ok(()),
-            other => Err(format!("{other:?} of {total}")),
-        }
-    });
-}
 
 #[test]
 fn rotating_addresses_hide_from_the_per_address_top_but_not_from_their_network() {
@@ -68,37 +21,21 @@ fn rotating_addresses_hide_from_the_per_address_top_but_not_from_their_network()
     // 5,000 addresses of one /64, once each; 250 of one /24, twice each;
     // 20 busy clients of their own, 30 requests each.
     for i in 0..5000u32 {
-        lines.push(line(&format!("2001:db8:55:1::{:x}", i + 1), now));
+        lines.push(json_line(&format!("2001:db8:55:1::{:x}", i + 1), now));
     }
     for i in 0..250u32 {
         for _ in 0..2 {
-            lines.push(line(&format!("203.0.113.{}", i + 1), now));
+            lines.push(json_line(&format!("203.0.113.{}", i + 1), now));
         }
     }
     for i in 0..20u32 {
         for _ in 0..30 {
-            lines.push(line(&format!("198.51.{}.7", 100 + i), now));
+            lines.push(json_line(&format!("198.51.{}.7", 100 + i), now));
         }
     }
-    let (even, odd): (Vec<_>, Vec<_>) = lines
-        .iter()
-        .cloned()
-        .enumerate()
-        .partition(|(i, _)| i % 2 == 0);
-    common::kcat_produce(
-        &cluster.brokers,
-        &topic,
-        0,
-        &even.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
-    );
-    common::kcat_produce(
-        &cluster.brokers,
-        &topic,
-        1,
-        &odd.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
-    );
+    common::kcat_produce_spread(&cluster.brokers, &topic, 2, &lines);
     let dir = std::env::temp_dir().join(unique("net-ckpt"));
-    let mut svc = serve(
+    let mut svc = Service::on_cluster_exactly(
         &cluster,
         &topic,
         &unique("net"),
@@ -106,7 +43,7 @@ fn rotating_addresses_hide_from_the_per_address_top_but_not_from_their_network()
         &["--batch", "1s", "--slide", "1s", "--window", "5m"],
     );
     svc.wait_ready(WAIT);
-    wait_counted(svc.addr, lines.len() as u64);
+    common::wait_all_counted(svc.addr, lines.len() as u64, WAIT);
 
     let top = get_json(svc.addr, "/api/v1/top?n=20");
     for entry in top["top"].as_array().expect("top") {
@@ -150,7 +87,7 @@ fn a_range_over_the_retention_answers_the_same_after_kill_9() {
     let lines: Vec<Vec<u8>> = (0..50u64)
         .flat_map(|s| {
             (0..(s % 7 + 1)).map(move |k| {
-                line(
+                json_line(
                     &format!("198.51.100.{}", (s + k) % 9),
                     start + Duration::from_secs(s),
                 )
@@ -170,7 +107,7 @@ fn a_range_over_the_retention_answers_the_same_after_kill_9() {
         "--retention",
         "60s",
     ];
-    let mut svc = serve(&cluster, &topic, &group, &dir, &extra);
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &group, &dir, &extra);
     svc.wait_ready(WAIT);
     let ask = |addr: SocketAddr, end: &str| {
         get_json(addr, &format!("/api/v1/top?n=100&window=55s&end={end}"))
@@ -201,7 +138,7 @@ fn a_range_over_the_retention_answers_the_same_after_kill_9() {
     svc.signal("KILL");
     svc.wait_exit(WAIT);
 
-    let mut svc = serve(&cluster, &topic, &group, &dir, &extra);
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &group, &dir, &extra);
     svc.wait_ready(WAIT);
     let after: Value = wait_for("the same answer after the restart", WAIT, || {
         let (status, body) =

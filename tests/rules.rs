@@ -6,18 +6,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::{cluster, free_port, get_json, http_get, unique, wait_for};
+use common::{Service, cluster, get_json, http_get, json_line, unique, wait_for};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn line(ip: &str, t: SystemTime) -> Vec<u8> {
-    format!(
-        r#"{{"time_local":"{}","client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#,
-        humantime::format_rfc3339_millis(t)
-    )
-    .into_bytes()
-}
 
 const RULES: &str = r#"
 [[rule]]
@@ -63,39 +55,27 @@ fn rules_flag_the_keys_over_their_thresholds_and_never_an_allowed_network() {
     // 203.0.113.7: 300 requests (over 200); 192.0.2.1: 400, but allowed;
     // 198.51.100.0/24: 250 addresses twice, 500 of 1,450 = 34 % (over 30 %);
     // 50 quiet clients, 5 each.
-    lines.extend((0..300).map(|_| line("203.0.113.7", now)));
-    lines.extend((0..400).map(|_| line("192.0.2.1", now)));
+    lines.extend((0..300).map(|_| json_line("203.0.113.7", now)));
+    lines.extend((0..400).map(|_| json_line("192.0.2.1", now)));
     for i in 1..=250 {
-        lines.push(line(&format!("198.51.100.{i}"), now));
-        lines.push(line(&format!("198.51.100.{i}"), now));
+        lines.push(json_line(&format!("198.51.100.{i}"), now));
+        lines.push(json_line(&format!("198.51.100.{i}"), now));
     }
     for i in 0..50 {
-        lines.extend((0..5).map(|_| line(&format!("10.1.{i}.1"), now)));
+        lines.extend((0..5).map(|_| json_line(&format!("10.1.{i}.1"), now)));
     }
     common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
     let dir = std::env::temp_dir().join(unique("rules"));
     std::fs::create_dir_all(&dir).expect("dir");
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES).expect("rules");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let listen = addr.to_string();
     let checkpoint = dir.join("ckpt");
-    let mut svc = common::Service::spawn_exactly(
-        None,
-        addr,
+    let mut svc = Service::on_cluster_exactly(
+        &cluster,
+        &topic,
+        &unique("rules"),
+        &checkpoint,
         &[
-            "--brokers",
-            &cluster.brokers,
-            "--topics",
-            &topic,
-            "--group",
-            &unique("rules"),
-            "--checkpoint-dir",
-            checkpoint.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
             "--batch",
             "1s",
             "--slide",
@@ -105,8 +85,8 @@ fn rules_flag_the_keys_over_their_thresholds_and_never_an_allowed_network() {
             "--rules",
             rules.to_str().expect("utf-8"),
         ],
-        &[],
     );
+    let addr = svc.addr;
     svc.wait_ready(WAIT);
     let expected = vec![
         ("busy-net".to_string(), "198.51.100.0/24".to_string()),

@@ -148,7 +148,11 @@ impl Truth {
 
 /// The whole window as `/api/v1/top?n=100000` reports it.
 pub fn window_counts(addr: SocketAddr) -> BTreeMap<String, u64> {
-    let top = get_json(addr, "/api/v1/top?n=100000");
+    top_counts(&get_json(addr, "/api/v1/top?n=100000"))
+}
+
+/// Counts per address of a `top` answer (the service's or `ipstats count`'s).
+pub fn top_counts(top: &Value) -> BTreeMap<String, u64> {
     top["top"]
         .as_array()
         .expect("top array")
@@ -251,6 +255,21 @@ pub fn create_topic(cluster: &Cluster, prefix: &str, partitions: u32) -> String 
 }
 
 /// `lines` into one partition of `topic`, by kcat.
+/// `lines` into `partitions` partitions of `topic` in turn: line `i` to
+/// partition `i % partitions`.
+#[allow(dead_code)] // not every test file spreads lines
+pub fn kcat_produce_spread(brokers: &str, topic: &str, partitions: i32, lines: &[Vec<u8>]) {
+    for partition in 0..partitions {
+        let mine: Vec<Vec<u8>> = lines
+            .iter()
+            .skip(partition as usize)
+            .step_by(partitions as usize)
+            .cloned()
+            .collect();
+        kcat_produce(brokers, topic, partition, &mine);
+    }
+}
+
 pub fn kcat_produce(brokers: &str, topic: &str, partition: i32, lines: &[Vec<u8>]) {
     let mut child = std::process::Command::new("kcat")
         .args([
@@ -321,6 +340,16 @@ pub fn produce_lines(
         .filter(|l| !l.is_empty())
         .map(<[u8]>::to_vec)
         .collect()
+}
+
+/// A JSON access-log line from `ip` whose `time_local` is `t` (RFC 3339).
+#[allow(dead_code)] // not every test file writes timed lines
+pub fn json_line(ip: &str, t: std::time::SystemTime) -> Vec<u8> {
+    format!(
+        r#"{{"time_local":"{}","client_real_ip":"{ip}","request":"GET / HTTP/1.1"}}"#,
+        humantime::format_rfc3339_millis(t)
+    )
+    .into_bytes()
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -444,6 +473,37 @@ impl Service {
         ]);
         args.extend_from_slice(extra);
         Service::spawn(&args)
+    }
+
+    /// ipstats on the real cluster with exactly `extra` after the topic,
+    /// group, checkpoint directory and a free `--listen` (no defaults
+    /// added: the windows are the test's own).
+    pub fn on_cluster_exactly(
+        cluster: &Cluster,
+        topic: &str,
+        group: &str,
+        checkpoint: &std::path::Path,
+        extra: &[&str],
+    ) -> Service {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let listen = addr.to_string();
+        let checkpoint = checkpoint.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "--brokers",
+            &cluster.brokers,
+            "--topics",
+            topic,
+            "--group",
+            group,
+            "--checkpoint-dir",
+            checkpoint,
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        Service::spawn_exactly(None, addr, &args, &[])
     }
 
     pub fn spawn(args: &[&str]) -> Service {
