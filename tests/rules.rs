@@ -1,5 +1,7 @@
 //! Rules on real-cluster traffic with a known truth: who fires, who never
-//! does (allowed networks), the block list, the metrics, and SIGHUP.
+//! does (allowed networks), the block list, the metrics, and SIGHUP; when
+//! a key fires against an oracle run over the same lines (within one slide
+//! of the crossing in event time, once per cooldown).
 
 mod common;
 
@@ -168,6 +170,141 @@ fn rules_flag_the_keys_over_their_thresholds_and_never_an_allowed_network() {
     });
     let (_, plain) = http_get(addr, "/api/v1/blocklist").expect("blocklist");
     assert_eq!(plain, "", "nothing blocked any more");
+    // The changed rule's key resolved (receivers hear of it), once.
+    let alerts = get_json(addr, "/api/v1/alerts");
+    let resolved: Vec<&Value> = alerts["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t["state"] == "resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{alerts}");
+    assert_eq!(
+        (&resolved[0]["rule"], &resolved[0]["key"]),
+        (&Value::from("hot-ip"), &Value::from("203.0.113.7"))
+    );
+    svc.terminate(WAIT);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The transitions a `requests` rule on one address makes over per-second
+/// counts (`per_second[s]` records in second `s`): at each slide end `e`
+/// the window `[e - window, e)` is counted; a key fires at the first end
+/// where it holds at least `requests` and was not resolved within
+/// `cooldown`, and resolves at the first end below.
+fn oracle(
+    per_second: &[u64],
+    window: usize,
+    requests: u64,
+    cooldown: usize,
+) -> Vec<(usize, &'static str, u64)> {
+    let mut out = Vec::new();
+    let (mut firing, mut resolved_at) = (false, None::<usize>);
+    for end in 1..=per_second.len() {
+        let count: u64 = per_second[end.saturating_sub(window)..end].iter().sum();
+        let cooling = resolved_at.is_some_and(|at| end - at < cooldown);
+        if firing && count < requests {
+            firing = false;
+            resolved_at = Some(end);
+            out.push((end, "resolved", count));
+        } else if !firing && count >= requests && !cooling {
+            firing = true;
+            out.push((end, "firing", count));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_rule_fires_at_the_slide_that_crosses_and_once_per_cooldown() {
+    let Some(cluster) = cluster() else { return };
+    let topic = common::create_topic(&cluster, "rule-timing", 1);
+    // Whole seconds, a minute ago: panes and slides fall on them.
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(now - 60);
+    // 10 requests a second, with a pause from second 10 to 16.
+    let per_second: Vec<u64> = (0..41)
+        .map(|s| if (10..=16).contains(&s) { 0 } else { 10 })
+        .collect();
+    let mut lines = Vec::new();
+    for (s, n) in per_second.iter().enumerate() {
+        let at = t0 + Duration::from_millis(s as u64 * 1000 + 500);
+        lines.extend((0..*n).map(|_| json_line("203.0.113.50", at)));
+    }
+    common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
+    let expected = oracle(&per_second, 5, 50, 20);
+    assert_eq!(
+        expected.len(),
+        3,
+        "fires, resolves, fires after the cooldown: {expected:?}"
+    );
+
+    let dir = std::env::temp_dir().join(unique("rule-timing"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"burst\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 50\ncooldown = \"20s\"\n",
+    )
+    .expect("rules");
+    let mut svc = Service::on_cluster_exactly(
+        &cluster,
+        &topic,
+        &unique("rule-timing"),
+        &dir.join("ckpt"),
+        &[
+            "--batch",
+            "1s",
+            "--slide",
+            "1s",
+            "--window",
+            "1m",
+            "--rules",
+            rules.to_str().expect("utf-8"),
+        ],
+    );
+    svc.wait_ready(WAIT);
+    common::wait_all_counted(svc.addr, lines.len() as u64, WAIT);
+    let seen = wait_for("the oracle's transitions", WAIT, || {
+        let alerts = get_json(svc.addr, "/api/v1/alerts");
+        let mut list = alerts["transitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        list.reverse();
+        if list.len() >= expected.len() {
+            Ok(list)
+        } else {
+            Err(format!("{list:?}"))
+        }
+    });
+    let second = |text: &Value| -> usize {
+        let t = humantime::parse_rfc3339(text.as_str().expect("time")).expect("rfc3339");
+        t.duration_since(t0).expect("after t0").as_secs() as usize
+    };
+    let got: Vec<(usize, &str, u64)> = seen
+        .iter()
+        .map(|t| {
+            (
+                second(&t["at"]),
+                t["state"].as_str().unwrap_or(""),
+                t["value"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, expected,
+        "at the crossing slide, once per cooldown: {seen:?}"
+    );
+    for t in &seen {
+        assert_eq!(
+            second(&t["window"]["end"]) - second(&t["window"]["start"]),
+            5
+        );
+    }
     svc.terminate(WAIT);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -362,6 +362,7 @@ impl App {
                 webhook: settings.alert_webhook.clone(),
                 alertmanager: settings.alertmanager.clone(),
                 max_age: settings.alert_max_age,
+                queue: settings.alert_queue,
             };
             let outbox = send::start(&targets, shared.published.clone(), &shared.metrics, &cancel);
             parts.task(

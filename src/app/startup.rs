@@ -286,6 +286,7 @@ impl Ready {
                 next_seq: r.manifest.next_pane_seq,
                 counters: Counters::from(&r.manifest.counters),
                 event_end_ms: r.manifest.event_end_ms,
+                alerts: r.manifest.alerts,
             }
         });
         let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);

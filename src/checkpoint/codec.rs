@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,14 +18,7 @@ use crate::vocab::{IpKey, SKIP_REASONS, SkipCounts};
 pub const FORMAT_VERSION: u32 = 2;
 const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
 
-pub(super) fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
+pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
 
 // ---- panes -----------------------------------------------------------------
 
@@ -347,6 +340,9 @@ pub struct Manifest {
     /// it wait ahead of the window. Absent with arrival time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_end_ms: Option<i64>,
+    /// `--rules`: the alerts' state (absent without rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<crate::pipeline::rules::SavedAlerts>,
 }
 
 pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {

@@ -197,6 +197,7 @@ pub(crate) mod test_support {
             next_pane_seq: next,
             counters: Counters::default(),
             event_end_ms: None,
+            alerts: None,
         }
     }
 }

@@ -134,6 +134,7 @@ impl Writer {
                 .collect(),
             next_pane_seq: job.next_pane_seq,
             event_end_ms: job.event_end_ms,
+            alerts: job.alerts.clone(),
             counters: (&job.counters).into(),
         };
         let bytes = encode_manifest(&manifest);
@@ -296,6 +297,7 @@ mod tests {
     use crate::checkpoint::codec::encode_pane;
     use crate::checkpoint::load;
     use crate::checkpoint::test_support::{job, pane, shape, temp};
+    use crate::pipeline::ingest::CheckpointJob;
     use crate::vocab::parse_ip;
 
     #[test]
@@ -332,6 +334,34 @@ mod tests {
             restored.panes[1].count(parse_ip("10.0.0.9").expect("ip")),
             0
         );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn the_alerts_state_comes_back_with_its_manifest() {
+        use crate::pipeline::rules::{SavedAlerts, SavedRule};
+        let dir = temp("alerts-state");
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        let panes = vec![pane(0, &[("10.0.0.1", 1)])];
+        writer.write(&job(panes.clone())).expect("without rules");
+        assert_eq!(load(&dir).expect("load").expect("1").manifest.alerts, None);
+        let saved = SavedAlerts {
+            rules: vec![SavedRule {
+                name: "hot".into(),
+                definition: "Rule { .. }".into(),
+                firing: vec![("10.0.0.1/32".into(), 1_700_000_000_123)],
+                pending: vec![("10.0.0.2/32".into(), 1_700_000_000_000)],
+                resolved: vec![("2001:db8::/64".into(), 1_600_000_000_000)],
+            }],
+            transitions: Vec::new(),
+        };
+        let with_alerts = CheckpointJob {
+            alerts: Some(saved.clone()),
+            ..job(panes)
+        };
+        writer.write(&with_alerts).expect("with rules");
+        let restored = load(&dir).expect("load").expect("2");
+        assert_eq!(restored.manifest.alerts, Some(saved));
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 

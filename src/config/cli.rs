@@ -272,6 +272,11 @@ pub struct ServeArgs {
     /// replayed backlog) are recorded but not sent to the webhook or Alertmanager.
     #[arg(long, env = "IPSTATS_ALERT_MAX_AGE", value_name = "DUR", default_value = "5m", value_parser = humantime::parse_duration)]
     pub alert_max_age: Duration,
+    /// Transitions each receiver (--alert-webhook, --alertmanager) may have waiting while it is
+    /// down or slow (1..=1000000); beyond that new ones are dropped and counted
+    /// (ipstats_alert_deliveries_total{result="dropped"}).
+    #[arg(long, env = "IPSTATS_ALERT_QUEUE", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub alert_queue: u32,
     /// A connection with no request in progress for this long (100ms..=1h) is closed.
     #[arg(long, env = "IPSTATS_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

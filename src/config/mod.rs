@@ -89,6 +89,7 @@ pub struct Settings {
     pub alert_webhook: Option<reqwest::Url>,
     pub alertmanager: Option<reqwest::Url>,
     pub alert_max_age: Duration,
+    pub alert_queue: usize,
 }
 
 impl Settings {
@@ -245,6 +246,7 @@ impl TryFrom<ServeArgs> for Settings {
             )?,
             alertmanager: access::alert_url("--alertmanager", a.alertmanager.as_deref(), &a.rules)?,
             alert_max_age: a.alert_max_age,
+            alert_queue: a.alert_queue as usize,
             rules_file: a.rules,
             brokers: a.brokers,
             topics,

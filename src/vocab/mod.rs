@@ -12,4 +12,4 @@ pub use health::Health;
 pub use ip::{IpKey, Network, parse_ip};
 pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
 pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
-pub use stamp::{LastError, Stamp, rfc3339};
+pub use stamp::{LastError, Stamp, epoch_ms, from_epoch_ms, rfc3339};

@@ -52,9 +52,21 @@ impl LastError {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, as every time in the API.
+/// RFC 3339 in UTC with milliseconds, as every time in the API (the
+/// epoch for earlier times, which it cannot write).
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(t.max(std::time::UNIX_EPOCH)).to_string()
+}
+
+/// Epoch milliseconds of a time (0 before the epoch), as checkpoints keep times.
+pub fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The time of epoch milliseconds (the epoch for negative ones).
+pub fn from_epoch_ms(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::pipeline::event::EventBatch;
 use crate::pipeline::window::{OffsetRange, Pane, SortedCounts, Window};
@@ -51,15 +51,8 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-fn time_of(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-/// Epoch milliseconds of a time (0 before the epoch).
-pub fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::vocab::epoch_ms;
+use crate::vocab::from_epoch_ms as time_of;
 
 impl EventPanes {
     /// `kept` is the longer of the window and `--retention`.
@@ -282,6 +275,36 @@ impl EventPanes {
         steps
     }
 
+    /// Every slide end on the way to `target` (rules are evaluated at
+    /// each): from the current end, or, for a window that starts afresh,
+    /// from where it will start — at most the kept history's slides.
+    pub fn every_slide(&self, target: i64) -> Vec<i64> {
+        match self.end_ms {
+            Some(end) if target <= end => Vec::new(),
+            Some(end) if target - end < self.kept_ms => (1..=(target - end - 1) / self.slide_ms)
+                .map(|i| end + i * self.slide_ms)
+                .chain(std::iter::once(target))
+                .collect(),
+            _ => {
+                let slides = (target - self.fresh_start(target) - 1).max(0) / self.slide_ms;
+                (0..=slides)
+                    .rev()
+                    .map(|i| target - i * self.slide_ms)
+                    .collect()
+            }
+        }
+    }
+
+    /// Where a window that starts afresh at `to` starts: at its oldest
+    /// counted pane, or where records may still join (the lateness before
+    /// the end), whichever is older, but no further back than the kept
+    /// history: empty panes before that would only be written and evicted.
+    fn fresh_start(&self, to: i64) -> i64 {
+        let open = (to - self.lateness_ms).div_euclid(self.batch_ms) * self.batch_ms;
+        let oldest = self.ahead.keys().next().copied().unwrap_or(to);
+        oldest.min(open).clamp(to - self.kept_ms, to)
+    }
+
     /// Moves the end to `to`: the panes in between (counted ahead, or empty)
     /// enter the window and the oldest leave it (into the kept history). A
     /// jump longer than the kept history starts the window afresh.
@@ -289,15 +312,8 @@ impl EventPanes {
         let from = match self.end_ms {
             Some(end) if to - end < self.kept_ms => end,
             Some(_) | None => {
-                // A fresh window starts at its oldest counted pane, or
-                // where records may still join (the lateness before the
-                // end), whichever is older, but no further back than the
-                // kept history: empty panes before that would only be
-                // written and evicted.
                 window.restart();
-                let open = (to - self.lateness_ms).div_euclid(self.batch_ms) * self.batch_ms;
-                let oldest = self.ahead.keys().next().copied().unwrap_or(to);
-                oldest.min(open).clamp(to - self.kept_ms, to)
+                self.fresh_start(to)
             }
         };
         // Panes that fall before the new window never enter it.
@@ -332,6 +348,7 @@ mod tests {
     use crate::pipeline::counts::IpMap;
     use crate::pipeline::event::EventPane;
     use crate::vocab::IpKey;
+    use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -485,6 +502,33 @@ mod tests {
     }
 
     #[test]
+    fn rules_step_through_every_slide_of_a_first_backlog_and_lose_no_pane() {
+        let mut events = EventPanes::new(S, S, 2 * S, 10 * S);
+        let mut window = Window::new(10);
+        let panes: Vec<(i64, u32, u32)> = (3..=7).map(|s| (s, 1, 2)).collect();
+        events.absorb(
+            batch(&panes, &[Some(7_500)]),
+            &[],
+            &mut window,
+            Instant::now(),
+        );
+        let target = events.target_end(&[false]).expect("a time");
+        assert_eq!(target, 8_000);
+        let stops = events.every_slide(target);
+        assert_eq!(stops, [4_000, 5_000, 6_000, 7_000, 8_000]);
+        let mut seen = Vec::new();
+        for stop in stops {
+            events.advance_to(stop, &mut window);
+            seen.push(window.requests());
+        }
+        assert_eq!(
+            seen,
+            [2, 4, 6, 8, 10],
+            "each slide holds the panes before it"
+        );
+    }
+
+    #[test]
     fn a_long_replay_is_published_in_sampled_steps_and_a_jump_past_the_window_starts_afresh() {
         let mut events = EventPanes::new(S, S, 5 * S, 10 * S);
         let mut window = Window::new(10);
@@ -499,6 +543,16 @@ mod tests {
         assert!(steps.len() <= REPLAY_SNAPSHOTS_PER_BATCH + 1, "{steps:?}");
         assert_eq!(steps.last(), Some(&101_000));
         assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        // Rules see every slide of a way within the kept history (10 s);
+        // a longer one starts afresh where records may still join (the
+        // lateness, 5 s, before its end: nothing is counted ahead).
+        let every = events.every_slide(10_000);
+        assert_eq!(every, (2..=10).map(|s| s * 1_000).collect::<Vec<i64>>());
+        assert!(events.steps(10_000).len() < every.len());
+        assert_eq!(
+            events.every_slide(101_000),
+            (97..=101).map(|s| s * 1_000).collect::<Vec<i64>>()
+        );
         events.absorb(
             batch(&[(100, 2, 1)], &[Some(100_000)]),
             &[],

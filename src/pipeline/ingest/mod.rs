@@ -35,7 +35,7 @@ use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
-use crate::pipeline::rules::Evaluator;
+use crate::pipeline::rules::{Evaluator, SavedAlerts};
 use crate::stop::Stop;
 use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
 use event::EventPanes;
@@ -77,6 +77,8 @@ pub struct CheckpointJob {
     /// Event time: the window's end (epoch ms); panes starting at or after
     /// it wait ahead of the window.
     pub event_end_ms: Option<i64>,
+    /// `--rules`: which keys fire, are pending or cooling down.
+    pub alerts: Option<SavedAlerts>,
 }
 
 /// A window to continue from: the panes of a checkpoint and its counters.
@@ -86,6 +88,7 @@ pub struct Resume {
     pub next_seq: u64,
     pub counters: Counters,
     pub event_end_ms: Option<i64>,
+    pub alerts: Option<SavedAlerts>,
 }
 
 /// Where ingest reads the cluster view and delivers what it produces.
@@ -174,7 +177,9 @@ impl Ingest {
                 config.window + config.batch * config.retained_panes as u32,
             )
         });
+        let mut saved_alerts = None;
         if let Some(resume) = resume {
+            saved_alerts = resume.alerts;
             next_seq = match events.as_mut() {
                 Some(events) => {
                     events.restore(
@@ -212,6 +217,7 @@ impl Ingest {
             builder: Builder::new(config.window, config.slide, counters.records_consumed, now)
                 .with_rules(config.rules.clone().map(|rules| {
                     Evaluator::new(rules, config.batch, links.metrics.clone())
+                        .with_saved(saved_alerts.as_ref())
                         .with_outbox(config.outbox.clone())
                 })),
             counter: Counter::spawn(

@@ -42,18 +42,33 @@ impl State {
                         .is_none_or(|i| p.next < i.high)
             })
             .collect();
-        let steps = events
-            .target_end(&backlog)
-            .map_or_else(Vec::new, |target| events.steps(target));
-        let last = steps.len().saturating_sub(1);
-        for (i, step) in steps.iter().enumerate() {
+        let (published, stops) = match events.target_end(&backlog) {
+            None => (Vec::new(), Vec::new()),
+            Some(target) if self.builder.has_rules() => {
+                (events.steps(target), events.every_slide(target))
+            }
+            Some(target) => {
+                let steps = events.steps(target);
+                (steps.clone(), steps)
+            }
+        };
+        // Snapshots at the sampled ends (the last is for the caller), rules
+        // at every slide.
+        let last = stops.len().saturating_sub(1);
+        for (i, step) in stops.iter().enumerate() {
             if let Some(events) = self.events.as_mut() {
                 events.advance_to(*step, &mut self.window);
             }
-            if i < last {
+            if i == last {
+                break;
+            }
+            if published.binary_search(step).is_ok() {
                 self.publish();
+            } else {
+                self.builder.evaluate_rules(&self.window);
             }
         }
+        let steps = stops;
         let floor = self.events.as_ref().and_then(EventPanes::floor);
         self.counter.set_floor(floor)?;
         Ok(!steps.is_empty())
@@ -130,6 +145,7 @@ impl State {
             next_pane_seq,
             counters: self.counters,
             event_end_ms,
+            alerts: self.builder.saved_alerts(),
         }
     }
 }

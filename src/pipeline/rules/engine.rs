@@ -15,12 +15,14 @@ use std::time::{Duration, SystemTime};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::file::{Key, Rule};
-use super::{AlertsView, Firing, State, Transition, WindowBounds};
+use super::{AlertsView, Firing, SavedAlerts, SavedRule, State, Transition, WindowBounds};
 use crate::pipeline::window::Pane;
 use crate::vocab::{IpKey, Network};
 
 /// Transitions kept for `/api/v1/alerts`.
 const RECENT_TRANSITIONS: usize = 1000;
+/// Of those, kept in the checkpoint.
+const SAVED_TRANSITIONS: usize = 100;
 
 /// A running count of one key kind over the last `panes` panes.
 #[derive(Debug)]
@@ -125,6 +127,18 @@ pub struct Engine {
     transitions: VecDeque<Transition>,
     recorded: u64,
     batch: Duration,
+    /// Keys that fired under a rule since changed or removed: they resolve
+    /// at the next slide.
+    retired: Vec<Retired>,
+}
+
+/// A firing key of a rule that is no longer in force.
+#[derive(Debug)]
+struct Retired {
+    rule: Rule,
+    key: Network,
+    value: u64,
+    threshold: u64,
 }
 
 impl Engine {
@@ -138,6 +152,7 @@ impl Engine {
             transitions: VecDeque::new(),
             recorded: 0,
             batch,
+            retired: Vec::new(),
         };
         engine.replace(rules);
         engine
@@ -148,17 +163,35 @@ impl Engine {
     }
 
     /// New rules (a reloaded file): the state of rules that are unchanged
-    /// (same name and definition) carries over; the running counts are
-    /// rebuilt at the next slide.
+    /// (same name and definition) carries over; the keys firing under a
+    /// rule that changed or went resolve at the next slide; the running
+    /// counts are rebuilt at the next slide.
     pub fn replace(&mut self, rules: Vec<Rule>) {
         let mut old: HashMap<String, RuleState> = HashMap::new();
-        for ((rule, state), resolved) in std::mem::take(&mut self.rules)
+        for (r, ((rule, state), resolved)) in std::mem::take(&mut self.rules)
             .into_iter()
             .zip(std::mem::take(&mut self.states))
             .zip(std::mem::take(&mut self.resolved))
+            .enumerate()
         {
+            if !rules.contains(&rule) {
+                let aggregate = &self.aggregates[self.of_rule[r]];
+                let threshold = rule.threshold.needed(aggregate.total).unwrap_or(u64::MAX);
+                for (key, s) in &state {
+                    if let KeyState::Firing { .. } = s {
+                        self.retired.push(Retired {
+                            rule: rule.clone(),
+                            key: *key,
+                            value: aggregate.counts.get(key).copied().unwrap_or(0),
+                            threshold,
+                        });
+                    }
+                }
+            }
             old.insert(rule.name.clone(), (rule, state, resolved));
         }
+        self.retired
+            .sort_by(|a, b| a.rule.name.cmp(&b.rule.name).then(a.key.cmp(&b.key)));
         self.aggregates.clear();
         self.of_rule.clear();
         for rule in &rules {
@@ -219,15 +252,24 @@ impl Engine {
         for aggregate in &mut self.aggregates {
             aggregate.sync(older, window);
         }
-        let mut new = Vec::new();
+        let mut new: Vec<Transition> = std::mem::take(&mut self.retired)
+            .into_iter()
+            .map(|r| {
+                let window = WindowBounds::ending(end, r.rule.window);
+                transition(
+                    &r.rule,
+                    r.key,
+                    State::Resolved,
+                    r.value,
+                    r.threshold,
+                    window,
+                    end,
+                )
+            })
+            .collect();
         for (r, rule) in self.rules.iter().enumerate() {
             let aggregate = &self.aggregates[self.of_rule[r]];
-            let window = WindowBounds {
-                start: end
-                    .checked_sub(rule.window)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                end,
-            };
+            let window = WindowBounds::ending(end, rule.window);
             let needed = rule.threshold.needed(aggregate.total);
             let over: Vec<(Network, u64)> = match needed {
                 None => Vec::new(),
@@ -292,14 +334,102 @@ impl Engine {
             }
         }
         for t in &mut new {
-            self.recorded += 1;
+            self.record(t.clone());
             t.seq = self.recorded;
-            if self.transitions.len() == RECENT_TRANSITIONS {
-                self.transitions.pop_front();
-            }
-            self.transitions.push_back(t.clone());
         }
         new
+    }
+
+    /// What a restart needs to go on where this run stands: which keys are
+    /// pending or firing since when, and which resolved when (cooldown).
+    pub fn save(&self) -> SavedAlerts {
+        let ms = |t: &SystemTime| crate::vocab::epoch_ms(*t);
+        let sorted = |mut v: Vec<(String, i64)>| {
+            v.sort();
+            v
+        };
+        let rules = self
+            .rules
+            .iter()
+            .zip(&self.states)
+            .zip(&self.resolved)
+            .map(|((rule, states), resolved)| {
+                let (mut firing, mut pending) = (Vec::new(), Vec::new());
+                for (key, state) in states {
+                    match state {
+                        KeyState::Firing { since } => firing.push((key.to_string(), ms(since))),
+                        KeyState::Pending { since } => pending.push((key.to_string(), ms(since))),
+                    }
+                }
+                SavedRule {
+                    name: rule.name.clone(),
+                    definition: definition(rule),
+                    firing: sorted(firing),
+                    pending: sorted(pending),
+                    resolved: sorted(
+                        resolved
+                            .iter()
+                            .map(|(k, t)| (k.to_string(), ms(t)))
+                            .collect(),
+                    ),
+                }
+            })
+            .collect();
+        let skip = self.transitions.len().saturating_sub(SAVED_TRANSITIONS);
+        SavedAlerts {
+            rules,
+            // `seq` orders one run's transitions; a restart numbers afresh.
+            transitions: self
+                .transitions
+                .iter()
+                .skip(skip)
+                .map(|t| Transition {
+                    seq: 0,
+                    ..t.clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes up the state a previous run saved, for the rules whose name
+    /// and definition are unchanged (a rule changed meanwhile starts
+    /// afresh). Keys still over their threshold go on firing without a new
+    /// transition; those that fell resolve at the next slide.
+    pub fn restore(&mut self, saved: &SavedAlerts) {
+        let time = |ms: i64| crate::vocab::from_epoch_ms(ms);
+        for (r, rule) in self.rules.iter().enumerate() {
+            let Some(old) = saved
+                .rules
+                .iter()
+                .find(|s| s.name == rule.name && s.definition == definition(rule))
+            else {
+                continue;
+            };
+            let keys = |list: &[(String, i64)]| -> Vec<(Network, SystemTime)> {
+                list.iter()
+                    .filter_map(|(k, ms)| Network::parse(k).map(|n| (n, time(*ms))))
+                    .collect()
+            };
+            for (key, since) in keys(&old.pending) {
+                self.states[r].insert(key, KeyState::Pending { since });
+            }
+            for (key, since) in keys(&old.firing) {
+                self.states[r].insert(key, KeyState::Firing { since });
+            }
+            self.resolved[r].extend(keys(&old.resolved));
+        }
+        for t in &saved.transitions {
+            self.record(t.clone());
+        }
+    }
+
+    fn record(&mut self, mut t: Transition) {
+        self.recorded += 1;
+        t.seq = self.recorded;
+        if self.transitions.len() == RECENT_TRANSITIONS {
+            self.transitions.pop_front();
+        }
+        self.transitions.push_back(t);
     }
 
     /// What `/api/v1/alerts` and `/api/v1/blocklist` show.
@@ -345,6 +475,12 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// A rule's definition as saved with its state: a restart takes the state
+/// up only for the same definition.
+fn definition(rule: &Rule) -> String {
+    format!("{rule:?}")
 }
 
 /// An address for `ip` rules, CIDR for networks.
@@ -547,7 +683,93 @@ mod tests {
             "still firing, no new transition"
         );
         e.replace(parse(&text.replace("requests = 1", "requests = 2"), limits).expect("changed"));
-        assert!(e.evaluate(std::slice::from_ref(&p), p.end).is_empty());
+        let after = e.evaluate(std::slice::from_ref(&p), p.end);
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].state, State::Resolved, "the old definition's key");
         assert!(e.view().firing.is_empty(), "a changed rule starts afresh");
+    }
+
+    #[test]
+    fn a_restart_goes_on_firing_without_a_new_transition_and_keeps_the_cooldown() {
+        let text = "[[rule]]\nname = \"r\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 4\ncooldown = \"10s\"\n[[rule]]\nname = \"n\"\nkey = \"v4/24\"\nwindow = \"2s\"\nrequests = 100\nfor = \"5s\"\n";
+        let mut e = engine(text);
+        // 60 addresses of one /24, once each per second: only the /24 counts.
+        let net: Vec<String> = (1..=60).map(|i| format!("198.51.100.{i}")).collect();
+        let slide = |second: u64, hot: &[&str]| {
+            let mut records: Vec<(&str, u32)> = net.iter().map(|a| (a.as_str(), 1)).collect();
+            records.extend(hot.iter().map(|a| (*a, 4)));
+            pane(second, &records)
+        };
+        let panes = [
+            slide(0, &["192.0.2.1"]), // fires at end 1
+            slide(1, &["192.0.2.2"]), // fires at end 2; the /24 pending since 2
+            slide(2, &[]),            // 192.0.2.1 resolves at end 3
+        ];
+        let fired = run(&mut e, &panes);
+        assert_eq!(fired.len(), 3, "{fired:?}");
+        let saved = e.save();
+        assert_eq!(saved.rules[0].firing.len(), 1, "192.0.2.2: {saved:?}");
+        assert_eq!(saved.rules[0].resolved.len(), 1, "192.0.2.1 cools down");
+        assert_eq!(saved.rules[1].pending.len(), 1, "the /24 waits for `for`");
+        let text_back = serde_json::to_string(&saved).expect("json");
+        let saved: super::SavedAlerts = serde_json::from_str(&text_back).expect("back");
+
+        // A new run over the same panes: nothing fires again.
+        let mut after = engine(text);
+        after.restore(&saved);
+        assert_eq!(after.save(), saved);
+        assert_eq!(after.view().transitions, e.view().transitions);
+        assert!(after.evaluate(&panes, panes[2].end).is_empty());
+        assert_eq!(after.view().firing, e.view().firing);
+        // 192.0.2.1 again within its cooldown: still quiet; the /24's
+        // pending time carried over, so it fires 5 s after it began.
+        let mut all: Vec<Arc<Pane>> = panes.to_vec();
+        let mut seen = Vec::new();
+        for second in 3..9 {
+            all.push(slide(second, &["192.0.2.1", "192.0.2.2"]));
+            for t in after.evaluate(&all, all.last().expect("pane").end) {
+                let at = t.at.duration_since(UNIX_EPOCH).expect("epoch").as_secs();
+                seen.push((at, t.rule, t.key, t.state));
+            }
+        }
+        assert_eq!(
+            seen,
+            [(7, "n".into(), "198.51.100.0/24".into(), State::Firing)]
+        );
+
+        // A changed definition does not take the state up.
+        let mut changed = engine(&text.replace("requests = 4", "requests = 5"));
+        changed.restore(&saved);
+        assert!(changed.save().rules[0].firing.is_empty());
+    }
+
+    #[test]
+    fn keys_of_a_changed_or_removed_rule_resolve_at_the_next_slide() {
+        let limits = Limits {
+            batch: S,
+            retention: S * 60,
+        };
+        let text = "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n[[rule]]\nname = \"b\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n";
+        let mut e = engine(text);
+        let p = pane(0, &[("192.0.2.9", 3)]);
+        assert_eq!(e.evaluate(std::slice::from_ref(&p), p.end).len(), 2);
+        // `a` changes, `b` goes.
+        let only_a = text.split("[[rule]]\nname = \"b\"").next().expect("a");
+        e.replace(parse(&only_a.replace("requests = 1", "requests = 2"), limits).expect("a"));
+        let next = pane(1, &[("192.0.2.9", 3)]);
+        let seen: Vec<(String, State, u64)> = e
+            .evaluate(&[p, next.clone()], next.end)
+            .into_iter()
+            .map(|t| (t.rule, t.state, t.value))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), State::Resolved, 3),
+                ("b".to_string(), State::Resolved, 3),
+                ("a".to_string(), State::Firing, 3),
+            ],
+            "the old rules' keys resolve first, then the new rule fires afresh"
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 pub use engine::Engine;
 pub use file::{Key, Limits, Rule, Threshold};
@@ -21,7 +21,7 @@ pub use file::{Key, Limits, Rule, Threshold};
 use crate::vocab::{Network, rfc3339};
 
 /// A transition's new state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Firing,
@@ -41,17 +41,32 @@ fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*t))
 }
 
+fn read_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+}
+
 /// A range of event time.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowBounds {
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "read_time")]
     pub start: SystemTime,
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "read_time")]
     pub end: SystemTime,
 }
 
+impl WindowBounds {
+    /// The `length` before `end` (from the epoch at the earliest).
+    pub fn ending(end: SystemTime, length: std::time::Duration) -> Self {
+        let start = end
+            .checked_sub(length)
+            .map_or(SystemTime::UNIX_EPOCH, |s| s.max(SystemTime::UNIX_EPOCH));
+        WindowBounds { start, end }
+    }
+}
+
 /// A key starting or stopping to break a rule.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     /// The same for the same rule, key, state and time: receivers can drop
     /// repeats (a retried webhook, a restart evaluating a slide again).
@@ -65,7 +80,7 @@ pub struct Transition {
     pub threshold: u64,
     pub window: WindowBounds,
     /// The window's end (event time) when it happened.
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "read_time")]
     pub at: SystemTime,
     pub severity: String,
     pub description: String,
@@ -98,6 +113,32 @@ pub struct AlertsView {
     pub firing: Vec<Firing>,
     /// Newest first.
     pub transitions: Vec<Transition>,
+}
+
+/// The rules' state as the checkpoint keeps it, so that a restart (even
+/// after kill -9) neither fires again for keys already firing nor forgets
+/// a cooldown. Keys are in CIDR form, times in epoch milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedAlerts {
+    pub rules: Vec<SavedRule>,
+    /// The newest transitions (oldest first), for `/api/v1/alerts`.
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+}
+
+/// One rule's keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRule {
+    pub name: String,
+    /// The rule as it was defined: a changed rule does not take the state up.
+    pub definition: String,
+    #[serde(default)]
+    pub firing: Vec<(String, i64)>,
+    #[serde(default)]
+    pub pending: Vec<(String, i64)>,
+    /// When keys last resolved (for `cooldown`).
+    #[serde(default)]
+    pub resolved: Vec<(String, i64)>,
 }
 
 /// The rules in force and the file they come from; SIGHUP reloads it. A
@@ -183,6 +224,19 @@ impl Evaluator {
         evaluator
     }
 
+    /// Goes on from the state a previous run saved in its checkpoint.
+    pub fn with_saved(mut self, saved: Option<&SavedAlerts>) -> Self {
+        if let Some(saved) = saved {
+            self.engine.restore(saved);
+        }
+        self
+    }
+
+    /// The state to keep in the checkpoint.
+    pub fn save(&self) -> SavedAlerts {
+        self.engine.save()
+    }
+
     /// Offers every transition to the webhook and Alertmanager senders.
     pub fn with_outbox(mut self, outbox: Option<send::Outbox>) -> Self {
         self.outbox = outbox;
@@ -194,13 +248,26 @@ impl Evaluator {
         send::declare_series(&self.metrics, self.engine.rules(), false, false);
     }
 
-    /// One slide: the panes older than the window, the window's, its end.
+    /// One slide: the panes older than the window, the window's, its end;
+    /// what `/api/v1/alerts` shows after it.
     pub fn slide(
         &mut self,
         older: &[Arc<crate::pipeline::window::Pane>],
         window: &[Arc<crate::pipeline::window::Pane>],
         end: SystemTime,
     ) -> Arc<AlertsView> {
+        self.evaluate(older, window, end);
+        Arc::new(self.engine.view())
+    }
+
+    /// [`Evaluator::slide`] without the view (a slide that publishes no
+    /// snapshot).
+    pub fn evaluate(
+        &mut self,
+        older: &[Arc<crate::pipeline::window::Pane>],
+        window: &[Arc<crate::pipeline::window::Pane>],
+        end: SystemTime,
+    ) {
         let generation = self.rules.generation();
         if generation != self.seen {
             for rule in self.engine.rules() {
@@ -228,6 +295,5 @@ impl Evaluator {
                 .with_label_values(&[rule])
                 .set(n as i64);
         }
-        Arc::new(self.engine.view())
     }
 }

@@ -19,8 +19,6 @@ use crate::metrics::Metrics;
 use crate::pipeline::snapshot::Published;
 use crate::vocab::rfc3339;
 
-/// Transitions waiting per target before new ones are dropped (counted).
-pub const QUEUE: usize = 10_000;
 /// How often Alertmanager hears again of what still fires (it resolves an
 /// alert it has not heard of for its `resolve_timeout`, 5 min by default).
 const RESEND_EVERY: Duration = Duration::from_secs(30);
@@ -34,6 +32,8 @@ pub struct Targets {
     pub webhook: Option<reqwest::Url>,
     pub alertmanager: Option<reqwest::Url>,
     pub max_age: Duration,
+    /// Transitions waiting per target before new ones are dropped (counted).
+    pub queue: usize,
 }
 
 impl Targets {
@@ -126,7 +126,7 @@ pub fn start(
     };
     let mut queues = Vec::new();
     if let Some(url) = targets.webhook.clone() {
-        let (tx, rx) = channel(QUEUE);
+        let (tx, rx) = channel(targets.queue.max(1));
         queues.push(("webhook", tx));
         let sender = Poster::new(
             client.clone(),
@@ -138,7 +138,7 @@ pub fn start(
         tokio::spawn(webhook(sender, rx));
     }
     if let Some(base) = targets.alertmanager.clone() {
-        let (tx, rx) = channel(QUEUE);
+        let (tx, rx) = channel(targets.queue.max(1));
         queues.push(("alertmanager", tx));
         let url = base.join("api/v2/alerts").unwrap_or(base);
         let sender = Poster::new(client, url, "alertmanager", metrics.clone(), cancel.clone());

@@ -154,6 +154,27 @@ impl Builder {
         self
     }
 
+    pub fn has_rules(&self) -> bool {
+        self.rules.is_some()
+    }
+
+    /// Evaluates the rules at a slide that publishes no snapshot (a
+    /// replay's snapshots are sampled; rules see every slide).
+    pub fn evaluate_rules(&mut self, window: &Window) {
+        if let Some(rules) = self.rules.as_mut() {
+            let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
+            let retained: Vec<Arc<Pane>> = window.retained().cloned().collect();
+            if let Some(end) = panes.last().map(|p| p.end) {
+                rules.evaluate(&retained, &panes, end);
+            }
+        }
+    }
+
+    /// The rules' state, for the checkpoint.
+    pub fn saved_alerts(&self) -> Option<crate::pipeline::rules::SavedAlerts> {
+        self.rules.as_ref().map(Evaluator::save)
+    }
+
     pub fn build(
         &mut self,
         window: &mut Window,
