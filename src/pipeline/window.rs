@@ -317,7 +317,7 @@ impl Window {
     }
 
     /// Panes older than the window that are still kept, oldest first.
-    pub fn retained(&self) -> impl ExactSizeIterator<Item = &Arc<Pane>> {
+    pub fn retained(&self) -> impl ExactSizeIterator<Item = &Arc<Pane>> + DoubleEndedIterator {
         self.retained.iter()
     }
 

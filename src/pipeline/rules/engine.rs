@@ -162,6 +162,11 @@ impl Engine {
         &self.rules
     }
 
+    /// How many of the newest panes the longest rule's window covers.
+    pub fn panes_needed(&self) -> usize {
+        self.aggregates.iter().map(|a| a.panes).max().unwrap_or(0)
+    }
+
     /// New rules (a reloaded file): the state of rules that are unchanged
     /// (same name and definition) carries over; the keys firing under a
     /// rule that changed or went resolve at the next slide; the running
@@ -750,7 +755,13 @@ mod tests {
             retention: S * 60,
         };
         let text = "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n[[rule]]\nname = \"b\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n";
-        let mut e = engine(text);
+        let mut e = engine(&text.replace(
+            "window = \"1s\"\nrequests = 1\n[[rule]]",
+            "window = \"4s\"\nrequests = 1\n[[rule]]",
+        ));
+        assert_eq!(e.panes_needed(), 4, "the longest rule's window, in panes");
+        e.replace(parse(text, limits).expect("rules"));
+        assert_eq!(e.panes_needed(), 1);
         let p = pane(0, &[("192.0.2.9", 3)]);
         assert_eq!(e.evaluate(std::slice::from_ref(&p), p.end).len(), 2);
         // `a` changes, `b` goes.

@@ -237,6 +237,29 @@ impl Evaluator {
         self.engine.save()
     }
 
+    /// How many of the newest panes the longest rule's window covers (of
+    /// the rules in force at the next slide).
+    pub fn panes_needed(&mut self) -> usize {
+        self.follow_reload();
+        self.engine.panes_needed()
+    }
+
+    /// Takes up a reloaded file's rules.
+    fn follow_reload(&mut self) {
+        let generation = self.rules.generation();
+        if generation != self.seen {
+            for rule in self.engine.rules() {
+                let _ = self
+                    .metrics
+                    .alerts_firing
+                    .remove_label_values(&[&rule.name]);
+            }
+            self.engine.replace(self.rules.current().to_vec());
+            self.seen = generation;
+            self.zero_series();
+        }
+    }
+
     /// Offers every transition to the webhook and Alertmanager senders.
     pub fn with_outbox(mut self, outbox: Option<send::Outbox>) -> Self {
         self.outbox = outbox;
@@ -268,18 +291,7 @@ impl Evaluator {
         window: &[Arc<crate::pipeline::window::Pane>],
         end: SystemTime,
     ) {
-        let generation = self.rules.generation();
-        if generation != self.seen {
-            for rule in self.engine.rules() {
-                let _ = self
-                    .metrics
-                    .alerts_firing
-                    .remove_label_values(&[&rule.name]);
-            }
-            self.engine.replace(self.rules.current().to_vec());
-            self.seen = generation;
-            self.zero_series();
-        }
+        self.follow_reload();
         for t in self.engine.evaluate_kept(older, window, end) {
             self.metrics
                 .alert_transitions

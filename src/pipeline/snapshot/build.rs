@@ -163,7 +163,12 @@ impl Builder {
     pub fn evaluate_rules(&mut self, window: &Window) {
         if let Some(rules) = self.rules.as_mut() {
             let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
-            let retained: Vec<Arc<Pane>> = window.retained().cloned().collect();
+            // Only the older panes the longest rule reaches (a replay may
+            // evaluate thousands of slides over a long retention).
+            let reach = rules.panes_needed().saturating_sub(panes.len());
+            let mut retained: Vec<Arc<Pane>> =
+                window.retained().rev().take(reach).cloned().collect();
+            retained.reverse();
             if let Some(end) = panes.last().map(|p| p.end) {
                 rules.evaluate(&retained, &panes, end);
             }
