@@ -6,9 +6,10 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use common::{Service, cluster, get_json, http_get, json_line, unique, wait_for};
+use common::{Cluster, Service, cluster, get_json, http_get, json_line, unique, wait_for};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -30,6 +31,24 @@ share = 0.3
 min_total = 100
 severity = "critical"
 "#;
+
+/// ipstats (1 s batches and slides, a 1 min window) with `rules` in a
+/// fresh directory: the service, the directory and the rules file.
+fn serve(cluster: &Cluster, topic: &str, name: &str, rules: &str) -> (Service, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("rules.toml");
+    std::fs::write(&file, rules).expect("rules");
+    let flags = [
+        "--batch", "1s", "--slide", "1s", "--window", "1m", "--rules",
+    ];
+    let mut args = flags.to_vec();
+    args.push(file.to_str().expect("utf-8"));
+    let mut svc =
+        Service::on_cluster_exactly(cluster, topic, &unique(name), &dir.join("ckpt"), &args);
+    svc.wait_ready(WAIT);
+    (svc, dir, file)
+}
 
 fn firing(addr: SocketAddr) -> Vec<(String, String)> {
     let alerts = get_json(addr, "/api/v1/alerts");
@@ -67,29 +86,8 @@ fn rules_flag_the_keys_over_their_thresholds_and_never_an_allowed_network() {
         lines.extend((0..5).map(|_| json_line(&format!("10.1.{i}.1"), now)));
     }
     common::kcat_produce(&cluster.brokers, &topic, 0, &lines);
-    let dir = std::env::temp_dir().join(unique("rules"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES).expect("rules");
-    let checkpoint = dir.join("ckpt");
-    let mut svc = Service::on_cluster_exactly(
-        &cluster,
-        &topic,
-        &unique("rules"),
-        &checkpoint,
-        &[
-            "--batch",
-            "1s",
-            "--slide",
-            "1s",
-            "--window",
-            "1m",
-            "--rules",
-            rules.to_str().expect("utf-8"),
-        ],
-    );
+    let (svc, dir, rules) = serve(&cluster, &topic, "rules", RULES);
     let addr = svc.addr;
-    svc.wait_ready(WAIT);
     let expected = vec![
         ("busy-net".to_string(), "198.51.100.0/24".to_string()),
         ("hot-ip".to_string(), "203.0.113.7".to_string()),
@@ -242,31 +240,12 @@ fn a_rule_fires_at_the_slide_that_crosses_and_once_per_cooldown() {
         "fires, resolves, fires after the cooldown: {expected:?}"
     );
 
-    let dir = std::env::temp_dir().join(unique("rule-timing"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[[rule]]\nname = \"burst\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 50\ncooldown = \"20s\"\n",
-    )
-    .expect("rules");
-    let mut svc = Service::on_cluster_exactly(
+    let (svc, dir, _) = serve(
         &cluster,
         &topic,
-        &unique("rule-timing"),
-        &dir.join("ckpt"),
-        &[
-            "--batch",
-            "1s",
-            "--slide",
-            "1s",
-            "--window",
-            "1m",
-            "--rules",
-            rules.to_str().expect("utf-8"),
-        ],
+        "rule-timing",
+        "[[rule]]\nname = \"burst\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 50\ncooldown = \"20s\"\n",
     );
-    svc.wait_ready(WAIT);
     common::wait_all_counted(svc.addr, lines.len() as u64, WAIT);
     let seen = wait_for("the oracle's transitions", WAIT, || {
         let alerts = get_json(svc.addr, "/api/v1/alerts");

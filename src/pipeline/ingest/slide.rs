@@ -68,10 +68,9 @@ impl State {
                 self.builder.evaluate_rules(&self.window);
             }
         }
-        let steps = stops;
         let floor = self.events.as_ref().and_then(EventPanes::floor);
         self.counter.set_floor(floor)?;
-        Ok(!steps.is_empty())
+        Ok(!stops.is_empty())
     }
 
     pub(super) fn publish(&mut self) {
