@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Service, Truth, cluster, cluster_tool, create_topic, get_json, http_get, log_ends,
-    unique, wait_for, window_counts,
+    Cluster, Seen, Service, Truth, assign_from_start, cluster, cluster_tool, create_topic,
+    drop_within, get_json, http_get, kcat_produce_spread, log_ends, plain_consumer, seen, unique,
+    wait_for, window_counts,
 };
+use ipstats::kafka::batch::BatchQueue;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -628,4 +630,115 @@ fn fault_sigterm_under_heavy_ingest_exits_0_in_grace_and_rereads_nothing() {
         "the restart read only what was left"
     );
     assert_eq!((lost, double), (0, 0));
+}
+
+/// The batch path (src/kafka/batch.rs) holding records while the broker is
+/// killed: the held records stay readable, the batch calls keep returning
+/// through the outage, the client's errors still arrive on the consumer
+/// queue, and once the broker is back every record arrives exactly once,
+/// in offset order; afterwards the client shuts down (nothing leaked).
+#[test]
+fn fault_broker_killed_while_a_batch_is_held_every_record_arrives_once() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    const PARTITIONS: i32 = 2;
+    let topic = create_topic(&cluster, "batch-kill", PARTITIONS as u32);
+    let lines: Vec<Vec<u8>> = (0..200_000)
+        .map(|i| {
+            format!(
+                r#"{{"remote_addr":"10.1.{}.{}","n":{i}}}"#,
+                i % 256,
+                i % 251
+            )
+            .into_bytes()
+        })
+        .collect();
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &lines);
+
+    // A small prefetch, so most of the topic is still on the broker at the kill.
+    let consumer = plain_consumer(
+        &cluster.brokers,
+        &[
+            ("queued.max.messages.kbytes", "256"),
+            ("fetch.max.bytes", "1048576"),
+            ("message.max.bytes", "1048576"),
+            ("max.partition.fetch.bytes", "32768"),
+        ],
+    );
+    let mut queue = BatchQueue::new(&consumer, 2048).expect("queue");
+    assign_from_start(&consumer, Some(&queue), &topic, PARTITIONS);
+
+    let mut got: Vec<Seen> = Vec::with_capacity(lines.len());
+    let held: Vec<_> = wait_for("a first batch", WAIT, || {
+        let batch: Vec<_> = queue.fill(Duration::from_millis(500)).collect();
+        if batch.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(batch)
+        }
+    });
+    let held_at_kill = held.len();
+    let pid = cluster_tool(&["pid", "kafka"]).trim().to_string();
+    common::signal(&pid, "KILL");
+    let killed = Instant::now();
+
+    // Through the outage: what is held stays readable, and the calls return.
+    for record in &held {
+        got.push(seen(record.as_ref().expect("a record")));
+    }
+    let mut errors = 0;
+    let mut during_outage = 0;
+    while killed.elapsed() < Duration::from_secs(5) {
+        for record in queue.fill(Duration::from_millis(100)) {
+            got.push(seen(&record.expect("a record")));
+            during_outage += 1;
+        }
+        while let Some(event) = consumer.poll(Duration::ZERO) {
+            errors += usize::from(event.is_err());
+        }
+    }
+    assert!(
+        errors > 0,
+        "the broker's death reached the consumer queue as an error"
+    );
+    cluster_tool(&["start", "kafka"]);
+    let restarted = Instant::now();
+    drop(held);
+
+    wait_for("every record after the restart", WAIT, || {
+        for record in queue.fill(Duration::from_millis(200)) {
+            got.push(seen(&record.map_err(|e| e.to_string())?));
+        }
+        while consumer.poll(Duration::ZERO).is_some() {}
+        if got.len() >= lines.len() {
+            Ok(())
+        } else {
+            Err(format!("{} of {}", got.len(), lines.len()))
+        }
+    });
+    assert!(
+        queue.fill(Duration::from_millis(500)).is_empty(),
+        "nothing more"
+    );
+
+    let mut next = [0i64; PARTITIONS as usize];
+    for (partition, offset, _, payload) in &got {
+        let expected = &mut next[*partition as usize];
+        assert_eq!(
+            *offset, *expected,
+            "partition {partition}: in order, once each"
+        );
+        *expected += 1;
+        let i = *offset as usize * PARTITIONS as usize + *partition as usize;
+        assert_eq!(payload, &lines[i], "record {i}");
+    }
+    assert_eq!(got.len(), lines.len());
+    report(
+        "batch_held_broker_killed",
+        serde_json::json!({"records": lines.len(), "held_at_kill": held_at_kill, "read_during_outage": during_outage,
+            "errors_seen": errors, "restart_to_all_read_s": restarted.elapsed().as_secs_f64(), "lost": 0, "double_counted": 0}),
+    );
+    drop(queue);
+    drop_within(consumer, WAIT, "the batch consumer");
 }

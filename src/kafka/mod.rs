@@ -2,6 +2,7 @@
 //! cluster [`monitor`] learns about partitions and watermarks (off the
 //! ingest thread, so ingest never blocks on a metadata round trip).
 
+pub mod batch;
 pub mod monitor;
 
 use std::sync::Arc;

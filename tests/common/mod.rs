@@ -735,3 +735,70 @@ pub fn signal(pid: &str, signal: &str) {
         .expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
+
+/// A plain consumer (no ipstats around it) with `partitions` partitions of
+/// `topic` assigned from the beginning, their records routed to `queue` first
+/// when one is given. `extra` overrides client settings.
+#[allow(dead_code)] // only the batch tests read a topic this way
+pub fn plain_consumer(brokers: &str, extra: &[(&str, &str)]) -> rdkafka::consumer::BaseConsumer {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("plain"))
+        .set("enable.auto.commit", "false");
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+    config.create().expect("consumer")
+}
+
+/// Assigns `topic`'s partitions `0..partitions` from the beginning, routing
+/// each to `queue` before it is assigned when one is given.
+#[allow(dead_code)]
+pub fn assign_from_start(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    queue: Option<&ipstats::kafka::batch::BatchQueue<'_>>,
+    topic: &str,
+    partitions: i32,
+) {
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        if let Some(queue) = queue {
+            queue.route(topic, p).expect("route");
+        }
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.incremental_assign(&tpl).expect("assign");
+}
+
+/// What one consumed record carried: partition, offset, timestamp, payload.
+#[allow(dead_code)]
+pub type Seen = (i32, i64, Option<i64>, Vec<u8>);
+
+#[allow(dead_code)]
+pub fn seen(record: &impl ipstats::kafka::batch::Consumed) -> Seen {
+    (
+        record.partition(),
+        record.offset(),
+        record.timestamp_ms(),
+        record.payload().to_vec(),
+    )
+}
+
+/// Drops `value` on another thread and fails the test if that takes longer
+/// than `deadline` (librdkafka's shutdown waits forever for records still
+/// held, so a leaked record shows as a client that never goes away).
+#[allow(dead_code)]
+pub fn drop_within<T: Send + 'static>(value: T, deadline: Duration, what: &str) {
+    let (done, gone) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(value);
+        let _ = done.send(());
+    });
+    assert!(
+        gone.recv_timeout(deadline).is_ok(),
+        "{what} did not shut down within {deadline:?}: records were not destroyed"
+    );
+}

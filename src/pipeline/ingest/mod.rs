@@ -21,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus::{Gauge, IntCounter, IntGauge};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
@@ -30,6 +29,7 @@ use super::snapshot::build::Builder;
 use super::snapshot::{Counters, Published};
 use super::window::{Pane, Window};
 use crate::config::OffsetReset;
+use crate::kafka::batch::{BatchQueue, Consumed};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
@@ -48,6 +48,10 @@ pub use config::IngestConfig;
 /// back the window's end (the monitor refreshes the view every second).
 const VIEW_FRESH_FOR_EVENT_TIME: Duration = Duration::from_secs(3);
 
+/// Records taken from librdkafka per call at most (a few hundred kilobytes
+/// of typical lines).
+const RECORDS_PER_CALL: usize = 1024;
+
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -59,6 +63,8 @@ pub enum IngestError {
         partition: i32,
         source: KafkaError,
     },
+    #[error("creating the consumer's batch queue failed: {0}")]
+    Queue(KafkaError),
     #[error("consuming failed with --offset-reset fail: {0}")]
     ConsumeFailed(KafkaError),
     #[error(transparent)]
@@ -248,35 +254,34 @@ impl Ingest {
             state: mut st,
         } = self;
         st.tracker.start(Instant::now(), SystemTime::now());
-        st.assign_new_partitions(&consumer)?;
-        let mut since_clock = 0u32;
+        let mut queue = BatchQueue::new(&consumer, RECORDS_PER_CALL).map_err(IngestError::Queue)?;
+        st.assign_new_partitions(&consumer, &queue)?;
         while !stop.is_set() {
-            match consumer.poll(Duration::ZERO) {
-                Some(result) => {
-                    st.handle(&consumer, result)?;
-                    // Read the clock once per run of records, not per record.
-                    since_clock += 1;
-                    if since_clock < 256 {
-                        continue;
-                    }
-                    since_clock = 0;
+            // The consumer queue carries the client's errors and logs (served
+            // by the Kafka context) and the records of a partition that could
+            // not be routed to the batch queue.
+            if let Some(result) = consumer.poll(Duration::ZERO) {
+                st.handle_result(&consumer, result)?;
+            }
+            let mut wait = Duration::ZERO;
+            if queue.is_empty() {
+                // Partitions found while idle (at start-up, or a topic that
+                // appears) are assigned at once, not at the next batch.
+                if st.links.view.has_changed().unwrap_or(false) {
+                    st.assign_new_partitions(&consumer, &queue)?;
                 }
-                None => {
-                    // Partitions found while idle (at start-up, or a topic that
-                    // appears) are assigned at once, not at the next batch.
-                    if st.links.view.has_changed().unwrap_or(false) {
-                        st.assign_new_partitions(&consumer)?;
-                    }
-                    let now = Instant::now();
-                    let wait = st.tracker.until_due(now);
-                    if !wait.is_zero() {
-                        let polled = consumer.poll(wait.min(Duration::from_millis(100)));
-                        st.tracker.idle(now.elapsed());
-                        if let Some(result) = polled {
-                            st.handle(&consumer, result)?;
-                        }
-                    }
-                }
+                wait = st
+                    .tracker
+                    .until_due(Instant::now())
+                    .min(Duration::from_millis(100));
+            }
+            let waited = Instant::now();
+            let batch = queue.fill(wait);
+            if !wait.is_zero() {
+                st.tracker.idle(waited.elapsed());
+            }
+            for result in batch {
+                st.handle_result(&consumer, result)?;
             }
             let now = Instant::now();
             if st.tracker.is_due(now) {
@@ -284,7 +289,7 @@ impl Ingest {
                 while st.tracker.is_due(now) {
                     st.close_batch(&consumer)?;
                 }
-                st.assign_new_partitions(&consumer)?;
+                st.assign_new_partitions(&consumer, &queue)?;
             }
         }
         st.close_batch(&consumer)?;
@@ -330,13 +335,14 @@ fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, g
 }
 
 impl State {
-    fn handle(
+    /// One record, or one consume error, from either queue.
+    fn handle_result(
         &mut self,
         consumer: &KafkaConsumer,
-        result: Result<BorrowedMessage<'_>, KafkaError>,
+        result: Result<impl Consumed, KafkaError>,
     ) -> Result<(), IngestError> {
-        let message = match result {
-            Ok(m) => m,
+        match result {
+            Ok(message) => self.handle(consumer, &message),
             Err(error) => {
                 self.links.metrics.kafka_errors.inc();
                 if self.config.offset_reset == OffsetReset::Fail {
@@ -345,9 +351,16 @@ impl State {
                 if let Some(repeats) = self.logs.admit(&error.to_string(), Instant::now()) {
                     warn!(%error, "consume error{}", repeats_note(repeats, log_limit::EVERY));
                 }
-                return Ok(());
+                Ok(())
             }
-        };
+        }
+    }
+
+    fn handle(
+        &mut self,
+        consumer: &KafkaConsumer,
+        message: &impl Consumed,
+    ) -> Result<(), IngestError> {
         let partition = message.partition();
         let topic = self.tracker.needs_topic().then(|| message.topic());
         let Some(slot) = self.tracker.slot(topic, partition) else {
@@ -361,12 +374,9 @@ impl State {
                 .map(|p| p.low);
             (log_start, SystemTime::now())
         };
-        let verdict = self.tracker.record(
-            slot,
-            message.offset(),
-            message.timestamp().to_millis(),
-            on_gap,
-        );
+        let verdict = self
+            .tracker
+            .record(slot, message.offset(), message.timestamp_ms(), on_gap);
         match verdict {
             Verdict::Count => {}
             Verdict::CountAfterLoss(reset) => {
@@ -388,16 +398,18 @@ impl State {
                 return Ok(());
             }
         }
-        self.counter.push(
-            message.payload().unwrap_or_default(),
-            slot,
-            message.timestamp().to_millis(),
-        )?;
+        self.counter
+            .push(message.payload(), slot, message.timestamp_ms())?;
         Ok(())
     }
 
-    /// Assigns partitions the monitor found that are not assigned yet.
-    fn assign_new_partitions(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+    /// Assigns partitions the monitor found that are not assigned yet, their
+    /// records routed to `queue` first.
+    fn assign_new_partitions(
+        &mut self,
+        consumer: &KafkaConsumer,
+        queue: &BatchQueue<'_>,
+    ) -> Result<(), IngestError> {
         let view = self.links.view.borrow_and_update().clone();
         if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
             return Ok(());
@@ -417,6 +429,11 @@ impl State {
         };
         let mut tpl = TopicPartitionList::new();
         for s in &starts {
+            if let Err(error) = queue.route(&s.topic, s.partition) {
+                // Its records then come through the consumer queue: slower, not lost.
+                warn!(%error, topic = %s.topic, partition = s.partition,
+                    "partition read one record per call");
+            }
             tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.started.offset))
                 .map_err(|e| assign_error(&s.topic, s.partition, e))?;
         }
