@@ -272,6 +272,8 @@ section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd goaccess "$round" goaccess "$DATA" --log-format="$GOACCESS_FORMAT" \
     --date-format='%d/%b/%Y' --time-format='%H:%M:%S' --no-global-config -o "$OUT/goaccess.json"
   time_cmd "ipstats count" "$round" "$BIN" count "$DATA" -n 100
+  # The physical floor of reading the lines.
+  time_cmd "wc -l" "$round" wc -l "$DATA"
 done
 
 # The same requests as nginx's default `combined` text: GoAccess's home ground.
@@ -283,10 +285,24 @@ if section file && { [ "$(topic_size "$CLF_TOPIC")" != "$LINES" ] || [ ! -s "$CL
   "$BIN" produce --brokers "$BROKERS" --topic "$CLF_TOPIC" --partitions "$PARTITIONS" --count "$LINES" \
     --rate 0 --ips 100000 --zipf 1.1 --seed 5 --malformed-ratio 0.01 --format clf --out "$CLF_DATA" >&2
 fi
+# The same CLF lines as a shipper (Filebeat, Vector) sends them: a JSON
+# envelope whose `message` holds the line.
+ENVELOPE_DATA="$OUT/lines-$LINES.envelope"
+if section file && [ ! -s "$ENVELOPE_DATA" ]; then
+  python3 -c '
+import json, sys
+out = sys.stdout
+for line in sys.stdin.buffer:
+    out.write(json.dumps({"@timestamp": "2026-11-24T06:35:13.000Z",
+        "message": line.rstrip(b"\n").decode("utf-8", "replace"),
+        "log": {"file": {"path": "/var/log/nginx/access.log"}}}) + "\n")
+' <"$CLF_DATA" >"$ENVELOPE_DATA"
+fi
 section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd "goaccess clf" "$round" goaccess "$CLF_DATA" --log-format=COMBINED --no-global-config \
     -o "$OUT/goaccess-clf.json"
   time_cmd "ipstats count clf" "$round" "$BIN" count --format clf "$CLF_DATA" -n 100
+  time_cmd "ipstats count envelope" "$round" "$BIN" count --format clf --envelope message "$ENVELOPE_DATA" -n 100
 done
 
 # ---- memory per distinct IP ----------------------------------------------------------
@@ -383,7 +399,7 @@ if section query; then query_rows; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "goaccess clf", "ipstats count clf"]
+NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -410,6 +426,31 @@ ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", p
 ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
 ratio("ipstats count / GoAccess records/s on CLF (combined)", "ipstats count clf", "goaccess clf", rate, 1)
+ratio("ipstats count / wc -l on the JSON file, wall time", "wc -l", "ipstats count", rate, 2)
+
+# Budgets: each a ratio or a latency measured in this run, against its bound.
+budgets = []
+def budget(text, value, ok):
+    if value is not None:
+        budgets.append(f"| {text} | {value} | {'met' if ok else '**not met**'} |")
+def r(a, b, table=rate):
+    return table[a] / table[b] if a in table and b in table else None
+v = r("ipstats", "kcat")
+budget("ipstats end to end >= 1.0x kcat (records/s)", v and f"{v:.2f}x", v and v >= 1.0)
+v = r("ipstats", "ipstats by arrival time")
+budget("event time >= 0.9x arrival time", v and f"{v:.2f}x", v and v >= 0.9)
+v = r("ipstats with 100 rules", "ipstats")
+budget("100 rules >= 0.95x none", v and f"{v:.2f}x", v and v >= 0.95)
+v = r("ipstats with 1000 event streams", "ipstats")
+budget("1,000 event streams (n=100) cost <= 5% of ingest", v and f"{v:.2f}x", v and v >= 0.95)
+v = r("ipstats count clf", "ipstats count")
+budget("CLF lines >= 0.8x the JSON rate (ipstats count)", v and f"{v:.2f}x", v and v >= 0.8)
+v = r("ipstats count envelope", "ipstats count")
+budget("CLF in an envelope >= 0.8x the JSON rate (ipstats count)", v and f"{v:.2f}x", v and v >= 0.8)
+v = r("ipstats count", "goaccess")
+budget("ipstats count >= 100x GoAccess", v and f"{v:.1f}x", v and v >= 100)
+v = r("wc -l", "ipstats count")
+budget("ipstats count within 2x of wc -l (wall)", v and f"{v:.2f}x", v and v <= 2)
 if "ipstats" in rate and "ipstats under wrk" in rate:
     print(f"ingest slow-down under wrk: {100 * (1 - rate['ipstats under wrk'] / rate['ipstats']):.0f}%")
 if "ipstats" in rate and "ipstats with 1000 event streams" in rate:
@@ -432,4 +473,12 @@ if "adhoc" in by:
           f"({b['adhoc_answered']} answered, {b['adhoc_refused']} refused with 503); {b['requests_per_s'] / a['requests_per_s']:.2f}x the requests/s")
 if "query memory" in by:
     print(f"  memory with --retention 1h: {by['query memory']['bytes_per_address_per_pane']:.1f} bytes per address per pane")
+if "adhoc" in by:
+    v = by["adhoc"]["p99_ms"]
+    budget(f"ad-hoc window p99 <= 50 ms at {by['pane']['distinct_ips']:,} addresses", f"{v:.1f} ms", v <= 50)
+if budgets:
+    print()
+    print("| budget | measured | |")
+    print("|---|---:|---|")
+    print("\n".join(budgets))
 EOF
