@@ -112,6 +112,10 @@ fn read_blocks(
     full: &mpsc::SyncSender<Vec<u8>>,
     empty: &mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
+    let send = |block| {
+        full.send(block)
+            .map_err(|_| io::Error::other("the counting threads are gone"))
+    };
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let mut block = empty.try_recv().unwrap_or_default();
@@ -119,10 +123,11 @@ fn read_blocks(
         block.append(&mut carry);
         let read = input.by_ref().take(block_bytes).read_to_end(&mut block)?;
         if read == 0 {
-            if !block.is_empty() && full.send(block).is_err() {
-                return Err(io::Error::other("the counting threads are gone"));
-            }
-            return Ok(());
+            return if block.is_empty() {
+                Ok(())
+            } else {
+                send(block)
+            };
         }
         match memchr::memrchr(b'\n', &block) {
             Some(end) => carry.extend_from_slice(&block[end + 1..]),
@@ -133,9 +138,7 @@ fn read_blocks(
             }
         }
         block.truncate(block.len() - carry.len());
-        if full.send(block).is_err() {
-            return Err(io::Error::other("the counting threads are gone"));
-        }
+        send(block)?;
     }
 }
 
