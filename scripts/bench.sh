@@ -137,7 +137,8 @@ healthz_max_ms() {
 }
 
 # wait_consumed PORT TOTAL PID: until every record is counted (lag 0 everywhere);
-# prints the time it happened. Polls in-process, so the wait takes no CPU from ipstats.
+# prints the time it happened and the time the first records were. Polls
+# in-process, so the wait takes no CPU from ipstats.
 wait_consumed() {
   scripts/wait-consumed.py "$1" "$2" "$3" 900 || { log "$(tail -5 "$OUT/ipstats.log")"; exit 1; }
 }
@@ -149,7 +150,7 @@ wait_consumed() {
 # streams at n=100 are open; with `arrival`, by arrival time; with `rules`,
 # with 100 rules loaded (addresses, /24s and /64s over 1 min and 10 min).
 ipstats_round() {
-  local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" ended cpu hwm wall healthz=""
+  local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" timing ended first cpu hwm wall healthz=""
   port=$(free_port)
   dir=$(mktemp -d)
   started=$(date +%s.%N)
@@ -175,7 +176,9 @@ ipstats_round() {
     done
     healthz=$(healthz_max_ms "$port" 20)
   fi
-  ended=$(wait_consumed "$port" "$LINES" "$pid")
+  timing=$(wait_consumed "$port" "$LINES" "$pid")
+  ended=${timing% *}
+  first=${timing#* }
   if [ -n "$wrk_pid" ]; then
     kill -INT "$wrk_pid"
     wait "$wrk_pid" || true
@@ -191,9 +194,10 @@ ipstats_round() {
   stop_ipstats "$pid"
   rm -rf "$dir"
   wall=$(num "$ended - $started")
-  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
-    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm")"
-  log "$name round $round: ${wall}s wall, ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
+  first=$(num "$first - $started")
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d,"first_s":%s}' \
+    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm" "$first")"
+  log "$name round $round: ${wall}s wall (first records counted after ${first}s), ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
   if [ -n "$wrk_pid" ]; then
     local rps p99
     rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
@@ -416,6 +420,10 @@ for name in NAMES:
     per_cpu[name] = records / cpu if cpu else float("nan")
     print(f"| {name} | {rounds} | {rate[name]:,.0f} | {cpu:.2f} | {per_cpu[name]:,.0f} | {rss / 1024:.0f} |")
 print()
+startup = [f"{name} {median(name, 'first_s'):.2f}" for name in NAMES if median(name, "first_s") is not None]
+if startup:
+    print("start until the first records are counted, s (median; part of each wall time above): " + "; ".join(startup))
+    print()
 def ratio(text, a, b, table, digits):
     if a in table and b in table:
         print(f"{text}: {table[a] / table[b]:.{digits}f}x")

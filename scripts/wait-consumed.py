@@ -5,9 +5,9 @@
 
 Polls GET /api/v1/status every 20 ms over one keep-alive connection (no
 process per poll, so the measurement takes next to no CPU from what it
-measures) and prints the wall-clock time (epoch seconds) at which
-`records_consumed` first reached TOTAL. Exits 1 if PID dies or the deadline
-passes first.
+measures) and prints two wall-clock times (epoch seconds): when
+`records_consumed` first reached TOTAL, and when it was first above zero (the
+start-up part of a run). Exits 1 if PID dies or the deadline passes first.
 """
 import http.client
 import json
@@ -20,6 +20,7 @@ def main():
     port, total, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     deadline = time.monotonic() + (float(sys.argv[4]) if len(sys.argv) > 4 else 900)
     conn = None
+    first = None
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -31,9 +32,13 @@ def main():
             conn.request("GET", "/api/v1/status")
             response = conn.getresponse()
             body = response.read()
-            if response.status == 200 and json.loads(body)["records_consumed"] >= total:
-                print(f"{time.time():.3f}")
-                return
+            if response.status == 200:
+                consumed = json.loads(body)["records_consumed"]
+                if consumed > 0 and first is None:
+                    first = time.time()
+                if consumed >= total:
+                    print(f"{time.time():.3f} {first:.3f}")
+                    return
         except (OSError, http.client.HTTPException, ValueError, KeyError):
             conn = None
         time.sleep(0.02)

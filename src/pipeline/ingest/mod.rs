@@ -22,7 +22,7 @@ use prometheus::{Gauge, IntCounter, IntGauge};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::counter::{Counter, CounterGone};
 use super::snapshot::build::Builder;
@@ -51,6 +51,10 @@ const VIEW_FRESH_FOR_EVENT_TIME: Duration = Duration::from_secs(3);
 /// Records taken from librdkafka per call at most (a few hundred kilobytes
 /// of typical lines).
 const RECORDS_PER_CALL: usize = 1024;
+
+/// How long assignment waits for a topic's metadata (a round trip when the
+/// cluster is up; the monitor has just reached it).
+const METADATA_WARM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +307,23 @@ impl Ingest {
     }
 }
 
+/// Asks the cluster for each topic about to be assigned, so that librdkafka
+/// knows its partitions' leaders when the assignment lands. A topic the
+/// client has not yet seen otherwise waits for librdkafka's once-a-second
+/// scan of unknown topics when its first request for it is lost to the
+/// bootstrap connection being replaced: up to a second before the first
+/// fetch. A failure here only means that wait; it is logged at debug.
+fn warm_metadata(consumer: &KafkaConsumer, starts: &[tracker::Start]) {
+    let mut topics: Vec<&str> = starts.iter().map(|s| &*s.topic).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for topic in topics {
+        if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_WARM_TIMEOUT) {
+            debug!(%error, %topic, "metadata before assignment not fetched");
+        }
+    }
+}
+
 /// Logs and counts one partition that does not continue from where it was,
 /// found at assignment or on a gap in its offsets. Always a warning: a reset
 /// means records are counted again, skipped or lost.
@@ -427,6 +448,7 @@ impl State {
             partition,
             source,
         };
+        warm_metadata(consumer, &starts);
         let mut tpl = TopicPartitionList::new();
         for s in &starts {
             if let Err(error) = queue.route(&s.topic, s.partition) {
