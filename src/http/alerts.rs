@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -29,8 +30,8 @@ pub struct BlocklistQuery {
 
 #[derive(Serialize)]
 struct Entry {
-    key: String,
-    rule: String,
+    key: Arc<str>,
+    rule: Arc<str>,
     since: String,
     /// Listed until the rule resolves: no fixed expiry.
     expires: Option<String>,

@@ -169,6 +169,27 @@ impl SortedCounts {
             .chain(self.v6_counts.iter().copied())
     }
 
+    /// Calls `f(address, count here, count in newer)` for each address
+    /// whose count differs (0 where one lacks it), in one pass over both
+    /// sorted lists: what a running count must change when this pane is
+    /// replaced by `newer`.
+    pub fn for_each_change(&self, newer: &SortedCounts, mut f: impl FnMut(IpKey, u32, u32)) {
+        for_each_change_sorted(
+            self.v4.iter().copied(),
+            newer.v4.iter().copied(),
+            |a, x, y| f(IpKey::from_v4_bits(a), x, y),
+        );
+        for_each_change_sorted(
+            self.v6.iter().copied().zip(self.v6_counts.iter().copied()),
+            newer
+                .v6
+                .iter()
+                .copied()
+                .zip(newer.v6_counts.iter().copied()),
+            |a, x, y| f(IpKey::from_bits(a), x, y),
+        );
+    }
+
     /// Both counts added address by address (a pane that received more
     /// records), in one pass over the two sorted lists.
     pub fn merged(&self, other: &SortedCounts) -> SortedCounts {
@@ -185,6 +206,40 @@ impl SortedCounts {
             v4: v4.into_boxed_slice(),
             v6: v6.iter().map(|e| e.0).collect(),
             v6_counts: v6.iter().map(|e| e.1).collect(),
+        }
+    }
+}
+
+/// Calls `f(address, count before, count after)` for each address whose
+/// count differs between two address-sorted lists (0 where one lacks it).
+fn for_each_change_sorted<K: Ord + Copy>(
+    before: impl Iterator<Item = (K, u32)>,
+    after: impl Iterator<Item = (K, u32)>,
+    mut f: impl FnMut(K, u32, u32),
+) {
+    let (mut a, mut b) = (before.peekable(), after.peekable());
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                if x.1 != y.1 {
+                    f(x.0, x.1, y.1);
+                }
+                a.next();
+                b.next();
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                f(x.0, x.1, 0);
+                a.next();
+            }
+            (_, Some(y)) => {
+                f(y.0, 0, y.1);
+                b.next();
+            }
+            (Some(x), None) => {
+                f(x.0, x.1, 0);
+                a.next();
+            }
+            (None, None) => break,
         }
     }
 }
@@ -296,6 +351,41 @@ mod tests {
                 expected.add(ip, n);
             }
             prop_assert_eq!(merged, SortedCounts::from(&expected));
+        }
+
+        #[test]
+        fn changes_are_every_address_whose_count_differs(
+            a in prop::collection::hash_map(0u32..64, 1u32..9, 0..40),
+            b in prop::collection::hash_map(0u32..64, 1u32..9, 0..40),
+            a6 in prop::collection::hash_map(0u128..16, 1u32..9, 0..10),
+            b6 in prop::collection::hash_map(0u128..16, 1u32..9, 0..10),
+        ) {
+            let build = |v4: &std::collections::HashMap<u32, u32>, v6: &std::collections::HashMap<u128, u32>| {
+                let mut map = IpMap::default();
+                for (&k, &n) in v4 {
+                    map.insert(IpKey::from_v4_bits(k), n);
+                }
+                for (&k, &n) in v6 {
+                    map.insert(IpKey::from_bits(k | 1 << 100), n);
+                }
+                map
+            };
+            let (ma, mb) = (build(&a, &a6), build(&b, &b6));
+            let (before, after) = (SortedCounts::from(&ma), SortedCounts::from(&mb));
+            let mut seen = Vec::new();
+            before.for_each_change(&after, |ip, x, y| seen.push((ip, x, y)));
+            let mut expected: Vec<(IpKey, u32, u32)> = ma
+                .iter()
+                .map(|(ip, _)| ip)
+                .chain(mb.iter().map(|(ip, _)| ip))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|ip| (ip, ma.get(ip).unwrap_or(0), mb.get(ip).unwrap_or(0)))
+                .filter(|(_, x, y)| x != y)
+                .collect();
+            expected.sort();
+            seen.sort();
+            prop_assert_eq!(seen, expected);
         }
     }
 }

@@ -57,21 +57,47 @@ impl Aggregate {
             let Some(network) = self.network(ip) else {
                 continue;
             };
-            let n = u64::from(n);
             if add {
-                let count = self.counts.entry(network).or_insert(0);
-                *count += n;
-                if *count >= self.floor {
-                    self.above.insert(network);
+                self.add(network, u64::from(n));
+            } else {
+                self.subtract(network, u64::from(n));
+            }
+        }
+    }
+
+    /// `old` replaced by `new`, the same pane with more records in it: only
+    /// the addresses whose count changed are touched.
+    fn replace(&mut self, old: &Pane, new: &Pane) {
+        self.total = (self.total + new.requests).saturating_sub(old.requests);
+        old.counts
+            .for_each_change(&new.counts, |ip, before, after| {
+                let Some(network) = self.network(ip) else {
+                    return;
+                };
+                if after > before {
+                    self.add(network, u64::from(after - before));
+                } else {
+                    self.subtract(network, u64::from(before - after));
                 }
-            } else if let Some(count) = self.counts.get_mut(&network) {
-                *count = count.saturating_sub(n);
-                if *count < self.floor {
-                    self.above.remove(&network);
-                }
-                if *count == 0 {
-                    self.counts.remove(&network);
-                }
+            });
+    }
+
+    fn add(&mut self, network: Network, n: u64) {
+        let count = self.counts.entry(network).or_insert(0);
+        *count += n;
+        if *count >= self.floor {
+            self.above.insert(network);
+        }
+    }
+
+    fn subtract(&mut self, network: Network, n: u64) {
+        if let Some(count) = self.counts.get_mut(&network) {
+            *count = count.saturating_sub(n);
+            if *count < self.floor {
+                self.above.remove(&network);
+            }
+            if *count == 0 {
+                self.counts.remove(&network);
             }
         }
     }
@@ -85,11 +111,29 @@ impl Aggregate {
         let before: FxHashSet<usize> = self.included.iter().map(ptr).collect();
         let after: FxHashSet<usize> = now.iter().map(ptr).collect();
         let included = std::mem::take(&mut self.included);
-        for pane in included.iter().filter(|p| !after.contains(&ptr(p))) {
+        // A pane that left and one that entered with the same start are one
+        // pane that late records joined.
+        let mut left: FxHashMap<SystemTime, &Arc<Pane>> = included
+            .iter()
+            .filter(|p| !after.contains(&ptr(p)))
+            .map(|p| (p.start, p))
+            .collect();
+        let entered: Vec<&Arc<Pane>> = now.iter().filter(|p| !before.contains(&ptr(p))).collect();
+        let replaced: Vec<(&Arc<Pane>, &Arc<Pane>)> = entered
+            .iter()
+            .filter_map(|new| left.remove(&new.start).map(|old| (old, *new)))
+            .collect();
+        for pane in left.values() {
             self.apply(pane, false);
         }
-        for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
-            self.apply(pane, true);
+        for (old, new) in &replaced {
+            self.replace(old, new);
+        }
+        let replacing: FxHashSet<usize> = replaced.iter().map(|(_, new)| ptr(new)).collect();
+        for pane in entered {
+            if !replacing.contains(&ptr(pane)) {
+                self.apply(pane, true);
+            }
         }
         self.included = now;
     }
@@ -103,28 +147,47 @@ type RuleState = (
 );
 
 /// What one rule knows about one key.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum KeyState {
     /// Over the threshold since this event time, not yet for `for`.
-    Pending {
-        since: SystemTime,
-    },
-    Firing {
-        since: SystemTime,
-    },
+    Pending { since: SystemTime },
+    /// `text` is the key as `/api/v1/alerts` shows it, made once.
+    Firing { since: SystemTime, text: Arc<str> },
+}
+
+/// A rule's words as every view shows them: shared, not copied per view.
+#[derive(Debug)]
+struct Labels {
+    name: Arc<str>,
+    severity: Arc<str>,
+    description: Arc<str>,
+}
+
+impl Labels {
+    fn of(rule: &Rule) -> Self {
+        Labels {
+            name: rule.name.as_str().into(),
+            severity: rule.severity.as_str().into(),
+            description: rule.description.as_str().into(),
+        }
+    }
 }
 
 /// The rules and their state.
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
+    /// Of each rule.
+    labels: Vec<Labels>,
+    /// The rules' indices in name order (the order of the view).
+    by_name: Vec<usize>,
     aggregates: Vec<Aggregate>,
     /// The aggregate of each rule.
     of_rule: Vec<usize>,
     states: Vec<FxHashMap<Network, KeyState>>,
     /// When each rule last resolved each key (for `cooldown`).
     resolved: Vec<FxHashMap<Network, SystemTime>>,
-    transitions: VecDeque<Transition>,
+    transitions: VecDeque<Arc<Transition>>,
     recorded: u64,
     batch: Duration,
     /// Keys that fired under a rule since changed or removed: they resolve
@@ -145,6 +208,8 @@ impl Engine {
     pub fn new(rules: Vec<Rule>, batch: Duration) -> Self {
         let mut engine = Engine {
             rules: Vec::new(),
+            labels: Vec::new(),
+            by_name: Vec::new(),
             aggregates: Vec::new(),
             of_rule: Vec::new(),
             states: Vec::new(),
@@ -237,6 +302,10 @@ impl Engine {
                 }
             }
         }
+        self.labels = rules.iter().map(Labels::of).collect();
+        self.by_name = (0..rules.len()).collect();
+        self.by_name
+            .sort_by(|&a, &b| rules[a].name.cmp(&rules[b].name));
         self.rules = rules;
     }
 
@@ -312,29 +381,19 @@ impl Engine {
                 }
             }
             for (key, value) in over {
-                match states.get(&key).copied() {
-                    Some(KeyState::Firing { .. }) => {}
-                    state => {
-                        let since = match state {
-                            Some(KeyState::Pending { since }) => since,
-                            _ => end,
-                        };
-                        let held = end.duration_since(since).unwrap_or_default() >= rule.hold_for;
-                        if held && !resolved.contains_key(&key) {
-                            states.insert(key, KeyState::Firing { since: end });
-                            new.push(transition(
-                                rule,
-                                key,
-                                State::Firing,
-                                value,
-                                threshold,
-                                window,
-                                end,
-                            ));
-                        } else {
-                            states.insert(key, KeyState::Pending { since });
-                        }
-                    }
+                let since = match states.get(&key) {
+                    Some(KeyState::Firing { .. }) => continue,
+                    Some(KeyState::Pending { since }) => *since,
+                    None => end,
+                };
+                let held = end.duration_since(since).unwrap_or_default() >= rule.hold_for;
+                if held && !resolved.contains_key(&key) {
+                    let t = transition(rule, key, State::Firing, value, threshold, window, end);
+                    let text = t.key.as_str().into();
+                    states.insert(key, KeyState::Firing { since: end, text });
+                    new.push(t);
+                } else {
+                    states.insert(key, KeyState::Pending { since });
                 }
             }
         }
@@ -362,7 +421,7 @@ impl Engine {
                 let (mut firing, mut pending) = (Vec::new(), Vec::new());
                 for (key, state) in states {
                     match state {
-                        KeyState::Firing { since } => firing.push((key.to_string(), ms(since))),
+                        KeyState::Firing { since, .. } => firing.push((key.to_string(), ms(since))),
                         KeyState::Pending { since } => pending.push((key.to_string(), ms(since))),
                     }
                 }
@@ -390,7 +449,7 @@ impl Engine {
                 .skip(skip)
                 .map(|t| Transition {
                     seq: 0,
-                    ..t.clone()
+                    ..Transition::clone(t)
                 })
                 .collect(),
         }
@@ -419,7 +478,8 @@ impl Engine {
                 self.states[r].insert(key, KeyState::Pending { since });
             }
             for (key, since) in keys(&old.firing) {
-                self.states[r].insert(key, KeyState::Firing { since });
+                let text = key_text(key, rule.key).into();
+                self.states[r].insert(key, KeyState::Firing { since, text });
             }
             self.resolved[r].extend(keys(&old.resolved));
         }
@@ -434,32 +494,36 @@ impl Engine {
         if self.transitions.len() == RECENT_TRANSITIONS {
             self.transitions.pop_front();
         }
-        self.transitions.push_back(t);
+        self.transitions.push_back(Arc::new(t));
     }
 
     /// What `/api/v1/alerts` and `/api/v1/blocklist` show.
     pub fn view(&self) -> AlertsView {
+        // Rule by rule in name order, each rule's keys in address order:
+        // no text is made here, only shared.
         let mut firing = Vec::new();
-        for (r, rule) in self.rules.iter().enumerate() {
+        for &r in &self.by_name {
+            let (rule, labels) = (&self.rules[r], &self.labels[r]);
             let aggregate = &self.aggregates[self.of_rule[r]];
             let threshold = rule.threshold.needed(aggregate.total).unwrap_or(u64::MAX);
+            let first = firing.len();
             for (key, state) in &self.states[r] {
-                if let KeyState::Firing { since } = state {
+                if let KeyState::Firing { since, text } = state {
                     firing.push(Firing {
-                        rule: rule.name.clone(),
-                        key: key_text(*key, rule.key),
+                        rule: labels.name.clone(),
+                        key: text.clone(),
                         value: aggregate.counts.get(key).copied().unwrap_or(0),
                         threshold,
                         since: *since,
                         block: rule.block,
-                        severity: rule.severity.clone(),
+                        severity: labels.severity.clone(),
                         network: *key,
-                        description: rule.description.clone(),
+                        description: labels.description.clone(),
                     });
                 }
             }
+            firing[first..].sort_unstable_by_key(|f| f.network);
         }
-        firing.sort_by(|a, b| a.rule.cmp(&b.rule).then(a.network.cmp(&b.network)));
         AlertsView {
             firing,
             transitions: self.transitions.iter().rev().cloned().collect(),
@@ -782,5 +846,62 @@ mod tests {
             ],
             "the old rules' keys resolve first, then the new rule fires afresh"
         );
+    }
+
+    proptest::proptest! {
+        /// Panes entering, leaving and replaced by fuller versions of
+        /// themselves (late records) in any order: the running counts, the
+        /// keys at or over the floor and the total are what counting the
+        /// window's panes afresh gives.
+        #[test]
+        fn running_counts_equal_a_recount_after_any_slides(
+            steps in proptest::collection::vec(
+                (0u64..8, proptest::collection::vec((0u32..12, 1u32..4), 0..6)),
+                1..40,
+            ),
+            networks in proptest::bool::ANY,
+        ) {
+            let key = if networks { Key::V4(24) } else { Key::Ip };
+            let mut aggregate = Aggregate {
+                key,
+                panes: 3,
+                floor: 4,
+                counts: FxHashMap::default(),
+                above: FxHashSet::default(),
+                total: 0,
+                included: Vec::new(),
+            };
+            let mut panes: std::collections::BTreeMap<u64, Arc<Pane>> = Default::default();
+            for (second, records) in steps {
+                let texts: Vec<(String, u32)> = records
+                    .iter()
+                    .map(|(i, n)| (format!("10.0.{}.{}", i / 4, i % 4), *n))
+                    .collect();
+                let refs: Vec<(&str, u32)> = texts.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+                let more = pane(second, &refs);
+                let joined = match panes.remove(&second) {
+                    Some(old) => Arc::new(old.merged((*more).clone())),
+                    None => more,
+                };
+                panes.insert(second, joined);
+                let window: Vec<Arc<Pane>> = panes.values().cloned().collect();
+                aggregate.sync(&[], &window);
+
+                let mut expected: FxHashMap<Network, u64> = FxHashMap::default();
+                let mut total = 0;
+                for p in window.iter().rev().take(3) {
+                    total += p.requests;
+                    for (ip, n) in p.counts.iter() {
+                        *expected.entry(aggregate.network(ip).expect("v4")).or_insert(0) += u64::from(n);
+                    }
+                }
+                expected.retain(|_, n| *n > 0);
+                proptest::prop_assert_eq!(&aggregate.counts, &expected);
+                proptest::prop_assert_eq!(aggregate.total, total);
+                let over: FxHashSet<Network> =
+                    expected.iter().filter(|(_, n)| **n >= 4).map(|(k, _)| *k).collect();
+                proptest::prop_assert_eq!(&aggregate.above, &over);
+            }
+        }
     }
 }

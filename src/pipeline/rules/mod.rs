@@ -92,19 +92,19 @@ pub struct Transition {
 /// A key breaking a rule now.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Firing {
-    pub rule: String,
-    pub key: String,
+    pub rule: Arc<str>,
+    pub key: Arc<str>,
     pub value: u64,
     pub threshold: u64,
     #[serde(serialize_with = "time")]
     pub since: SystemTime,
-    pub severity: String,
+    pub severity: Arc<str>,
     /// Listed in the block list while firing.
     pub block: bool,
     #[serde(skip)]
     pub network: Network,
     #[serde(skip)]
-    pub description: String,
+    pub description: Arc<str>,
 }
 
 /// What `/api/v1/alerts` answers.
@@ -112,7 +112,7 @@ pub struct Firing {
 pub struct AlertsView {
     pub firing: Vec<Firing>,
     /// Newest first.
-    pub transitions: Vec<Transition>,
+    pub transitions: Vec<Arc<Transition>>,
 }
 
 /// The rules' state as the checkpoint keeps it, so that a restart (even
