@@ -194,10 +194,17 @@ ipstats_round() {
   stop_ipstats "$pid"
   rm -rf "$dir"
   wall=$(num "$ended - $started")
-  first=$(num "$first - $started")
-  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d,"first_s":%s}' \
-    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm" "$first")"
-  log "$name round $round: ${wall}s wall (first records counted after ${first}s), ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
+  # Known only when polling began before the first records were counted
+  # (not with wrk or event streams, which start first).
+  local first_json="" first_text=""
+  if [ "$first" != - ]; then
+    first=$(num "$first - $started")
+    first_json=",\"first_s\":$first"
+    first_text=" (first records counted after ${first}s)"
+  fi
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d%s}' \
+    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm" "$first_json")"
+  log "$name round $round: ${wall}s wall$first_text, ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
   if [ -n "$wrk_pid" ]; then
     local rps p99
     rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")

@@ -7,7 +7,8 @@ Polls GET /api/v1/status every 20 ms over one keep-alive connection (no
 process per poll, so the measurement takes next to no CPU from what it
 measures) and prints two wall-clock times (epoch seconds): when
 `records_consumed` first reached TOTAL, and when it was first above zero (the
-start-up part of a run). Exits 1 if PID dies or the deadline passes first.
+start-up part of a run; `-` if the first answer already counted records).
+Exits 1 if PID dies or the deadline passes first.
 """
 import http.client
 import json
@@ -21,6 +22,7 @@ def main():
     deadline = time.monotonic() + (float(sys.argv[4]) if len(sys.argv) > 4 else 900)
     conn = None
     first = None
+    polled = False
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -35,9 +37,10 @@ def main():
             if response.status == 200:
                 consumed = json.loads(body)["records_consumed"]
                 if consumed > 0 and first is None:
-                    first = time.time()
+                    first = time.time() if polled else "-"
+                polled = True
                 if consumed >= total:
-                    print(f"{time.time():.3f} {first:.3f}")
+                    print(f"{time.time():.3f} {first if first == '-' else f'{first:.3f}'}")
                     return
         except (OSError, http.client.HTTPException, ValueError, KeyError):
             conn = None

@@ -204,16 +204,50 @@ const BLOCK: usize = 16 * 1024;
 /// Every `SAMPLE`-th key of each run is a candidate block boundary.
 const SAMPLE: usize = 256;
 
+/// Merges of at least this many entries are shared among the cores: each
+/// takes a contiguous share of the blocks (a thread costs tens of
+/// microseconds; this many entries take milliseconds).
+const PARALLEL_FROM: usize = 8 * BLOCK;
+
+/// The threads one merge may use.
+fn merge_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
 /// Address-sorted runs as one, counts of one address added. The address
 /// space is cut into blocks of about [`BLOCK`] entries (boundaries taken
 /// from the runs' own keys, so a skewed range cuts as finely as a spread
 /// one); each block's slices of the runs are merged in pairs, round after
 /// round as a merge sort does, in two small buffers used again for every
-/// block.
-fn merge_runs<K: Ord + Copy + Default, E, R: AsRef<[E]>>(
+/// block. Blocks are independent: a large merge gives each core a
+/// contiguous share of them, and the shares' lists are joined in order.
+fn merge_runs<K, E, R>(runs: Vec<R>, widen: impl Fn(&E) -> (K, u64) + Copy + Send) -> Vec<(K, u64)>
+where
+    K: Ord + Copy + Default + Send + Sync,
+    E: Sync,
+    R: AsRef<[E]>,
+{
+    let total: usize = runs.iter().map(|r| r.as_ref().len()).sum();
+    let threads = if total >= PARALLEL_FROM {
+        merge_threads()
+    } else {
+        1
+    };
+    merge_runs_on(runs, widen, threads)
+}
+
+/// [`merge_runs`] on at most `threads` threads.
+fn merge_runs_on<K, E, R>(
     runs: Vec<R>,
-    widen: impl Fn(&E) -> (K, u64) + Copy,
-) -> Vec<(K, u64)> {
+    widen: impl Fn(&E) -> (K, u64) + Copy + Send,
+    threads: usize,
+) -> Vec<(K, u64)>
+where
+    K: Ord + Copy + Default + Send + Sync,
+    E: Sync,
+    R: AsRef<[E]>,
+{
     let runs: Vec<&[E]> = runs.iter().map(AsRef::as_ref).collect();
     let total: usize = runs.iter().map(|r| r.len()).sum();
     let mut samples: Vec<K> = runs
@@ -228,13 +262,59 @@ fn merge_runs<K: Ord + Copy + Default, E, R: AsRef<[E]>>(
         .skip(1)
         .collect();
     bounds.dedup();
+    let blocks = bounds.len() + 1;
+    let parts = threads.min(blocks);
+    if parts <= 1 {
+        return merge_blocks(&runs, None, &bounds, true, total, widen);
+    }
+    // Share `i` merges blocks `i * blocks / parts ..` up to the next
+    // share's first; block `j` ends below `bounds[j]` (the last block has
+    // no end).
+    let (runs, bounds) = (&runs, &bounds);
+    std::thread::scope(|scope| {
+        let shares: Vec<_> = (0..parts)
+            .map(|i| {
+                let (first, next) = (i * blocks / parts, (i + 1) * blocks / parts);
+                let lower = first.checked_sub(1).map(|j| bounds[j]);
+                let to_end = next == blocks;
+                let uppers = &bounds[first..next.min(bounds.len())];
+                let capacity = total.div_ceil(parts);
+                scope.spawn(move || merge_blocks(runs, lower, uppers, to_end, capacity, widen))
+            })
+            .collect();
+        let mut out: Vec<(K, u64)> = Vec::new();
+        for share in shares {
+            match share.join() {
+                Ok(list) if out.is_empty() => out = list,
+                Ok(list) => out.extend_from_slice(&list),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
+/// The blocks of `runs` from the first key at or above `lower` (the start
+/// if `None`): one ending below each of `uppers`, then, if `to_end`, one to
+/// the runs' end. `capacity` is reserved up front.
+fn merge_blocks<K: Ord + Copy + Default, E>(
+    runs: &[&[E]],
+    lower: Option<K>,
+    uppers: &[K],
+    to_end: bool,
+    capacity: usize,
+    widen: impl Fn(&E) -> (K, u64) + Copy,
+) -> Vec<(K, u64)> {
     // Room for every entry, as if no address repeated: memory never
     // touched costs nothing, and the list is never copied to grow.
-    let mut out: Vec<(K, u64)> = Vec::with_capacity(total);
+    let mut out: Vec<(K, u64)> = Vec::with_capacity(capacity);
     let (mut scratch, mut spare) = (Vec::new(), Vec::new());
-    let mut from = vec![0; runs.len()];
+    let mut from: Vec<usize> = runs
+        .iter()
+        .map(|run| lower.map_or(0, |lower| run.partition_point(|e| widen(e).0 < lower)))
+        .collect();
     let mut slices: Vec<&[E]> = Vec::with_capacity(runs.len());
-    for bound in bounds.iter().map(Some).chain([None]) {
+    for bound in uppers.iter().map(Some).chain(to_end.then_some(None)) {
         slices.clear();
         for (run, start) in runs.iter().zip(from.iter_mut()) {
             let end = match bound {
@@ -515,6 +595,13 @@ mod tests {
             .collect();
         let merged = merge(panes.iter());
         assert!(merged.len() > 4 * BLOCK, "several blocks");
+        // Shared among any number of threads, the blocks join to one list.
+        let runs = || panes.iter().map(|p| p.counts.v4()).collect::<Vec<_>>();
+        let one = merge_runs_on(runs(), |&(a, n)| (a, u64::from(n)), 1);
+        for threads in 2..=7 {
+            let shared = merge_runs_on(runs(), |&(a, n)| (a, u64::from(n)), threads);
+            assert_eq!(shared, one, "{threads} threads");
+        }
         let got: BTreeMap<IpKey, u64> = merged.iter().collect();
         assert_eq!(got, expected);
         let in_order: Vec<IpKey> = merged.iter().map(|e| e.0).collect();
