@@ -6,8 +6,12 @@
 ipstats must hold a full window (every line consumed). Prints JSON rows:
 
   adhoc      distinct questions (windows of 2..60 s, by address and by /24,
-             n=10 and n=100), each the first of its kind, so merged from the
-             panes: p50 / p99 / max in ms
+             n=10 and n=100), each the first of its kind, in that order:
+             p50 / p99 / max in ms (a range that mostly matches one merged
+             lately is answered from it)
+  cold       the whole 60 s window asked when no range merged lately
+             helps (two one-pane windows asked just before): every pane
+             merged
   cached     each of those asked again within the slide: served from the
              cache
   pane       distinct addresses in each one-second pane of the window, and
@@ -92,7 +96,16 @@ def main():
         first.append(ms)
         status, _, ms = get(conn, path)
         again.append(ms)
-    for name, values in (("adhoc", first), ("cached", again)):
+    cold = []
+    for i in range(10):
+        for k in (7, 13):
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end_s - k - i))
+            get(conn, f"/api/v1/top?n={500 + i}&window=1s&end={at}")
+        status, _, ms = get(conn, f"/api/v1/top?n={500 + i}&window=60s&end={end}")
+        if status != 200:
+            sys.exit(f"cold question: {status}")
+        cold.append(ms)
+    for name, values in (("adhoc", first), ("cached", again), ("cold", cold)):
         print(json.dumps({"row": name, "questions": len(values), "p50_ms": percentile(values, 50),
                           "p99_ms": percentile(values, 99), "max_ms": max(values)}))
 

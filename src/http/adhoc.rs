@@ -60,6 +60,12 @@ fn workers() -> &'static SyncSender<Job> {
     })
 }
 
+/// The ranges the workers merged lately (see [`query::MergeCache`]).
+fn merge_cache() -> &'static query::MergeCache {
+    static CACHE: OnceLock<query::MergeCache> = OnceLock::new();
+    CACHE.get_or_init(query::MergeCache::default)
+}
+
 fn work(queue: &Mutex<Receiver<Job>>) {
     // Only this thread: Linux applies PRIO_PROCESS with a thread id to
     // that thread alone.
@@ -271,7 +277,7 @@ impl Question {
     fn answer(&self, kept: &[Arc<Pane>], snapshot: &Snapshot) -> Bytes {
         let json = match self {
             Question::Top { range, grouping, n } => {
-                let counts = query::merge(range.panes(kept));
+                let counts = merge_cache().merge(range.panes(kept));
                 let total_requests = counts.total();
                 match grouping {
                     None => serde_json::to_vec(&AddressTopView {

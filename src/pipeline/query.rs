@@ -41,14 +41,15 @@ impl Range {
 /// access, which is what makes a window of a million addresses cheap.
 #[derive(Debug, Default)]
 pub struct Merged {
-    v4: Vec<(u32, u64)>,
-    v6: Vec<(u128, u64)>,
+    /// In order: the lists one after the other (one per thread of the merge).
+    v4: Vec<Vec<(u32, u64)>>,
+    v6: Vec<Vec<(u128, u64)>>,
 }
 
 impl Merged {
     /// Distinct addresses.
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.iter().map(Vec::len).sum::<usize>() + self.v6.iter().map(Vec::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,13 +58,23 @@ impl Merged {
 
     /// Requests in all.
     pub fn total(&self) -> u64 {
-        self.v4.iter().map(|e| e.1).sum::<u64>() + self.v6.iter().map(|e| e.1).sum::<u64>()
+        let v4 = self.v4.iter().flatten().map(|e| e.1).sum::<u64>();
+        v4 + self.v6.iter().flatten().map(|e| e.1).sum::<u64>()
     }
 
     /// In address order, IPv4 first.
     pub fn iter(&self) -> impl Iterator<Item = (IpKey, u64)> + Clone + '_ {
-        let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
-        v4.chain(self.v6.iter().map(|&(a, n)| (IpKey::from_bits(a), n)))
+        let v4 = self
+            .v4
+            .iter()
+            .flatten()
+            .map(|&(a, n)| (IpKey::from_v4_bits(a), n));
+        v4.chain(
+            self.v6
+                .iter()
+                .flatten()
+                .map(|&(a, n)| (IpKey::from_bits(a), n)),
+        )
     }
 
     /// The top `n` addresses (count descending, then address): one pass
@@ -100,35 +111,63 @@ impl Merged {
 
     /// The `n` networks with the most requests (count descending, then
     /// network ascending), and how many networks there are. Addresses come
-    /// in order, so a network's addresses are one run: no table needed.
+    /// in order, so a network's addresses are one run: no table needed, and
+    /// no list of every network either: the best candidates are kept in a
+    /// buffer of at most twice `n` (at least [`NETWORK_BUFFER`]), cut back
+    /// to the best `n` whenever it fills.
     pub fn top_networks(&self, grouping: Grouping, n: usize) -> (Vec<NetworkCount>, usize) {
-        let mut all: Vec<NetworkCount> = Vec::new();
-        for (ip, count) in self.iter() {
-            let network = Network::of(ip, grouping.prefix4, grouping.prefix6);
-            match all.last_mut() {
-                Some(last) if last.network == network => {
-                    last.count += count;
-                    last.distinct_ips += 1;
-                }
-                _ => all.push(NetworkCount {
-                    network,
-                    count,
-                    distinct_ips: 1,
-                }),
-            }
-        }
-        let total = all.len();
         let rank = |a: &NetworkCount, b: &NetworkCount| {
             b.count.cmp(&a.count).then(a.network.cmp(&b.network))
         };
-        if n < all.len() {
-            all.select_nth_unstable_by(n, rank);
-            all.truncate(n);
+        let room = n.saturating_mul(2).max(NETWORK_BUFFER);
+        let mut best: Vec<NetworkCount> = Vec::new();
+        let mut keep = |network: NetworkCount| {
+            if n == 0 {
+                return;
+            }
+            best.push(network);
+            if best.len() >= room {
+                best.select_nth_unstable_by(n - 1, rank);
+                best.truncate(n);
+            }
+        };
+        let mut total = 0;
+        let mut current: Option<NetworkCount> = None;
+        for (ip, count) in self.iter() {
+            let network = Network::of(ip, grouping.prefix4, grouping.prefix6);
+            match current.as_mut() {
+                Some(c) if c.network == network => {
+                    c.count += count;
+                    c.distinct_ips += 1;
+                }
+                _ => {
+                    let next = NetworkCount {
+                        network,
+                        count,
+                        distinct_ips: 1,
+                    };
+                    if let Some(done) = current.replace(next) {
+                        total += 1;
+                        keep(done);
+                    }
+                }
+            }
         }
-        all.sort_unstable_by(rank);
-        (all, total)
+        if let Some(done) = current {
+            total += 1;
+            keep(done);
+        }
+        if best.len() > n {
+            best.select_nth_unstable_by(n, rank);
+            best.truncate(n);
+        }
+        best.sort_unstable_by(rank);
+        (best, total)
     }
 }
+
+/// The smallest candidate buffer of [`Merged::top_networks`].
+const NETWORK_BUFFER: usize = 1024;
 
 /// Counts per address over a range of panes.
 pub fn merge<'a>(panes: impl Iterator<Item = &'a Arc<Pane>>) -> Merged {
@@ -151,6 +190,175 @@ pub fn merge<'a>(panes: impl Iterator<Item = &'a Arc<Pane>>) -> Merged {
         |&e| e,
     );
     Merged { v4, v6 }
+}
+
+/// Addresses in order with their counts.
+type List<K> = Vec<(K, u64)>;
+
+/// A kept range a question can start from, and what to change.
+struct Reuse<'a> {
+    cost: usize,
+    base: Arc<Merged>,
+    added: Vec<&'a Arc<Pane>>,
+    removed: Vec<Arc<Pane>>,
+}
+
+/// The address lists of a pane, counts widened.
+fn widened(pane: &Pane) -> (List<u32>, List<u128>) {
+    let v4 = pane
+        .counts
+        .v4()
+        .iter()
+        .map(|&(a, n)| (a, u64::from(n)))
+        .collect();
+    let (addresses, counts) = pane.counts.v6();
+    let v6 = addresses
+        .iter()
+        .zip(counts)
+        .map(|(&a, &n)| (a, u64::from(n)))
+        .collect();
+    (v4, v6)
+}
+
+/// `base` (lists in order) with `added`'s counts added and `removed`'s
+/// taken away, address by address; an address left at 0 is gone.
+fn changed<K: Ord + Copy + Default + Send + Sync>(
+    base: &[Vec<(K, u64)>],
+    added: &[Vec<(K, u64)>],
+    removed: &[Vec<(K, u64)>],
+) -> Vec<Vec<(K, u64)>> {
+    let grown = (!added.is_empty()).then(|| {
+        let runs: Vec<&[(K, u64)]> = base.iter().chain(added).map(Vec::as_slice).collect();
+        merge_runs(runs, |&e| e)
+    });
+    if removed.is_empty() {
+        return grown.unwrap_or_else(|| base.to_vec());
+    }
+    let plus = grown.as_deref().unwrap_or(base);
+    let minus = merge_runs(removed.iter().map(Vec::as_slice).collect(), |&e| e);
+    let mut less = minus.iter().flatten().copied().peekable();
+    let mut out = Vec::with_capacity(plus.iter().map(Vec::len).sum());
+    for (key, count) in plus.iter().flatten().copied() {
+        while less.next_if(|l| l.0 < key).is_some() {}
+        let count = match less.next_if(|l| l.0 == key) {
+            Some((_, n)) => count.saturating_sub(n),
+            None => count,
+        };
+        if count > 0 {
+            out.push((key, count));
+        }
+    }
+    vec![out]
+}
+
+/// Ranges merged lately, kept with their panes, so that a question whose
+/// panes mostly match a kept range merges only the difference: the same
+/// range asked with another `n` or grouping costs no merge, a range a pane
+/// longer, or slid on by a pane, costs a merge of the kept list with that
+/// pane (and a pass taking the pane that left away). Panes are held
+/// weakly: a pane gone from the service is never kept alive here, and a
+/// range that lost one is merged afresh.
+#[derive(Debug, Default)]
+pub struct MergeCache {
+    ranges: std::sync::Mutex<std::collections::VecDeque<Arc<CachedRange>>>,
+}
+
+#[derive(Debug)]
+struct CachedRange {
+    panes: Vec<std::sync::Weak<Pane>>,
+    merged: Arc<Merged>,
+}
+
+/// Ranges a [`MergeCache`] keeps (each up to 16 bytes per address).
+const CACHED_RANGES: usize = 2;
+
+impl MergeCache {
+    /// Counts per address over `panes`, from a kept range when that is
+    /// cheaper than merging them all.
+    pub fn merge<'a>(&self, panes: impl Iterator<Item = &'a Arc<Pane>>) -> Arc<Merged> {
+        self.merge_reusing(panes.collect(), false)
+    }
+
+    /// [`MergeCache::merge`]; with `always`, from the kept range with the
+    /// fewest changes whatever a full merge would cost.
+    fn merge_reusing(&self, panes: Vec<&Arc<Pane>>, always: bool) -> Arc<Merged> {
+        let ptr = |p: &Pane| std::ptr::from_ref(p) as usize;
+        let wanted: rustc_hash::FxHashSet<usize> = panes.iter().map(|p| ptr(p)).collect();
+        let entries: usize = panes.iter().map(|p| p.counts.len()).sum();
+        // A full merge reads every entry once per round of pairs.
+        let full_cost = entries * (usize::BITS - panes.len().leading_zeros()).max(1) as usize;
+        let candidates: Vec<Arc<CachedRange>> = match self.ranges.lock() {
+            Ok(ranges) => ranges.iter().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut best: Option<Reuse<'_>> = None;
+        for cached in candidates {
+            let mut removed = Vec::new();
+            let mut have = rustc_hash::FxHashSet::default();
+            let mut usable = true;
+            for weak in &cached.panes {
+                let Some(pane) = weak.upgrade() else {
+                    usable = false;
+                    break;
+                };
+                have.insert(ptr(&pane));
+                if !wanted.contains(&ptr(&pane)) {
+                    removed.push(pane);
+                }
+            }
+            if !usable {
+                continue;
+            }
+            let added: Vec<&Arc<Pane>> = panes
+                .iter()
+                .filter(|p| !have.contains(&ptr(p)))
+                .copied()
+                .collect();
+            let changes: usize = added.iter().map(|p| p.counts.len()).sum::<usize>()
+                + removed.iter().map(|p| p.counts.len()).sum::<usize>();
+            let cost = if changes == 0 {
+                0
+            } else {
+                2 * cached.merged.len() + 4 * changes
+            };
+            if (always || cost < full_cost) && best.as_ref().is_none_or(|b| cost < b.cost) {
+                best = Some(Reuse {
+                    cost,
+                    base: cached.merged.clone(),
+                    added,
+                    removed,
+                });
+            }
+        }
+        let merged = match best {
+            Some(Reuse { cost: 0, base, .. }) => return base,
+            Some(Reuse {
+                base,
+                added,
+                removed,
+                ..
+            }) => {
+                let (added4, added6): (Vec<_>, Vec<_>) = added.iter().map(|p| widened(p)).unzip();
+                let (removed4, removed6): (Vec<_>, Vec<_>) =
+                    removed.iter().map(|p| widened(p)).unzip();
+                Arc::new(Merged {
+                    v4: changed(&base.v4, &added4, &removed4),
+                    v6: changed(&base.v6, &added6, &removed6),
+                })
+            }
+            None => Arc::new(merge(panes.iter().copied())),
+        };
+        if let Ok(mut ranges) = self.ranges.lock() {
+            if ranges.len() == CACHED_RANGES {
+                ranges.pop_front();
+            }
+            ranges.push_back(Arc::new(CachedRange {
+                panes: panes.iter().map(|p| Arc::downgrade(p)).collect(),
+                merged: merged.clone(),
+            }));
+        }
+        merged
+    }
 }
 
 /// One network over a range: its requests, its distinct addresses and its
@@ -221,8 +429,12 @@ fn merge_threads() -> usize {
 /// one); each block's slices of the runs are merged in pairs, round after
 /// round as a merge sort does, in two small buffers used again for every
 /// block. Blocks are independent: a large merge gives each core a
-/// contiguous share of them, and the shares' lists are joined in order.
-fn merge_runs<K, E, R>(runs: Vec<R>, widen: impl Fn(&E) -> (K, u64) + Copy + Send) -> Vec<(K, u64)>
+/// contiguous share of them; the shares' lists, in order, are the answer
+/// (not copied into one).
+fn merge_runs<K, E, R>(
+    runs: Vec<R>,
+    widen: impl Fn(&E) -> (K, u64) + Copy + Send,
+) -> Vec<Vec<(K, u64)>>
 where
     K: Ord + Copy + Default + Send + Sync,
     E: Sync,
@@ -242,7 +454,7 @@ fn merge_runs_on<K, E, R>(
     runs: Vec<R>,
     widen: impl Fn(&E) -> (K, u64) + Copy + Send,
     threads: usize,
-) -> Vec<(K, u64)>
+) -> Vec<Vec<(K, u64)>>
 where
     K: Ord + Copy + Default + Send + Sync,
     E: Sync,
@@ -265,7 +477,7 @@ where
     let blocks = bounds.len() + 1;
     let parts = threads.min(blocks);
     if parts <= 1 {
-        return merge_blocks(&runs, None, &bounds, true, total, widen);
+        return vec![merge_blocks(&runs, None, &bounds, true, total, widen)];
     }
     // Share `i` merges blocks `i * blocks / parts ..` up to the next
     // share's first; block `j` ends below `bounds[j]` (the last block has
@@ -282,15 +494,14 @@ where
                 scope.spawn(move || merge_blocks(runs, lower, uppers, to_end, capacity, widen))
             })
             .collect();
-        let mut out: Vec<(K, u64)> = Vec::new();
-        for share in shares {
-            match share.join() {
-                Ok(list) if out.is_empty() => out = list,
-                Ok(list) => out.extend_from_slice(&list),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
+        shares
+            .into_iter()
+            .map(|share| {
+                share
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     })
 }
 
@@ -500,6 +711,38 @@ mod tests {
     }
 
     proptest! {
+        /// Ranges asked one after another through the cache (kept ranges
+        /// grown, slid, shrunk, with a pane replaced by a fuller one or gone
+        /// from the service) count what a merge from scratch counts.
+        #[test]
+        fn ranges_merged_from_kept_ones_count_as_merged_afresh(
+            records in prop::collection::vec(prop::collection::vec((address(), 1u32..5), 0..12), 8),
+            asks in prop::collection::vec((0usize..8, 0usize..8, 0u8..4), 1..12),
+            always in any::<bool>(),
+        ) {
+            let mut panes: Vec<Arc<Pane>> =
+                records.iter().enumerate().map(|(i, r)| pane(i as u64, r)).collect();
+            let cache = MergeCache::default();
+            for (a, b, change) in asks {
+                let (from, to) = (a.min(b), a.max(b) + 1);
+                match change {
+                    // Late records joined a pane: a new pane in its place.
+                    0 => panes[a] = Arc::new(panes[a].merged((*pane(a as u64, &records[b])).clone())),
+                    // The pane left the service and came back as a copy.
+                    1 => panes[b] = Arc::new((*panes[b]).clone()),
+                    _ => {}
+                }
+                let range: Vec<&Arc<Pane>> = panes[from..to].iter().collect();
+                let got = cache.merge_reusing(range.clone(), always);
+                let expected = merge(range.into_iter());
+                let got: Vec<(IpKey, u64)> = got.iter().collect();
+                let expected: Vec<(IpKey, u64)> = expected.iter().collect();
+                prop_assert_eq!(got, expected);
+            }
+        }
+    }
+
+    proptest! {
         #[test]
         fn a_range_answers_as_a_count_from_scratch_for_addresses_and_every_prefix(
             records in prop::collection::vec((0u64..12, address(), 1u32..4), 0..120),
@@ -600,7 +843,7 @@ mod tests {
         let one = merge_runs_on(runs(), |&(a, n)| (a, u64::from(n)), 1);
         for threads in 2..=7 {
             let shared = merge_runs_on(runs(), |&(a, n)| (a, u64::from(n)), threads);
-            assert_eq!(shared, one, "{threads} threads");
+            assert_eq!(shared.concat(), one.concat(), "{threads} threads");
         }
         let got: BTreeMap<IpKey, u64> = merged.iter().collect();
         assert_eq!(got, expected);
