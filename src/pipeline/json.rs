@@ -448,9 +448,10 @@ pub(super) fn decode_string(raw: &[u8], out: &mut String) {
             &*lossy
         }
     };
-    // Runs between escapes are copied whole.
+    // Runs between escapes are copied whole (a backslash is ASCII, so
+    // each run ends on a character boundary).
     let mut rest = raw;
-    while let Some(at) = rest.find('\\') {
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let mut chars = rest[at + 1..].chars();
         match chars.next() {
@@ -479,6 +480,56 @@ pub(super) fn decode_string(raw: &[u8], out: &mut String) {
     out.push_str(rest);
 }
 
+/// [`decode_string`] into bytes, without checking UTF-8 first: the runs
+/// between escapes are copied as they are (an envelope's line is read as
+/// bytes; invalid UTF-8 in it is what it would be unescaped).
+pub(super) fn decode_bytes(raw: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut rest = raw;
+    while let Some(at) = memchr::memchr(b'\\', rest) {
+        out.extend_from_slice(&rest[..at]);
+        let Some((&escape, after)) = rest[at + 1..].split_first() else {
+            return;
+        };
+        rest = after;
+        let code = match escape {
+            b'b' => 0x8,
+            b'f' => 0xC,
+            b'n' => u32::from(b'\n'),
+            b'r' => u32::from(b'\r'),
+            b't' => u32::from(b'\t'),
+            b'u' => {
+                let high = hex_bytes(&mut rest);
+                if (0xD800..0xDC00).contains(&high) {
+                    rest = rest.get(2..).unwrap_or_default(); // "\\u"
+                    let low = hex_bytes(&mut rest);
+                    0x10000 + ((high - 0xD800) << 10) + low.wrapping_sub(0xDC00)
+                } else {
+                    high
+                }
+            }
+            // `\"`, `\\`, `\/`; a byte of a longer character is copied
+            // and the rest of it follows in the next run.
+            other => {
+                out.push(other);
+                continue;
+            }
+        };
+        let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Up to four hex digits (one that is not reads as 0), taken from `rest`.
+fn hex_bytes(rest: &mut &[u8]) -> u32 {
+    let (digits, after) = rest.split_at(rest.len().min(4));
+    *rest = after;
+    digits.iter().fold(0, |acc, &b| {
+        acc << 4 | char::from(b).to_digit(16).unwrap_or(0)
+    })
+}
+
 fn hex_unit(chars: &mut std::str::Chars<'_>) -> u32 {
     chars
         .take(4)
@@ -491,6 +542,39 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// Any string as JSON writes it (escapes, `\\u` escapes, surrogate
+        /// pairs) decodes to itself, as bytes and as text.
+        #[test]
+        fn escaped_strings_decode_to_themselves_as_bytes_and_as_text(
+            text in any::<String>(),
+            ascii_only in any::<bool>(),
+        ) {
+            let written = if ascii_only {
+                // Everything beyond ASCII as `\\u` escapes (pairs for astral).
+                let mut out = String::new();
+                for c in text.chars() {
+                    if c.is_ascii() {
+                        let json = serde_json::to_string(&c.to_string()).expect("json");
+                        out.push_str(&json[1..json.len() - 1]);
+                    } else {
+                        for unit in c.encode_utf16(&mut [0; 2]) {
+                            out.push_str(&format!("\\u{unit:04x}"));
+                        }
+                    }
+                }
+                out
+            } else {
+                let json = serde_json::to_string(&text).expect("json");
+                json[1..json.len() - 1].to_string()
+            };
+            let mut bytes = Vec::new();
+            decode_bytes(written.as_bytes(), &mut bytes);
+            prop_assert_eq!(&bytes, text.as_bytes());
+            let mut decoded = String::new();
+            decode_string(written.as_bytes(), &mut decoded);
+            prop_assert_eq!(decoded, text);
+        }
+
         #[test]
         fn word_scan_finds_the_first_special_byte(
             bytes in prop::collection::vec(prop_oneof![

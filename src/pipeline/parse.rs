@@ -13,7 +13,7 @@
 use super::clf;
 pub use super::field::ClientField;
 pub use super::hint::Hint;
-use super::json::{FieldValue, decode_string, json_fields};
+use super::json::{FieldValue, decode_bytes, decode_string, json_fields};
 pub use super::reference::parse_reference;
 use super::time::TimeCache;
 pub use super::time::parse_time;
@@ -28,7 +28,7 @@ pub struct Parser {
     max_line_bytes: usize,
     scratch: Scratch,
     /// An envelope's decoded line.
-    inner: String,
+    inner: Vec<u8>,
     repaired: u64,
     /// Hints seen, and hints already handed out (bit sets of [`Hint`]).
     hints_seen: u8,
@@ -51,7 +51,7 @@ impl Parser {
             field: field.into(),
             max_line_bytes,
             scratch: Scratch::default(),
-            inner: String::new(),
+            inner: Vec::new(),
             repaired: 0,
             hints_seen: 0,
             hints_given: 0,
@@ -132,8 +132,8 @@ impl Parser {
             Some(FieldValue::Other { .. }) => return Err(SkipReason::BadFormat),
             Some(FieldValue::Plain { start, end }) => &line[start..end],
             Some(FieldValue::Escaped { start, end }) => {
-                decode_string(&line[start..end], &mut self.inner);
-                self.inner.as_bytes()
+                decode_bytes(&line[start..end], &mut self.inner);
+                &self.inner
             }
         };
         read_record(
@@ -142,6 +142,19 @@ impl Parser {
             strip_newline(inner),
             &mut false,
         )
+    }
+}
+
+/// The client in a field's bytes: a plain dotted quad read at once, any
+/// other text (IPv6, a forwarded list) by [`ClientField::client`].
+fn client_of(field: &ClientField, bytes: &[u8]) -> Result<IpKey, SkipReason> {
+    match dotted_quad(bytes) {
+        Some(v4) => Ok(IpKey::from_v4_bits(v4)),
+        // Bytes that are not UTF-8 would read as U+FFFD: not an address.
+        None => match std::str::from_utf8(bytes) {
+            Ok(text) => field.client(text),
+            Err(_) => Err(SkipReason::InvalidIp),
+        },
     }
 }
 
@@ -160,10 +173,7 @@ fn read_record(
 ) -> Result<(IpKey, Option<i64>), SkipReason> {
     if field.format == Format::Clf {
         let parsed = clf::parse(line)?;
-        let ip = match std::str::from_utf8(parsed.host) {
-            Ok(text) => field.client(text)?,
-            Err(_) => return Err(SkipReason::InvalidIp),
-        };
+        let ip = client_of(field, parsed.host)?;
         let time = match field.time_path {
             None => None,
             Some(_) => Some(
@@ -187,14 +197,7 @@ fn read_record(
             scratch.text.as_bytes()
         }
     };
-    let ip = match dotted_quad(ip_bytes) {
-        Some(v4) => IpKey::from_v4_bits(v4),
-        // Bytes that are not UTF-8 would read as U+FFFD: not an address.
-        None => match std::str::from_utf8(ip_bytes) {
-            Ok(text) => field.client(text)?,
-            Err(_) => return Err(SkipReason::InvalidIp),
-        },
-    };
+    let ip = client_of(field, ip_bytes)?;
     let time = match field.time_path {
         None => None,
         Some(_) => Some(read_time(line, time_value, scratch).ok_or(SkipReason::BadTime)?),
