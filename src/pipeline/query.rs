@@ -269,6 +269,11 @@ struct CachedRange {
     merged: Arc<Merged>,
 }
 
+/// Rounds of pairwise merging for `runs` lists (each reads every entry).
+fn rounds(runs: usize) -> usize {
+    (usize::BITS - runs.saturating_sub(1).leading_zeros()).max(1) as usize
+}
+
 /// Ranges a [`MergeCache`] keeps (each up to 16 bytes per address).
 const CACHED_RANGES: usize = 2;
 
@@ -285,8 +290,7 @@ impl MergeCache {
         let ptr = |p: &Pane| std::ptr::from_ref(p) as usize;
         let wanted: rustc_hash::FxHashSet<usize> = panes.iter().map(|p| ptr(p)).collect();
         let entries: usize = panes.iter().map(|p| p.counts.len()).sum();
-        // A full merge reads every entry once per round of pairs.
-        let full_cost = entries * (usize::BITS - panes.len().leading_zeros()).max(1) as usize;
+        let full_cost = entries * rounds(panes.len());
         let candidates: Vec<Arc<CachedRange>> = match self.ranges.lock() {
             Ok(ranges) => ranges.iter().cloned().collect(),
             Err(_) => Vec::new(),
@@ -314,12 +318,27 @@ impl MergeCache {
                 .filter(|p| !have.contains(&ptr(p)))
                 .copied()
                 .collect();
-            let changes: usize = added.iter().map(|p| p.counts.len()).sum::<usize>()
-                + removed.iter().map(|p| p.counts.len()).sum::<usize>();
-            let cost = if changes == 0 {
-                0
-            } else {
-                2 * cached.merged.len() + 4 * changes
+            let grown: usize = added.iter().map(|p| p.counts.len()).sum();
+            let shrunk: usize = removed.iter().map(|p| p.counts.len()).sum();
+            let kept = cached.merged.len();
+            // Entries read: the added panes copied, then merged with the
+            // kept list; the removed panes copied and merged, then taken
+            // away in one pass.
+            let cost = match (added.len(), removed.len()) {
+                (0, 0) => 0,
+                (a, r) => {
+                    let plus = if a == 0 {
+                        0
+                    } else {
+                        grown + (kept + grown) * rounds(a + 1)
+                    };
+                    let minus = if r == 0 {
+                        0
+                    } else {
+                        shrunk + shrunk * rounds(r) + kept + grown + shrunk
+                    };
+                    plus + minus
+                }
             };
             if (always || cost < full_cost) && best.as_ref().is_none_or(|b| cost < b.cost) {
                 best = Some(Reuse {
