@@ -161,12 +161,14 @@ fn pane_of(seq: u64, first: u32, distinct: u32, address: fn(u32) -> IpKey) -> Ar
     closed(seq, &counts)
 }
 
-/// A closed pane of `counts`.
+/// A closed pane of `counts`: the `seq`-th second (each pane its own time,
+/// as in a window: a pane with the start of one that left would be taken
+/// for it, grown by late records).
 fn closed(seq: u64, counts: &IpMap<u32>) -> Arc<Pane> {
     Arc::new(Pane {
         seq,
-        start: SystemTime::UNIX_EPOCH,
-        end: SystemTime::UNIX_EPOCH,
+        start: SystemTime::UNIX_EPOCH + Duration::from_secs(seq),
+        end: SystemTime::UNIX_EPOCH + Duration::from_secs(seq + 1),
         counts: counts.into(),
         requests: counts.values().map(u64::from).sum(),
         skipped: SkipCounts::default(),
