@@ -37,10 +37,10 @@ def main():
             if response.status == 200:
                 consumed = json.loads(body)["records_consumed"]
                 if consumed > 0 and first is None:
-                    first = time.time() if polled else "-"
+                    first = f"{time.time():.3f}" if polled else "-"
                 polled = True
                 if consumed >= total:
-                    print(f"{time.time():.3f} {first if first == '-' else f'{first:.3f}'}")
+                    print(f"{time.time():.3f} {first}")
                     return
         except (OSError, http.client.HTTPException, ValueError, KeyError):
             conn = None

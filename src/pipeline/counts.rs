@@ -210,20 +210,18 @@ impl SortedCounts {
     }
 }
 
-/// Calls `f(address, count before, count after)` for each address whose
-/// count differs between two address-sorted lists (0 where one lacks it).
-fn for_each_change_sorted<K: Ord + Copy>(
-    before: impl Iterator<Item = (K, u32)>,
-    after: impl Iterator<Item = (K, u32)>,
+/// Walks two address-sorted lists together: `f(address, count in a, count
+/// in b)` for every address of either, in order (0 where one lacks it).
+fn walk_sorted<K: Ord + Copy>(
+    a: impl Iterator<Item = (K, u32)>,
+    b: impl Iterator<Item = (K, u32)>,
     mut f: impl FnMut(K, u32, u32),
 ) {
-    let (mut a, mut b) = (before.peekable(), after.peekable());
+    let (mut a, mut b) = (a.peekable(), b.peekable());
     loop {
         match (a.peek().copied(), b.peek().copied()) {
             (Some(x), Some(y)) if x.0 == y.0 => {
-                if x.1 != y.1 {
-                    f(x.0, x.1, y.1);
-                }
+                f(x.0, x.1, y.1);
                 a.next();
                 b.next();
             }
@@ -244,36 +242,28 @@ fn for_each_change_sorted<K: Ord + Copy>(
     }
 }
 
+/// Calls `f(address, count before, count after)` for each address whose
+/// count differs between two address-sorted lists (0 where one lacks it).
+fn for_each_change_sorted<K: Ord + Copy>(
+    before: impl Iterator<Item = (K, u32)>,
+    after: impl Iterator<Item = (K, u32)>,
+    mut f: impl FnMut(K, u32, u32),
+) {
+    walk_sorted(before, after, |key, x, y| {
+        if x != y {
+            f(key, x, y);
+        }
+    });
+}
+
 /// Two address-sorted lists as one, counts of the same address added
 /// (saturating: a pane never holds 4 billion requests of one address).
 fn merge_sorted<K: Ord + Copy>(
     a: impl Iterator<Item = (K, u32)>,
     b: impl Iterator<Item = (K, u32)>,
 ) -> Vec<(K, u32)> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
     let mut out = Vec::with_capacity(a.size_hint().0 + b.size_hint().0);
-    loop {
-        match (a.peek().copied(), b.peek().copied()) {
-            (Some(x), Some(y)) if x.0 == y.0 => {
-                out.push((x.0, x.1.saturating_add(y.1)));
-                a.next();
-                b.next();
-            }
-            (Some(x), Some(y)) if x.0 < y.0 => {
-                out.push(x);
-                a.next();
-            }
-            (_, Some(y)) => {
-                out.push(y);
-                b.next();
-            }
-            (Some(x), None) => {
-                out.push(x);
-                a.next();
-            }
-            (None, None) => break,
-        }
-    }
+    walk_sorted(a, b, |key, x, y| out.push((key, x.saturating_add(y))));
     out
 }
 

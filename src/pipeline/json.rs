@@ -437,52 +437,21 @@ fn special_byte<const HIGH: bool>(bytes: &[u8]) -> Option<usize> {
 
 /// Unescapes the contents of a JSON string already validated by the scanner;
 /// bytes that are not UTF-8 become U+FFFD, as `String::from_utf8_lossy` makes
-/// them (escapes are ASCII, so decoding the runs between them is the same).
+/// them (escapes are ASCII and decode to whole characters, so repairing
+/// after decoding is the same as before). The string's buffer is reused.
 pub(super) fn decode_string(raw: &[u8], out: &mut String) {
-    out.clear();
-    let lossy;
-    let raw = match std::str::from_utf8(raw) {
+    let mut bytes = std::mem::take(out).into_bytes();
+    decode_bytes(raw, &mut bytes);
+    *out = match String::from_utf8(bytes) {
         Ok(text) => text,
-        Err(_) => {
-            lossy = String::from_utf8_lossy(raw);
-            &*lossy
-        }
+        Err(bad) => String::from_utf8_lossy(bad.as_bytes()).into_owned(),
     };
-    // Runs between escapes are copied whole (a backslash is ASCII, so
-    // each run ends on a character boundary).
-    let mut rest = raw;
-    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
-        out.push_str(&rest[..at]);
-        let mut chars = rest[at + 1..].chars();
-        match chars.next() {
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('u') => {
-                let high = hex_unit(&mut chars);
-                let code = if (0xD800..0xDC00).contains(&high) {
-                    chars.next(); // '\\'
-                    chars.next(); // 'u'
-                    let low = hex_unit(&mut chars);
-                    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
-                } else {
-                    high
-                };
-                out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
-            }
-            Some(other) => out.push(other),
-            None => {}
-        }
-        rest = chars.as_str();
-    }
-    out.push_str(rest);
 }
 
-/// [`decode_string`] into bytes, without checking UTF-8 first: the runs
-/// between escapes are copied as they are (an envelope's line is read as
-/// bytes; invalid UTF-8 in it is what it would be unescaped).
+/// Unescapes the contents of a JSON string into bytes, without checking
+/// UTF-8: the runs between escapes are copied as they are (an envelope's
+/// line is read as bytes; invalid UTF-8 in it is what it would be
+/// unescaped).
 pub(super) fn decode_bytes(raw: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let mut rest = raw;
@@ -528,12 +497,6 @@ fn hex_bytes(rest: &mut &[u8]) -> u32 {
     digits.iter().fold(0, |acc, &b| {
         acc << 4 | char::from(b).to_digit(16).unwrap_or(0)
     })
-}
-
-fn hex_unit(chars: &mut std::str::Chars<'_>) -> u32 {
-    chars
-        .take(4)
-        .fold(0, |acc, c| acc << 4 | c.to_digit(16).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Merged, merge, merge_runs};
+use super::{Merged, merge, merge_runs, v6_list};
 use crate::pipeline::window::Pane;
 
 /// Addresses in order with their counts.
@@ -25,13 +25,7 @@ fn widened(pane: &Pane) -> (List<u32>, List<u128>) {
         .iter()
         .map(|&(a, n)| (a, u64::from(n)))
         .collect();
-    let (addresses, counts) = pane.counts.v6();
-    let v6 = addresses
-        .iter()
-        .zip(counts)
-        .map(|(&a, &n)| (a, u64::from(n)))
-        .collect();
-    (v4, v6)
+    (v4, v6_list(pane))
 }
 
 /// `base` (lists in order) with `added`'s counts added and `removed`'s
@@ -111,22 +105,20 @@ impl MergeCache {
         };
         let mut best: Option<Reuse<'_>> = None;
         for cached in candidates {
-            let mut removed = Vec::new();
-            let mut have = rustc_hash::FxHashSet::default();
-            let mut usable = true;
-            for weak in &cached.panes {
-                let Some(pane) = weak.upgrade() else {
-                    usable = false;
-                    break;
-                };
-                have.insert(ptr(&pane));
-                if !wanted.contains(&ptr(&pane)) {
-                    removed.push(pane);
-                }
-            }
-            if !usable {
+            // A range one of whose panes is gone cannot be taken apart.
+            let Some(held) = cached
+                .panes
+                .iter()
+                .map(std::sync::Weak::upgrade)
+                .collect::<Option<Vec<Arc<Pane>>>>()
+            else {
                 continue;
-            }
+            };
+            let have: rustc_hash::FxHashSet<usize> = held.iter().map(|p| ptr(p)).collect();
+            let removed: Vec<Arc<Pane>> = held
+                .into_iter()
+                .filter(|p| !wanted.contains(&ptr(p)))
+                .collect();
             let added: Vec<&Arc<Pane>> = panes
                 .iter()
                 .filter(|p| !have.contains(&ptr(p)))

@@ -178,21 +178,19 @@ pub fn merge<'a>(panes: impl Iterator<Item = &'a Arc<Pane>>) -> Merged {
     let v4 = merge_runs(panes.iter().map(|p| p.counts.v4()).collect(), |&(a, n)| {
         (a, u64::from(n))
     });
-    let v6 = merge_runs(
-        panes
-            .iter()
-            .map(|p| {
-                let (addresses, counts) = p.counts.v6();
-                addresses
-                    .iter()
-                    .zip(counts)
-                    .map(|(&a, &n)| (a, u64::from(n)))
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-        |&e| e,
-    );
+    let v6 = merge_runs(panes.iter().map(|p| v6_list(p)).collect(), |&e| e);
     Merged { v4, v6 }
+}
+
+/// A pane's IPv6 addresses with their counts, widened (they are kept as
+/// two arrays).
+fn v6_list(pane: &Pane) -> Vec<(u128, u64)> {
+    let (addresses, counts) = pane.counts.v6();
+    addresses
+        .iter()
+        .zip(counts)
+        .map(|(&a, &n)| (a, u64::from(n)))
+        .collect()
 }
 
 /// One network over a range: its requests, its distinct addresses and its

@@ -118,22 +118,14 @@ impl Aggregate {
             .filter(|p| !after.contains(&ptr(p)))
             .map(|p| (p.start, p))
             .collect();
-        let entered: Vec<&Arc<Pane>> = now.iter().filter(|p| !before.contains(&ptr(p))).collect();
-        let replaced: Vec<(&Arc<Pane>, &Arc<Pane>)> = entered
-            .iter()
-            .filter_map(|new| left.remove(&new.start).map(|old| (old, *new)))
-            .collect();
-        for pane in left.values() {
-            self.apply(pane, false);
-        }
-        for (old, new) in &replaced {
-            self.replace(old, new);
-        }
-        let replacing: FxHashSet<usize> = replaced.iter().map(|(_, new)| ptr(new)).collect();
-        for pane in entered {
-            if !replacing.contains(&ptr(pane)) {
-                self.apply(pane, true);
+        for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
+            match left.remove(&pane.start) {
+                Some(old) => self.replace(old, pane),
+                None => self.apply(pane, true),
             }
+        }
+        for pane in left.into_values() {
+            self.apply(pane, false);
         }
         self.included = now;
     }
