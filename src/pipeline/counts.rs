@@ -179,29 +179,21 @@ impl SortedCounts {
             newer.v4.iter().copied(),
             |a, x, y| f(IpKey::from_v4_bits(a), x, y),
         );
-        for_each_change_sorted(
-            self.v6.iter().copied().zip(self.v6_counts.iter().copied()),
-            newer
-                .v6
-                .iter()
-                .copied()
-                .zip(newer.v6_counts.iter().copied()),
-            |a, x, y| f(IpKey::from_bits(a), x, y),
-        );
+        for_each_change_sorted(self.v6_pairs(), newer.v6_pairs(), |a, x, y| {
+            f(IpKey::from_bits(a), x, y)
+        });
+    }
+
+    /// The IPv6 entries as (address, count), by address.
+    fn v6_pairs(&self) -> impl Iterator<Item = (u128, u32)> + '_ {
+        self.v6.iter().copied().zip(self.v6_counts.iter().copied())
     }
 
     /// Both counts added address by address (a pane that received more
     /// records), in one pass over the two sorted lists.
     pub fn merged(&self, other: &SortedCounts) -> SortedCounts {
         let v4 = merge_sorted(self.v4.iter().copied(), other.v4.iter().copied());
-        let v6 = merge_sorted(
-            self.v6.iter().copied().zip(self.v6_counts.iter().copied()),
-            other
-                .v6
-                .iter()
-                .copied()
-                .zip(other.v6_counts.iter().copied()),
-        );
+        let v6 = merge_sorted(self.v6_pairs(), other.v6_pairs());
         SortedCounts {
             v4: v4.into_boxed_slice(),
             v6: v6.iter().map(|e| e.0).collect(),
