@@ -300,7 +300,7 @@ impl App {
         let serve_cancel = CancellationToken::new();
         let state = AppState {
             sources: shared.clone(),
-            adhoc: AppState::adhoc_permits(),
+            adhoc: Default::default(),
             streams: Arc::new(Streams::new(
                 settings.max_event_streams,
                 serve_cancel.clone(),

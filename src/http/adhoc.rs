@@ -2,12 +2,14 @@
 //! `prefix4` / `prefix6` (networks instead of addresses), and one network's
 //! members. Answers are merged from the snapshot's panes on [`MAX_ADHOC`]
 //! worker threads of lower scheduling priority (nice 10), so that ingest
-//! and the default answers keep the processor when both want it; a
-//! question finding every worker busy is answered 503 rather than queued.
+//! and the default answers keep the processor when both want it. A question
+//! finding every worker busy waits its turn in a short queue (see [`Gate`]);
+//! only a full queue, or a wait past the deadline, is answered 503.
 //! Answers are cached per snapshot, and a snapshot whose panes did not
 //! change keeps its predecessor's cache: the same question costs a lookup.
 //! Without these parameters nothing here runs.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::problem::Problem;
@@ -29,9 +31,101 @@ use crate::vocab::{IpKey, Network};
 /// Ad-hoc merges running at once (the machine's cores do the work).
 pub const MAX_ADHOC: usize = 2;
 
-/// The permits for ad-hoc merges.
-pub fn permits() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_ADHOC))
+/// Questions that may wait for a place while every place is taken: a
+/// dashboard or two asking for a window and its networks at once.
+pub const MAX_WAITING: usize = 16;
+
+/// How long a question waits for a place before it is answered 503.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The seconds a client is told to wait after a 503 from the gate.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Places for ad-hoc merges: [`MAX_ADHOC`] run at once, up to
+/// [`MAX_WAITING`] more wait their turn (first come, first served) for at
+/// most [`MAX_WAIT`]. Past either bound the question is answered 503 with
+/// `Retry-After`, so a burst can neither run more merges than the cores
+/// can do nor pile up questions without end.
+pub struct Gate {
+    places: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    max_wait: Duration,
+}
+
+/// A question's place: while it is held, a merge may run.
+pub type Place = OwnedSemaphorePermit;
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new(MAX_ADHOC, MAX_WAITING, MAX_WAIT)
+    }
+}
+
+impl Gate {
+    pub fn new(places: usize, max_waiting: usize, max_wait: Duration) -> Self {
+        Gate {
+            places: Arc::new(Semaphore::new(places)),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+            max_wait,
+        }
+    }
+
+    /// Places free now.
+    pub fn free(&self) -> usize {
+        self.places.available_permits()
+    }
+
+    /// A place: at once when one is free, else after waiting in the queue.
+    pub async fn enter(&self) -> Result<Place, Problem> {
+        if let Ok(place) = self.places.clone().try_acquire_owned() {
+            return Ok(place);
+        }
+        let waiting = Waiting::join(&self.waiting, self.max_waiting).ok_or_else(|| {
+            busy(format!(
+                "{MAX_ADHOC} questions about other windows or networks are being answered and {} more are waiting, the most at once",
+                self.max_waiting
+            ))
+        })?;
+        let place = tokio::time::timeout(self.max_wait, self.places.clone().acquire_owned()).await;
+        drop(waiting);
+        match place {
+            Ok(Ok(place)) => Ok(place),
+            Ok(Err(_)) => Err(Problem::unavailable("the ad-hoc workers are gone")),
+            Err(_) => Err(busy(format!(
+                "no place for a question about another window or network came free within {}",
+                show(self.max_wait)
+            ))),
+        }
+    }
+}
+
+/// One question in the queue; leaves it when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn join(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn busy(why: String) -> Problem {
+    Problem::unavailable(format!(
+        "{why}; ask again shortly (the default /api/v1/top is always answered)"
+    ))
+    .retry_after(RETRY_AFTER_SECONDS)
 }
 
 /// How much less eager the workers are than the rest of the process.
@@ -123,24 +217,17 @@ fn show(d: Duration) -> String {
 }
 
 /// The range `window` and `end` name, checked against the kept panes.
+///
+/// A parameter that is not what it claims to be (not a duration, not an
+/// RFC 3339 time) is malformed: 400. A well-formed one naming a range that
+/// is not kept (longer than `--retention`, not whole panes, not ending at a
+/// pane boundary, outside the kept history) is not found: 404, naming it.
 pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result<Range, Problem> {
     let batch = state.info.batch;
     let retention = state.info.retention;
     let length = match asked.window {
         None => snapshot.window_length,
-        Some(text) => humantime::parse_duration(text)
-            .ok()
-            .filter(|d| {
-                !d.is_zero() && *d <= retention && d.as_nanos().is_multiple_of(batch.as_nanos())
-            })
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "window must be a whole multiple of the batch ({}) from {} to the retention ({}), got {text:?}",
-                    show(batch),
-                    show(batch),
-                    show(retention)
-                ))
-            })?,
+        Some(text) => window_length(text, batch, retention)?,
     };
     // The kept history: the retention back from the newest pane's end.
     // Panes missing in it (before the first record, or a quiet spell) held
@@ -156,17 +243,21 @@ pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result
     let end = match asked.end {
         None => snapshot.window_end,
         Some(text) => {
-            let on_grid = |t: &std::time::SystemTime| {
-                newest.duration_since(*t).is_ok_and(|back| {
-                    back < retention && back.as_nanos().is_multiple_of(batch.as_nanos())
-                })
+            let ms = crate::pipeline::time::rfc3339_ms(text.as_bytes()).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "end must be an RFC 3339 time (2026-11-24T06:35:10Z), got {text:?}"
+                ))
+            })?;
+            let kept = |back: Duration| {
+                back < retention && back.as_nanos().is_multiple_of(batch.as_nanos())
             };
-            humantime::parse_rfc3339_weak(text)
+            u64::try_from(ms)
                 .ok()
-                .filter(on_grid)
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .filter(|t| newest.duration_since(*t).is_ok_and(kept))
                 .ok_or_else(|| {
-                    Problem::bad_request(format!(
-                        "end must be an RFC 3339 time at a pane boundary (every {}) from {} to {}, got {text:?}",
+                    Problem::not_found(format!(
+                        "end {text:?} is not a kept pane boundary: ranges end every {} from {} to {}",
                         show(batch),
                         rfc3339(horizon + batch),
                         rfc3339(newest)
@@ -176,7 +267,7 @@ pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result
     };
     let range = Range::ending(end, length);
     if range.start < horizon {
-        return Err(Problem::bad_request(format!(
+        return Err(Problem::not_found(format!(
             "window {} ending at {} reaches back to {}, before the kept history (from {}, --retention {})",
             show(length),
             rfc3339(end),
@@ -186,6 +277,31 @@ pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result
         )));
     }
     Ok(range)
+}
+
+/// `window`: a duration (400 when it is none) of whole panes within the
+/// retention (404 when no kept range is that long).
+fn window_length(text: &str, batch: Duration, retention: Duration) -> Result<Duration, Problem> {
+    let length = humantime::parse_duration(text).map_err(|e| {
+        Problem::bad_request(format!(
+            "window must be a duration such as 10s, 5m or 1h, got {text:?} ({e})"
+        ))
+    })?;
+    if length > retention {
+        return Err(Problem::not_found(format!(
+            "window {text:?} is longer than the kept history (--retention {})",
+            show(retention)
+        )));
+    }
+    if length.is_zero() || !length.as_nanos().is_multiple_of(batch.as_nanos()) {
+        return Err(Problem::not_found(format!(
+            "window {text:?} is not a kept range: ranges are whole multiples of the batch ({}) from {} to the retention ({})",
+            show(batch),
+            show(batch),
+            show(retention)
+        )));
+    }
+    Ok(length)
 }
 
 /// `prefix4` (0–32) and `prefix6` (0–128); `None` when neither is given.
@@ -327,8 +443,24 @@ impl Question {
     }
 }
 
+/// A worker's job: `work` runs while `place` is held; the place is free
+/// again before `deliver` hands the answer over, so a client asking again
+/// the moment it hears finds it free, even when the worker (at nice 10 on
+/// a busy machine) is preempted between the two.
+fn job<W, D>(place: Place, work: W, deliver: D) -> Job
+where
+    W: FnOnce() -> Bytes + Send + 'static,
+    D: FnOnce(Bytes) + Send + 'static,
+{
+    Box::new(move || {
+        let body = work();
+        drop(place);
+        deliver(body);
+    })
+}
+
 /// Answers `question` from the current snapshot: from its cache, or merged
-/// on a blocking thread if one of the [`MAX_ADHOC`] places is free.
+/// on a worker once the [`Gate`] gives it a place.
 pub async fn answer(
     state: &AppState,
     snapshot: Arc<Snapshot>,
@@ -338,19 +470,17 @@ pub async fn answer(
     let body = match snapshot.rendered_adhoc.get(&key) {
         Some(body) => body,
         None => {
-            let permit = state.adhoc.clone().try_acquire_owned().map_err(|_| {
-                Problem::unavailable(format!(
-                    "{MAX_ADHOC} questions about other windows or networks are being answered, the most at once; \
-                     ask again shortly (the default /api/v1/top is always answered)"
-                ))
-            })?;
+            let place = state.adhoc.enter().await?;
             let worker = snapshot.clone();
             let (done, answered) = tokio::sync::oneshot::channel();
             workers()
-                .send(Box::new(move || {
-                    let _permit = permit;
-                    let _ = done.send(question.answer(&kept(&worker), &worker));
-                }))
+                .send(job(
+                    place,
+                    move || question.answer(&kept(&worker), &worker),
+                    move |body| {
+                        let _ = done.send(body);
+                    },
+                ))
                 .map_err(|_| Problem::unavailable("the ad-hoc workers are gone".to_string()))?;
             let body = answered.await.map_err(|_| {
                 Problem::unavailable("the answer could not be computed".to_string())
@@ -372,6 +502,112 @@ pub async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_place_is_free_before_its_answer_is_delivered() {
+        let gate = Arc::new(Gate::new(1, 0, Duration::ZERO));
+        let place = gate.enter().await.expect("a free place");
+        assert_eq!(gate.free(), 0);
+        let (seen, free_at_delivery) = std::sync::mpsc::channel();
+        let watched = gate.clone();
+        job(
+            place,
+            || Bytes::from_static(b"answer"),
+            move |body| {
+                let _ = seen.send((watched.free(), body));
+            },
+        )();
+        let (free, body) = free_at_delivery.recv().expect("delivered");
+        assert_eq!(free, 1, "the place was still held when the answer left");
+        assert_eq!(body, Bytes::from_static(b"answer"));
+    }
+
+    #[tokio::test]
+    async fn questions_wait_their_turn_in_a_bounded_queue() {
+        let gate = Arc::new(Gate::new(2, 3, Duration::from_secs(60)));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut askers = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (gate, running, most) = (gate.clone(), running.clone(), most.clone());
+            let mut released = released.clone();
+            askers.spawn(async move {
+                let _place = gate.enter().await?;
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let _ = released.wait_for(|r| *r).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Problem>(())
+            });
+        }
+        // Two run, three wait: the queue is full.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while gate.waiting.load(Ordering::SeqCst) < 3 || running.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "askers never queued");
+            tokio::task::yield_now().await;
+        }
+        // A sixth finds the queue full: 503 at once, with Retry-After.
+        let refused = gate.enter().await.expect_err("the queue is full");
+        let response = refused.into_response();
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(RETRY_AFTER_SECONDS))
+        );
+        // Released, every waiter gets its turn, never more than two at once.
+        release.send_replace(true);
+        while let Some(asked) = askers.join_next().await {
+            asked.expect("asker").expect("a place in turn");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(gate.free(), 2);
+        assert_eq!(gate.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn windows_are_durations_of_whole_panes_within_the_retention() {
+        let (batch, retention) = (Duration::from_millis(200), Duration::from_secs(7200));
+        let length =
+            |text| window_length(text, batch, retention).map_err(|p| p.into_response().status());
+        assert_eq!(length("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(length("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(length("400ms"), Ok(Duration::from_millis(400)));
+        // The spec's pattern admits these: never 400.
+        for kept_nowhere in ["0s", "300ms", "999999999d", "3h", "1ns"] {
+            assert_eq!(
+                length(kept_nowhere),
+                Err(axum::http::StatusCode::NOT_FOUND),
+                "{kept_nowhere}"
+            );
+        }
+        for malformed in ["", "s", "10", "ten seconds", "-1s"] {
+            assert_eq!(
+                length(malformed),
+                Err(axum::http::StatusCode::BAD_REQUEST),
+                "{malformed}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_the_deadline_is_answered_503() {
+        let gate = Gate::new(1, 4, Duration::from_millis(20));
+        let _held = gate.enter().await.expect("a free place");
+        let refused = gate.enter().await.expect_err("no place came free");
+        assert_eq!(
+            refused.into_response().status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            gate.waiting.load(Ordering::SeqCst),
+            0,
+            "the waiter left the queue"
+        );
+    }
 
     #[test]
     fn workers_run_jobs_at_a_lower_priority_than_the_process() {

@@ -153,11 +153,22 @@ pub async fn network(
 ) -> Result<Response, Problem> {
     let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let network = Network::parse(&text).ok_or_else(|| {
-        Problem::bad_request(format!(
-            "{text:?} is not a network in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix"
-        ))
-    })?;
+    let network = match Network::parse(&text) {
+        Some(network) => network,
+        // Well formed, but no network is written so: not found.
+        None => match Network::enclosing(&text) {
+            Some(enclosing) => {
+                return Err(Problem::not_found(format!(
+                    "{text:?} has bits set past its prefix, so it names no network: did you mean {enclosing}?"
+                )));
+            }
+            None => {
+                return Err(Problem::bad_request(format!(
+                    "{text:?} is not a network in CIDR form (203.0.113.0/24, 2001:db8::/64)"
+                )));
+            }
+        },
+    };
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.sources.published.load();
     let question = Question::Network {
@@ -348,6 +359,13 @@ pub const MAX_EVENT_N: usize = crate::config::SORTED_TOP_N;
 /// A slow client skips to the newest snapshot; nothing queues for it. Each
 /// slide's data is rendered once per distinct `n` and shared by every
 /// stream; the streams end when shutdown begins.
+/// A positive decimal integer; one past `usize` is as good as no limit.
+fn positive_saturating(text: &str) -> Option<usize> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let positive = text.bytes().any(|b| b != b'0');
+    (digits && positive).then(|| text.parse::<usize>().unwrap_or(usize::MAX))
+}
+
 pub async fn events(
     State(state): State<AppState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -356,13 +374,9 @@ pub async fn events(
     let n = parse_n(query.n.as_deref(), MAX_EVENT_N)?;
     let limit = match query.limit.as_deref() {
         None => usize::MAX,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| *l >= 1)
-            .ok_or_else(|| {
-                Problem::bad_request(format!("limit must be a positive integer, got {text:?}"))
-            })?,
+        Some(text) => positive_saturating(text).ok_or_else(|| {
+            Problem::bad_request(format!("limit must be a positive integer, got {text:?}"))
+        })?,
     };
     let place = state.streams.open().ok_or_else(|| {
         Problem::unavailable(format!(

@@ -5,7 +5,7 @@
 //! gauge, set when `/metrics` is scraped. Nothing here can slow ingest down.
 
 pub mod access;
-mod adhoc;
+pub mod adhoc;
 mod alerts;
 mod handlers;
 mod problem;
@@ -103,14 +103,7 @@ pub struct AppState {
     pub streams: Arc<Streams>,
     pub access: Arc<access::Access>,
     /// Places for ad-hoc merges (other windows, networks).
-    pub adhoc: Arc<Semaphore>,
-}
-
-impl AppState {
-    /// The permits ad-hoc questions share.
-    pub fn adhoc_permits() -> Arc<Semaphore> {
-        adhoc::permits()
-    }
+    pub adhoc: Arc<adhoc::Gate>,
 }
 
 /// Every route: the router is built from this list and the spec test reads it.

@@ -11,7 +11,13 @@ pub struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
+    /// Seconds for `Retry-After` on a 503 (default [`RETRY_AFTER_SECONDS`]).
+    #[serde(skip)]
+    retry_after: Option<u32>,
 }
+
+/// What a 503 tells a client to wait unless the error says otherwise.
+const RETRY_AFTER_SECONDS: u32 = 5;
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -20,11 +26,24 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to ask again after `seconds` (on a 503).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// A well-formed question about something that is not here (a range
+    /// no longer kept).
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, detail)
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
@@ -43,9 +62,10 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         if retry {
+            let seconds = self.retry_after.unwrap_or(RETRY_AFTER_SECONDS);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -118,7 +118,7 @@ fn state(ready: bool) -> AppState {
     };
     AppState {
         sources,
-        adhoc: AppState::adhoc_permits(),
+        adhoc: Default::default(),
         streams: Arc::new(Streams::new(2, tokio_util::sync::CancellationToken::new())),
         access: Arc::new(access::Access::default()),
         info: Arc::new(ServiceInfo {
@@ -396,8 +396,17 @@ async fn events_stream_whole_snapshots() {
         (status, content_type.as_str()),
         (StatusCode::BAD_REQUEST, "application/problem+json")
     );
-    let (status, _, _) = call(Method::GET, "/api/v1/events?limit=0").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for bad in ["0", "00", "-1", "one", ""] {
+        let (status, _, _) = call(Method::GET, &format!("/api/v1/events?limit={bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "limit={bad}");
+    }
+    // A limit past any count of events is no limit, not an error.
+    let huge = open(
+        &router(state(true)),
+        "/api/v1/events?limit=25522253683818295902328418333622272",
+    )
+    .await;
+    assert_eq!(huge.status(), StatusCode::OK);
 }
 
 async fn open(router: &Router, uri: &str) -> axum::response::Response {
@@ -632,42 +641,71 @@ async fn any_kept_range_answers_by_address_and_by_network() {
 }
 
 #[tokio::test]
-async fn ranges_outside_the_kept_history_are_problems_naming_the_parameter() {
-    for (uri, names) in [
+async fn malformed_parameters_are_400_and_ranges_not_kept_are_404_naming_them() {
+    let malformed = [
+        ("/api/v1/top?window=soon", "window"),
+        ("/api/v1/top?end=yesterday", "end"),
+        ("/api/v1/top?end=2027-01-15T08:00:01", "end"),
+        ("/api/v1/top?prefix4=33", "prefix4"),
+        ("/api/v1/top?prefix6=129", "prefix6"),
+        ("/api/v1/top?prefix4=-1", "prefix4"),
+        ("/api/v1/networks/nowhere", "CIDR"),
+        ("/api/v1/networks/0", "CIDR"),
+        ("/api/v1/networks/10.0.0.0/33", "CIDR"),
+        ("/api/v1/networks/10.0.0.0/24?n=0", "n must be"),
+    ];
+    // Well formed, but no such range (or network) is kept.
+    let not_kept = [
         ("/api/v1/top?window=4s", "retention"),
         ("/api/v1/top?window=1500ms", "window"),
         ("/api/v1/top?window=0s", "window"),
-        ("/api/v1/top?window=soon", "window"),
         ("/api/v1/top?end=2027-01-15T08:00:00.500Z", "end"),
-        ("/api/v1/top?end=yesterday", "end"),
+        ("/api/v1/top?end=2000-01-01T00:00:00Z", "end"),
+        ("/api/v1/top?end=1969-12-31T23:59:59Z", "end"),
+        ("/api/v1/ips/10.0.0.1?end=2000-01-01T00:00:00Z", "end"),
         (
             "/api/v1/top?window=2s&end=2027-01-15T08:00:00Z",
             "before the kept history",
         ),
-        (
-            "/api/v1/top?window=1s&end=2027-01-15T07:59:59Z",
-            "end must be",
-        ),
-        (
-            "/api/v1/top?window=1s&end=2027-01-15T08:00:03Z",
-            "end must be",
-        ),
-        ("/api/v1/top?prefix4=33", "prefix4"),
-        ("/api/v1/top?prefix6=129", "prefix6"),
-        ("/api/v1/top?prefix4=-1", "prefix4"),
+        ("/api/v1/top?window=1s&end=2027-01-15T07:59:59Z", "end"),
+        ("/api/v1/top?window=1s&end=2027-01-15T08:00:03Z", "end"),
         ("/api/v1/ips/10.0.0.1?window=9s", "window"),
-        ("/api/v1/networks/10.0.0.1/24", "CIDR"),
-        ("/api/v1/networks/nowhere", "CIDR"),
-        ("/api/v1/networks/10.0.0.0/33", "CIDR"),
-        ("/api/v1/networks/10.0.0.0/24?n=0", "n must be"),
+        ("/api/v1/networks/10.0.0.1/24", "10.0.0.0/24"),
+    ];
+    for (expected, cases) in [
+        (StatusCode::BAD_REQUEST, &malformed[..]),
+        (StatusCode::NOT_FOUND, &not_kept[..]),
     ] {
-        let (status, content_type, body) = call(Method::GET, uri).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
-        assert!(
-            content_type.contains("problem+json"),
-            "{uri}: {content_type}"
+        for (uri, names) in cases {
+            let (status, content_type, body) = call(Method::GET, uri).await;
+            assert_eq!(status, expected, "{uri}: {body}");
+            assert!(
+                content_type.contains("problem+json"),
+                "{uri}: {content_type}"
+            );
+            assert!(body.contains(names), "{uri}: {body}");
+        }
+    }
+    // The same moment at another UTC offset is the same pane boundary.
+    let (status, body) = get_json("/api/v1/top?window=1s&end=2027-01-15T09:00:02%2B01:00").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["window"]["end"], "2027-01-15T08:00:02.000Z");
+}
+
+#[tokio::test]
+async fn sequential_questions_always_find_a_place() {
+    let state = state(true);
+    let gate = state.adhoc.clone();
+    let router = router(state);
+    // Every question is new (another n), so every one is merged by a worker.
+    for n in 1..=200 {
+        let (status, _) = ask(&router, &format!("/api/v1/top?window=3s&n={n}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "question {n}");
+        assert_eq!(
+            gate.free(),
+            adhoc::MAX_ADHOC,
+            "a place still held after answer {n}"
         );
-        assert!(body.contains(names), "{uri}: {body}");
     }
 }
 

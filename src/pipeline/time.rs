@@ -82,6 +82,13 @@ fn time_local(t: &[u8]) -> Option<i64> {
 
 /// `2026-11-24T06:35:13.250+01:00`, `…Z`; a space may stand for the `T`.
 fn rfc3339(t: &[u8]) -> Option<i64> {
+    rfc3339_ms(t).filter(|ms| *ms >= 0)
+}
+
+/// Epoch milliseconds of an RFC 3339 time, negative before 1970 (a time
+/// asked about, which may well precede anything logged); `None` when the
+/// text is not one.
+pub fn rfc3339_ms(t: &[u8]) -> Option<i64> {
     if t.len() < 20 || t[4] != b'-' || t[7] != b'-' || t[13] != b':' || t[16] != b':' {
         return None;
     }
@@ -115,7 +122,7 @@ fn rfc3339(t: &[u8]) -> Option<i64> {
         }
         _ => return None,
     };
-    civil_ms(
+    signed_civil_ms(
         digits(t, 0, 4)?,
         digits(t, 5, 2)?,
         digits(t, 8, 2)?,
@@ -171,6 +178,18 @@ fn civil_ms(
     year: i64,
     month: i64,
     day: i64,
+    time: (i64, i64, i64),
+    millis: i64,
+    offset_seconds: i64,
+) -> Option<i64> {
+    signed_civil_ms(year, month, day, time, millis, offset_seconds).filter(|ms| *ms >= 0)
+}
+
+/// [`civil_ms`], negative before 1970.
+fn signed_civil_ms(
+    year: i64,
+    month: i64,
+    day: i64,
     (hour, minute, second): (i64, i64, i64),
     millis: i64,
     offset_seconds: i64,
@@ -183,7 +202,7 @@ fn civil_ms(
     }
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    (seconds >= 0).then_some(seconds * 1000 + millis)
+    Some(seconds * 1000 + millis)
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {

@@ -102,6 +102,14 @@ impl Network {
     /// Parses `address[/prefix]`; `None` when either part is invalid or
     /// bits are set past the prefix (`10.0.0.1/8` is refused: write `10.0.0.0/8`).
     pub fn parse(text: &str) -> Option<Network> {
+        let network = Network::enclosing(text)?;
+        let written = parse_ip(text.split_once('/').map_or(text, |(a, _)| a))?;
+        (network.bits == written.0).then_some(network)
+    }
+
+    /// Parses `address[/prefix]` as [`Network::parse`] does, but clears
+    /// the bits past the prefix: `10.0.0.1/8` is `10.0.0.0/8`.
+    pub fn enclosing(text: &str) -> Option<Network> {
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -116,10 +124,13 @@ impl Network {
             Some(_) => return None,
         };
         let network = Network {
-            bits: key.0,
+            bits: 0,
             prefix: prefix + offset,
         };
-        (network.mask() & key.0 == key.0).then_some(network)
+        Some(Network {
+            bits: key.0 & network.mask(),
+            ..network
+        })
     }
 
     /// The network of `ip` with `prefix4` bits (IPv4) or `prefix6` bits
