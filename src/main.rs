@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::FromArgMatches;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, FromArgMatches};
 use ipstats::config::{Cli, Command, EXIT_USAGE, Settings, check_legacy_repeats};
 use ipstats::stop::Stop;
 use tracing_subscriber::EnvFilter;
@@ -15,7 +15,7 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let parsed = Cli::command()
+    let parsed = ipstats::config::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
     let (cli, matches) = match parsed {

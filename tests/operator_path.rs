@@ -359,6 +359,51 @@ fn a_demo_stopped_at_any_point_of_its_start_leaves_no_directory_behind() {
     }
 }
 
+#[test]
+fn a_first_demo_run_warns_about_nothing_and_keeps_its_state_inside_the_checkpoint_dir() {
+    let parent = std::env::temp_dir().join(unique("ipstats-demo-parent"));
+    let parent_text = parent.display().to_string();
+    let mut svc = Service::spawn(&["--checkpoint-dir", &parent_text]);
+    let addr = svc.addr;
+    let dir = parent.join(format!("ipstats-demo-{}", svc.child.id()));
+    svc.wait_ready(WAIT);
+    // Enough of the demo's traffic that its malformed share (CLF lines
+    // among them) has been read many times over, and a checkpoint written.
+    wait_for("20,000 demo records and a checkpoint", WAIT, || {
+        let consumed = get_json(addr, "/api/v1/status")["records_consumed"]
+            .as_u64()
+            .unwrap_or(0);
+        let checkpointed = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        if consumed >= 20_000 && checkpointed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{consumed} consumed, checkpoint written: {checkpointed}"
+            ))
+        }
+    });
+    for p in get_json(addr, "/api/v1/offsets")["partitions"]
+        .as_array()
+        .expect("partitions")
+    {
+        assert!(p["last_reset"].is_null(), "a first start is no reset: {p}");
+        assert_eq!(p["start"]["from"], "offset_reset", "{p}");
+    }
+    let log = svc.log_text();
+    // The one warning is the label that keeps a demo from passing for a
+    // real run (no --brokers given by mistake).
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("DEMO MODE"))
+        .collect();
+    assert!(warnings.is_empty(), "a newcomer's first run: {warnings:#?}");
+    assert_eq!(log.matches("first start").count(), 1, "said once: {log}");
+    svc.signal("TERM");
+    assert!(svc.wait_exit(WAIT).success(), "{}", svc.log_text());
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
 /// `ipstats produce` with `extra` into a new topic; the lines it wrote.
 fn produce_with(cluster: &common::Cluster, extra: &[&str]) -> Vec<u8> {
     let out = std::env::temp_dir().join(unique("produced"));

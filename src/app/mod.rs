@@ -113,9 +113,15 @@ impl App {
             None => None,
         };
         // Demo data lives only as long as the embedded broker: its state is
-        // checkpointed like real data, into a directory thrown away at exit.
+        // checkpointed like real data, into a directory thrown away at exit,
+        // inside --checkpoint-dir when one is given.
         let demo_dir = settings.is_demo().then(|| {
-            DemoDir(std::env::temp_dir().join(format!("ipstats-demo-{}", std::process::id())))
+            let parent = if settings.checkpoint_dir_given {
+                settings.checkpoint_dir.clone()
+            } else {
+                std::env::temp_dir()
+            };
+            DemoDir(parent.join(format!("ipstats-demo-{}", std::process::id())))
         });
         if let Some(dir) = &demo_dir {
             settings.checkpoint_dir = dir.0.clone();

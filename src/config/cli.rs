@@ -105,14 +105,12 @@ pub struct ServeArgs {
         value_parser = humantime::parse_duration
     )]
     pub zookeeper_session_timeout: Duration,
-    /// Directory for checkpoints and the instance id.
-    #[arg(
-        long,
-        env = "IPSTATS_CHECKPOINT_DIR",
-        value_name = "DIR",
-        default_value = "./ipstats-checkpoint"
-    )]
-    pub checkpoint_dir: PathBuf,
+    /// Directory for checkpoints and the instance id [default: ./ipstats-checkpoint]. The demo
+    /// (no --brokers) keeps its state only as long as its embedded broker's records: in a
+    /// directory ipstats-demo-<pid> inside this one (default: the system's temporary
+    /// directory), removed at exit.
+    #[arg(long, env = "IPSTATS_CHECKPOINT_DIR", value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
     /// How often state is checkpointed: a whole multiple of --slide, at most 24h. Default: 5 slides.
     #[arg(long, env = "IPSTATS_CHECKPOINT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Option<Duration>,

@@ -52,6 +52,9 @@ pub struct ZkConnect {
     pub chroot: Option<String>,
 }
 
+/// Where checkpoints go unless `--checkpoint-dir` says otherwise.
+pub const DEFAULT_CHECKPOINT_DIR: &str = "./ipstats-checkpoint";
+
 /// Validated settings of the service.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -61,6 +64,8 @@ pub struct Settings {
     pub zookeeper: Option<ZkConnect>,
     pub zookeeper_session_timeout: Duration,
     pub checkpoint_dir: PathBuf,
+    /// `--checkpoint-dir` was given (the demo's state then lives inside it).
+    pub checkpoint_dir_given: bool,
     pub checkpoint_interval: Duration,
     pub reset_checkpoint: bool,
     pub shutdown_grace: Duration,
@@ -234,7 +239,10 @@ impl TryFrom<ServeArgs> for Settings {
                 ),
             ));
         }
-        if a.checkpoint_dir.as_os_str().is_empty() {
+        if a.checkpoint_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return Err(invalid("--checkpoint-dir", "must not be empty"));
         }
         let retention = retention(a.retention, a.window, a.slide, a.batch)?;
@@ -253,7 +261,10 @@ impl TryFrom<ServeArgs> for Settings {
             group: a.group,
             zookeeper,
             zookeeper_session_timeout: a.zookeeper_session_timeout,
-            checkpoint_dir: a.checkpoint_dir,
+            checkpoint_dir_given: a.checkpoint_dir.is_some(),
+            checkpoint_dir: a
+                .checkpoint_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_DIR)),
             checkpoint_interval,
             reset_checkpoint: a.reset_checkpoint,
             shutdown_grace: a.shutdown_grace,
@@ -347,7 +358,7 @@ impl TryFrom<LegacyArgs> for Settings {
             topics: l.legacy_topics,
             group: l.group_id,
             zookeeper: Some(l.zk_servers),
-            checkpoint_dir: l.checkpoint_directory,
+            checkpoint_dir: Some(l.checkpoint_directory),
             batch: seconds("<batchSeconds>", l.batch_seconds)?,
             window: seconds("<windowSeconds>", l.window_seconds)?,
             slide: seconds("<slideSeconds>", l.slide_seconds)?,
@@ -366,6 +377,20 @@ impl TryFrom<LegacyArgs> for Settings {
             e
         })
     }
+}
+
+/// The command line: [`Cli`], with `ipstats legacy --help` leaving out
+/// the options its eight arguments set (they are refused there, by
+/// [`check_legacy_repeats`], which still sees them).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("legacy", |legacy| {
+        LegacyArgs::REPEATED
+            .iter()
+            .fold(legacy, |legacy, (id, _, _)| {
+                legacy.mut_arg(*id, |a| a.hide(true))
+            })
+    })
 }
 
 /// `ipstats legacy` with an option that one of its eight arguments sets

@@ -33,7 +33,14 @@ pub struct Parser {
     /// Hints seen, and hints already handed out (bit sets of [`Hint`]).
     hints_seen: u8,
     hints_given: u8,
+    /// Lines read, and those among them in the other format (CLF text
+    /// under `--format json`, JSON under `--format clf`).
+    lines: u64,
+    other_format: u64,
 }
+
+/// Lines in the other format that make a run of them worth a hint.
+const OTHER_FORMAT_HINT_MIN: u64 = 3;
 
 /// Buffers reused from line to line.
 #[derive(Debug, Default)]
@@ -55,6 +62,8 @@ impl Parser {
             repaired: 0,
             hints_seen: 0,
             hints_given: 0,
+            lines: 0,
+            other_format: 0,
         }
     }
 
@@ -68,6 +77,9 @@ impl Parser {
 
     /// Why a skipped line was skipped may point to a setting: noted for
     /// [`Parser::take_new_hints`]. Only skipped lines pay for the look.
+    /// Advice to switch `--format` is noted only once such lines are most
+    /// of those read: a few stray lines of the other kind among good ones
+    /// (a shipper's test line, a bad client) would be made worse by it.
     #[cold]
     fn note_hint(&mut self, line: &[u8], reason: SkipReason) {
         let hint = match (self.field.format, reason) {
@@ -78,6 +90,12 @@ impl Parser {
             (Format::Clf, SkipReason::BadFormat) if line.first() == Some(&b'{') => Hint::JsonAsClf,
             _ => return,
         };
+        if matches!(hint, Hint::ClfAsJson | Hint::JsonAsClf) {
+            self.other_format += 1;
+            if self.other_format < OTHER_FORMAT_HINT_MIN || self.other_format * 2 <= self.lines {
+                return;
+            }
+        }
         self.hints_seen |= hint.bit();
     }
 
@@ -97,6 +115,7 @@ impl Parser {
     /// ([`ClientField::with_time`]), its time in epoch milliseconds (a line
     /// without a readable time is `bad_time`); or why it has none.
     pub fn parse_record(&mut self, line: &[u8]) -> Result<(IpKey, Option<i64>), SkipReason> {
+        self.lines += 1;
         if line.len() > self.max_line_bytes {
             return Err(SkipReason::TooLarge);
         }
@@ -496,10 +515,30 @@ mod tests {
             br#"10.0.0.1 - - [24/Nov/2026:06:35:13 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#;
         for _ in 0..3 {
             assert_eq!(json.parse(nginx_default), Err(SkipReason::NotJson));
+        }
+        assert_eq!(
+            json.take_new_hints().collect::<Vec<_>>(),
+            [Hint::NginxDefaultEscaping]
+        );
+        // CLF lines among JSON ones: switching --format would lose more than
+        // it reads, so no advice to switch until they are most of the lines.
+        let good = br#"{"client_real_ip":"10.0.0.2"}"#;
+        for _ in 0..100 {
+            json.parse(good).expect("counted");
+        }
+        for _ in 0..50 {
             assert_eq!(json.parse(combined), Err(SkipReason::NotJson));
             assert_eq!(json.parse(b"plain garbage"), Err(SkipReason::NotJson));
         }
-        let hints: Vec<Hint> = json.take_new_hints().collect();
+        assert_eq!(json.take_new_hints().count(), 0, "a minority of CLF lines");
+        // Then a shipper sends only CLF text: now most lines are CLF.
+        for _ in 0..200 {
+            assert_eq!(json.parse(combined), Err(SkipReason::NotJson));
+        }
+        let hints: Vec<Hint> = [Hint::NginxDefaultEscaping]
+            .into_iter()
+            .chain(json.take_new_hints())
+            .collect();
         assert_eq!(hints, [Hint::NginxDefaultEscaping, Hint::ClfAsJson]);
         assert!(hints[0].advice().contains("escape=json"));
         assert!(hints[1].advice().contains("--format clf"));
@@ -507,10 +546,12 @@ mod tests {
         assert_eq!(json.take_new_hints().count(), 0, "each once");
 
         let mut clf = Parser::new(ClientField::from(FIELD).with_format(Format::Clf), MAX);
-        assert_eq!(
-            clf.parse(br#"{"client_real_ip":"10.0.0.1"}"#),
-            Err(SkipReason::BadFormat)
-        );
+        for _ in 0..OTHER_FORMAT_HINT_MIN {
+            assert_eq!(
+                clf.parse(br#"{"client_real_ip":"10.0.0.1"}"#),
+                Err(SkipReason::BadFormat)
+            );
+        }
         assert_eq!(clf.take_new_hints().collect::<Vec<_>>(), [Hint::JsonAsClf]);
         assert!(Hint::JsonAsClf.advice().contains("--envelope"));
     }

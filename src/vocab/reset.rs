@@ -123,3 +123,12 @@ pub struct Reset {
     pub lost: i64,
     pub at: SystemTime,
 }
+
+impl Reset {
+    /// Nothing was stored and nothing is passed over: the partition's first
+    /// start, from its oldest record. Normal, so neither a warning nor a
+    /// partition's "last reset"; `start` in `/api/v1/offsets` says it.
+    pub fn is_first_start(&self) -> bool {
+        self.reason == ResetReason::Missing && self.start == self.log_start
+    }
+}

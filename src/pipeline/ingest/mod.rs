@@ -325,23 +325,12 @@ fn warm_metadata(consumer: &KafkaConsumer, starts: &[tracker::Start]) {
 }
 
 /// Logs and counts one partition that does not continue from where it was,
-/// found at assignment or on a gap in its offsets. Always a warning: a reset
-/// means records are counted again, skipped or lost.
+/// found at assignment or on a gap in its offsets. A warning, as a reset
+/// means records are counted again, skipped or lost; a first start from the
+/// oldest record is only counted (its caller says it once, at info).
 fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, gap: bool) {
-    let stored = offset_text(reset.stored);
-    let from = reset.origin.map_or("-", Origin::as_str);
-    if gap {
-        warn!(%topic, partition, next = %stored, log_start = reset.log_start,
-            lost = reset.lost, "records expired before they were counted");
-    } else if reset.reason == ResetReason::Missing {
-        warn!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
-            log_end = reset.log_end, start = reset.start,
-            "no stored offset in the checkpoint, ZooKeeper or the Kafka group; \
-             starting by --offset-reset");
-    } else {
-        warn!(%topic, partition, reason = %reset.reason, %stored, %from,
-            log_start = reset.log_start, log_end = reset.log_end, start = reset.start,
-            lost = reset.lost, "partition does not start at a stored offset");
+    if !reset.is_first_start() {
+        warn_reset(topic, partition, reset, gap);
     }
     metrics
         .offset_resets
@@ -352,6 +341,24 @@ fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, g
             .records_lost
             .with_label_values(&[topic, &partition.to_string()])
             .inc_by(reset.lost as u64);
+    }
+}
+
+fn warn_reset(topic: &str, partition: i32, reset: &Reset, gap: bool) {
+    let stored = offset_text(reset.stored);
+    let from = reset.origin.map_or("-", Origin::as_str);
+    if gap {
+        warn!(%topic, partition, next = %stored, log_start = reset.log_start,
+            lost = reset.lost, "records expired before they were counted");
+    } else if reset.reason == ResetReason::Missing {
+        warn!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
+            log_end = reset.log_end, start = reset.start,
+            "no stored offset in the checkpoint, ZooKeeper or the Kafka group; \
+             --offset-reset latest passes over the records already in the log");
+    } else {
+        warn!(%topic, partition, reason = %reset.reason, %stored, %from,
+            log_start = reset.log_start, log_end = reset.log_end, start = reset.start,
+            lost = reset.lost, "partition does not start at a stored offset");
     }
 }
 
@@ -462,6 +469,18 @@ impl State {
         consumer
             .incremental_assign(&tpl)
             .map_err(|e| assign_error(&first.topic, first.partition, e))?;
+        let first_starts = starts
+            .iter()
+            .filter(|s| s.reset.as_ref().is_some_and(Reset::is_first_start))
+            .count();
+        if first_starts > 0 {
+            info!(
+                partitions = first_starts,
+                of = starts.len(),
+                "first start: nothing is stored for these partitions (checkpoint, ZooKeeper, \
+                 Kafka group), so each is read from its oldest record"
+            );
+        }
         for start in starts {
             if let Some(reset) = &start.reset {
                 record_reset(

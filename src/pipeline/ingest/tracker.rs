@@ -229,7 +229,7 @@ impl Tracker {
             taken: 0,
             held: None,
             last_timestamp_ms: None,
-            last_reset: start.reset,
+            last_reset: start.reset.filter(|r| !r.is_first_start()),
             started: start.started,
         });
         slot
@@ -569,6 +569,41 @@ mod tests {
         );
         let refused = tracker.plan(&cluster, &stored, OffsetReset::Fail, true);
         assert!(refused.is_err_and(|e| e.to_string().contains("t/1")));
+        // Nothing stored and read from the oldest record: a first start, not
+        // a partition's last reset; passing records over (latest) is one.
+        let mut tracker = tracker;
+        for start in tracker
+            .plan(&cluster, &stored, OffsetReset::Earliest, true)
+            .expect("plan")
+        {
+            tracker.add(start);
+        }
+        let last_resets: Vec<_> = tracker
+            .partitions()
+            .iter()
+            .map(|p| p.last_reset.as_ref().map(|r| r.reason))
+            .collect();
+        assert_eq!(
+            last_resets,
+            [
+                None,
+                Some(ResetReason::Expired),
+                Some(ResetReason::Ahead),
+                None
+            ]
+        );
+        let latest = tracker
+            .plan(
+                &view(&[("v", 0, 5, 100)]),
+                &stored,
+                OffsetReset::Latest,
+                true,
+            )
+            .expect("plan");
+        let passed_over = latest[0].reset.as_ref().expect("a reset");
+        assert!(!passed_over.is_first_start());
+        tracker.add(latest.into_iter().next().expect("one"));
+        assert!(tracker.partitions()[4].last_reset.is_some());
     }
 
     #[test]
