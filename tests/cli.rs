@@ -484,10 +484,16 @@ fn count_reads_common_and_combined_log_format() {
         "invalid_ip 1",
         "bad_format 1",
         "1 lines held invalid UTF-8",
-        "lines are JSON objects: run with --format json",
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
+    // One JSON line among CLF ones is skipped and counted; switching to
+    // --format json would lose the rest, so it is not advised.
+    assert!(!stderr.contains("run with --format json"), "{stderr}");
+    // The window spans the log's own times, not the run's.
+    assert_eq!(top["window"]["start"], "2026-11-24T06:35:13.000Z");
+    assert_eq!(top["window"]["end"], "2026-11-24T06:35:15.000Z");
+    assert_eq!(top["window"]["length_seconds"], 2.0);
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default). Without --brokers: the embedded demo.
     Serve(Box<ServeArgs>),
-    /// Write realistic nginx JSON access-log lines into a Kafka topic.
+    /// Write realistic nginx access-log lines into a Kafka topic: JSON (escape=json) or, with
+    /// --format clf, the default combined text.
     Produce(ProduceArgs),
     /// The original Spark job's eight arguments, for drop-in migration; every
     /// serve option and environment variable applies beside them.
@@ -238,8 +239,10 @@ pub struct ServeArgs {
     /// A request's header must arrive within this (100ms..=1h), or the connection is closed.
     #[arg(long, env = "IPSTATS_HEADER_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
-    /// A file holding a bearer token that API requests must carry
-    /// (Authorization: Bearer, or ?access_token=); /healthz and /readyz stay open.
+    /// A file holding a bearer token (16 characters or more; surrounding whitespace is ignored)
+    /// that requests must carry (Authorization: Bearer, or ?access_token=). Open without it:
+    /// /healthz and /readyz (probes), the dashboard's files /, /dashboard.js and /dashboard.css
+    /// and /openapi.yaml (no data in them), and /metrics with --metrics-without-auth.
     #[arg(long, env = "IPSTATS_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// With --auth-token-file: /metrics is open too (for a Prometheus without the token).
@@ -390,8 +393,18 @@ impl LegacyArgs {
 /// `ipstats count FILE|-`
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
-    /// The log file, one JSON line per request; `-` reads standard input.
+    /// The log file, one request per line as --format (and --envelope) say; `-` reads
+    /// standard input.
     pub file: PathBuf,
+    /// The line's time, as for serve: the answer's window spans the times read (a line
+    /// without one is counted all the same).
+    #[arg(
+        long,
+        env = "IPSTATS_TIME_FIELD",
+        value_name = "PATH",
+        default_value = "time_local"
+    )]
+    pub time_field: String,
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,

@@ -571,6 +571,42 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    fn help(subcommand: Option<&str>) -> String {
+        let mut command = command();
+        let command = match subcommand {
+            Some(name) => command.find_subcommand_mut(name).expect("subcommand"),
+            None => &mut command,
+        };
+        command.render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_says_what_the_program_does() {
+        let serve = help(None);
+        let token = &serve[serve.find("--auth-token-file").expect("listed")..];
+        let token = &token[..token.find("\n\n").unwrap_or(token.len())];
+        for open in crate::http::access::OPEN {
+            assert!(
+                token.contains(&format!("{open} "))
+                    || token.contains(&format!("{open},"))
+                    || token.contains(&format!("{open})")),
+                "{open} in {token}"
+            );
+        }
+        assert!(token.contains("16 characters"), "{token}");
+        // What legacy's eight arguments set is not offered as an option.
+        let legacy = help(Some("legacy"));
+        let offered = |flag: &str| {
+            legacy
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{flag} ")))
+        };
+        for (_, flag, _) in LegacyArgs::REPEATED {
+            assert!(!offered(flag), "{flag} in {legacy}");
+        }
+        assert!(offered("--rules"), "the other serve options stay");
+    }
+
     fn settings(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from(std::iter::once("ipstats").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::problem::Problem;
 
-/// Paths that never need the token.
-const OPEN: &[&str] = &[
+/// Paths that never need the token (`--auth-token-file --help` lists them).
+pub const OPEN: &[&str] = &[
     "/healthz",
     "/readyz",
     "/",

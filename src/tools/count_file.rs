@@ -1,5 +1,6 @@
 //! `ipstats count FILE|-`: the top-N of a log file, with the service's parser
-//! and in the same JSON shape as `/api/v1/top` (the window is the run).
+//! and in the same JSON shape as `/api/v1/top`; the window spans the log's
+//! own times (`--time-field`), from the earliest read to the latest.
 //!
 //! The input is read in large blocks cut at a line end; one thread per core
 //! counts blocks with its own parser and tally, merged at the end (counts
@@ -8,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::{Mutex, mpsc};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
@@ -19,6 +20,7 @@ use crate::pipeline::hint::Hint;
 use crate::pipeline::parse::{ClientField, Parser};
 use crate::pipeline::query::{Grouping, top_networks};
 use crate::pipeline::window::top_k;
+use crate::vocab::SkipReason;
 
 /// Bytes read per block (a line longer than this makes its block longer).
 const BLOCK_BYTES: u64 = 4 << 20;
@@ -31,21 +33,70 @@ pub struct Counted {
     pub hints: Vec<Hint>,
     /// Lines that held invalid UTF-8 (read with U+FFFD).
     pub repaired: u64,
+    /// The earliest and the latest time read (epoch ms), if any line had one.
+    pub span: Option<(i64, i64)>,
 }
 
 impl Counted {
-    fn merge(&mut self, mut parser: Parser, tally: Tally<u64>) {
+    fn merge(&mut self, mut reader: Reader) {
+        let tally = reader.tally;
         for (ip, n) in tally.counts.iter() {
             self.tally.counts.add(ip, n);
         }
         self.tally.requests += tally.requests;
         self.tally.skipped.merge(&tally.skipped);
-        for hint in parser.take_new_hints() {
-            if !self.hints.contains(&hint) {
-                self.hints.push(hint);
+        for parser in [&mut reader.timed, &mut reader.untimed] {
+            for hint in parser.take_new_hints() {
+                if !self.hints.contains(&hint) {
+                    self.hints.push(hint);
+                }
             }
         }
-        self.repaired += parser.take_repaired();
+        // The timed parser read every line (the untimed one only re-read some).
+        self.repaired += reader.timed.take_repaired();
+        self.span = widen(self.span, reader.span);
+    }
+}
+
+fn widen(a: Option<(i64, i64)>, b: Option<(i64, i64)>) -> Option<(i64, i64)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One counting thread's parsers and tally. A line is read with its time
+/// when it has one; a line without a readable time is counted all the same
+/// (read again without it), as a log file need not carry times.
+pub struct Reader {
+    timed: Parser,
+    untimed: Parser,
+    tally: Tally<u64>,
+    span: Option<(i64, i64)>,
+}
+
+impl Reader {
+    pub fn new(field: &ClientField, time_field: &str, max_line_bytes: usize) -> Reader {
+        Reader {
+            timed: Parser::new(field.clone().with_time(Some(time_field)), max_line_bytes),
+            untimed: Parser::new(field.clone(), max_line_bytes),
+            tally: Tally::default(),
+            span: None,
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        match self.timed.parse_record(line) {
+            Ok((ip, time)) => {
+                self.tally.counts.add(ip, 1);
+                self.tally.requests += 1;
+                if let Some(t) = time {
+                    self.span = widen(self.span, Some((t, t)));
+                }
+            }
+            Err(SkipReason::BadTime) => self.tally.line(&mut self.untimed, line),
+            Err(reason) => self.tally.skipped.add(reason),
+        }
     }
 }
 
@@ -55,15 +106,15 @@ impl Counted {
 /// once the first few are in flight.
 pub fn count_lines(
     input: impl Read,
-    parser: impl Fn() -> Parser + Sync,
+    reader: impl Fn() -> Reader + Sync,
     workers: usize,
 ) -> io::Result<Counted> {
-    count_in_blocks(input, parser, workers, BLOCK_BYTES)
+    count_in_blocks(input, reader, workers, BLOCK_BYTES)
 }
 
 fn count_in_blocks(
     mut input: impl Read,
-    parser: impl Fn() -> Parser + Sync,
+    reader: impl Fn() -> Reader + Sync,
     workers: usize,
     block_bytes: u64,
 ) -> io::Result<Counted> {
@@ -74,20 +125,19 @@ fn count_in_blocks(
     std::thread::scope(|scope| {
         let counting: Vec<_> = (0..workers)
             .map(|_| {
-                let (blocks, emptied, parser) = (&blocks, emptied.clone(), &parser);
+                let (blocks, emptied, reader) = (&blocks, emptied.clone(), &reader);
                 scope.spawn(move || {
-                    let mut parser = parser();
-                    let mut tally = Tally::default();
+                    let mut reader = reader();
                     // The lock is held only while waiting for the next block.
                     while let Ok(block) = blocks
                         .lock()
                         .map_err(drop)
                         .and_then(|b| b.recv().map_err(drop))
                     {
-                        count_block(&block, &mut parser, &mut tally);
+                        count_block(&block, &mut reader);
                         let _ = emptied.send(block);
                     }
-                    (parser, tally)
+                    reader
                 })
             })
             .collect();
@@ -95,10 +145,10 @@ fn count_in_blocks(
         drop(full);
         let mut counted = Counted::default();
         for worker in counting {
-            let (parser, tally) = worker
+            let reader = worker
                 .join()
                 .map_err(|_| io::Error::other("a counting thread panicked"))?;
-            counted.merge(parser, tally);
+            counted.merge(reader);
         }
         read.map(|()| counted)
     })
@@ -143,10 +193,10 @@ fn read_blocks(
 }
 
 /// Counts the lines of one block (line ends found with `memchr`).
-fn count_block(block: &[u8], parser: &mut Parser, tally: &mut Tally<u64>) {
+fn count_block(block: &[u8], reader: &mut Reader) {
     let mut count = |line: &[u8]| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        tally.line(parser, line);
+        reader.line(line);
     };
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', block) {
@@ -169,25 +219,32 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     let input = Input::try_from(args.input)?;
     let started = SystemTime::now();
     let field = ClientField::from(&input);
-    let parser = || Parser::new(field.clone(), input.max_line_bytes);
+    let reader = || Reader::new(&field, &args.time_field, input.max_line_bytes);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
     let counted = if args.file.as_os_str() == "-" {
-        count_lines(io::stdin().lock(), parser, workers).context("reading standard input")?
+        count_lines(io::stdin().lock(), reader, workers).context("reading standard input")?
     } else {
         let file =
             File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-        count_lines(file, parser, workers)
+        count_lines(file, reader, workers)
             .with_context(|| format!("reading {}", args.file.display()))?
     };
     let Counted {
         tally: counted,
         hints,
         repaired,
+        span,
     } = counted;
-    let ended = SystemTime::now();
-    let elapsed = ended.duration_since(started).unwrap_or_default();
-    // The window is the run.
-    let window = WindowView::new(started, ended, elapsed, elapsed);
+    let elapsed = started.elapsed().unwrap_or_default();
+    let window = match span {
+        Some((earliest, latest)) => {
+            let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs());
+            let length = at(latest).duration_since(at(earliest)).unwrap_or_default();
+            WindowView::new(at(earliest), at(latest), length, length)
+        }
+        // No line had a time: the window says so by being empty at the epoch.
+        None => WindowView::new(UNIX_EPOCH, UNIX_EPOCH, Duration::ZERO, Duration::ZERO),
+    };
     let mut stdout = io::stdout().lock();
     if args.prefix4.is_some() || args.prefix6.is_some() {
         let grouping = Grouping {
@@ -218,10 +275,18 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     for hint in hints {
         eprintln!("ipstats: {}", hint.advice());
     }
+    if span.is_none() && counted.requests > 0 {
+        eprintln!(
+            "ipstats: no line had a readable time at --time-field {:?}: the window is empty",
+            args.time_field
+        );
+    }
     eprintln!(
-        "counted {} requests from {} IPs in {:.2}s; skipped {} lines{}{}",
+        "counted {} {} from {} {} in {:.2}s; skipped {} lines{}{}",
         counted.requests,
+        plural(counted.requests, "request", "requests"),
         counted.counts.len(),
+        plural(counted.counts.len() as u64, "address", "addresses"),
         elapsed.as_secs_f64(),
         counted.skipped.total(),
         if skipped.is_empty() {
@@ -238,6 +303,10 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,10 +316,31 @@ mod tests {
         Parser::new("client_real_ip", 1024)
     }
 
+    fn reader() -> Reader {
+        Reader::new(&ClientField::from("client_real_ip"), "time_local", 1024)
+    }
+
+    #[test]
+    fn the_window_spans_the_logs_own_times() {
+        let input =
+            b"{\"client_real_ip\":\"10.0.0.1\",\"time_local\":\"24/Nov/2026:06:35:14 +0000\"}\n\
+            {\"client_real_ip\":\"10.0.0.2\"}\n\
+            {\"client_real_ip\":\"10.0.0.1\",\"time_local\":\"24/Nov/2026:06:35:13 +0000\"}\n\
+            {\"client_real_ip\":\"10.0.0.3\",\"time_local\":\"24/Nov/2026:07:35:13 +0100\"}\n";
+        let counted = count_in_blocks(&input[..], reader, 2, 40).expect("reads");
+        const T: i64 = 1_795_502_113_000; // 2026-11-24T06:35:13Z
+        assert_eq!(counted.span, Some((T, T + 1000)));
+        assert_eq!(
+            counted.tally.requests, 4,
+            "a line without a time counts too"
+        );
+        assert_eq!(counted.tally.skipped.total(), 0);
+    }
+
     #[test]
     fn counts_every_line_including_a_last_one_without_newline() {
         let input = b"{\"client_real_ip\":\"10.0.0.1\"}\r\nnot json\n{\"client_real_ip\":\"10.0.0.1\"}\n{\"client_real_ip\":\"::1\"}";
-        let counted = count_lines(&input[..], parser, 2).expect("reads").tally;
+        let counted = count_lines(&input[..], reader, 2).expect("reads").tally;
         assert_eq!(
             (
                 counted.requests,
@@ -271,7 +361,7 @@ mod tests {
                 _ => input.extend_from_slice(b"{\"client_real_ip\":\"10.0.0.3\"}\n"),
             }
         }
-        let counted = count_in_blocks(&input[..], parser, 3, 64).expect("reads");
+        let counted = count_in_blocks(&input[..], reader, 3, 64).expect("reads");
         assert_eq!(counted.repaired, 100);
         assert_eq!(counted.hints, [Hint::NginxDefaultEscaping]);
         assert_eq!(counted.tally.requests, 300);
@@ -287,6 +377,8 @@ mod tests {
                 Just(b"{\"client_real_ip\":\"10.0.0.2\"}\r".to_vec()),
                 Just(b"{\"client_real_ip\":\"2001:db8::7\"}".to_vec()),
                 Just(b"not json".to_vec()),
+                Just(b"{\"client_real_ip\":\"10.0.0.4\",\"time_local\":\"24/Nov/2026:06:35:13 +0000\"}".to_vec()),
+                Just(b"{\"client_real_ip\":\"10.0.0.5\",\"time_local\":\"soon\"}".to_vec()),
                 Just(Vec::new()),
                 Just(format!("{{\"client_real_ip\":\"10.9.9.9\",\"x\":\"{}\"}}", "y".repeat(1500)).into_bytes()),
             ], 0..60),
@@ -306,7 +398,7 @@ mod tests {
                     expected.line(&mut one, line.strip_suffix(b"\r").unwrap_or(line));
                 }
             }
-            let got = count_in_blocks(&input[..], parser, workers, block_bytes).expect("reads").tally;
+            let got = count_in_blocks(&input[..], reader, workers, block_bytes).expect("reads").tally;
             let sorted = |t: &Tally<u64>| {
                 let mut v: Vec<_> = t.counts.iter().collect();
                 v.sort();
