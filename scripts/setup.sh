@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Installs the tools the tests use, if missing: Debian packages (promtool,
-# ZooKeeper, kcat, nginx, Alertmanager), the Kafka jars, and a Python venv with schemathesis.
+# Installs what the build and the tests use, if missing: the build's C
+# toolchain and libraries (librdkafka is compiled from source; OpenSSL and
+# zlib are linked), rustfmt and clippy, Debian packages for the tests
+# (promtool, ZooKeeper, kcat, nginx, Alertmanager, Chromium, Node.js), a
+# Python venv with schemathesis, and playwright-core. The Kafka jars come
+# with scripts/cluster.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
+# The build: a C compiler and make for librdkafka, pkg-config to find OpenSSL and zlib.
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v make >/dev/null || need+=(make)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+pkg-config --exists zlib 2>/dev/null || need+=(zlib1g-dev)
+command -v perl >/dev/null || need+=(perl)
+# The tests.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v kcat >/dev/null || need+=(kcat)
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
@@ -23,6 +37,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
+
+# cargo fmt and clippy: rustup components, not part of every toolchain install.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "setup: rustup component add $component" >&2
+    rustup component add "$component" >&2
+  fi
+done
 
 VENV="$ROOT/.cache/venv"
 if [ ! -x "$VENV/bin/schemathesis" ]; then

@@ -212,7 +212,7 @@ function renderStatus(status) {
   $("checkpoint-note").textContent = cp.failing ? `failing: ${cp.last_error || "unknown error"}` : "";
   const degraded = status.degraded || [];
   const ok = status.ready && degraded.length === 0;
-  setBadge("health", status.ready ? (ok ? "live" : "degraded: " + degraded.join(", ")) : "starting: " + status.phase, ok);
+  setBadge("health", status.ready ? (ok ? "healthy" : "degraded: " + degraded.join(", ")) : "starting: " + status.phase, ok);
   setBadge("kafka", "Kafka " + status.kafka.state, status.kafka.state === "connected");
   const zk = status.zookeeper;
   $("zk").hidden = zk.state === "disabled";
@@ -359,7 +359,7 @@ function connect() {
   source = new EventSource(api(`/api/v1/events?n=${encodeURIComponent(n())}`));
   source.addEventListener("snapshot", (message) => {
     sseFailures = 0;
-    $("feed").textContent = "live";
+    $("feed").textContent = "streaming";
     render(JSON.parse(message.data));
   });
   source.onerror = () => {

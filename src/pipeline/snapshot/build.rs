@@ -206,14 +206,25 @@ impl Builder {
 
         let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
         let window_end = panes.last().map_or(wall, |p| p.end);
-        // A point per slide at the window's end: with event time, the
-        // slides of a replay are spread over the data's time, in order.
-        self.history.push_back(HistoryPoint {
+        // A point per window end: with event time, the slides of a replay
+        // are spread over the data's time, in order. A window whose end has
+        // a point already is still filling (late records, snapshots between
+        // slides): its point is updated in place, so no time holds two.
+        let point = HistoryPoint {
             at: window_end,
             records_per_second,
             window_requests: window.requests(),
             distinct_ips: window.distinct_ips(),
-        });
+        };
+        match self.history.back_mut() {
+            Some(newest) if newest.at >= window_end => {
+                *newest = HistoryPoint {
+                    at: newest.at,
+                    ..point
+                }
+            }
+            _ => self.history.push_back(point),
+        }
         while self.history.len() > HISTORY_POINTS
             || self
                 .history
@@ -398,6 +409,21 @@ mod tests {
             wall,
         );
         assert_eq!(snapshot.ingest.records_per_second, 100.0);
+        // The same window end, filled further: one point, updated in place.
+        let late = Pane {
+            requests: 7,
+            ..(*pane(0, 10, 17)).clone()
+        };
+        assert!(window.add_to(late).is_ok());
+        let snapshot = builder.build(
+            &mut window,
+            Vec::new(),
+            counters,
+            start + Duration::from_millis(2_200),
+            wall,
+        );
+        assert_eq!(snapshot.history.len(), 1, "{:?}", snapshot.history);
+        assert_eq!(snapshot.history[0].window_requests, 7, "the newest totals");
         // History older than its span (by the window's end) is dropped.
         let later = SystemTime::UNIX_EPOCH + HISTORY_SPAN + Duration::from_secs(10);
         window.push(Arc::new(Pane {
