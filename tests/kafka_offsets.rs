@@ -185,7 +185,21 @@ fn zookeeper_holds_plain_offsets_and_a_restart_counts_only_new_records() {
             "{described:?}"
         );
     }
-    assert!(svc.terminate(WAIT).success(), "graceful stop exits 0");
+    let (status, log) = svc.terminate_logged(WAIT);
+    assert!(status.success(), "graceful stop exits 0: {log}");
+    // The stop says what it did, in order, and nothing after ingest stopped
+    // describes counting as if it went on.
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what:?} in {log}"))
+    };
+    let stopped = at("ingest stopped");
+    assert!(stopped < at("final checkpoint written"), "{log}");
+    assert!(
+        log.matches("final offsets committed").count() == 2,
+        "ZooKeeper and the group: {log}"
+    );
+    assert!(!log[stopped..].contains("progress:"), "{log}");
 
     // An empty checkpoint directory: the start offsets come from ZooKeeper.
     let second = produce_lines(&s.cluster, &s.topic, 2_000, 3, 32);

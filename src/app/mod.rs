@@ -348,11 +348,14 @@ impl App {
         console::print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
         info!(url = %format!("http://{addr}/"), "ipstats started");
         {
-            let progress = console::report_progress(shared.published.clone(), serve_cancel.clone());
+            // Silent from the moment the stop begins: a progress line after
+            // "ingest stopped" would describe nothing that still moves.
+            let quiet = CancellationToken::new();
+            let progress = console::report_progress(shared.published.clone(), quiet.clone());
             parts.task(
                 "progress",
-                Stage::Serve,
-                Signal::Token(serve_cancel),
+                Stage::Consume,
+                Signal::Token(quiet),
                 Report::FailuresOnly,
                 None,
                 async move {

@@ -240,6 +240,12 @@ pub fn run_writer(
     use std::sync::mpsc::RecvTimeoutError;
     let mut retry: Option<CheckpointJob> = None;
     let mut backoff = Duration::from_millis(500);
+    // The newest checkpoint made durable: said when ingest is done.
+    let mut last_written = None;
+    let said_final = |written: Option<u64>| match written {
+        Some(manifest) => info!(manifest, "final checkpoint written"),
+        None => info!("no checkpoint was written in this run"),
+    };
     loop {
         let next = match retry.take() {
             None => jobs.recv().ok(),
@@ -248,14 +254,23 @@ pub fn run_writer(
                 Err(RecvTimeoutError::Timeout) => Some(failed),
                 // Ingest is done: one last try of what failed, then stop.
                 Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(error) = writer.write(&failed) {
-                        warn!(%error, "the final checkpoint could not be written; the previous one stays");
+                    match writer.write(&failed) {
+                        Ok(written) => {
+                            on_durable(&failed);
+                            said_final(Some(written.manifest_seq));
+                        }
+                        Err(error) => {
+                            warn!(%error, "the final checkpoint could not be written; the previous one stays")
+                        }
                     }
                     return;
                 }
             },
         };
-        let Some(job) = next else { return };
+        let Some(job) = next else {
+            said_final(last_written);
+            return;
+        };
         let job = jobs.try_iter().last().unwrap_or(job);
         let started = std::time::Instant::now();
         match writer.write(&job) {
@@ -273,6 +288,7 @@ pub fn run_writer(
                 }
                 status.succeeded();
                 backoff = Duration::from_millis(500);
+                last_written = Some(written.manifest_seq);
                 on_durable(&job);
             }
             Err(error) => {

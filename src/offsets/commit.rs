@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::committed::StoreStatus;
 use crate::metrics::Metrics;
@@ -108,6 +108,13 @@ pub async fn commit_loop(
             }
         }
         if stopping {
+            if last_committed.as_ref() == Some(&request) {
+                info!(
+                    store,
+                    partitions = request.offsets.len(),
+                    "final offsets committed"
+                );
+            }
             return Ok(());
         }
     }

@@ -601,9 +601,15 @@ impl Service {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
+    pub fn terminate(self, deadline: Duration) -> std::process::ExitStatus {
+        self.terminate_logged(deadline).0
+    }
+
+    /// SIGTERM, then the exit status and all it logged.
+    pub fn terminate_logged(mut self, deadline: Duration) -> (std::process::ExitStatus, String) {
         self.signal("TERM");
-        self.wait_exit(deadline)
+        let status = self.wait_exit(deadline);
+        (status, self.log_text())
     }
 }
 
