@@ -7,7 +7,9 @@ use clap::FromArgMatches;
 use clap::error::ErrorKind;
 use ipstats::config::{Cli, Command, EXIT_USAGE, Settings, check_legacy_repeats};
 use ipstats::stop::Stop;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("ipstats: {message}");
@@ -31,13 +33,18 @@ fn main() -> ExitCode {
     {
         return usage_error(e);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("IPSTATS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    let (filter, bad_filter) = log_filter(std::env::var("IPSTATS_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with(filter)
         .init();
+    if let Some(error) = bad_filter {
+        tracing::warn!(%error, "IPSTATS_LOG is not a list of [target=]level directives; logging at info");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ipstats-http")
@@ -107,6 +114,17 @@ fn one_line(e: &clap::Error) -> String {
         first.to_string()
     } else {
         format!("{first} {}", named.join(", "))
+    }
+}
+
+/// `IPSTATS_LOG`: `info`, `ipstats=debug`, `warn,ipstats::pipeline=trace`
+/// (a level, and levels by target); absent or unreadable, `info` (and why).
+fn log_filter(text: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(tracing::Level::INFO);
+    match text.map(str::parse::<Targets>) {
+        None => (info(), None),
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(e)) => (info(), Some(e.to_string())),
     }
 }
 
