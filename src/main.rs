@@ -151,3 +151,23 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn the_log_filter_reads_levels_by_target_and_says_when_it_cannot() {
+        let (targets, bad) = log_filter(Some("warn,ipstats::pipeline=debug"));
+        assert!(bad.is_none());
+        assert!(targets.would_enable("ipstats::pipeline::parse", &Level::DEBUG));
+        assert!(!targets.would_enable("ipstats::app", &Level::INFO));
+        let (targets, bad) = log_filter(None);
+        assert!(bad.is_none() && targets.would_enable("rdkafka", &Level::INFO));
+        let (targets, bad) = log_filter(Some("ipstats=[span]"));
+        assert!(bad.is_some(), "said");
+        assert!(targets.would_enable("ipstats", &Level::INFO));
+        assert!(!targets.would_enable("ipstats", &Level::DEBUG));
+    }
+}
