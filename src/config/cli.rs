@@ -167,15 +167,8 @@ pub struct ServeArgs {
     /// timestamp).
     #[arg(long, env = "IPSTATS_TIME_SOURCE", value_enum, value_name = "SOURCE")]
     pub time_source: Option<TimeSource>,
-    /// The record's time with --time-source event: a dotted JSON path holding nginx
-    /// $time_local, RFC 3339 ($time_iso8601) or epoch seconds ($msec); CLF reads its [date].
-    #[arg(
-        long,
-        env = "IPSTATS_TIME_FIELD",
-        value_name = "PATH",
-        default_value = "time_local"
-    )]
-    pub time_field: String,
+    #[command(flatten)]
+    pub time: TimeFieldArgs,
     /// How far behind the window's end a record may arrive and still join its pane (shorter
     /// than --window); older records are counted as late.
     #[arg(
@@ -396,15 +389,8 @@ pub struct CountArgs {
     /// The log file, one request per line as --format (and --envelope) say; `-` reads
     /// standard input.
     pub file: PathBuf,
-    /// The line's time, as for serve: the answer's window spans the times read (a line
-    /// without one is counted all the same).
-    #[arg(
-        long,
-        env = "IPSTATS_TIME_FIELD",
-        value_name = "PATH",
-        default_value = "time_local"
-    )]
-    pub time_field: String,
+    #[command(flatten)]
+    pub time: TimeFieldArgs,
     /// How many IPs to print (1..=100000).
     #[arg(short, long, value_name = "N", default_value_t = 10)]
     pub n: usize,
@@ -418,6 +404,22 @@ pub struct CountArgs {
     pub prefix6: Option<u8>,
     #[command(flatten)]
     pub input: InputArgs,
+}
+
+/// Where a line's time is: the same for `serve` and `count`.
+#[derive(Debug, Clone, Args)]
+pub struct TimeFieldArgs {
+    /// The line's time: a dotted JSON path holding nginx $time_local, RFC 3339
+    /// ($time_iso8601) or epoch seconds ($msec); CLF reads its [date]. serve reads it with
+    /// --time-source event; count's window spans the times read (a line without one is
+    /// counted all the same).
+    #[arg(
+        long,
+        env = "IPSTATS_TIME_FIELD",
+        value_name = "PATH",
+        default_value = "time_local"
+    )]
+    pub time_field: String,
 }
 
 /// How records are read and where the client is in them: the same for

@@ -278,7 +278,7 @@ impl TryFrom<ServeArgs> for Settings {
             input,
             time: Time::new(
                 a.time_source.unwrap_or(TimeSource::Event),
-                a.time_field,
+                a.time.time_field,
                 a.lateness,
                 a.max_future,
                 a.window,

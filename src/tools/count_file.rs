@@ -219,7 +219,7 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     let input = Input::try_from(args.input)?;
     let started = SystemTime::now();
     let field = ClientField::from(&input);
-    let reader = || Reader::new(&field, &args.time_field, input.max_line_bytes);
+    let reader = || Reader::new(&field, &args.time.time_field, input.max_line_bytes);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
     let counted = if args.file.as_os_str() == "-" {
         count_lines(io::stdin().lock(), reader, workers).context("reading standard input")?
@@ -278,7 +278,7 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
     if span.is_none() && counted.requests > 0 {
         eprintln!(
             "ipstats: no line had a readable time at --time-field {:?}: the window is empty",
-            args.time_field
+            args.time.time_field
         );
     }
     eprintln!(
