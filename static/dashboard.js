@@ -255,28 +255,31 @@ function renderAlerts(alerts) {
 async function render(event) {
   renderAlerts(event.alerts);
   let top = event.top;
+  let failed = null;
   const adhoc = adhocQuery();
   if (adhoc) {
     try {
       top = await getJson(`/api/v1/top?n=${encodeURIComponent(n())}&${adhoc}`);
     } catch (error) {
-      showError(`Cannot load that window: ${error.message}`);
+      failed = `Cannot load that window: ${error.message}`;
     }
   }
   renderTop(top);
   renderOffsets(event.offsets);
   renderStatus(event.status);
   if (event.history) renderHistory(event.history);
-  $("error-banner").hidden = true;
+  // Shown after the status, which would otherwise repaint the badge.
+  // ipstats answered (a busy or refused question is no outage).
+  if (failed) showError(failed, false); else $("error-banner").hidden = true;
   $("updated").textContent = new Date().toLocaleTimeString();
   if (selectedIp) loadIpHistory(selectedIp);
   if (selectedNet) loadMembers(selectedNet);
 }
 
-function showError(message) {
+function showError(message, unreachable = true) {
   $("error-banner").textContent = message;
   $("error-banner").hidden = false;
-  setBadge("health", "unreachable", false);
+  if (unreachable) setBadge("health", "unreachable", false);
 }
 
 // ---- one IP's history -------------------------------------------------------

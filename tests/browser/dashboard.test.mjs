@@ -208,6 +208,21 @@ test("another window, networks, and one network's members", async () => {
   await page.close();
 });
 
+test("a window the server does not keep is said, and the service stays healthy", async () => {
+  // 1 h is past --retention: the server answers 404 naming the window.
+  const { page, problems } = await open("/?n=5&window=1h");
+  await waitFor("the error banner", async () => await page.locator("#error-banner").isVisible()
+    && /Cannot load that window: .*404/.test(await page.locator("#error-banner").textContent()));
+  // Still there after the next render: the render that follows a refused
+  // question does not hide what it said.
+  const rendered = await page.locator("#updated").textContent();
+  await waitFor("another render", async () => (await page.locator("#updated").textContent()) !== rendered);
+  assert.equal(await page.locator("#error-banner").isVisible(), true);
+  assert.match(await page.locator("#health").textContent(), /healthy/, "ipstats answered: no outage");
+  assert.ok(problems.every((p) => /404/.test(p)), problems.join("\n"));
+  await page.close();
+});
+
 test("firing alerts are listed at the top and their rows are marked", async () => {
   const { page, problems } = await open("/?n=25");
   await waitFor("the alerts panel", async () => await page.locator("#alerts").isVisible()
