@@ -48,6 +48,7 @@ const RETRY_AFTER_SECONDS: u32 = 1;
 /// can do nor pile up questions without end.
 pub struct Gate {
     places: Arc<Semaphore>,
+    running: usize,
     waiting: AtomicUsize,
     max_waiting: usize,
     max_wait: Duration,
@@ -66,6 +67,7 @@ impl Gate {
     pub fn new(places: usize, max_waiting: usize, max_wait: Duration) -> Self {
         Gate {
             places: Arc::new(Semaphore::new(places)),
+            running: places,
             waiting: AtomicUsize::new(0),
             max_waiting,
             max_wait,
@@ -84,8 +86,8 @@ impl Gate {
         }
         let waiting = Waiting::join(&self.waiting, self.max_waiting).ok_or_else(|| {
             busy(format!(
-                "{MAX_ADHOC} questions about other windows or networks are being answered and {} more are waiting, the most at once",
-                self.max_waiting
+                "{} questions about other windows or networks are being answered and {} more are waiting, the most at once",
+                self.running, self.max_waiting
             ))
         })?;
         let place = tokio::time::timeout(self.max_wait, self.places.clone().acquire_owned()).await;
