@@ -4,6 +4,7 @@
 pub mod app;
 pub mod checkpoint;
 pub mod config;
+pub mod deliver;
 pub mod durable;
 pub mod http;
 pub mod kafka;

@@ -38,6 +38,7 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint;
 use crate::config::{ConfigError, OffsetReset, Secret, Settings};
+use crate::deliver::{self, Targets};
 use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
@@ -49,7 +50,7 @@ use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
 use crate::offsets::instance::instance_id;
 use crate::offsets::zookeeper::ZkOptions;
-use crate::pipeline::rules::send::{self, Targets};
+use crate::pipeline::rules::outbox;
 use crate::pipeline::rules::{Limits, Rules};
 use crate::pipeline::snapshot::{Published, Snapshot};
 use crate::stop::Stop;
@@ -175,9 +176,9 @@ impl App {
         metrics.offset_stores(settings.zookeeper.is_some());
         // Every rule's and receiver's series, at zero, from the first scrape.
         let in_force = rules.as_ref().map(|r| r.current());
-        send::declare_series(
+        outbox::declare_series(&metrics, in_force.as_deref().map_or(&[][..], Vec::as_slice));
+        deliver::declare_series(
             &metrics,
-            in_force.as_deref().map_or(&[][..], Vec::as_slice),
             settings.alert_webhook.is_some(),
             settings.alertmanager.is_some(),
         );
@@ -373,19 +374,24 @@ impl App {
                 max_age: settings.alert_max_age,
                 queue: settings.alert_queue,
             };
-            let outbox = send::start(&targets, shared.published.clone(), &shared.metrics, &cancel);
-            parts.task(
-                "alert senders",
-                Stage::Serve,
-                Signal::Token(cancel.clone()),
-                Report::FailuresOnly,
-                None,
-                async move {
-                    cancel.cancelled().await;
-                    Ok(())
-                },
-            );
-            outbox
+            let delivery =
+                deliver::start(&targets, shared.published.clone(), &shared.metrics, &cancel);
+            delivery.map(|delivery| {
+                for (name, sender) in delivery.senders {
+                    parts.task(
+                        name,
+                        Stage::Serve,
+                        Signal::Token(cancel.clone()),
+                        Report::FailuresOnly,
+                        None,
+                        async move {
+                            sender.await;
+                            Ok(())
+                        },
+                    );
+                }
+                delivery.outbox
+            })
         };
         let shutdown_grace = settings.shutdown_grace;
         let startup = Startup {

@@ -41,7 +41,7 @@ pub struct Startup {
     pub stop: Stop,
     /// `--rules`, and where their transitions are sent.
     pub rules: Option<Arc<crate::pipeline::rules::Rules>>,
-    pub outbox: Option<crate::pipeline::rules::send::Outbox>,
+    pub outbox: Option<crate::pipeline::rules::outbox::Outbox>,
 }
 
 /// Start-up resolved: where to start, ready to launch.

@@ -104,3 +104,10 @@ impl From<&ClientField> for ClientField {
         field.clone()
     }
 }
+
+/// An envelope's line without the newline shippers keep (Docker's
+/// json-file, Fluent Bit).
+pub(super) fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

@@ -12,6 +12,7 @@
 
 use super::clf;
 pub use super::field::ClientField;
+use super::field::strip_newline;
 pub use super::hint::Hint;
 use super::json::{FieldValue, decode_bytes, decode_string, json_fields};
 pub use super::reference::parse_reference;
@@ -175,12 +176,6 @@ fn client_of(field: &ClientField, bytes: &[u8]) -> Result<IpKey, SkipReason> {
             Err(_) => Err(SkipReason::InvalidIp),
         },
     }
-}
-
-/// Shippers keep the line's own newline (Docker's json-file, Fluent Bit).
-pub(super) fn strip_newline(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// The client (and the time, if asked for) of one record in `field`'s format.

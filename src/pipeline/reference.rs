@@ -4,8 +4,7 @@
 //! walks it; CLF lines by [`clf::parse`].
 
 use super::clf;
-use super::field::ClientField;
-use super::parse::strip_newline;
+use super::field::{ClientField, strip_newline};
 use super::time::parse_time;
 use crate::config::Format;
 use crate::vocab::{IpKey, SkipReason};

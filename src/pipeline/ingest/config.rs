@@ -26,7 +26,7 @@ pub struct IngestConfig {
     pub time: Time,
     /// `--rules` (set by the app, which loads them).
     pub rules: Option<std::sync::Arc<crate::pipeline::rules::Rules>>,
-    pub outbox: Option<crate::pipeline::rules::send::Outbox>,
+    pub outbox: Option<crate::pipeline::rules::outbox::Outbox>,
 }
 
 impl IngestConfig {

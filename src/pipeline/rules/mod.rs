@@ -5,7 +5,7 @@
 
 pub mod engine;
 pub mod file;
-pub mod send;
+pub mod outbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -193,7 +193,7 @@ pub struct Evaluator {
     engine: Engine,
     seen: u64,
     metrics: crate::metrics::Metrics,
-    outbox: Option<send::Outbox>,
+    outbox: Option<outbox::Outbox>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -261,14 +261,14 @@ impl Evaluator {
     }
 
     /// Offers every transition to the webhook and Alertmanager senders.
-    pub fn with_outbox(mut self, outbox: Option<send::Outbox>) -> Self {
+    pub fn with_outbox(mut self, outbox: Option<outbox::Outbox>) -> Self {
         self.outbox = outbox;
         self
     }
 
     /// Every rule's series exist, at zero (a reload may add rules).
     fn zero_series(&self) {
-        send::declare_series(&self.metrics, self.engine.rules(), false, false);
+        outbox::declare_series(&self.metrics, self.engine.rules());
     }
 
     /// One slide: the panes older than the window, the window's, its end;

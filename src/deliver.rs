@@ -1,21 +1,20 @@
-//! Sending alert transitions: a JSON POST per transition to a webhook, and
-//! Prometheus Alertmanager's v2 API. Each target has its own bounded queue
-//! and task: the evaluator only offers a transition (never waits), a full
-//! queue drops it and counts it, and a target that fails is retried with
-//! backoff, in order, so that one key's transitions arrive as they
-//! happened. A transition about data older than `--alert-max-age` (a
-//! replayed backlog) is never offered: it is recorded, not sent.
+//! Alert delivery, at the edge: a JSON POST per transition to a webhook,
+//! and Prometheus Alertmanager's v2 API. Each receiver has its own bounded
+//! queue (the evaluator's end is [`Outbox`]) and its own sending loop,
+//! owned by the supervisor: a receiver that fails is retried with backoff,
+//! in order, so that one key's transitions arrive as they happened.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
+use tokio::sync::mpsc::{Receiver, channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Firing, State, Transition};
 use crate::metrics::Metrics;
+use crate::pipeline::rules::outbox::Outbox;
+use crate::pipeline::rules::{Firing, State, Transition};
 use crate::pipeline::snapshot::Published;
 use crate::vocab::rfc3339;
 
@@ -42,57 +41,9 @@ impl Targets {
     }
 }
 
-/// The evaluator's end of the queues.
-#[derive(Clone)]
-pub struct Outbox {
-    queues: Vec<(&'static str, Sender<Transition>)>,
-    max_age: Duration,
-    metrics: Metrics,
-}
-
-impl Outbox {
-    /// Offers a transition to every target; never waits.
-    pub fn offer(&self, transition: &Transition, now: SystemTime) {
-        let stale = now.duration_since(transition.at).unwrap_or_default() > self.max_age;
-        for (target, queue) in &self.queues {
-            let result = if stale {
-                "stale"
-            } else {
-                match queue.try_send(transition.clone()) {
-                    Ok(()) => continue,
-                    Err(TrySendError::Full(_)) => "dropped",
-                    Err(TrySendError::Closed(_)) => "dropped",
-                }
-            };
-            self.metrics
-                .alert_deliveries
-                .with_label_values(&[target, result])
-                .inc();
-        }
-    }
-}
-
-impl std::fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let targets: Vec<&str> = self.queues.iter().map(|(t, _)| *t).collect();
-        f.debug_struct("Outbox").field("targets", &targets).finish()
-    }
-}
-
-/// The series of `rules` and of the receivers in use, at zero, so that
-/// they exist from the first scrape (alerting on them needs no traffic).
-pub fn declare_series(metrics: &Metrics, rules: &[super::Rule], webhook: bool, alertmanager: bool) {
-    for rule in rules {
-        metrics
-            .alerts_firing
-            .with_label_values(&[&rule.name])
-            .set(0);
-        for state in [State::Firing, State::Resolved] {
-            metrics
-                .alert_transitions
-                .with_label_values(&[&rule.name, state.as_str()]);
-        }
-    }
+/// The series of the receivers in use, at zero, so that they exist from
+/// the first scrape.
+pub fn declare_series(metrics: &Metrics, webhook: bool, alertmanager: bool) {
     let targets = [("webhook", webhook), ("alertmanager", alertmanager)];
     for (target, _) in targets.iter().filter(|(_, used)| *used) {
         for result in ["ok", "retry", "dropped", "stale"] {
@@ -103,13 +54,24 @@ pub fn declare_series(metrics: &Metrics, rules: &[super::Rule], webhook: bool, a
     }
 }
 
-/// Starts a task per target; they end when `cancel` fires.
+/// The evaluator's end of the queues, and a sender per receiver for the
+/// supervisor to own (each ends when `cancel` fires or its queue closes).
+pub struct Delivery {
+    pub outbox: Outbox,
+    pub senders: Vec<(&'static str, Sender)>,
+}
+
+/// One receiver's sending loop.
+pub type Sender = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The queues and the sending loops for `targets` (none when no receiver
+/// is set); the loops end when `cancel` fires.
 pub fn start(
     targets: &Targets,
     published: Published,
     metrics: &Metrics,
     cancel: &CancellationToken,
-) -> Option<Outbox> {
+) -> Option<Delivery> {
     if !targets.any() {
         return None;
     }
@@ -125,29 +87,32 @@ pub fn start(
         }
     };
     let mut queues = Vec::new();
+    let mut senders: Vec<(&'static str, Sender)> = Vec::new();
     if let Some(url) = targets.webhook.clone() {
         let (tx, rx) = channel(targets.queue.max(1));
         queues.push(("webhook", tx));
-        let sender = Poster::new(
+        let poster = Poster::new(
             client.clone(),
             url,
             "webhook",
             metrics.clone(),
             cancel.clone(),
         );
-        tokio::spawn(webhook(sender, rx));
+        senders.push(("webhook sender", Box::pin(webhook(poster, rx))));
     }
     if let Some(base) = targets.alertmanager.clone() {
         let (tx, rx) = channel(targets.queue.max(1));
         queues.push(("alertmanager", tx));
         let url = base.join("api/v2/alerts").unwrap_or(base);
-        let sender = Poster::new(client, url, "alertmanager", metrics.clone(), cancel.clone());
-        tokio::spawn(alertmanager(sender, rx, published, targets.max_age));
+        let poster = Poster::new(client, url, "alertmanager", metrics.clone(), cancel.clone());
+        senders.push((
+            "alertmanager sender",
+            Box::pin(alertmanager(poster, rx, published, targets.max_age)),
+        ));
     }
-    Some(Outbox {
-        queues,
-        max_age: targets.max_age,
-        metrics: metrics.clone(),
+    Some(Delivery {
+        outbox: Outbox::new(queues, targets.max_age, metrics.clone()),
+        senders,
     })
 }
 
@@ -182,7 +147,11 @@ impl Poster {
         let mut wait = FIRST_RETRY;
         let mut failures = 0u32;
         loop {
-            let sent = self.client.post(self.url.clone()).json(body).send().await;
+            // A stop does not wait for a receiver that is slow to answer.
+            let sent = tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                sent = self.client.post(self.url.clone()).json(body).send() => sent,
+            };
             let error = match sent {
                 Ok(response) if response.status().is_success() => {
                     if failures > 0 {
