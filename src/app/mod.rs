@@ -50,13 +50,13 @@ use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
 use crate::offsets::instance::instance_id;
 use crate::offsets::zookeeper::ZkOptions;
-use crate::pipeline::rules::outbox;
+use crate::pipeline::rules::outbox::{self, Outbox};
 use crate::pipeline::rules::{Limits, Rules};
 use crate::pipeline::snapshot::{Published, Snapshot};
 use crate::stop::Stop;
 use crate::tools::demo;
 use crate::vocab::Health;
-use parts::{Report, Signal, Stage, StopProgress, Supervisor};
+use parts::{Parts, Report, Signal, Stage, StopProgress, Supervisor};
 use startup::Startup;
 
 /// How often partitions and watermarks are refreshed.
@@ -366,33 +366,7 @@ impl App {
             );
         }
 
-        let outbox = {
-            let cancel = CancellationToken::new();
-            let targets = Targets {
-                webhook: settings.alert_webhook.clone(),
-                alertmanager: settings.alertmanager.clone(),
-                max_age: settings.alert_max_age,
-                queue: settings.alert_queue,
-            };
-            let delivery =
-                deliver::start(&targets, shared.published.clone(), &shared.metrics, &cancel);
-            delivery.map(|delivery| {
-                for (name, sender) in delivery.senders {
-                    parts.task(
-                        name,
-                        Stage::Serve,
-                        Signal::Token(cancel.clone()),
-                        Report::FailuresOnly,
-                        None,
-                        async move {
-                            sender.await;
-                            Ok(())
-                        },
-                    );
-                }
-                delivery.outbox
-            })
-        };
+        let outbox = start_delivery(&settings, &shared, parts);
         let shutdown_grace = settings.shutdown_grace;
         let startup = Startup {
             rules,
@@ -467,6 +441,33 @@ impl App {
         }
         stopped
     }
+}
+
+/// The alert receivers' sending loops, each a part of the supervisor (they
+/// end when the Serve stage stops); the evaluator's end of their queues.
+fn start_delivery(settings: &Settings, shared: &Sources, parts: &Parts) -> Option<Outbox> {
+    let cancel = CancellationToken::new();
+    let targets = Targets {
+        webhook: settings.alert_webhook.clone(),
+        alertmanager: settings.alertmanager.clone(),
+        max_age: settings.alert_max_age,
+        queue: settings.alert_queue,
+    };
+    let delivery = deliver::start(&targets, shared.published.clone(), &shared.metrics, &cancel)?;
+    for (name, sender) in delivery.senders {
+        parts.task(
+            name,
+            Stage::Serve,
+            Signal::Token(cancel.clone()),
+            Report::FailuresOnly,
+            None,
+            async move {
+                sender.await;
+                Ok(())
+            },
+        );
+    }
+    Some(delivery.outbox)
 }
 
 /// What an overrun of `--shutdown-grace` means, by how far the stop got.
