@@ -106,9 +106,9 @@ impl App {
                         retention: settings.retention,
                     },
                 )
-                .map_err(|rule| ConfigError {
+                .map_err(|error| ConfigError {
                     setting: "--rules",
-                    rule,
+                    rule: error.to_string(),
                 })?,
             ),
             None => None,

@@ -103,9 +103,14 @@ fn ephemeral() -> zk::CreateOptions<'static> {
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
 }
 
+/// A znode value that is no offset, as it reads (lossily, for the log).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}")]
+pub struct GarbledOffset(String);
+
 /// Decodes a stored offset: a plain decimal, or the Java-serialized string
 /// that ZkClient wrote without ZKStringSerializer (read once, rewritten plain).
-pub fn decode_offset(data: &[u8]) -> Result<i64, String> {
+pub fn decode_offset(data: &[u8]) -> Result<i64, GarbledOffset> {
     let text = match data {
         // java.io.ObjectOutputStream: magic AC ED, version 00 05, TC_STRING 74, u16 length
         [0xAC, 0xED, 0x00, 0x05, 0x74, hi, lo, rest @ ..]
@@ -120,7 +125,7 @@ pub fn decode_offset(data: &[u8]) -> Result<i64, String> {
         .map(str::trim)
         .and_then(|t| t.parse::<i64>().ok())
         .filter(|n| *n >= 0)
-        .ok_or_else(|| format!("{:?}", String::from_utf8_lossy(data)))
+        .ok_or_else(|| GarbledOffset(String::from_utf8_lossy(data).into_owned()))
 }
 
 /// A connected ZooKeeper session with the znode versions it has seen.

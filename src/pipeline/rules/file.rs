@@ -4,7 +4,7 @@
 //! running.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -143,25 +143,54 @@ struct RawRule {
     description: Option<String>,
 }
 
-/// Reads and checks a rules file.
-pub fn load(path: &Path, limits: Limits) -> Result<Vec<Rule>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the rules file: {e}", path.display()))?;
-    parse(&text, limits).map_err(|e| format!("{}:{e}", path.display()))
+/// Why a rules file is refused: it could not be read, or a line of it is
+/// wrong (the file, the line and the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{}: cannot read the rules file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{problem}", path.display())]
+    Invalid { path: PathBuf, problem: LineError },
 }
 
-/// Checks the text of a rules file; errors read `LINE: reason`.
-pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, String> {
+/// One mistake in a rules file's text: its line (from 1) and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{line}: {reason}")]
+pub struct LineError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Reads and checks a rules file.
+pub fn load(path: &Path, limits: Limits) -> Result<Vec<Rule>, RulesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, limits).map_err(|problem| RulesError::Invalid {
+        path: path.to_path_buf(),
+        problem,
+    })
+}
+
+/// Checks the text of a rules file; an error names the line and the reason.
+pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
     let line = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let at = e.span().map_or(1, line);
-        format!("{at}: {}", e.message())
+    let raw: RawFile = toml::from_str(text).map_err(|e| LineError {
+        line: e.span().map_or(1, line),
+        reason: e.message().to_string(),
     })?;
     let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
     for spanned in raw.rule {
         let at = line(spanned.span());
         let raw = spanned.into_inner();
-        let fail = |span: Range<usize>, reason: String| format!("{}: {reason}", line(span));
+        let fail = |span: Range<usize>, reason: String| LineError {
+            line: line(span),
+            reason,
+        };
         let name = raw.name.get_ref().trim().to_string();
         if name.is_empty() || name.chars().any(|c| c.is_control()) {
             return Err(fail(
@@ -184,7 +213,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, String> {
                 ),
             )
         })?;
-        let window = duration(&raw.window, "window").map_err(|r| fail(raw.window.span(), r))?;
+        let window = duration(&raw.window, "window", fail)?;
         let whole = !window.is_zero() && window.as_nanos().is_multiple_of(limits.batch.as_nanos());
         if !whole || window > limits.retention {
             return Err(fail(
@@ -240,13 +269,16 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, String> {
                 return Err(fail(n.span(), "give requests or share, not both".into()));
             }
             (None, None) => {
-                return Err(format!(
-                    "{at}: rule {name:?} needs a threshold: requests = N, or share = 0..1 (with min_total)"
-                ));
+                return Err(LineError {
+                    line: at,
+                    reason: format!(
+                        "rule {name:?} needs a threshold: requests = N, or share = 0..1 (with min_total)"
+                    ),
+                });
             }
         };
-        let hold_for = optional_duration(&raw.hold_for, "for").map_err(|(s, r)| fail(s, r))?;
-        let cooldown = optional_duration(&raw.cooldown, "cooldown").map_err(|(s, r)| fail(s, r))?;
+        let hold_for = optional_duration(&raw.hold_for, "for", fail)?;
+        let cooldown = optional_duration(&raw.cooldown, "cooldown", fail)?;
         let mut allow = Vec::new();
         for entry in raw.allow.unwrap_or_default() {
             let network = Network::parse(entry.get_ref()).ok_or_else(|| {
@@ -276,11 +308,19 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
-fn duration(text: &Spanned<String>, field: &str) -> Result<Duration, String> {
+/// `field`'s duration; `fail` places the reason on its line.
+fn duration(
+    text: &Spanned<String>,
+    field: &str,
+    fail: impl Fn(Range<usize>, String) -> LineError,
+) -> Result<Duration, LineError> {
     humantime::parse_duration(text.get_ref()).map_err(|e| {
-        format!(
-            "{field} must be a duration (30s, 1m, 1h), got {:?}: {e}",
-            text.get_ref()
+        fail(
+            text.span(),
+            format!(
+                "{field} must be a duration (30s, 1m, 1h), got {:?}: {e}",
+                text.get_ref()
+            ),
         )
     })
 }
@@ -288,10 +328,11 @@ fn duration(text: &Spanned<String>, field: &str) -> Result<Duration, String> {
 fn optional_duration(
     text: &Option<Spanned<String>>,
     field: &str,
-) -> Result<Duration, (Range<usize>, String)> {
+    fail: impl Fn(Range<usize>, String) -> LineError,
+) -> Result<Duration, LineError> {
     match text {
         None => Ok(Duration::ZERO),
-        Some(t) => duration(t, field).map_err(|r| (t.span(), r)),
+        Some(t) => duration(t, field, fail),
     }
 }
 
@@ -395,7 +436,7 @@ min_total = 1000
             ),
         ];
         for (text, expected) in cases {
-            let err = parse(text, LIMITS).expect_err(text);
+            let err = parse(text, LIMITS).expect_err(text).to_string();
             assert!(
                 err.starts_with(expected.split(':').next().unwrap_or("")),
                 "{text:?}: {err}"

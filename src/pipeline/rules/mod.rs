@@ -153,7 +153,7 @@ pub struct Rules {
 
 impl Rules {
     /// Reads `path`; the error names the file, the line and the reason.
-    pub fn load(path: PathBuf, limits: Limits) -> Result<Arc<Rules>, String> {
+    pub fn load(path: PathBuf, limits: Limits) -> Result<Arc<Rules>, file::RulesError> {
         let rules = file::load(&path, limits)?;
         Ok(Arc::new(Rules {
             path,
@@ -165,7 +165,7 @@ impl Rules {
 
     /// Reads the file again; on success the engine takes the new rules at
     /// the next slide. Returns how many rules are in force.
-    pub fn reload(&self) -> Result<usize, String> {
+    pub fn reload(&self) -> Result<usize, file::RulesError> {
         let rules = file::load(&self.path, self.limits)?;
         let n = rules.len();
         self.current.store(Arc::new(rules));
