@@ -9,15 +9,20 @@
 //!                             │                           └─► ZooKeeper / Kafka group committers
 //!                             └──► monitor thread (partitions, watermarks, newest timestamps) ─► ingest, HTTP
 //! ```
-//! Start-up: HTTP first (so health and status answer at once), then
+//! Start-up: the listener is bound first (a busy port is the first error),
+//! then the demo broker (without `--brokers`), the Kafka clients and the
+//! monitor, then HTTP (health and status answer from here on), then
 //! [`startup`] — restore the checkpoint; with ZooKeeper, connect, claim the
 //! partitions and read the stored offsets — and only then consume.
 //!
-//! Every thread and task of the service runs under [`parts::Parts`], which
-//! stops them in the order [`parts::Stage`] declares: ingest closes and hands
-//! over its last batch, the writer makes it durable, the committers commit
-//! it, then HTTP and the demo broker stop. A part that ends early stops the
-//! service. (The counting thread belongs to ingest, which joins it.)
+//! The service's threads and tasks run under [`parts::Parts`], which stops
+//! them in the order [`parts::Stage`] declares: ingest closes and hands over
+//! its last batch, the writer makes it durable, the committers commit it,
+//! then HTTP, the alert senders and the demo broker stop. A part that ends
+//! early stops the service. Two kinds of thread are owned elsewhere: the
+//! counting thread belongs to ingest, which joins it, and the ad-hoc query
+//! workers are process-wide, started at the first question and never
+//! joined (they hold no state that outlives an answer).
 
 pub mod console;
 pub mod parts;

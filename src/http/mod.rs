@@ -1,8 +1,10 @@
 //! The HTTP API, metrics endpoint and dashboard.
 //!
 //! Handlers read the published snapshot (lock-free), health atomics and the
-//! committed-offset status; the one thing they write is the checkpoint-age
-//! gauge, set when `/metrics` is scraped. Nothing here can slow ingest down.
+//! committed-offset status. What they write never reaches ingest: the
+//! checkpoint-age gauge (set when `/metrics` is scraped), the snapshot's
+//! render caches (an answer rendered once per slide) and the ad-hoc merge
+//! cache. Nothing here can slow ingest down.
 
 pub mod access;
 pub mod adhoc;

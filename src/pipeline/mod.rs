@@ -8,12 +8,19 @@
 //!    └──► every checkpoint interval: CheckpointJob ──► checkpoint writer
 //! ```
 //!
-//! - [`parse`]: log line → client IP (fast path, held to a reference parser);
-//!   [`json`] is its JSON scanner, [`clf`] its CLF reader.
+//! - [`parse`]: log line → client IP (fast path, held to [`reference`](mod@reference), the
+//!   serde_json definition); [`json`] is its JSON scanner, [`clf`] its CLF
+//!   reader, [`field`] where the client is (format, path, X-Forwarded-For),
+//!   [`time`] the logged time, [`hint`] the misconfigurations skipped lines
+//!   point to.
 //! - [`counts`]: per-IP counters (open: hash table; closed: sorted arrays).
-//! - [`counter`]: [`counter::Tally`] (parse + count) and the counting thread.
+//! - [`counter`]: [`counter::Tally`] (parse + count) and the counting thread;
+//!   [`event`] its tally by event time (a pane per batch of log time).
 //! - [`window`]: panes, running totals, top-N — pure, time passed in.
 //! - [`snapshot`]: the immutable published view, and how it is built.
+//! - [`query`]: questions at query time (any kept range, networks).
+//! - [`rules`]: rules, their evaluation at each slide, the queues to the
+//!   alert receivers.
 //! - [`ingest`]: the consumer loop; [`ingest::tracker`] decides, the loop calls librdkafka.
 
 pub mod clf;
