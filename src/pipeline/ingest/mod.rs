@@ -11,6 +11,7 @@
 
 mod config;
 pub mod event;
+mod resets;
 mod slide;
 pub mod tracker;
 
@@ -37,7 +38,7 @@ use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
 use crate::pipeline::rules::{Evaluator, SavedAlerts};
 use crate::stop::Stop;
-use crate::vocab::{Health, Origin, Reset, ResetReason, offset_text};
+use crate::vocab::Health;
 use event::EventPanes;
 use tracker::{Tracker, Verdict};
 
@@ -324,44 +325,6 @@ fn warm_metadata(consumer: &KafkaConsumer, starts: &[tracker::Start]) {
     }
 }
 
-/// Logs and counts one partition that does not continue from where it was,
-/// found at assignment or on a gap in its offsets. A warning, as a reset
-/// means records are counted again, skipped or lost; a first start from the
-/// oldest record is only counted (its caller says it once, at info).
-fn record_reset(metrics: &Metrics, topic: &str, partition: i32, reset: &Reset, gap: bool) {
-    if !reset.is_first_start() {
-        warn_reset(topic, partition, reset, gap);
-    }
-    metrics
-        .offset_resets
-        .with_label_values(&[reset.reason.as_str()])
-        .inc();
-    if reset.lost > 0 {
-        metrics
-            .records_lost
-            .with_label_values(&[topic, &partition.to_string()])
-            .inc_by(reset.lost as u64);
-    }
-}
-
-fn warn_reset(topic: &str, partition: i32, reset: &Reset, gap: bool) {
-    let stored = offset_text(reset.stored);
-    let from = reset.origin.map_or("-", Origin::as_str);
-    if gap {
-        warn!(%topic, partition, next = %stored, log_start = reset.log_start,
-            lost = reset.lost, "records expired before they were counted");
-    } else if reset.reason == ResetReason::Missing {
-        warn!(%topic, partition, reason = %reset.reason, log_start = reset.log_start,
-            log_end = reset.log_end, start = reset.start,
-            "no stored offset in the checkpoint, ZooKeeper or the Kafka group; \
-             --offset-reset latest passes over the records already in the log");
-    } else {
-        warn!(%topic, partition, reason = %reset.reason, %stored, %from,
-            log_start = reset.log_start, log_end = reset.log_end, start = reset.start,
-            lost = reset.lost, "partition does not start at a stored offset");
-    }
-}
-
 impl State {
     /// One record, or one consume error, from either queue.
     fn handle_result(
@@ -408,7 +371,7 @@ impl State {
         match verdict {
             Verdict::Count => {}
             Verdict::CountAfterLoss(reset) => {
-                record_reset(
+                resets::record(
                     &self.links.metrics,
                     message.topic(),
                     partition,
@@ -469,21 +432,10 @@ impl State {
         consumer
             .incremental_assign(&tpl)
             .map_err(|e| assign_error(&first.topic, first.partition, e))?;
-        let first_starts = starts
-            .iter()
-            .filter(|s| s.reset.as_ref().is_some_and(Reset::is_first_start))
-            .count();
-        if first_starts > 0 {
-            info!(
-                partitions = first_starts,
-                of = starts.len(),
-                "first start: nothing is stored for these partitions (checkpoint, ZooKeeper, \
-                 Kafka group), so each is read from its oldest record"
-            );
-        }
+        resets::say_first_starts(&starts);
         for start in starts {
             if let Some(reset) = &start.reset {
-                record_reset(
+                resets::record(
                     &self.links.metrics,
                     &start.topic,
                     start.partition,
