@@ -226,72 +226,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
                 ),
             ));
         }
-        let threshold = match (&raw.requests, &raw.share) {
-            (Some(n), None) => {
-                if raw.min_total.is_some() {
-                    return Err(fail(
-                        n.span(),
-                        "min_total goes with share, not requests".into(),
-                    ));
-                }
-                if *n.get_ref() < 1 {
-                    return Err(fail(
-                        n.span(),
-                        format!("requests must be 1 or more, got {}", n.get_ref()),
-                    ));
-                }
-                Threshold::Requests(*n.get_ref() as u64)
-            }
-            (None, Some(share)) => {
-                let s = *share.get_ref();
-                if !(s > 0.0 && s <= 1.0) {
-                    return Err(fail(
-                        share.span(),
-                        format!("share must be above 0 and at most 1, got {s}"),
-                    ));
-                }
-                let min_total = match &raw.min_total {
-                    None => 1,
-                    Some(m) if *m.get_ref() >= 1 => *m.get_ref() as u64,
-                    Some(m) => {
-                        return Err(fail(
-                            m.span(),
-                            format!("min_total must be 1 or more, got {}", m.get_ref()),
-                        ));
-                    }
-                };
-                Threshold::Share {
-                    share: s,
-                    min_total,
-                }
-            }
-            (Some(n), Some(_)) => {
-                return Err(fail(n.span(), "give requests or share, not both".into()));
-            }
-            (None, None) => {
-                return Err(LineError {
-                    line: at,
-                    reason: format!(
-                        "rule {name:?} needs a threshold: requests = N, or share = 0..1 (with min_total)"
-                    ),
-                });
-            }
-        };
+        let threshold = threshold(&raw, &name, at, fail)?;
         let hold_for = optional_duration(&raw.hold_for, "for", fail)?;
         let cooldown = optional_duration(&raw.cooldown, "cooldown", fail)?;
-        let mut allow = Vec::new();
-        for entry in raw.allow.unwrap_or_default() {
-            let network = Network::parse(entry.get_ref()).ok_or_else(|| {
-                fail(
-                    entry.span(),
-                    format!(
-                        "allow entries are networks in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix, got {:?}",
-                        entry.get_ref()
-                    ),
-                )
-            })?;
-            allow.push(network);
-        }
+        let allow = allow_list(raw.allow.as_deref().unwrap_or_default(), fail)?;
         rules.push(Rule {
             name,
             key,
@@ -306,6 +244,87 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
         });
     }
     Ok(rules)
+}
+
+/// A rule's threshold: `requests`, or `share` with `min_total`.
+fn threshold(
+    raw: &RawRule,
+    name: &str,
+    at: usize,
+    fail: impl Fn(Range<usize>, String) -> LineError,
+) -> Result<Threshold, LineError> {
+    Ok(match (&raw.requests, &raw.share) {
+        (Some(n), None) => {
+            if raw.min_total.is_some() {
+                return Err(fail(
+                    n.span(),
+                    "min_total goes with share, not requests".into(),
+                ));
+            }
+            if *n.get_ref() < 1 {
+                return Err(fail(
+                    n.span(),
+                    format!("requests must be 1 or more, got {}", n.get_ref()),
+                ));
+            }
+            Threshold::Requests(*n.get_ref() as u64)
+        }
+        (None, Some(share)) => {
+            let s = *share.get_ref();
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(fail(
+                    share.span(),
+                    format!("share must be above 0 and at most 1, got {s}"),
+                ));
+            }
+            let min_total = match &raw.min_total {
+                None => 1,
+                Some(m) if *m.get_ref() >= 1 => *m.get_ref() as u64,
+                Some(m) => {
+                    return Err(fail(
+                        m.span(),
+                        format!("min_total must be 1 or more, got {}", m.get_ref()),
+                    ));
+                }
+            };
+            Threshold::Share {
+                share: s,
+                min_total,
+            }
+        }
+        (Some(n), Some(_)) => {
+            return Err(fail(n.span(), "give requests or share, not both".into()));
+        }
+        (None, None) => {
+            return Err(LineError {
+                line: at,
+                reason: format!(
+                    "rule {name:?} needs a threshold: requests = N, or share = 0..1 (with min_total)"
+                ),
+            });
+        }
+    })
+}
+
+/// A rule's `allow` entries: networks in CIDR form.
+fn allow_list(
+    entries: &[Spanned<String>],
+    fail: impl Fn(Range<usize>, String) -> LineError,
+) -> Result<Vec<Network>, LineError> {
+    let mut allow = Vec::new();
+    for entry in entries {
+        let network = Network::parse(entry.get_ref()).ok_or_else(|| {
+            fail(
+                entry.span(),
+                format!(
+                    "allow entries are networks in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix, got {:?}",
+                    entry.get_ref()
+                ),
+            )
+        })?;
+        allow.push(network);
+    }
+    Ok(allow)
 }
 
 /// `field`'s duration; `fail` places the reason on its line.
