@@ -7,14 +7,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::problem::Problem;
+use super::problem::{Params, Problem};
 use super::views::rfc3339;
 use crate::pipeline::rules::AlertsView;
 use crate::vocab::Network;
@@ -45,9 +44,8 @@ struct BlocklistJson {
 pub async fn blocklist(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<BlocklistQuery>, QueryRejection>,
+    Params(query): Params<BlocklistQuery>,
 ) -> Result<Response, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let format = query.format.as_deref().unwrap_or("plain");
     let snapshot = state.sources.published.load();
     // One line per key, in address order, whichever rules flag it.

@@ -4,8 +4,7 @@ use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
 use super::adhoc::{self, Asked, Question};
-use super::problem::Problem;
+use super::problem::{Params, PathParam, Problem};
 use super::views::{
     IpView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, TopView, WindowView,
     rfc3339,
@@ -84,9 +83,8 @@ fn parse_n(text: Option<&str>, max: usize) -> Result<usize, Problem> {
 
 pub async fn top(
     State(state): State<AppState>,
-    query: Result<Query<TopQuery>, QueryRejection>,
+    Params(query): Params<TopQuery>,
 ) -> Result<Response, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.sources.published.load();
     let asked = query.asked();
@@ -111,11 +109,9 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 pub async fn ip(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<RangeQuery>, QueryRejection>,
+    PathParam(text): PathParam<String>,
+    Params(query): Params<RangeQuery>,
 ) -> Result<Response, Problem> {
-    let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let ip = parse_ip(&text)
         .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
     let snapshot = state.sources.published.load();
@@ -148,11 +144,9 @@ pub async fn ip(
 /// current window or any kept range.
 pub async fn network(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<RangeQuery>, QueryRejection>,
+    PathParam(text): PathParam<String>,
+    Params(query): Params<RangeQuery>,
 ) -> Result<Response, Problem> {
-    let Path(text) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let network = match Network::parse(&text) {
         Some(network) => network,
         // Well formed, but no network is written so: not found.
@@ -368,9 +362,8 @@ fn positive_saturating(text: &str) -> Option<usize> {
 
 pub async fn events(
     State(state): State<AppState>,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    Params(query): Params<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let n = parse_n(query.n.as_deref(), MAX_EVENT_N)?;
     let limit = match query.limit.as_deref() {
         None => usize::MAX,

@@ -1,5 +1,7 @@
 //! RFC 9457 problem details: every error answer is `application/problem+json`.
 
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -88,4 +90,33 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     response
+}
+
+/// Query parameters whose rejection is a problem+json 400 naming what is
+/// wrong: every handler's one mapping of a malformed query.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| Params(params))
+            .map_err(|e| Problem::bad_request(e.body_text()))
+    }
+}
+
+/// The path's parameter, rejected as [`Params`] is.
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParam<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(param)| PathParam(param))
+            .map_err(|e| Problem::bad_request(e.body_text()))
+    }
 }
