@@ -242,33 +242,21 @@ pub fn run_writer(
     let mut backoff = Duration::from_millis(500);
     // The newest checkpoint made durable: said when ingest is done.
     let mut last_written = None;
-    let said_final = |written: Option<u64>| match written {
-        Some(manifest) => info!(manifest, "final checkpoint written"),
-        None => info!("no checkpoint was written in this run"),
-    };
     loop {
-        let next = match retry.take() {
-            None => jobs.recv().ok(),
+        // `last`: ingest is done and this is the last try of what failed.
+        let (next, last) = match retry.take() {
+            None => (jobs.recv().ok(), false),
             Some(failed) => match jobs.recv_timeout(backoff) {
-                Ok(newer) => Some(newer),
-                Err(RecvTimeoutError::Timeout) => Some(failed),
-                // Ingest is done: one last try of what failed, then stop.
-                Err(RecvTimeoutError::Disconnected) => {
-                    match writer.write(&failed) {
-                        Ok(written) => {
-                            on_durable(&failed);
-                            said_final(Some(written.manifest_seq));
-                        }
-                        Err(error) => {
-                            warn!(%error, "the final checkpoint could not be written; the previous one stays")
-                        }
-                    }
-                    return;
-                }
+                Ok(newer) => (Some(newer), false),
+                Err(RecvTimeoutError::Timeout) => (Some(failed), false),
+                Err(RecvTimeoutError::Disconnected) => (Some(failed), true),
             },
         };
         let Some(job) = next else {
-            said_final(last_written);
+            match last_written {
+                Some(manifest) => info!(manifest, "final checkpoint written"),
+                None => info!("no checkpoint was written in this run"),
+            }
             return;
         };
         let job = jobs.try_iter().last().unwrap_or(job);
@@ -290,12 +278,20 @@ pub fn run_writer(
                 backoff = Duration::from_millis(500);
                 last_written = Some(written.manifest_seq);
                 on_durable(&job);
+                if last {
+                    info!(manifest = written.manifest_seq, "final checkpoint written");
+                    return;
+                }
             }
             Err(error) => {
                 metrics
                     .checkpoint_failures
                     .with_label_values(&[error.reason()])
                     .inc();
+                if last {
+                    warn!(%error, "the final checkpoint could not be written; the previous one stays");
+                    return;
+                }
                 if !status.failing() {
                     warn!(%error, "checkpoint failed; counting goes on, retrying with backoff");
                 }
