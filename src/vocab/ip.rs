@@ -102,14 +102,18 @@ impl Network {
     /// Parses `address[/prefix]`; `None` when either part is invalid or
     /// bits are set past the prefix (`10.0.0.1/8` is refused: write `10.0.0.0/8`).
     pub fn parse(text: &str) -> Option<Network> {
-        let network = Network::enclosing(text)?;
-        let written = parse_ip(text.split_once('/').map_or(text, |(a, _)| a))?;
+        let (written, network) = Network::read(text)?;
         (network.bits == written.0).then_some(network)
     }
 
     /// Parses `address[/prefix]` as [`Network::parse`] does, but clears
     /// the bits past the prefix: `10.0.0.1/8` is `10.0.0.0/8`.
     pub fn enclosing(text: &str) -> Option<Network> {
+        Network::read(text).map(|(_, network)| network)
+    }
+
+    /// The address as written and the network enclosing it.
+    fn read(text: &str) -> Option<(IpKey, Network)> {
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -127,10 +131,8 @@ impl Network {
             bits: 0,
             prefix: prefix + offset,
         };
-        Some(Network {
-            bits: key.0 & network.mask(),
-            ..network
-        })
+        let bits = key.0 & network.mask();
+        Some((key, Network { bits, ..network }))
     }
 
     /// The network of `ip` with `prefix4` bits (IPv4) or `prefix6` bits
