@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipstats::config::{Format, MAX_TOP_N, SORTED_TOP_N};
-use ipstats::pipeline::counter::Tally;
-use ipstats::pipeline::field::ClientField;
-use ipstats::pipeline::parse::{Parser, parse_reference};
-use ipstats::pipeline::query::{self, Grouping};
-use ipstats::pipeline::window::{IpMap, Pane, Window};
+use ipstats::count::Tally;
+use ipstats::input::field::ClientField;
+use ipstats::input::parse::{Parser, parse_reference};
+use ipstats::query::{self, Grouping};
 use ipstats::tools::traffic::{Traffic, TrafficConfig};
 use ipstats::vocab::{IpKey, Network, SkipCounts};
+use ipstats::window::{IpMap, Pane, Window};
 
 const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
@@ -311,7 +311,7 @@ fn adhoc(c: &mut Criterion) {
 /// pane entering and one leaving per slide; and the same with 100 rules
 /// over those three keys.
 fn rules(c: &mut Criterion) {
-    use ipstats::pipeline::rules::{Engine, Limits, file::parse};
+    use ipstats::rules::{Engine, Limits, file::parse};
     let mut group = c.benchmark_group("rules");
     group
         .sample_size(10)

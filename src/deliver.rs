@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::pipeline::rules::outbox::Outbox;
-use crate::pipeline::rules::{Firing, State, Transition};
-use crate::pipeline::snapshot::Published;
+use crate::rules::outbox::Outbox;
+use crate::rules::{Firing, State, Transition};
+use crate::snapshot::Published;
 use crate::vocab::rfc3339;
 
 /// How often Alertmanager hears again of what still fires (it resolves an

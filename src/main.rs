@@ -161,7 +161,7 @@ mod tests {
     fn the_log_filter_reads_levels_by_target_and_says_when_it_cannot() {
         let (targets, bad) = log_filter(Some("warn,ipstats::pipeline=debug"));
         assert!(bad.is_none());
-        assert!(targets.would_enable("ipstats::pipeline::parse", &Level::DEBUG));
+        assert!(targets.would_enable("ipstats::input::parse", &Level::DEBUG));
         assert!(!targets.would_enable("ipstats::app", &Level::INFO));
         let (targets, bad) = log_filter(None);
         assert!(bad.is_none() && targets.would_enable("rdkafka", &Level::INFO));

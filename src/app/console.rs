@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::offsets::zookeeper::ZkOptions;
-use crate::pipeline::snapshot::Published;
+use crate::snapshot::Published;
 
 /// The start-up banner: what runs, against what, and where to look.
 pub fn print_banner(
@@ -49,7 +49,7 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
             () = tokio::time::sleep(EVERY) => {}
         }
         let snapshot = published.load();
-        let consumed = snapshot.ingest.counters.records_consumed;
+        let consumed = snapshot.ingest.totals.records_consumed;
         let lag: i64 = snapshot.partitions.iter().filter_map(|p| p.lag()).sum();
         let now = std::time::Instant::now();
         let rate = last.map_or(0.0, |(before, at)| {
@@ -72,7 +72,7 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
 /// so and keeps running.
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    rules: Option<std::sync::Arc<crate::pipeline::rules::Rules>>,
+    rules: Option<std::sync::Arc<crate::rules::Rules>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {

@@ -18,15 +18,15 @@ use super::parts::{Parts, Report, Signal, Stage};
 use crate::checkpoint::{self, Restored, Shape, Writer};
 use crate::config::Settings;
 use crate::http::Sources;
+use crate::ingest::{Ingest, IngestConfig, Links, Resume};
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::offsets::committed::StoreState;
 use crate::offsets::zookeeper::{ZkOptions, ZkStore};
 use crate::offsets::{
     CommitRequest, OffsetsOf, StoredOffsets, choose_stored, kafka_group, zookeeper,
 };
-use crate::pipeline::ingest::{Ingest, IngestConfig, Links, Resume};
-use crate::pipeline::snapshot::Counters;
 use crate::stop::Stop;
+use crate::vocab::IngestTotals;
 use crate::vocab::Origin;
 
 /// Everything start-up needs, moved in by the app.
@@ -40,8 +40,8 @@ pub struct Startup {
     /// Stops ingest (the same flag stops the cluster monitor).
     pub stop: Stop,
     /// `--rules`, and where their transitions are sent.
-    pub rules: Option<Arc<crate::pipeline::rules::Rules>>,
-    pub outbox: Option<crate::pipeline::rules::outbox::Outbox>,
+    pub rules: Option<Arc<crate::rules::Rules>>,
+    pub outbox: Option<crate::rules::outbox::Outbox>,
 }
 
 /// Start-up resolved: where to start, ready to launch.
@@ -284,7 +284,7 @@ impl Ready {
             Resume {
                 panes: r.panes,
                 next_seq: r.manifest.next_pane_seq,
-                counters: Counters::from(&r.manifest.counters),
+                totals: IngestTotals::from(&r.manifest.totals),
                 event_end_ms: r.manifest.event_end_ms,
                 alerts: r.manifest.alerts,
             }
@@ -296,7 +296,7 @@ impl Ready {
                 s.shared.checkpoint.clone(),
                 s.shared.metrics.clone(),
             );
-            let on_durable = move |job: &crate::pipeline::ingest::CheckpointJob| {
+            let on_durable = move |job: &crate::checkpoint::CheckpointJob| {
                 commits.send_replace(Arc::new(CommitRequest {
                     offsets: job.offsets.clone(),
                 }));

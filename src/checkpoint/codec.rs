@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{CheckpointError, corrupt};
 use crate::config::Settings;
-use crate::pipeline::snapshot;
-use crate::pipeline::window::{OffsetRange, Pane, SortedCounts};
-use crate::vocab::{IpKey, SKIP_REASONS, SkipCounts};
+
+use crate::vocab::{IngestTotals, IpKey, SKIP_REASONS, SkipCounts};
+use crate::window::{OffsetRange, Pane, PaneCounts};
 
 /// On-disk format version of panes and manifests written. Version 1 (five
 /// fixed skip counts, `not_utf8` among them) is still read.
@@ -172,8 +172,8 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         total += u64::from(n);
         pairs.push((ip, n));
     }
-    let counts = SortedCounts::from_pairs(pairs)
-        .ok_or_else(|| corrupt(path, "an address is listed twice"))?;
+    let counts =
+        PaneCounts::from_pairs(pairs).ok_or_else(|| corrupt(path, "an address is listed twice"))?;
     if total != requests {
         return Err(corrupt(path, "counts do not add up to the pane's requests"));
     }
@@ -252,10 +252,10 @@ pub struct PartitionOffset {
     pub next: i64,
 }
 
-/// Counters carried across restarts so that `/api/v1/status` keeps its
-/// totals: ingest's [`snapshot::Counters`] as manifests store them.
+/// Ingest's totals as manifests store them, carried across restarts so
+/// that `/api/v1/status` keeps them ([`IngestTotals`] in memory).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
+pub struct SavedTotals {
     pub batches: u64,
     pub records_consumed: u64,
     pub records_counted: u64,
@@ -283,9 +283,9 @@ impl Default for Skipped {
     }
 }
 
-impl From<&snapshot::Counters> for Counters {
-    fn from(c: &snapshot::Counters) -> Self {
-        Counters {
+impl From<&IngestTotals> for SavedTotals {
+    fn from(c: &IngestTotals) -> Self {
+        SavedTotals {
             batches: c.batches,
             records_consumed: c.records_consumed,
             records_counted: c.records_counted,
@@ -301,9 +301,9 @@ impl From<&snapshot::Counters> for Counters {
     }
 }
 
-impl From<&Counters> for snapshot::Counters {
-    fn from(c: &Counters) -> Self {
-        snapshot::Counters {
+impl From<&SavedTotals> for IngestTotals {
+    fn from(c: &SavedTotals) -> Self {
+        IngestTotals {
             batches: c.batches,
             records_consumed: c.records_consumed,
             records_counted: c.records_counted,
@@ -335,14 +335,15 @@ pub struct Manifest {
     pub panes: Vec<u64>,
     pub offsets: Vec<PartitionOffset>,
     pub next_pane_seq: u64,
-    pub counters: Counters,
+    #[serde(rename = "counters")]
+    pub totals: SavedTotals,
     /// Event time: the window's end (epoch ms); panes starting at or after
     /// it wait ahead of the window. Absent with arrival time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_end_ms: Option<i64>,
     /// `--rules`: the alerts' state (absent without rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alerts: Option<crate::pipeline::rules::SavedAlerts>,
+    pub alerts: Option<crate::rules::SavedAlerts>,
 }
 
 pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {
@@ -448,15 +449,15 @@ mod tests {
         assert_eq!(decoded.ranges, original.ranges);
         assert_eq!(decoded.skipped.to_array(), [1, 320, 4000, 50000, 0, 0, 0]);
 
-        let counters: Counters = serde_json::from_str(
+        let totals: SavedTotals = serde_json::from_str(
             r#"{"batches":2,"records_consumed":9,"records_counted":3,"skipped":[1,2,3,0,0]}"#,
         )
-        .expect("format 1 counters");
-        let restored = snapshot::Counters::from(&counters);
+        .expect("format 1 totals");
+        let restored = IngestTotals::from(&totals);
         assert_eq!(restored.skipped.to_array(), [1, 5, 0, 0, 0, 0, 0]);
         assert_eq!(restored.repaired, 0);
         // Format 2 names the reasons, and keeps the repaired lines.
-        let again = Counters::from(&snapshot::Counters {
+        let again = SavedTotals::from(&IngestTotals {
             repaired: 7,
             ..restored
         });
@@ -465,7 +466,7 @@ mod tests {
             text.contains(r#""not_json":5"#) && text.contains(r#""repaired":7"#),
             "{text}"
         );
-        let back: Counters = serde_json::from_str(&text).expect("format 2 counters");
-        assert_eq!(snapshot::Counters::from(&back).skipped, restored.skipped);
+        let back: SavedTotals = serde_json::from_str(&text).expect("format 2 totals");
+        assert_eq!(IngestTotals::from(&back).skipped, restored.skipped);
     }
 }

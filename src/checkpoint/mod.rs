@@ -27,12 +27,32 @@ pub mod writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub use codec::{Counters, Manifest, Shape};
+pub use codec::{Manifest, SavedTotals, Shape};
 pub use store::{Restored, check_shape, load, newest_manifest, reset};
 pub use writer::{Status, Writer, run_writer};
 
 use crate::durable::FileError;
+use crate::rules::SavedAlerts;
+use crate::vocab::IngestTotals;
+use crate::window::Pane;
+
+/// What ingest hands to the checkpoint writer: the window's panes (shared,
+/// never copied) and the next offset of every partition, which those panes
+/// account for exactly.
+#[derive(Clone, Debug)]
+pub struct CheckpointJob {
+    pub panes: Vec<Arc<Pane>>,
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    pub next_pane_seq: u64,
+    pub totals: IngestTotals,
+    /// Event time: the window's end (epoch ms); panes starting at or after
+    /// it wait ahead of the window.
+    pub event_end_ms: Option<i64>,
+    /// `--rules`: which keys fire, are pending or cooling down.
+    pub alerts: Option<SavedAlerts>,
+}
 
 const PANES_DIR: &str = "panes";
 const MANIFESTS_KEPT: usize = 2;
@@ -145,10 +165,10 @@ pub(crate) mod test_support {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::Shape;
-    use crate::pipeline::ingest::CheckpointJob;
-    use crate::pipeline::snapshot::Counters;
-    use crate::pipeline::window::{OffsetRange, Pane, SortedCounts};
+    use crate::checkpoint::CheckpointJob;
+    use crate::vocab::IngestTotals;
     use crate::vocab::{SkipCounts, SkipReason, parse_ip};
+    use crate::window::{OffsetRange, Pane, PaneCounts};
 
     pub fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ipstats-ckpt-{name}-{}", std::process::id()));
@@ -169,7 +189,7 @@ pub(crate) mod test_support {
 
     pub fn pane(seq: u64, ips: &[(&str, u32)]) -> Arc<Pane> {
         let counts =
-            SortedCounts::from_pairs(ips.iter().map(|(ip, n)| (parse_ip(ip).expect("ip"), *n)))
+            PaneCounts::from_pairs(ips.iter().map(|(ip, n)| (parse_ip(ip).expect("ip"), *n)))
                 .expect("distinct addresses");
         let mut skipped = SkipCounts::default();
         skipped.add(SkipReason::NotJson);
@@ -195,7 +215,7 @@ pub(crate) mod test_support {
             offsets: vec![(Arc::from("t"), 0, 10 * next as i64)],
             panes,
             next_pane_seq: next,
-            counters: Counters::default(),
+            totals: IngestTotals::default(),
             event_end_ms: None,
             alerts: None,
         }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::codec::{Manifest, Shape, decode_manifest, decode_pane};
 use super::{CheckpointError, PANES_DIR, corrupt, io, manifest_path, manifest_seqs, pane_path};
 use crate::durable::sync_dir;
-use crate::pipeline::window::Pane;
+use crate::window::Pane;
 
 /// State restored from the newest valid manifest.
 #[derive(Debug)]

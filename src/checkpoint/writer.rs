@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
+use super::CheckpointJob;
 use super::codec::{
     FORMAT_VERSION, Manifest, PartitionOffset, Shape, encode_manifest, encode_pane_into, millis,
 };
@@ -22,7 +23,6 @@ use super::{
 };
 use crate::durable::{sync_dir, write_atomically};
 use crate::metrics::Metrics;
-use crate::pipeline::ingest::CheckpointJob;
 use crate::vocab::{LastError, Stamp};
 
 /// What one successful write did.
@@ -135,7 +135,7 @@ impl Writer {
             next_pane_seq: job.next_pane_seq,
             event_end_ms: job.event_end_ms,
             alerts: job.alerts.clone(),
-            counters: (&job.counters).into(),
+            totals: (&job.totals).into(),
         };
         let bytes = encode_manifest(&manifest);
         write_atomically(&manifest_path(&self.dir, manifest.seq), &bytes)?;
@@ -306,10 +306,10 @@ pub fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CheckpointJob;
     use crate::checkpoint::codec::encode_pane;
     use crate::checkpoint::load;
     use crate::checkpoint::test_support::{job, pane, shape, temp};
-    use crate::pipeline::ingest::CheckpointJob;
     use crate::vocab::parse_ip;
 
     #[test]
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_alerts_state_comes_back_with_its_manifest() {
-        use crate::pipeline::rules::{SavedAlerts, SavedRule};
+        use crate::rules::{SavedAlerts, SavedRule};
         let dir = temp("alerts-state");
         let mut writer = Writer::new(&dir, shape(), None).expect("writer");
         let panes = vec![pane(0, &[("10.0.0.1", 1)])];

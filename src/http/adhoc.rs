@@ -23,10 +23,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AppState;
 use super::problem::Problem;
 use super::views::{IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
-use crate::pipeline::query::{self, Grouping, Range};
-use crate::pipeline::snapshot::Snapshot;
-use crate::pipeline::window::Pane;
+use crate::query::{self, Grouping, Range};
+use crate::snapshot::Snapshot;
 use crate::vocab::{IpKey, Network};
+use crate::window::Pane;
 
 /// Ad-hoc merges running at once (the machine's cores do the work).
 pub const MAX_ADHOC: usize = 2;
@@ -245,7 +245,7 @@ pub fn range(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result
     let end = match asked.end {
         None => snapshot.window_end,
         Some(text) => {
-            let ms = crate::pipeline::time::rfc3339_ms(text.as_bytes()).ok_or_else(|| {
+            let ms = crate::input::time::rfc3339_ms(text.as_bytes()).ok_or_else(|| {
                 Problem::bad_request(format!(
                     "end must be an RFC 3339 time (2026-11-24T06:35:10Z), got {text:?}"
                 ))

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::problem::{Params, Problem};
 use super::views::rfc3339;
-use crate::pipeline::rules::AlertsView;
+use crate::rules::AlertsView;
 use crate::vocab::Network;
 
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertsView> {

@@ -22,7 +22,7 @@ use super::views::{
 };
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
-use crate::pipeline::snapshot::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::vocab::{Health, Network, Origin, SkipReason, parse_ip};
 
 const DEFAULT_TOP_N: usize = 10;
@@ -249,7 +249,7 @@ fn time_view(state: &AppState, snapshot: &Snapshot, now: SystemTime) -> Value {
         } else {
             None
         },
-        "records_late": snapshot.ingest.counters.late,
+        "records_late": snapshot.ingest.totals.late,
     })
 }
 
@@ -258,12 +258,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
     let ingest = &snapshot.ingest;
     let skipped: serde_json::Map<String, Value> = SkipReason::ALL
         .iter()
-        .map(|r| {
-            (
-                r.as_str().to_string(),
-                json!(ingest.counters.skipped.get(*r)),
-            )
-        })
+        .map(|r| (r.as_str().to_string(), json!(ingest.totals.skipped.get(*r))))
         .collect();
     let now = SystemTime::now();
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
@@ -279,12 +274,12 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
         "window": WindowView::of(snapshot),
         "retention_seconds": state.info.retention.as_secs_f64(),
         "snapshot_age_seconds": age(snapshot.taken_at),
-        "batches": ingest.counters.batches,
-        "records_consumed": ingest.counters.records_consumed,
-        "records_counted": ingest.counters.records_counted,
+        "batches": ingest.totals.batches,
+        "records_consumed": ingest.totals.records_consumed,
+        "records_counted": ingest.totals.records_counted,
         "records_per_second": ingest.records_per_second,
         "skipped": skipped,
-        "records_repaired": ingest.counters.repaired,
+        "records_repaired": ingest.totals.repaired,
         "time": time_view(state, snapshot, now),
         "checkpoint": {
             "dir": state.info.checkpoint_dir,

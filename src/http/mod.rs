@@ -31,7 +31,7 @@ pub use problem::Problem;
 use crate::checkpoint;
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
-use crate::pipeline::snapshot::Published;
+use crate::snapshot::Published;
 use crate::vocab::Health;
 
 /// The OpenAPI description, served at `/openapi.yaml`.

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
-use crate::pipeline::snapshot::{IngestStatus, PartitionStatus, Published, Snapshot};
-use crate::pipeline::window::{IpMap, Pane, TopList};
+use crate::snapshot::{IngestStatus, PartitionStatus, Published, Snapshot};
 use crate::vocab::{IpKey, Origin, SkipCounts, Started, StartedFrom, parse_ip};
+use crate::window::{IpMap, Pane, TopList};
 
 fn ip(text: &str) -> IpKey {
     parse_ip(text).expect("test address")
@@ -43,16 +43,16 @@ fn state(ready: bool) -> AppState {
     ];
     // Rules over the window: both IPv4 addresses reach 5 (blocked), their
     // /24 reaches 10 (not blocked).
-    let rules = crate::pipeline::rules::file::parse(
+    let rules = crate::rules::file::parse(
         "[[rule]]\nname = \"hot\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 5\nblock = true\n\
          [[rule]]\nname = \"net\"\nkey = \"v4/24\"\nwindow = \"2s\"\nrequests = 8\n",
-        crate::pipeline::rules::Limits {
+        crate::rules::Limits {
             batch: Duration::from_secs(1),
             retention: Duration::from_secs(3),
         },
     )
     .expect("rules");
-    let mut engine = crate::pipeline::rules::Engine::new(rules, Duration::from_secs(1));
+    let mut engine = crate::rules::Engine::new(rules, Duration::from_secs(1));
     engine.evaluate(&panes, panes[1].end);
     let snapshot = Snapshot {
         taken_at: SystemTime::now(),

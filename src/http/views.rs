@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::pipeline::query::{Grouping, NetworkCount};
-use crate::pipeline::snapshot::Snapshot;
+use crate::query::{Grouping, NetworkCount};
+use crate::snapshot::Snapshot;
 use crate::vocab::IpKey;
 
 pub use crate::vocab::rfc3339;

@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use crate::config::{ConfigError, CountArgs, Input, MAX_TOP_N};
+use crate::count::Tally;
 use crate::http::views::{NetworkTopView, TopView, WindowView};
-use crate::pipeline::counter::Tally;
-use crate::pipeline::hint::Hint;
-use crate::pipeline::parse::{ClientField, Parser};
-use crate::pipeline::query::{Grouping, top_networks};
-use crate::pipeline::window::top_k;
+use crate::input::hint::Hint;
+use crate::input::parse::{ClientField, Parser};
+use crate::query::{Grouping, top_networks};
 use crate::vocab::SkipReason;
+use crate::window::top_k;
 
 /// Bytes read per block (a line longer than this makes its block longer).
 const BLOCK_BYTES: u64 = 4 << 20;

@@ -342,8 +342,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::field::ClientField;
-    use crate::pipeline::parse::Parser;
+    use crate::input::field::ClientField;
+    use crate::input::parse::Parser;
     use crate::vocab::IpKey;
     use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! The words every part of ipstats shares: a client address, why a line was
-//! skipped, why a partition was reset, liveness facts. These modules depend
+//! skipped, why a partition was reset, liveness facts, ingest's totals. These modules depend
 //! on nothing else in the crate, so that anything may use them.
 
 pub mod health;
@@ -7,9 +7,11 @@ pub mod ip;
 pub mod reset;
 pub mod skip;
 pub mod stamp;
+pub mod totals;
 
 pub use health::Health;
 pub use ip::{IpKey, Network, parse_ip};
 pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
 pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp, epoch_ms, from_epoch_ms, rfc3339};
+pub use totals::IngestTotals;

@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ipstats::config::{Cli, Command, Settings};
-use ipstats::pipeline::parse::ClientField;
-use ipstats::pipeline::reference::reference_record;
+use ipstats::input::parse::ClientField;
+use ipstats::input::reference::reference_record;
 use ipstats::vocab::SkipReason;
 use serde_json::Value;
 

@@ -16,8 +16,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::file::{Key, Rule};
 use super::{AlertsView, Firing, SavedAlerts, SavedRule, State, Transition, WindowBounds};
-use crate::pipeline::window::Pane;
 use crate::vocab::{IpKey, Network};
+use crate::window::Pane;
 
 /// Transitions kept for `/api/v1/alerts`.
 const RECENT_TRANSITIONS: usize = 1000;
@@ -586,9 +586,9 @@ fn transition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::counts::{IpMap, SortedCounts};
-    use crate::pipeline::rules::file::{Limits, parse};
+    use crate::rules::file::{Limits, parse};
     use crate::vocab::{SkipCounts, parse_ip};
+    use crate::window::{IpMap, PaneCounts};
     use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
@@ -602,7 +602,7 @@ mod tests {
             seq: second,
             start: UNIX_EPOCH + S * second as u32,
             end: UNIX_EPOCH + S * (second as u32 + 1),
-            counts: SortedCounts::from(&counts),
+            counts: PaneCounts::from(&counts),
             requests: records.iter().map(|r| u64::from(r.1)).sum(),
             skipped: SkipCounts::default(),
             ranges: Vec::new(),

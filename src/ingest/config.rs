@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::super::counter::PaneTime;
-use super::super::event::EventConfig;
-use super::super::parse::ClientField;
 use crate::config::{OffsetReset, Settings, Time, TimeSource};
+use crate::count::PaneTime;
+use crate::count::event_time::EventConfig;
+use crate::input::parse::ClientField;
 
 /// What ingest needs to know from the settings.
 #[derive(Clone, Debug)]
@@ -25,8 +25,8 @@ pub struct IngestConfig {
     pub group: String,
     pub time: Time,
     /// `--rules` (set by the app, which loads them).
-    pub rules: Option<std::sync::Arc<crate::pipeline::rules::Rules>>,
-    pub outbox: Option<crate::pipeline::rules::outbox::Outbox>,
+    pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
+    pub outbox: Option<crate::rules::outbox::Outbox>,
 }
 
 impl IngestConfig {

@@ -13,8 +13,8 @@ use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use tokio::sync::watch;
 
-use super::window::{Pane, TopList};
-use crate::vocab::{IpKey, Reset, SkipCounts, Started};
+use crate::vocab::{IngestTotals, IpKey, Reset, Started};
+use crate::window::{Pane, TopList};
 
 /// One published state of the window.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// slide that moved nothing, as when the data's time stands still).
     pub rendered_adhoc: Arc<RenderCache<String>>,
     /// `--rules`: what fires now and the recent transitions.
-    pub alerts: Arc<crate::pipeline::rules::AlertsView>,
+    pub alerts: Arc<crate::rules::AlertsView>,
 }
 
 /// Response bodies rendered from one snapshot: the same question asked again
@@ -169,24 +169,10 @@ impl PartitionStatus {
     }
 }
 
-/// Totals of the ingest loop since its first start: checkpoints carry them
-/// across restarts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub batches: u64,
-    pub records_consumed: u64,
-    pub records_counted: u64,
-    pub skipped: SkipCounts,
-    /// Lines read with invalid UTF-8 replaced by U+FFFD, counted or skipped.
-    pub repaired: u64,
-    /// Event time: records that arrived after their pane closed.
-    pub late: u64,
-}
-
 /// What `/api/v1/status` shows of the ingest loop.
 #[derive(Clone, Debug, Default)]
 pub struct IngestStatus {
-    pub counters: Counters,
+    pub totals: IngestTotals,
     /// Records consumed per second over the last slide.
     pub records_per_second: f64,
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Merged, merge, merge_runs, v6_list};
-use crate::pipeline::window::Pane;
+use crate::window::Pane;
 
 /// Addresses in order with their counts.
 type List<K> = Vec<(K, u64)>;

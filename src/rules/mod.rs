@@ -275,8 +275,8 @@ impl Evaluator {
     /// what `/api/v1/alerts` shows after it.
     pub fn slide(
         &mut self,
-        older: &[Arc<crate::pipeline::window::Pane>],
-        window: &[Arc<crate::pipeline::window::Pane>],
+        older: &[Arc<crate::window::Pane>],
+        window: &[Arc<crate::window::Pane>],
         end: SystemTime,
     ) -> Arc<AlertsView> {
         self.evaluate(older, window, end);
@@ -287,8 +287,8 @@ impl Evaluator {
     /// snapshot).
     pub fn evaluate(
         &mut self,
-        older: &[Arc<crate::pipeline::window::Pane>],
-        window: &[Arc<crate::pipeline::window::Pane>],
+        older: &[Arc<crate::window::Pane>],
+        window: &[Arc<crate::window::Pane>],
         end: SystemTime,
     ) {
         self.follow_reload();

@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Counters, HistoryPoint, IngestStatus, PartitionStatus, RenderCache, Snapshot};
+use super::{HistoryPoint, IngestStatus, PartitionStatus, RenderCache, Snapshot};
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
-use crate::pipeline::rules::Evaluator;
-use crate::pipeline::window::{Pane, Window};
-use crate::vocab::{Reset, Started};
+use crate::rules::Evaluator;
+use crate::vocab::{IngestTotals, Reset, Started};
+use crate::window::{Pane, Window};
 
 /// How much slide history the dashboard's sparklines get.
 const HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
@@ -176,7 +176,7 @@ impl Builder {
     }
 
     /// The rules' state, for the checkpoint.
-    pub fn saved_alerts(&self) -> Option<crate::pipeline::rules::SavedAlerts> {
+    pub fn saved_alerts(&self) -> Option<crate::rules::SavedAlerts> {
         self.rules.as_ref().map(Evaluator::save)
     }
 
@@ -184,7 +184,7 @@ impl Builder {
         &mut self,
         window: &mut Window,
         partitions: Vec<PartitionStatus>,
-        counters: Counters,
+        totals: IngestTotals,
         now: Instant,
         wall: SystemTime,
     ) -> Snapshot {
@@ -195,12 +195,12 @@ impl Builder {
         if elapsed >= self.slide / 2 || self.history.is_empty() {
             let seconds = elapsed.as_secs_f64();
             self.rate = if seconds > 0.0 {
-                (counters.records_consumed - self.consumed_at_last_publish) as f64 / seconds
+                (totals.records_consumed - self.consumed_at_last_publish) as f64 / seconds
             } else {
                 0.0
             };
             self.last_publish = now;
-            self.consumed_at_last_publish = counters.records_consumed;
+            self.consumed_at_last_publish = totals.records_consumed;
         }
         let records_per_second = self.rate;
 
@@ -260,7 +260,7 @@ impl Builder {
             retained,
             partitions,
             ingest: IngestStatus {
-                counters,
+                totals,
                 records_per_second,
             },
             history: self.history.iter().copied().collect(),
@@ -275,16 +275,16 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::window::{OffsetRange, SortedCounts};
     use crate::vocab::SkipCounts;
     use crate::vocab::StartedFrom;
+    use crate::window::{OffsetRange, PaneCounts};
 
     fn pane(seq: u64, from: i64, until: i64) -> Arc<Pane> {
         Arc::new(Pane {
             seq,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH + Duration::from_secs(seq + 1),
-            counts: SortedCounts::default(),
+            counts: PaneCounts::default(),
             requests: 0,
             skipped: SkipCounts::default(),
             ranges: vec![OffsetRange {
@@ -352,7 +352,7 @@ mod tests {
         let mut window = Window::new(2).with_retained(2);
         window.push(pane(0, 0, 10));
         let mut build = |window: &mut Window| {
-            builder.build(window, Vec::new(), Counters::default(), start, wall)
+            builder.build(window, Vec::new(), IngestTotals::default(), start, wall)
         };
         let first = build(&mut window);
         first.rendered_adhoc.put("q".into(), "answer".into());
@@ -382,14 +382,14 @@ mod tests {
         let mut builder = Builder::new(Duration::from_secs(2), Duration::from_secs(1), 100, start);
         let mut window = Window::new(2);
         window.push(pane(0, 0, 10));
-        let counters = Counters {
+        let totals = IngestTotals {
             records_consumed: 300,
-            ..Counters::default()
+            ..IngestTotals::default()
         };
         let snapshot = builder.build(
             &mut window,
             Vec::new(),
-            counters,
+            totals,
             start + Duration::from_secs(2),
             wall,
         );
@@ -404,7 +404,7 @@ mod tests {
         let snapshot = builder.build(
             &mut window,
             Vec::new(),
-            counters,
+            totals,
             start + Duration::from_millis(2_100),
             wall,
         );
@@ -418,7 +418,7 @@ mod tests {
         let snapshot = builder.build(
             &mut window,
             Vec::new(),
-            counters,
+            totals,
             start + Duration::from_millis(2_200),
             wall,
         );
@@ -433,7 +433,7 @@ mod tests {
         let snapshot = builder.build(
             &mut window,
             Vec::new(),
-            counters,
+            totals,
             start + Duration::from_secs(3),
             wall,
         );

@@ -1,4 +1,4 @@
-//! Per-IP counters: [`IpMap`], a hash table for counts that change (the
+//! Per-IP counts: [`IpMap`], a hash table for counts that change (the
 //! open pane, window totals), and [`SortedCounts`], sorted arrays for a
 //! closed pane's counts that never change again.
 
@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 
 use crate::vocab::IpKey;
 
-/// Per-IP counters. IPv4 addresses (nearly all of them, in practice) are
+/// Per-IP counts. IPv4 addresses (nearly all of them, in practice) are
 /// keyed by their 4 bytes and IPv6 by 16 in a map of their own, so that an
 /// IPv4 entry with a `u32` count takes 8 bytes instead of 32.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
 /// A closed pane's counts, sorted by address: an IPv4 entry takes 8 bytes,
 /// and a lookup is a binary search. Built once when the pane closes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SortedCounts {
+pub(in crate::window) struct SortedCounts {
     v4: Box<[(u32, u32)]>,
     /// Addresses and counts apart: 20 bytes an entry instead of a padded 32.
     v6: Box<[u128]>,

@@ -14,68 +14,12 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-pub use super::counts::{IpMap, SortedCounts};
+pub mod pane;
+pub mod table;
+
 use crate::vocab::{IpKey, SkipCounts};
-
-/// The offsets one pane covered in one partition: `[from, until)`, as Spark's `OffsetRange`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OffsetRange {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub from: i64,
-    pub until: i64,
-}
-
-/// The counts of one closed batch.
-#[derive(Clone, Debug)]
-pub struct Pane {
-    /// Batch number since the service started.
-    pub seq: u64,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub counts: SortedCounts,
-    /// Records counted (parsed to an IP) in this pane.
-    pub requests: u64,
-    pub skipped: SkipCounts,
-    /// One range per assigned partition, empty ranges included.
-    pub ranges: Vec<OffsetRange>,
-}
-
-impl Pane {
-    pub fn count(&self, ip: IpKey) -> u32 {
-        self.counts.get(ip).unwrap_or(0)
-    }
-
-    /// This pane with `more` records of the same time span added, as one
-    /// pane numbered `more.seq` (event time: a pane receives records over
-    /// several batches). Each partition's range spans both.
-    pub fn merged(&self, more: Pane) -> Pane {
-        let mut ranges = self.ranges.clone();
-        for r in more.ranges {
-            match ranges
-                .iter_mut()
-                .find(|o| o.partition == r.partition && o.topic == r.topic)
-            {
-                Some(o) => {
-                    o.from = o.from.min(r.from);
-                    o.until = o.until.max(r.until);
-                }
-                None => ranges.push(r),
-            }
-        }
-        let mut skipped = self.skipped;
-        skipped.merge(&more.skipped);
-        Pane {
-            seq: more.seq,
-            start: self.start,
-            end: self.end,
-            counts: self.counts.merged(&more.counts),
-            requests: self.requests + more.requests,
-            skipped,
-            ranges,
-        }
-    }
-}
+pub use pane::{OffsetRange, Pane, PaneCounts};
+pub use table::IpMap;
 
 /// Counts at or above this share one histogram bucket.
 const HISTOGRAM_BUCKETS: usize = 1024;
@@ -86,16 +30,16 @@ const HISTOGRAM_BUCKETS: usize = 1024;
 /// they change, tells [`Window::top`] which counts can make the top `k`
 /// without sorting every address.
 #[derive(Debug)]
-struct Totals {
+struct RunningCounts {
     small: IpMap<u32>,
     big: FxHashMap<IpKey, u64>,
     /// `histogram[c]`: IPs whose total is `c` (the last bucket: or more).
     histogram: Box<[usize; HISTOGRAM_BUCKETS + 1]>,
 }
 
-impl Default for Totals {
+impl Default for RunningCounts {
     fn default() -> Self {
-        Totals {
+        RunningCounts {
             small: IpMap::default(),
             big: FxHashMap::default(),
             histogram: Box::new([0; HISTOGRAM_BUCKETS + 1]),
@@ -147,7 +91,7 @@ fn subtract_small<K: Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K, n: u32) -> 
     }
 }
 
-impl Totals {
+impl RunningCounts {
     fn add(&mut self, ip: IpKey, n: u32) {
         let old = if let Some(total) = self.big.get_mut(&ip) {
             *total += u64::from(n);
@@ -289,7 +233,7 @@ pub struct Window {
     /// Panes older than the window, oldest first, at most `retain` of them.
     retained: VecDeque<Arc<Pane>>,
     retain: usize,
-    totals: Totals,
+    totals: RunningCounts,
     requests: u64,
     /// Scratch space of [`Window::top_list`].
     candidates: Vec<(IpKey, u64)>,
@@ -304,7 +248,7 @@ impl Window {
             panes: VecDeque::with_capacity(capacity + 1),
             retained: VecDeque::new(),
             retain: 0,
-            totals: Totals::default(),
+            totals: RunningCounts::default(),
             candidates: Vec::new(),
             requests: 0,
         }
@@ -328,7 +272,7 @@ impl Window {
         for pane in panes {
             self.keep(pane);
         }
-        self.totals = Totals::default();
+        self.totals = RunningCounts::default();
         self.requests = 0;
     }
 
@@ -406,7 +350,7 @@ impl Window {
                 seq: next_seq,
                 start: end,
                 end: end + batch,
-                counts: SortedCounts::default(),
+                counts: PaneCounts::default(),
                 requests: 0,
                 skipped: SkipCounts::default(),
                 ranges: Vec::new(),
@@ -569,7 +513,7 @@ mod tests {
     fn a_window_total_beyond_u32_is_exact_and_moves_back_when_it_shrinks() {
         let ip = parse_ip("10.0.0.1").expect("address");
         let other = parse_ip("2001:db8::1").expect("address");
-        let mut totals = Totals::default();
+        let mut totals = RunningCounts::default();
         totals.add(ip, u32::MAX);
         totals.add(other, 3);
         totals.add(ip, 5);

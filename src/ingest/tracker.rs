@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::OffsetReset;
 use crate::kafka::ClusterView;
 use crate::offsets::{ResetRefused, StoredOffsets, resolve_start};
-use crate::pipeline::window::OffsetRange;
 use crate::vocab::{Reset, ResetReason, Started, StartedFrom};
+use crate::window::OffsetRange;
 
 /// One assigned partition.
 #[derive(Debug)]

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pipeline::event::EventBatch;
-use crate::pipeline::window::{OffsetRange, Pane, SortedCounts, Window};
+use crate::count::event_time::EventBatch;
 use crate::vocab::SkipCounts;
+use crate::window::{OffsetRange, Pane, PaneCounts, Window};
 
 /// Intermediate slides published per batch while a backlog is replayed;
 /// more are passed through without a snapshot.
@@ -329,7 +329,7 @@ impl EventPanes {
                     seq: self.take_seq(),
                     start: time_of(start),
                     end: time_of(start + self.batch_ms),
-                    counts: SortedCounts::default(),
+                    counts: PaneCounts::default(),
                     requests: 0,
                     skipped: SkipCounts::default(),
                     ranges: Vec::new(),
@@ -345,9 +345,9 @@ impl EventPanes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::counts::IpMap;
-    use crate::pipeline::event::EventPane;
+    use crate::count::event_time::EventPane;
     use crate::vocab::IpKey;
+    use crate::window::IpMap;
     use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
@@ -361,7 +361,7 @@ mod tests {
                     counts.add(IpKey::from_v4_bits(ip), n);
                     EventPane {
                         index,
-                        counts: SortedCounts::from(&counts),
+                        counts: PaneCounts::from(&counts),
                         requests: u64::from(n),
                     }
                 })
@@ -449,7 +449,7 @@ mod tests {
                 seq: start,
                 start: UNIX_EPOCH + S * start as u32,
                 end: UNIX_EPOCH + S * (start as u32 + 1),
-                counts: SortedCounts::default(),
+                counts: PaneCounts::default(),
                 requests: n,
                 skipped: SkipCounts::default(),
                 ranges: Vec::new(),

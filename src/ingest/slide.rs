@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::event::{EventPanes, epoch_ms};
-use super::{CheckpointJob, IngestError, State, VIEW_FRESH_FOR_EVENT_TIME};
-use crate::pipeline::snapshot::PartitionStatus;
-use crate::pipeline::snapshot::build::{PartitionProgress, partition_status};
-use crate::pipeline::window::Pane;
+use super::event_clock::{EventPanes, epoch_ms};
+use super::{IngestError, State, VIEW_FRESH_FOR_EVENT_TIME};
+use crate::checkpoint::CheckpointJob;
+use crate::snapshot::PartitionStatus;
+use crate::snapshot::build::{PartitionProgress, partition_status};
+use crate::window::Pane;
 
 impl State {
     /// Event time: moves the window's end as far as the data says,
@@ -120,7 +121,7 @@ impl State {
         let snapshot = self.builder.build(
             &mut self.window,
             partitions,
-            self.counters,
+            self.totals,
             Instant::now(),
             SystemTime::now(),
         );
@@ -142,7 +143,7 @@ impl State {
             panes,
             offsets: self.tracker.offsets(),
             next_pane_seq,
-            counters: self.counters,
+            totals: self.totals,
             event_end_ms,
             alerts: self.builder.saved_alerts(),
         }

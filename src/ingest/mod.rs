@@ -1,5 +1,5 @@
 //! The consumer loop: poll on one dedicated thread, hand each record to the
-//! counting thread ([`super::counter`]), close a pane every batch, publish a
+//! counting thread ([`crate::count`]), close a pane every batch, publish a
 //! snapshot every slide, and hand a checkpoint job to the writer every
 //! checkpoint interval.
 //!
@@ -10,7 +10,7 @@
 //! knows nothing of Kafka; this loop makes the librdkafka calls.
 
 mod config;
-pub mod event;
+pub mod event_clock;
 mod resets;
 mod slide;
 pub mod tracker;
@@ -25,21 +25,23 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::counter::{Counter, CounterGone};
-use super::snapshot::build::Builder;
-use super::snapshot::{Counters, Published};
-use super::window::{Pane, Window};
+use crate::checkpoint::CheckpointJob;
 use crate::config::OffsetReset;
+use crate::count::{CountingThread, CountingThreadGone};
 use crate::kafka::batch::{BatchQueue, Consumed};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
-use crate::pipeline::rules::{Evaluator, SavedAlerts};
+use crate::rules::{Evaluator, SavedAlerts};
+use crate::snapshot::Published;
+use crate::snapshot::build::Builder;
 use crate::stop::Stop;
 use crate::vocab::Health;
-use event::EventPanes;
+use crate::vocab::IngestTotals;
+use crate::window::{Pane, Window};
+use event_clock::EventPanes;
 use tracker::{Tracker, Verdict};
 
 pub use config::IngestConfig;
@@ -73,31 +75,15 @@ pub enum IngestError {
     #[error("consuming failed with --offset-reset fail: {0}")]
     ConsumeFailed(KafkaError),
     #[error(transparent)]
-    CounterGone(#[from] CounterGone),
+    CountingThreadGone(#[from] CountingThreadGone),
 }
 
-/// What ingest hands to the checkpoint writer: the window's panes (shared,
-/// never copied) and the next offset of every partition, which those panes
-/// account for exactly.
-#[derive(Clone, Debug)]
-pub struct CheckpointJob {
-    pub panes: Vec<Arc<Pane>>,
-    pub offsets: Vec<(Arc<str>, i32, i64)>,
-    pub next_pane_seq: u64,
-    pub counters: Counters,
-    /// Event time: the window's end (epoch ms); panes starting at or after
-    /// it wait ahead of the window.
-    pub event_end_ms: Option<i64>,
-    /// `--rules`: which keys fire, are pending or cooling down.
-    pub alerts: Option<SavedAlerts>,
-}
-
-/// A window to continue from: the panes of a checkpoint and its counters.
+/// A window to continue from: the panes of a checkpoint and its totals.
 #[derive(Debug)]
 pub struct Resume {
     pub panes: Vec<Arc<Pane>>,
     pub next_seq: u64,
-    pub counters: Counters,
+    pub totals: IngestTotals,
     pub event_end_ms: Option<i64>,
     pub alerts: Option<SavedAlerts>,
 }
@@ -155,12 +141,12 @@ struct State {
     /// Parallel to `tracker.partitions()`.
     partition_metrics: Vec<PartitionMetrics>,
     /// Parses and counts the open pane on its own thread.
-    counter: Counter,
+    counter: CountingThread,
     window: Window,
     /// Event time: the window's end and the panes ahead of it.
     events: Option<EventPanes>,
     builder: Builder,
-    counters: Counters,
+    totals: IngestTotals,
     assigned_generation: Option<u64>,
     stored: StoredOffsets,
     links: Links,
@@ -179,7 +165,7 @@ impl Ingest {
         links: Links,
     ) -> std::io::Result<Self> {
         let mut window = Window::new(config.window_panes).with_retained(config.retained_panes);
-        let (mut next_seq, mut counters) = (0, Counters::default());
+        let (mut next_seq, mut totals) = (0, IngestTotals::default());
         let mut events = config.time.is_event().then(|| {
             EventPanes::new(
                 config.batch,
@@ -208,7 +194,7 @@ impl Ingest {
                     SystemTime::now(),
                 ),
             };
-            counters = resume.counters;
+            totals = resume.totals;
             info!(
                 panes = window.panes().len(),
                 requests = window.requests(),
@@ -225,13 +211,13 @@ impl Ingest {
                 now,
                 SystemTime::now(),
             ),
-            builder: Builder::new(config.window, config.slide, counters.records_consumed, now)
+            builder: Builder::new(config.window, config.slide, totals.records_consumed, now)
                 .with_rules(config.rules.clone().map(|rules| {
                     Evaluator::new(rules, config.batch, links.metrics.clone())
                         .with_saved(saved_alerts.as_ref())
                         .with_outbox(config.outbox.clone())
                 })),
-            counter: Counter::spawn(
+            counter: CountingThread::spawn(
                 config.client_field.clone(),
                 config.max_line_bytes,
                 config.pane_time(),
@@ -239,7 +225,7 @@ impl Ingest {
             partition_metrics: Vec::new(),
             window,
             events,
-            counters,
+            totals,
             config,
             assigned_generation: None,
             stored,
@@ -303,7 +289,7 @@ impl Ingest {
         if st.links.checkpoints.send(job).is_err() {
             warn!("the checkpoint writer is gone; the final batch is not checkpointed");
         }
-        info!(batches = st.counters.batches, "ingest stopped");
+        info!(batches = st.totals.batches, "ingest stopped");
         Ok(())
     }
 }
@@ -492,25 +478,24 @@ impl State {
                     .inc_by(n);
             }
         }
-        self.counters.batches += 1;
-        self.counters.records_consumed += consumed;
-        self.counters.skipped.merge(&open.skipped);
-        self.counters.repaired += open.repaired;
+        self.totals.batches += 1;
+        self.totals.records_consumed += consumed;
+        self.totals.skipped.merge(&open.skipped);
+        self.totals.repaired += open.repaired;
         metrics.records_repaired.inc_by(open.repaired);
         metrics.batches.inc();
         let mut published = false;
         match (open.event.take(), self.events.as_mut()) {
             (Some(batch), Some(events)) => {
-                self.counters.records_counted +=
-                    batch.panes.iter().map(|p| p.requests).sum::<u64>();
+                self.totals.records_counted += batch.panes.iter().map(|p| p.requests).sum::<u64>();
                 let unplaced = events.unplaced();
                 let late = events.absorb(batch, &closed.ranges, &mut self.window, Instant::now());
-                self.counters.late += events.unplaced() - unplaced;
+                self.totals.late += events.unplaced() - unplaced;
                 for (slot, n) in late.into_iter().enumerate() {
                     if let Some(m) = self.partition_metrics.get(slot) {
                         m.late.inc_by(n);
                     }
-                    self.counters.late += n;
+                    self.totals.late += n;
                 }
                 published = self.advance_event_time()?;
             }
@@ -524,7 +509,7 @@ impl State {
                     skipped: open.skipped,
                     ranges: closed.ranges,
                 };
-                self.counters.records_counted += pane.requests;
+                self.totals.records_counted += pane.requests;
                 self.window.push(Arc::new(pane));
             }
         }

@@ -5,8 +5,8 @@
 //! late, per partition, never dropped silently. Records further ahead of the
 //! wall clock than `--max-future` are skipped as `future_time`.
 
-use super::counts::{IpMap, SortedCounts};
 use crate::vocab::{IpKey, SkipCounts, SkipReason};
+use crate::window::{IpMap, PaneCounts};
 
 /// What the tally needs to know.
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +22,7 @@ pub struct EventConfig {
 pub struct EventPane {
     /// `time / batch`: the pane covers `[index * batch, (index + 1) * batch)`.
     pub index: i64,
-    pub counts: SortedCounts,
+    pub counts: PaneCounts,
     pub requests: u64,
 }
 
@@ -117,7 +117,7 @@ impl EventTally {
             .map(|(index, mut counts, requests)| {
                 let pane = EventPane {
                     index,
-                    counts: SortedCounts::from(&counts),
+                    counts: PaneCounts::from(&counts),
                     requests,
                 };
                 counts.clear();

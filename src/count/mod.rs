@@ -1,23 +1,25 @@
 //! Parsing and counting: [`Tally`] turns lines into per-IP counts and skip
-//! reasons; [`Counter`] runs a tally on its own thread for the open pane, so
+//! reasons; [`CountingThread`] runs a tally on its own thread for the open pane, so
 //! that the consumer thread only polls and keeps offsets.
 //!
 //! The consumer thread copies each payload into a [`Chunk`] (a few thousand
 //! lines in one buffer) and hands full chunks over a short bounded queue; the
 //! counting thread parses them into the open pane's counts. At a batch
-//! boundary [`Counter::take`] drains the queue and returns the pane's counts:
+//! boundary [`CountingThread::take`] drains the queue and returns the pane's counts:
 //! the queue is FIFO, so a pane holds exactly the records polled before it
 //! closed. A full queue blocks the consumer thread, which bounds memory.
+
+pub mod event_time;
 
 use std::mem;
 use std::ops::AddAssign;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
-use super::counts::{IpMap, SortedCounts};
-use super::event::{EventBatch, EventConfig, EventTally};
-use super::parse::{ClientField, Parser};
+use crate::input::parse::{ClientField, Parser};
 use crate::vocab::{SkipCounts, SkipReason};
+use crate::window::{IpMap, PaneCounts};
+use event_time::{EventBatch, EventConfig, EventTally};
 
 /// Lines parsed into per-IP counts and skip reasons: an open pane, or the
 /// whole input of `ipstats count`.
@@ -50,10 +52,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight: bounds the lines a batch boundary waits for.
 const QUEUE_CHUNKS: usize = 4;
 
-/// The counts of the open pane.
+/// The open pane as the counting thread hands it over at a batch boundary.
 #[derive(Debug, Default)]
-pub struct PaneCounts {
-    pub counts: SortedCounts,
+pub struct TakenPane {
+    pub counts: PaneCounts,
     /// Records counted (parsed to an IP).
     pub requests: u64,
     pub skipped: SkipCounts,
@@ -78,7 +80,7 @@ pub enum PaneTime {
 /// The counting thread stopped (it never does unless it panicked).
 #[derive(Debug, thiserror::Error)]
 #[error("the counting thread stopped")]
-pub struct CounterGone;
+pub struct CountingThreadGone;
 
 #[derive(Debug, Default)]
 struct Chunk {
@@ -126,25 +128,25 @@ enum Work {
 }
 
 /// The consumer thread's handle on the counting thread.
-pub struct Counter {
+pub struct CountingThread {
     max_line_bytes: usize,
     kafka_time: bool,
     chunk: Chunk,
     work: Option<SyncSender<Work>>,
-    panes: Receiver<PaneCounts>,
+    panes: Receiver<TakenPane>,
     /// Emptied chunks coming back, so that steady state allocates nothing.
     free: Receiver<Chunk>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Counter {
+impl CountingThread {
     pub fn spawn(
         field: ClientField,
         max_line_bytes: usize,
         time: PaneTime,
     ) -> std::io::Result<Self> {
         let (work_tx, work_rx) = sync_channel::<Work>(QUEUE_CHUNKS);
-        let (pane_tx, panes) = sync_channel::<PaneCounts>(1);
+        let (pane_tx, panes) = sync_channel::<TakenPane>(1);
         let (free_tx, free) = sync_channel::<Chunk>(QUEUE_CHUNKS + 1);
         let mut parser = Parser::new(field, max_line_bytes);
         let kafka_time = matches!(time, PaneTime::Kafka(_));
@@ -180,8 +182,8 @@ impl Counter {
                             // arrays, without a hash table's slack. The table
                             // is cleared and reused, so that steady state
                             // allocates only the arrays.
-                            let mut pane = PaneCounts {
-                                counts: SortedCounts::from(&open.counts),
+                            let mut pane = TakenPane {
+                                counts: PaneCounts::from(&open.counts),
                                 requests: mem::take(&mut open.requests),
                                 skipped: mem::take(&mut open.skipped),
                                 repaired: parser.take_repaired(),
@@ -199,7 +201,7 @@ impl Counter {
                     }
                 }
             })?;
-        Ok(Counter {
+        Ok(CountingThread {
             max_line_bytes,
             kafka_time,
             chunk: Chunk::with_capacity(),
@@ -217,7 +219,7 @@ impl Counter {
         line: &[u8],
         slot: usize,
         timestamp_ms: Option<i64>,
-    ) -> Result<(), CounterGone> {
+    ) -> Result<(), CountingThreadGone> {
         if line.len() > self.max_line_bytes {
             self.chunk.too_large += 1;
         } else {
@@ -235,23 +237,23 @@ impl Counter {
     }
 
     /// The counts of every line pushed since the last call.
-    pub fn take(&mut self) -> Result<PaneCounts, CounterGone> {
+    pub fn take(&mut self) -> Result<TakenPane, CountingThreadGone> {
         if !self.chunk.is_empty() {
             self.hand_over()?;
         }
         self.send(Work::Take)?;
-        self.panes.recv().map_err(|_| CounterGone)
+        self.panes.recv().map_err(|_| CountingThreadGone)
     }
 
     /// Event time: records of panes below `floor` are late from now on.
-    pub fn set_floor(&mut self, floor: Option<i64>) -> Result<(), CounterGone> {
+    pub fn set_floor(&mut self, floor: Option<i64>) -> Result<(), CountingThreadGone> {
         if !self.chunk.is_empty() {
             self.hand_over()?;
         }
         self.send(Work::Floor(floor))
     }
 
-    fn hand_over(&mut self) -> Result<(), CounterGone> {
+    fn hand_over(&mut self) -> Result<(), CountingThreadGone> {
         let next = match self.free.try_recv() {
             Ok(chunk) => chunk,
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => Chunk::with_capacity(),
@@ -260,13 +262,13 @@ impl Counter {
         self.send(Work::Lines(full))
     }
 
-    fn send(&self, work: Work) -> Result<(), CounterGone> {
-        let sender = self.work.as_ref().ok_or(CounterGone)?;
-        sender.send(work).map_err(|_| CounterGone)
+    fn send(&self, work: Work) -> Result<(), CountingThreadGone> {
+        let sender = self.work.as_ref().ok_or(CountingThreadGone)?;
+        sender.send(work).map_err(|_| CountingThreadGone)
     }
 }
 
-impl Drop for Counter {
+impl Drop for CountingThread {
     fn drop(&mut self) {
         // Closing the queue ends the thread's loop.
         self.work.take();
@@ -325,7 +327,7 @@ mod tests {
     #[test]
     fn panes_hold_exactly_the_lines_pushed_before_take() {
         let mut counter =
-            Counter::spawn("client_real_ip".into(), 200, PaneTime::Arrival).expect("thread");
+            CountingThread::spawn("client_real_ip".into(), 200, PaneTime::Arrival).expect("thread");
         // More than a few chunks, so that hand-overs and the free list are exercised.
         let first = CHUNK_LINES * (QUEUE_CHUNKS + 3) + 17;
         for i in 0..first {
@@ -350,7 +352,7 @@ mod tests {
         assert_eq!(pane.requests, 1);
         assert_eq!(pane.skipped.total(), 0);
         let ip = parse_ip("2001:db8::1").expect("address");
-        assert_eq!(pane.counts.get(ip), Some(1));
+        assert_eq!(pane.counts.get(ip), 1);
 
         let empty = counter.take().expect("empty pane");
         assert_eq!((empty.requests, empty.counts.len()), (0, 0));

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use super::window::{Pane, top_k};
 use crate::vocab::{IpKey, Network};
+use crate::window::{Pane, top_k};
 
 mod cache;
 pub use cache::MergeCache;
@@ -510,8 +510,8 @@ pub fn top_networks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::counts::{IpMap, SortedCounts};
     use crate::vocab::SkipCounts;
+    use crate::window::{IpMap, PaneCounts};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::time::UNIX_EPOCH;
@@ -525,7 +525,7 @@ mod tests {
             seq: index,
             start: UNIX_EPOCH + Duration::from_secs(index),
             end: UNIX_EPOCH + Duration::from_secs(index + 1),
-            counts: SortedCounts::from(&counts),
+            counts: PaneCounts::from(&counts),
             requests: records.iter().map(|(_, n)| u64::from(*n)).sum(),
             skipped: SkipCounts::default(),
             ranges: Vec::new(),

@@ -294,7 +294,7 @@ fn dotted_quad(text: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::reference::reference_record;
+    use crate::input::reference::reference_record;
     use crate::vocab::{Network, parse_ip};
     use proptest::prelude::*;
 
