@@ -1,6 +1,7 @@
 //! ipstats: sliding-window visit counts per client IP from Kafka access logs,
 //! served live over HTTP. The code map is in README.md ("Code map").
 
+pub mod answers;
 pub mod app;
 pub mod checkpoint;
 pub mod config;

@@ -117,7 +117,7 @@ fn one_line(e: &clap::Error) -> String {
     }
 }
 
-/// `IPSTATS_LOG`: `info`, `ipstats=debug`, `warn,ipstats::pipeline=trace`
+/// `IPSTATS_LOG`: `info`, `ipstats=debug`, `warn,ipstats::ingest=trace`
 /// (a level, and levels by target); absent or unreadable, `info` (and why).
 fn log_filter(text: Option<&str>) -> (Targets, Option<String>) {
     let info = || Targets::new().with_default(tracing::Level::INFO);
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn the_log_filter_reads_levels_by_target_and_says_when_it_cannot() {
-        let (targets, bad) = log_filter(Some("warn,ipstats::pipeline=debug"));
+        let (targets, bad) = log_filter(Some("warn,ipstats::input=debug"));
         assert!(bad.is_none());
         assert!(targets.would_enable("ipstats::input::parse", &Level::DEBUG));
         assert!(!targets.would_enable("ipstats::app", &Level::INFO));

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::answers::{self, Answers, Pool};
 use crate::checkpoint;
 use crate::config::{ConfigError, OffsetReset, Secret, Settings};
 use crate::deliver::{self, Targets};
@@ -311,6 +312,8 @@ impl App {
 
         let serve_cancel = CancellationToken::new();
         let state = AppState {
+            answers: start_answers(&shared, parts)?,
+            renders: Default::default(),
             sources: shared.clone(),
             adhoc: Default::default(),
             streams: Arc::new(Streams::new(
@@ -476,6 +479,26 @@ fn start_delivery(settings: &Settings, shared: &Sources, parts: &Parts) -> Optio
 }
 
 /// What an overrun of `--shutdown-grace` means, by how far the stop got.
+/// The answers HTTP asks, and their query workers: threads of their own,
+/// stopped with the server.
+fn start_answers(shared: &Sources, parts: &Parts) -> anyhow::Result<Answers> {
+    let stop = Stop::new();
+    let (pool, workers) = Pool::new(answers::WORKERS.len(), &stop);
+    for (name, worker) in answers::WORKERS.into_iter().zip(workers) {
+        parts.thread(
+            name,
+            Stage::Serve,
+            Signal::Flag(stop.clone()),
+            Report::Always,
+            move || {
+                worker.run();
+                Ok(())
+            },
+        )?;
+    }
+    Ok(Answers::new(shared.published.clone(), pool))
+}
+
 fn overran(grace: Duration, progress: &StopProgress) -> anyhow::Result<()> {
     let grace = humantime::format_duration(grace);
     if progress.stopped(Stage::Commit) {

@@ -76,7 +76,7 @@ pub(super) fn alert_url(
     setting: &'static str,
     text: Option<&str>,
     rules: &Option<PathBuf>,
-) -> Result<Option<reqwest::Url>, ConfigError> {
+) -> Result<Option<url::Url>, ConfigError> {
     let Some(text) = text else {
         return Ok(None);
     };
@@ -86,7 +86,7 @@ pub(super) fn alert_url(
             "needs --rules: without rules there is nothing to send",
         ));
     }
-    let url = reqwest::Url::parse(text)
+    let url = url::Url::parse(text)
         .map_err(|e| invalid(setting, format!("{text:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(

@@ -91,8 +91,8 @@ pub struct Settings {
     pub allowed_hosts: Option<Vec<String>>,
     /// `--rules`: read and checked at start (see `app`).
     pub rules_file: Option<PathBuf>,
-    pub alert_webhook: Option<reqwest::Url>,
-    pub alertmanager: Option<reqwest::Url>,
+    pub alert_webhook: Option<url::Url>,
+    pub alertmanager: Option<url::Url>,
     pub alert_max_age: Duration,
     pub alert_queue: usize,
 }

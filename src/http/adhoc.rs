@@ -1,17 +1,15 @@
 //! Questions asked at query time: `window` and `end` (any run of kept panes),
 //! `prefix4` / `prefix6` (networks instead of addresses), and one network's
-//! members. Answers are merged from the snapshot's panes on [`MAX_ADHOC`]
-//! worker threads of lower scheduling priority (nice 10), so that ingest
-//! and the default answers keep the processor when both want it. A question
+//! members. The parameters are read here; [`crate::answers`] merges the
+//! panes on [`MAX_ADHOC`] workers of lower scheduling priority. A question
 //! finding every worker busy waits its turn in a short queue (see [`Gate`]);
 //! only a full queue, or a wait past the deadline, is answered 503.
-//! Answers are cached per snapshot, and a snapshot whose panes did not
-//! change keeps its predecessor's cache: the same question costs a lookup.
-//! Without these parameters nothing here runs.
+//! Answers are cached per view ([`super::render`]), and a view whose panes
+//! did not change keeps its predecessor's answers: the same question costs a
+//! lookup. Without these parameters nothing here runs.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -23,13 +21,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AppState;
 use super::problem::Problem;
 use super::views::{IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
-use crate::query::{self, Grouping, Range};
+use crate::answers::{Answer, Question};
+use crate::query::{Grouping, Range};
 use crate::snapshot::Snapshot;
-use crate::vocab::{IpKey, Network};
-use crate::window::Pane;
+use crate::vocab::IpKey;
 
 /// Ad-hoc merges running at once (the machine's cores do the work).
-pub const MAX_ADHOC: usize = 2;
+pub const MAX_ADHOC: usize = crate::answers::WORKERS.len();
 
 /// Questions that may wait for a place while every place is taken: a
 /// dashboard or two asking for a window and its networks at once.
@@ -130,61 +128,6 @@ fn busy(why: String) -> Problem {
     .retry_after(RETRY_AFTER_SECONDS)
 }
 
-/// How much less eager the workers are than the rest of the process.
-const WORKER_NICENESS: i32 = 10;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The ad-hoc workers, started at the first question. A permit is taken
-/// before a job is sent, so the queue never holds more than the workers
-/// can start at once.
-fn workers() -> &'static SyncSender<Job> {
-    static WORKERS: OnceLock<SyncSender<Job>> = OnceLock::new();
-    WORKERS.get_or_init(|| {
-        let (jobs, queue) = sync_channel::<Job>(MAX_ADHOC);
-        let queue = Arc::new(Mutex::new(queue));
-        for i in 0..MAX_ADHOC {
-            let queue = queue.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("ipstats-adhoc-{i}"))
-                .spawn(move || work(&queue));
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "could not start an ad-hoc worker");
-            }
-        }
-        jobs
-    })
-}
-
-/// The ranges the workers merged lately (see [`query::MergeCache`]).
-fn merge_cache() -> &'static query::MergeCache {
-    static CACHE: OnceLock<query::MergeCache> = OnceLock::new();
-    CACHE.get_or_init(query::MergeCache::default)
-}
-
-fn work(queue: &Mutex<Receiver<Job>>) {
-    // Only this thread: Linux applies PRIO_PROCESS with a thread id to
-    // that thread alone.
-    let me = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(me), WORKER_NICENESS) {
-        tracing::debug!(error = %e, "ad-hoc worker keeps the normal priority");
-    }
-    loop {
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
-        };
-        match job {
-            // A failed answer drops its sender (the asker gets a 503); the
-            // worker stays.
-            Ok(job) => {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            }
-            Err(_) => return,
-        }
-    }
-}
-
 /// The parameters that choose a range and a grouping, as given.
 #[derive(Debug, Default)]
 pub struct Asked<'a> {
@@ -202,16 +145,6 @@ impl Asked<'_> {
             && self.prefix4.is_none()
             && self.prefix6.is_none()
     }
-}
-
-/// The kept panes of a snapshot, oldest first.
-fn kept(snapshot: &Snapshot) -> Vec<Arc<Pane>> {
-    snapshot
-        .retained
-        .iter()
-        .chain(&snapshot.panes)
-        .cloned()
-        .collect()
 }
 
 fn show(d: Duration) -> String {
@@ -351,11 +284,6 @@ struct IpRangeView {
     panes: Vec<PaneCount>,
 }
 
-fn window_view(range: Range, snapshot: &Snapshot) -> WindowView {
-    let length = range.end.duration_since(range.start).unwrap_or_default();
-    WindowView::new(range.start, range.end, length, snapshot.slide)
-}
-
 fn ip_counts(top: Vec<(IpKey, u64)>) -> Vec<IpCount> {
     top.into_iter()
         .map(|(ip, count)| IpCount {
@@ -365,129 +293,88 @@ fn ip_counts(top: Vec<(IpKey, u64)>) -> Vec<IpCount> {
         .collect()
 }
 
-/// What is asked, once parsed.
-pub enum Question {
-    Top {
-        range: Range,
-        grouping: Option<Grouping>,
-        n: usize,
-    },
-    Network {
-        range: Range,
-        network: Network,
-        n: usize,
-    },
-    Ip {
-        range: Range,
-        ip: IpKey,
-    },
-}
-
-impl Question {
-    fn key(&self) -> String {
-        match self {
-            Question::Top { range, grouping, n } => format!("top {range:?} {grouping:?} {n}"),
-            Question::Network { range, network, n } => format!("net {range:?} {network} {n}"),
-            Question::Ip { range, ip } => format!("ip {range:?} {ip}"),
-        }
-    }
-
-    fn answer(&self, kept: &[Arc<Pane>], snapshot: &Snapshot) -> Bytes {
-        let json = match self {
-            Question::Top { range, grouping, n } => {
-                let counts = merge_cache().merge(range.panes(kept));
-                let total_requests = counts.total();
-                match grouping {
-                    None => serde_json::to_vec(&AddressTopView {
-                        window: window_view(*range, snapshot),
-                        total_requests,
-                        distinct_ips: counts.len(),
-                        top: ip_counts(counts.top(*n)),
-                    }),
-                    Some(g) => serde_json::to_vec(&NetworkTopView::new(
-                        window_view(*range, snapshot),
-                        total_requests,
-                        counts.len(),
-                        *g,
-                        counts.top_networks(*g, *n),
-                    )),
-                }
-            }
-            Question::Network { range, network, n } => {
-                let (count, distinct_ips, top) =
-                    query::network_members(range.panes(kept), *network, *n);
-                serde_json::to_vec(&NetworkView {
-                    network: network.to_string(),
-                    window: window_view(*range, snapshot),
-                    count,
-                    distinct_ips,
-                    top: ip_counts(top),
+fn render(answer: Answer, view: &Snapshot) -> Bytes {
+    let window = |range: Range| {
+        let length = range.end.duration_since(range.start).unwrap_or_default();
+        WindowView::new(range.start, range.end, length, view.slide)
+    };
+    let json = match answer {
+        Answer::Top {
+            range,
+            total_requests,
+            distinct_ips,
+            top,
+        } => serde_json::to_vec(&AddressTopView {
+            window: window(range),
+            total_requests,
+            distinct_ips,
+            top: ip_counts(top),
+        }),
+        Answer::Networks {
+            range,
+            total_requests,
+            distinct_ips,
+            grouping,
+            top,
+            distinct_networks,
+        } => serde_json::to_vec(&NetworkTopView::new(
+            window(range),
+            total_requests,
+            distinct_ips,
+            grouping,
+            (top, distinct_networks),
+        )),
+        Answer::Network {
+            range,
+            network,
+            count,
+            distinct_ips,
+            top,
+        } => serde_json::to_vec(&NetworkView {
+            network: network.to_string(),
+            window: window(range),
+            count,
+            distinct_ips,
+            top: ip_counts(top),
+        }),
+        Answer::Ip { range, ip, panes } => serde_json::to_vec(&IpRangeView {
+            ip: ip.to_string(),
+            count: panes.iter().map(|p| u64::from(p.count)).sum(),
+            window: window(range),
+            panes: panes
+                .into_iter()
+                .map(|p| PaneCount {
+                    start: rfc3339(p.start),
+                    end: rfc3339(p.end),
+                    count: p.count,
                 })
-            }
-            Question::Ip { range, ip } => {
-                let panes: Vec<PaneCount> = range
-                    .panes(kept)
-                    .map(|p| PaneCount {
-                        start: rfc3339(p.start),
-                        end: rfc3339(p.end),
-                        count: p.count(*ip),
-                    })
-                    .collect();
-                serde_json::to_vec(&IpRangeView {
-                    ip: ip.to_string(),
-                    count: panes.iter().map(|p| u64::from(p.count)).sum(),
-                    window: window_view(*range, snapshot),
-                    panes,
-                })
-            }
-        };
-        json.unwrap_or_default().into()
-    }
+                .collect(),
+        }),
+    };
+    json.unwrap_or_default().into()
 }
 
-/// A worker's job: `work` runs while `place` is held; the place is free
-/// again before `deliver` hands the answer over, so a client asking again
-/// the moment it hears finds it free, even when the worker (at nice 10 on
-/// a busy machine) is preempted between the two.
-fn job<W, D>(place: Place, work: W, deliver: D) -> Job
-where
-    W: FnOnce() -> Bytes + Send + 'static,
-    D: FnOnce(Bytes) + Send + 'static,
-{
-    Box::new(move || {
-        let body = work();
-        drop(place);
-        deliver(body);
-    })
-}
-
-/// Answers `question` from the current snapshot: from its cache, or merged
-/// on a worker once the [`Gate`] gives it a place.
+/// Answers `question` about `view`: from the view's cache, or merged on a
+/// worker (and rendered there) once the [`Gate`] gives it a place.
 pub async fn answer(
     state: &AppState,
-    snapshot: Arc<Snapshot>,
+    view: Arc<Snapshot>,
     question: Question,
 ) -> Result<Response, Problem> {
     let key = question.key();
-    let body = match snapshot.rendered_adhoc.get(&key) {
+    let cache = state.renders.of(&view).adhoc.clone();
+    let body = match cache.get(&key) {
         Some(body) => body,
         None => {
             let place = state.adhoc.enter().await?;
-            let worker = snapshot.clone();
-            let (done, answered) = tokio::sync::oneshot::channel();
-            workers()
-                .send(job(
-                    place,
-                    move || question.answer(&kept(&worker), &worker),
-                    move |body| {
-                        let _ = done.send(body);
-                    },
-                ))
-                .map_err(|_| Problem::unavailable("the ad-hoc workers are gone".to_string()))?;
-            let body = answered.await.map_err(|_| {
-                Problem::unavailable("the answer could not be computed".to_string())
-            })?;
-            snapshot.rendered_adhoc.put(key, body.clone());
+            let body = state
+                .answers
+                .ask(view, question, place, render)
+                .await
+                .map_err(|e| {
+                    Problem::unavailable(format!("the answer could not be computed: {e}"))
+                })?;
+            cache.put(key, body.clone());
             body
         }
     };
@@ -508,20 +395,37 @@ mod tests {
     #[tokio::test]
     async fn a_place_is_free_before_its_answer_is_delivered() {
         let gate = Arc::new(Gate::new(1, 0, Duration::ZERO));
+        let answers = crate::answers::Answers::with_detached_workers(1);
+        let view = Arc::new(Snapshot::empty(
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        ));
+        let question = Question::Ip {
+            range: Range::ending(view.window_end, Duration::from_secs(2)),
+            ip: crate::vocab::parse_ip("10.0.0.1").expect("ip"),
+        };
         let place = gate.enter().await.expect("a free place");
-        assert_eq!(gate.free(), 0);
-        let (seen, free_at_delivery) = std::sync::mpsc::channel();
         let watched = gate.clone();
-        job(
-            place,
-            || Bytes::from_static(b"answer"),
-            move |body| {
-                let _ = seen.send((watched.free(), body));
-            },
-        )();
-        let (free, body) = free_at_delivery.recv().expect("delivered");
-        assert_eq!(free, 1, "the place was still held when the answer left");
-        assert_eq!(body, Bytes::from_static(b"answer"));
+        let (free_while_working, body) = answers
+            .ask(view, question, place, move |answer, view| {
+                (watched.free(), render(answer, view))
+            })
+            .await
+            .expect("answered");
+        assert_eq!(
+            free_while_working, 0,
+            "the place is held while the work runs"
+        );
+        assert_eq!(
+            gate.free(),
+            1,
+            "the place was still held when the answer left"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            (json["ip"].as_str(), json["count"].as_u64()),
+            (Some("10.0.0.1"), Some(0))
+        );
     }
 
     #[tokio::test]
@@ -609,40 +513,5 @@ mod tests {
             0,
             "the waiter left the queue"
         );
-    }
-
-    #[test]
-    fn workers_run_jobs_at_a_lower_priority_than_the_process() {
-        let process = rustix::process::getpriority_process(None).expect("own priority");
-        let (done, got) = std::sync::mpsc::channel();
-        for _ in 0..3 {
-            let done = done.clone();
-            workers()
-                .send(Box::new(move || {
-                    let me = rustix::thread::gettid();
-                    let _ = done.send(rustix::process::getpriority_process(Some(me)));
-                }))
-                .expect("workers");
-        }
-        for _ in 0..3 {
-            let nice = got
-                .recv_timeout(Duration::from_secs(10))
-                .expect("a job ran")
-                .expect("priority");
-            assert!(nice >= WORKER_NICENESS.max(process), "{nice}");
-        }
-        // A job that panics leaves its worker running.
-        workers()
-            .send(Box::new(|| panic!("a bug in one answer")))
-            .expect("workers");
-        for _ in 0..MAX_ADHOC + 1 {
-            let done = done.clone();
-            workers()
-                .send(Box::new(move || {
-                    let _ = done.send(Ok(0));
-                }))
-                .expect("workers");
-            assert!(got.recv_timeout(Duration::from_secs(10)).is_ok());
-        }
     }
 }

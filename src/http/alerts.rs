@@ -1,6 +1,6 @@
 //! `/api/v1/alerts` (what fires now, recent transitions) and
 //! `/api/v1/blocklist` (the keys of firing `block` rules, as a firewall, an
-//! nginx include or a program reads them), both from the published snapshot.
+//! nginx include or a program reads them), both from the current view.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -19,7 +19,7 @@ use crate::rules::AlertsView;
 use crate::vocab::Network;
 
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertsView> {
-    Json(AlertsView::clone(&state.sources.published.load().alerts))
+    Json(AlertsView::clone(&state.answers.now().alerts))
 }
 
 #[derive(Deserialize)]
@@ -47,7 +47,7 @@ pub async fn blocklist(
     Params(query): Params<BlocklistQuery>,
 ) -> Result<Response, Problem> {
     let format = query.format.as_deref().unwrap_or("plain");
-    let snapshot = state.sources.published.load();
+    let snapshot = state.answers.now();
     // One line per key, in address order, whichever rules flag it.
     let mut keys: BTreeMap<Network, &str> = BTreeMap::new();
     for firing in snapshot.alerts.firing.iter().filter(|f| f.block) {

@@ -1,4 +1,4 @@
-//! Route handlers: each loads the published snapshot and answers from it.
+//! Route handlers: each asks [`crate::answers::Answers`] and renders what it hears.
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
@@ -14,12 +14,13 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
-use super::adhoc::{self, Asked, Question};
+use super::adhoc::{self, Asked};
 use super::problem::{Params, PathParam, Problem};
 use super::views::{
     IpView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, TopView, WindowView,
     rfc3339,
 };
+use crate::answers::Question;
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
 use crate::snapshot::Snapshot;
@@ -86,7 +87,7 @@ pub async fn top(
     Params(query): Params<TopQuery>,
 ) -> Result<Response, Problem> {
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
-    let snapshot = state.sources.published.load();
+    let snapshot = state.answers.now();
     let asked = query.asked();
     if !asked.is_default() {
         let question = Question::Top {
@@ -97,7 +98,7 @@ pub async fn top(
         return adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await;
     }
     // Dashboards and scrapers ask the same question many times per slide.
-    let body = snapshot.rendered_top.get_or_render(n, || {
+    let body = state.renders.of(&snapshot).top.get_or_render(n, || {
         serde_json::to_vec(&TopView::of(&snapshot, n))
             .unwrap_or_default()
             .into()
@@ -114,7 +115,7 @@ pub async fn ip(
 ) -> Result<Response, Problem> {
     let ip = parse_ip(&text)
         .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
-    let snapshot = state.sources.published.load();
+    let snapshot = state.answers.now();
     let asked = query.asked();
     if !asked.is_default() {
         let question = Question::Ip {
@@ -164,7 +165,7 @@ pub async fn network(
         },
     };
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
-    let snapshot = state.sources.published.load();
+    let snapshot = state.answers.now();
     let question = Question::Network {
         range: adhoc::range(&state, &snapshot, &query.asked())?,
         network,
@@ -218,7 +219,7 @@ fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
 }
 
 pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
-    Json(offsets_view(&state, &state.sources.published.load()))
+    Json(offsets_view(&state, &state.answers.now()))
 }
 
 fn store_view(store: &StoreStatus, connect: Value) -> Value {
@@ -300,7 +301,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(status_view(&state, &state.sources.published.load()))
+    Json(status_view(&state, &state.answers.now()))
 }
 
 #[derive(Deserialize)]
@@ -376,19 +377,17 @@ pub async fn events(
     // Alert transitions recorded since the stream opened, each once, oldest
     // first, before the snapshot that carries them.
     let mut alerts_sent = state
-        .sources
-        .published
-        .load()
+        .answers
+        .now()
         .alerts
         .transitions
         .first()
         .map_or(0, |t| t.seq);
-    let stream = futures_util::StreamExt::flat_map(
-        WatchStream::new(state.sources.published.subscribe()),
-        move |_| {
+    let stream =
+        futures_util::StreamExt::flat_map(WatchStream::new(state.answers.subscribe()), move |_| {
             // The place is given back when the stream ends.
             let _held = &place;
-            let snapshot = state.sources.published.load();
+            let snapshot = state.answers.now();
             let mut events: Vec<Result<Event, Infallible>> = snapshot
                 .alerts
                 .transitions
@@ -401,7 +400,7 @@ pub async fn events(
                 })
                 .collect();
             alerts_sent = alerts_sent.max(snapshot.alerts.transitions.first().map_or(0, |t| t.seq));
-            let data = snapshot.rendered_events.get_or_render(n, || {
+            let data = state.renders.of(&snapshot).events.get_or_render(n, || {
                 serde_json::to_vec(&event_view(&state, &snapshot, n))
                     .unwrap_or_default()
                     .into()
@@ -410,9 +409,8 @@ pub async fn events(
                 .event("snapshot")
                 .data(std::str::from_utf8(&data).unwrap_or_default())));
             futures_util::stream::iter(events)
-        },
-    )
-    .take(limit);
+        })
+        .take(limit);
     let stream = futures_util::StreamExt::take_until(stream, closing);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

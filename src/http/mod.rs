@@ -1,16 +1,18 @@
 //! The HTTP API, metrics endpoint and dashboard.
 //!
-//! Handlers read the published snapshot (lock-free), health atomics and the
-//! committed-offset status. What they write never reaches ingest: the
-//! checkpoint-age gauge (set when `/metrics` is scraped), the snapshot's
-//! render caches (an answer rendered once per slide) and the ad-hoc merge
-//! cache. Nothing here can slow ingest down.
+//! Handlers answer through [`crate::answers::Answers`] (the current view,
+//! loaded lock-free, and questions about other ranges), health atomics and
+//! the committed-offset status. What they write never reaches ingest: the
+//! checkpoint-age gauge (set when `/metrics` is scraped), the render caches
+//! ([`render`]: an answer rendered once per view) and the merge cache of the
+//! answers. Nothing here can slow ingest down.
 
 pub mod access;
 pub mod adhoc;
 mod alerts;
 mod handlers;
 mod problem;
+pub mod render;
 pub mod serve;
 pub mod views;
 
@@ -28,6 +30,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use problem::Problem;
 
+use crate::answers::Answers;
 use crate::checkpoint;
 use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
@@ -104,6 +107,10 @@ pub struct AppState {
     pub info: Arc<ServiceInfo>,
     pub streams: Arc<Streams>,
     pub access: Arc<access::Access>,
+    /// Where answers come from.
+    pub answers: Answers,
+    /// Bodies rendered from the newest view.
+    pub renders: Arc<render::Renders>,
     /// Places for ad-hoc merges (other windows, networks).
     pub adhoc: Arc<adhoc::Gate>,
 }

@@ -94,10 +94,9 @@ fn state(ready: bool) -> AppState {
         }],
         ingest: IngestStatus::default(),
         history: Vec::new(),
-        rendered_top: Default::default(),
-        rendered_adhoc: Default::default(),
+        seq: crate::snapshot::serial(),
+        kept_seq: crate::snapshot::serial(),
         alerts: Arc::new(engine.view()),
-        rendered_events: Default::default(),
     };
     let health = Arc::new(Health::new(true));
     if ready {
@@ -117,6 +116,11 @@ fn state(ready: bool) -> AppState {
         checkpoint: Arc::new(checkpoint::Status::default()),
     };
     AppState {
+        answers: crate::answers::Answers::with_detached_workers_for(
+            sources.published.clone(),
+            adhoc::MAX_ADHOC,
+        ),
+        renders: Default::default(),
         sources,
         adhoc: Default::default(),
         streams: Arc::new(Streams::new(2, tokio_util::sync::CancellationToken::new())),
@@ -440,8 +444,9 @@ async fn first_data(body: &mut Body) -> String {
 #[tokio::test]
 async fn event_streams_are_capped_share_one_render_and_end_at_shutdown() {
     let state = state(true);
-    let (published, closing) = (
+    let (published, renders, closing) = (
         state.sources.published.clone(),
+        state.renders.clone(),
         state.streams.closing.clone(),
     );
     let router = router(state);
@@ -456,9 +461,9 @@ async fn event_streams_are_capped_share_one_render_and_end_at_shutdown() {
     let (a, b) = (first_data(&mut first).await, first_data(&mut second).await);
     assert_eq!(a, b);
     assert_eq!(
-        published
-            .load()
-            .rendered_events
+        renders
+            .of(&published.load())
+            .events
             .get_or_render(2, || "rendered again".into()),
         a.as_str(),
         "rendered once, kept for every stream"

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{HistoryPoint, IngestStatus, PartitionStatus, RenderCache, Snapshot};
+use super::{HistoryPoint, IngestStatus, PartitionStatus, Snapshot, serial};
 use crate::config::{MAX_TOP_N, SORTED_TOP_N};
 use crate::kafka::PartitionInfo;
 use crate::rules::Evaluator;
@@ -89,8 +89,8 @@ pub struct Builder {
     /// Records consumed per second, as last measured.
     rate: f64,
     history: VecDeque<HistoryPoint>,
-    /// The last snapshot's ad-hoc answers and the panes they came from.
-    adhoc: Option<(KeptPanes, Arc<RenderCache<String>>)>,
+    /// The panes the last snapshot kept, and their number.
+    kept: Option<(KeptPanes, u64)>,
     /// `--rules`, evaluated at every snapshot.
     rules: Option<Evaluator>,
 }
@@ -143,7 +143,7 @@ impl Builder {
             consumed_at_last_publish: consumed,
             rate: 0.0,
             history: VecDeque::new(),
-            adhoc: None,
+            kept: None,
             rules: None,
         }
     }
@@ -238,11 +238,11 @@ impl Builder {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let retained: Vec<Arc<Pane>> = window.retained().cloned().collect();
         let kept = KeptPanes::of(&panes, &retained);
-        let rendered_adhoc = match self.adhoc.take() {
-            Some((before, cache)) if before.same_as(&kept) => cache,
-            _ => Arc::default(),
+        let kept_seq = match self.kept.take() {
+            Some((before, seq)) if before.same_as(&kept) => seq,
+            _ => serial(),
         };
-        self.adhoc = Some((kept, rendered_adhoc.clone()));
+        self.kept = Some((kept, kept_seq));
         let alerts = match self.rules.as_mut() {
             Some(rules) => rules.slide(&retained, &panes, window_end),
             None => Arc::default(),
@@ -264,9 +264,8 @@ impl Builder {
                 records_per_second,
             },
             history: self.history.iter().copied().collect(),
-            rendered_top: Default::default(),
-            rendered_events: Default::default(),
-            rendered_adhoc,
+            seq: serial(),
+            kept_seq,
             alerts,
         }
     }
@@ -345,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn ad_hoc_answers_carry_over_while_the_panes_stay_the_same() {
+    fn the_kept_panes_keep_their_number_while_they_stay_the_same() {
         let start = Instant::now();
         let wall = SystemTime::UNIX_EPOCH;
         let mut builder = Builder::new(Duration::from_secs(2), Duration::from_secs(1), 0, start);
@@ -355,24 +354,15 @@ mod tests {
             builder.build(window, Vec::new(), IngestTotals::default(), start, wall)
         };
         let first = build(&mut window);
-        first.rendered_adhoc.put("q".into(), "answer".into());
         let same = build(&mut window);
-        assert_eq!(same.rendered_adhoc.get(&"q".into()), Some("answer".into()));
+        assert_eq!(same.kept_seq, first.kept_seq, "the same panes");
+        assert!(same.seq > first.seq, "a later snapshot");
         window.push(pane(1, 10, 20));
         let moved = build(&mut window);
-        assert_eq!(
-            moved.rendered_adhoc.get(&"q".into()),
-            None,
-            "new panes, new answers"
-        );
-        moved.rendered_adhoc.put("q".into(), "newer".into());
+        assert_ne!(moved.kept_seq, same.kept_seq, "new panes, new answers");
         assert!(window.add_to((*pane(1, 10, 20)).clone()).is_ok());
         let merged = build(&mut window);
-        assert_eq!(
-            merged.rendered_adhoc.get(&"q".into()),
-            None,
-            "a pane received records"
-        );
+        assert_ne!(merged.kept_seq, moved.kept_seq, "a pane received records");
     }
 
     #[test]

@@ -6,15 +6,24 @@
 
 pub mod build;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::body::Bytes;
 use tokio::sync::watch;
 
 use crate::vocab::{IngestTotals, IpKey, Reset, Started};
 use crate::window::{Pane, TopList};
+
+/// Numbers snapshots and sets of kept panes in the order they are made,
+/// across every builder of the process.
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// The next number from [`SERIAL`].
+pub fn serial() -> u64 {
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
 
 /// One published state of the window.
 #[derive(Debug)]
@@ -38,66 +47,15 @@ pub struct Snapshot {
     pub ingest: IngestStatus,
     /// Recent slides, oldest first, for the dashboard's sparklines.
     pub history: Vec<HistoryPoint>,
-    /// `/api/v1/top` bodies rendered from this snapshot, by `n`.
-    pub rendered_top: RenderCache,
-    /// `/api/v1/events` event data rendered from this snapshot, by `n`:
-    /// every stream asking the same `n` sends the same bytes.
-    pub rendered_events: RenderCache,
-    /// Answers to questions about other ranges or networks, by query;
-    /// shared with the next snapshot while the kept panes are the same (a
-    /// slide that moved nothing, as when the data's time stands still).
-    pub rendered_adhoc: Arc<RenderCache<String>>,
+    /// This snapshot's number: later snapshots have higher ones.
+    pub seq: u64,
+    /// The number of the set of panes it keeps: the same in consecutive
+    /// snapshots whose kept panes are the same (a slide that moved nothing,
+    /// as when the data's time stands still), so that answers about them
+    /// still hold.
+    pub kept_seq: u64,
     /// `--rules`: what fires now and the recent transitions.
     pub alerts: Arc<crate::rules::AlertsView>,
-}
-
-/// Response bodies rendered from one snapshot: the same question asked again
-/// before the next slide is answered with the same bytes, not rendered anew.
-#[derive(Debug)]
-pub struct RenderCache<K = usize>(Mutex<Vec<(K, Bytes)>>);
-
-impl<K> Default for RenderCache<K> {
-    fn default() -> Self {
-        RenderCache(Mutex::new(Vec::new()))
-    }
-}
-
-impl<K: PartialEq> RenderCache<K> {
-    /// Distinct questions kept per snapshot (the oldest answer goes first).
-    const ENTRIES: usize = 8;
-
-    /// The cached answer to `key`, if any.
-    pub fn get(&self, key: &K) -> Option<Bytes> {
-        self.lock()
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, b)| b.clone())
-    }
-
-    /// Keeps `body` as the answer to `key`.
-    pub fn put(&self, key: K, body: Bytes) {
-        let mut cache = self.lock();
-        if !cache.iter().any(|(k, _)| *k == key) {
-            if cache.len() == Self::ENTRIES {
-                cache.remove(0);
-            }
-            cache.push((key, body));
-        }
-    }
-
-    pub fn get_or_render(&self, key: K, render: impl FnOnce() -> Bytes) -> Bytes {
-        if let Some(body) = self.get(&key) {
-            return body;
-        }
-        // Rendered outside the lock: concurrent first askers may both render.
-        let body = render();
-        self.put(key, body.clone());
-        body
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(K, Bytes)>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// One slide's totals.
@@ -127,9 +85,8 @@ impl Snapshot {
             partitions: Vec::new(),
             ingest: IngestStatus::default(),
             history: Vec::new(),
-            rendered_top: RenderCache::default(),
-            rendered_events: RenderCache::default(),
-            rendered_adhoc: Default::default(),
+            seq: serial(),
+            kept_seq: serial(),
             alerts: Default::default(),
         }
     }
@@ -209,36 +166,5 @@ impl Published {
     /// Changes whenever a snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.notify.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rendered_answer_is_reused_until_eight_newer_ones_push_it_out() {
-        let cache = RenderCache::default();
-        let renders = std::cell::Cell::new(0);
-        let render = |key: usize| {
-            renders.set(renders.get() + 1);
-            Bytes::from(format!("body {key}"))
-        };
-        assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
-        assert_eq!(cache.get_or_render(100, || render(100)), "body 100");
-        assert_eq!(renders.get(), 1, "the second ask is served from the cache");
-        for key in 1..=RenderCache::<usize>::ENTRIES {
-            assert_eq!(
-                cache.get_or_render(key, || render(key)),
-                format!("body {key}")
-            );
-        }
-        assert_eq!(renders.get(), 1 + RenderCache::<usize>::ENTRIES);
-        cache.get_or_render(100, || render(100));
-        assert_eq!(
-            renders.get(),
-            2 + RenderCache::<usize>::ENTRIES,
-            "evicted, rendered again"
-        );
     }
 }
