@@ -17,8 +17,9 @@ use super::AppState;
 use super::adhoc::{self, Asked};
 use super::problem::{Params, PathParam, Problem};
 use super::views::{
-    IpView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, TopView, WindowView,
-    rfc3339,
+    CheckpointView, DashboardAlerts, EventView, HistoryView, IpView, KafkaView, OffsetsView,
+    PaneCount, PartitionView, ResetView, StartView, StatusView, StoreView, TimeView, TopView,
+    WindowView, rfc3339,
 };
 use crate::answers::Question;
 use crate::config::MAX_TOP_N;
@@ -222,85 +223,97 @@ pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
     Json(offsets_view(&state, &state.answers.now()))
 }
 
-fn store_view(store: &StoreStatus, connect: Value) -> Value {
-    json!({
-        "state": store.state().as_str(),
-        "connect": connect,
-        "last_error": store.last_error(),
-        "last_commit_age_seconds": store.commit_age().map(|d| d.as_secs_f64()),
-    })
+fn store_view(store: &StoreStatus, connect: Option<String>) -> StoreView {
+    StoreView {
+        state: store.state().as_str(),
+        connect,
+        last_error: store.last_error(),
+        last_commit_age_seconds: store.commit_age().map(|d| d.as_secs_f64()),
+    }
 }
 
 /// Which time the window runs on and how fresh its answer is: with event
 /// time, the window's end is the data's time and the lag is the wall clock
 /// minus it.
-fn time_view(state: &AppState, snapshot: &Snapshot, now: SystemTime) -> Value {
+fn time_view(state: &AppState, snapshot: &Snapshot, now: SystemTime) -> TimeView {
     let info = &state.info;
     let event = info.time_source != "arrival";
     let has_data = !snapshot.panes.is_empty();
-    json!({
-        "source": info.time_source,
-        "field": info.time_field,
-        "lateness_seconds": info.lateness.as_secs_f64(),
-        "window_end": (event && has_data).then(|| rfc3339(snapshot.window_end)),
-        "event_time_lag_seconds": if !event {
+    TimeView {
+        source: info.time_source,
+        field: info.time_field.clone(),
+        lateness_seconds: info.lateness.as_secs_f64(),
+        window_end: (event && has_data).then(|| rfc3339(snapshot.window_end)),
+        event_time_lag_seconds: if !event {
             Some(0.0)
         } else if has_data {
-            Some(now.duration_since(snapshot.window_end).unwrap_or_default().as_secs_f64())
+            Some(
+                now.duration_since(snapshot.window_end)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            )
         } else {
             None
         },
-        "records_late": snapshot.ingest.totals.late,
-    })
+        records_late: snapshot.ingest.totals.late,
+    }
 }
 
-fn status_view(state: &AppState, snapshot: &Snapshot) -> Value {
+fn status_view(state: &AppState, snapshot: &Snapshot) -> StatusView {
     let health = &state.sources.health;
     let ingest = &snapshot.ingest;
-    let skipped: serde_json::Map<String, Value> = SkipReason::ALL
+    let skipped = SkipReason::ALL
         .iter()
-        .map(|r| (r.as_str().to_string(), json!(ingest.totals.skipped.get(*r))))
+        .map(|r| (r.as_str(), ingest.totals.skipped.get(*r)))
         .collect();
     let now = SystemTime::now();
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "mode": if health.is_demo() { "demo" } else { "kafka" },
-        "ready": health.is_ready(),
-        "degraded": degraded(state),
-        "phase": health.phase(),
-        "uptime_seconds": age(health.started()),
-        "group": state.info.group,
-        "topics": state.info.topics,
-        "window": WindowView::of(snapshot),
-        "retention_seconds": state.info.retention.as_secs_f64(),
-        "snapshot_age_seconds": age(snapshot.taken_at),
-        "batches": ingest.totals.batches,
-        "records_consumed": ingest.totals.records_consumed,
-        "records_counted": ingest.totals.records_counted,
-        "records_per_second": ingest.records_per_second,
-        "skipped": skipped,
-        "records_repaired": ingest.totals.repaired,
-        "time": time_view(state, snapshot, now),
-        "checkpoint": {
-            "dir": state.info.checkpoint_dir,
-            "age_seconds": state.sources.checkpoint.age().map(|d| d.as_secs_f64()),
-            "failing": state.sources.checkpoint.failing(),
-            "last_error": state.sources.checkpoint.last_error(),
-            "restored_from": state.sources.checkpoint.restored_from(),
+    let checkpoint = &state.sources.checkpoint;
+    StatusView {
+        version: env!("CARGO_PKG_VERSION"),
+        mode: if health.is_demo() { "demo" } else { "kafka" },
+        ready: health.is_ready(),
+        degraded: degraded(state),
+        phase: health.phase(),
+        uptime_seconds: age(health.started()),
+        group: state.info.group.clone(),
+        topics: state.info.topics.clone(),
+        window: WindowView::of(snapshot),
+        retention_seconds: state.info.retention.as_secs_f64(),
+        snapshot_age_seconds: age(snapshot.taken_at),
+        batches: ingest.totals.batches,
+        records_consumed: ingest.totals.records_consumed,
+        records_counted: ingest.totals.records_counted,
+        records_per_second: ingest.records_per_second,
+        skipped,
+        records_repaired: ingest.totals.repaired,
+        time: time_view(state, snapshot, now),
+        checkpoint: CheckpointView {
+            dir: state.info.checkpoint_dir.clone(),
+            age_seconds: checkpoint.age().map(|d| d.as_secs_f64()),
+            failing: checkpoint.failing(),
+            last_error: checkpoint.last_error(),
+            restored_from: checkpoint.restored_from(),
         },
-        "kafka": {
-            "state": if health.kafka_connected() { "connected" } else { "disconnected" },
-            "brokers": state.info.brokers,
-            "last_error": health.kafka_last_error(),
-            "last_contact_age_seconds": health.kafka_contact_age().map(|d| d.as_secs_f64()),
-            "group_commits": store_view(&state.sources.committed.kafka, Value::Null),
+        kafka: KafkaView {
+            state: if health.kafka_connected() {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            brokers: state.info.brokers.clone(),
+            last_error: health.kafka_last_error(),
+            last_contact_age_seconds: health.kafka_contact_age().map(|d| d.as_secs_f64()),
+            group_commits: store_view(&state.sources.committed.kafka, None),
         },
-        "zookeeper": store_view(&state.sources.committed.zookeeper, json!(state.info.zookeeper)),
-    })
+        zookeeper: store_view(
+            &state.sources.committed.zookeeper,
+            state.info.zookeeper.clone(),
+        ),
+    }
 }
 
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
+pub async fn status(State(state): State<AppState>) -> Json<StatusView> {
     Json(status_view(&state, &state.answers.now()))
 }
 
@@ -311,31 +324,19 @@ pub struct EventsQuery {
 }
 
 /// One slide's everything, as `/api/v1/events` sends it.
-fn event_view(state: &AppState, snapshot: &Snapshot, n: usize) -> Value {
-    let history: Vec<Value> = snapshot
-        .history
-        .iter()
-        .map(|p| {
-            json!({
-                "at": rfc3339(p.at),
-                "records_per_second": p.records_per_second,
-                "window_requests": p.window_requests,
-                "distinct_ips": p.distinct_ips,
-            })
-        })
-        .collect();
+fn event_view<'a>(state: &AppState, snapshot: &'a Snapshot, n: usize) -> EventView<'a> {
     let alerts = &snapshot.alerts;
-    json!({
-        "top": TopView::of(snapshot, n),
-        "offsets": offsets_view(state, snapshot),
-        "status": status_view(state, snapshot),
-        "history": history,
+    EventView {
+        top: TopView::of(snapshot, n),
+        offsets: offsets_view(state, snapshot),
+        status: status_view(state, snapshot),
+        history: snapshot.history.iter().map(HistoryView::of).collect(),
         // What the dashboard shows: all that fires, the last transitions.
-        "alerts": {
-            "firing": alerts.firing,
-            "transitions": &alerts.transitions[..alerts.transitions.len().min(DASHBOARD_TRANSITIONS)],
+        alerts: DashboardAlerts {
+            firing: &alerts.firing,
+            transitions: &alerts.transitions[..alerts.transitions.len().min(DASHBOARD_TRANSITIONS)],
         },
-    })
+    }
 }
 
 /// Transitions each snapshot event carries (`/api/v1/alerts` has more).

@@ -1,12 +1,15 @@
 //! The JSON shapes of the API, as `openapi.yaml` describes them. `ipstats
 //! count` prints [`TopView`] too.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::query::{Grouping, NetworkCount};
-use crate::snapshot::Snapshot;
+use crate::rules::{Firing, Transition};
+use crate::snapshot::{HistoryPoint, Snapshot};
 use crate::vocab::IpKey;
 
 pub use crate::vocab::rfc3339;
@@ -190,4 +193,109 @@ pub struct StartView {
 pub struct OffsetsView {
     pub group: String,
     pub partitions: Vec<PartitionView>,
+}
+
+/// `/api/v1/status`.
+#[derive(Serialize)]
+pub struct StatusView {
+    pub version: &'static str,
+    pub mode: &'static str,
+    pub ready: bool,
+    pub degraded: Vec<&'static str>,
+    pub phase: &'static str,
+    pub uptime_seconds: f64,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub window: WindowView,
+    pub retention_seconds: f64,
+    pub snapshot_age_seconds: f64,
+    pub batches: u64,
+    pub records_consumed: u64,
+    pub records_counted: u64,
+    pub records_per_second: f64,
+    /// Skipped records by reason, every reason listed.
+    pub skipped: BTreeMap<&'static str, u64>,
+    pub records_repaired: u64,
+    pub time: TimeView,
+    pub checkpoint: CheckpointView,
+    pub kafka: KafkaView,
+    pub zookeeper: StoreView,
+}
+
+/// Which time the window runs on, and how fresh its answer is.
+#[derive(Serialize)]
+pub struct TimeView {
+    pub source: &'static str,
+    pub field: Option<String>,
+    pub lateness_seconds: f64,
+    pub window_end: Option<String>,
+    pub event_time_lag_seconds: Option<f64>,
+    pub records_late: u64,
+}
+
+#[derive(Serialize)]
+pub struct CheckpointView {
+    pub dir: String,
+    pub age_seconds: Option<f64>,
+    pub failing: bool,
+    pub last_error: Option<String>,
+    pub restored_from: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct KafkaView {
+    pub state: &'static str,
+    pub brokers: String,
+    pub last_error: Option<String>,
+    pub last_contact_age_seconds: Option<f64>,
+    pub group_commits: StoreView,
+}
+
+/// One offset store (ZooKeeper, the Kafka group's commits).
+#[derive(Serialize)]
+pub struct StoreView {
+    pub state: &'static str,
+    /// Where it is (ZooKeeper's connect string); always present, null
+    /// when there is none to name.
+    pub connect: Option<String>,
+    pub last_error: Option<String>,
+    pub last_commit_age_seconds: Option<f64>,
+}
+
+/// One slide's totals, for the dashboard's sparklines.
+#[derive(Serialize)]
+pub struct HistoryView {
+    pub at: String,
+    pub records_per_second: f64,
+    pub window_requests: u64,
+    pub distinct_ips: usize,
+}
+
+impl HistoryView {
+    pub fn of(p: &HistoryPoint) -> Self {
+        HistoryView {
+            at: rfc3339(p.at),
+            records_per_second: p.records_per_second,
+            window_requests: p.window_requests,
+            distinct_ips: p.distinct_ips,
+        }
+    }
+}
+
+/// What the dashboard shows of the alerts: all that fires, the last
+/// transitions.
+#[derive(Serialize)]
+pub struct DashboardAlerts<'a> {
+    pub firing: &'a [Firing],
+    pub transitions: &'a [Arc<Transition>],
+}
+
+/// One `/api/v1/events` event.
+#[derive(Serialize)]
+pub struct EventView<'a> {
+    pub top: TopView,
+    pub offsets: OffsetsView,
+    pub status: StatusView,
+    pub history: Vec<HistoryView>,
+    pub alerts: DashboardAlerts<'a>,
 }
