@@ -138,107 +138,12 @@ impl TryFrom<ServeArgs> for Settings {
         if let Some(brokers) = &a.brokers {
             parse_brokers("--brokers", brokers)?;
         }
-        // The group names a ZooKeeper path segment: `.` and `..` are not one.
-        if a.group.trim().is_empty()
-            || a.group.contains('/')
-            || a.group == "."
-            || a.group == ".."
-            || a.group.chars().any(char::is_control)
-        {
-            return Err(invalid(
-                "--group",
-                format!(
-                    "{:?} must be non-empty, not . or .., and hold no '/' or control characters",
-                    a.group
-                ),
-            ));
-        }
+        check_group(&a.group)?;
         let zookeeper = a.zookeeper.as_deref().map(parse_zookeeper).transpose()?;
-        if !(Duration::from_secs(2)..=Duration::from_secs(120))
-            .contains(&a.zookeeper_session_timeout)
-        {
-            return Err(invalid(
-                "--zookeeper-session-timeout",
-                format!(
-                    "{} is outside 2s..=2m",
-                    humantime::format_duration(a.zookeeper_session_timeout)
-                ),
-            ));
-        }
+        check_limits(&a)?;
         let input = Input::try_from(a.input)?;
-        if a.max_rate_per_partition > 10_000_000 {
-            return Err(invalid(
-                "--max-rate-per-partition",
-                format!(
-                    "{} is above 10000000 (use 0 for unlimited)",
-                    a.max_rate_per_partition
-                ),
-            ));
-        }
-        if !(1..=100_000).contains(&a.max_event_streams) {
-            return Err(invalid(
-                "--max-event-streams",
-                format!("{} is outside 1..=100000", a.max_event_streams),
-            ));
-        }
-        if !(16..=1_000_000).contains(&a.max_connections) {
-            return Err(invalid(
-                "--max-connections",
-                format!("{} is outside 16..=1000000", a.max_connections),
-            ));
-        }
-        for (setting, d) in [
-            ("--header-timeout", a.header_timeout),
-            ("--idle-timeout", a.idle_timeout),
-        ] {
-            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
-                return Err(invalid(
-                    setting,
-                    format!("{} is outside 100ms..=1h", humantime::format_duration(d)),
-                ));
-            }
-        }
-        if a.demo_rate > 1_000_000 {
-            return Err(invalid(
-                "--demo-rate",
-                format!("{} is above 1000000", a.demo_rate),
-            ));
-        }
         let kafka_config = parse_kafka_config(&a.kafka_config)?;
-        let checkpoint_interval = a.checkpoint_interval.unwrap_or(a.slide * 5);
-        if checkpoint_interval > MAX_CHECKPOINT_INTERVAL {
-            return Err(invalid(
-                "--checkpoint-interval",
-                format!(
-                    "{} is longer than {}: a crash would re-read that much",
-                    humantime::format_duration(checkpoint_interval),
-                    humantime::format_duration(MAX_CHECKPOINT_INTERVAL)
-                ),
-            ));
-        }
-        if checkpoint_interval.is_zero()
-            || !checkpoint_interval
-                .as_nanos()
-                .is_multiple_of(a.slide.as_nanos())
-        {
-            return Err(invalid(
-                "--checkpoint-interval",
-                format!(
-                    "{} is not a whole multiple of --slide ({})",
-                    humantime::format_duration(checkpoint_interval),
-                    humantime::format_duration(a.slide)
-                ),
-            ));
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&a.shutdown_grace) {
-            return Err(invalid(
-                "--shutdown-grace",
-                format!(
-                    "{} is outside 1s..=10m",
-                    humantime::format_duration(a.shutdown_grace)
-                ),
-            ));
-        }
+        let checkpoint_interval = checkpoint_interval(a.checkpoint_interval, a.slide)?;
         if a.checkpoint_dir
             .as_ref()
             .is_some_and(|d| d.as_os_str().is_empty())
@@ -294,6 +199,121 @@ impl TryFrom<ServeArgs> for Settings {
             allowed_hosts: allowed_hosts(a.allowed_hosts.as_deref(), a.listen)?,
         })
     }
+}
+
+/// The group names a ZooKeeper path segment: `.` and `..` are not one.
+fn check_group(group: &str) -> Result<(), ConfigError> {
+    if group.trim().is_empty()
+        || group.contains('/')
+        || group == "."
+        || group == ".."
+        || group.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "--group",
+            format!(
+                "{group:?} must be non-empty, not . or .., and hold no '/' or control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration option within `range`, shown as humans write it.
+fn duration_within(
+    setting: &'static str,
+    d: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    shown: &str,
+) -> Result<(), ConfigError> {
+    if range.contains(&d) {
+        return Ok(());
+    }
+    Err(invalid(
+        setting,
+        format!("{} is outside {shown}", humantime::format_duration(d)),
+    ))
+}
+
+/// The bounds of the options that size or time something.
+fn check_limits(a: &ServeArgs) -> Result<(), ConfigError> {
+    duration_within(
+        "--zookeeper-session-timeout",
+        a.zookeeper_session_timeout,
+        Duration::from_secs(2)..=Duration::from_secs(120),
+        "2s..=2m",
+    )?;
+    if a.max_rate_per_partition > 10_000_000 {
+        return Err(invalid(
+            "--max-rate-per-partition",
+            format!(
+                "{} is above 10000000 (use 0 for unlimited)",
+                a.max_rate_per_partition
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&a.max_event_streams) {
+        return Err(invalid(
+            "--max-event-streams",
+            format!("{} is outside 1..=100000", a.max_event_streams),
+        ));
+    }
+    if !(16..=1_000_000).contains(&a.max_connections) {
+        return Err(invalid(
+            "--max-connections",
+            format!("{} is outside 16..=1000000", a.max_connections),
+        ));
+    }
+    for (setting, d) in [
+        ("--header-timeout", a.header_timeout),
+        ("--idle-timeout", a.idle_timeout),
+    ] {
+        duration_within(
+            setting,
+            d,
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            "100ms..=1h",
+        )?;
+    }
+    if a.demo_rate > 1_000_000 {
+        return Err(invalid(
+            "--demo-rate",
+            format!("{} is above 1000000", a.demo_rate),
+        ));
+    }
+    duration_within(
+        "--shutdown-grace",
+        a.shutdown_grace,
+        Duration::from_secs(1)..=Duration::from_secs(600),
+        "1s..=10m",
+    )
+}
+
+/// `--checkpoint-interval`: five slides unless given, a whole multiple of
+/// the slide, at most [`MAX_CHECKPOINT_INTERVAL`].
+fn checkpoint_interval(given: Option<Duration>, slide: Duration) -> Result<Duration, ConfigError> {
+    let interval = given.unwrap_or(slide * 5);
+    if interval > MAX_CHECKPOINT_INTERVAL {
+        return Err(invalid(
+            "--checkpoint-interval",
+            format!(
+                "{} is longer than {}: a crash would re-read that much",
+                humantime::format_duration(interval),
+                humantime::format_duration(MAX_CHECKPOINT_INTERVAL)
+            ),
+        ));
+    }
+    if interval.is_zero() || !interval.as_nanos().is_multiple_of(slide.as_nanos()) {
+        return Err(invalid(
+            "--checkpoint-interval",
+            format!(
+                "{} is not a whole multiple of --slide ({})",
+                humantime::format_duration(interval),
+                humantime::format_duration(slide)
+            ),
+        ));
+    }
+    Ok(interval)
 }
 
 impl ProduceArgs {
@@ -607,16 +627,32 @@ mod tests {
         assert!(offered("--rules"), "the other serve options stay");
     }
 
-    fn settings(args: &[&str]) -> Result<Settings, String> {
-        let cli = Cli::try_parse_from(std::iter::once("ipstats").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
+    /// Why a command line made no settings.
+    #[derive(Debug, thiserror::Error)]
+    enum Refused {
+        #[error(transparent)]
+        Command(#[from] clap::Error),
+        #[error(transparent)]
+        Setting(#[from] ConfigError),
+        #[error("not a serve command")]
+        NotServe,
+    }
+
+    impl Refused {
+        fn contains(&self, text: &str) -> bool {
+            self.to_string().contains(text)
+        }
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, Refused> {
+        let cli = Cli::try_parse_from(std::iter::once("ipstats").chain(args.iter().copied()))?;
         let serve = match cli.command {
             None => cli.serve,
             Some(Command::Serve(s)) => *s,
-            Some(Command::Legacy(l)) => return Settings::try_from(*l).map_err(|e| e.to_string()),
-            Some(Command::Produce(_) | Command::Count(_)) => return Err("not serve".into()),
+            Some(Command::Legacy(l)) => return Ok(Settings::try_from(*l)?),
+            Some(Command::Produce(_) | Command::Count(_)) => return Err(Refused::NotServe),
         };
-        Settings::try_from(serve).map_err(|e| e.to_string())
+        Ok(Settings::try_from(serve)?)
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::vocab::{Origin, Reset, ResetReason, Stored, offset_text};
 pub use commit::CommitRequest;
 
 /// `--offset-reset fail` met a partition without a usable offset.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 #[error(
     "{topic}/{partition}: stored offset {stored}{origin} is unusable ({reason}; log start {log_start}, \
      log end {log_end}) and --offset-reset is fail; choose --offset-reset earliest or latest"
@@ -173,18 +173,18 @@ mod tests {
     fn resolve(
         stored: Option<i64>,
         policy: OffsetReset,
-    ) -> Result<(i64, Option<ResetReason>, i64), String> {
+    ) -> Result<(i64, Option<ResetReason>, i64), ResetRefused> {
         let stored = stored.map(|offset| Stored {
             offset,
             origin: Origin::Zookeeper,
             note: None,
         });
-        resolve_start(&Arc::from("t"), 0, stored.as_ref(), 100, 200, policy)
-            .map(|(start, reset)| {
+        resolve_start(&Arc::from("t"), 0, stored.as_ref(), 100, 200, policy).map(
+            |(start, reset)| {
                 let lost = reset.as_ref().map_or(0, |r| r.lost);
                 (start, reset.map(|r| r.reason), lost)
-            })
-            .map_err(|e| e.to_string())
+            },
+        )
     }
 
     #[test]
@@ -207,10 +207,10 @@ mod tests {
             resolve(None, OffsetReset::Latest),
             Ok((200, Some(ResetReason::Missing), 0))
         );
-        assert!(
-            resolve(None, OffsetReset::Fail)
-                .is_err_and(|e| e.contains("t/0") && e.contains("missing"))
-        );
+        assert!(resolve(None, OffsetReset::Fail).is_err_and(|e| {
+            let e = e.to_string();
+            e.contains("t/0") && e.contains("missing")
+        }));
     }
 
     #[test]
@@ -221,7 +221,9 @@ mod tests {
                 Ok((100, Some(ResetReason::Expired), 60))
             );
         }
-        let refused = resolve(Some(40), OffsetReset::Fail).expect_err("fail refuses");
+        let refused = resolve(Some(40), OffsetReset::Fail)
+            .expect_err("fail refuses")
+            .to_string();
         assert!(
             refused.contains("stored offset 40 (from zookeeper)")
                 && refused.contains("log start 100"),
