@@ -7,6 +7,7 @@
 //! committers under the supervisor.
 
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::parts::{Parts, Report, Signal, Stage};
-use crate::checkpoint::{self, Restored, Shape, Writer};
+use crate::checkpoint::{self, CheckpointJob, Restored, Shape, Writer};
 use crate::config::Settings;
 use crate::http::Sources;
 use crate::ingest::{Ingest, IngestConfig, Links, Resume};
@@ -273,45 +274,8 @@ impl Ready {
             writer,
         } = self;
         let commits = watch::channel(Arc::new(CommitRequest::default())).0;
-        let resume = restored.map(|r| {
-            // Durable already: the stores may lag behind it after a crash.
-            commits.send_replace(Arc::new(CommitRequest {
-                offsets: checkpoint::store::manifest_offsets(&r.manifest)
-                    .into_iter()
-                    .map(|((t, p), o)| (t, p, o))
-                    .collect(),
-            }));
-            Resume {
-                panes: r.panes,
-                next_seq: r.manifest.next_pane_seq,
-                totals: IngestTotals::from(&r.manifest.totals),
-                event_end_ms: r.manifest.event_end_ms,
-                alerts: r.manifest.alerts,
-            }
-        });
-        let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);
-        {
-            let (commits, status, metrics) = (
-                commits.clone(),
-                s.shared.checkpoint.clone(),
-                s.shared.metrics.clone(),
-            );
-            let on_durable = move |job: &crate::checkpoint::CheckpointJob| {
-                commits.send_replace(Arc::new(CommitRequest {
-                    offsets: job.offsets.clone(),
-                }));
-            };
-            parts.thread(
-                "checkpoint writer",
-                Stage::Persist,
-                Signal::Upstream,
-                Report::FailuresOnly,
-                move || {
-                    checkpoint::run_writer(writer, job_queue, on_durable, &status, &metrics);
-                    Ok(())
-                },
-            )?;
-        }
+        let resume = restored.map(|r| resume(r, &commits));
+        let jobs = start_writer(writer, &s.shared, &commits, parts)?;
         s.shared.health.set_phase("consuming");
         let links = Links {
             view: s.view.clone(),
@@ -340,39 +304,109 @@ impl Ready {
             Report::Always,
             move || ingest.run(stop).map_err(anyhow::Error::from),
         )?;
-        // Committers end only at shutdown, or after ingest (which reports why).
-        let commit_cancel = CancellationToken::new();
+        start_committers(
+            s.group_client,
+            s.zookeeper,
+            zk_store,
+            &s.shared,
+            &commits,
+            parts,
+        );
+        Ok(())
+    }
+}
+
+/// The window a restored checkpoint continues; its offsets, durable
+/// already, are the first commit request (the stores may lag behind it
+/// after a crash).
+fn resume(r: Restored, commits: &watch::Sender<Arc<CommitRequest>>) -> Resume {
+    commits.send_replace(Arc::new(CommitRequest {
+        offsets: checkpoint::store::manifest_offsets(&r.manifest)
+            .into_iter()
+            .map(|((t, p), o)| (t, p, o))
+            .collect(),
+    }));
+    Resume {
+        panes: r.panes,
+        next_seq: r.manifest.next_pane_seq,
+        totals: IngestTotals::from(&r.manifest.totals),
+        event_end_ms: r.manifest.event_end_ms,
+        alerts: r.manifest.alerts,
+    }
+}
+
+/// Starts the checkpoint writer; returns where ingest hands it jobs. Each
+/// durable job's offsets become the commit request.
+fn start_writer(
+    writer: Writer,
+    shared: &Sources,
+    commits: &watch::Sender<Arc<CommitRequest>>,
+    parts: &Parts,
+) -> anyhow::Result<SyncSender<CheckpointJob>> {
+    let (jobs, job_queue) = std::sync::mpsc::sync_channel(1);
+    let (commits, status, metrics) = (
+        commits.clone(),
+        shared.checkpoint.clone(),
+        shared.metrics.clone(),
+    );
+    let on_durable = move |job: &CheckpointJob| {
+        commits.send_replace(Arc::new(CommitRequest {
+            offsets: job.offsets.clone(),
+        }));
+    };
+    parts.thread(
+        "checkpoint writer",
+        Stage::Persist,
+        Signal::Upstream,
+        Report::FailuresOnly,
+        move || {
+            checkpoint::run_writer(writer, job_queue, on_durable, &status, &metrics);
+            Ok(())
+        },
+    )?;
+    Ok(jobs)
+}
+
+/// The committers: the Kafka group's, and ZooKeeper's with `--zookeeper`.
+/// They end only at shutdown, or after ingest (which reports why).
+fn start_committers(
+    group_client: Arc<KafkaConsumer>,
+    zookeeper: Option<ZkOptions>,
+    zk_store: Option<ZkStore>,
+    shared: &Sources,
+    commits: &watch::Sender<Arc<CommitRequest>>,
+    parts: &Parts,
+) {
+    let cancel = CancellationToken::new();
+    parts.task(
+        "kafka committer",
+        Stage::Commit,
+        Signal::Token(cancel.clone()),
+        Report::FailuresOnly,
+        None,
+        kafka_group::run_committer(
+            group_client,
+            commits.subscribe(),
+            shared.committed.clone(),
+            shared.metrics.clone(),
+            cancel.clone(),
+        ),
+    );
+    if let Some(options) = zookeeper {
         parts.task(
-            "kafka committer",
+            "zookeeper committer",
             Stage::Commit,
-            Signal::Token(commit_cancel.clone()),
+            Signal::Token(cancel.clone()),
             Report::FailuresOnly,
             None,
-            kafka_group::run_committer(
-                s.group_client,
+            zookeeper::run_committer(
+                zk_store,
+                options,
                 commits.subscribe(),
-                s.shared.committed.clone(),
-                s.shared.metrics.clone(),
-                commit_cancel.clone(),
+                shared.committed.clone(),
+                shared.metrics.clone(),
+                cancel,
             ),
         );
-        if let Some(options) = s.zookeeper {
-            parts.task(
-                "zookeeper committer",
-                Stage::Commit,
-                Signal::Token(commit_cancel.clone()),
-                Report::FailuresOnly,
-                None,
-                zookeeper::run_committer(
-                    zk_store,
-                    options,
-                    commits.subscribe(),
-                    s.shared.committed.clone(),
-                    s.shared.metrics.clone(),
-                    commit_cancel,
-                ),
-            );
-        }
-        Ok(())
     }
 }

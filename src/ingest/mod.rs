@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::CheckpointJob;
 use crate::config::OffsetReset;
-use crate::count::{CountingThread, CountingThreadGone};
+use crate::count::{CountingThread, CountingThreadGone, TakenPane};
 use crate::kafka::batch::{BatchQueue, Consumed};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
@@ -141,7 +141,7 @@ struct State {
     /// Parallel to `tracker.partitions()`.
     partition_metrics: Vec<PartitionMetrics>,
     /// Parses and counts the open pane on its own thread.
-    counter: CountingThread,
+    counting: CountingThread,
     window: Window,
     /// Event time: the window's end and the panes ahead of it.
     events: Option<EventPanes>,
@@ -217,7 +217,7 @@ impl Ingest {
                         .with_saved(saved_alerts.as_ref())
                         .with_outbox(config.outbox.clone())
                 })),
-            counter: CountingThread::spawn(
+            counting: CountingThread::spawn(
                 config.client_field.clone(),
                 config.max_line_bytes,
                 config.pane_time(),
@@ -375,7 +375,7 @@ impl State {
                 return Ok(());
             }
         }
-        self.counter
+        self.counting
             .push(message.payload(), slot, message.timestamp_ms())?;
         Ok(())
     }
@@ -442,33 +442,54 @@ impl State {
         Ok(())
     }
 
+    /// Closes the batch: re-reads what the rate cap turned away, takes the
+    /// open pane from the counting thread into the window, then publishes
+    /// and checkpoints when it is time.
     fn close_batch(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
         let closed = self.tracker.close(SystemTime::now());
-        let mut resume = TopicPartitionList::new();
-        for (topic, partition, offset) in &closed.seek_back {
-            // Re-read from the first record the rate cap turned away.
-            let seek = consumer.seek(
-                topic,
-                *partition,
-                Offset::Offset(*offset),
-                Duration::from_secs(1),
-            );
-            if let Err(error) = seek {
-                warn!(%error, %topic, partition, "seek failed");
-            }
-            resume.add_partition(topic, *partition);
-        }
-        if resume.count() > 0
-            && let Err(error) = consumer.resume(&resume)
-        {
-            warn!(%error, "resume failed");
-        }
+        seek_back(consumer, &closed.seek_back);
         let mut consumed = 0;
         for (metrics, taken) in self.partition_metrics.iter().zip(&closed.taken) {
             metrics.consumed.inc_by(*taken);
             consumed += taken;
         }
-        let mut open = self.counter.take()?;
+        let mut open = self.counting.take()?;
+        self.add_totals(consumed, &open);
+        let published = match (open.event.take(), self.events.as_mut()) {
+            (Some(batch), Some(events)) => {
+                self.totals.records_counted += batch.panes.iter().map(|p| p.requests).sum::<u64>();
+                let unplaced = events.unplaced();
+                let late = events.absorb(batch, &closed.ranges, &mut self.window, Instant::now());
+                self.totals.late += events.unplaced() - unplaced;
+                for (slot, n) in late.into_iter().enumerate() {
+                    if let Some(m) = self.partition_metrics.get(slot) {
+                        m.late.inc_by(n);
+                    }
+                    self.totals.late += n;
+                }
+                self.advance_event_time()?
+            }
+            _ => {
+                let pane = Pane {
+                    seq: closed.seq,
+                    start: closed.start,
+                    end: closed.end,
+                    counts: open.counts,
+                    requests: open.requests,
+                    skipped: open.skipped,
+                    ranges: closed.ranges,
+                };
+                self.totals.records_counted += pane.requests;
+                self.window.push(Arc::new(pane));
+                false
+            }
+        };
+        self.after_close(published);
+        Ok(())
+    }
+
+    /// Counts a closed batch's records in the totals and the metrics.
+    fn add_totals(&mut self, consumed: u64, open: &TakenPane) {
         let metrics = &self.links.metrics;
         for (reason, n) in open.skipped.iter() {
             if n > 0 {
@@ -484,35 +505,12 @@ impl State {
         self.totals.repaired += open.repaired;
         metrics.records_repaired.inc_by(open.repaired);
         metrics.batches.inc();
-        let mut published = false;
-        match (open.event.take(), self.events.as_mut()) {
-            (Some(batch), Some(events)) => {
-                self.totals.records_counted += batch.panes.iter().map(|p| p.requests).sum::<u64>();
-                let unplaced = events.unplaced();
-                let late = events.absorb(batch, &closed.ranges, &mut self.window, Instant::now());
-                self.totals.late += events.unplaced() - unplaced;
-                for (slot, n) in late.into_iter().enumerate() {
-                    if let Some(m) = self.partition_metrics.get(slot) {
-                        m.late.inc_by(n);
-                    }
-                    self.totals.late += n;
-                }
-                published = self.advance_event_time()?;
-            }
-            _ => {
-                let pane = Pane {
-                    seq: closed.seq,
-                    start: closed.start,
-                    end: closed.end,
-                    counts: open.counts,
-                    requests: open.requests,
-                    skipped: open.skipped,
-                    ranges: closed.ranges,
-                };
-                self.totals.records_counted += pane.requests;
-                self.window.push(Arc::new(pane));
-            }
-        }
+    }
+
+    /// After a batch closed: the window's gauges, a snapshot when a slide
+    /// ends (or `published` says the event-time window moved), a checkpoint
+    /// job when one is due, readiness, the batch's duration.
+    fn after_close(&mut self, published: bool) {
         let metrics = &self.links.metrics;
         metrics.window_requests.set(self.window.requests() as i64);
         metrics
@@ -544,6 +542,28 @@ impl State {
             .metrics
             .batch_duration
             .observe(busy.as_secs_f64());
-        Ok(())
+    }
+}
+
+/// Re-reads from the first record the rate cap turned away, and resumes
+/// those partitions.
+fn seek_back(consumer: &KafkaConsumer, seek_back: &[(Arc<str>, i32, i64)]) {
+    let mut resume = TopicPartitionList::new();
+    for (topic, partition, offset) in seek_back {
+        let seek = consumer.seek(
+            topic,
+            *partition,
+            Offset::Offset(*offset),
+            Duration::from_secs(1),
+        );
+        if let Err(error) = seek {
+            warn!(%error, %topic, partition, "seek failed");
+        }
+        resume.add_partition(topic, *partition);
+    }
+    if resume.count() > 0
+        && let Err(error) = consumer.resume(&resume)
+    {
+        warn!(%error, "resume failed");
     }
 }

@@ -70,7 +70,7 @@ impl State {
             }
         }
         let floor = self.events.as_ref().and_then(EventPanes::floor);
-        self.counter.set_floor(floor)?;
+        self.counting.set_floor(floor)?;
         Ok(!stops.is_empty())
     }
 
