@@ -6,7 +6,9 @@
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
 #   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,query
-#   runs only those sections. Results go to bench-results/
+#   runs only those sections. BENCH_BASELINE=/path/to/an/older/ipstats adds its rows beside
+#   ipstats' own in the ingest and file sections, alternated round by round ("baseline …"):
+#   old and new binaries side by side on the same data. Results go to bench-results/
 #   (results.jsonl: one JSON object per measurement) and a table to stdout.
 #
 # Rows: kcat (a bare librdkafka consumer: the limit), ipstats end to end
@@ -121,7 +123,7 @@ start_ipstats() {
   shift 3
   local shape=("${SHAPE[@]}")
   [[ " $* " == *" --batch "* ]] && shape=()
-  "$BIN" --brokers "$BROKERS" --topics "$topic" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$dir" \
+  "${RUN_BIN:-$BIN}" --brokers "$BROKERS" --topics "$topic" --group "bench-$RANDOM$RANDOM" --checkpoint-dir "$dir" \
     --listen "127.0.0.1:$port" "${shape[@]}" "$@" >"$OUT/ipstats.log" 2>&1 &
   echo $!
 }
@@ -229,8 +231,13 @@ for round in $(seq 1 "$ROUNDS"); do
   if section ingest; then
     time_cmd kcat "$round" kcat -C -b "$BROKERS" -t "$TOPIC" -o beginning -e -q
     ipstats_round ipstats "$round"
+    [ -z "${BENCH_BASELINE:-}" ] || RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats" "$round"
     ipstats_round "ipstats by arrival time" "$round" arrival
+    [ -z "${BENCH_BASELINE:-}" ] ||
+      RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats by arrival time" "$round" arrival
     ipstats_round "ipstats with 100 rules" "$round" rules
+    [ -z "${BENCH_BASELINE:-}" ] ||
+      RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats with 100 rules" "$round" rules
   fi
   if section wrk; then ipstats_round "ipstats under wrk" "$round" wrk; fi
   if section sse; then ipstats_round "ipstats with 1000 event streams" "$round" sse; fi
@@ -283,6 +290,7 @@ section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd goaccess "$round" goaccess "$DATA" --log-format="$GOACCESS_FORMAT" \
     --date-format='%d/%b/%Y' --time-format='%H:%M:%S' --no-global-config -o "$OUT/goaccess.json"
   time_cmd "ipstats count" "$round" "$BIN" count "$DATA" -n 100
+  [ -z "${BENCH_BASELINE:-}" ] || time_cmd "baseline ipstats count" "$round" "$BENCH_BASELINE" count "$DATA" -n 100
   # The physical floor of reading the lines.
   time_cmd "wc -l" "$round" wc -l "$DATA"
 done
@@ -410,7 +418,7 @@ if section query; then query_rows; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
+NAMES = ["kcat", "ipstats", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -435,6 +443,9 @@ def ratio(text, a, b, table, digits):
     if a in table and b in table:
         print(f"{text}: {table[a] / table[b]:.{digits}f}x")
 ratio("ipstats / kcat records/s", "ipstats", "kcat", rate, 2)
+for row in ["ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ipstats count"]:
+    ratio(f"{row} / baseline, records/s", row, "baseline " + row, rate, 2)
+    ratio(f"{row} / baseline, records per CPU s", row, "baseline " + row, per_cpu, 2)
 ratio("ipstats by event time (default) / by arrival time, records/s", "ipstats", "ipstats by arrival time", rate, 2)
 ratio("ipstats with 100 rules / without, records/s", "ipstats with 100 rules", "ipstats", rate, 2)
 ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
