@@ -87,14 +87,20 @@ impl Worker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn workers_run_jobs_survive_a_panicking_one_and_end_when_stopped() {
-        let stop = Stop::new();
-        let (pool, workers) = Pool::new(2, &stop);
-        let threads: Vec<_> = workers
+    /// A pool of `n` workers on threads of their own.
+    fn started(n: usize, stop: &Stop) -> (Pool, Vec<std::thread::JoinHandle<()>>) {
+        let (pool, workers) = Pool::new(n, stop);
+        let threads = workers
             .into_iter()
             .map(|w| std::thread::spawn(move || w.run()))
             .collect();
+        (pool, threads)
+    }
+
+    #[test]
+    fn workers_run_jobs_survive_a_panicking_one_and_end_when_stopped() {
+        let stop = Stop::new();
+        let (pool, threads) = started(2, &stop);
         let (done, heard) = std::sync::mpsc::channel();
         pool.send(Box::new(|| panic!("a failed answer")))
             .expect("sent");
@@ -122,11 +128,7 @@ mod tests {
     fn workers_run_jobs_at_a_lower_priority_than_the_process() {
         let process = rustix::process::getpriority_process(None).expect("own priority");
         let stop = Stop::new();
-        let (pool, workers) = Pool::new(2, &stop);
-        let threads: Vec<_> = workers
-            .into_iter()
-            .map(|w| std::thread::spawn(move || w.run()))
-            .collect();
+        let (pool, threads) = started(2, &stop);
         let (done, got) = std::sync::mpsc::channel();
         for _ in 0..3 {
             let done = done.clone();
