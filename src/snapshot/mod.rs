@@ -1,8 +1,8 @@
 //! The immutable view that ingest publishes at every slide and HTTP reads.
 //!
-//! Handlers load an `Arc<Snapshot>` lock-free and answer from it; they never
-//! wait on ingest, and ingest never waits on them. [`build`] assembles a
-//! snapshot from ingest's state.
+//! [`crate::answers`] loads an `Arc<Snapshot>` lock-free and answers from
+//! it; nothing that answers waits on ingest, and ingest never waits on it.
+//! [`build`] assembles a snapshot from ingest's state.
 
 pub mod build;
 

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
+pub mod distinct;
 pub mod pane;
+pub mod summary;
 pub mod table;
 
 use crate::vocab::{IpKey, SkipCounts};
