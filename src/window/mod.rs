@@ -94,6 +94,12 @@ fn subtract_small<K: Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K, n: u32) -> 
 }
 
 impl RunningCounts {
+    /// Bytes the running counts take (their tables as allocated).
+    fn bytes(&self) -> usize {
+        let big = self.big.capacity() * (std::mem::size_of::<(IpKey, u64)>() + 1);
+        self.small.bytes() + big + std::mem::size_of_val(&*self.histogram)
+    }
+
     fn add(&mut self, ip: IpKey, n: u32) {
         let old = if let Some(total) = self.big.get_mut(&ip) {
             *total += u64::from(n);
@@ -237,6 +243,9 @@ pub struct Window {
     retain: usize,
     totals: RunningCounts,
     requests: u64,
+    /// Bytes the counts of the panes in the window and the kept older ones
+    /// take, kept as panes come and go.
+    pane_bytes: usize,
     /// Scratch space of [`Window::top_list`].
     candidates: Vec<(IpKey, u64)>,
 }
@@ -253,6 +262,7 @@ impl Window {
             totals: RunningCounts::default(),
             candidates: Vec::new(),
             requests: 0,
+            pane_bytes: 0,
         }
     }
 
@@ -280,12 +290,21 @@ impl Window {
 
     fn keep(&mut self, pane: Arc<Pane>) {
         if self.retain == 0 {
+            self.pane_bytes -= pane.counts.bytes();
             return;
         }
         self.retained.push_back(pane);
         while self.retained.len() > self.retain {
-            self.retained.pop_front();
+            if let Some(gone) = self.retained.pop_front() {
+                self.pane_bytes -= gone.counts.bytes();
+            }
         }
+    }
+
+    /// Bytes the counting state takes: the counts of every pane kept (in
+    /// the window and older) and the window's running counts.
+    pub fn bytes(&self) -> usize {
+        self.pane_bytes + self.totals.bytes()
     }
 
     /// Adds a closed pane; returns the pane that slid out, if any (it is
@@ -295,6 +314,7 @@ impl Window {
             self.totals.add(ip, n);
         }
         self.requests += pane.requests;
+        self.pane_bytes += pane.counts.bytes();
         self.panes.push_back(pane);
         if self.panes.len() <= self.capacity {
             return None;
@@ -324,7 +344,9 @@ impl Window {
             self.totals.add(ip, n);
         }
         self.requests += more.requests;
-        self.panes[at] = Arc::new(self.panes[at].merged(more));
+        let merged = self.panes[at].merged(more);
+        self.pane_bytes = self.pane_bytes - self.panes[at].counts.bytes() + merged.counts.bytes();
+        self.panes[at] = Arc::new(merged);
         Ok(())
     }
 
@@ -453,6 +475,30 @@ mod tests {
             skipped: SkipCounts::default(),
             ranges: Vec::new(),
         })
+    }
+
+    proptest! {
+        #[test]
+        fn the_state_size_kept_as_panes_come_and_go_is_the_size_of_what_is_kept(
+            panes in prop::collection::vec(prop::collection::vec(0u8..50, 0..40), 1..30),
+            capacity in 1usize..5,
+            retain in 0usize..5,
+            restart_at in 0usize..40,
+        ) {
+            let mut w = Window::new(capacity).with_retained(retain);
+            for (seq, ips) in panes.iter().enumerate() {
+                w.push(pane(seq as u64, ips));
+                if seq == restart_at {
+                    w.restart();
+                }
+                if seq % 3 == 0 {
+                    // A pane of the window receives more records (event time).
+                    let _ = w.add_to(Pane::clone(&pane(seq as u64, &ips[..ips.len() / 2])));
+                }
+                let kept: usize = w.panes().chain(w.retained()).map(|p| p.counts.bytes()).sum();
+                prop_assert_eq!(w.bytes(), kept + w.totals.bytes());
+            }
+        }
     }
 
     #[test]

@@ -63,6 +63,13 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
         self.v4.capacity() + self.v6.capacity()
     }
 
+    /// Bytes the maps take as allocated: each slot holds its entry and one
+    /// control byte.
+    pub fn bytes(&self) -> usize {
+        let slot = |key: usize| key + std::mem::size_of::<V>() + 1;
+        self.v4.capacity() * slot(4) + self.v6.capacity() * slot(16)
+    }
+
     /// Empties the maps, keeping their memory for reuse.
     pub fn clear(&mut self) {
         self.v4.clear();
