@@ -103,6 +103,8 @@ metrics! {
         "Requests counted in the current window.";
     window_distinct_ips: IntGauge = "ipstats_window_distinct_ips",
         "Distinct client IPs in the current window.";
+    state_bytes: IntGauge = "ipstats_state_bytes",
+        "Bytes the counting state takes: the counts of every kept pane (in the window, older, waiting ahead of it) and the window's running counts.";
     partition_lag: IntGaugeVec = "ipstats_partition_lag",
         "Records in the partition not yet counted (log end minus next offset).",
         labels ["topic", "partition"];

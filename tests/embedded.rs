@@ -211,6 +211,18 @@ async fn counts_exactly_what_was_produced() {
         ] {
             assert!(metrics.contains(needle), "metrics lack {needle}");
         }
+        // Counting state: at least 8 bytes for each distinct address held.
+        let state_bytes: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ipstats_state_bytes "))
+            .expect("ipstats_state_bytes")
+            .parse()
+            .expect("a number");
+        assert!(
+            state_bytes >= 8.0 * truth.counts.len() as f64,
+            "{state_bytes} bytes for {} addresses",
+            truth.counts.len()
+        );
     })
     .await
     .expect("assertions");

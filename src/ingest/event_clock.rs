@@ -55,6 +55,11 @@ pub use crate::vocab::epoch_ms;
 use crate::vocab::from_epoch_ms as time_of;
 
 impl EventPanes {
+    /// Bytes the counts of the panes waiting ahead of the window take.
+    pub fn bytes(&self) -> usize {
+        self.ahead.values().map(|p| p.counts.bytes()).sum()
+    }
+
     /// `kept` is the longer of the window and `--retention`.
     pub fn new(batch: Duration, slide: Duration, lateness: Duration, kept: Duration) -> Self {
         EventPanes {

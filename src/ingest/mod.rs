@@ -516,6 +516,10 @@ impl State {
         metrics
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);
+        let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
+        metrics
+            .state_bytes
+            .set((self.window.bytes() + ahead) as i64);
 
         let seq = self.tracker.next_seq();
         // The run's first batch is published at once, the rest at slides
