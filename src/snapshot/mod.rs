@@ -1,6 +1,6 @@
 //! The immutable view that ingest publishes at every slide and HTTP reads.
 //!
-//! [`crate::answers`] loads an `Arc<Snapshot>` lock-free and answers from
+//! The answers load an `Arc<Snapshot>` lock-free and answer from
 //! it; nothing that answers waits on ingest, and ingest never waits on it.
 //! [`build`] assembles a snapshot from ingest's state.
 
