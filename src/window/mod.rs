@@ -14,13 +14,15 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
+pub mod counts;
 pub mod distinct;
 pub mod pane;
 pub mod summary;
 pub mod table;
 
 use crate::vocab::{IpKey, SkipCounts};
-pub use pane::{OffsetRange, Pane, PaneCounts};
+pub use counts::PaneCounts;
+pub use pane::{OffsetRange, Pane};
 pub use table::IpMap;
 
 /// Counts at or above this share one histogram bucket.

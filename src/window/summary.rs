@@ -69,6 +69,30 @@ impl<K: Ord + Copy> Summary<K> {
         summary
     }
 
+    /// A summary of lower bounds that may lack up to `offset` each (as a
+    /// summary with room for at least `capacity` keys left them), of
+    /// `total` counts in all.
+    pub fn from_lowers(
+        lowers: impl IntoIterator<Item = (K, u64)>,
+        offset: u64,
+        total: u64,
+        capacity: usize,
+    ) -> Self {
+        let mut summary = Summary::of_counts(lowers, capacity);
+        summary.offset += offset;
+        summary.total = total;
+        summary
+    }
+
+    /// This summary with room for at most `capacity` keys (never more than
+    /// it has room for).
+    pub fn shrunk(&self, capacity: usize) -> Self {
+        let mut summary = self.clone();
+        summary.capacity = capacity.clamp(1, self.capacity);
+        summary.reduce();
+        summary
+    }
+
     /// Both summaries as one: the counts of a range of panes. The result
     /// keeps as many keys as the larger of the two.
     pub fn merged(&self, other: &Summary<K>) -> Summary<K> {
