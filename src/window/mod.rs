@@ -21,7 +21,8 @@ pub mod summary;
 pub mod table;
 
 use crate::vocab::{IpKey, SkipCounts};
-pub use counts::PaneCounts;
+pub use counts::{DistinctCount, PaneCounts};
+use distinct::Distinct;
 pub use pane::{OffsetRange, Pane};
 pub use table::IpMap;
 
@@ -334,6 +335,55 @@ impl Window {
         Some(evicted)
     }
 
+    /// Summarizes the panes holding the most (keys' bytes) until the state
+    /// fits `budget` bytes or every kept pane is summarized to `capacity`
+    /// keys a level; returns how many panes were summarized. The running
+    /// counts lose what the summarized panes no longer list.
+    pub fn fold(&mut self, budget: usize, capacity: usize) -> usize {
+        let mut folded = 0;
+        while self.bytes() > budget {
+            let foldable = |p: &Arc<Pane>| {
+                p.counts.summary().is_none_or(|s| s.capacity > capacity)
+                    && p.counts.len() > capacity
+            };
+            let largest = self
+                .panes
+                .iter()
+                .map(|p| (p, true))
+                .chain(self.retained.iter().map(|p| (p, false)))
+                .enumerate()
+                .filter(|(_, (p, _))| foldable(p))
+                .max_by_key(|(_, (p, _))| p.counts.bytes())
+                .map(|(i, (_, in_window))| (i, in_window));
+            let Some((at, in_window)) = largest else {
+                break;
+            };
+            let slot = if in_window {
+                &mut self.panes[at]
+            } else {
+                &mut self.retained[at - self.panes.len()]
+            };
+            let summarized = Arc::new(Pane {
+                counts: slot.counts.summarized(capacity),
+                ..Pane::clone(slot)
+            });
+            let old = std::mem::replace(slot, summarized.clone());
+            self.pane_bytes = self.pane_bytes - old.counts.bytes() + summarized.counts.bytes();
+            if in_window {
+                let totals = &mut self.totals;
+                old.counts
+                    .for_each_change(&summarized.counts, |ip, before, after| {
+                        totals.subtract(ip, before - after.min(before));
+                    });
+            }
+            folded += 1;
+        }
+        if folded > 0 {
+            self.totals.small.shrink_to_fit();
+        }
+        folded
+    }
+
     /// Adds records to the pane of the window that starts where `more` does
     /// (event time: a pane still open to records within the lateness): the
     /// pane is replaced by [`Pane::merged`] and the totals grow by `more`.
@@ -394,6 +444,38 @@ impl Window {
 
     pub fn distinct_ips(&self) -> usize {
         self.totals.len()
+    }
+
+    /// The most any address's window count may lack: the sum of the error
+    /// bounds of the summarized panes in the window (0 when all are exact).
+    pub fn error_bound(&self) -> u64 {
+        self.panes.iter().map(|p| p.counts.error_bound()).sum()
+    }
+
+    /// Distinct addresses in the window: exact while every pane is, else
+    /// estimated from the summarized panes' sketches and the addresses the
+    /// running counts hold.
+    pub fn distinct(&self) -> DistinctCount {
+        if self.panes.iter().all(|p| p.counts.is_exact()) {
+            return DistinctCount {
+                count: self.totals.len() as u64,
+                estimated: false,
+            };
+        }
+        let mut sketch = Distinct::default();
+        for pane in self.panes.iter().filter(|p| !p.counts.is_exact()) {
+            pane.counts.add_distinct_to(&mut sketch);
+        }
+        for (ip, _) in self.totals.small.iter() {
+            sketch.add(ip);
+        }
+        for ip in self.totals.big.keys() {
+            sketch.add(*ip);
+        }
+        DistinctCount {
+            count: sketch.estimate().max(self.totals.len() as u64),
+            estimated: true,
+        }
     }
 
     /// One IP's window total (tests: HTTP answers from the panes).
@@ -499,6 +581,54 @@ mod tests {
                 }
                 let kept: usize = w.panes().chain(w.retained()).map(|p| p.counts.bytes()).sum();
                 prop_assert_eq!(w.bytes(), kept + w.totals.bytes());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn folding_to_a_budget_keeps_every_window_count_within_its_bounds(
+            panes in prop::collection::vec(prop::collection::vec(0u16..3000, 0..600), 1..12),
+            capacity in 2usize..40,
+            budget in 0usize..40_000,
+        ) {
+            let mut w = Window::new(4).with_retained(3);
+            for (seq, keys) in panes.iter().enumerate() {
+                let mut counts = IpMap::default();
+                for k in keys {
+                    counts.add(IpKey::from_bits((0x2001_0db8u128 << 96) | u128::from(*k)), 1);
+                }
+                w.push(pane_of(seq as u64, &counts));
+                w.fold(budget, capacity);
+                let summarizable = w.panes().chain(w.retained()).any(|p| {
+                    p.counts.len() > capacity && p.counts.summary().is_none_or(|s| s.capacity > capacity)
+                });
+                prop_assert!(w.bytes() <= budget || !summarizable, "over budget with panes left to fold");
+                // The running counts are the panes' lower bounds, and every
+                // true count lies within the window's bound of them.
+                let mut truth: HashMap<IpKey, u64> = HashMap::new();
+                let mut lowers: HashMap<IpKey, u64> = HashMap::new();
+                let first = panes.len().min(seq + 1).saturating_sub(4);
+                for keys in &panes[first..=seq] {
+                    for k in keys {
+                        *truth.entry(IpKey::from_bits((0x2001_0db8u128 << 96) | u128::from(*k))).or_insert(0) += 1;
+                    }
+                }
+                for p in w.panes() {
+                    for (ip, n) in p.counts.iter() {
+                        *lowers.entry(ip).or_insert(0) += u64::from(n);
+                    }
+                }
+                for (ip, n) in &truth {
+                    let lower = w.count(*ip);
+                    prop_assert_eq!(lower, lowers.get(ip).copied().unwrap_or(0));
+                    prop_assert!(lower <= *n && *n <= lower + w.error_bound(), "{ip}: {n}, {lower} + {}", w.error_bound());
+                }
+                let d = w.distinct();
+                prop_assert_eq!(d.estimated, w.panes().any(|p| !p.counts.is_exact()));
+                if !d.estimated {
+                    prop_assert_eq!(d.count as usize, truth.len());
+                }
             }
         }
     }
