@@ -105,6 +105,10 @@ metrics! {
         "Distinct client IPs in the current window.";
     state_bytes: IntGauge = "ipstats_state_bytes",
         "Bytes the counting state takes: the counts of every kept pane (in the window, older, waiting ahead of it) and the window's running counts.";
+    state_budget_bytes: IntGauge = "ipstats_state_budget_bytes",
+        "The counting state's budget (--memory-limit): past it, the panes holding the most addresses are summarized.";
+    panes_summarized: IntGauge = "ipstats_panes_summarized",
+        "Kept panes whose counts are summarized (frequent items with error bounds) to fit --memory-limit.";
     partition_lag: IntGaugeVec = "ipstats_partition_lag",
         "Records in the partition not yet counted (log end minus next offset).",
         labels ["topic", "partition"];

@@ -126,6 +126,9 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Connectio
 pub fn sources(settings: &Settings, rules: Option<&Arc<Rules>>) -> anyhow::Result<Sources> {
     let metrics = Metrics::new().context("creating metrics")?;
     metrics.offset_stores(settings.zookeeper.is_some());
+    metrics
+        .state_budget_bytes
+        .set(i64::try_from(settings.memory.bytes).unwrap_or(i64::MAX));
     let in_force = rules.map(|r| r.current());
     outbox::declare_series(&metrics, in_force.as_deref().map_or(&[][..], Vec::as_slice));
     deliver::declare_series(

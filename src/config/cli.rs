@@ -142,6 +142,12 @@ pub struct ServeArgs {
     /// multiple of --slide, at least --window, at most 7 days and 1000000 panes. Default: --window.
     #[arg(long, env = "IPSTATS_RETENTION", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
+    /// The counting state's memory budget (512MiB, 4GiB, 800MB): counts are exact until it is
+    /// reached, then the panes holding the most addresses are summarized (frequent items with
+    /// error bounds). Default: a quarter of the machine's memory or of the cgroup's limit,
+    /// whichever is smaller; a value below what the window and history need is refused, naming it.
+    #[arg(long, env = "IPSTATS_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<String>,
     /// How often results are published; a whole multiple of --batch, at most --window.
     #[arg(long, env = "IPSTATS_SLIDE", value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slide: Duration,

@@ -13,6 +13,7 @@ mod cli;
 mod input;
 mod kafka;
 
+use crate::window::budget::{self, Budget};
 pub use access::Secret;
 use access::{allowed_hosts, read_token};
 pub use cli::{
@@ -74,6 +75,9 @@ pub struct Settings {
     pub slide: Duration,
     /// History kept for ad-hoc questions: at least the window.
     pub retention: Duration,
+    /// `--memory-limit`: the counting state's budget, and the keys a
+    /// summarized pane keeps within it.
+    pub memory: Budget,
     pub max_rate_per_partition: u64,
     pub offset_reset: OffsetReset,
     pub listen: SocketAddr,
@@ -151,6 +155,7 @@ impl TryFrom<ServeArgs> for Settings {
             return Err(invalid("--checkpoint-dir", "must not be empty"));
         }
         let retention = retention(a.retention, a.window, a.slide, a.batch)?;
+        let memory = memory_budget(a.memory_limit.as_deref(), retention, a.batch)?;
         Ok(Settings {
             alert_webhook: access::alert_url(
                 "--alert-webhook",
@@ -177,6 +182,7 @@ impl TryFrom<ServeArgs> for Settings {
             window: a.window,
             slide: a.slide,
             retention,
+            memory,
             max_rate_per_partition: a.max_rate_per_partition,
             offset_reset: a.offset_reset,
             listen: a.listen,
@@ -199,6 +205,39 @@ impl TryFrom<ServeArgs> for Settings {
             allowed_hosts: allowed_hosts(a.allowed_hosts.as_deref(), a.listen)?,
         })
     }
+}
+
+/// `--memory-limit`: a size, at least what the kept panes need summarized;
+/// by default a quarter of the machine's (or the cgroup's) memory, raised
+/// to that least when the machine is small.
+fn memory_budget(
+    given: Option<&str>,
+    retention: Duration,
+    batch: Duration,
+) -> Result<Budget, ConfigError> {
+    let kept_panes = (retention.as_nanos() / batch.as_nanos()) as usize;
+    let Some(text) = given else {
+        let quarter = budget::default_limit().unwrap_or(1 << 30) as usize;
+        let bytes = quarter.max(budget::minimum(kept_panes));
+        return Budget::new(bytes, kept_panes)
+            .map_err(|_| invalid("--memory-limit", "the default could not be sized; give one"));
+    };
+    let bytes = budget::parse_size(text).ok_or_else(|| {
+        invalid(
+            "--memory-limit",
+            format!("{text:?} is not a size such as 512MiB, 4GiB or 800MB"),
+        )
+    })?;
+    Budget::new(usize::try_from(bytes).unwrap_or(usize::MAX), kept_panes).map_err(|least| {
+        invalid(
+            "--memory-limit",
+            format!(
+                "{text} is below the least the counting state can run in with {kept_panes} kept \
+                 panes (--retention / --batch): {}",
+                budget::show_size(least as u64)
+            ),
+        )
+    })
 }
 
 /// The group names a ZooKeeper path segment: `.` and `..` are not one.
@@ -684,6 +723,29 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_limit_names_the_least_a_shape_needs() {
+        let err = settings(&[
+            "--memory-limit",
+            "1MiB",
+            "--retention",
+            "1h",
+            "--batch",
+            "100ms",
+        ])
+        .expect_err("36,000 panes do not fit in 1 MiB");
+        assert!(
+            err.contains("--memory-limit")
+                && err.contains("36000 kept panes")
+                && err.contains("MiB"),
+            "{err}"
+        );
+        let s = settings(&["--memory-limit", "2GiB"]).expect("valid");
+        assert_eq!(s.memory.bytes, 2 << 30);
+        let default = settings(&[]).expect("valid").memory;
+        assert!(default.bytes >= budget::minimum(60), "{default:?}");
+    }
+
+    #[test]
     fn window_must_be_a_multiple_of_batch() {
         let err = settings(&["--batch", "2s", "--window", "7s"]).expect_err("7s is not 2s-aligned");
         assert!(
@@ -714,6 +776,8 @@ mod tests {
             (&["--offset-reset", "oldest"], "--offset-reset"),
             (&["--checkpoint-interval", "7s"], "--checkpoint-interval"),
             (&["--shutdown-grace", "0s"], "--shutdown-grace"),
+            (&["--memory-limit", "lots"], "--memory-limit"),
+            (&["--memory-limit", "1MiB"], "--memory-limit"),
         ] {
             let err = settings(args).expect_err("must be refused");
             assert!(err.contains(setting), "{args:?}: {err}");

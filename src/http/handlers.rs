@@ -17,9 +17,9 @@ use super::AppState;
 use super::adhoc::{self, Asked};
 use super::problem::{Params, PathParam, Problem};
 use super::views::{
-    CheckpointView, DashboardAlerts, EventView, HistoryView, IpView, KafkaView, OffsetsView,
-    PaneCount, PartitionView, ResetView, StartView, StatusView, StoreView, TimeView, TopView,
-    WindowView, rfc3339,
+    CheckpointView, DashboardAlerts, EventView, HistoryView, IpView, KafkaView, MemoryView,
+    OffsetsView, PaneCount, PartitionView, ResetView, StartView, StatusView, StoreView, TimeView,
+    TopView, WindowView, rfc3339,
 };
 use crate::answers::Question;
 use crate::config::MAX_TOP_N;
@@ -310,6 +310,7 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> StatusView {
             &state.sources.committed.zookeeper,
             state.info.zookeeper.clone(),
         ),
+        memory: MemoryView::of(&ingest.memory),
     }
 }
 

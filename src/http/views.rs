@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::query::{Grouping, NetworkCount};
 use crate::rules::{Firing, Transition};
-use crate::snapshot::{HistoryPoint, Snapshot};
+use crate::snapshot::{HistoryPoint, MemoryStatus, Snapshot};
 use crate::vocab::IpKey;
 
 pub use crate::vocab::rfc3339;
@@ -220,6 +220,27 @@ pub struct StatusView {
     pub checkpoint: CheckpointView,
     pub kafka: KafkaView,
     pub zookeeper: StoreView,
+    pub memory: MemoryView,
+}
+
+/// The counting state against its budget.
+#[derive(Serialize)]
+pub struct MemoryView {
+    pub budget_bytes: usize,
+    pub state_bytes: usize,
+    pub panes_summarized: usize,
+    pub summarizing_since: Option<String>,
+}
+
+impl MemoryView {
+    pub fn of(m: &MemoryStatus) -> Self {
+        MemoryView {
+            budget_bytes: m.budget_bytes,
+            state_bytes: m.state_bytes,
+            panes_summarized: m.panes_summarized,
+            summarizing_since: m.summarizing_since.map(rfc3339),
+        }
+    }
 }
 
 /// Which time the window runs on, and how fresh its answer is.

@@ -1,5 +1,6 @@
 //! What ingest needs to know from the settings.
 
+use crate::window::budget::Budget;
 use std::time::Duration;
 
 use crate::config::{OffsetReset, Settings, Time, TimeSource};
@@ -24,6 +25,8 @@ pub struct IngestConfig {
     pub max_line_bytes: usize,
     pub group: String,
     pub time: Time,
+    /// `--memory-limit`: the state's budget.
+    pub memory: Budget,
     /// `--rules` (set by the app, which loads them).
     pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
     pub outbox: Option<crate::rules::outbox::Outbox>,
@@ -60,6 +63,7 @@ impl From<&Settings> for IngestConfig {
             max_line_bytes: s.input.max_line_bytes,
             group: s.group.clone(),
             time: s.time.clone(),
+            memory: s.memory,
             rules: None,
             outbox: None,
         }

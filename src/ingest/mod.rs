@@ -153,6 +153,8 @@ struct State {
     logs: LogLimit,
     /// A snapshot of this run has been published.
     published: bool,
+    /// Since when kept panes are summarized to fit `--memory-limit`.
+    summarizing_since: Option<SystemTime>,
 }
 
 impl Ingest {
@@ -232,6 +234,7 @@ impl Ingest {
             links,
             logs: LogLimit::default(),
             published: false,
+            summarizing_since: None,
         };
         Ok(Ingest { consumer, state })
     }
@@ -488,6 +491,33 @@ impl State {
         Ok(())
     }
 
+    /// Summarizes kept panes while the state is over `--memory-limit`, and
+    /// says so when it starts and when every pane is exact again.
+    fn keep_to_budget(&mut self) {
+        let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
+        let budget = self.config.memory;
+        let folded = self
+            .window
+            .fold(budget.bytes.saturating_sub(ahead), budget.capacity);
+        let state_bytes = self.window.bytes() + ahead;
+        let summarized = self.window.summarized_panes();
+        if folded > 0 && self.summarizing_since.is_none() {
+            self.summarizing_since = Some(SystemTime::now());
+            warn!(
+                state_bytes,
+                budget_bytes = budget.bytes,
+                keys_per_pane = budget.capacity,
+                "the counting state reached --memory-limit: the panes holding the most addresses \
+                 are summarized from now on, and answers from them carry error bounds"
+            );
+        } else if summarized == 0 && self.summarizing_since.take().is_some() {
+            info!("every kept pane is exact again: answers are exact");
+        }
+        let metrics = &self.links.metrics;
+        metrics.state_bytes.set(state_bytes as i64);
+        metrics.panes_summarized.set(summarized as i64);
+    }
+
     /// Counts a closed batch's records in the totals and the metrics.
     fn add_totals(&mut self, consumed: u64, open: &TakenPane) {
         let metrics = &self.links.metrics;
@@ -516,10 +546,7 @@ impl State {
         metrics
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);
-        let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
-        metrics
-            .state_bytes
-            .set((self.window.bytes() + ahead) as i64);
+        self.keep_to_budget();
 
         let seq = self.tracker.next_seq();
         // The run's first batch is published at once, the rest at slides

@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime};
 use super::event_clock::{EventPanes, epoch_ms};
 use super::{IngestError, State, VIEW_FRESH_FOR_EVENT_TIME};
 use crate::checkpoint::CheckpointJob;
-use crate::snapshot::PartitionStatus;
 use crate::snapshot::build::{PartitionProgress, partition_status};
+use crate::snapshot::{MemoryStatus, PartitionStatus};
 use crate::window::Pane;
 
 impl State {
@@ -118,13 +118,19 @@ impl State {
             }),
         };
         self.links.metrics.event_time_lag.set(event_lag);
-        let snapshot = self.builder.build(
+        let mut snapshot = self.builder.build(
             &mut self.window,
             partitions,
             self.totals,
             Instant::now(),
             SystemTime::now(),
         );
+        snapshot.ingest.memory = MemoryStatus {
+            budget_bytes: self.config.memory.bytes,
+            state_bytes: self.window.bytes() + self.events.as_ref().map_or(0, EventPanes::bytes),
+            panes_summarized: self.window.summarized_panes(),
+            summarizing_since: self.summarizing_since,
+        };
         self.links.published.store(Arc::new(snapshot));
     }
 

@@ -262,6 +262,7 @@ impl Builder {
             ingest: IngestStatus {
                 totals,
                 records_per_second,
+                memory: Default::default(),
             },
             history: self.history.iter().copied().collect(),
             seq: serial(),

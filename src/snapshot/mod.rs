@@ -132,6 +132,18 @@ pub struct IngestStatus {
     pub totals: IngestTotals,
     /// Records consumed per second over the last slide.
     pub records_per_second: f64,
+    pub memory: MemoryStatus,
+}
+
+/// The counting state against its budget (`--memory-limit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStatus {
+    pub budget_bytes: usize,
+    pub state_bytes: usize,
+    /// Kept panes that are summarized.
+    pub panes_summarized: usize,
+    /// Since when panes are summarized; `None` while every kept pane is exact.
+    pub summarizing_since: Option<SystemTime>,
 }
 
 /// Where ingest publishes and handlers read: the current snapshot, loaded

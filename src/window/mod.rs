@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
+pub mod budget;
 pub mod counts;
 pub mod distinct;
 pub mod pane;
@@ -249,6 +250,8 @@ pub struct Window {
     /// Bytes the counts of the panes in the window and the kept older ones
     /// take, kept as panes come and go.
     pane_bytes: usize,
+    /// Kept panes (in the window and older) that are summarized.
+    summarized: usize,
     /// Scratch space of [`Window::top_list`].
     candidates: Vec<(IpKey, u64)>,
 }
@@ -266,6 +269,7 @@ impl Window {
             candidates: Vec::new(),
             requests: 0,
             pane_bytes: 0,
+            summarized: 0,
         }
     }
 
@@ -293,15 +297,26 @@ impl Window {
 
     fn keep(&mut self, pane: Arc<Pane>) {
         if self.retain == 0 {
-            self.pane_bytes -= pane.counts.bytes();
+            self.forget(&pane);
             return;
         }
         self.retained.push_back(pane);
         while self.retained.len() > self.retain {
             if let Some(gone) = self.retained.pop_front() {
-                self.pane_bytes -= gone.counts.bytes();
+                self.forget(&gone);
             }
         }
+    }
+
+    /// A pane is no longer kept: its bytes are not the state's.
+    fn forget(&mut self, pane: &Pane) {
+        self.pane_bytes -= pane.counts.bytes();
+        self.summarized -= usize::from(!pane.counts.is_exact());
+    }
+
+    /// Kept panes (in the window and older) that are summarized.
+    pub fn summarized_panes(&self) -> usize {
+        self.summarized
     }
 
     /// Bytes the counting state takes: the counts of every pane kept (in
@@ -318,6 +333,7 @@ impl Window {
         }
         self.requests += pane.requests;
         self.pane_bytes += pane.counts.bytes();
+        self.summarized += usize::from(!pane.counts.is_exact());
         self.panes.push_back(pane);
         if self.panes.len() <= self.capacity {
             return None;
@@ -369,6 +385,7 @@ impl Window {
             });
             let old = std::mem::replace(slot, summarized.clone());
             self.pane_bytes = self.pane_bytes - old.counts.bytes() + summarized.counts.bytes();
+            self.summarized += usize::from(old.counts.is_exact());
             if in_window {
                 let totals = &mut self.totals;
                 old.counts
@@ -398,6 +415,8 @@ impl Window {
         self.requests += more.requests;
         let merged = self.panes[at].merged(more);
         self.pane_bytes = self.pane_bytes - self.panes[at].counts.bytes() + merged.counts.bytes();
+        self.summarized = self.summarized + usize::from(!merged.counts.is_exact())
+            - usize::from(!self.panes[at].counts.is_exact());
         self.panes[at] = Arc::new(merged);
         Ok(())
     }
@@ -581,6 +600,8 @@ mod tests {
                 }
                 let kept: usize = w.panes().chain(w.retained()).map(|p| p.counts.bytes()).sum();
                 prop_assert_eq!(w.bytes(), kept + w.totals.bytes());
+                let summarized = w.panes().chain(w.retained()).filter(|p| !p.counts.is_exact()).count();
+                prop_assert_eq!(w.summarized_panes(), summarized);
             }
         }
     }
@@ -600,6 +621,8 @@ mod tests {
                 }
                 w.push(pane_of(seq as u64, &counts));
                 w.fold(budget, capacity);
+                let summarized = w.panes().chain(w.retained()).filter(|p| !p.counts.is_exact()).count();
+                prop_assert_eq!(w.summarized_panes(), summarized);
                 let summarizable = w.panes().chain(w.retained()).any(|p| {
                     p.counts.len() > capacity && p.counts.summary().is_none_or(|s| s.capacity > capacity)
                 });
