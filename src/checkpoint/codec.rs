@@ -10,12 +10,20 @@ use serde::{Deserialize, Serialize};
 use super::{CheckpointError, corrupt};
 use crate::config::Settings;
 
-use crate::vocab::{IngestTotals, IpKey, SKIP_REASONS, SkipCounts};
+use crate::vocab::{IngestTotals, IpKey, Network, SKIP_REASONS, SkipCounts};
+use crate::window::counts::Summarized;
+use crate::window::distinct::Distinct;
+use crate::window::summary::Summary;
 use crate::window::{OffsetRange, Pane, PaneCounts};
 
-/// On-disk format version of panes and manifests written. Version 1 (five
-/// fixed skip counts, `not_utf8` among them) is still read.
+/// On-disk format version of manifests and exact panes written. Version 1
+/// (five fixed skip counts, `not_utf8` among them) is still read.
 pub const FORMAT_VERSION: u32 = 2;
+/// The version of a summarized pane: version 2's layout, its counts the
+/// lower bounds of the listed addresses, followed by the summary (see
+/// [`encode_summary`]). Exact panes keep version 2, so a checkpoint that
+/// never summarized is read by the builds before.
+pub const SUMMARIZED_VERSION: u32 = 3;
 const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
 
 pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
@@ -34,7 +42,11 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(128 + pane.counts.len() * 20);
     out.extend_from_slice(PANE_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = match pane.counts.summary() {
+        Some(_) => SUMMARIZED_VERSION,
+        None => FORMAT_VERSION,
+    };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&pane.seq.to_le_bytes());
     out.extend_from_slice(&millis(pane.start).to_le_bytes());
     out.extend_from_slice(&millis(pane.end).to_le_bytes());
@@ -57,8 +69,74 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
         out.extend_from_slice(&ip.to_bits().to_le_bytes());
         out.extend_from_slice(&n.to_le_bytes());
     }
+    if let Some(summary) = pane.counts.summary() {
+        encode_summary(summary, out);
+    }
     let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// A summarized pane's summary, after its addresses' lower bounds: the
+/// addresses' offset, the capacity, each network level (offset, total,
+/// count, then first address, prefix and lower bound of each), and the
+/// distinct-address sketch's registers.
+fn encode_summary(s: &Summarized, out: &mut Vec<u8>) {
+    out.extend_from_slice(&s.offset.to_le_bytes());
+    out.extend_from_slice(&(s.capacity as u32).to_le_bytes());
+    for level in [&s.v4, &s.v6] {
+        out.extend_from_slice(&level.error_bound().to_le_bytes());
+        out.extend_from_slice(&level.total().to_le_bytes());
+        out.extend_from_slice(&(level.len() as u32).to_le_bytes());
+        for (network, bounds) in level.iter() {
+            let (bits, prefix) = network.to_parts();
+            out.extend_from_slice(&bits.to_le_bytes());
+            out.push(prefix);
+            out.extend_from_slice(&bounds.lower.to_le_bytes());
+        }
+    }
+    let registers = s.distinct.registers();
+    out.extend_from_slice(&(registers.len() as u32).to_le_bytes());
+    out.extend_from_slice(registers);
+}
+
+/// What [`encode_summary`] wrote; `None` when it does not read back whole.
+fn decode_summary(r: &mut Reader<'_>, total: u64) -> Option<Summarized> {
+    let offset = r.u64()?;
+    let capacity = r.u32()? as usize;
+    let mut levels = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let (level_offset, level_total, n) = (r.u64()?, r.u64()?, r.u32()? as usize);
+        if n > capacity {
+            return None;
+        }
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let network = Network::from_parts(r.u128()?, r.take::<1>()?[0])?;
+            items.push((network, r.u64()?));
+        }
+        levels.push(Summary::from_parts(
+            items,
+            level_offset,
+            level_total,
+            capacity,
+        )?);
+    }
+    let registers = r.u32()? as usize;
+    let distinct = Distinct::from_registers(r.bytes(registers)?)?;
+    let v6 = levels.pop()?;
+    let v4 = levels.pop()?;
+    // Every request is an IPv4 or an IPv6 one.
+    if v4.total().checked_add(v6.total())? != total {
+        return None;
+    }
+    Some(Summarized {
+        offset,
+        total,
+        capacity,
+        v4,
+        v6,
+        distinct,
+    })
 }
 
 /// A bounds-checked little-endian reader.
@@ -116,10 +194,10 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         return Err(corrupt(path, "not a pane file"));
     }
     let version = r.u32().ok_or_else(bad)?;
-    if !(1..=FORMAT_VERSION).contains(&version) {
+    if !(1..=SUMMARIZED_VERSION).contains(&version) {
         return Err(corrupt(
             path,
-            format!("format version {version}, expected 1..={FORMAT_VERSION}"),
+            format!("format version {version}, expected 1..={SUMMARIZED_VERSION}"),
         ));
     }
     let seq = r.u64().ok_or_else(bad)?;
@@ -161,7 +239,8 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         });
     }
     let ncounts = r.u32().ok_or_else(bad)? as usize;
-    if r.0.len() != ncounts * 20 {
+    let exact = version < SUMMARIZED_VERSION;
+    if (exact && r.0.len() != ncounts * 20) || r.0.len() < ncounts * 20 {
         return Err(bad());
     }
     let mut pairs = Vec::with_capacity(ncounts);
@@ -172,11 +251,24 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         total += u64::from(n);
         pairs.push((ip, n));
     }
-    let counts =
-        PaneCounts::from_pairs(pairs).ok_or_else(|| corrupt(path, "an address is listed twice"))?;
-    if total != requests {
-        return Err(corrupt(path, "counts do not add up to the pane's requests"));
-    }
+    let counts = if exact {
+        let counts = PaneCounts::from_pairs(pairs)
+            .ok_or_else(|| corrupt(path, "an address is listed twice"))?;
+        if total != requests {
+            return Err(corrupt(path, "counts do not add up to the pane's requests"));
+        }
+        counts
+    } else {
+        let summary = decode_summary(&mut r, requests)
+            .filter(|_| r.0.is_empty())
+            .ok_or_else(|| corrupt(path, "malformed pane summary"))?;
+        PaneCounts::summarized_from(pairs, summary).ok_or_else(|| {
+            corrupt(
+                path,
+                "an address is listed twice, or the lower bounds add up to more than the requests",
+            )
+        })?
+    };
     Ok(Pane {
         seq,
         start,
@@ -401,6 +493,48 @@ mod tests {
                 "flipped byte {flip}"
             );
         }
+    }
+
+    #[test]
+    fn summarized_panes_round_trip_with_their_bounds_and_exact_ones_keep_version_2() {
+        let many: Vec<(String, u32)> = (0..300u32)
+            .map(|i| (format!("2001:db8::{i:x}"), 1 + i % 7))
+            .chain((0..50u32).map(|i| (format!("10.0.{}.{}", i % 3, i), 2)))
+            .chain((0..3u32).map(|i| (format!("192.0.2.{i}"), 500)))
+            .collect();
+        let pairs: Vec<(&str, u32)> = many.iter().map(|(ip, n)| (ip.as_str(), *n)).collect();
+        let exact = pane(3, &pairs);
+        assert_eq!(encode_pane(&exact)[8..12], FORMAT_VERSION.to_le_bytes());
+        let summarized = Pane {
+            counts: exact.counts.summarized(20),
+            ..Pane::clone(&exact)
+        };
+        assert!(
+            !summarized.counts.is_empty(),
+            "the heavy addresses are listed"
+        );
+        let bytes = encode_pane(&summarized);
+        assert_eq!(bytes[8..12], SUMMARIZED_VERSION.to_le_bytes());
+        let decoded = decode_pane(Path::new("p"), &bytes).expect("decodes");
+        assert_eq!(decoded.counts, summarized.counts);
+        assert_eq!(decoded.requests, exact.requests);
+        for (ip, n) in exact.counts.iter() {
+            let b = decoded.counts.bounds(ip);
+            assert!(b.lower <= u64::from(n) && u64::from(n) <= b.upper, "{ip}");
+        }
+        for cut in [bytes.len() - 40, bytes.len() - 1100, bytes.len() - 5] {
+            assert!(
+                decode_pane(Path::new("p"), &bytes[..cut]).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        // A summary whose listed bounds exceed the pane's requests is refused.
+        let mut inflated = bytes[..bytes.len() - 4].to_vec();
+        let head = 8 + 4 + 8 + 8 + 8;
+        inflated[head..head + 8].copy_from_slice(&1u64.to_le_bytes());
+        let crc = crc32fast::hash(&inflated);
+        inflated.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode_pane(Path::new("p"), &inflated).is_err());
     }
 
     /// A pane as format 1 wrote it: five fixed skip counts, `not_utf8` second.

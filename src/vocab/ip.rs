@@ -172,6 +172,19 @@ impl Network {
         }
     }
 
+    /// The network as stored: its first address (128-bit form) and its
+    /// prefix length in the 128-bit space.
+    pub fn to_parts(self) -> (u128, u8) {
+        (self.bits, self.prefix)
+    }
+
+    /// A network from [`Network::to_parts`]; `None` when the prefix is too
+    /// long or bits are set past it.
+    pub fn from_parts(bits: u128, prefix: u8) -> Option<Network> {
+        let network = Network { bits, prefix };
+        (prefix <= 128 && bits & !network.mask() == 0).then_some(network)
+    }
+
     /// The first and the last address of the network (128-bit form).
     pub fn bounds(self) -> (u128, u128) {
         (self.bits, self.bits | !self.mask())

@@ -84,6 +84,27 @@ impl<K: Ord + Copy> Summary<K> {
         summary
     }
 
+    /// A summary as stored: listed keys with their lower bounds, in key
+    /// order; `None` unless the keys are ordered and distinct, fit the
+    /// capacity, and their bounds add up to no more than the total.
+    pub fn from_parts(
+        items: Vec<(K, u64)>,
+        offset: u64,
+        total: u64,
+        capacity: usize,
+    ) -> Option<Self> {
+        let ordered = items.windows(2).all(|w| w[0].0 < w[1].0);
+        let listed = items.iter().try_fold(0u64, |sum, e| sum.checked_add(e.1))?;
+        (ordered && capacity >= 1 && items.len() <= capacity && listed <= total).then_some(
+            Summary {
+                items,
+                offset,
+                total,
+                capacity,
+            },
+        )
+    }
+
     /// This summary with room for at most `capacity` keys (never more than
     /// it has room for).
     pub fn shrunk(&self, capacity: usize) -> Self {
