@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::query::bounded::{self, Trust};
 use crate::query::{self, Grouping, MergeCache, NetworkCount, Range};
 use crate::snapshot::{Published, Snapshot};
 use crate::vocab::{IpKey, Network};
@@ -52,17 +53,20 @@ pub struct PaneCount {
     pub count: u32,
 }
 
-/// The answer to a [`Question`].
+/// The answer to a [`Question`]: counts, or lower bounds of them when
+/// `trust` says a pane of the range is summarized.
 #[derive(Clone, Debug)]
 pub enum Answer {
     Top {
         range: Range,
+        trust: Trust,
         total_requests: u64,
         distinct_ips: usize,
         top: Vec<(IpKey, u64)>,
     },
     Networks {
         range: Range,
+        trust: Trust,
         total_requests: u64,
         distinct_ips: usize,
         grouping: Grouping,
@@ -71,6 +75,7 @@ pub enum Answer {
     },
     Network {
         range: Range,
+        trust: Trust,
         network: Network,
         count: u64,
         distinct_ips: u64,
@@ -78,6 +83,7 @@ pub enum Answer {
     },
     Ip {
         range: Range,
+        trust: Trust,
         ip: IpKey,
         panes: Vec<PaneCount>,
     },
@@ -99,18 +105,28 @@ impl Question {
         match *self {
             Question::Top { range, grouping, n } => {
                 let counts = merges.merge(range.panes(kept));
-                let (total_requests, distinct_ips) = (counts.total(), counts.len());
+                let total_requests = range.panes(kept).map(|p| p.requests).sum();
+                let distinct_ips = bounded::distinct(range.panes(kept), counts.len()) as usize;
+                let trust = Trust::of_addresses(range.panes(kept));
                 match grouping {
                     None => Answer::Top {
                         range,
+                        trust,
                         total_requests,
                         distinct_ips,
                         top: counts.top(n),
                     },
                     Some(grouping) => {
-                        let (top, distinct_networks) = counts.top_networks(grouping, n);
+                        let ((top, distinct_networks), trust) = if trust.summarized {
+                            let (top, listed, trust) =
+                                bounded::top_networks(range.panes(kept), grouping, n);
+                            ((top, listed), trust)
+                        } else {
+                            (counts.top_networks(grouping, n), trust)
+                        };
                         Answer::Networks {
                             range,
+                            trust,
                             total_requests,
                             distinct_ips,
                             grouping,
@@ -121,10 +137,15 @@ impl Question {
                 }
             }
             Question::Network { range, network, n } => {
-                let (count, distinct_ips, top) =
+                let (mut count, distinct_ips, top) =
                     query::network_members(range.panes(kept), network, n);
+                let mut trust = Trust::of_addresses(range.panes(kept));
+                if trust.summarized {
+                    (count, trust) = bounded::network_count(range.panes(kept), network);
+                }
                 Answer::Network {
                     range,
+                    trust,
                     network,
                     count,
                     distinct_ips,
@@ -133,6 +154,7 @@ impl Question {
             }
             Question::Ip { range, ip } => Answer::Ip {
                 range,
+                trust: Trust::of_addresses(range.panes(kept)),
                 ip,
                 panes: range
                     .panes(kept)

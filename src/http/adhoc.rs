@@ -20,8 +20,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::problem::Problem;
-use super::views::{IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
+use super::views::{Counted, Exactness, IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
 use crate::answers::{Answer, Question};
+use crate::query::bounded::Trust;
 use crate::query::{Grouping, Range};
 use crate::snapshot::Snapshot;
 use crate::vocab::IpKey;
@@ -261,6 +262,8 @@ pub fn grouping(asked: &Asked<'_>) -> Result<Option<Grouping>, Problem> {
 
 #[derive(Serialize)]
 struct AddressTopView {
+    #[serde(flatten)]
+    exactness: Exactness,
     window: WindowView,
     total_requests: u64,
     distinct_ips: usize,
@@ -269,28 +272,39 @@ struct AddressTopView {
 
 #[derive(Serialize)]
 struct NetworkView {
+    #[serde(flatten)]
+    exactness: Exactness,
     network: String,
     window: WindowView,
-    count: u64,
+    #[serde(flatten)]
+    count: Counted,
     distinct_ips: u64,
     top: Vec<IpCount>,
 }
 
 #[derive(Serialize)]
 struct IpRangeView {
+    #[serde(flatten)]
+    exactness: Exactness,
     ip: String,
-    count: u64,
+    #[serde(flatten)]
+    count: Counted,
     window: WindowView,
     panes: Vec<PaneCount>,
 }
 
-fn ip_counts(top: Vec<(IpKey, u64)>) -> Vec<IpCount> {
+fn ip_counts(top: Vec<(IpKey, u64)>, exactness: &Exactness) -> Vec<IpCount> {
     top.into_iter()
-        .map(|(ip, count)| IpCount {
-            ip: ip.to_string(),
-            count,
-        })
+        .map(|(ip, lower)| IpCount::new(ip, lower, exactness))
         .collect()
+}
+
+fn exactness(trust: Trust) -> Exactness {
+    Exactness::of(
+        trust.summarized,
+        trust.error_bound,
+        trust.distinct_estimated,
+    )
 }
 
 fn render(answer: Answer, view: &Snapshot) -> Bytes {
@@ -301,17 +315,20 @@ fn render(answer: Answer, view: &Snapshot) -> Bytes {
     let json = match answer {
         Answer::Top {
             range,
+            trust,
             total_requests,
             distinct_ips,
             top,
         } => serde_json::to_vec(&AddressTopView {
+            exactness: exactness(trust),
             window: window(range),
             total_requests,
             distinct_ips,
-            top: ip_counts(top),
+            top: ip_counts(top, &exactness(trust)),
         }),
         Answer::Networks {
             range,
+            trust,
             total_requests,
             distinct_ips,
             grouping,
@@ -323,23 +340,32 @@ fn render(answer: Answer, view: &Snapshot) -> Bytes {
             distinct_ips,
             grouping,
             (top, distinct_networks),
+            exactness(trust),
         )),
         Answer::Network {
             range,
+            trust,
             network,
             count,
             distinct_ips,
             top,
         } => serde_json::to_vec(&NetworkView {
+            exactness: exactness(trust),
             network: network.to_string(),
             window: window(range),
-            count,
+            count: exactness(trust).counted(count),
             distinct_ips,
-            top: ip_counts(top),
+            top: ip_counts(top, &exactness(trust)),
         }),
-        Answer::Ip { range, ip, panes } => serde_json::to_vec(&IpRangeView {
+        Answer::Ip {
+            range,
+            trust,
+            ip,
+            panes,
+        } => serde_json::to_vec(&IpRangeView {
+            exactness: exactness(trust),
             ip: ip.to_string(),
-            count: panes.iter().map(|p| u64::from(p.count)).sum(),
+            count: exactness(trust).counted(panes.iter().map(|p| u64::from(p.count)).sum()),
             window: window(range),
             panes: panes
                 .into_iter()

@@ -17,9 +17,9 @@ use super::AppState;
 use super::adhoc::{self, Asked};
 use super::problem::{Params, PathParam, Problem};
 use super::views::{
-    CheckpointView, DashboardAlerts, EventView, HistoryView, IpView, KafkaView, MemoryView,
-    OffsetsView, PaneCount, PartitionView, ResetView, StartView, StatusView, StoreView, TimeView,
-    TopView, WindowView, rfc3339,
+    CheckpointView, DashboardAlerts, EventView, Exactness, HistoryView, IpView, KafkaView,
+    MemoryView, OffsetsView, PaneCount, PartitionView, ResetView, StartView, StatusView, StoreView,
+    TimeView, TopView, WindowView, rfc3339,
 };
 use crate::answers::Question;
 use crate::config::MAX_TOP_N;
@@ -125,9 +125,11 @@ pub async fn ip(
         };
         return adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await;
     }
+    let exactness = Exactness::of_window(&snapshot);
     Ok(Json(IpView {
+        exactness,
         ip: ip.to_string(),
-        count: snapshot.count(ip),
+        count: exactness.counted(snapshot.count(ip)),
         window: WindowView::of(&snapshot),
         panes: snapshot
             .panes

@@ -94,6 +94,8 @@ fn state(ready: bool) -> AppState {
         }],
         ingest: IngestStatus::default(),
         history: Vec::new(),
+        distinct_estimated: false,
+        error_bound: 0,
         seq: crate::snapshot::serial(),
         kept_seq: crate::snapshot::serial(),
         alerts: Arc::new(engine.view()),

@@ -37,22 +37,100 @@ impl WindowView {
     }
 }
 
+/// How far an answer can be trusted. An answer from exact panes only says
+/// `"exact": true`; one that reads a summarized pane says `"exact": false`,
+/// the largest error any count in it may have, and whether `distinct_ips`
+/// is an estimate. Its items then carry `lower` and `upper` beside `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Exactness {
+    pub exact: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_bound: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_ips_estimated: Option<bool>,
+}
+
+impl Exactness {
+    pub const EXACT: Exactness = Exactness {
+        exact: true,
+        error_bound: None,
+        distinct_ips_estimated: None,
+    };
+
+    /// `summarized`: a pane the answer read is summarized.
+    pub fn of(summarized: bool, error_bound: u64, distinct_estimated: bool) -> Self {
+        if !summarized {
+            return Exactness::EXACT;
+        }
+        Exactness {
+            exact: false,
+            error_bound: Some(error_bound),
+            distinct_ips_estimated: Some(distinct_estimated),
+        }
+    }
+
+    /// A snapshot's window.
+    pub fn of_window(s: &Snapshot) -> Self {
+        Exactness::of(s.distinct_estimated, s.error_bound, s.distinct_estimated)
+    }
+
+    /// A count known to lie in `[lower, lower + error_bound]`, as items
+    /// report it.
+    pub fn counted(&self, lower: u64) -> Counted {
+        match self.error_bound {
+            None => Counted {
+                count: lower,
+                lower: None,
+                upper: None,
+            },
+            Some(e) => Counted {
+                count: lower + e / 2,
+                lower: Some(lower),
+                upper: Some(lower + e),
+            },
+        }
+    }
+}
+
+/// An item's count: exact, or the middle of its bounds with both bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Counted {
+    pub count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lower: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<u64>,
+}
+
 #[derive(Serialize)]
 pub struct IpCount {
     pub ip: String,
-    pub count: u64,
+    #[serde(flatten)]
+    pub count: Counted,
+}
+
+impl IpCount {
+    pub fn new(ip: IpKey, lower: u64, exactness: &Exactness) -> Self {
+        IpCount {
+            ip: ip.to_string(),
+            count: exactness.counted(lower),
+        }
+    }
 }
 
 #[derive(Serialize)]
 pub struct NetworkItem {
     pub network: String,
-    pub count: u64,
+    #[serde(flatten)]
+    pub count: Counted,
     pub distinct_ips: u64,
 }
 
 /// The top networks of a range (`prefix4`, `prefix6`).
 #[derive(Serialize)]
 pub struct NetworkTopView {
+    #[serde(flatten)]
+    pub exactness: Exactness,
     pub window: WindowView,
     pub total_requests: u64,
     pub distinct_ips: usize,
@@ -69,8 +147,10 @@ impl NetworkTopView {
         distinct_ips: usize,
         grouping: Grouping,
         (top, distinct_networks): (Vec<NetworkCount>, usize),
+        exactness: Exactness,
     ) -> Self {
         NetworkTopView {
+            exactness,
             window,
             total_requests,
             distinct_ips,
@@ -81,7 +161,7 @@ impl NetworkTopView {
                 .into_iter()
                 .map(|t| NetworkItem {
                     network: t.network.to_string(),
-                    count: t.count,
+                    count: exactness.counted(t.count),
                     distinct_ips: t.distinct_ips,
                 })
                 .collect(),
@@ -91,6 +171,8 @@ impl NetworkTopView {
 
 #[derive(Serialize)]
 pub struct TopView {
+    #[serde(flatten)]
+    pub exactness: Exactness,
     pub window: WindowView,
     pub total_requests: u64,
     pub distinct_ips: usize,
@@ -104,17 +186,16 @@ impl TopView {
         total_requests: u64,
         distinct_ips: usize,
         top: &[(IpKey, u64)],
+        exactness: Exactness,
     ) -> Self {
         TopView {
+            exactness,
             window,
             total_requests,
             distinct_ips,
             top: top
                 .iter()
-                .map(|(ip, count)| IpCount {
-                    ip: ip.to_string(),
-                    count: *count,
-                })
+                .map(|(ip, lower)| IpCount::new(*ip, *lower, &exactness))
                 .collect(),
         }
     }
@@ -126,6 +207,7 @@ impl TopView {
             snapshot.total_requests,
             snapshot.distinct_ips,
             &snapshot.top.first(n),
+            Exactness::of_window(snapshot),
         )
     }
 }
@@ -139,8 +221,11 @@ pub struct PaneCount {
 
 #[derive(Serialize)]
 pub struct IpView {
+    #[serde(flatten)]
+    pub exactness: Exactness,
     pub ip: String,
-    pub count: u64,
+    #[serde(flatten)]
+    pub count: Counted,
     pub window: WindowView,
     pub panes: Vec<PaneCount>,
 }

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::vocab::{IpKey, Network};
 use crate::window::{Pane, top_k};
 
+pub mod bounded;
 mod cache;
 pub use cache::MergeCache;
 
@@ -31,7 +32,7 @@ impl Range {
     }
 
     /// The panes of `kept` (oldest first) inside the range.
-    pub fn panes<'a>(&self, kept: &'a [Arc<Pane>]) -> impl Iterator<Item = &'a Arc<Pane>> {
+    pub fn panes<'a>(&self, kept: &'a [Arc<Pane>]) -> impl Iterator<Item = &'a Arc<Pane>> + Clone {
         let (start, end) = (self.start, self.end);
         kept.iter()
             .filter(move |p| p.start >= start && p.end <= end)

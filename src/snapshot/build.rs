@@ -203,6 +203,7 @@ impl Builder {
             self.consumed_at_last_publish = totals.records_consumed;
         }
         let records_per_second = self.rate;
+        let distinct = window.distinct();
 
         let panes: Vec<Arc<Pane>> = window.panes().cloned().collect();
         let window_end = panes.last().map_or(wall, |p| p.end);
@@ -214,7 +215,7 @@ impl Builder {
             at: window_end,
             records_per_second,
             window_requests: window.requests(),
-            distinct_ips: window.distinct_ips(),
+            distinct_ips: distinct.count as usize,
         };
         match self.history.back_mut() {
             Some(newest) if newest.at >= window_end => {
@@ -254,7 +255,9 @@ impl Builder {
             window_length: self.window_length,
             slide: self.slide,
             total_requests: window.requests(),
-            distinct_ips: window.distinct_ips(),
+            distinct_ips: distinct.count as usize,
+            distinct_estimated: distinct.estimated,
+            error_bound: window.error_bound(),
             top: window.top_list(MAX_TOP_N, SORTED_TOP_N),
             panes,
             retained,

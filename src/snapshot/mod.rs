@@ -35,6 +35,11 @@ pub struct Snapshot {
     pub slide: Duration,
     pub total_requests: u64,
     pub distinct_ips: usize,
+    /// `distinct_ips` is an estimate (a pane of the window is summarized).
+    pub distinct_estimated: bool,
+    /// The most any count of the window may lack: 0 while every pane in it
+    /// is exact. `top` holds lower bounds.
+    pub error_bound: u64,
     /// The most frequent IPs, up to `MAX_TOP_N` (config): count descending,
     /// then IP ascending (the first `SORTED_TOP_N` pre-sorted).
     pub top: TopList,
@@ -79,6 +84,8 @@ impl Snapshot {
             slide,
             total_requests: 0,
             distinct_ips: 0,
+            distinct_estimated: false,
+            error_bound: 0,
             top: TopList::default(),
             panes: Vec::new(),
             retained: Vec::new(),

@@ -15,7 +15,7 @@ use anyhow::Context;
 
 use crate::config::{ConfigError, CountArgs, Input, MAX_TOP_N};
 use crate::count::Tally;
-use crate::http::views::{NetworkTopView, TopView, WindowView};
+use crate::http::views::{Exactness, NetworkTopView, TopView, WindowView};
 use crate::input::hint::Hint;
 use crate::input::parse::{ClientField, Parser};
 use crate::query::{Grouping, top_networks};
@@ -258,11 +258,18 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
             counted.counts.len(),
             grouping,
             top,
+            Exactness::EXACT,
         );
         serde_json::to_writer(&mut stdout, &out)?;
     } else {
         let top = top_k(counted.counts.iter().collect(), args.n);
-        let out = TopView::new(window, counted.requests, counted.counts.len(), &top);
+        let out = TopView::new(
+            window,
+            counted.requests,
+            counted.counts.len(),
+            &top,
+            Exactness::EXACT,
+        );
         serde_json::to_writer(&mut stdout, &out)?;
     }
     writeln!(stdout)?;
