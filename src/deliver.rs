@@ -217,18 +217,24 @@ struct AlertText<'a> {
     severity: &'a str,
     description: &'a str,
     value: u64,
+    /// When a pane of the window is summarized: the most the count may be.
+    upper: Option<u64>,
     threshold: u64,
 }
 
 impl AlertText<'_> {
     fn am(&self, starts_at: SystemTime, ends_at: Option<SystemTime>) -> AmAlert {
+        let mut annotations = json!({
+            "description": self.description,
+            "value": self.value.to_string(),
+            "threshold": self.threshold.to_string(),
+        });
+        if let Some(upper) = self.upper {
+            annotations["upper"] = upper.to_string().into();
+        }
         AmAlert {
             labels: json!({"alertname": self.rule, "key": self.key, "severity": self.severity}),
-            annotations: json!({
-                "description": self.description,
-                "value": self.value.to_string(),
-                "threshold": self.threshold.to_string(),
-            }),
+            annotations,
             starts_at: rfc3339(starts_at),
             ends_at: ends_at.map(rfc3339),
         }
@@ -245,6 +251,7 @@ fn am_transition(t: &Transition) -> AmAlert {
         severity: &t.severity,
         description: &t.description,
         value: t.value,
+        upper: t.upper,
         threshold: t.threshold,
     };
     text.am(at, (t.state == State::Resolved).then_some(at))
@@ -257,6 +264,7 @@ fn am_firing(f: &Firing) -> AmAlert {
         severity: &f.severity,
         description: &f.description,
         value: f.value,
+        upper: f.upper,
         threshold: f.threshold,
     };
     text.am(f.since, None)

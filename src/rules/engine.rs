@@ -18,6 +18,7 @@ use super::file::{Key, Rule};
 use super::{AlertsView, Firing, SavedAlerts, SavedRule, State, Transition, WindowBounds};
 use crate::vocab::{IpKey, Network};
 use crate::window::Pane;
+use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
 
 /// Transitions kept for `/api/v1/alerts`.
 const RECENT_TRANSITIONS: usize = 1000;
@@ -35,39 +36,125 @@ struct Aggregate {
     above: FxHashSet<Network>,
     total: u64,
     included: Vec<Arc<Pane>>,
+    /// Included panes that are summarized, and the most any count of this
+    /// key kind may lack over them.
+    summarized: usize,
+    error: u64,
+}
+
+/// The key an address counts under; `None` for the other family.
+fn network_of(key: Key, ip: IpKey) -> Option<Network> {
+    match key {
+        Key::Ip => Some(Network::of(ip, 32, 128)),
+        Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
+        Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
+        _ => None,
+    }
+}
+
+/// The most a count by `key` may lack in `pane`: 0 when it is exact; the
+/// level's offset when the key is the level's (`ip`, `v4/24`, `v6/64`),
+/// else the residual of the level it is read from (its total minus its
+/// listed lower bounds), which bounds any key it does not list.
+fn pane_error(key: Key, pane: &Pane) -> u64 {
+    let Some(s) = pane.counts.summary() else {
+        return 0;
+    };
+    let (v4, bits, level, level_bits, full) = match key {
+        Key::Ip => return s.offset,
+        Key::V4(bits) => (true, bits, &s.v4, SUMMARY_PREFIX4, 32),
+        Key::V6(bits) => (false, bits, &s.v6, SUMMARY_PREFIX6, 128),
+    };
+    if bits == level_bits {
+        level.error_bound()
+    } else if bits < level_bits {
+        let listed: u64 = level.iter().map(|(_, b)| b.lower).sum();
+        level.total().saturating_sub(listed)
+    } else if bits == full {
+        s.offset
+    } else {
+        let listed: u64 = pane
+            .counts
+            .iter()
+            .filter(|(ip, _)| ip.is_v4() == v4)
+            .map(|(_, n)| u64::from(n))
+            .sum();
+        level.total().saturating_sub(listed)
+    }
+}
+
+/// Calls `f(key, count)` for the pane's counts (lower bounds in a
+/// summarized pane) by `key`. A summarized pane is read at its network level
+/// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
+/// rotating over a network no address summary lists still counts there.
+fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Network, u64)) {
+    let level = pane.counts.summary().and_then(|s| match key {
+        Key::V4(bits) if bits <= SUMMARY_PREFIX4 => Some(&s.v4),
+        Key::V6(bits) if bits <= SUMMARY_PREFIX6 => Some(&s.v6),
+        _ => None,
+    });
+    match level {
+        Some(summary) => {
+            for (network, bounds) in summary.iter() {
+                let (first, _) = network.bounds();
+                if let Some(network) = network_of(key, IpKey::from_bits(first)) {
+                    f(network, bounds.lower);
+                }
+            }
+        }
+        None => {
+            for (ip, n) in pane.counts.iter() {
+                if let Some(network) = network_of(key, ip) {
+                    f(network, u64::from(n));
+                }
+            }
+        }
+    }
 }
 
 impl Aggregate {
     fn network(&self, ip: IpKey) -> Option<Network> {
-        match self.key {
-            Key::Ip => Some(Network::of(ip, 32, 128)),
-            Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
-            Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
-            _ => None,
-        }
+        network_of(self.key, ip)
+    }
+
+    /// The upper bound of a key's count whose lower bound is `value`:
+    /// `None` while every included pane is exact.
+    fn upper(&self, value: u64) -> Option<u64> {
+        (self.summarized > 0).then(|| value + self.error)
     }
 
     fn apply(&mut self, pane: &Pane, add: bool) {
+        let error = pane_error(self.key, pane);
+        let summarized = usize::from(!pane.counts.is_exact());
         if add {
             self.total += pane.requests;
+            self.error += error;
+            self.summarized += summarized;
         } else {
             self.total = self.total.saturating_sub(pane.requests);
+            self.error = self.error.saturating_sub(error);
+            self.summarized = self.summarized.saturating_sub(summarized);
         }
-        for (ip, n) in pane.counts.iter() {
-            let Some(network) = self.network(ip) else {
-                continue;
-            };
+        let key = self.key;
+        for_each_lower(key, pane, |network, n| {
             if add {
-                self.add(network, u64::from(n));
+                self.add(network, n);
             } else {
-                self.subtract(network, u64::from(n));
+                self.subtract(network, n);
             }
-        }
+        });
     }
 
     /// `old` replaced by `new`, the same pane with more records in it: only
     /// the addresses whose count changed are touched.
     fn replace(&mut self, old: &Pane, new: &Pane) {
+        if !(old.counts.is_exact() && new.counts.is_exact()) {
+            // Summarized panes may be read at a network level: take the one
+            // out and put the other in whole.
+            self.apply(old, false);
+            self.apply(new, true);
+            return;
+        }
         self.total = (self.total + new.requests).saturating_sub(old.requests);
         old.counts
             .for_each_change(&new.counts, |ip, before, after| {
@@ -193,6 +280,7 @@ struct Retired {
     rule: Rule,
     key: Network,
     value: u64,
+    upper: Option<u64>,
     threshold: u64,
 }
 
@@ -241,10 +329,12 @@ impl Engine {
                 let threshold = rule.threshold.needed(aggregate.total).unwrap_or(u64::MAX);
                 for (key, s) in &state {
                     if let KeyState::Firing { .. } = s {
+                        let value = aggregate.counts.get(key).copied().unwrap_or(0);
                         self.retired.push(Retired {
                             rule: rule.clone(),
                             key: *key,
-                            value: aggregate.counts.get(key).copied().unwrap_or(0),
+                            value,
+                            upper: aggregate.upper(value),
                             threshold,
                         });
                     }
@@ -278,6 +368,8 @@ impl Engine {
                         above: FxHashSet::default(),
                         total: 0,
                         included: Vec::new(),
+                        summarized: 0,
+                        error: 0,
                     });
                     self.aggregates.len() - 1
                 }
@@ -326,7 +418,7 @@ impl Engine {
                     &r.rule,
                     r.key,
                     State::Resolved,
-                    r.value,
+                    (r.value, r.upper),
                     r.threshold,
                     window,
                     end,
@@ -365,7 +457,7 @@ impl Engine {
                         rule,
                         key,
                         State::Resolved,
-                        value,
+                        (value, aggregate.upper(value)),
                         threshold,
                         window,
                         end,
@@ -380,7 +472,8 @@ impl Engine {
                 };
                 let held = end.duration_since(since).unwrap_or_default() >= rule.hold_for;
                 if held && !resolved.contains_key(&key) {
-                    let t = transition(rule, key, State::Firing, value, threshold, window, end);
+                    let bounds = (value, aggregate.upper(value));
+                    let t = transition(rule, key, State::Firing, bounds, threshold, window, end);
                     let text = t.key.as_str().into();
                     states.insert(key, KeyState::Firing { since: end, text });
                     new.push(t);
@@ -501,10 +594,12 @@ impl Engine {
             let first = firing.len();
             for (key, state) in &self.states[r] {
                 if let KeyState::Firing { since, text } = state {
+                    let value = aggregate.counts.get(key).copied().unwrap_or(0);
                     firing.push(Firing {
                         rule: labels.name.clone(),
                         key: text.clone(),
-                        value: aggregate.counts.get(key).copied().unwrap_or(0),
+                        value,
+                        upper: aggregate.upper(value),
                         threshold,
                         since: *since,
                         block: rule.block,
@@ -560,7 +655,7 @@ fn transition(
     rule: &Rule,
     key: Network,
     state: State,
-    value: u64,
+    (value, upper): (u64, Option<u64>),
     threshold: u64,
     window: WindowBounds,
     at: SystemTime,
@@ -574,6 +669,7 @@ fn transition(
         key: key_text(key, rule.key),
         state,
         value,
+        upper,
         threshold,
         window,
         at,
@@ -615,6 +711,59 @@ mod tests {
             retention: S * 60,
         };
         Engine::new(parse(text, limits).expect("rules"), S)
+    }
+
+    /// A summarized pane: 4,000 addresses of one /64 once each, and ten
+    /// IPv4 addresses `heavy` times each, kept to 16 keys a level.
+    fn rotating(second: u64, heavy: u32) -> Arc<Pane> {
+        let mut counts = IpMap::default();
+        for host in 0..4000u128 {
+            counts.add(
+                IpKey::from_bits((0x2001_0db8_0000_0007u128 << 64) | host),
+                1,
+            );
+        }
+        for host in 0..10u32 {
+            counts.add(IpKey::from_v4_bits(0x0a00_0000 | host), heavy);
+        }
+        let exact = PaneCounts::from(&counts);
+        let summarized = exact.summarized(16);
+        assert!(!summarized.is_exact() && summarized.len() <= 16);
+        Arc::new(Pane {
+            counts: summarized,
+            requests: 4000 + 10 * u64::from(heavy),
+            ..Pane::clone(&pane(second, &[]))
+        })
+    }
+
+    #[test]
+    fn over_summarized_panes_rules_fire_on_the_lower_bound_and_report_the_upper() {
+        let mut e = engine(
+            "[[rule]]\nname = \"net\"\nkey = \"v6/64\"\nwindow = \"2s\"\nrequests = 6000\n\
+             [[rule]]\nname = \"addr\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 300\n",
+        );
+        let panes = [rotating(0, 100), rotating(1, 100)];
+        let fired = run(&mut e, &panes);
+        assert!(
+            fired.iter().any(|(_, rule, key, s)| rule == "net"
+                && key == "2001:db8:0:7::/64"
+                && *s == State::Firing),
+            "{fired:?}"
+        );
+        // Each address made 200 requests: an estimation error never makes 300.
+        assert!(
+            !fired.iter().any(|(_, rule, _, _)| rule == "addr"),
+            "{fired:?}"
+        );
+        let view = e.view();
+        let net = view
+            .firing
+            .iter()
+            .find(|f| &*f.rule == "net")
+            .expect("firing");
+        let upper = net.upper.expect("summarized panes report the upper bound");
+        assert!(net.value <= 8000 && 8000 <= upper, "{} {upper}", net.value);
+        assert!(net.value >= 6000);
     }
 
     /// Runs slides over `panes` (one per second) and returns every
@@ -862,6 +1011,8 @@ mod tests {
                 above: FxHashSet::default(),
                 total: 0,
                 included: Vec::new(),
+                summarized: 0,
+                error: 0,
             };
             let mut panes: std::collections::BTreeMap<u64, Arc<Pane>> = Default::default();
             for (second, records) in steps {

@@ -74,8 +74,13 @@ pub struct Transition {
     pub rule: String,
     pub key: String,
     pub state: State,
-    /// The key's count in the window.
+    /// The key's count in the window: its lower bound when a pane of the
+    /// window is summarized.
     pub value: u64,
+    /// The most the count may be when a pane of the window is summarized
+    /// (absent while every pane is exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<u64>,
     /// The count the rule needed at that slide.
     pub threshold: u64,
     pub window: WindowBounds,
@@ -94,7 +99,12 @@ pub struct Transition {
 pub struct Firing {
     pub rule: Arc<str>,
     pub key: Arc<str>,
+    /// The key's count: its lower bound when a pane is summarized (a rule
+    /// fires on the lower bound, never on an estimation error).
     pub value: u64,
+    /// The most the count may be, when a pane is summarized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<u64>,
     pub threshold: u64,
     #[serde(serialize_with = "time")]
     pub since: SystemTime,
