@@ -13,8 +13,6 @@
 //! bounds where they read counts; what a count may lack is
 //! [`PaneCounts::error_bound`].
 
-use rustc_hash::FxHashMap;
-
 use super::distinct::Distinct;
 use super::summary::{Bounds, Summary};
 use super::table::{IpMap, SortedCounts};
@@ -61,15 +59,41 @@ pub struct DistinctCount {
     pub estimated: bool,
 }
 
-/// An exact pane's networks at the summary levels.
-fn network_counts(lowers: &SortedCounts) -> (FxHashMap<Network, u64>, FxHashMap<Network, u64>) {
-    let (mut v4, mut v6) = (FxHashMap::default(), FxHashMap::default());
-    for (ip, n) in lowers.iter() {
+/// One family's networks at its summary level, in order, from addresses in
+/// order: the addresses of a network are one run, so no table is needed.
+#[derive(Clone)]
+struct Networks<I: Iterator<Item = (IpKey, u32)> + Clone> {
+    addresses: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = (IpKey, u32)> + Clone> Iterator for Networks<I> {
+    type Item = (Network, u64);
+
+    fn next(&mut self) -> Option<(Network, u64)> {
+        let (ip, n) = self.addresses.next()?;
         let network = Network::of(ip, SUMMARY_PREFIX4, SUMMARY_PREFIX6);
-        let level = if ip.is_v4() { &mut v4 } else { &mut v6 };
-        *level.entry(network).or_insert(0) += u64::from(n);
+        let mut count = u64::from(n);
+        while let Some((_, n)) = self
+            .addresses
+            .next_if(|(next, _)| network.contains(*next) && next.is_v4() == ip.is_v4())
+        {
+            count += u64::from(n);
+        }
+        Some((network, count))
     }
-    (v4, v6)
+}
+
+/// The networks of one family (`v4`) at its summary level, in order.
+fn networks(
+    lowers: &SortedCounts,
+    v4: bool,
+) -> Networks<impl Iterator<Item = (IpKey, u32)> + Clone + '_> {
+    Networks {
+        addresses: lowers
+            .iter()
+            .filter(move |(ip, _)| ip.is_v4() == v4)
+            .peekable(),
+    }
 }
 
 /// Lower bounds as a pane stores them (a pane never holds 4 billion
@@ -173,7 +197,7 @@ impl PaneCounts {
     }
 
     /// In address order, IPv4 first (lower bounds in a summarized pane).
-    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + Clone + '_ {
         self.lowers.iter()
     }
 
@@ -208,10 +232,11 @@ impl PaneCounts {
                 };
             }
             None => {
-                let (v4, v6) = network_counts(&self.lowers);
+                // Built from the sorted arrays in passes, holding no more
+                // than a number per key on the way.
                 let mut distinct = Distinct::default();
                 self.add_distinct_to(&mut distinct);
-                let addresses = Summary::of_counts(
+                let addresses = Summary::of_sorted(
                     self.lowers.iter().map(|(ip, n)| (ip, u64::from(n))),
                     capacity,
                 );
@@ -221,8 +246,8 @@ impl PaneCounts {
                         offset: 0,
                         total: 0,
                         capacity,
-                        v4: Summary::of_counts(v4, capacity),
-                        v6: Summary::of_counts(v6, capacity),
+                        v4: Summary::of_sorted(networks(&self.lowers, true), capacity),
+                        v6: Summary::of_sorted(networks(&self.lowers, false), capacity),
                         distinct,
                     },
                 )

@@ -380,8 +380,13 @@ impl Window {
                 &mut self.retained[at - self.panes.len()]
             };
             let summarized = Arc::new(Pane {
+                seq: slot.seq,
+                start: slot.start,
+                end: slot.end,
                 counts: slot.counts.summarized(capacity),
-                ..Pane::clone(slot)
+                requests: slot.requests,
+                skipped: slot.skipped,
+                ranges: slot.ranges.clone(),
             });
             let old = std::mem::replace(slot, summarized.clone());
             self.pane_bytes = self.pane_bytes - old.counts.bytes() + summarized.counts.bytes();

@@ -69,6 +69,36 @@ impl<K: Ord + Copy> Summary<K> {
         summary
     }
 
+    /// A summary of exact counts that come in key order, each key once,
+    /// built without holding more than one number per key: the cut is
+    /// chosen among the counts alone, then only the keys above it are kept
+    /// (what [`Summary::of_counts`] keeps, with less memory on the way).
+    pub fn of_sorted<I>(counts: I, capacity: usize) -> Self
+    where
+        I: Iterator<Item = (K, u64)> + Clone,
+    {
+        let capacity = capacity.max(1);
+        let mut values: Vec<u64> = counts.clone().map(|(_, n)| n).filter(|n| *n > 0).collect();
+        let total = values.iter().sum();
+        let cut = if values.len() > capacity {
+            *values.select_nth_unstable_by(capacity, |a, b| b.cmp(a)).1
+        } else {
+            0
+        };
+        drop(values);
+        let items: Vec<(K, u64)> = counts
+            .filter(|(_, n)| *n > cut)
+            .map(|(key, n)| (key, n - cut))
+            .collect();
+        debug_assert!(items.windows(2).all(|w| w[0].0 < w[1].0), "keys in order");
+        Summary {
+            items,
+            offset: cut,
+            total,
+            capacity,
+        }
+    }
+
     /// A summary of lower bounds that may lack up to `offset` each (as a
     /// summary with room for at least `capacity` keys left them), of
     /// `total` counts in all.
@@ -155,6 +185,7 @@ impl<K: Ord + Copy> Summary<K> {
     /// while more than `capacity` keys are listed.
     fn reduce(&mut self) {
         if self.items.len() <= self.capacity {
+            self.items.shrink_to_fit();
             return;
         }
         let mut counts: Vec<u64> = self.items.iter().map(|e| e.1).collect();
@@ -164,6 +195,8 @@ impl<K: Ord + Copy> Summary<K> {
             item.1 -= cut.min(item.1);
         }
         self.items.retain(|e| e.1 > 0);
+        // What a summary holds is what it costs: not the keys it was built from.
+        self.items.shrink_to_fit();
         self.offset += cut;
     }
 
@@ -309,6 +342,17 @@ mod tests {
         }
 
         #[test]
+        fn a_summary_of_ordered_counts_is_the_summary_of_the_same_counts(
+            keys in prop::collection::vec(0u16..300, 0..2000),
+            capacity in 1usize..64,
+        ) {
+            let truth = exact(&keys);
+            let ordered = Summary::of_sorted(truth.iter().map(|(k, n)| (*k, *n)), capacity);
+            prop_assert_eq!(&ordered, &Summary::of_counts(truth.iter().map(|(k, n)| (*k, *n)), capacity));
+            holds(&ordered, &truth)?;
+        }
+
+        #[test]
         fn below_the_capacity_a_summary_is_the_exact_count(
             keys in prop::collection::vec(0u16..40, 0..500),
         ) {
@@ -336,6 +380,11 @@ mod tests {
             assert!(b.lower <= truth && truth <= b.upper, "{key} {b:?}");
         }
         assert!(summary.error_bound() <= 1700 / 11);
+        assert!(
+            summary.bytes() <= std::mem::size_of::<Summary<u16>>() + 10 * 16,
+            "a summary keeps no room for the keys it dropped: {} bytes",
+            summary.bytes()
+        );
         assert_eq!(
             Bounds {
                 lower: 10,

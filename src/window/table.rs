@@ -153,7 +153,7 @@ impl SortedCounts {
     }
 
     /// In address order, IPv4 first.
-    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (IpKey, u32)> + Clone + '_ {
         let v4 = self.v4.iter().map(|&(a, n)| (IpKey::from_v4_bits(a), n));
         let v6 = self.v6.iter().zip(self.v6_counts.iter());
         v4.chain(v6.map(|(&a, &n)| (IpKey::from_bits(a), n)))
