@@ -72,10 +72,11 @@ function keyOf(entry) {
 
 function renderTop(top) {
   const grouped = top.prefix4 !== undefined;
-  $("top-title").textContent = grouped ? "Top networks" : "Top IPs";
+  $("top-title").textContent = (grouped ? "Top networks" : "Top IPs") +
+    (top.exact === false ? ` (estimates ± ${fmt.format(top.error_bound)}: memory budget reached)` : "");
   $("top-key").textContent = grouped ? "Network" : "IP";
   $("total").textContent = fmt.format(top.total_requests);
-  $("distinct").textContent = fmt.format(top.distinct_ips);
+  $("distinct").textContent = (top.distinct_ips_estimated ? "≈ " : "") + fmt.format(top.distinct_ips);
   $("window-start").textContent = new Date(top.window.start).toLocaleTimeString();
   $("window-end").textContent = new Date(top.window.end).toLocaleTimeString();
   $("window-length").textContent = duration(top.window.length_seconds);
@@ -102,7 +103,7 @@ function renderTop(top) {
       keyCell.appendChild(el("span", ` ⚑ ${alert.rule}`, "flag"));
     }
     row.appendChild(keyCell);
-    row.appendChild(el("td", fmt.format(entry.count), "num"));
+    row.appendChild(countCell(entry));
     const share = el("td", undefined, "share");
     share.appendChild(bar(entry.count / max));
     const pct = top.total_requests ? (100 * entry.count / top.total_requests).toFixed(1) + " %" : "–";
@@ -111,6 +112,22 @@ function renderTop(top) {
     return row;
   }));
   renderTopChart(top.top.slice(0, 10));
+}
+
+// A count as the answer gives it: exact, or "≈ estimate ± half its bounds"
+// with the bounds in the title, when a summarized pane was read.
+function countText(entry) {
+  if (entry.lower === undefined || entry.upper === undefined) return fmt.format(entry.count);
+  return `≈ ${fmt.format(entry.count)} ± ${fmt.format(Math.ceil((entry.upper - entry.lower) / 2))}`;
+}
+
+function countCell(entry) {
+  const cell = el("td", countText(entry), "num");
+  if (entry.lower !== undefined) {
+    cell.classList.add("estimate");
+    cell.title = `between ${fmt.format(entry.lower)} and ${fmt.format(entry.upper)}`;
+  }
+  return cell;
 }
 
 function renderTopChart(entries) {
@@ -297,7 +314,7 @@ async function loadIpHistory(ip) {
 function renderIpHistory(detail) {
   $("ip-history").hidden = false;
   $("ip-history-ip").textContent = detail.ip;
-  $("ip-history-count").textContent = fmt.format(detail.count);
+  $("ip-history-count").textContent = countText(detail);
   const chart = $("ip-history-chart");
   const panes = detail.panes;
   const width = 300;
@@ -327,7 +344,7 @@ async function loadMembers(network) {
     const detail = await getJson(`/api/v1/networks/${encodeURIComponent(network)}${q ? q + "&" : "?"}n=25`);
     $("net-members").hidden = false;
     $("net-members-net").textContent = detail.network;
-    $("net-members-count").textContent = fmt.format(detail.count);
+    $("net-members-count").textContent = countText(detail);
     $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
     $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
       const row = el("tr");
@@ -338,7 +355,7 @@ async function loadMembers(network) {
       button.title = "show this IP's history";
       cell.appendChild(button);
       row.appendChild(cell);
-      row.appendChild(el("td", fmt.format(entry.count), "num"));
+      row.appendChild(countCell(entry));
       return row;
     }));
   } catch (error) {

@@ -262,35 +262,35 @@ pub fn grouping(asked: &Asked<'_>) -> Result<Option<Grouping>, Problem> {
 
 #[derive(Serialize)]
 struct AddressTopView {
-    #[serde(flatten)]
-    exactness: Exactness,
     window: WindowView,
     total_requests: u64,
     distinct_ips: usize,
     top: Vec<IpCount>,
+    #[serde(flatten)]
+    exactness: Exactness,
 }
 
 #[derive(Serialize)]
 struct NetworkView {
-    #[serde(flatten)]
-    exactness: Exactness,
     network: String,
     window: WindowView,
     #[serde(flatten)]
     count: Counted,
     distinct_ips: u64,
     top: Vec<IpCount>,
+    #[serde(flatten)]
+    exactness: Exactness,
 }
 
 #[derive(Serialize)]
 struct IpRangeView {
-    #[serde(flatten)]
-    exactness: Exactness,
     ip: String,
     #[serde(flatten)]
     count: Counted,
     window: WindowView,
     panes: Vec<PaneCount>,
+    #[serde(flatten)]
+    exactness: Exactness,
 }
 
 fn ip_counts(top: Vec<(IpKey, u64)>, exactness: &Exactness) -> Vec<IpCount> {

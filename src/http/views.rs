@@ -129,8 +129,6 @@ pub struct NetworkItem {
 /// The top networks of a range (`prefix4`, `prefix6`).
 #[derive(Serialize)]
 pub struct NetworkTopView {
-    #[serde(flatten)]
-    pub exactness: Exactness,
     pub window: WindowView,
     pub total_requests: u64,
     pub distinct_ips: usize,
@@ -138,6 +136,8 @@ pub struct NetworkTopView {
     pub prefix6: u8,
     pub distinct_networks: usize,
     pub top: Vec<NetworkItem>,
+    #[serde(flatten)]
+    pub exactness: Exactness,
 }
 
 impl NetworkTopView {
@@ -171,12 +171,12 @@ impl NetworkTopView {
 
 #[derive(Serialize)]
 pub struct TopView {
-    #[serde(flatten)]
-    pub exactness: Exactness,
     pub window: WindowView,
     pub total_requests: u64,
     pub distinct_ips: usize,
     pub top: Vec<IpCount>,
+    #[serde(flatten)]
+    pub exactness: Exactness,
 }
 
 impl TopView {
@@ -221,13 +221,13 @@ pub struct PaneCount {
 
 #[derive(Serialize)]
 pub struct IpView {
-    #[serde(flatten)]
-    pub exactness: Exactness,
     pub ip: String,
     #[serde(flatten)]
     pub count: Counted,
     pub window: WindowView,
     pub panes: Vec<PaneCount>,
+    #[serde(flatten)]
+    pub exactness: Exactness,
 }
 
 #[derive(Serialize)]
