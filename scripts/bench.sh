@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,query
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,hostile,query
 #   runs only those sections. BENCH_BASELINE=/path/to/an/older/ipstats adds its rows beside
 #   ipstats' own in the ingest and file sections, alternated round by round ("baseline …"):
 #   old and new binaries side by side on the same data. Results go to bench-results/
@@ -66,7 +66,10 @@ for i in $(seq 0 99); do
     "$i" "${keys[i % 3]}" "${windows[i % 2]}" $((200 + 10 * i)) "$([ $((i % 2)) = 0 ] && echo true || echo false)"
 done >"$RULES_FILE"
 
-ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,query}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query}
+# A budget the ingest corpus outgrows, so that the "summarizing" row counts
+# with summarized panes: the least the shape can run in, plus a little.
+SUMMARIZING_LIMIT=${BENCH_SUMMARIZING_LIMIT:-32MiB}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -160,6 +163,7 @@ ipstats_round() {
     sse) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000) ;;
     arrival) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --time-source arrival) ;;
     rules) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --rules "$RULES_FILE") ;;
+    budget) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --memory-limit "$SUMMARIZING_LIMIT") ;;
     *) pid=$(start_ipstats "$TOPIC" "$port" "$dir") ;;
   esac
   if [ "${3:-}" = wrk ] || [ "${3:-}" = sse ]; then
@@ -190,6 +194,12 @@ ipstats_round() {
     wait "$sse_pid" || true
     record "$(printf '{"row":"healthz with 1000 event streams","round":%d,"max_ms":%s}' "$round" "$healthz")"
     log "event streams round $round: $(tail -1 "$OUT/sse.txt"); slowest of 20 /healthz ${healthz} ms"
+  fi
+  if [ "${3:-}" = budget ]; then
+    local summarized
+    summarized=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ipstats_panes_summarized / { print $2 }')
+    [ "${summarized:-0}" != 0 ] || log "WARNING: $name round $round summarized no pane (raise the corpus or lower SUMMARIZING_LIMIT)"
+    record "$(printf '{"row":"panes summarized","round":%d,"panes":%d}' "$round" "${summarized:-0}")"
   fi
   cpu=$(proc_cpu_s "$pid")
   hwm=$(proc_hwm_kib "$pid")
@@ -235,6 +245,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ipstats_round "ipstats by arrival time" "$round" arrival
     [ -z "${BENCH_BASELINE:-}" ] ||
       RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats by arrival time" "$round" arrival
+    ipstats_round "ipstats summarizing (budget reached)" "$round" budget
     ipstats_round "ipstats with 100 rules" "$round" rules
     [ -z "${BENCH_BASELINE:-}" ] ||
       RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats with 100 rules" "$round" rules
@@ -323,6 +334,59 @@ section file && for round in $(seq 1 "$ROUNDS"); do
   time_cmd "ipstats count clf" "$round" "$BIN" count --format clf "$CLF_DATA" -n 100
   time_cmd "ipstats count envelope" "$round" "$BIN" count --format clf --envelope message "$ENVELOPE_DATA" -n 100
 done
+
+# ---- the memory budget on hostile traffic ---------------------------------------------
+# HOSTILE_LINES requests, every 100th from one of five heavy IPv4 addresses,
+# every 50th from a new host of one rotating /64, the rest each from a new
+# IPv6 address in a /64 of its own; counted with a budget and without,
+# alternating rounds. Peak resident memory is the row's point.
+HOSTILE_LINES=$((LINES < 3000000 ? LINES : 3000000))
+HOSTILE_LIMIT=${BENCH_HOSTILE_LIMIT:-64MiB}
+hostile_topic() {
+  local topic="bench-hostile-$HOSTILE_LINES"
+  if [ "$(topic_size "$topic")" != "$HOSTILE_LINES" ]; then
+    scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$topic" >/dev/null 2>&1 || true
+    scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --create --topic "$topic" \
+      --partitions "$PARTITIONS" >/dev/null
+    python3 - "$HOSTILE_LINES" <<'PY' | kcat -P -b "$BROKERS" -t "$topic" -z lz4
+import sys
+heavy = ["10.9.9.1", "10.9.9.2", "10.9.9.3", "10.9.9.4", "10.9.9.5"]
+out = sys.stdout
+for i in range(int(sys.argv[1])):
+    if i % 100 == 0:
+        ip = heavy[i // 100 % 5]
+    elif i % 50 == 1:
+        ip = "2001:db8:ffff:1::%x" % (i // 50)
+    else:
+        ip = "2001:db8:%x:%x::1" % (i >> 16, i & 0xffff)
+    out.write('{"client_real_ip":"%s","request":"GET / HTTP/1.1"}\n' % ip)
+PY
+  fi
+  echo "$topic"
+}
+hostile_rows() {
+  local topic port dir pid name limit
+  topic=$(hostile_topic)
+  for round in $(seq 1 "$ROUNDS"); do
+    for limit in "$HOSTILE_LIMIT" 64GiB; do
+      name="hostile, --memory-limit $limit"
+      port=$(free_port)
+      dir=$(mktemp -d)
+      pid=$(start_ipstats "$topic" "$port" "$dir" --time-source arrival --batch 1s --slide 1s \
+        --window 600s --memory-limit "$limit")
+      wait_consumed "$port" "$HOSTILE_LINES" "$pid" >/dev/null
+      local state hwm
+      state=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ipstats_state_bytes / { print $2 }')
+      hwm=$(proc_hwm_kib "$pid")
+      stop_ipstats "$pid"
+      rm -rf "$dir"
+      record "$(printf '{"row":"%s","round":%d,"records":%d,"state_bytes":%d,"peak_rss_kib":%d}' \
+        "$name" "$round" "$HOSTILE_LINES" "${state:-0}" "$hwm")"
+      log "$name round $round: state ${state} bytes, peak ${hwm} KiB"
+    done
+  done
+}
+if section hostile; then hostile_rows; fi
 
 # ---- memory per distinct IP ----------------------------------------------------------
 # memory_topic TOPIC IPS SEED: MEM_LINES lines from IPS uniformly drawn addresses.
@@ -418,7 +482,7 @@ if section query; then query_rows; fi
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
+NAMES = ["kcat", "ipstats", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -454,6 +518,13 @@ ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1
 ratio("ipstats count / GoAccess records/s on CLF (combined)", "ipstats count clf", "goaccess clf", rate, 1)
 ratio("ipstats count / wc -l on the JSON file, wall time", "wc -l", "ipstats count", rate, 2)
 
+for name in sorted({r["row"] for r in rows if r.get("row", "").startswith("hostile")}):
+    print(f"{name}: counting state {median(name, 'state_bytes') / 2**20:.1f} MiB, "
+          f"peak resident {median(name, 'peak_rss_kib') / 1024:.0f} MiB (medians)")
+summarized = [r["panes"] for r in rows if r.get("row") == "panes summarized"]
+if summarized:
+    print(f"panes summarized at the end of the summarizing rounds: {summarized}")
+
 # Budgets: each a ratio or a latency measured in this run, against its bound.
 budgets = []
 def budget(text, value, ok):
@@ -466,6 +537,7 @@ for text, a, b, least, digits in [
     ("ipstats end to end >= 1.0x kcat (records/s)", "ipstats", "kcat", 1.0, 2),
     ("event time >= 0.9x arrival time", "ipstats", "ipstats by arrival time", 0.9, 2),
     ("100 rules >= 0.95x none", "ipstats with 100 rules", "ipstats", 0.95, 2),
+    ("summarizing (memory budget reached) >= 0.9x exact", "ipstats summarizing (budget reached)", "ipstats", 0.9, 2),
     ("1,000 event streams (n=100) cost <= 5% of ingest", "ipstats with 1000 event streams", "ipstats", 0.95, 2),
     ("CLF lines >= 0.8x the JSON rate (ipstats count)", "ipstats count clf", "ipstats count", 0.8, 2),
     ("CLF in an envelope >= 0.8x the JSON rate (ipstats count)", "ipstats count envelope", "ipstats count", 0.8, 2),
