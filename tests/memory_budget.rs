@@ -25,6 +25,8 @@ const ROTATING: &str = "2001:db8:ffff:1::/64";
 const ROTATING_HOSTS: u64 = 30_000;
 const BUDGET: &str = "24MiB";
 const BUDGET_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
+/// Lines of the corpus that measure the process's fixed overhead.
+const SMALL: usize = 20_000;
 
 /// The corpus: every 100th line a heavy IPv4 address (in turn), every
 /// 50th (offset 1) a new host of the rotating /64, the rest one request
@@ -106,10 +108,26 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
         return;
     };
     let topic = common::create_topic(&cluster, "budget", 2);
+    let small = common::create_topic(&cluster, "budget-small", 2);
     let lines = corpus();
     common::kcat_produce_spread(&cluster.brokers, &topic, 2, &lines);
+    common::kcat_produce_spread(&cluster.brokers, &small, 2, &lines[..SMALL]);
     let total = lines.len() as u64;
     drop(lines);
+
+    // The process's fixed overhead: its peak over a corpus too small to
+    // matter, plus the buffers a large one fills whatever its addresses:
+    // what librdkafka may prefetch (16 MiB per partition queue) and the
+    // chunks of lines on their way to the counting thread (ten of 1 MiB),
+    // and the allocator's slack (freed memory it keeps, more of it when
+    // threads interleave on a busy machine: 64 MiB). Far less than what the
+    // exact count of the corpus takes, which the next assertion checks too.
+    let dir = tempfile_dir("budget-small");
+    let baseline = start(&cluster, &small, &common::unique("small"), &dir, BUDGET);
+    wait_all_counted(baseline.addr, SMALL as u64, Duration::from_secs(120));
+    let mib = 1024.0 * 1024.0;
+    let overhead = peak_rss_bytes(&baseline) + 2.0 * 16.0 * mib + 10.0 * mib + 64.0 * mib;
+    baseline.terminate(Duration::from_secs(60));
 
     // Without a budget first: the exact state of the same corpus.
     let dir = tempfile_dir("budget-exact");
@@ -122,6 +140,10 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
     assert!(
         exact_state > 2.0 * BUDGET_BYTES,
         "the corpus must outgrow the budget: {exact_state} bytes exact"
+    );
+    assert!(
+        exact_peak > BUDGET_BYTES + overhead,
+        "the bound below must tell a bounded count from an exact one: {exact_peak} exact, {overhead} overhead"
     );
 
     let dir = tempfile_dir("budget-limited");
@@ -150,6 +172,10 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
     assert!(
         peak < exact_peak,
         "peak resident memory {peak} under the budget, {exact_peak} without"
+    );
+    assert!(
+        peak <= BUDGET_BYTES + overhead,
+        "peak resident memory {peak} over the budget plus the fixed overhead {overhead}"
     );
 
     // The heavy hitters first, each true count within its bounds.

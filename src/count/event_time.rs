@@ -5,6 +5,7 @@
 //! late, per partition, never dropped silently. Records further ahead of the
 //! wall clock than `--max-future` are skipped as `future_time`.
 
+use super::{OpenLimit, bound, close};
 use crate::vocab::{IpKey, SkipCounts, SkipReason};
 use crate::window::{IpMap, PaneCounts};
 
@@ -44,6 +45,10 @@ pub struct EventTally {
     /// The first pane index still open; `None` before the window has an end.
     floor: Option<i64>,
     open: Vec<(i64, IpMap<u32>, u64)>,
+    /// What each open pane counted before its table was folded, parallel
+    /// to `open`.
+    folded: Vec<Option<PaneCounts>>,
+    limit: OpenLimit,
     /// Where the last record went: consecutive lines share a pane.
     last: usize,
     /// Emptied maps, reused.
@@ -59,11 +64,26 @@ impl EventTally {
             config,
             floor: None,
             open: Vec::new(),
+            folded: Vec::new(),
+            limit: OpenLimit::NONE,
             last: 0,
             spare: Vec::new(),
             late: Vec::new(),
             newest: Vec::new(),
             skipped: SkipCounts::default(),
+        }
+    }
+
+    /// Open panes summarized past `limit` (`--memory-limit`).
+    pub fn with_limit(mut self, limit: OpenLimit) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Folds the open panes that hold more addresses than the limit allows.
+    pub fn bound(&mut self) {
+        for ((_, map, _), folded) in self.open.iter_mut().zip(&mut self.folded) {
+            bound(map, folded, self.limit);
         }
     }
 
@@ -98,6 +118,7 @@ impl EventTally {
                 None => {
                     let map = self.spare.pop().unwrap_or_default();
                     self.open.push((index, map, 0));
+                    self.folded.push(None);
                     self.open.len() - 1
                 }
             },
@@ -110,14 +131,14 @@ impl EventTally {
 
     /// Everything counted since the last call, panes by index.
     pub fn take(&mut self) -> EventBatch {
-        self.open.sort_unstable_by_key(|(i, _, _)| *i);
-        let panes = self
-            .open
-            .drain(..)
-            .map(|(index, mut counts, requests)| {
+        let mut open: Vec<_> = self.open.drain(..).zip(self.folded.drain(..)).collect();
+        open.sort_unstable_by_key(|((i, _, _), _)| *i);
+        let panes = open
+            .into_iter()
+            .map(|((index, mut counts, requests), folded)| {
                 let pane = EventPane {
                     index,
-                    counts: PaneCounts::from(&counts),
+                    counts: close(&counts, folded),
                     requests,
                 };
                 counts.clear();

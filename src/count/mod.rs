@@ -66,6 +66,46 @@ pub struct TakenPane {
     pub event: Option<EventBatch>,
 }
 
+/// How many addresses an open pane may hold before what it counted so far
+/// is summarized (`--memory-limit`), and the keys a summary keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenLimit {
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+impl OpenLimit {
+    /// Never summarized.
+    pub const NONE: OpenLimit = OpenLimit {
+        entries: usize::MAX,
+        capacity: usize::MAX,
+    };
+}
+
+/// Folds what `map` counted into `partial` when it holds more than the
+/// limit allows (checked once a chunk, so it may pass it by a chunk's
+/// lines): the open pane's memory stays bounded whatever arrives.
+pub(crate) fn bound(map: &mut IpMap<u32>, partial: &mut Option<PaneCounts>, limit: OpenLimit) {
+    if map.len() <= limit.entries {
+        return;
+    }
+    let folded = PaneCounts::from(&*map).summarized(limit.capacity);
+    map.clear();
+    *partial = Some(match partial.take() {
+        Some(earlier) => earlier.merged(&folded),
+        None => folded,
+    });
+}
+
+/// The open pane's counts when it closes: what was folded, and the rest.
+pub(crate) fn close(map: &IpMap<u32>, partial: Option<PaneCounts>) -> PaneCounts {
+    let rest = PaneCounts::from(map);
+    match partial {
+        Some(folded) => folded.merged(&rest),
+        None => rest,
+    }
+}
+
 /// Which time puts a record in a pane, as the counting thread sees it.
 #[derive(Clone, Copy, Debug)]
 pub enum PaneTime {
@@ -144,6 +184,7 @@ impl CountingThread {
         field: ClientField,
         max_line_bytes: usize,
         time: PaneTime,
+        limit: OpenLimit,
     ) -> std::io::Result<Self> {
         let (work_tx, work_rx) = sync_channel::<Work>(QUEUE_CHUNKS);
         let (pane_tx, panes) = sync_channel::<TakenPane>(1);
@@ -152,18 +193,27 @@ impl CountingThread {
         let kafka_time = matches!(time, PaneTime::Kafka(_));
         let mut event = match time {
             PaneTime::Arrival => None,
-            PaneTime::Line(config) | PaneTime::Kafka(config) => Some(EventTally::new(config)),
+            PaneTime::Line(config) | PaneTime::Kafka(config) => {
+                Some(EventTally::new(config).with_limit(limit))
+            }
         };
         let thread = std::thread::Builder::new()
             .name("counter".into())
             .spawn(move || {
                 let mut open = Tally::<u32>::default();
+                let mut folded: Option<PaneCounts> = None;
                 for work in work_rx {
                     match work {
                         Work::Lines(mut chunk) => {
                             match event.as_mut() {
-                                None => count_chunk(&mut parser, &chunk, &mut open),
-                                Some(tally) => count_by_time(&mut parser, &chunk, tally),
+                                None => {
+                                    count_chunk(&mut parser, &chunk, &mut open);
+                                    bound(&mut open.counts, &mut folded, limit);
+                                }
+                                Some(tally) => {
+                                    count_by_time(&mut parser, &chunk, tally);
+                                    tally.bound();
+                                }
                             }
                             for hint in parser.take_new_hints() {
                                 tracing::warn!("{}", hint.advice());
@@ -183,7 +233,7 @@ impl CountingThread {
                             // is cleared and reused, so that steady state
                             // allocates only the arrays.
                             let mut pane = TakenPane {
-                                counts: PaneCounts::from(&open.counts),
+                                counts: close(&open.counts, folded.take()),
                                 requests: mem::take(&mut open.requests),
                                 skipped: mem::take(&mut open.skipped),
                                 repaired: parser.take_repaired(),
@@ -326,8 +376,13 @@ mod tests {
 
     #[test]
     fn panes_hold_exactly_the_lines_pushed_before_take() {
-        let mut counter =
-            CountingThread::spawn("client_real_ip".into(), 200, PaneTime::Arrival).expect("thread");
+        let mut counter = CountingThread::spawn(
+            "client_real_ip".into(),
+            200,
+            PaneTime::Arrival,
+            OpenLimit::NONE,
+        )
+        .expect("thread");
         // More than a few chunks, so that hand-overs and the free list are exercised.
         let first = CHUNK_LINES * (QUEUE_CHUNKS + 3) + 17;
         for i in 0..first {
@@ -356,5 +411,48 @@ mod tests {
 
         let empty = counter.take().expect("empty pane");
         assert_eq!((empty.requests, empty.counts.len()), (0, 0));
+    }
+
+    #[test]
+    fn an_open_pane_past_its_limit_is_summarized_and_keeps_every_bound() {
+        let limit = OpenLimit {
+            entries: 500,
+            capacity: 20,
+        };
+        let mut counter =
+            CountingThread::spawn("client_real_ip".into(), 200, PaneTime::Arrival, limit)
+                .expect("thread");
+        // 20,000 addresses once each, and three heavy ones every 40th line.
+        let mut truth: std::collections::HashMap<crate::vocab::IpKey, u64> = Default::default();
+        for i in 0..20_000u32 {
+            let ip = if i % 40 == 0 {
+                format!("10.9.9.{}", i / 40 % 3)
+            } else {
+                format!("2001:db8:{:x}::{:x}", i >> 12, i & 0xfff)
+            };
+            *truth.entry(parse_ip(&ip).expect("ip")).or_insert(0) += 1;
+            counter.push(&line(&ip), 0, None).expect("push");
+        }
+        let pane = counter.take().expect("pane");
+        assert_eq!(pane.requests, 20_000);
+        assert!(
+            !pane.counts.is_exact(),
+            "past the limit the pane is summarized"
+        );
+        assert!(pane.counts.len() <= limit.capacity);
+        for (ip, n) in &truth {
+            let b = pane.counts.bounds(*ip);
+            assert!(b.lower <= *n && *n <= b.upper, "{ip}: {n} in {b:?}");
+        }
+        let top: Vec<String> = pane
+            .counts
+            .top(3)
+            .iter()
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(top, ["10.9.9.0", "10.9.9.1", "10.9.9.2"]);
+        // The next pane starts exact again.
+        counter.push(&line("10.0.0.1"), 0, None).expect("push");
+        assert!(counter.take().expect("pane").counts.is_exact());
     }
 }

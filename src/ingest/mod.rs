@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::CheckpointJob;
 use crate::config::OffsetReset;
-use crate::count::{CountingThread, CountingThreadGone, TakenPane};
+use crate::count::{CountingThread, CountingThreadGone, OpenLimit, TakenPane};
 use crate::kafka::batch::{BatchQueue, Consumed};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
@@ -223,6 +223,10 @@ impl Ingest {
                 config.client_field.clone(),
                 config.max_line_bytes,
                 config.pane_time(),
+                OpenLimit {
+                    entries: config.memory.open_entries(),
+                    capacity: config.memory.capacity,
+                },
             )?,
             partition_metrics: Vec::new(),
             window,
@@ -496,12 +500,13 @@ impl State {
     fn keep_to_budget(&mut self) {
         let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
         let budget = self.config.memory;
-        let folded = self
-            .window
-            .fold(budget.bytes.saturating_sub(ahead), budget.capacity);
+        // Kept panes are folded here; an open pane that outgrew its share
+        // arrives summarized from the counting thread.
+        self.window
+            .fold(budget.kept_bytes().saturating_sub(ahead), budget.capacity);
         let state_bytes = self.window.bytes() + ahead;
         let summarized = self.window.summarized_panes();
-        if folded > 0 && self.summarizing_since.is_none() {
+        if summarized > 0 && self.summarizing_since.is_none() {
             self.summarizing_since = Some(SystemTime::now());
             warn!(
                 state_bytes,

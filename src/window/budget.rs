@@ -7,7 +7,7 @@ use super::distinct::Distinct;
 
 /// Bytes set aside whatever the shape: the window's running counts of the
 /// listed keys, the newest exact panes before they are folded.
-pub const FLOOR_BYTES: usize = 16 << 20;
+pub const FLOOR_BYTES: usize = 4 << 20;
 
 /// Keys a summarized pane keeps at the least, per level.
 pub const MIN_CAPACITY: usize = 16;
@@ -34,13 +34,33 @@ pub struct Budget {
     pub capacity: usize,
 }
 
+/// What the open pane may take of the budget: a quarter.
+const OPEN_SHARE: usize = 4;
+
+/// Bytes one address may cost in the open pane: its table entry (with the
+/// table's slack) and its entry in the arrays the pane closes into.
+const OPEN_BYTES_PER_KEY: usize = 48;
+
 /// The least budget in which `kept_panes` panes fit, each summarized to
-/// [`MIN_CAPACITY`] keys a level.
+/// [`MIN_CAPACITY`] keys a level, beside the open pane's share.
 pub fn minimum(kept_panes: usize) -> usize {
-    FLOOR_BYTES + kept_panes * (pane_fixed_bytes() + MIN_CAPACITY * BYTES_PER_KEY)
+    let kept = FLOOR_BYTES + kept_panes * (pane_fixed_bytes() + MIN_CAPACITY * BYTES_PER_KEY);
+    kept + kept / (OPEN_SHARE - 1)
 }
 
 impl Budget {
+    /// What the kept panes and the window's running counts may take: the
+    /// budget but the open pane's share.
+    pub fn kept_bytes(&self) -> usize {
+        self.bytes - self.bytes / OPEN_SHARE
+    }
+
+    /// Addresses the open pane may hold before what it counted so far is
+    /// summarized.
+    pub fn open_entries(&self) -> usize {
+        (self.bytes / OPEN_SHARE / OPEN_BYTES_PER_KEY).max(4 * self.capacity)
+    }
+
     /// The budget of `bytes` for `kept_panes` panes (the window and the
     /// history kept before it); `Err(minimum)` when it is below the least
     /// such a shape can run in. Half of what is left above the floor goes to
@@ -50,7 +70,8 @@ impl Budget {
         if bytes < least {
             return Err(least);
         }
-        let share = (bytes - FLOOR_BYTES) / 2 / kept_panes.max(1);
+        let share =
+            (bytes - bytes / OPEN_SHARE).saturating_sub(FLOOR_BYTES) / 2 / kept_panes.max(1);
         let capacity = share.saturating_sub(pane_fixed_bytes()) / BYTES_PER_KEY;
         Ok(Budget {
             bytes,
@@ -188,7 +209,8 @@ mod tests {
         assert!(roomy.capacity > 1000, "{roomy:?}");
         // Every kept pane, summarized to the capacity, fits the half it is given.
         let per_pane = pane_fixed_bytes() + roomy.capacity * BYTES_PER_KEY;
-        assert!(3600 * per_pane <= (roomy.bytes - FLOOR_BYTES) / 2);
+        assert!(3600 * per_pane <= (roomy.kept_bytes() - FLOOR_BYTES) / 2);
+        assert!(roomy.kept_bytes() + roomy.open_entries() * OPEN_BYTES_PER_KEY <= roomy.bytes);
         assert!(minimum(60) < minimum(3600));
     }
 
