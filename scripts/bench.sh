@@ -69,7 +69,7 @@ done >"$RULES_FILE"
 ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query}
 # A budget the ingest corpus outgrows, so that the "summarizing" row counts
 # with summarized panes: the least the shape can run in, plus a little.
-SUMMARIZING_LIMIT=${BENCH_SUMMARIZING_LIMIT:-32MiB}
+SUMMARIZING_LIMIT=${BENCH_SUMMARIZING_LIMIT:-24MiB}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
