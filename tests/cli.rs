@@ -161,6 +161,18 @@ fn values_that_parse_but_make_no_sense_exit_64() {
         (&["--envelope", ""], "--envelope"),
         (&["count", "--envelope", "a.", "-"], "--envelope"),
         (&["--trusted-proxies", "10.0.0.1/8"], "--trusted-proxies"),
+        (&["--memory-limit", "lots"], "--memory-limit"),
+        (
+            &[
+                "--memory-limit",
+                "1MiB",
+                "--retention",
+                "1h",
+                "--batch",
+                "100ms",
+            ],
+            "the counting state can run in with 36000 kept panes",
+        ),
         (
             &["count", "--trusted-proxies", "proxy", "-"],
             "--trusted-proxies",
