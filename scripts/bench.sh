@@ -68,9 +68,9 @@ done >"$RULES_FILE"
 
 ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query}
 # A budget the ingest corpus outgrows, so that the "summarizing" row counts
-# with summarized panes: a one-minute window of 200 ms panes runs in 8 MiB,
-# whose open-pane share (2 MiB) a batch of the corpus outgrows.
-SUMMARIZING_LIMIT=${BENCH_SUMMARIZING_LIMIT:-8MiB}
+# with summarized panes: a 20 s window of 200 ms panes runs in 2 MiB, whose
+# open-pane share (512 KiB) a batch of the corpus outgrows.
+SUMMARIZING_LIMIT=${BENCH_SUMMARIZING_LIMIT:-2MiB}
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # stop_ipstats PID: SIGTERM and wait until it is gone (it is not our child).
@@ -164,7 +164,7 @@ ipstats_round() {
     sse) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000) ;;
     arrival) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --time-source arrival) ;;
     rules) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --rules "$RULES_FILE") ;;
-    budget) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --batch 200ms --slide 200ms --window 60s \
+    budget) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --batch 200ms --slide 200ms --window 20s \
       --memory-limit "$SUMMARIZING_LIMIT") ;;
     *) pid=$(start_ipstats "$TOPIC" "$port" "$dir") ;;
   esac

@@ -7,7 +7,7 @@ use super::distinct::Distinct;
 
 /// Bytes set aside whatever the shape: the window's running counts of the
 /// listed keys, the newest exact panes before they are folded.
-pub const FLOOR_BYTES: usize = 4 << 20;
+pub const FLOOR_BYTES: usize = 1 << 20;
 
 /// Keys a summarized pane keeps at the least, per level.
 pub const MIN_CAPACITY: usize = 16;
