@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::{Grouping, NetworkCount};
+use super::{Grouping, NetworkCount, best_networks};
 use crate::vocab::{IpKey, Network};
 use crate::window::Pane;
 use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6, Summarized};
@@ -139,23 +139,8 @@ pub fn top_networks<'a>(
             }
         }
     }
-    let listed = networks.len();
-    let mut all: Vec<NetworkCount> = networks
-        .into_iter()
-        .map(|(network, (count, distinct_ips))| NetworkCount {
-            network,
-            count,
-            distinct_ips,
-        })
-        .collect();
-    let rank =
-        |a: &NetworkCount, b: &NetworkCount| b.count.cmp(&a.count).then(a.network.cmp(&b.network));
-    if n < all.len() {
-        all.select_nth_unstable_by(n, rank);
-        all.truncate(n);
-    }
-    all.sort_unstable_by(rank);
-    (all, listed, trust)
+    let (best, listed) = best_networks(networks, n);
+    (best, listed, trust)
 }
 
 /// One network's count over panes of which some are summarized: its lower

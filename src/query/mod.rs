@@ -489,6 +489,15 @@ pub fn top_networks(
         entry.0 += count;
         entry.1 += 1;
     }
+    best_networks(networks, n)
+}
+
+/// The best `n` of networks' (count, distinct addresses): count descending,
+/// then network ascending; and how many networks there are.
+pub(crate) fn best_networks(
+    networks: FxHashMap<Network, (u64, u64)>,
+    n: usize,
+) -> (Vec<NetworkCount>, usize) {
     let total = networks.len();
     let mut all: Vec<NetworkCount> = networks
         .into_iter()
