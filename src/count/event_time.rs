@@ -80,10 +80,21 @@ impl EventTally {
         self
     }
 
-    /// Folds the open panes that hold more addresses than the limit allows.
+    /// Folds the open panes that hold more addresses than the limit allows:
+    /// the open panes share it, so that many panes open at once (late
+    /// records within `--lateness`) hold no more than one would.
     pub fn bound(&mut self) {
+        let share = OpenLimit {
+            entries: (self.limit.entries / self.open.len().max(1)).max(
+                self.limit
+                    .capacity
+                    .min(self.limit.entries)
+                    .saturating_mul(4),
+            ),
+            capacity: self.limit.capacity,
+        };
         for ((_, map, _), folded) in self.open.iter_mut().zip(&mut self.folded) {
-            bound(map, folded, self.limit);
+            bound(map, folded, share);
         }
     }
 
@@ -165,6 +176,34 @@ mod tests {
         batch_ms: 1000,
         max_future_ms: 300_000,
     };
+
+    #[test]
+    fn open_panes_share_the_limit_and_keep_their_bounds() {
+        let limit = OpenLimit {
+            entries: 400,
+            capacity: 10,
+        };
+        let mut tally = EventTally::new(CONFIG).with_limit(limit);
+        // Four panes open at once, 300 addresses each: none outgrows the
+        // limit alone, together they do.
+        let ip = |pane: u32, host: u32| IpKey::from_v4_bits(0x0a00_0000 | (pane << 16) | host);
+        for host in 0..300 {
+            for pane in 0..4u32 {
+                tally.record(0, ip(pane, host), i64::from(pane) * 1000, 10_000);
+            }
+        }
+        tally.bound();
+        let open: usize = tally.open.iter().map(|(_, map, _)| map.len()).sum();
+        assert!(open <= limit.entries, "{open} addresses open");
+        let batch = tally.take();
+        assert_eq!(batch.panes.len(), 4);
+        for pane in &batch.panes {
+            assert!(!pane.counts.is_exact(), "pane {} folded", pane.index);
+            assert_eq!(pane.requests, 300);
+            let b = pane.counts.bounds(ip(pane.index as u32, 7));
+            assert!(b.lower <= 1 && 1 <= b.upper, "{b:?}");
+        }
+    }
 
     #[test]
     fn records_go_to_the_pane_of_their_time_late_and_future_ones_are_counted_apart() {
