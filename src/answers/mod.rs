@@ -199,8 +199,8 @@ impl Answers {
 
     /// Answers with `workers` threads of their own that are never stopped:
     /// for tests, where no supervisor runs.
-    #[doc(hidden)]
-    pub fn with_detached_workers(workers: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_detached_workers(workers: usize) -> Self {
         let published = Published::new(Snapshot::empty(
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(1),
@@ -209,8 +209,8 @@ impl Answers {
     }
 
     /// As [`Self::with_detached_workers`], answering from `published`.
-    #[doc(hidden)]
-    pub fn with_detached_workers_for(published: Published, workers: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_detached_workers_for(published: Published, workers: usize) -> Self {
         let (pool, bodies) = Pool::new(workers, &crate::stop::Stop::new());
         for body in bodies {
             std::thread::spawn(move || body.run());

@@ -495,34 +495,6 @@ impl State {
         Ok(())
     }
 
-    /// Summarizes kept panes while the state is over `--memory-limit`, and
-    /// says so when it starts and when every pane is exact again.
-    fn keep_to_budget(&mut self) {
-        let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
-        let budget = self.config.memory;
-        // Kept panes are folded here; an open pane that outgrew its share
-        // arrives summarized from the counting thread.
-        self.window
-            .fold(budget.kept_bytes().saturating_sub(ahead), budget.capacity);
-        let state_bytes = self.window.bytes() + ahead;
-        let summarized = self.window.summarized_panes();
-        if summarized > 0 && self.summarizing_since.is_none() {
-            self.summarizing_since = Some(SystemTime::now());
-            warn!(
-                state_bytes,
-                budget_bytes = budget.bytes,
-                keys_per_pane = budget.capacity,
-                "the counting state reached --memory-limit: the panes holding the most addresses \
-                 are summarized from now on, and answers from them carry error bounds"
-            );
-        } else if summarized == 0 && self.summarizing_since.take().is_some() {
-            info!("every kept pane is exact again: answers are exact");
-        }
-        let metrics = &self.links.metrics;
-        metrics.state_bytes.set(state_bytes as i64);
-        metrics.panes_summarized.set(summarized as i64);
-    }
-
     /// Counts a closed batch's records in the totals and the metrics.
     fn add_totals(&mut self, consumed: u64, open: &TakenPane) {
         let metrics = &self.links.metrics;

@@ -1,8 +1,11 @@
 //! What the consumer loop hands out: a snapshot at each slide (with event
-//! time, at each slide the data's time passes), and the checkpoint job.
+//! time, at each slide the data's time passes), and the checkpoint job;
+//! and, after each batch, the state kept within `--memory-limit`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use tracing::{info, warn};
 
 use super::event_clock::{EventPanes, epoch_ms};
 use super::{IngestError, State, VIEW_FRESH_FOR_EVENT_TIME};
@@ -72,6 +75,34 @@ impl State {
         let floor = self.events.as_ref().and_then(EventPanes::floor);
         self.counting.set_floor(floor)?;
         Ok(!stops.is_empty())
+    }
+
+    /// Summarizes kept panes while the state is over `--memory-limit`, and
+    /// says so when it starts and when every pane is exact again.
+    pub(super) fn keep_to_budget(&mut self) {
+        let ahead = self.events.as_ref().map_or(0, EventPanes::bytes);
+        let budget = self.config.memory;
+        // Kept panes are folded here; an open pane that outgrew its share
+        // arrives summarized from the counting thread.
+        self.window
+            .fold(budget.kept_bytes().saturating_sub(ahead), budget.capacity);
+        let state_bytes = self.window.bytes() + ahead;
+        let summarized = self.window.summarized_panes();
+        if summarized > 0 && self.summarizing_since.is_none() {
+            self.summarizing_since = Some(SystemTime::now());
+            warn!(
+                state_bytes,
+                budget_bytes = budget.bytes,
+                keys_per_pane = budget.capacity,
+                "the counting state reached --memory-limit: the panes holding the most addresses \
+                 are summarized from now on, and answers from them carry error bounds"
+            );
+        } else if summarized == 0 && self.summarizing_since.take().is_some() {
+            info!("every kept pane is exact again: answers are exact");
+        }
+        let metrics = &self.links.metrics;
+        metrics.state_bytes.set(state_bytes as i64);
+        metrics.panes_summarized.set(summarized as i64);
     }
 
     pub(super) fn publish(&mut self) {

@@ -67,6 +67,7 @@ fn family_lowers(
     summary: &Summarized,
     v4: bool,
     prefix: u8,
+    keep: &dyn Fn(Network) -> bool,
     out: &mut FxHashMap<Network, (u64, u64)>,
 ) -> u64 {
     let (level, level_prefix, address_prefix): (&Summary<Network>, u8, u8) = if v4 {
@@ -85,9 +86,11 @@ fn family_lowers(
         let mut listed = 0;
         for (network, bounds) in level.iter() {
             let (first, _) = network.bounds();
-            let entry = out.entry(group(IpKey::from_bits(first))).or_insert((0, 0));
-            entry.0 += bounds.lower;
             listed += bounds.lower;
+            let grouped = group(IpKey::from_bits(first));
+            if keep(grouped) {
+                out.entry(grouped).or_insert((0, 0)).0 += bounds.lower;
+            }
         }
         return if prefix == level_prefix {
             level.error_bound()
@@ -97,16 +100,54 @@ fn family_lowers(
     }
     let mut listed = 0;
     for (ip, n) in pane.counts.iter().filter(|(ip, _)| ip.is_v4() == v4) {
-        let entry = out.entry(group(ip)).or_insert((0, 0));
-        entry.0 += u64::from(n);
-        entry.1 += 1;
         listed += u64::from(n);
+        let grouped = group(ip);
+        if keep(grouped) {
+            let entry = out.entry(grouped).or_insert((0, 0));
+            entry.0 += u64::from(n);
+            entry.1 += 1;
+        }
     }
     if prefix == address_prefix {
         summary.offset
     } else {
         level.total().saturating_sub(listed)
     }
+}
+
+/// Each network's (lower bound, listed addresses) at `grouping` over
+/// panes of which some are summarized, for the networks `keep` takes, and
+/// how far the counts can be trusted.
+fn count_networks<'a>(
+    panes: impl Iterator<Item = &'a Arc<Pane>>,
+    grouping: Grouping,
+    keep: &dyn Fn(Network) -> bool,
+) -> (FxHashMap<Network, (u64, u64)>, Trust) {
+    let mut networks: FxHashMap<Network, (u64, u64)> = FxHashMap::default();
+    let mut trust = Trust::default();
+    for pane in panes {
+        match pane.counts.summary() {
+            None => {
+                for (ip, count) in pane.counts.iter() {
+                    let network = Network::of(ip, grouping.prefix4, grouping.prefix6);
+                    if keep(network) {
+                        let entry = networks.entry(network).or_insert((0, 0));
+                        entry.0 += u64::from(count);
+                        entry.1 += 1;
+                    }
+                }
+            }
+            Some(summary) => {
+                let (p4, p6) = (grouping.prefix4, grouping.prefix6);
+                let e4 = family_lowers(pane, summary, true, p4, keep, &mut networks);
+                let e6 = family_lowers(pane, summary, false, p6, keep, &mut networks);
+                trust.summarized = true;
+                trust.distinct_estimated = true;
+                trust.error_bound += e4.max(e6);
+            }
+        }
+    }
+    (networks, trust)
 }
 
 /// The `n` networks with the most requests (lower bounds, count descending,
@@ -118,27 +159,7 @@ pub fn top_networks<'a>(
     grouping: Grouping,
     n: usize,
 ) -> (Vec<NetworkCount>, usize, Trust) {
-    let mut networks: FxHashMap<Network, (u64, u64)> = FxHashMap::default();
-    let mut trust = Trust::default();
-    for pane in panes {
-        match pane.counts.summary() {
-            None => {
-                for (ip, count) in pane.counts.iter() {
-                    let network = Network::of(ip, grouping.prefix4, grouping.prefix6);
-                    let entry = networks.entry(network).or_insert((0, 0));
-                    entry.0 += u64::from(count);
-                    entry.1 += 1;
-                }
-            }
-            Some(summary) => {
-                let e4 = family_lowers(pane, summary, true, grouping.prefix4, &mut networks);
-                let e6 = family_lowers(pane, summary, false, grouping.prefix6, &mut networks);
-                trust.summarized = true;
-                trust.distinct_estimated = true;
-                trust.error_bound += e4.max(e6);
-            }
-        }
-    }
+    let (networks, trust) = count_networks(panes, grouping, &|_| true);
     let (best, listed) = best_networks(networks, n);
     (best, listed, trust)
 }
@@ -161,12 +182,8 @@ pub fn network_count<'a>(
             prefix6: prefix,
         }
     };
-    let (top, _, trust) = top_networks(panes, grouping, usize::MAX);
-    let count = top
-        .iter()
-        .find(|t| t.network == network)
-        .map_or(0, |t| t.count);
-    (count, trust)
+    let (networks, trust) = count_networks(panes, grouping, &|n| n == network);
+    (networks.get(&network).map_or(0, |c| c.0), trust)
 }
 
 #[cfg(test)]

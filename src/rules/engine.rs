@@ -14,209 +14,16 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::aggregate::Aggregate;
 use super::file::{Key, Rule};
 use super::{AlertsView, Firing, SavedAlerts, SavedRule, State, Transition, WindowBounds};
 use crate::vocab::{IpKey, Network};
 use crate::window::Pane;
-use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
 
 /// Transitions kept for `/api/v1/alerts`.
 const RECENT_TRANSITIONS: usize = 1000;
 /// Of those, kept in the checkpoint.
 const SAVED_TRANSITIONS: usize = 100;
-
-/// A running count of one key kind over the last `panes` panes.
-#[derive(Debug)]
-struct Aggregate {
-    key: Key,
-    panes: usize,
-    floor: u64,
-    counts: FxHashMap<Network, u64>,
-    /// Keys whose count is at least `floor`.
-    above: FxHashSet<Network>,
-    total: u64,
-    included: Vec<Arc<Pane>>,
-    /// Included panes that are summarized, and the most any count of this
-    /// key kind may lack over them.
-    summarized: usize,
-    error: u64,
-}
-
-/// The key an address counts under; `None` for the other family.
-fn network_of(key: Key, ip: IpKey) -> Option<Network> {
-    match key {
-        Key::Ip => Some(Network::of(ip, 32, 128)),
-        Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
-        Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
-        _ => None,
-    }
-}
-
-/// The most a count by `key` may lack in `pane`: 0 when it is exact; the
-/// level's offset when the key is the level's (`ip`, `v4/24`, `v6/64`),
-/// else the residual of the level it is read from (its total minus its
-/// listed lower bounds), which bounds any key it does not list.
-fn pane_error(key: Key, pane: &Pane) -> u64 {
-    let Some(s) = pane.counts.summary() else {
-        return 0;
-    };
-    let (v4, bits, level, level_bits, full) = match key {
-        Key::Ip => return s.offset,
-        Key::V4(bits) => (true, bits, &s.v4, SUMMARY_PREFIX4, 32),
-        Key::V6(bits) => (false, bits, &s.v6, SUMMARY_PREFIX6, 128),
-    };
-    if bits == level_bits {
-        level.error_bound()
-    } else if bits < level_bits {
-        let listed: u64 = level.iter().map(|(_, b)| b.lower).sum();
-        level.total().saturating_sub(listed)
-    } else if bits == full {
-        s.offset
-    } else {
-        let listed: u64 = pane
-            .counts
-            .iter()
-            .filter(|(ip, _)| ip.is_v4() == v4)
-            .map(|(_, n)| u64::from(n))
-            .sum();
-        level.total().saturating_sub(listed)
-    }
-}
-
-/// Calls `f(key, count)` for the pane's counts (lower bounds in a
-/// summarized pane) by `key`. A summarized pane is read at its network level
-/// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
-/// rotating over a network no address summary lists still counts there.
-fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Network, u64)) {
-    let level = pane.counts.summary().and_then(|s| match key {
-        Key::V4(bits) if bits <= SUMMARY_PREFIX4 => Some(&s.v4),
-        Key::V6(bits) if bits <= SUMMARY_PREFIX6 => Some(&s.v6),
-        _ => None,
-    });
-    match level {
-        Some(summary) => {
-            for (network, bounds) in summary.iter() {
-                let (first, _) = network.bounds();
-                if let Some(network) = network_of(key, IpKey::from_bits(first)) {
-                    f(network, bounds.lower);
-                }
-            }
-        }
-        None => {
-            for (ip, n) in pane.counts.iter() {
-                if let Some(network) = network_of(key, ip) {
-                    f(network, u64::from(n));
-                }
-            }
-        }
-    }
-}
-
-impl Aggregate {
-    fn network(&self, ip: IpKey) -> Option<Network> {
-        network_of(self.key, ip)
-    }
-
-    /// The upper bound of a key's count whose lower bound is `value`:
-    /// `None` while every included pane is exact.
-    fn upper(&self, value: u64) -> Option<u64> {
-        (self.summarized > 0).then(|| value + self.error)
-    }
-
-    fn apply(&mut self, pane: &Pane, add: bool) {
-        let error = pane_error(self.key, pane);
-        let summarized = usize::from(!pane.counts.is_exact());
-        if add {
-            self.total += pane.requests;
-            self.error += error;
-            self.summarized += summarized;
-        } else {
-            self.total = self.total.saturating_sub(pane.requests);
-            self.error = self.error.saturating_sub(error);
-            self.summarized = self.summarized.saturating_sub(summarized);
-        }
-        let key = self.key;
-        for_each_lower(key, pane, |network, n| {
-            if add {
-                self.add(network, n);
-            } else {
-                self.subtract(network, n);
-            }
-        });
-    }
-
-    /// `old` replaced by `new`, the same pane with more records in it: only
-    /// the addresses whose count changed are touched.
-    fn replace(&mut self, old: &Pane, new: &Pane) {
-        if !(old.counts.is_exact() && new.counts.is_exact()) {
-            // Summarized panes may be read at a network level: take the one
-            // out and put the other in whole.
-            self.apply(old, false);
-            self.apply(new, true);
-            return;
-        }
-        self.total = (self.total + new.requests).saturating_sub(old.requests);
-        old.counts
-            .for_each_change(&new.counts, |ip, before, after| {
-                let Some(network) = self.network(ip) else {
-                    return;
-                };
-                if after > before {
-                    self.add(network, u64::from(after - before));
-                } else {
-                    self.subtract(network, u64::from(before - after));
-                }
-            });
-    }
-
-    fn add(&mut self, network: Network, n: u64) {
-        let count = self.counts.entry(network).or_insert(0);
-        *count += n;
-        if *count >= self.floor {
-            self.above.insert(network);
-        }
-    }
-
-    fn subtract(&mut self, network: Network, n: u64) {
-        if let Some(count) = self.counts.get_mut(&network) {
-            *count = count.saturating_sub(n);
-            if *count < self.floor {
-                self.above.remove(&network);
-            }
-            if *count == 0 {
-                self.counts.remove(&network);
-            }
-        }
-    }
-
-    /// Brings the count to the last `panes` of the kept panes: `older`
-    /// then `window`, oldest first.
-    fn sync(&mut self, older: &[Arc<Pane>], window: &[Arc<Pane>]) {
-        let skip = (older.len() + window.len()).saturating_sub(self.panes);
-        let now: Vec<Arc<Pane>> = older.iter().chain(window).skip(skip).cloned().collect();
-        let ptr = |p: &Arc<Pane>| Arc::as_ptr(p) as usize;
-        let before: FxHashSet<usize> = self.included.iter().map(ptr).collect();
-        let after: FxHashSet<usize> = now.iter().map(ptr).collect();
-        let included = std::mem::take(&mut self.included);
-        // A pane that left and one that entered with the same start are one
-        // pane that late records joined.
-        let mut left: FxHashMap<SystemTime, &Arc<Pane>> = included
-            .iter()
-            .filter(|p| !after.contains(&ptr(p)))
-            .map(|p| (p.start, p))
-            .collect();
-        for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
-            match left.remove(&pane.start) {
-                Some(old) => self.replace(old, pane),
-                None => self.apply(pane, true),
-            }
-        }
-        for pane in left.into_values() {
-            self.apply(pane, false);
-        }
-        self.included = now;
-    }
-}
 
 /// A rule with its keys' states and resolve times, carried over a reload.
 type RuleState = (
@@ -360,17 +167,7 @@ impl Engine {
                     at
                 }
                 None => {
-                    self.aggregates.push(Aggregate {
-                        key: rule.key,
-                        panes,
-                        floor,
-                        counts: FxHashMap::default(),
-                        above: FxHashSet::default(),
-                        total: 0,
-                        included: Vec::new(),
-                        summarized: 0,
-                        error: 0,
-                    });
+                    self.aggregates.push(Aggregate::new(rule.key, panes, floor));
                     self.aggregates.len() - 1
                 }
             };
@@ -1003,17 +800,7 @@ mod tests {
             networks in proptest::bool::ANY,
         ) {
             let key = if networks { Key::V4(24) } else { Key::Ip };
-            let mut aggregate = Aggregate {
-                key,
-                panes: 3,
-                floor: 4,
-                counts: FxHashMap::default(),
-                above: FxHashSet::default(),
-                total: 0,
-                included: Vec::new(),
-                summarized: 0,
-                error: 0,
-            };
+            let mut aggregate = Aggregate::new(key, 3, 4);
             let mut panes: std::collections::BTreeMap<u64, Arc<Pane>> = Default::default();
             for (second, records) in steps {
                 let texts: Vec<(String, u32)> = records

@@ -3,8 +3,10 @@
 //! [`file`] reads and checks the file; [`engine`] evaluates the rules at
 //! every slide; [`Rules`] is the reloadable set (SIGHUP) the engine follows.
 
+mod aggregate;
 pub mod engine;
 pub mod file;
+mod keys;
 pub mod outbox;
 
 use std::path::PathBuf;

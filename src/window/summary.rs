@@ -45,8 +45,10 @@ pub struct Summary<K> {
 }
 
 impl<K: Ord + Copy> Summary<K> {
-    /// A summary of exact counts (an exact pane folded), keeping at most
-    /// `capacity` keys (at least one).
+    /// A summary of exact counts in any order, keeping at most `capacity`
+    /// keys (at least one): the plain construction [`Summary::of_sorted`] is
+    /// held to.
+    #[cfg(test)]
     pub fn of_counts(counts: impl IntoIterator<Item = (K, u64)>, capacity: usize) -> Self {
         let mut items: Vec<(K, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
         items.sort_unstable_by_key(|e| e.0);
@@ -102,13 +104,12 @@ impl<K: Ord + Copy> Summary<K> {
     /// A summary of lower bounds that may lack up to `offset` each (as a
     /// summary with room for at least `capacity` keys left them), of
     /// `total` counts in all.
-    pub fn from_lowers(
-        lowers: impl IntoIterator<Item = (K, u64)>,
-        offset: u64,
-        total: u64,
-        capacity: usize,
-    ) -> Self {
-        let mut summary = Summary::of_counts(lowers, capacity);
+    /// The lower bounds come in key order, each key once.
+    pub fn from_lowers<I>(lowers: I, offset: u64, total: u64, capacity: usize) -> Self
+    where
+        I: Iterator<Item = (K, u64)> + Clone,
+    {
+        let mut summary = Summary::of_sorted(lowers, capacity);
         summary.offset += offset;
         summary.total = total;
         summary

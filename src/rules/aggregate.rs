@@ -1,0 +1,151 @@
+//! A running count of one key kind over the last panes of a rule's
+//! window: what the engine compares with the rules' thresholds. Panes enter,
+//! leave and are replaced by fuller versions of themselves; the counts are
+//! never recomputed from all panes.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::file::Key;
+use super::keys::{for_each_lower, network_of, pane_error};
+use crate::vocab::{IpKey, Network};
+use crate::window::Pane;
+
+/// A running count of one key kind over the last `panes` panes.
+#[derive(Debug)]
+pub(super) struct Aggregate {
+    pub(super) key: Key,
+    pub(super) panes: usize,
+    pub(super) floor: u64,
+    pub(super) counts: FxHashMap<Network, u64>,
+    /// Keys whose count is at least `floor`.
+    pub(super) above: FxHashSet<Network>,
+    pub(super) total: u64,
+    pub(super) included: Vec<Arc<Pane>>,
+    /// Included panes that are summarized, and the most any count of this
+    /// key kind may lack over them.
+    pub(super) summarized: usize,
+    pub(super) error: u64,
+}
+
+impl Aggregate {
+    pub(super) fn new(key: Key, panes: usize, floor: u64) -> Self {
+        Aggregate {
+            key,
+            panes,
+            floor,
+            counts: FxHashMap::default(),
+            above: FxHashSet::default(),
+            total: 0,
+            included: Vec::new(),
+            summarized: 0,
+            error: 0,
+        }
+    }
+
+    pub(super) fn network(&self, ip: IpKey) -> Option<Network> {
+        network_of(self.key, ip)
+    }
+
+    /// The upper bound of a key's count whose lower bound is `value`:
+    /// `None` while every included pane is exact.
+    pub(super) fn upper(&self, value: u64) -> Option<u64> {
+        (self.summarized > 0).then(|| value + self.error)
+    }
+
+    fn apply(&mut self, pane: &Pane, add: bool) {
+        let error = pane_error(self.key, pane);
+        let summarized = usize::from(!pane.counts.is_exact());
+        if add {
+            self.total += pane.requests;
+            self.error += error;
+            self.summarized += summarized;
+        } else {
+            self.total = self.total.saturating_sub(pane.requests);
+            self.error = self.error.saturating_sub(error);
+            self.summarized = self.summarized.saturating_sub(summarized);
+        }
+        let key = self.key;
+        for_each_lower(key, pane, |network, n| {
+            if add {
+                self.add(network, n);
+            } else {
+                self.subtract(network, n);
+            }
+        });
+    }
+
+    /// `old` replaced by `new`, the same pane with more records in it: only
+    /// the addresses whose count changed are touched.
+    fn replace(&mut self, old: &Pane, new: &Pane) {
+        if !(old.counts.is_exact() && new.counts.is_exact()) {
+            // Summarized panes may be read at a network level: take the one
+            // out and put the other in whole.
+            self.apply(old, false);
+            self.apply(new, true);
+            return;
+        }
+        self.total = (self.total + new.requests).saturating_sub(old.requests);
+        old.counts
+            .for_each_change(&new.counts, |ip, before, after| {
+                let Some(network) = self.network(ip) else {
+                    return;
+                };
+                if after > before {
+                    self.add(network, u64::from(after - before));
+                } else {
+                    self.subtract(network, u64::from(before - after));
+                }
+            });
+    }
+
+    fn add(&mut self, network: Network, n: u64) {
+        let count = self.counts.entry(network).or_insert(0);
+        *count += n;
+        if *count >= self.floor {
+            self.above.insert(network);
+        }
+    }
+
+    fn subtract(&mut self, network: Network, n: u64) {
+        if let Some(count) = self.counts.get_mut(&network) {
+            *count = count.saturating_sub(n);
+            if *count < self.floor {
+                self.above.remove(&network);
+            }
+            if *count == 0 {
+                self.counts.remove(&network);
+            }
+        }
+    }
+
+    /// Brings the count to the last `panes` of the kept panes: `older`
+    /// then `window`, oldest first.
+    pub(super) fn sync(&mut self, older: &[Arc<Pane>], window: &[Arc<Pane>]) {
+        let skip = (older.len() + window.len()).saturating_sub(self.panes);
+        let now: Vec<Arc<Pane>> = older.iter().chain(window).skip(skip).cloned().collect();
+        let ptr = |p: &Arc<Pane>| Arc::as_ptr(p) as usize;
+        let before: FxHashSet<usize> = self.included.iter().map(ptr).collect();
+        let after: FxHashSet<usize> = now.iter().map(ptr).collect();
+        let included = std::mem::take(&mut self.included);
+        // A pane that left and one that entered with the same start are one
+        // pane that late records joined.
+        let mut left: FxHashMap<SystemTime, &Arc<Pane>> = included
+            .iter()
+            .filter(|p| !after.contains(&ptr(p)))
+            .map(|p| (p.start, p))
+            .collect();
+        for pane in now.iter().filter(|p| !before.contains(&ptr(p))) {
+            match left.remove(&pane.start) {
+                Some(old) => self.replace(old, pane),
+                None => self.apply(pane, true),
+            }
+        }
+        for pane in left.into_values() {
+            self.apply(pane, false);
+        }
+        self.included = now;
+    }
+}

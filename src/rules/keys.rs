@@ -1,0 +1,78 @@
+//! Which key a pane's counts fall under for a rule: an address, or a
+//! network of the rule's prefix; and, for a summarized pane, the network
+//! level its counts are read from and how much they may lack.
+
+use super::file::Key;
+use crate::vocab::{IpKey, Network};
+use crate::window::Pane;
+use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
+
+/// The key an address counts under; `None` for the other family.
+pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Network> {
+    match key {
+        Key::Ip => Some(Network::of(ip, 32, 128)),
+        Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
+        Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
+        _ => None,
+    }
+}
+
+/// The most a count by `key` may lack in `pane`: 0 when it is exact; the
+/// level's offset when the key is the level's (`ip`, `v4/24`, `v6/64`),
+/// else the residual of the level it is read from (its total minus its
+/// listed lower bounds), which bounds any key it does not list.
+pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
+    let Some(s) = pane.counts.summary() else {
+        return 0;
+    };
+    let (v4, bits, level, level_bits, full) = match key {
+        Key::Ip => return s.offset,
+        Key::V4(bits) => (true, bits, &s.v4, SUMMARY_PREFIX4, 32),
+        Key::V6(bits) => (false, bits, &s.v6, SUMMARY_PREFIX6, 128),
+    };
+    if bits == level_bits {
+        level.error_bound()
+    } else if bits < level_bits {
+        let listed: u64 = level.iter().map(|(_, b)| b.lower).sum();
+        level.total().saturating_sub(listed)
+    } else if bits == full {
+        s.offset
+    } else {
+        let listed: u64 = pane
+            .counts
+            .iter()
+            .filter(|(ip, _)| ip.is_v4() == v4)
+            .map(|(_, n)| u64::from(n))
+            .sum();
+        level.total().saturating_sub(listed)
+    }
+}
+
+/// Calls `f(key, count)` for the pane's counts (lower bounds in a
+/// summarized pane) by `key`. A summarized pane is read at its network level
+/// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
+/// rotating over a network no address summary lists still counts there.
+pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Network, u64)) {
+    let level = pane.counts.summary().and_then(|s| match key {
+        Key::V4(bits) if bits <= SUMMARY_PREFIX4 => Some(&s.v4),
+        Key::V6(bits) if bits <= SUMMARY_PREFIX6 => Some(&s.v6),
+        _ => None,
+    });
+    match level {
+        Some(summary) => {
+            for (network, bounds) in summary.iter() {
+                let (first, _) = network.bounds();
+                if let Some(network) = network_of(key, IpKey::from_bits(first)) {
+                    f(network, bounds.lower);
+                }
+            }
+        }
+        None => {
+            for (ip, n) in pane.counts.iter() {
+                if let Some(network) = network_of(key, ip) {
+                    f(network, u64::from(n));
+                }
+            }
+        }
+    }
+}
