@@ -4,6 +4,7 @@
 pub mod answers;
 pub mod app;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod count;
 pub mod deliver;

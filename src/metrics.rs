@@ -109,6 +109,15 @@ metrics! {
         "The counting state's budget (--memory-limit): past it, the panes holding the most addresses are summarized.";
     panes_summarized: IntGauge = "ipstats_panes_summarized",
         "Kept panes whose counts are summarized (frequent items with error bounds) to fit --memory-limit.";
+    cluster_instances: IntGauge = "ipstats_cluster_instances",
+        "Instances of the cluster this one knows (--cluster; 1 without it).";
+    partitions_owned: IntGauge = "ipstats_partitions_owned",
+        "Partitions this instance holds and counts.";
+    rebalances: IntCounter = "ipstats_rebalances_total",
+        "Changes of the partitions this instance holds (--cluster: the consumer group's rebalances).";
+    partition_rebuild_seconds: Histogram = "ipstats_partition_rebuild_seconds",
+        "Time from a partition's assignment to its history being counted up to the log end.",
+        buckets [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
     partition_lag: IntGaugeVec = "ipstats_partition_lag",
         "Records in the partition not yet counted (log end minus next offset).",
         labels ["topic", "partition"];

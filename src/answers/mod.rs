@@ -260,6 +260,28 @@ impl Answers {
     }
 }
 
+impl Answers {
+    /// Runs `work` on a worker over `view`'s kept panes (oldest first) and
+    /// the merge cache: for answers shaped elsewhere (an instance's part of
+    /// a cluster answer).
+    pub async fn compute<T, F>(&self, view: Arc<Snapshot>, work: F) -> Result<T, PoolGone>
+    where
+        T: Send + 'static,
+        F: FnOnce(&[Arc<Pane>], &MergeCache) -> T + Send + 'static,
+    {
+        let merges = self.merges.clone();
+        let (done, answered) = tokio::sync::oneshot::channel();
+        self.pool.send(job(
+            (),
+            move || work(&kept(&view), &merges),
+            move |result| {
+                let _ = done.send(result);
+            },
+        ))?;
+        answered.await.map_err(|_| PoolGone)
+    }
+}
+
 /// A worker's job: `work` runs while `hold` is held; it is dropped before
 /// `deliver` hands the result over, so an asker asking again the moment it
 /// hears finds the place free, even when the worker (at nice 10 on a busy

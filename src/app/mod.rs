@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint;
 use crate::config::Settings;
+use crate::ingest::ClusterLink;
 use crate::stop::Stop;
 use parts::{Stage, StopProgress, Supervisor};
 use startup::Startup;
@@ -92,17 +93,26 @@ impl App {
         let supervisor = Supervisor::default();
         let parts = supervisor.parts();
         steps::reload_on_hangup(parts, rules.clone())?;
-        let zookeeper = steps::zookeeper(&settings).await?;
+        let cluster = steps::cluster(&settings, &shared);
+        let zookeeper = steps::zookeeper(&settings, cluster.as_ref()).await?;
         let brokers = steps::brokers(&settings, parts).await?;
         let stop = Stop::new();
-        let kafka = steps::kafka_clients(&settings, &brokers, &shared, parts, &stop)?;
+        let kafka =
+            steps::kafka_clients(&settings, &brokers, &shared, parts, &stop, cluster.as_ref())?;
         let info = steps::service_info(&settings, &brokers, zookeeper.as_ref());
-        steps::serve_http(&settings, info, &shared, parts, listening)?;
+        let fanout = cluster.as_ref().map(|c| (c, kafka.view.clone()));
+        steps::serve_http(&settings, info, &shared, parts, listening, fanout)?;
+        steps::registry(cluster.as_ref(), zookeeper.as_ref(), &shared, parts);
         console::print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
         info!(url = %format!("http://{addr}/"), "ipstats started");
         steps::progress(&shared, parts);
         let outbox = steps::delivery(&settings, &shared, parts);
         let shutdown_grace = settings.shutdown_grace;
+        let cluster = cluster.map(|c| ClusterLink {
+            ownership: c.ownership,
+            rebalances: c.rebalances,
+            topics: settings.topics.clone(),
+        });
         let startup = Startup {
             rules,
             outbox,
@@ -113,6 +123,7 @@ impl App {
             view: kafka.view,
             shared,
             stop,
+            cluster,
         };
         steps::startup(startup, parts);
         Ok(App {

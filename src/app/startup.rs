@@ -19,7 +19,7 @@ use super::parts::{Parts, Report, Signal, Stage};
 use crate::checkpoint::{self, CheckpointJob, Restored, Shape, Writer};
 use crate::config::Settings;
 use crate::http::Sources;
-use crate::ingest::{Ingest, IngestConfig, Links, Resume};
+use crate::ingest::{ClusterLink, Ingest, IngestConfig, Links, Resume};
 use crate::kafka::{ClusterView, KafkaConsumer, ViewReceiver};
 use crate::offsets::committed::StoreState;
 use crate::offsets::zookeeper::{ZkOptions, ZkStore};
@@ -34,7 +34,7 @@ use crate::vocab::Origin;
 pub struct Startup {
     pub settings: Settings,
     pub zookeeper: Option<ZkOptions>,
-    pub consumer: KafkaConsumer,
+    pub consumer: Arc<KafkaConsumer>,
     pub group_client: Arc<KafkaConsumer>,
     pub view: ViewReceiver,
     pub shared: Sources,
@@ -43,6 +43,8 @@ pub struct Startup {
     /// `--rules`, and where their transitions are sent.
     pub rules: Option<Arc<crate::rules::Rules>>,
     pub outbox: Option<crate::rules::outbox::Outbox>,
+    /// `--cluster`: ingest joins the group instead of taking every partition.
+    pub cluster: Option<ClusterLink>,
 }
 
 /// Start-up resolved: where to start, ready to launch.
@@ -88,9 +90,13 @@ impl Startup {
             let Some(view) = self.first_view().await else {
                 return Ok(None);
             };
-            health.set_phase("claiming partition ownership in ZooKeeper");
-            for p in &view.partitions {
-                store.claim(&p.topic, p.partition).await?;
+            if self.cluster.is_none() {
+                // One instance takes every partition; with --cluster the
+                // registry takes each one the group hands over.
+                health.set_phase("claiming partition ownership in ZooKeeper");
+                for p in &view.partitions {
+                    store.claim(&p.topic, p.partition).await?;
+                }
             }
             for p in &view.partitions {
                 if let Some(offset) = store.read_offset(&p.topic, p.partition).await? {
@@ -283,6 +289,7 @@ impl Ready {
             published: s.shared.published.clone(),
             health: s.shared.health.clone(),
             metrics: s.shared.metrics.clone(),
+            cluster: s.cluster.clone(),
         };
         let ingest = Ingest::new(
             s.consumer,
@@ -306,6 +313,7 @@ impl Ready {
         )?;
         start_committers(
             s.group_client,
+            s.cluster.map(|c| c.ownership),
             s.zookeeper,
             zk_store,
             &s.shared,
@@ -371,6 +379,7 @@ fn start_writer(
 /// They end only at shutdown, or after ingest (which reports why).
 fn start_committers(
     group_client: Arc<KafkaConsumer>,
+    ownership: Option<Arc<crate::cluster::Ownership>>,
     zookeeper: Option<ZkOptions>,
     zk_store: Option<ZkStore>,
     shared: &Sources,
@@ -386,6 +395,7 @@ fn start_committers(
         None,
         kafka_group::run_committer(
             group_client,
+            ownership,
             commits.subscribe(),
             shared.committed.clone(),
             shared.metrics.clone(),

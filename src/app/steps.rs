@@ -3,7 +3,7 @@
 //! [`Parts`], with its stage and the way it is told to stop.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
 use futures_util::FutureExt;
@@ -18,14 +18,17 @@ use super::startup::Startup;
 use super::{DemoDir, HTTP_PATIENCE, MONITOR_INTERVAL, blocking, console};
 use crate::answers::{self, Answers, Pool};
 use crate::checkpoint;
+use crate::cluster::fanout::Fanout;
+use crate::cluster::registry::{self, Members};
+use crate::cluster::{Cluster, Ownership};
 use crate::config::{ConfigError, OffsetReset, Secret, Settings};
 use crate::deliver::{self, Targets};
 use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
 use crate::kafka::{
-    ClusterView, KafkaConsumer, KafkaContext, MonitorClients, ViewReceiver, consumer_config,
-    run_monitor,
+    ClusterView, KafkaConsumer, KafkaContext, MonitorClients, Rebalanced, ViewReceiver,
+    consumer_config, run_monitor,
 };
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -163,17 +166,77 @@ pub fn reload_on_hangup(parts: &Parts, rules: Option<Arc<Rules>>) -> anyhow::Res
 }
 
 /// With `--zookeeper`: where it is, and this instance's name there.
-pub async fn zookeeper(settings: &Settings) -> anyhow::Result<Option<ZkOptions>> {
+pub async fn zookeeper(
+    settings: &Settings,
+    cluster: Option<&ClusterParts>,
+) -> anyhow::Result<Option<ZkOptions>> {
     let Some(connect) = &settings.zookeeper else {
         return Ok(None);
     };
     let dir = settings.checkpoint_dir.clone();
+    let instance_id = match &settings.cluster {
+        Some(c) => c.instance_id.clone(),
+        None => blocking(move || Ok(instance_id(&dir)?)).await?,
+    };
     Ok(Some(ZkOptions {
         connect: connect.clone(),
         group: settings.group.clone(),
         session_timeout: settings.zookeeper_session_timeout,
-        instance_id: blocking(move || Ok(instance_id(&dir)?)).await?,
+        instance_id,
+        ownership: cluster.map(|c| c.ownership.clone()),
     }))
+}
+
+/// `--cluster`: what ingest, the registry, the committers and the answers share.
+pub struct ClusterParts {
+    pub settings: Cluster,
+    pub ownership: Arc<Ownership>,
+    pub members: Members,
+    pub rebalances: Arc<Mutex<Vec<Rebalanced>>>,
+}
+
+pub fn cluster(settings: &Settings, shared: &Sources) -> Option<ClusterParts> {
+    let cluster = settings.cluster.clone()?;
+    shared.metrics.cluster_instances.set(1);
+    Some(ClusterParts {
+        members: registry::initial(&cluster),
+        settings: cluster,
+        ownership: Arc::new(Ownership::new(settings.zookeeper.is_some())),
+        rebalances: Arc::default(),
+    })
+}
+
+/// `--cluster` with ZooKeeper: the registry keeps this instance listed
+/// and its partitions fenced.
+pub fn registry(
+    cluster: Option<&ClusterParts>,
+    zookeeper: Option<&ZkOptions>,
+    shared: &Sources,
+    parts: &Parts,
+) {
+    let (Some(c), Some(options)) = (cluster, zookeeper) else {
+        return;
+    };
+    let cancel = CancellationToken::new();
+    parts.task(
+        "cluster registry",
+        Stage::Commit,
+        Signal::Token(cancel.clone()),
+        Report::FailuresOnly,
+        None,
+        registry::run(
+            c.settings.clone(),
+            registry::RegistryOptions {
+                connect: options.connect.clone(),
+                group: options.group.clone(),
+                session_timeout: options.session_timeout,
+            },
+            c.ownership.clone(),
+            c.members.clone(),
+            shared.metrics.clone(),
+            cancel,
+        ),
+    );
 }
 
 /// `--brokers`, or the embedded demo broker started with its traffic.
@@ -209,7 +272,7 @@ pub async fn brokers(settings: &Settings, parts: &Parts) -> anyhow::Result<Strin
 /// The Kafka clients ingest and the committers use, and the cluster view
 /// the monitor keeps.
 pub struct KafkaClients {
-    pub consumer: KafkaConsumer,
+    pub consumer: Arc<KafkaConsumer>,
     pub group_client: Arc<KafkaConsumer>,
     pub view: ViewReceiver,
 }
@@ -222,6 +285,7 @@ pub fn kafka_clients(
     shared: &Sources,
     parts: &Parts,
     stop: &Stop,
+    cluster: Option<&ClusterParts>,
 ) -> anyhow::Result<KafkaClients> {
     let auto_reset = match settings.offset_reset {
         OffsetReset::Earliest => "earliest",
@@ -237,11 +301,31 @@ pub fn kafka_clients(
                 health: shared.health.clone(),
                 metrics: shared.metrics.clone(),
                 logs: logs.clone(),
+                rebalances: None,
             })
             .with_context(|| format!("creating the Kafka {role} client"))
     };
-    let consumer = client("ingest")?;
-    let group_client = Arc::new(client("committer")?);
+    let (consumer, group_client) = match cluster {
+        None => (Arc::new(client("ingest")?), Arc::new(client("committer")?)),
+        Some(c) => {
+            // A member of the group: only it may commit the group's offsets.
+            let mut member = cluster_config(&config, &c.settings.instance_id);
+            for (key, value) in &settings.kafka_config {
+                member.set(key, value);
+            }
+            let consumer: Arc<KafkaConsumer> = Arc::new(
+                member
+                    .create_with_context(KafkaContext {
+                        health: shared.health.clone(),
+                        metrics: shared.metrics.clone(),
+                        logs: logs.clone(),
+                        rebalances: Some(c.rebalances.clone()),
+                    })
+                    .context("creating the Kafka ingest client")?,
+            );
+            (consumer.clone(), consumer)
+        }
+    };
     let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
     let clients = MonitorClients {
         monitor: client("monitor")?,
@@ -268,6 +352,18 @@ pub fn kafka_clients(
 
 /// The answers HTTP asks, and their query workers: threads of their own,
 /// stopped with the server.
+/// The group member's configuration: the classic protocol with
+/// cooperative-sticky assignment (the session timeout is then the
+/// client's to set), and this instance's id in the group's listings.
+fn cluster_config(config: &ClientConfig, instance_id: &str) -> ClientConfig {
+    let mut member = config.clone();
+    member
+        .set("client.id", format!("ipstats-{instance_id}"))
+        .set("group.protocol", "classic")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    member
+}
+
 pub fn answers(shared: &Sources, parts: &Parts) -> anyhow::Result<Answers> {
     let stop = Stop::new();
     let (pool, workers) = Pool::new(answers::WORKERS.len(), &stop);
@@ -318,10 +414,24 @@ pub fn serve_http(
     shared: &Sources,
     parts: &Parts,
     (listener, connections): (TcpListener, ConnectionLimits),
+    cluster: Option<(&ClusterParts, ViewReceiver)>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    let answers = answers(shared, parts)?;
+    let fanout = match cluster {
+        None => None,
+        Some((c, view)) => Some(Arc::new(Fanout::new(
+            c.settings.clone(),
+            c.ownership.clone(),
+            c.members.clone(),
+            answers.clone(),
+            view,
+            settings.auth_token.as_ref().map(|t| t.expose().to_string()),
+        )?)),
+    };
     let state = AppState {
-        answers: answers(shared, parts)?,
+        cluster: fanout,
+        answers,
         renders: Default::default(),
         sources: shared.clone(),
         adhoc: Default::default(),

@@ -175,6 +175,8 @@ pub struct ServeArgs {
     pub time_source: Option<TimeSource>,
     #[command(flatten)]
     pub time: TimeFieldArgs,
+    #[command(flatten)]
+    pub cluster: super::ClusterArgs,
     /// How far behind the window's end a record may arrive and still join its pane (shorter
     /// than --window); older records are counted as late.
     #[arg(

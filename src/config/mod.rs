@@ -11,6 +11,7 @@ use std::time::Duration;
 mod access;
 mod checks;
 mod cli;
+mod cluster;
 mod input;
 mod kafka;
 
@@ -24,6 +25,7 @@ pub use cli::{
     Cli, Command, CountArgs, Format, InputArgs, LegacyArgs, OffsetReset, ProduceArgs, ServeArgs,
     TimeSource,
 };
+pub use cluster::{Cluster, ClusterArgs, is_instance_id};
 pub use input::{Input, Time};
 pub use kafka::parse_kafka_config;
 
@@ -103,6 +105,8 @@ pub struct Settings {
     pub alertmanager: Option<url::Url>,
     pub alert_max_age: Duration,
     pub alert_queue: usize,
+    /// `--cluster`: this instance is one of several on the group.
+    pub cluster: Option<Cluster>,
 }
 
 impl Settings {
@@ -154,7 +158,12 @@ impl TryFrom<ServeArgs> for Settings {
         }
         let retention = retention(a.retention, a.window, a.slide, a.batch)?;
         let memory = memory_budget(a.memory_limit.as_deref(), retention, a.batch)?;
+        let time_source = a.time_source.unwrap_or(TimeSource::Event);
+        let cluster = a
+            .cluster
+            .check(a.listen, a.brokers.is_none(), time_source)?;
         Ok(Settings {
+            cluster,
             alert_webhook: access::alert_url(
                 "--alert-webhook",
                 a.alert_webhook.as_deref(),
@@ -186,7 +195,7 @@ impl TryFrom<ServeArgs> for Settings {
             listen: a.listen,
             input,
             time: Time::new(
-                a.time_source.unwrap_or(TimeSource::Event),
+                time_source,
                 a.time.time_field,
                 a.lateness,
                 a.max_future,

@@ -18,8 +18,12 @@ use super::views::rfc3339;
 use crate::rules::AlertsView;
 use crate::vocab::Network;
 
-pub async fn alerts(State(state): State<AppState>) -> Json<AlertsView> {
-    Json(AlertsView::clone(&state.answers.now().alerts))
+pub async fn alerts(State(state): State<AppState>) -> Response {
+    let snapshot = state.answers.now();
+    if state.cluster.is_none() {
+        return Json(AlertsView::clone(&snapshot.alerts)).into_response();
+    }
+    super::cluster::with_field(&state, &snapshot, AlertsView::clone(&snapshot.alerts)).await
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::AppState;
 use super::adhoc::{self, Asked};
+use super::cluster;
 use super::problem::{Params, PathParam, Problem};
 use super::views::{
     CheckpointView, DashboardAlerts, EventView, Exactness, HistoryView, IpView, KafkaView,
@@ -32,6 +33,7 @@ const DEFAULT_TOP_N: usize = 10;
 #[derive(Deserialize)]
 pub struct TopQuery {
     n: Option<String>,
+    scope: Option<String>,
     window: Option<String>,
     end: Option<String>,
     prefix4: Option<String>,
@@ -53,6 +55,7 @@ impl TopQuery {
 #[derive(Deserialize)]
 pub struct RangeQuery {
     n: Option<String>,
+    scope: Option<String>,
     window: Option<String>,
     end: Option<String>,
 }
@@ -90,6 +93,19 @@ pub async fn top(
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.answers.now();
     let asked = query.asked();
+    if let Some(fanout) = cluster::fanout(&state, query.scope.as_deref())? {
+        return cluster::top(&state, &fanout, &snapshot, &asked, n).await;
+    }
+    if state.cluster.is_some() {
+        // ?scope=local: this instance's own counts, said to be so.
+        let question = Question::Top {
+            range: adhoc::range(&state, &snapshot, &asked)?,
+            grouping: adhoc::grouping(&asked)?,
+            n,
+        };
+        let answer = adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await?;
+        return Ok(cluster::local_answer(&state, answer).await);
+    }
     if !asked.is_default() {
         let question = Question::Top {
             range: adhoc::range(&state, &snapshot, &asked)?,
@@ -118,6 +134,17 @@ pub async fn ip(
         .ok_or_else(|| Problem::bad_request(format!("{text:?} is not an IPv4 or IPv6 address")))?;
     let snapshot = state.answers.now();
     let asked = query.asked();
+    if let Some(fanout) = cluster::fanout(&state, query.scope.as_deref())? {
+        return cluster::ip(&state, &fanout, &snapshot, &asked, ip).await;
+    }
+    if state.cluster.is_some() {
+        let question = Question::Ip {
+            range: adhoc::range(&state, &snapshot, &asked)?,
+            ip,
+        };
+        let answer = adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await?;
+        return Ok(cluster::local_answer(&state, answer).await);
+    }
     if !asked.is_default() {
         let question = Question::Ip {
             range: adhoc::range(&state, &snapshot, &asked)?,
@@ -168,13 +195,15 @@ pub async fn network(
         },
     };
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
+    cluster::local_scope(query.scope.as_deref())?;
     let snapshot = state.answers.now();
     let question = Question::Network {
         range: adhoc::range(&state, &snapshot, &query.asked())?,
         network,
         n,
     };
-    adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await
+    let answer = adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await?;
+    Ok(cluster::local_answer(&state, answer).await)
 }
 
 fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
@@ -221,8 +250,22 @@ fn offsets_view(state: &AppState, snapshot: &Snapshot) -> OffsetsView {
     }
 }
 
-pub async fn offsets(State(state): State<AppState>) -> Json<OffsetsView> {
-    Json(offsets_view(&state, &state.answers.now()))
+#[derive(Deserialize)]
+pub struct ScopeQuery {
+    scope: Option<String>,
+}
+
+pub async fn offsets(
+    State(state): State<AppState>,
+    Params(query): Params<ScopeQuery>,
+) -> Result<Response, Problem> {
+    let snapshot = state.answers.now();
+    let view = offsets_view(&state, &snapshot);
+    if let Some(fanout) = cluster::fanout(&state, query.scope.as_deref())? {
+        let local = serde_json::to_value(&view).unwrap_or_default();
+        return Ok(cluster::offsets(&state, &fanout, local).await);
+    }
+    Ok(cluster::with_field(&state, &snapshot, view).await)
 }
 
 fn store_view(store: &StoreStatus, connect: Option<String>) -> StoreView {
@@ -316,8 +359,17 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> StatusView {
     }
 }
 
-pub async fn status(State(state): State<AppState>) -> Json<StatusView> {
-    Json(status_view(&state, &state.answers.now()))
+pub async fn status(State(state): State<AppState>) -> Response {
+    let snapshot = state.answers.now();
+    let view = status_view(&state, &snapshot);
+    match &state.cluster {
+        None => Json(view).into_response(),
+        Some(fanout) => Json(cluster::StatusWithCluster {
+            status: view,
+            cluster: cluster::status_of(fanout, &snapshot),
+        })
+        .into_response(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod adhoc;
 mod alerts;
+mod cluster;
 mod handlers;
 mod problem;
 pub mod render;
@@ -113,6 +114,8 @@ pub struct AppState {
     pub renders: Arc<render::Renders>,
     /// Places for ad-hoc merges (other windows, networks).
     pub adhoc: Arc<adhoc::Gate>,
+    /// `--cluster`: the other instances, asked for their parts.
+    pub cluster: Option<Arc<crate::cluster::fanout::Fanout>>,
 }
 
 /// Every route: the router is built from this list and the spec test reads it.
@@ -133,6 +136,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/healthz", get(handlers::healthz)),
         ("/readyz", get(handlers::readyz)),
         ("/openapi.yaml", get(handlers::openapi)),
+        (
+            crate::cluster::fanout::PART_ROUTE,
+            axum::routing::post(cluster::part),
+        ),
     ]
 }
 

@@ -9,10 +9,12 @@
 //! with each record and when a pane closes is decided by [`Tracker`], which
 //! knows nothing of Kafka; this loop makes the librdkafka calls.
 
+mod cluster;
 mod config;
 pub mod event_clock;
 mod resets;
 mod slide;
+mod start;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -23,18 +25,18 @@ use prometheus::{Gauge, IntCounter, IntGauge};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::checkpoint::CheckpointJob;
 use crate::config::OffsetReset;
-use crate::count::{CountingThread, CountingThreadGone, OpenLimit, TakenPane};
+use crate::count::{CountingThread, CountingThreadGone, TakenPane};
 use crate::kafka::batch::{BatchQueue, Consumed};
 use crate::kafka::{KafkaConsumer, ViewReceiver};
 use crate::log_limit::{self, LogLimit, repeats_note};
 use crate::metrics::Metrics;
 use crate::offsets::ResetRefused;
 pub use crate::offsets::StoredOffsets;
-use crate::rules::{Evaluator, SavedAlerts};
+use crate::rules::SavedAlerts;
 use crate::snapshot::Published;
 use crate::snapshot::build::Builder;
 use crate::stop::Stop;
@@ -44,6 +46,7 @@ use crate::window::{Pane, Window};
 use event_clock::EventPanes;
 use tracker::{Tracker, Verdict};
 
+pub use cluster::Link as ClusterLink;
 pub use config::IngestConfig;
 
 /// Event time: how old the cluster view may be, and how long a partition
@@ -58,6 +61,9 @@ const RECORDS_PER_CALL: usize = 1024;
 /// How long assignment waits for a topic's metadata (a round trip when the
 /// cluster is up; the monitor has just reached it).
 const METADATA_WARM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long moving an assigned partition to another offset may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why ingest stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,12 @@ pub enum IngestError {
     ConsumeFailed(KafkaError),
     #[error(transparent)]
     CountingThreadGone(#[from] CountingThreadGone),
+    #[error("joining the consumer group failed: {0}")]
+    Subscribe(KafkaError),
+    #[error("acting on the consumer group's rebalance failed: {0}")]
+    Rebalance(KafkaError),
+    #[error("starting the counting thread failed: {0}")]
+    CountingThread(std::io::Error),
 }
 
 /// A window to continue from: the panes of a checkpoint and its totals.
@@ -95,6 +107,9 @@ pub struct Links {
     pub published: Published,
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    /// `--cluster`: where the group's decisions arrive and what this
+    /// instance holds is told.
+    pub cluster: Option<cluster::Link>,
 }
 
 /// One partition's metric handles, resolved once at assignment: every
@@ -129,8 +144,10 @@ impl PartitionMetrics {
 }
 
 pub struct Ingest {
-    consumer: KafkaConsumer,
+    consumer: Arc<KafkaConsumer>,
     state: State,
+    /// `--cluster`: the group assigns the partitions.
+    member: Option<cluster::Member>,
 }
 
 /// Everything ingest owns but the consumer, so that a message borrowed from
@@ -160,87 +177,28 @@ struct State {
 impl Ingest {
     /// Ingest starting from `stored` offsets, continuing `resume`'s window.
     pub fn new(
-        consumer: KafkaConsumer,
+        consumer: Arc<KafkaConsumer>,
         config: IngestConfig,
         stored: StoredOffsets,
         resume: Option<Resume>,
         links: Links,
     ) -> std::io::Result<Self> {
-        let mut window = Window::new(config.window_panes).with_retained(config.retained_panes);
-        let (mut next_seq, mut totals) = (0, IngestTotals::default());
-        let mut events = config.time.is_event().then(|| {
-            EventPanes::new(
-                config.batch,
-                config.slide,
-                config.time.lateness,
-                config.window + config.batch * config.retained_panes as u32,
-            )
-        });
-        let mut saved_alerts = None;
-        if let Some(resume) = resume {
-            saved_alerts = resume.alerts;
-            next_seq = match events.as_mut() {
-                Some(events) => {
-                    events.restore(
-                        resume.panes,
-                        resume.event_end_ms,
-                        resume.next_seq,
-                        &mut window,
-                    );
-                    resume.next_seq
-                }
-                None => window.restore(
-                    resume.panes,
-                    resume.next_seq,
-                    config.batch,
-                    SystemTime::now(),
-                ),
-            };
-            totals = resume.totals;
-            info!(
-                panes = window.panes().len(),
-                requests = window.requests(),
-                next_pane = next_seq,
-                "window restored from the checkpoint"
-            );
-        }
-        let now = Instant::now();
-        let state = State {
-            tracker: Tracker::new(
-                config.batch,
-                config.max_rate_per_partition,
-                next_seq,
-                now,
-                SystemTime::now(),
+        let member = links.cluster.clone().map(cluster::Member::new);
+        let (stored, resume, member) = match member {
+            // The checkpoint waits for the group's first assignment.
+            Some(member) => (
+                StoredOffsets::new(),
+                None,
+                Some(member.keeping(stored, resume)),
             ),
-            builder: Builder::new(config.window, config.slide, totals.records_consumed, now)
-                .with_rules(config.rules.clone().map(|rules| {
-                    Evaluator::new(rules, config.batch, links.metrics.clone())
-                        .with_saved(saved_alerts.as_ref())
-                        .with_outbox(config.outbox.clone())
-                })),
-            counting: CountingThread::spawn(
-                config.client_field.clone(),
-                config.max_line_bytes,
-                config.pane_time(),
-                OpenLimit {
-                    entries: config.memory.open_entries(),
-                    capacity: config.memory.capacity,
-                },
-            )?,
-            partition_metrics: Vec::new(),
-            window,
-            events,
-            totals,
-            config,
-            assigned_generation: None,
-            stored,
-            links,
-            logs: LogLimit::default(),
-            published: false,
-            summarizing_since: None,
+            None => (stored, resume, None),
         };
-        Ok(Ingest { consumer, state })
+        let state = State::new(config, stored, resume, links)?;
+        Ok(Ingest {
+            consumer,
+            state,
+            member,
+        })
     }
 
     /// Runs until `stop` is set; closes, publishes and checkpoints the open
@@ -250,23 +208,34 @@ impl Ingest {
         let Ingest {
             consumer,
             state: mut st,
+            mut member,
         } = self;
+        let consumer = &*consumer;
         st.tracker.start(Instant::now(), SystemTime::now());
-        let mut queue = BatchQueue::new(&consumer, RECORDS_PER_CALL).map_err(IngestError::Queue)?;
-        st.assign_new_partitions(&consumer, &queue)?;
+        let mut queue = BatchQueue::new(consumer, RECORDS_PER_CALL).map_err(IngestError::Queue)?;
+        match &member {
+            Some(member) => member.subscribe(consumer)?,
+            None => st.assign_new_partitions(consumer, &queue)?,
+        }
         while !stop.is_set() {
             // The consumer queue carries the client's errors and logs (served
-            // by the Kafka context) and the records of a partition that could
-            // not be routed to the batch queue.
+            // by the Kafka context), the group's rebalances, and the records
+            // of a partition that could not be routed to the batch queue.
             if let Some(result) = consumer.poll(Duration::ZERO) {
-                st.handle_result(&consumer, result)?;
+                st.handle_result(consumer, result)?;
+            }
+            if let Some(member) = member.as_mut() {
+                if member.rebalanced() {
+                    st = member.rebalance(st, consumer, &queue)?;
+                }
+                member.beat();
             }
             let mut wait = Duration::ZERO;
             if queue.is_empty() {
                 // Partitions found while idle (at start-up, or a topic that
                 // appears) are assigned at once, not at the next batch.
-                if st.links.view.has_changed().unwrap_or(false) {
-                    st.assign_new_partitions(&consumer, &queue)?;
+                if member.is_none() && st.links.view.has_changed().unwrap_or(false) {
+                    st.assign_new_partitions(consumer, &queue)?;
                 }
                 wait = st
                     .tracker
@@ -279,42 +248,31 @@ impl Ingest {
                 st.tracker.idle(waited.elapsed());
             }
             for result in batch {
-                st.handle_result(&consumer, result)?;
+                st.handle_result(consumer, result)?;
             }
             let now = Instant::now();
             if st.tracker.is_due(now) {
                 // Batches stay on their grid; a stall closes the missed ones empty.
                 while st.tracker.is_due(now) {
-                    st.close_batch(&consumer)?;
+                    st.close_batch(consumer)?;
                 }
-                st.assign_new_partitions(&consumer, &queue)?;
+                match member.as_ref() {
+                    Some(member) => member.counted(&st),
+                    None => st.assign_new_partitions(consumer, &queue)?,
+                }
             }
         }
-        st.close_batch(&consumer)?;
+        st.close_batch(consumer)?;
         st.publish();
         let job = st.checkpoint_job();
         if st.links.checkpoints.send(job).is_err() {
             warn!("the checkpoint writer is gone; the final batch is not checkpointed");
         }
+        if let Some(member) = member {
+            member.leave(consumer);
+        }
         info!(batches = st.totals.batches, "ingest stopped");
         Ok(())
-    }
-}
-
-/// Asks the cluster for each topic about to be assigned, so that librdkafka
-/// knows its partitions' leaders when the assignment lands. A topic the
-/// client has not yet seen otherwise waits for librdkafka's once-a-second
-/// scan of unknown topics when its first request for it is lost to the
-/// bootstrap connection being replaced: up to a second before the first
-/// fetch. A failure here only means that wait; it is logged at debug.
-fn warm_metadata(consumer: &KafkaConsumer, starts: &[tracker::Start]) {
-    let mut topics: Vec<&str> = starts.iter().map(|s| &*s.topic).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    for topic in topics {
-        if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_WARM_TIMEOUT) {
-            debug!(%error, %topic, "metadata before assignment not fetched");
-        }
     }
 }
 
@@ -384,68 +342,6 @@ impl State {
         }
         self.counting
             .push(message.payload(), slot, message.timestamp_ms())?;
-        Ok(())
-    }
-
-    /// Assigns partitions the monitor found that are not assigned yet, their
-    /// records routed to `queue` first.
-    fn assign_new_partitions(
-        &mut self,
-        consumer: &KafkaConsumer,
-        queue: &BatchQueue<'_>,
-    ) -> Result<(), IngestError> {
-        let view = self.links.view.borrow_and_update().clone();
-        if view.refreshed.is_none() || self.assigned_generation == Some(view.generation) {
-            return Ok(());
-        }
-        let initial = self.assigned_generation.is_none();
-        let starts = self
-            .tracker
-            .plan(&view, &self.stored, self.config.offset_reset, initial)?;
-        self.assigned_generation = Some(view.generation);
-        let Some(first) = starts.first() else {
-            return Ok(());
-        };
-        let assign_error = |topic: &Arc<str>, partition, source| IngestError::Assign {
-            topic: topic.clone(),
-            partition,
-            source,
-        };
-        warm_metadata(consumer, &starts);
-        let mut tpl = TopicPartitionList::new();
-        for s in &starts {
-            if let Err(error) = queue.route(&s.topic, s.partition) {
-                // Its records then come through the consumer queue: slower, not lost.
-                warn!(%error, topic = %s.topic, partition = s.partition,
-                    "partition read one record per call");
-            }
-            tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.started.offset))
-                .map_err(|e| assign_error(&s.topic, s.partition, e))?;
-        }
-        consumer
-            .incremental_assign(&tpl)
-            .map_err(|e| assign_error(&first.topic, first.partition, e))?;
-        resets::say_first_starts(&starts);
-        for start in starts {
-            if let Some(reset) = &start.reset {
-                resets::record(
-                    &self.links.metrics,
-                    &start.topic,
-                    start.partition,
-                    reset,
-                    false,
-                );
-            }
-            info!(topic = %start.topic, partition = start.partition,
-                start_offset = start.started.offset, initial, "partition assigned");
-            self.partition_metrics.push(PartitionMetrics::new(
-                &self.links.metrics,
-                &self.config.group,
-                &start.topic,
-                start.partition,
-            ));
-            self.tracker.add(start);
-        }
         Ok(())
     }
 

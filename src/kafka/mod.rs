@@ -5,13 +5,15 @@
 pub mod batch;
 pub mod monitor;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -29,6 +31,19 @@ pub struct KafkaContext {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub logs: Arc<LogLimit>,
+    /// `--cluster`: the group's assignment changes, for ingest to act on
+    /// (see [`Rebalanced`]); `None` for clients that never subscribe.
+    pub rebalances: Option<Arc<Mutex<Vec<Rebalanced>>>>,
+}
+
+/// A change of assignment the group decided, left for ingest: it
+/// checkpoints, commits and positions the partitions before it calls
+/// librdkafka's incremental assign or unassign, which librdkafka waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalanced {
+    Assign(Vec<(Arc<str>, i32)>),
+    Revoke(Vec<(Arc<str>, i32)>),
+    Failed(String),
 }
 
 impl ClientContext for KafkaContext {
@@ -65,7 +80,37 @@ impl ClientContext for KafkaContext {
     }
 }
 
-impl ConsumerContext for KafkaContext {}
+impl ConsumerContext for KafkaContext {
+    fn rebalance(
+        &self,
+        _consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions = || {
+            tpl.elements()
+                .iter()
+                .map(|e| (Arc::from(e.topic()), e.partition()))
+                .collect()
+        };
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                Rebalanced::Assign(partitions())
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                Rebalanced::Revoke(partitions())
+            }
+            other => Rebalanced::Failed(RDKafkaErrorCode::from(other).to_string()),
+        };
+        match &self.rebalances {
+            Some(events) => events.lock().unwrap_or_else(|e| e.into_inner()).push(event),
+            None => warn!(
+                ?event,
+                "rebalance on a client that never subscribes; ignored"
+            ),
+        }
+    }
+}
 
 pub type KafkaConsumer = BaseConsumer<KafkaContext>;
 

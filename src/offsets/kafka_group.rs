@@ -1,6 +1,8 @@
 //! Kafka consumer-group offsets: the same offsets as ZooKeeper, committed
 //! manually to the group (never subscribed, so never rebalanced), so that
-//! `kafka-consumer-groups --describe` and lag exporters see progress.
+//! `kafka-consumer-groups --describe` and lag exporters see progress. With
+//! `--cluster` the committing client is the group member itself, and only
+//! the partitions this instance holds are committed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::{Attempt, CommitRequest, CommitTarget, commit_loop};
 use super::committed::Committed;
+use crate::cluster::Ownership;
 use crate::kafka::KafkaConsumer;
 use crate::metrics::Metrics;
 
@@ -45,11 +48,18 @@ pub fn read_committed(
         .collect())
 }
 
-struct GroupTarget(Arc<KafkaConsumer>);
+struct GroupTarget(Arc<KafkaConsumer>, Option<Arc<Ownership>>);
 
 impl CommitTarget for GroupTarget {
     async fn attempt(&mut self, request: &CommitRequest, _stopping: bool) -> Attempt {
-        let (consumer, offsets) = (self.0.clone(), request.offsets.clone());
+        let mut offsets = request.offsets.clone();
+        if let Some(ownership) = &self.1 {
+            offsets.retain(|(t, p, _)| ownership.may_commit(t, *p));
+            if offsets.is_empty() {
+                return Attempt::Committed;
+            }
+        }
+        let consumer = self.0.clone();
         let result = tokio::task::spawn_blocking(move || {
             consumer.commit(&partition_list(&offsets)?, CommitMode::Sync)
         })
@@ -68,12 +78,13 @@ impl CommitTarget for GroupTarget {
 /// Commits every published request to the group (see [`commit_loop`]).
 pub async fn run_committer(
     consumer: Arc<KafkaConsumer>,
+    ownership: Option<Arc<Ownership>>,
     requests: watch::Receiver<Arc<CommitRequest>>,
     committed: Arc<Committed>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut target = GroupTarget(consumer);
+    let mut target = GroupTarget(consumer, ownership);
     commit_loop(
         "kafka",
         requests,

@@ -19,6 +19,8 @@ use zookeeper_client as zk;
 
 use super::commit::{Attempt, CommitRequest, CommitTarget, commit_loop};
 use super::committed::{StoreState, StoreStatus};
+use crate::cluster::Ownership;
+use crate::cluster::registry::owner_path;
 use crate::config::ZkConnect;
 use crate::metrics::Metrics;
 
@@ -83,6 +85,10 @@ pub struct ZkOptions {
     pub group: String,
     pub session_timeout: Duration,
     pub instance_id: String,
+    /// `--cluster`: the partitions this instance holds and the versions of
+    /// their owner znodes, which every commit checks (instead of the
+    /// ephemeral owner znodes of a single instance).
+    pub ownership: Option<Arc<Ownership>>,
 }
 
 impl ZkOptions {
@@ -332,6 +338,9 @@ impl ZkStore {
     /// Writes every offset in one `multi`, each guarded by the znode version
     /// last seen. On a conflict the versions are re-read for the next try.
     pub async fn commit(&mut self, request: &CommitRequest) -> Result<(), ZkError> {
+        if let Some(ownership) = self.options.ownership.clone() {
+            return self.commit_fenced(request, &ownership).await;
+        }
         let mut paths = Vec::with_capacity(request.offsets.len());
         for (topic, partition, _) in &request.offsets {
             self.claim(topic, *partition).await?;
@@ -377,6 +386,90 @@ impl ZkStore {
                 if error.conflict() {
                     for (topic, partition, _) in &request.offsets {
                         // Best effort: a failure here surfaces on the next try.
+                        let _ = self.read_offset(topic, *partition).await;
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl ZkStore {
+    /// `--cluster`: writes the offsets of the partitions this instance
+    /// still owns in one `multi`, each preceded by a check that its owner
+    /// znode is at the version this instance wrote: once another instance
+    /// has taken a partition, no commit of it from here can succeed.
+    async fn commit_fenced(
+        &mut self,
+        request: &CommitRequest,
+        ownership: &Ownership,
+    ) -> Result<(), ZkError> {
+        let mut writes = Vec::new();
+        for (topic, partition, offset) in &request.offsets {
+            let Some(version) = ownership.fence_of(topic, *partition) else {
+                continue;
+            };
+            let path = self.offset_path(topic, *partition);
+            self.ensure_parent(&path).await?;
+            if !self.versions.contains_key(&path) {
+                self.read_offset(topic, *partition).await?;
+            }
+            let owner = owner_path(&self.options.group, topic, *partition);
+            writes.push((owner, version, path, offset.to_string()));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.client.new_multi_writer();
+        for (owner, version, path, value) in &writes {
+            let op_error = |source| ZkError::Op {
+                op: "multi",
+                path: path.clone(),
+                source,
+            };
+            writer
+                .add_check_version(owner, *version)
+                .map_err(op_error)?;
+            match self.versions.get(path) {
+                Some(v) => writer.add_set_data(path, value.as_bytes(), Some(*v)),
+                None => writer.add_create(path, value.as_bytes(), &persistent()),
+            }
+            .map_err(op_error)?;
+        }
+        match writer.commit().await {
+            Ok(results) => {
+                // Results come in pairs: the check, then the write.
+                for ((_, _, path, _), result) in
+                    writes.iter().zip(results.into_iter().skip(1).step_by(2))
+                {
+                    let version = match result {
+                        zk::MultiWriteResult::SetData { stat } => stat.version,
+                        zk::MultiWriteResult::Create { stat, .. } => stat.version.max(0),
+                        _ => continue,
+                    };
+                    self.versions.insert(path.clone(), version);
+                }
+                Ok(())
+            }
+            Err(source) => {
+                if let zk::MultiWriteError::OperationFailed { index, .. } = &source
+                    && index % 2 == 0
+                    && let Some((owner, ..)) = writes.get(index / 2)
+                    && let Some((topic, partition, _)) = request
+                        .offsets
+                        .iter()
+                        .find(|(t, p, _)| owner_path(&self.options.group, t, *p) == *owner)
+                {
+                    warn!(%topic, partition, "another instance took this partition: its offsets are no longer committed from here");
+                    ownership.fence_failed(topic, *partition);
+                }
+                let error = ZkError::Multi {
+                    partitions: writes.len(),
+                    source,
+                };
+                if error.conflict() {
+                    for (topic, partition, _) in &request.offsets {
                         let _ = self.read_offset(topic, *partition).await;
                     }
                 }

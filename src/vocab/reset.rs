@@ -82,6 +82,9 @@ pub enum StartedFrom {
     Reset,
     /// A partition that appeared while running: new data, read from its start.
     NewPartition,
+    /// `--cluster`: a partition handed to this instance, rebuilt from the
+    /// first record of the kept history (found by time).
+    Rebuild,
 }
 
 impl StartedFrom {
@@ -90,6 +93,7 @@ impl StartedFrom {
             StartedFrom::Stored(origin) => origin.as_str(),
             StartedFrom::Reset => "offset_reset",
             StartedFrom::NewPartition => "new_partition",
+            StartedFrom::Rebuild => "rebuild",
         }
     }
 }

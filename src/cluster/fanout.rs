@@ -1,0 +1,466 @@
+//! Asking every instance for its part, in parallel, within one deadline for
+//! the whole answer; merging the parts; and saying how complete the answer
+//! is (the `cluster` field of every answer).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::merge::{Candidates, threshold};
+use super::part::{Ask, Item, PartReply, PartRequest, read_key};
+use super::registry::{Member, Members};
+use super::{Cluster, Ownership, label};
+use crate::answers::Answers;
+use crate::kafka::ViewReceiver;
+use crate::query::{Grouping, Range};
+use crate::vocab::Network;
+
+/// The route every instance answers its part on.
+pub const PART_ROUTE: &str = "/internal/v1/part";
+
+/// How long one answer may wait for the other instances, all rounds
+/// together: an instance that has not answered by then is unreachable for
+/// this answer, which is then incomplete.
+pub const DEADLINE: Duration = Duration::from_secs(3);
+
+/// The `cluster` field of every answer.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClusterField {
+    pub complete: bool,
+    pub instances: Vec<InstanceField>,
+    pub missing: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct InstanceField {
+    pub id: String,
+    pub url: String,
+    /// The partitions whose counts it holds.
+    pub partitions: Vec<String>,
+    pub reachable: bool,
+    /// Of those, the ones still being rebuilt from Kafka.
+    pub rebuilding: Vec<String>,
+}
+
+/// One instance's answer to one round: `None` when it did not answer in time.
+type Parts = Vec<Option<PartReply>>;
+
+pub struct Fanout {
+    pub cluster: Cluster,
+    pub ownership: Arc<Ownership>,
+    pub members: Members,
+    local: Answers,
+    view: ViewReceiver,
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+/// A cluster-wide top list.
+#[derive(Debug)]
+pub struct Top {
+    pub total_requests: u64,
+    pub distinct_ips: u64,
+    pub distinct_networks: u64,
+    pub items: Vec<Item>,
+    pub exact: bool,
+    pub error_bound: u64,
+    pub cluster: ClusterField,
+}
+
+impl Fanout {
+    pub fn new(
+        cluster: Cluster,
+        ownership: Arc<Ownership>,
+        members: Members,
+        local: Answers,
+        view: ViewReceiver,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(DEADLINE)
+            .timeout(DEADLINE)
+            .build()?;
+        Ok(Fanout {
+            cluster,
+            ownership,
+            members,
+            local,
+            view,
+            client,
+            token,
+        })
+    }
+
+    /// This instance's part, from its newest view.
+    pub async fn local_part(&self, request: PartRequest) -> Option<PartReply> {
+        let view = arc_swap::Guard::into_inner(self.local.now());
+        let coverage = self.ownership.coverage(&view.partitions);
+        let mut reply = self
+            .local
+            .compute(view, move |kept, merges| request.answer(kept, merges))
+            .await
+            .ok()?;
+        reply.id = self.cluster.instance_id.clone();
+        reply.url = self.cluster.advertise_url.clone();
+        reply.coverage = coverage;
+        Some(reply)
+    }
+
+    async fn remote_part(&self, url: &str, request: &PartRequest) -> Option<PartReply> {
+        let mut asking = self.client.post(format!("{url}{PART_ROUTE}")).json(request);
+        if let Some(token) = &self.token {
+            asking = asking.bearer_auth(token);
+        }
+        let response = asking.send().await.ok()?.error_for_status().ok()?;
+        response.json::<PartReply>().await.ok()
+    }
+
+    /// `requests[i]` asked of `members[i]`, all at once, until `until`.
+    async fn ask(&self, members: &[Member], requests: Vec<PartRequest>, until: Instant) -> Parts {
+        let asks = members.iter().zip(requests).map(|(m, request)| async move {
+            let left = until.saturating_duration_since(Instant::now());
+            let part = async {
+                if m.id == self.cluster.instance_id {
+                    self.local_part(request).await
+                } else {
+                    self.remote_part(&m.url, &request).await
+                }
+            };
+            tokio::time::timeout(left, part).await.ok().flatten()
+        });
+        join_all(asks).await
+    }
+
+    fn roster(&self) -> Vec<Member> {
+        self.members.load().members.clone()
+    }
+
+    /// Every partition of the topics, as the Kafka monitor last saw them.
+    pub fn all_partitions(&self) -> Option<Vec<String>> {
+        self.partitions()
+    }
+
+    /// `/api/v1/offsets?scope=local` of every other instance that answers in time.
+    pub async fn offsets_of_others(&self) -> Vec<serde_json::Value> {
+        let until = Instant::now() + DEADLINE;
+        let members = self.roster();
+        let asks = members
+            .iter()
+            .filter(|m| m.id != self.cluster.instance_id)
+            .map(|m| async move {
+                let left = until.saturating_duration_since(Instant::now());
+                let mut asking = self
+                    .client
+                    .get(format!("{}/api/v1/offsets?scope=local", m.url));
+                if let Some(token) = &self.token {
+                    asking = asking.bearer_auth(token);
+                }
+                let answer = async {
+                    let response = asking.send().await.ok()?.error_for_status().ok()?;
+                    response.json::<serde_json::Value>().await.ok()
+                };
+                tokio::time::timeout(left, answer).await.ok().flatten()
+            });
+        join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    fn partitions(&self) -> Option<Vec<String>> {
+        let view = self.view.borrow();
+        view.refreshed?;
+        Some(
+            view.partitions
+                .iter()
+                .map(|p| label(&p.topic, p.partition))
+                .collect(),
+        )
+    }
+
+    /// The top `n` keys of `range` over the whole cluster: exact (TPUT)
+    /// when the parts are.
+    pub async fn top(&self, range: Range, grouping: Option<Grouping>, n: usize) -> Top {
+        let until = Instant::now() + DEADLINE;
+        let members = self.roster();
+        let ask_all = |ask: Ask| vec![PartRequest::over(range, grouping, ask); members.len()];
+        let (tops, everyone) = tokio::join!(
+            self.ask(&members, ask_all(Ask::Top { k: n }), until),
+            self.ask(&members, ask_all(Ask::Addresses { within: None }), until),
+        );
+        let mut reached: Vec<bool> = tops
+            .iter()
+            .zip(&everyone)
+            .map(|(a, b)| a.is_some() && b.is_some())
+            .collect();
+        let answered = |parts: &Parts, reached: &[bool]| -> Vec<Vec<Item>> {
+            parts
+                .iter()
+                .zip(reached)
+                .map(|(p, r)| match p {
+                    Some(p) if *r => p.items.clone(),
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let t = threshold(&answered(&tops, &reached), n);
+        let above = self
+            .ask(&members, ask_all(Ask::Above { min: t }), until)
+            .await;
+        note_reached(&mut reached, &above);
+        let mut candidates = Candidates::new(&answered(&above, &reached), t, n);
+        let asks = (0..members.len())
+            .map(|i| {
+                PartRequest::over(
+                    range,
+                    grouping,
+                    Ask::Counts {
+                        keys: candidates.to_ask(i),
+                    },
+                )
+            })
+            .collect();
+        let counts = self.ask(&members, asks, until).await;
+        note_reached(&mut reached, &counts);
+        for (i, part) in counts.iter().enumerate() {
+            if let Some(part) = part.as_ref().filter(|_| reached[i]) {
+                candidates.add(i, &part.items);
+            }
+        }
+        let mut items = candidates.top(n);
+        // Distinct addresses: the union of every instance's, as one
+        // address's records may be counted by several.
+        let addresses: BTreeSet<&str> = everyone
+            .iter()
+            .zip(&reached)
+            .filter(|(_, r)| **r)
+            .filter_map(|(p, _)| p.as_ref())
+            .flat_map(|p| p.addresses.iter().map(String::as_str))
+            .collect();
+        let mut distinct_networks = addresses.len() as u64;
+        if let Some(g) = grouping {
+            let networks: Vec<(Network, usize)> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| read_key(&item.0).map(|n| (n, i)))
+                .collect();
+            let mut members_of: BTreeMap<usize, u64> = BTreeMap::new();
+            let mut all = HashSet::new();
+            for a in &addresses {
+                let Some(ip) = crate::vocab::parse_ip(a) else {
+                    continue;
+                };
+                all.insert(Network::of(ip, g.prefix4, g.prefix6));
+                if let Some((_, i)) = networks.iter().find(|(n, _)| n.contains(ip)) {
+                    *members_of.entry(*i).or_default() += 1;
+                }
+            }
+            distinct_networks = all.len() as u64;
+            for (i, item) in items.iter_mut().enumerate() {
+                item.2 = members_of.get(&i).copied().unwrap_or(0);
+            }
+        }
+        let parts: Vec<&PartReply> = tops
+            .iter()
+            .zip(&reached)
+            .filter(|(_, r)| **r)
+            .filter_map(|(p, _)| p.as_ref())
+            .collect();
+        Top {
+            total_requests: parts.iter().map(|p| p.total_requests).sum(),
+            distinct_ips: addresses.len() as u64,
+            distinct_networks,
+            items,
+            exact: parts.iter().all(|p| p.exact),
+            error_bound: parts.iter().map(|p| p.error_bound).sum(),
+            cluster: self.field(&members, &tops, &reached),
+        }
+    }
+
+    /// One address pane by pane over the cluster: the panes' counts added.
+    pub async fn ip(&self, range: Range, ip: &str) -> (Vec<(i64, i64, u64)>, bool, ClusterField) {
+        let until = Instant::now() + DEADLINE;
+        let members = self.roster();
+        let ask = PartRequest::over(range, None, Ask::Ip { ip: ip.to_string() });
+        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
+        let mut panes: BTreeMap<(i64, i64), u64> = BTreeMap::new();
+        for part in parts.iter().flatten() {
+            for (start, end, count) in &part.panes {
+                *panes.entry((*start, *end)).or_default() += count;
+            }
+        }
+        let exact = parts.iter().flatten().all(|p| p.exact);
+        let panes = panes.into_iter().map(|((s, e), c)| (s, e, c)).collect();
+        (panes, exact, self.field(&members, &parts, &reached))
+    }
+
+    /// The `cluster` field alone: every instance asked for its totals.
+    pub async fn coverage(&self, range: Range) -> ClusterField {
+        let until = Instant::now() + DEADLINE;
+        let members = self.roster();
+        let ask = PartRequest::over(range, None, Ask::Totals);
+        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
+        self.field(&members, &parts, &reached)
+    }
+
+    /// How complete an answer from `parts` is: see [`complete`].
+    fn field(&self, members: &[Member], parts: &Parts, reached: &[bool]) -> ClusterField {
+        complete(members, parts, reached, self.partitions().as_deref())
+    }
+}
+
+fn note_reached(reached: &mut [bool], parts: &Parts) {
+    for (r, p) in reached.iter_mut().zip(parts) {
+        *r &= p.is_some();
+    }
+}
+
+/// The `cluster` field: complete when every partition of the topics
+/// (`all`; `None`: not known yet) is held by exactly one instance that
+/// answered every round, and that instance vouches for it.
+pub fn complete(
+    members: &[Member],
+    parts: &Parts,
+    reached: &[bool],
+    all: Option<&[String]>,
+) -> ClusterField {
+    let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut served: HashSet<&str> = HashSet::new();
+    let mut instances = Vec::with_capacity(members.len());
+    for ((member, part), reached) in members.iter().zip(parts).zip(reached) {
+        let part = part.as_ref().filter(|_| *reached);
+        let (partitions, rebuilding) = match part {
+            Some(p) => {
+                for h in &p.coverage.held {
+                    *holders.entry(h.partition.as_str()).or_default() += 1;
+                }
+                served.extend(p.coverage.served.iter().map(String::as_str));
+                (
+                    p.coverage
+                        .held
+                        .iter()
+                        .map(|h| h.partition.clone())
+                        .collect(),
+                    p.coverage
+                        .held
+                        .iter()
+                        .filter(|h| h.rebuilding)
+                        .map(|h| h.partition.clone())
+                        .collect(),
+                )
+            }
+            None => (member.partitions.clone(), Vec::new()),
+        };
+        instances.push(InstanceField {
+            id: part.map_or_else(|| member.id.clone(), |p| p.id.clone()),
+            url: member.url.clone(),
+            partitions,
+            reachable: part.is_some(),
+            rebuilding,
+        });
+    }
+    let Some(all) = all else {
+        return ClusterField {
+            complete: false,
+            instances,
+            missing: Vec::new(),
+        };
+    };
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|p| holders.get(p.as_str()) != Some(&1) || !served.contains(p.as_str()))
+        .cloned()
+        .collect();
+    ClusterField {
+        complete: missing.is_empty() && !all.is_empty(),
+        instances,
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Coverage, HeldView};
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            url: format!("http://{id}"),
+            partitions: vec![],
+        }
+    }
+
+    fn part(held: &[&str], served: &[&str]) -> Option<PartReply> {
+        Some(PartReply {
+            coverage: Coverage {
+                held: held
+                    .iter()
+                    .map(|p| HeldView {
+                        partition: p.to_string(),
+                        rebuilding: !served.contains(p),
+                        progress: 1.0,
+                        position: 0,
+                        target: 0,
+                    })
+                    .collect(),
+                served: served.iter().map(|s| s.to_string()).collect(),
+                doubt: None,
+            },
+            ..PartReply::default()
+        })
+    }
+
+    #[test]
+    fn complete_only_when_every_partition_is_served_by_exactly_one_instance() {
+        let all: Vec<String> = ["t/0", "t/1"].iter().map(|s| s.to_string()).collect();
+        let members = vec![member("a"), member("b")];
+        let ok = complete(
+            &members,
+            &vec![part(&["t/0"], &["t/0"]), part(&["t/1"], &["t/1"])],
+            &[true, true],
+            Some(&all),
+        );
+        assert!(ok.complete, "{ok:?}");
+        // Rebuilding.
+        let f = complete(
+            &members,
+            &vec![part(&["t/0"], &["t/0"]), part(&["t/1"], &[])],
+            &[true, true],
+            Some(&all),
+        );
+        assert_eq!(
+            (f.complete, f.missing.clone()),
+            (false, vec!["t/1".to_string()])
+        );
+        assert_eq!(f.instances[1].rebuilding, vec!["t/1".to_string()]);
+        // Unreachable.
+        let f = complete(
+            &members,
+            &vec![part(&["t/0"], &["t/0"]), None],
+            &[true, false],
+            Some(&all),
+        );
+        assert!(!f.complete && !f.instances[1].reachable);
+        // Held twice: counts could be doubled.
+        let f = complete(
+            &members,
+            &vec![part(&["t/0", "t/1"], &["t/0"]), part(&["t/1"], &["t/1"])],
+            &[true, true],
+            Some(&all),
+        );
+        assert_eq!(f.missing, vec!["t/1".to_string()]);
+        // The topic's partitions not known yet.
+        assert!(
+            !complete(
+                &members,
+                &vec![part(&["t/0"], &["t/0"]), part(&["t/1"], &["t/1"])],
+                &[true, true],
+                None
+            )
+            .complete
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! `--cluster`: answers that cover every instance, and the route on which
+//! each instance gives its part ([`crate::cluster::fanout::PART_ROUTE`]).
+//!
+//! Each handler of the contract's routes asks here first: with `--cluster`
+//! and without `?scope=local`, the answer is merged from every instance's
+//! part and carries the `cluster` field; otherwise the handler answers from
+//! this instance as before.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::adhoc::{self, Asked};
+use super::problem::Problem;
+use super::views::{Exactness, IpView, NetworkTopView, PaneCount, TopView, WindowView, rfc3339};
+use crate::cluster::fanout::{ClusterField, Fanout, complete};
+use crate::cluster::part::{PartReply, PartRequest, read_key, time_of};
+use crate::cluster::registry::Member;
+use crate::query::{Grouping, NetworkCount, Range};
+use crate::snapshot::Snapshot;
+use crate::vocab::{IpKey, parse_ip};
+
+/// `?scope=`: `cluster` (the default) or `local`.
+pub fn local_scope(scope: Option<&str>) -> Result<bool, Problem> {
+    match scope {
+        None | Some("cluster") => Ok(false),
+        Some("local") => Ok(true),
+        Some(other) => Err(Problem::bad_request(format!(
+            "scope must be cluster or local, got {other:?}"
+        ))),
+    }
+}
+
+/// The fan-out, when this answer is to cover the cluster.
+pub fn fanout(state: &AppState, scope: Option<&str>) -> Result<Option<Arc<Fanout>>, Problem> {
+    let local = local_scope(scope)?;
+    Ok(state.cluster.clone().filter(|_| !local))
+}
+
+/// An answer with the `cluster` field appended.
+#[derive(Serialize)]
+struct WithCluster<T: Serialize> {
+    #[serde(flatten)]
+    answer: T,
+    cluster: ClusterField,
+}
+
+fn json<T: Serialize>(answer: T, cluster: ClusterField) -> Response {
+    let body = serde_json::to_vec(&WithCluster { answer, cluster }).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /internal/v1/part`: this instance's part of a cluster answer.
+pub async fn part(
+    State(state): State<AppState>,
+    Json(request): Json<PartRequest>,
+) -> Result<Json<PartReply>, Problem> {
+    let Some(fanout) = &state.cluster else {
+        return Err(Problem::not_found(
+            "this instance runs without --cluster: it has no part to give",
+        ));
+    };
+    let reply = fanout
+        .local_part(request)
+        .await
+        .ok_or_else(|| Problem::unavailable("the query workers are gone"))?;
+    Ok(Json(reply))
+}
+
+/// The range an answer covers: the one asked, else the current window.
+fn range_of(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result<Range, Problem> {
+    if asked.window.is_none() && asked.end.is_none() {
+        return Ok(Range {
+            start: snapshot.window_start,
+            end: snapshot.window_end,
+        });
+    }
+    adhoc::range(state, snapshot, asked)
+}
+
+fn window_of(range: Range, snapshot: &Snapshot) -> WindowView {
+    WindowView::new(
+        range.start,
+        range.end,
+        range.end.duration_since(range.start).unwrap_or_default(),
+        snapshot.slide,
+    )
+}
+
+/// `/api/v1/top` over the cluster.
+pub async fn top(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+    n: usize,
+) -> Result<Response, Problem> {
+    let range = range_of(state, snapshot, asked)?;
+    let grouping = adhoc::grouping(asked)?;
+    let top = fanout.top(range, grouping, n).await;
+    let exactness = Exactness::of(!top.exact, top.error_bound, !top.exact);
+    let window = window_of(range, snapshot);
+    let distinct = usize::try_from(top.distinct_ips).unwrap_or(usize::MAX);
+    Ok(match grouping {
+        None => {
+            let items: Vec<(IpKey, u64)> = top
+                .items
+                .iter()
+                .filter_map(|(k, c, _)| parse_ip(k).map(|ip| (ip, *c)))
+                .collect();
+            json(
+                TopView::new(window, top.total_requests, distinct, &items, exactness),
+                top.cluster,
+            )
+        }
+        Some(g) => {
+            let items: Vec<NetworkCount> = top
+                .items
+                .iter()
+                .filter_map(|(k, c, d)| {
+                    read_key(k).map(|network| NetworkCount {
+                        network,
+                        count: *c,
+                        distinct_ips: *d,
+                    })
+                })
+                .collect();
+            let networks = usize::try_from(top.distinct_networks).unwrap_or(usize::MAX);
+            json(
+                NetworkTopView::new(
+                    window,
+                    top.total_requests,
+                    distinct,
+                    Grouping { ..g },
+                    (items, networks),
+                    exactness,
+                ),
+                top.cluster,
+            )
+        }
+    })
+}
+
+/// `/api/v1/ips/{ip}` over the cluster.
+pub async fn ip(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+    ip: IpKey,
+) -> Result<Response, Problem> {
+    let range = range_of(state, snapshot, asked)?;
+    let (panes, exact, cluster) = fanout.ip(range, &ip.to_string()).await;
+    let exactness = if exact {
+        Exactness::EXACT
+    } else {
+        Exactness::of(true, 0, true)
+    };
+    let count: u64 = panes.iter().map(|p| p.2).sum();
+    Ok(json(
+        IpView {
+            exactness,
+            ip: ip.to_string(),
+            count: exactness.counted(count),
+            window: window_of(range, snapshot),
+            panes: panes
+                .into_iter()
+                .map(|(start, end, count)| PaneCount {
+                    start: rfc3339(time_of(start)),
+                    end: rfc3339(time_of(end)),
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        },
+        cluster,
+    ))
+}
+
+/// An answer from this instance alone (`?scope=local`, and the answers
+/// not yet merged across instances) with the `cluster` field that says
+/// so: complete only when this instance serves every partition.
+pub async fn with_field<T: Serialize>(
+    state: &AppState,
+    snapshot: &Snapshot,
+    answer: T,
+) -> Response {
+    let Some(fanout) = &state.cluster else {
+        return Json(answer).into_response();
+    };
+    let range = Range {
+        start: snapshot.window_start,
+        end: snapshot.window_end,
+    };
+    json(answer, local_field(fanout, range).await)
+}
+
+/// The `cluster` field of an answer from this instance alone.
+async fn local_field(fanout: &Fanout, range: Range) -> ClusterField {
+    let me = Member {
+        id: fanout.cluster.instance_id.clone(),
+        url: fanout.cluster.advertise_url.clone(),
+        partitions: Vec::new(),
+    };
+    let part = fanout
+        .local_part(PartRequest::over(
+            range,
+            None,
+            crate::cluster::part::Ask::Totals,
+        ))
+        .await;
+    let all = fanout.all_partitions();
+    complete(&[me], &vec![part], &[true], all.as_deref())
+}
+
+/// `/api/v1/offsets` over the cluster: every instance's partitions.
+pub async fn offsets(state: &AppState, fanout: &Fanout, local: Value) -> Response {
+    let snapshot = state.answers.now();
+    let range = Range {
+        start: snapshot.window_start,
+        end: snapshot.window_end,
+    };
+    let (others, field) = tokio::join!(fanout.offsets_of_others(), fanout.coverage(range));
+    let mut answer = local;
+    if let Some(Value::Array(partitions)) = answer.get_mut("partitions") {
+        for other in others {
+            if let Some(Value::Array(more)) = other.get("partitions") {
+                partitions.extend(more.iter().cloned());
+            }
+        }
+        partitions.sort_by(|a, b| {
+            let key = |v: &Value| {
+                (
+                    v.get("topic")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    v.get("partition").and_then(Value::as_i64).unwrap_or(0),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+    }
+    json(answer, field)
+}
+
+/// A rendered answer of this instance alone (`?scope=local`, and the
+/// answers not merged across instances) with the `cluster` field that says
+/// so: complete only when this instance serves every partition.
+pub async fn local_answer(state: &AppState, response: Response) -> Response {
+    let Some(fanout) = &state.cluster else {
+        return response;
+    };
+    if !response.status().is_success() {
+        return response;
+    }
+    let Ok(bytes) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return Problem::unavailable("the answer could not be read back").into_response();
+    };
+    let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
+        return Problem::unavailable("the answer could not be read back").into_response();
+    };
+    let snapshot = state.answers.now();
+    let range = Range {
+        start: snapshot.window_start,
+        end: snapshot.window_end,
+    };
+    json(answer, local_field(fanout, range).await)
+}
+
+/// `/api/v1/status` with `--cluster`: who this instance is, what it holds
+/// (with each rebuild's progress) and the instances it knows.
+#[derive(Serialize)]
+pub struct StatusWithCluster<T: Serialize> {
+    #[serde(flatten)]
+    pub status: T,
+    pub cluster: ClusterStatus,
+}
+
+#[derive(Serialize)]
+pub struct ClusterStatus {
+    pub instance_id: String,
+    pub url: String,
+    #[serde(flatten)]
+    pub coverage: crate::cluster::Coverage,
+    pub rebalances: u64,
+    pub instances: Vec<Member>,
+}
+
+pub fn status_of(fanout: &Fanout, snapshot: &Snapshot) -> ClusterStatus {
+    ClusterStatus {
+        instance_id: fanout.cluster.instance_id.clone(),
+        url: fanout.cluster.advertise_url.clone(),
+        coverage: fanout.ownership.coverage(&snapshot.partitions),
+        rebalances: fanout.ownership.rebalances(),
+        instances: fanout.members.load().members.clone(),
+    }
+}
