@@ -65,33 +65,51 @@ fn lines() -> Vec<Vec<u8>> {
     order.into_iter().map(|j| lines[j].clone()).collect()
 }
 
-fn truth() -> BTreeMap<String, u64> {
+/// The address of the lines written while an instance is frozen.
+const LATE_IP: &str = "10.8.8.8";
+/// How many: fewer than any heavy address, so the top five stays.
+const LATE_LINES: u64 = 60;
+
+/// The truth after the first corpus and `late` lines from [`LATE_IP`].
+fn truth(late: u64) -> BTreeMap<String, u64> {
     let mut counts: BTreeMap<String, u64> =
         HEAVY.iter().map(|(ip, n)| (ip.to_string(), *n)).collect();
     for k in 0..LIGHT {
         counts.insert(format!("192.0.{}.{}", k / 200, k % 200 + 1), LIGHT_EACH);
     }
+    if late > 0 {
+        counts.insert(LATE_IP.to_string(), late);
+    }
     counts
 }
 
-fn total() -> u64 {
-    truth().values().sum()
+fn total(late: u64) -> u64 {
+    truth(late).values().sum()
 }
 
-/// Whether a top answer is complete, and if so whether it is exact.
-fn judge(top: &Value, n: usize) -> Result<(), String> {
+/// Whether a top answer is complete, and if so whether it is exact: equal
+/// to the truth with any of `lates` late lines written.
+fn judge(top: &Value, n: usize, lates: &[u64]) -> Result<(), String> {
     if top["cluster"]["complete"] != true {
         return Err(format!("incomplete: {}", top["cluster"]));
     }
-    check(top, n).map_err(|e| format!("COMPLETE BUT WRONG: {e}"))
+    let mut wrong = String::new();
+    for late in lates {
+        match check(top, n, *late) {
+            Ok(()) => return Ok(()),
+            Err(e) => wrong = e,
+        }
+    }
+    Err(format!("COMPLETE BUT WRONG: {wrong}"))
 }
 
 /// The answer equals the truth: totals, and the top `n` in order (all
 /// addresses when `n` covers them).
-fn check(top: &Value, n: usize) -> Result<(), String> {
-    let truth = truth();
-    if top["total_requests"].as_u64() != Some(total()) {
-        return Err(format!("total {} != {}", top["total_requests"], total()));
+fn check(top: &Value, n: usize, late: u64) -> Result<(), String> {
+    let truth = truth(late);
+    let total = total(late);
+    if top["total_requests"].as_u64() != Some(total) {
+        return Err(format!("total {} != {total}", top["total_requests"]));
     }
     if top["distinct_ips"].as_u64() != Some(truth.len() as u64) {
         return Err(format!(
@@ -177,7 +195,7 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(addrs: Vec<SocketAddr>) -> Sampler {
+    fn start(addrs: Vec<SocketAddr>, lates: Vec<u64>) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let complete = Arc::new(AtomicU64::new(0));
         let (s, c) = (stop.clone(), complete.clone());
@@ -190,7 +208,7 @@ impl Sampler {
                     let Ok(top) = serde_json::from_str::<Value>(&body) else {
                         continue;
                     };
-                    match judge(&top, 5) {
+                    match judge(&top, 5, &lates) {
                         Ok(()) => {
                             c.fetch_add(1, Ordering::SeqCst);
                         }
@@ -220,18 +238,22 @@ impl Sampler {
     }
 }
 
-fn exact_everywhere(services: &[&Service]) {
+fn exact_everywhere(services: &[&Service], late: u64) {
     for s in services {
         let top = wait_for("a complete answer from every instance", DEADLINE, || {
             let top = get_json(s.addr, "/api/v1/top?n=1000");
-            judge(&top, 1000).map(|()| top)
+            match judge(&top, 1000, &[late]) {
+                Ok(()) => Ok(top),
+                Err(e) if e.starts_with("COMPLETE") => panic!("{e}"),
+                Err(e) => Err(e),
+            }
         });
-        check(&top, 1000).expect("exact");
+        check(&top, 1000, late).expect("exact");
         let five = wait_for("a complete top five", DEADLINE, || {
             let top = get_json(s.addr, "/api/v1/top?n=5");
-            judge(&top, 5).map(|()| top)
+            judge(&top, 5, &[late]).map(|()| top)
         });
-        check(&five, 5).expect("the top five in order");
+        check(&five, 5, late).expect("the top five in order");
         // One address spread over every partition, summed over instances.
         let ip = wait_for("a complete per-address answer", DEADLINE, || {
             let ip = get_json(s.addr, "/api/v1/ips/10.9.9.1");
@@ -245,8 +267,192 @@ fn exact_everywhere(services: &[&Service]) {
     }
 }
 
+/// The tests of this file start three instances each: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits until the three instances hold every partition between them, each some.
+fn settled(services: &[&Service]) {
+    wait_for("every instance to hold partitions", DEADLINE, || {
+        let owned: Vec<f64> = services
+            .iter()
+            .map(|s| metric(s.addr, "ipstats_partitions_owned").unwrap_or(0.0))
+            .collect();
+        if owned.iter().all(|o| *o >= 1.0) && owned.iter().sum::<f64>() == f64::from(PARTITIONS) {
+            Ok(())
+        } else {
+            Err(format!("owned {owned:?}"))
+        }
+    });
+}
+
+/// The partitions an instance holds, by `/api/v1/status`.
+fn held(s: &Service) -> Vec<String> {
+    get_json(s.addr, "/api/v1/status")["cluster"]["held"]
+        .as_array()
+        .map(|held| {
+            held.iter()
+                .filter_map(|h| h["partition"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the ZooKeeper offsets of `topic` every 50 ms until stopped, and
+/// keeps the first one that went backwards: a commit from an instance that
+/// lost the partition would write the older offset it had counted.
+struct OffsetWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl OffsetWatch {
+    fn start(zookeeper: &str, group: &str, topic: &str) -> OffsetWatch {
+        let (servers, chroot) = zookeeper.split_once('/').expect("a chroot");
+        let (servers, base) = (
+            servers.to_string(),
+            format!("/{chroot}/consumers/{group}/offsets/{topic}"),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let client = zookeeper_client::Client::connector()
+                    .connect(&servers)
+                    .await
+                    .expect("ZooKeeper");
+                let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+                while !s.load(Ordering::SeqCst) {
+                    for p in 0..PARTITIONS {
+                        let Ok((data, _)) = client.get_data(&format!("{base}/{p}")).await else {
+                            continue;
+                        };
+                        let Some(offset) = std::str::from_utf8(&data).ok().and_then(|t| t.parse::<i64>().ok()) else {
+                            continue;
+                        };
+                        let before = last.insert(p, offset).unwrap_or(0);
+                        if offset < before {
+                            return Some(format!("partition {p}: ZooKeeper offset went back from {before} to {offset}"));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None
+            })
+        });
+        OffsetWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let back = self.thread.take().and_then(|t| t.join().ok()).flatten();
+        assert!(back.is_none(), "{}", back.unwrap_or_default());
+    }
+}
+
+#[test]
+fn a_frozen_instance_gives_up_its_partitions_and_never_commits_them() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = common::cluster() else {
+        return;
+    };
+    let topic = common::create_topic(&cluster, "cluster-freeze", PARTITIONS as u32);
+    let group = unique("cluster-freeze-group");
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("cluster-freeze-zk"));
+    let dir = std::env::temp_dir().join(unique("cluster-freeze-state"));
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &lines());
+    let mut a = start(&cluster, &zookeeper, &topic, &group, "a", &dir);
+    let mut b = start(&cluster, &zookeeper, &topic, &group, "b", &dir);
+    let mut c = start(&cluster, &zookeeper, &topic, &group, "c", &dir);
+    for s in [&mut a, &mut b, &mut c] {
+        s.wait_ready(DEADLINE);
+    }
+    settled(&[&a, &b, &c]);
+    exact_everywhere(&[&a, &b, &c], 0);
+    let frozen = held(&b);
+    assert!(!frozen.is_empty());
+    let watch = OffsetWatch::start(&zookeeper, &group, &topic);
+    let sampler = Sampler::start(vec![a.addr, c.addr], vec![0, LATE_LINES]);
+
+    // Frozen past both sessions (6 s): the group moves its partitions.
+    b.signal("STOP");
+    wait_for(
+        "the others to take the frozen instance's partitions",
+        DEADLINE,
+        || {
+            let mut taken = held(&a);
+            taken.extend(held(&c));
+            if frozen.iter().all(|p| taken.contains(p)) {
+                Ok(())
+            } else {
+                Err(format!("a and c hold {taken:?}"))
+            }
+        },
+    );
+    // Records written meanwhile: the new owners count and commit them, so
+    // a commit of the frozen instance's older offsets would go backwards.
+    let now = SystemTime::now();
+    let late: Vec<Vec<u8>> = (0..LATE_LINES).map(|_| json_line(LATE_IP, now)).collect();
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &late);
+    exact_everywhere(&[&a, &c], LATE_LINES);
+    let ends = common::log_ends(&cluster.brokers, &topic);
+    let chroot_zk = zookeeper.clone();
+    wait_for("the new owners' offsets in ZooKeeper", DEADLINE, || {
+        for p in 0..PARTITIONS {
+            let server = chroot_zk
+                .split_once('/')
+                .map_or(chroot_zk.as_str(), |x| x.0);
+            let path = format!(
+                "/{}/consumers/{group}/offsets/{topic}/{p}",
+                chroot_zk.split_once('/').map_or("", |x| x.1)
+            );
+            let stored = common::zk_get(server, &path);
+            if stored.as_deref().and_then(|v| v.parse::<i64>().ok()) != ends.get(&p).copied() {
+                return Err(format!("partition {p}: {stored:?} of {:?}", ends.get(&p)));
+            }
+        }
+        Ok(())
+    });
+
+    // Woken: it finds its partitions gone, rejoins, and the cluster answers
+    // exactly again with it.
+    b.signal("CONT");
+    wait_for("the woken instance to say it lost them", DEADLINE, || {
+        let log = b.log_text();
+        if log.contains("rebalance") && log.matches("rebalance: partitions moved").count() >= 2 {
+            Ok(())
+        } else {
+            Err("no rebalance logged yet".to_string())
+        }
+    });
+    settled(&[&a, &b, &c]);
+    exact_everywhere(&[&a, &b, &c], LATE_LINES);
+    sampler.finish();
+    watch.finish();
+    // Every partition's offset is its log end: nothing older was written over it.
+    for p in 0..PARTITIONS {
+        let server = zookeeper
+            .split_once('/')
+            .map_or(zookeeper.as_str(), |x| x.0);
+        let path = format!(
+            "/{}/consumers/{group}/offsets/{topic}/{p}",
+            zookeeper.split_once('/').map_or("", |x| x.1)
+        );
+        let stored = common::zk_get(server, &path).and_then(|v| v.parse::<i64>().ok());
+        assert_eq!(stored, ends.get(&p).copied(), "partition {p}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn three_instances_answer_as_one_and_survive_a_kill() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = common::cluster() else {
         return;
     };
@@ -262,26 +468,16 @@ fn three_instances_answer_as_one_and_survive_a_kill() {
     for s in [&mut a, &mut b, &mut c] {
         s.wait_ready(DEADLINE);
     }
-    let sampler = Sampler::start(vec![a.addr, b.addr, c.addr]);
+    let sampler = Sampler::start(vec![a.addr, b.addr, c.addr], vec![0]);
     // The group settles with every instance holding a share.
-    wait_for("every instance to hold partitions", DEADLINE, || {
-        let owned: Vec<f64> = [&a, &b, &c]
-            .iter()
-            .map(|s| metric(s.addr, "ipstats_partitions_owned").unwrap_or(0.0))
-            .collect();
-        if owned.iter().all(|o| *o >= 1.0) && owned.iter().sum::<f64>() == f64::from(PARTITIONS) {
-            Ok(())
-        } else {
-            Err(format!("owned {owned:?}"))
-        }
-    });
-    exact_everywhere(&[&a, &b, &c]);
+    settled(&[&a, &b, &c]);
+    exact_everywhere(&[&a, &b, &c], 0);
 
     // Each instance holds a share; alone, none has the truth.
     let local = get_json(a.addr, "/api/v1/top?n=5&scope=local");
     assert_eq!(local["cluster"]["complete"], false, "{local}");
     assert!(
-        local["total_requests"].as_u64().unwrap_or(0) < total(),
+        local["total_requests"].as_u64().unwrap_or(0) < total(0),
         "{local}"
     );
     let status = get_json(a.addr, "/api/v1/status");
@@ -309,7 +505,7 @@ fn three_instances_answer_as_one_and_survive_a_kill() {
             Err(format!("{owned} owned"))
         }
     });
-    exact_everywhere(&[&a, &b]);
+    exact_everywhere(&[&a, &b], 0);
     // The dead instance leaves the registry when its ZooKeeper session expires.
     wait_for("the dead instance to leave the registry", DEADLINE, || {
         let top = get_json(a.addr, "/api/v1/top?n=5");

@@ -16,6 +16,7 @@ use super::{Cluster, Ownership, label};
 use crate::answers::Answers;
 use crate::kafka::ViewReceiver;
 use crate::query::{Grouping, Range};
+use crate::snapshot::Snapshot;
 use crate::vocab::Network;
 
 /// The route every instance answers its part on.
@@ -48,7 +49,47 @@ pub struct InstanceField {
 /// One instance's answer to one round: `None` when it did not answer in time.
 type Parts = Vec<Option<PartReply>>;
 
+/// Views an instance keeps answering from after a newer one is published:
+/// the rounds of one answer take milliseconds, a slide at least one batch.
+pub const KEPT_VIEWS: usize = 16;
+
+/// The views this instance answered parts from lately, numbered.
+#[derive(Default)]
+struct Views {
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<Snapshot>)>>,
+}
+
+impl Views {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Arc<Snapshot>)>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `view`'s number, kept from now on if it is new.
+    fn newest(&self, view: Arc<Snapshot>) -> (u64, Arc<Snapshot>) {
+        let mut recent = self.lock();
+        if let Some((id, kept)) = recent.back()
+            && Arc::ptr_eq(kept, &view)
+        {
+            return (*id, view);
+        }
+        let id = recent.back().map_or(1, |(id, _)| id + 1);
+        recent.push_back((id, view.clone()));
+        while recent.len() > KEPT_VIEWS {
+            recent.pop_front();
+        }
+        (id, view)
+    }
+
+    fn find(&self, id: u64) -> Option<Arc<Snapshot>> {
+        self.lock()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.clone())
+    }
+}
+
 pub struct Fanout {
+    views: Views,
     pub cluster: Cluster,
     pub ownership: Arc<Ownership>,
     pub members: Members,
@@ -84,6 +125,7 @@ impl Fanout {
             .timeout(DEADLINE)
             .build()?;
         Ok(Fanout {
+            views: Views::default(),
             cluster,
             ownership,
             members,
@@ -94,9 +136,24 @@ impl Fanout {
         })
     }
 
-    /// This instance's part, from its newest view.
+    /// This instance's part, from the view the request names (one of the
+    /// last [`KEPT_VIEWS`] it answered from), else from its newest view.
     pub async fn local_part(&self, request: PartRequest) -> Option<PartReply> {
-        let view = arc_swap::Guard::into_inner(self.local.now());
+        let (id, view) = match request.view {
+            Some(id) => match self.views.find(id) {
+                Some(view) => (id, view),
+                None => {
+                    return Some(PartReply {
+                        id: self.cluster.instance_id.clone(),
+                        url: self.cluster.advertise_url.clone(),
+                        ..PartReply::default()
+                    });
+                }
+            },
+            None => self
+                .views
+                .newest(arc_swap::Guard::into_inner(self.local.now())),
+        };
         let coverage = self.ownership.coverage(&view.partitions);
         let mut reply = self
             .local
@@ -105,6 +162,7 @@ impl Fanout {
             .ok()?;
         reply.id = self.cluster.instance_id.clone();
         reply.url = self.cluster.advertise_url.clone();
+        reply.view = Some(id);
         reply.coverage = coverage;
         Some(reply)
     }
@@ -184,15 +242,19 @@ impl Fanout {
         let until = Instant::now() + DEADLINE;
         let members = self.roster();
         let ask_all = |ask: Ask| vec![PartRequest::over(range, grouping, ask); members.len()];
-        let (tops, everyone) = tokio::join!(
-            self.ask(&members, ask_all(Ask::Top { k: n }), until),
-            self.ask(&members, ask_all(Ask::Addresses { within: None }), until),
-        );
-        let mut reached: Vec<bool> = tops
+        let tops = self.ask(&members, ask_all(Ask::Top { k: n }), until).await;
+        let mut reached: Vec<bool> = tops.iter().map(Option::is_some).collect();
+        // Later rounds read the view each instance answered round 1 from.
+        let pins: Vec<Option<u64>> = tops
             .iter()
-            .zip(&everyone)
-            .map(|(a, b)| a.is_some() && b.is_some())
+            .map(|p| p.as_ref().and_then(|p| p.view))
             .collect();
+        let pinned = |asks: Vec<PartRequest>| -> Vec<PartRequest> {
+            asks.into_iter()
+                .zip(&pins)
+                .map(|(a, pin)| a.pinned(*pin))
+                .collect()
+        };
         let answered = |parts: &Parts, reached: &[bool]| -> Vec<Vec<Item>> {
             parts
                 .iter()
@@ -204,10 +266,16 @@ impl Fanout {
                 .collect()
         };
         let t = threshold(&answered(&tops, &reached), n);
-        let above = self
-            .ask(&members, ask_all(Ask::Above { min: t }), until)
-            .await;
-        note_reached(&mut reached, &above);
+        let (above, everyone) = tokio::join!(
+            self.ask(&members, pinned(ask_all(Ask::Above { min: t })), until),
+            self.ask(
+                &members,
+                pinned(ask_all(Ask::Addresses { within: None })),
+                until
+            ),
+        );
+        note_reached(&mut reached, &tops, &above);
+        note_reached(&mut reached, &tops, &everyone);
         let mut candidates = Candidates::new(&answered(&above, &reached), t, n);
         let asks = (0..members.len())
             .map(|i| {
@@ -220,8 +288,8 @@ impl Fanout {
                 )
             })
             .collect();
-        let counts = self.ask(&members, asks, until).await;
-        note_reached(&mut reached, &counts);
+        let counts = self.ask(&members, pinned(asks), until).await;
+        note_reached(&mut reached, &tops, &counts);
         for (i, part) in counts.iter().enumerate() {
             if let Some(part) = part.as_ref().filter(|_| reached[i]) {
                 candidates.add(i, &part.items);
@@ -311,9 +379,22 @@ impl Fanout {
     }
 }
 
-fn note_reached(reached: &mut [bool], parts: &Parts) {
-    for (r, p) in reached.iter_mut().zip(parts) {
-        *r &= p.is_some();
+/// An instance answered a later round from the view of its first and
+/// with the same coverage; otherwise its part is missing from this answer.
+fn note_reached(reached: &mut [bool], first: &Parts, parts: &Parts) {
+    for ((r, f), p) in reached.iter_mut().zip(first).zip(parts) {
+        *r &= match (f, p) {
+            (Some(f), Some(p)) => {
+                let names = |c: &super::Coverage| -> Vec<String> {
+                    c.held.iter().map(|h| h.partition.clone()).collect()
+                };
+                p.view.is_some()
+                    && p.view == f.view
+                    && p.coverage.served == f.coverage.served
+                    && names(&p.coverage) == names(&f.coverage)
+            }
+            _ => false,
+        };
     }
 }
 

@@ -84,7 +84,7 @@ struct State {
     /// Partitions given up lately, with the owner znode version this
     /// instance wrote: the checkpoint taken as they left still commits
     /// them to ZooKeeper, fenced, for [`LEAVING_FOR`].
-    leaving: BTreeMap<(Arc<str>, i32), (i32, Instant)>,
+    leaving: BTreeMap<(Arc<str>, i32), (i32, i64, Instant)>,
 }
 
 /// How long a partition given up may still be committed (fenced) to
@@ -139,14 +139,14 @@ impl Ownership {
         let now = Instant::now();
         let old = std::mem::take(&mut s.held);
         s.leaving
-            .retain(|_, (_, at)| now.duration_since(*at) <= LEAVING_FOR);
+            .retain(|_, (_, _, at)| now.duration_since(*at) <= LEAVING_FOR);
         for (key, h) in &old {
             if let (Some(fence), false) = (h.fence, h.lost)
                 && !taken
                     .iter()
                     .any(|t| t.topic == key.0 && t.partition == key.1)
             {
-                s.leaving.insert(key.clone(), (fence, now));
+                s.leaving.insert(key.clone(), (fence, h.target, now));
             }
         }
         s.generation += 1;
@@ -267,32 +267,37 @@ impl Ownership {
         }
     }
 
-    /// The ZooKeeper version a commit of this partition must find on its
-    /// owner znode; `None`: this instance must not commit it.
-    pub fn fence_of(&self, topic: &str, partition: i32) -> Option<i32> {
+    /// The ZooKeeper version a commit of `offset` for this partition must
+    /// find on its owner znode; `None`: this instance must not commit it,
+    /// because another instance has it or because `offset` is behind the
+    /// log end the partition had when this instance took it (a rebuild's
+    /// progress: committing it would move the stored offset back).
+    pub fn fence_of(&self, topic: &str, partition: i32, offset: i64) -> Option<i32> {
         let s = self.lock();
         if let Some((_, h)) = s
             .held
             .iter()
             .find(|((t, p), _)| &**t == topic && *p == partition)
         {
-            return (!h.lost).then_some(h.fence).flatten();
+            return (!h.lost && offset >= h.target).then_some(h.fence).flatten();
         }
         s.leaving
             .iter()
             .find(|((t, p), _)| &**t == topic && *p == partition)
-            .filter(|(_, (_, at))| at.elapsed() <= LEAVING_FOR)
-            .map(|(_, (fence, _))| *fence)
+            .filter(|(_, (_, target, at))| at.elapsed() <= LEAVING_FOR && offset >= *target)
+            .map(|(_, (fence, _, _))| *fence)
     }
 
-    /// Whether a commit of this partition to the Kafka group is this
-    /// instance's to make (a partition given up was committed as it left:
-    /// a later commit could overwrite its new owner's).
-    pub fn may_commit(&self, topic: &str, partition: i32) -> bool {
+    /// Whether a commit of `offset` for this partition to the Kafka group
+    /// is this instance's to make: it holds the partition and `offset` is
+    /// not behind the log end it had when taken (a partition given up was
+    /// committed as it left: a later commit could overwrite its new
+    /// owner's).
+    pub fn may_commit(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let s = self.lock();
         s.held
             .iter()
-            .any(|((t, p), h)| &**t == topic && *p == partition && !h.lost)
+            .any(|((t, p), h)| &**t == topic && *p == partition && !h.lost && offset >= h.target)
     }
 
     /// What this instance's state holds and which of it it vouches for in
@@ -422,6 +427,9 @@ mod tests {
         let o = Ownership::new(false);
         o.hold(&[taken(0, 0, 10), taken(1, 5, 5)]);
         o.beat();
+        // A rebuild's progress is never committed: it is behind what was.
+        assert!(!o.may_commit("t", 0, 9));
+        assert!(o.may_commit("t", 0, 10));
         let c = o.coverage(&[view(0, 4), view(1, 5)]);
         assert_eq!(c.held.len(), 2);
         assert_eq!(c.served, vec!["t/1".to_string()]);
@@ -452,17 +460,17 @@ mod tests {
         o.fenced(generation, &("t".into(), 1), 2);
         o.confirmed(generation);
         assert_eq!(o.coverage(&v).served.len(), 2);
-        assert_eq!(o.fence_of("t", 0), Some(4));
+        assert_eq!(o.fence_of("t", 0, 0), Some(4));
         o.lost(generation, &("t".into(), 1));
         let c = o.coverage(&v);
         assert!(c.served.is_empty());
         assert!(c.doubt.expect("a value").contains("took"));
-        assert_eq!(o.fence_of("t", 1), None);
-        assert!(!o.may_commit("t", 1));
-        assert!(o.may_commit("t", 0));
+        assert_eq!(o.fence_of("t", 1, 0), None);
+        assert!(!o.may_commit("t", 1, 0));
+        assert!(o.may_commit("t", 0, 0));
         // A stale generation's report changes nothing.
         o.hold(&[taken(0, 0, 0)]);
         o.lost(generation, &("t".into(), 0));
-        assert_eq!(o.fence_of("t", 0), Some(4));
+        assert_eq!(o.fence_of("t", 0, 0), Some(4));
     }
 }

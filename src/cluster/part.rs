@@ -26,6 +26,10 @@ pub struct PartRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouping: Option<(u8, u8)>,
     pub ask: Ask,
+    /// The view of an earlier round to answer from (see [`PartReply::view`]):
+    /// all rounds of one answer read the same counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -53,6 +57,9 @@ pub type Item = (String, u64, u64);
 pub struct PartReply {
     pub id: String,
     pub url: String,
+    /// Which of this instance's views answered; `None` when the view asked
+    /// for is no longer kept (the asker then treats this part as missing).
+    pub view: Option<u64>,
     pub coverage: Coverage,
     pub total_requests: u64,
     /// Distinct addresses this instance counted in the range.
@@ -91,7 +98,14 @@ impl PartRequest {
             end_ms: millis(range.end),
             grouping: grouping.map(|g| (g.prefix4, g.prefix6)),
             ask,
+            view: None,
         }
+    }
+
+    /// The same question, answered from view `view`.
+    pub fn pinned(mut self, view: Option<u64>) -> Self {
+        self.view = view;
+        self
     }
 
     fn grouping(&self) -> Grouping {
@@ -262,6 +276,7 @@ mod tests {
             end_ms: 10_000,
             grouping,
             ask,
+            view: None,
         }
         .answer(kept, &MergeCache::default())
     }

@@ -145,7 +145,7 @@ impl Member {
                         Some((positions, _)) => positions,
                         None => &ending.insert(end_generation(&mut st, consumer)?).0,
                     };
-                    commit_leaving(consumer, positions, &list);
+                    commit_leaving(consumer, &self.link.ownership, positions, &list);
                     consumer
                         .incremental_unassign(&partition_list(&list))
                         .map_err(IngestError::Rebalance)?;
@@ -267,10 +267,17 @@ fn partition_list(keys: &[Key]) -> TopicPartitionList {
 /// before they go; the checkpoint holding them is on its way to the writer,
 /// and ZooKeeper gets them from it (its commit is fenced: see
 /// [`Ownership::fence_of`]).
-fn commit_leaving(consumer: &KafkaConsumer, positions: &[(Arc<str>, i32, i64)], leaving: &[Key]) {
+fn commit_leaving(
+    consumer: &KafkaConsumer,
+    ownership: &Ownership,
+    positions: &[(Arc<str>, i32, i64)],
+    leaving: &[Key],
+) {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in positions {
-        if leaving.contains(&(topic.clone(), *partition)) {
+        if leaving.contains(&(topic.clone(), *partition))
+            && ownership.may_commit(topic, *partition, *offset)
+        {
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
     }

@@ -54,7 +54,7 @@ impl CommitTarget for GroupTarget {
     async fn attempt(&mut self, request: &CommitRequest, _stopping: bool) -> Attempt {
         let mut offsets = request.offsets.clone();
         if let Some(ownership) = &self.1 {
-            offsets.retain(|(t, p, _)| ownership.may_commit(t, *p));
+            offsets.retain(|(t, p, o)| ownership.may_commit(t, *p, *o));
             if offsets.is_empty() {
                 return Attempt::Committed;
             }

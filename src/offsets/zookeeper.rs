@@ -407,7 +407,7 @@ impl ZkStore {
     ) -> Result<(), ZkError> {
         let mut writes = Vec::new();
         for (topic, partition, offset) in &request.offsets {
-            let Some(version) = ownership.fence_of(topic, *partition) else {
+            let Some(version) = ownership.fence_of(topic, *partition, *offset) else {
                 continue;
             };
             let path = self.offset_path(topic, *partition);
