@@ -151,6 +151,18 @@ fn start(
     id: &str,
     dir: &std::path::Path,
 ) -> Service {
+    start_with(cluster, zookeeper, topic, group, id, dir, &[])
+}
+
+fn start_with(
+    cluster: &common::Cluster,
+    zookeeper: &str,
+    topic: &str,
+    group: &str,
+    id: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Service {
     let checkpoint = dir.join(id);
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -183,6 +195,8 @@ fn start(
         "--kafka-config",
         "heartbeat.interval.ms=1000",
     ];
+    let mut args = args.to_vec();
+    args.extend_from_slice(extra);
     Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[])
 }
 
@@ -526,5 +540,171 @@ fn three_instances_answer_as_one_and_survive_a_kill() {
     assert!(metric(a.addr, "ipstats_rebalances_total").unwrap_or(0.0) >= 2.0);
     let complete = sampler.finish();
     assert!(complete > 0, "the sampler saw complete answers");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A webhook receiver keeping every body it is sent.
+fn receiver() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    break;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            if let Ok(json) = serde_json::from_slice::<Value>(&body) {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(json);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (addr, received)
+}
+
+/// The transitions of `rule` for `key` the receiver got, by state.
+fn sent(received: &std::sync::Mutex<Vec<Value>>, state: &str) -> usize {
+    received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|t| t["rule"] == "spread" && t["key"] == "10.9.9.1" && t["state"] == state)
+        .count()
+}
+
+fn rules_leader(services: &[&Service]) -> Option<usize> {
+    services
+        .iter()
+        .position(|s| get_json(s.addr, "/api/v1/status")["cluster"]["is_rules_leader"] == true)
+}
+
+#[test]
+fn a_key_spread_over_every_instance_fires_once_and_survives_its_leader() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = common::cluster() else {
+        return;
+    };
+    let topic = common::create_topic(&cluster, "cluster-rules", PARTITIONS as u32);
+    let group = unique("cluster-rules-group");
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("cluster-rules-zk"));
+    let dir = std::env::temp_dir().join(unique("cluster-rules-state"));
+    std::fs::create_dir_all(&dir).expect("state dir");
+    // 10.9.9.1 sends 300 requests over six partitions: each instance holds
+    // two and sees about 100, far below the rule's 280.
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"spread\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 280\nblock = true\n",
+    )
+    .expect("rules file");
+    let (hook, received) = receiver();
+    let hook = format!("http://{hook}/");
+    let extra = [
+        "--rules",
+        rules.to_str().expect("utf-8"),
+        "--alert-webhook",
+        &hook,
+    ];
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &lines());
+    let mut a = start_with(&cluster, &zookeeper, &topic, &group, "a", &dir, &extra);
+    let mut b = start_with(&cluster, &zookeeper, &topic, &group, "b", &dir, &extra);
+    let mut c = start_with(&cluster, &zookeeper, &topic, &group, "c", &dir, &extra);
+    for s in [&mut a, &mut b, &mut c] {
+        s.wait_ready(DEADLINE);
+    }
+    settled(&[&a, &b, &c]);
+    wait_for("the spread key to fire", DEADLINE, || {
+        match sent(&received, "firing") {
+            0 => Err("not yet".to_string()),
+            _ => Ok(()),
+        }
+    });
+    // Every instance answers the same alerts and block list.
+    for s in [&a, &b, &c] {
+        wait_for("every instance to list the key", DEADLINE, || {
+            let alerts = get_json(s.addr, "/api/v1/alerts");
+            let firing = alerts["firing"].as_array().cloned().unwrap_or_default();
+            let block = common::http_get(s.addr, "/api/v1/blocklist")
+                .map(|r| r.1)
+                .unwrap_or_default();
+            if firing.len() == 1 && firing[0]["key"] == "10.9.9.1" && block == "10.9.9.1\n" {
+                Ok(())
+            } else {
+                Err(format!("{alerts} / {block:?}"))
+            }
+        });
+    }
+    let all = [a, b, c];
+    let leader = wait_for("a rules leader", DEADLINE, || {
+        rules_leader(&all.iter().collect::<Vec<_>>()).ok_or_else(|| "none".to_string())
+    });
+    let mut all: Vec<Service> = all.into_iter().collect();
+    let mut dead = all.remove(leader);
+    dead.child.kill().expect("kill -9");
+    let _ = dead.child.wait();
+    let survivors: Vec<&Service> = all.iter().collect();
+    let successor = wait_for("a new rules leader", DEADLINE, || {
+        rules_leader(&survivors).ok_or_else(|| "none".to_string())
+    });
+    // The successor took the state up: the key is firing there, and no
+    // second transition was sent.
+    wait_for(
+        "the successor to evaluate a complete cluster",
+        DEADLINE,
+        || {
+            let alerts = get_json(survivors[successor].addr, "/api/v1/alerts?scope=local");
+            let status = get_json(survivors[successor].addr, "/api/v1/top?n=1");
+            let firing = alerts["firing"].as_array().cloned().unwrap_or_default();
+            if firing.len() == 1 && status["cluster"]["complete"] == true {
+                Ok(())
+            } else {
+                Err(format!("{alerts}"))
+            }
+        },
+    );
+    assert_eq!(sent(&received, "firing"), 1, "fired once");
+    // Time moves on (lines 10 s later): the key's 5 s window empties and it
+    // resolves, once.
+    let later = SystemTime::now() + Duration::from_secs(10);
+    let filler: Vec<Vec<u8>> = (0..60).map(|_| json_line("10.7.7.7", later)).collect();
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &filler);
+    wait_for("the key to resolve", DEADLINE, || {
+        match sent(&received, "resolved") {
+            0 => Err("not yet".to_string()),
+            _ => Ok(()),
+        }
+    });
+    assert_eq!(sent(&received, "firing"), 1, "fired once");
+    assert_eq!(sent(&received, "resolved"), 1, "resolved once");
+    for s in &survivors {
+        let block = common::http_get(s.addr, "/api/v1/blocklist")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        assert_eq!(block, "", "unblocked everywhere");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,12 +101,28 @@ impl App {
             steps::kafka_clients(&settings, &brokers, &shared, parts, &stop, cluster.as_ref())?;
         let info = steps::service_info(&settings, &brokers, zookeeper.as_ref());
         let fanout = cluster.as_ref().map(|c| (c, kafka.view.clone()));
-        steps::serve_http(&settings, info, &shared, parts, listening, fanout)?;
+        let fanout = steps::serve_http(&settings, info, &shared, parts, listening, fanout)?;
         steps::registry(cluster.as_ref(), zookeeper.as_ref(), &shared, parts);
         console::print_banner(&settings, &brokers, zookeeper.as_ref(), addr);
         info!(url = %format!("http://{addr}/"), "ipstats started");
         steps::progress(&shared, parts);
         let outbox = steps::delivery(&settings, &shared, parts);
+        // With --cluster and ZooKeeper the rules leader evaluates and
+        // delivers on the cluster's counts, not each instance's ingest.
+        let leader_rules = fanout.is_some() && zookeeper.is_some();
+        let (rules, outbox) = if leader_rules {
+            steps::cluster_rules(
+                &settings,
+                fanout.clone(),
+                rules.as_ref(),
+                outbox,
+                zookeeper.as_ref(),
+                (&shared, parts),
+            );
+            (None, None)
+        } else {
+            (rules, outbox)
+        };
         let shutdown_grace = settings.shutdown_grace;
         let cluster = cluster.map(|c| ClusterLink {
             ownership: c.ownership,

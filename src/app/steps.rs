@@ -192,6 +192,7 @@ pub struct ClusterParts {
     pub settings: Cluster,
     pub ownership: Arc<Ownership>,
     pub members: Members,
+    pub leader: registry::Leader,
     pub rebalances: Arc<Mutex<Vec<Rebalanced>>>,
 }
 
@@ -200,6 +201,7 @@ pub fn cluster(settings: &Settings, shared: &Sources) -> Option<ClusterParts> {
     shared.metrics.cluster_instances.set(1);
     Some(ClusterParts {
         members: registry::initial(&cluster),
+        leader: Arc::default(),
         settings: cluster,
         ownership: Arc::new(Ownership::new(settings.zookeeper.is_some())),
         rebalances: Arc::default(),
@@ -233,9 +235,48 @@ pub fn registry(
             },
             c.ownership.clone(),
             c.members.clone(),
+            c.leader.clone(),
             shared.metrics.clone(),
             cancel,
         ),
+    );
+}
+
+/// `--cluster` with `--rules` and ZooKeeper: the leader evaluates the rules
+/// on the cluster's counts and alone delivers alerts.
+pub fn cluster_rules(
+    settings: &Settings,
+    fanout: Option<Arc<Fanout>>,
+    rules: Option<&Arc<Rules>>,
+    outbox: Option<Outbox>,
+    zookeeper: Option<&ZkOptions>,
+    (shared, parts): (&Sources, &Parts),
+) {
+    let (Some(fanout), Some(rules), Some(options)) = (fanout, rules, zookeeper) else {
+        return;
+    };
+    let task = crate::cluster::rules::Task {
+        leader: fanout.leader.clone(),
+        fanout,
+        rules: rules.clone(),
+        batch: settings.batch,
+        slide: settings.slide,
+        outbox,
+        metrics: shared.metrics.clone(),
+        zookeeper: registry::RegistryOptions {
+            connect: options.connect.clone(),
+            group: options.group.clone(),
+            session_timeout: options.session_timeout,
+        },
+    };
+    let cancel = CancellationToken::new();
+    parts.task(
+        "cluster rules",
+        Stage::Serve,
+        Signal::Token(cancel.clone()),
+        Report::FailuresOnly,
+        None,
+        task.run(cancel),
     );
 }
 
@@ -415,7 +456,7 @@ pub fn serve_http(
     parts: &Parts,
     (listener, connections): (TcpListener, ConnectionLimits),
     cluster: Option<(&ClusterParts, ViewReceiver)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Arc<Fanout>>> {
     let cancel = CancellationToken::new();
     let answers = answers(shared, parts)?;
     let fanout = match cluster {
@@ -424,13 +465,14 @@ pub fn serve_http(
             c.settings.clone(),
             c.ownership.clone(),
             c.members.clone(),
+            c.leader.clone(),
             answers.clone(),
             view,
             settings.auth_token.as_ref().map(|t| t.expose().to_string()),
         )?)),
     };
     let state = AppState {
-        cluster: fanout,
+        cluster: fanout.clone(),
         answers,
         renders: Default::default(),
         sources: shared.clone(),
@@ -452,7 +494,7 @@ pub fn serve_http(
         serve(listener, router(state), connections, cancel)
             .map(|served| served.context("the HTTP server failed")),
     );
-    Ok(())
+    Ok(fanout)
 }
 
 /// The progress line, silent from the moment the stop begins: a line after

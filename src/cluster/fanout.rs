@@ -90,6 +90,10 @@ impl Views {
 
 pub struct Fanout {
     views: Views,
+    /// The rules leader, as the registry last saw it.
+    pub leader: super::registry::Leader,
+    /// On the leader: the alerts of the rules evaluated on the cluster's counts.
+    pub alerts: arc_swap::ArcSwap<crate::rules::AlertsView>,
     pub cluster: Cluster,
     pub ownership: Arc<Ownership>,
     pub members: Members,
@@ -116,6 +120,7 @@ impl Fanout {
         cluster: Cluster,
         ownership: Arc<Ownership>,
         members: Members,
+        leader: super::registry::Leader,
         local: Answers,
         view: ViewReceiver,
         token: Option<String>,
@@ -126,6 +131,8 @@ impl Fanout {
             .build()?;
         Ok(Fanout {
             views: Views::default(),
+            leader,
+            alerts: arc_swap::ArcSwap::default(),
             cluster,
             ownership,
             members,
@@ -155,6 +162,7 @@ impl Fanout {
                 .newest(arc_swap::Guard::into_inner(self.local.now())),
         };
         let coverage = self.ownership.coverage(&view.partitions);
+        let window_end_ms = super::part::millis(view.window_end);
         let mut reply = self
             .local
             .compute(view, move |kept, merges| request.answer(kept, merges))
@@ -164,6 +172,7 @@ impl Fanout {
         reply.url = self.cluster.advertise_url.clone();
         reply.view = Some(id);
         reply.coverage = coverage;
+        reply.window_end_ms = window_end_ms;
         Some(reply)
     }
 
@@ -199,6 +208,32 @@ impl Fanout {
     /// Every partition of the topics, as the Kafka monitor last saw them.
     pub fn all_partitions(&self) -> Option<Vec<String>> {
         self.partitions()
+    }
+
+    /// `path` from the rules leader (its status and body, and its content
+    /// type); `None` when there is none or it does not answer in time.
+    pub async fn from_leader(&self, path: &str) -> Option<(u16, String, Vec<u8>)> {
+        let leader = self.leader.load().leader.clone()?;
+        let mut asking = self.client.get(format!("{}{path}", leader.url));
+        if let Some(token) = &self.token {
+            asking = asking.bearer_auth(token);
+        }
+        let response = tokio::time::timeout(DEADLINE, asking.send())
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let body = tokio::time::timeout(DEADLINE, response.bytes())
+            .await
+            .ok()?
+            .ok()?;
+        Some((status, content_type, body.to_vec()))
     }
 
     /// `/api/v1/offsets?scope=local` of every other instance that answers in time.
@@ -377,6 +412,137 @@ impl Fanout {
     fn field(&self, members: &[Member], parts: &Parts, reached: &[bool]) -> ClusterField {
         complete(members, parts, reached, self.partitions().as_deref())
     }
+}
+
+/// Counts of one key kind over the cluster for a rule's running count.
+#[derive(Debug, Default)]
+pub struct Above {
+    pub total: u64,
+    /// Every key counted at least `floor` times, and every key asked for.
+    pub counts: std::collections::HashMap<String, u64>,
+}
+
+impl Fanout {
+    /// The first round of a threshold query: every instance's totals over
+    /// its current window, the views later rounds read (`pins`), and the
+    /// newest window end among them. `None` unless the cluster is complete.
+    pub async fn settle(&self, until: Instant) -> Option<Settled> {
+        let members = self.roster();
+        let local = self.local.now();
+        let range = Range {
+            start: local.window_start,
+            end: local.window_end,
+        };
+        let parts = self
+            .ask(
+                &members,
+                vec![PartRequest::over(range, None, Ask::Totals); members.len()],
+                until,
+            )
+            .await;
+        let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
+        if !self.field(&members, &parts, &reached).complete {
+            return None;
+        }
+        let end_ms = parts.iter().flatten().map(|p| p.window_end_ms).max()?;
+        // Complete without those that did not answer: they hold nothing.
+        let (members, parts) = members
+            .into_iter()
+            .zip(parts)
+            .filter(|(_, p)| p.is_some())
+            .unzip();
+        Some(Settled {
+            members,
+            parts,
+            end_ms,
+        })
+    }
+
+    /// Every key of `grouping` whose count over `range` reaches `floor`,
+    /// with its count, and the counts of `keys`: exact, from the views of
+    /// `settled`; `None` when an instance did not answer from them.
+    pub async fn above(
+        &self,
+        settled: &Settled,
+        range: Range,
+        grouping: Option<Grouping>,
+        floor: u64,
+        keys: Vec<String>,
+        until: Instant,
+    ) -> Option<Above> {
+        let m = settled.members.len().max(1) as u64;
+        let t = floor.div_ceil(m).max(1);
+        let pinned = |ask: &dyn Fn(usize) -> Ask| -> Vec<PartRequest> {
+            settled
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    PartRequest::over(range, grouping, ask(i))
+                        .pinned(p.as_ref().and_then(|p| p.view))
+                })
+                .collect()
+        };
+        let mut reached = vec![true; settled.members.len()];
+        let above = self
+            .ask(&settled.members, pinned(&|_| Ask::Above { min: t }), until)
+            .await;
+        note_reached(&mut reached, &settled.parts, &above);
+        let items: Vec<Vec<Item>> = above
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.items.clone()).unwrap_or_default())
+            .collect();
+        let candidates = Candidates::new(&items, t, usize::MAX);
+        let asks: Vec<Vec<String>> = (0..settled.members.len())
+            .map(|i| {
+                let mut ask = candidates.to_ask(i);
+                ask.extend(keys.iter().cloned());
+                ask.sort_unstable();
+                ask.dedup();
+                ask
+            })
+            .collect();
+        let counts = self
+            .ask(
+                &settled.members,
+                pinned(&|i| Ask::Counts {
+                    keys: asks[i].clone(),
+                }),
+                until,
+            )
+            .await;
+        note_reached(&mut reached, &settled.parts, &counts);
+        if !reached.iter().all(|r| *r) {
+            return None;
+        }
+        let mut result = Above {
+            total: above.iter().flatten().map(|p| p.total_requests).sum(),
+            ..Above::default()
+        };
+        for (i, part) in above.iter().enumerate() {
+            let asked: HashSet<&str> = asks[i].iter().map(String::as_str).collect();
+            // Keys asked again in round two are counted from that round.
+            for (k, c, _) in part.iter().flat_map(|p| &p.items) {
+                if !asked.contains(k.as_str()) {
+                    *result.counts.entry(k.clone()).or_default() += c;
+                }
+            }
+        }
+        for part in counts.iter().flatten() {
+            for (k, c, _) in &part.items {
+                *result.counts.entry(k.clone()).or_default() += c;
+            }
+        }
+        result.counts.retain(|k, c| *c >= floor || keys.contains(k));
+        Some(result)
+    }
+}
+
+/// The first round of a threshold query (see [`Fanout::settle`]).
+pub struct Settled {
+    members: Vec<Member>,
+    parts: Parts,
+    pub end_ms: i64,
 }
 
 /// An instance answered a later round from the view of its first and

@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod merge;
 pub mod part;
 pub mod registry;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -194,22 +195,6 @@ impl Ownership {
     /// Ingest's loop is alive (called when it turns without closing a batch).
     pub fn beat(&self) {
         self.lock().ingest_alive = Some(Instant::now());
-    }
-
-    /// A partition whose log end the monitor found at or below its
-    /// position is counted up to date, however its rebuild target moved.
-    pub fn caught_up(&self, topic: &str, partition: i32, log_end: i64) {
-        let mut s = self.lock();
-        if let Some(h) = s
-            .held
-            .iter_mut()
-            .find(|((t, p), _)| &**t == topic && *p == partition)
-            .map(|(_, h)| h)
-            && h.rebuilding
-            && h.position >= log_end
-        {
-            h.target = h.target.min(log_end);
-        }
     }
 
     /// Every held partition: generation, `(topic, partition)`, fence.

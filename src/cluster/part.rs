@@ -60,6 +60,9 @@ pub struct PartReply {
     /// Which of this instance's views answered; `None` when the view asked
     /// for is no longer kept (the asker then treats this part as missing).
     pub view: Option<u64>,
+    /// The end of the replying view's current window (epoch ms).
+    #[serde(default)]
+    pub window_end_ms: i64,
     pub coverage: Coverage,
     pub total_requests: u64,
     /// Distinct addresses this instance counted in the range.

@@ -43,6 +43,17 @@ pub struct Roster {
 
 pub type Members = Arc<ArcSwap<Roster>>;
 
+/// The instance that evaluates the rules on the cluster's counts and
+/// delivers the alerts, as the registry last saw it (`None`: unknown, or
+/// ZooKeeper unreachable), and whether it is this one.
+#[derive(Clone, Debug, Default)]
+pub struct Leadership {
+    pub leader: Option<Member>,
+    pub me: bool,
+}
+
+pub type Leader = Arc<ArcSwap<Leadership>>;
+
 /// The roster before the registry has run: this instance and `--peers`.
 pub fn initial(cluster: &Cluster) -> Members {
     let mut members = vec![Member {
@@ -60,6 +71,15 @@ pub fn initial(cluster: &Cluster) -> Members {
 
 fn instances_dir(group: &str) -> String {
     format!("/ipstats/{group}/instances")
+}
+
+fn leader_path(group: &str) -> String {
+    format!("/ipstats/{group}/leader")
+}
+
+/// Where the leader keeps the rules' state for its successor.
+pub fn rules_path(group: &str) -> String {
+    format!("/ipstats/{group}/rules")
 }
 
 pub fn owner_path(group: &str, topic: &str, partition: i32) -> String {
@@ -80,6 +100,7 @@ pub async fn run(
     options: RegistryOptions,
     ownership: Arc<Ownership>,
     members: Members,
+    leader: Leader,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -108,9 +129,23 @@ pub async fn run(
                 Ok(roster) => {
                     metrics.cluster_instances.set(roster.members.len() as i64);
                     members.store(Arc::new(roster));
+                    match s.elect().await {
+                        Ok(now) => {
+                            let before = leader.load();
+                            if before.me != now.me {
+                                info!(leader = ?now.leader.as_ref().map(|m| &m.id), me = now.me, "rules leader");
+                            }
+                            leader.store(Arc::new(now));
+                        }
+                        Err(error) => {
+                            warn!(%error, "cluster registry: leader election failed");
+                            leader.store(Arc::default());
+                        }
+                    }
                 }
                 Err(error) => {
                     warn!(%error, "cluster registry: ZooKeeper failed; reconnecting");
+                    leader.store(Arc::default());
                     session = None;
                 }
             }
@@ -123,6 +158,9 @@ pub async fn run(
     if let Some(s) = session {
         // Leave at once rather than when the session expires.
         let _ = s.client.delete(&s.me, None).await;
+        if leader.load().me {
+            let _ = s.client.delete(&leader_path(&s.group), None).await;
+        }
     }
     Ok(())
 }
@@ -211,6 +249,26 @@ impl Session {
             self.written = Some(data);
         }
         self.roster().await
+    }
+
+    /// The leader: whoever holds the ephemeral leader znode; this instance
+    /// takes it when it is free.
+    async fn elect(&self) -> anyhow::Result<Leadership> {
+        let path = leader_path(&self.group);
+        let data = serde_json::to_vec(&Member {
+            partitions: Vec::new(),
+            ..self.member.clone()
+        })?;
+        match self.client.create(&path, &data, &ephemeral()).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (data, stat) = self.client.get_data(&path).await?;
+        let leader: Member = serde_json::from_slice(&data)?;
+        Ok(Leadership {
+            me: stat.ephemeral_owner == self.client.session_id().0,
+            leader: Some(leader),
+        })
     }
 
     /// Writes our id on a partition's owner znode; returns the new version.

@@ -18,17 +18,55 @@ use super::views::rfc3339;
 use crate::rules::AlertsView;
 use crate::vocab::Network;
 
-pub async fn alerts(State(state): State<AppState>) -> Response {
-    let snapshot = state.answers.now();
-    if state.cluster.is_none() {
-        return Json(AlertsView::clone(&snapshot.alerts)).into_response();
+#[derive(Deserialize)]
+pub struct AlertsQuery {
+    scope: Option<String>,
+}
+
+/// The alerts this instance answers with: the rules leader's own (with
+/// `--cluster` and ZooKeeper, evaluated on the cluster's counts), else
+/// those of its snapshot.
+fn alerts_here(state: &AppState) -> Arc<AlertsView> {
+    match &state.cluster {
+        Some(fanout) if fanout.leader.load().me => fanout.alerts.load_full(),
+        _ => state.answers.now().alerts.clone(),
     }
-    super::cluster::with_field(&state, &snapshot, AlertsView::clone(&snapshot.alerts)).await
+}
+
+/// With `--cluster` and a rules leader that is another instance: its
+/// answer to `path`, as it gave it. `None`: answer here.
+async fn from_leader(state: &AppState, local: bool, path: &str) -> Option<Response> {
+    let fanout = state.cluster.as_ref().filter(|_| !local)?;
+    let leadership = fanout.leader.load();
+    if leadership.me || leadership.leader.is_none() {
+        return None;
+    }
+    let (status, content_type, body) = fanout.from_leader(path).await?;
+    let status = StatusCode::from_u16(status).ok()?;
+    let content_type = HeaderValue::from_str(&content_type).ok()?;
+    Some((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+pub async fn alerts(
+    State(state): State<AppState>,
+    Params(query): Params<AlertsQuery>,
+) -> Result<Response, Problem> {
+    let local = super::cluster::local_scope(query.scope.as_deref())?;
+    if let Some(answer) = from_leader(&state, local, "/api/v1/alerts?scope=local").await {
+        return Ok(answer);
+    }
+    let view = alerts_here(&state);
+    if state.cluster.is_none() {
+        return Ok(Json(AlertsView::clone(&view)).into_response());
+    }
+    let snapshot = state.answers.now();
+    Ok(super::cluster::with_field(&state, &snapshot, AlertsView::clone(&view)).await)
 }
 
 #[derive(Deserialize)]
 pub struct BlocklistQuery {
     format: Option<String>,
+    scope: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -51,10 +89,17 @@ pub async fn blocklist(
     Params(query): Params<BlocklistQuery>,
 ) -> Result<Response, Problem> {
     let format = query.format.as_deref().unwrap_or("plain");
-    let snapshot = state.answers.now();
+    let local = super::cluster::local_scope(query.scope.as_deref())?;
+    if matches!(format, "plain" | "nginx" | "json") {
+        let path = format!("/api/v1/blocklist?format={format}&scope=local");
+        if let Some(answer) = from_leader(&state, local, &path).await {
+            return Ok(answer);
+        }
+    }
+    let alerts = alerts_here(&state);
     // One line per key, in address order, whichever rules flag it.
     let mut keys: BTreeMap<Network, &str> = BTreeMap::new();
-    for firing in snapshot.alerts.firing.iter().filter(|f| f.block) {
+    for firing in alerts.firing.iter().filter(|f| f.block) {
         keys.entry(firing.network).or_insert(&firing.key);
     }
     let (body, content_type) = match format {
@@ -69,8 +114,7 @@ pub async fn blocklist(
             "text/plain; charset=utf-8",
         ),
         "json" => {
-            let mut entries: Vec<(&Network, Entry)> = snapshot
-                .alerts
+            let mut entries: Vec<(&Network, Entry)> = alerts
                 .firing
                 .iter()
                 .filter(|f| f.block)

@@ -290,6 +290,10 @@ pub struct ClusterStatus {
     pub coverage: crate::cluster::Coverage,
     pub rebalances: u64,
     pub instances: Vec<Member>,
+    /// The instance that evaluates the rules on the cluster's counts (with
+    /// ZooKeeper), and whether it is this one.
+    pub rules_leader: Option<String>,
+    pub is_rules_leader: bool,
 }
 
 pub fn status_of(fanout: &Fanout, snapshot: &Snapshot) -> ClusterStatus {
@@ -299,5 +303,7 @@ pub fn status_of(fanout: &Fanout, snapshot: &Snapshot) -> ClusterStatus {
         coverage: fanout.ownership.coverage(&snapshot.partitions),
         rebalances: fanout.ownership.rebalances(),
         instances: fanout.members.load().members.clone(),
+        rules_leader: fanout.leader.load().leader.as_ref().map(|m| m.id.clone()),
+        is_rules_leader: fanout.leader.load().me,
     }
 }

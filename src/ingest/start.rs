@@ -62,12 +62,14 @@ impl State {
                 ),
             };
             totals = resume.totals;
-            info!(
-                panes = window.panes().len(),
-                requests = window.requests(),
-                next_pane = next_seq,
-                "window restored from the checkpoint"
-            );
+            if window.panes().len() > 0 {
+                info!(
+                    panes = window.panes().len(),
+                    requests = window.requests(),
+                    next_pane = next_seq,
+                    "window restored from the checkpoint"
+                );
+            }
         }
         let now = Instant::now();
         Ok(State {

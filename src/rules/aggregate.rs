@@ -121,6 +121,20 @@ impl Aggregate {
         }
     }
 
+    /// Counts made elsewhere (the cluster's), exact: they replace these.
+    pub(super) fn install(&mut self, total: u64, counts: FxHashMap<Network, u64>) {
+        self.above = counts
+            .iter()
+            .filter(|(_, c)| **c >= self.floor)
+            .map(|(k, _)| *k)
+            .collect();
+        self.counts = counts;
+        self.total = total;
+        self.included.clear();
+        self.summarized = 0;
+        self.error = 0;
+    }
+
     /// Brings the count to the last `panes` of the kept panes: `older`
     /// then `window`, oldest first.
     pub(super) fn sync(&mut self, older: &[Arc<Pane>], window: &[Arc<Pane>]) {

@@ -81,6 +81,15 @@ pub struct Engine {
     retired: Vec<Retired>,
 }
 
+/// What one running count needs from a cluster's counts (see [`Engine::wanted`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub key: super::file::Key,
+    pub panes: usize,
+    pub floor: u64,
+    pub keys: Vec<Network>,
+}
+
 /// A firing key of a rule that is no longer in force.
 #[derive(Debug)]
 struct Retired {
@@ -207,6 +216,53 @@ impl Engine {
         for aggregate in &mut self.aggregates {
             aggregate.sync(older, window);
         }
+        self.judge(end)
+    }
+
+    /// What the counts of a cluster must cover, one entry per running
+    /// count: its key kind, its window in panes, the least count that can
+    /// matter, and the keys pending or firing (their counts are needed
+    /// whatever they are).
+    pub fn wanted(&self) -> Vec<Wanted> {
+        self.aggregates
+            .iter()
+            .enumerate()
+            .map(|(a, aggregate)| {
+                let mut keys: Vec<Network> = self
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(r, _)| self.of_rule[*r] == a)
+                    .flat_map(|(r, _)| self.states[r].keys().copied())
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                Wanted {
+                    key: aggregate.key,
+                    panes: aggregate.panes,
+                    floor: aggregate.floor,
+                    keys,
+                }
+            })
+            .collect()
+    }
+
+    /// One slide on counts made elsewhere (the cluster's): `counted[a]`
+    /// is running count `a`'s total and the counts of at least every key
+    /// at or above its floor and every key [`Engine::wanted`] named.
+    pub fn evaluate_counted(
+        &mut self,
+        counted: Vec<(u64, FxHashMap<Network, u64>)>,
+        end: SystemTime,
+    ) -> Vec<Transition> {
+        for (aggregate, (total, counts)) in self.aggregates.iter_mut().zip(counted) {
+            aggregate.install(total, counts);
+        }
+        self.judge(end)
+    }
+
+    /// The rules against the running counts at `end`: the new transitions.
+    fn judge(&mut self, end: SystemTime) -> Vec<Transition> {
         let mut new: Vec<Transition> = std::mem::take(&mut self.retired)
             .into_iter()
             .map(|r| {

@@ -295,6 +295,24 @@ impl Evaluator {
         Arc::new(self.engine.view())
     }
 
+    /// What a cluster's counts must cover at the next slide (see
+    /// [`engine::Engine::wanted`]).
+    pub fn wanted(&mut self) -> Vec<engine::Wanted> {
+        self.follow_reload();
+        self.engine.wanted()
+    }
+
+    /// One slide on the cluster's counts; what `/api/v1/alerts` shows after it.
+    pub fn slide_counted(
+        &mut self,
+        counted: Vec<(u64, rustc_hash::FxHashMap<crate::vocab::Network, u64>)>,
+        end: SystemTime,
+    ) -> Arc<AlertsView> {
+        let transitions = self.engine.evaluate_counted(counted, end);
+        self.deliver(transitions);
+        Arc::new(self.engine.view())
+    }
+
     /// [`Evaluator::slide`] without the view (a slide that publishes no
     /// snapshot).
     pub fn evaluate(
@@ -304,7 +322,13 @@ impl Evaluator {
         end: SystemTime,
     ) {
         self.follow_reload();
-        for t in self.engine.evaluate_kept(older, window, end) {
+        let transitions = self.engine.evaluate_kept(older, window, end);
+        self.deliver(transitions);
+    }
+
+    /// Counts transitions, offers them to the senders, sets the firing gauges.
+    fn deliver(&self, transitions: Vec<Transition>) {
+        for t in transitions {
             self.metrics
                 .alert_transitions
                 .with_label_values(&[&t.rule, t.state.as_str()])
