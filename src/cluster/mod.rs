@@ -27,6 +27,7 @@ pub mod merge;
 pub mod part;
 pub mod registry;
 pub mod rules;
+pub mod threshold;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
