@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,hostile,query
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster
 #   runs only those sections. BENCH_BASELINE=/path/to/an/older/ipstats adds its rows beside
 #   ipstats' own in the ingest and file sections, alternated round by round ("baseline …"):
 #   old and new binaries side by side on the same data. Results go to bench-results/
@@ -66,7 +66,7 @@ for i in $(seq 0 99); do
     "$i" "${keys[i % 3]}" "${windows[i % 2]}" $((200 + 10 * i)) "$([ $((i % 2)) = 0 ] && echo true || echo false)"
 done >"$RULES_FILE"
 
-ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster}
 # A budget the ingest corpus outgrows, so that the "summarizing" row counts
 # with summarized panes: a 20 s window of 200 ms panes runs in 2 MiB, whose
 # open-pane share (512 KiB) a batch of the corpus outgrows.
@@ -480,11 +480,72 @@ query_rows() {
 }
 if section query; then query_rows; fi
 
+# ---- several instances (--cluster) ----------------------------------------------------
+# One instance pinned to core 0 against two pinned to cores 0 and 1, on the
+# same topic, whole processes from start until the cluster's answer is
+# complete and every partition counted; then, with the two up: the answer's
+# latency through the peer fan-out against ?scope=local, and kill -9 of one
+# instance until the survivor has rebuilt every partition (the group's
+# session timeout, 6 s here, is part of that time).
+cluster_start() {
+  local port=$1 dir=$2 zk=$3 group=$4 id=$5 core=$6
+  taskset -c "$core" "$BIN" --brokers "$BROKERS" --topics "$TOPIC" --group "$group" --checkpoint-dir "$dir" \
+    --listen "127.0.0.1:$port" "${SHAPE[@]}" --cluster --instance-id "$id" --zookeeper "$zk" \
+    --zookeeper-session-timeout 6s --kafka-config session.timeout.ms=6000 \
+    --kafka-config heartbeat.interval.ms=1000 >"$OUT/ipstats-$id.log" 2>&1 &
+  echo $!
+}
+
+cluster_rows() {
+  local zookeeper
+  zookeeper=$(scripts/cluster.sh env | awk -F= '/IPSTATS_ZOOKEEPER=/ { print $2 }')
+  for round in $(seq 1 "$ROUNDS"); do
+    local group="bench-cluster-$RANDOM$RANDOM" zk port_a port_b dir_a dir_b pid_a pid_b started ended cpu_a cpu_b
+    zk="$zookeeper/bench-$RANDOM$RANDOM"
+    port_a=$(free_port)
+    dir_a=$(mktemp -d)
+    started=$(date +%s.%N)
+    pid_a=$(cluster_start "$port_a" "$dir_a" "$zk" "$group" one 0)
+    ended=$(scripts/cluster-bench.py complete "$port_a" "$LINES")
+    cpu_a=$(proc_cpu_s "$pid_a")
+    record "$(printf '{"row":"cluster of one (core 0)","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
+      "$round" "$LINES" "$(num "$ended - $started")" "$cpu_a" "$(proc_hwm_kib "$pid_a")")"
+    stop_ipstats "$pid_a"
+    rm -rf "$dir_a"
+
+    group="bench-cluster-$RANDOM$RANDOM"
+    zk="$zookeeper/bench-$RANDOM$RANDOM"
+    port_a=$(free_port)
+    port_b=$(free_port)
+    dir_a=$(mktemp -d)
+    dir_b=$(mktemp -d)
+    started=$(date +%s.%N)
+    pid_a=$(cluster_start "$port_a" "$dir_a" "$zk" "$group" a 0)
+    pid_b=$(cluster_start "$port_b" "$dir_b" "$zk" "$group" b 1)
+    ended=$(scripts/cluster-bench.py complete "$port_a" "$LINES")
+    cpu_a=$(proc_cpu_s "$pid_a")
+    cpu_b=$(proc_cpu_s "$pid_b")
+    record "$(printf '{"row":"cluster of two (cores 0, 1)","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
+      "$round" "$LINES" "$(num "$ended - $started")" "$(num "$cpu_a + $cpu_b")" "$(proc_hwm_kib "$pid_a")")"
+    log "cluster round $round: one instance and two side by side; asking for latencies"
+    scripts/cluster-bench.py latency "$port_a" 200 | while read -r row; do record "${row%\}},\"round\":$round}"; done
+    started=$(date +%s.%N)
+    kill -KILL "$pid_b"
+    ended=$(scripts/cluster-bench.py complete "$port_a" "$LINES")
+    record "$(printf '{"row":"cluster failover","round":%d,"records":%d,"kill_to_complete_s":%s}' \
+      "$round" "$LINES" "$(num "$ended - $started")")"
+    stop_ipstats "$pid_a"
+    rm -rf "$dir_a" "$dir_b"
+  done
+}
+if section cluster; then cluster_rows; fi
+
 # ---- the table ------------------------------------------------------------------------
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-NAMES = ["kcat", "ipstats", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
+LINES_M = next((r["records"] for r in rows if r.get("row") == "cluster failover"), 0) / 1e6
+NAMES = ["kcat", "ipstats", "cluster of one (core 0)", "cluster of two (cores 0, 1)", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -580,6 +641,18 @@ if "adhoc" in by:
 if "cold" in by:
     v = by["cold"]["p99_ms"]
     budget(f"ad-hoc 60 s window p99 <= 50 ms at {by['pane']['distinct_ips']:,} addresses, cold (every pane merged)", f"{v:.1f} ms", v <= 50)
+if "cluster of one (core 0)" in rate and "cluster of two (cores 0, 1)" in rate:
+    print(f"two instances (two cores) / one (one core), records/s: "
+          f"{rate['cluster of two (cores 0, 1)'] / rate['cluster of one (core 0)']:.2f}x")
+fan, loc = median("top n=100 cluster", "p50_ms"), median("top n=100 local", "p50_ms")
+if fan is not None and loc is not None:
+    print(f"/api/v1/top?n=100 with two instances: p50 {fan:.1f} ms / p99 {median('top n=100 cluster', 'p99_ms'):.1f} ms "
+          f"through the fan-out, p50 {loc:.2f} ms / p99 {median('top n=100 local', 'p99_ms'):.2f} ms with scope=local (medians of rounds)")
+kill = median("cluster failover", "kill_to_complete_s")
+if kill is not None:
+    print(f"kill -9 of one of two until the survivor's answer is complete again: {kill:.1f} s "
+          f"(6 s session timeout, then every partition rebuilt: {LINES_M:.1f}M records; "
+          f"{(kill - 6) / LINES_M:.1f} s per million records after the timeout)")
 if budgets:
     print()
     print("| budget | measured | |")

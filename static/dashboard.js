@@ -14,6 +14,9 @@ let sseFailures = 0;
 let selectedIp = null;
 let selectedNet = null;
 let lastSlideMs = 1000;
+// With --cluster the answers that cover every instance are asked for
+// (the event stream carries this instance's view); null until known.
+let clusterMode = null;
 
 // With --auth-token-file the page is opened as /?access_token=...: every API
 // call carries the token on (an event stream cannot send a header).
@@ -269,11 +272,48 @@ function renderAlerts(alerts) {
     el("li", `${new Date(t.at).toLocaleTimeString()} ${t.state} ${t.rule} ${t.key} (${fmt.format(t.value)}, needs ${fmt.format(t.threshold)})`, t.state)));
 }
 
+// Who counts what: each instance, its partitions, those it is rebuilding,
+// and whether the answers on this page are complete.
+function renderCluster(status, coverage) {
+  $("cluster").hidden = false;
+  const complete = coverage && coverage.complete;
+  setBadge("cluster-complete", complete ? "complete" : "incomplete", !!complete);
+  const missing = coverage ? coverage.missing : [];
+  const leader = status.cluster.rules_leader;
+  $("cluster-note").textContent = `this page asks ${status.cluster.instance_id}` +
+    (leader ? ` · rules leader ${leader}` : "") +
+    (missing.length ? ` · not counted up to date: ${missing.join(", ")}` : "");
+  const progress = new Map(status.cluster.held.map((h) => [h.partition, h.progress]));
+  const instances = coverage ? coverage.instances : [];
+  $("cluster-instances").tBodies[0].replaceChildren(...instances.map((i) => {
+    const row = el("tr");
+    row.appendChild(el("td", i.id));
+    row.appendChild(el("td", i.partitions.join(", ") || "–"));
+    row.appendChild(el("td", i.rebuilding.map((p) =>
+      progress.has(p) ? `${p} (${Math.round(progress.get(p) * 100)} %)` : p).join(", ") || "–"));
+    row.appendChild(el("td", i.reachable ? "yes" : "no"));
+    return row;
+  }));
+}
+
 async function render(event) {
   renderAlerts(event.alerts);
   let top = event.top;
+  let offsets = event.offsets;
   let failed = null;
   const adhoc = adhocQuery();
+  if (clusterMode === null) clusterMode = !!(await getJson("/api/v1/status").catch(() => ({}))).cluster;
+  if (clusterMode && !adhoc) {
+    try {
+      [top, offsets] = await Promise.all([
+        getJson(`/api/v1/top?n=${encodeURIComponent(n())}`),
+        getJson("/api/v1/offsets"),
+      ]);
+      renderCluster(await getJson("/api/v1/status"), top.cluster);
+    } catch (error) {
+      failed = `Cannot load the cluster's answer: ${error.message}`;
+    }
+  }
   if (adhoc) {
     try {
       top = await getJson(`/api/v1/top?n=${encodeURIComponent(n())}&${adhoc}`);
@@ -282,7 +322,7 @@ async function render(event) {
     }
   }
   renderTop(top);
-  renderOffsets(event.offsets);
+  renderOffsets(offsets);
   renderStatus(event.status);
   if (event.history) renderHistory(event.history);
   // Shown after the status, which would otherwise repaint the badge.

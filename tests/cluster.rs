@@ -278,6 +278,40 @@ fn exact_everywhere(services: &[&Service], late: u64) {
             }
         });
         assert_eq!(ip["count"], 300, "{ip}");
+        // Networks: the union of addresses, the sums of counts.
+        let net = wait_for("a complete network answer", DEADLINE, || {
+            let net = get_json(s.addr, "/api/v1/networks/10.9.9.0/24?n=2");
+            if net["cluster"]["complete"] == true {
+                Ok(net)
+            } else {
+                Err(net["cluster"].to_string())
+            }
+        });
+        let heavy: u64 = HEAVY.iter().map(|(_, n)| n).sum();
+        assert_eq!(net["count"], heavy, "{net}");
+        assert_eq!(net["distinct_ips"], HEAVY.len(), "{net}");
+        assert_eq!(net["top"][0]["ip"], "10.9.9.1", "{net}");
+        assert_eq!(net["top"][1]["count"], 250, "{net}");
+        let nets = wait_for("a complete network top list", DEADLINE, || {
+            let top = get_json(s.addr, "/api/v1/top?prefix4=24&n=3");
+            if top["cluster"]["complete"] == true {
+                Ok(top)
+            } else {
+                Err(top["cluster"].to_string())
+            }
+        });
+        let expected = [
+            ("10.9.9.0/24", heavy, HEAVY.len() as u64),
+            ("192.0.0.0/24", 200 * LIGHT_EACH, 200),
+            ("192.0.1.0/24", 200 * LIGHT_EACH, 200),
+        ];
+        for (item, (network, count, distinct)) in
+            nets["top"].as_array().expect("top").iter().zip(expected)
+        {
+            assert_eq!(item["network"], network, "{nets}");
+            assert_eq!(item["count"], count, "{nets}");
+            assert_eq!(item["distinct_ips"], distinct, "{nets}");
+        }
     }
 }
 

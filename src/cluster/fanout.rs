@@ -107,6 +107,8 @@ pub struct Fanout {
 #[derive(Debug)]
 pub struct Top {
     pub total_requests: u64,
+    /// With `within`: the requests of the addresses inside the network.
+    pub within_count: u64,
     pub distinct_ips: u64,
     pub distinct_networks: u64,
     pub items: Vec<Item>,
@@ -279,9 +281,22 @@ impl Fanout {
     /// The top `n` keys of `range` over the whole cluster: exact (TPUT)
     /// when the parts are.
     pub async fn top(&self, range: Range, grouping: Option<Grouping>, n: usize) -> Top {
+        self.top_within(range, grouping, n, None).await
+    }
+
+    /// [`Fanout::top`] over the addresses inside `within` (CIDR) only.
+    pub async fn top_within(
+        &self,
+        range: Range,
+        grouping: Option<Grouping>,
+        n: usize,
+        within: Option<String>,
+    ) -> Top {
         let until = Instant::now() + DEADLINE;
         let members = self.roster();
-        let ask_all = |ask: Ask| vec![PartRequest::over(range, grouping, ask); members.len()];
+        let ask_all = |ask: Ask| {
+            vec![PartRequest::over(range, grouping, ask).within(within.clone()); members.len()]
+        };
         let tops = self.ask(&members, ask_all(Ask::Top { k: n }), until).await;
         let mut reached: Vec<bool> = tops.iter().map(Option::is_some).collect();
         // Later rounds read the view each instance answered round 1 from.
@@ -326,6 +341,7 @@ impl Fanout {
                         keys: candidates.to_ask(i),
                     },
                 )
+                .within(within.clone())
             })
             .collect();
         let counts = self.ask(&members, pinned(asks), until).await;
@@ -375,6 +391,7 @@ impl Fanout {
             .filter_map(|(p, _)| p.as_ref())
             .collect();
         Top {
+            within_count: parts.iter().map(|p| p.within_count).sum(),
             total_requests: parts.iter().map(|p| p.total_requests).sum(),
             distinct_ips: addresses.len() as u64,
             distinct_networks,

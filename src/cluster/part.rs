@@ -26,6 +26,9 @@ pub struct PartRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouping: Option<(u8, u8)>,
     pub ask: Ask,
+    /// Only the addresses inside this network (CIDR), for one network's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
     /// The view of an earlier round to answer from (see [`PartReply::view`]):
     /// all rounds of one answer read the same counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +70,9 @@ pub struct PartReply {
     pub total_requests: u64,
     /// Distinct addresses this instance counted in the range.
     pub distinct_ips: u64,
+    /// With `within`: the requests of the addresses inside the network.
+    #[serde(default)]
+    pub within_count: u64,
     pub exact: bool,
     pub error_bound: u64,
     #[serde(default)]
@@ -101,8 +107,15 @@ impl PartRequest {
             end_ms: millis(range.end),
             grouping: grouping.map(|g| (g.prefix4, g.prefix6)),
             ask,
+            within: None,
             view: None,
         }
+    }
+
+    /// The same question about the addresses inside `network` only.
+    pub fn within(mut self, network: Option<String>) -> Self {
+        self.within = network;
+        self
     }
 
     /// The same question, answered from view `view`.
@@ -125,6 +138,12 @@ impl PartRequest {
         let merged = merges.merge(range.panes(kept));
         let trust = Trust::of_addresses(range.panes(kept));
         let grouping = self.grouping();
+        let inside: Option<Network> = self.within.as_deref().and_then(read_key);
+        let counts = || {
+            merged
+                .iter()
+                .filter(move |(ip, _)| inside.is_none_or(|n| n.contains(*ip)))
+        };
         let mut reply = PartReply {
             total_requests: range.panes(kept).map(|p| p.requests).sum(),
             distinct_ips: merged.len() as u64,
@@ -132,7 +151,10 @@ impl PartRequest {
             error_bound: trust.error_bound,
             ..PartReply::default()
         };
-        let keyed = || keyed(merged.iter(), grouping);
+        if inside.is_some() {
+            reply.within_count = counts().map(|(_, c)| c).sum();
+        }
+        let keyed = || keyed(counts(), grouping);
         match &self.ask {
             Ask::Totals => {}
             Ask::Top { k } => reply.items = best(keyed().collect(), *k),
@@ -155,8 +177,7 @@ impl PartRequest {
                 let networks: Option<Vec<Network>> = within
                     .as_ref()
                     .map(|w| w.iter().filter_map(|n| read_key(n)).collect());
-                reply.addresses = merged
-                    .iter()
+                reply.addresses = counts()
                     .filter(|(ip, _)| {
                         networks
                             .as_ref()
@@ -279,6 +300,7 @@ mod tests {
             end_ms: 10_000,
             grouping,
             ask,
+            within: None,
             view: None,
         }
         .answer(kept, &MergeCache::default())

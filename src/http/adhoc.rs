@@ -271,15 +271,15 @@ struct AddressTopView {
 }
 
 #[derive(Serialize)]
-struct NetworkView {
-    network: String,
-    window: WindowView,
+pub(super) struct NetworkView {
+    pub(super) network: String,
+    pub(super) window: WindowView,
     #[serde(flatten)]
-    count: Counted,
-    distinct_ips: u64,
-    top: Vec<IpCount>,
+    pub(super) count: Counted,
+    pub(super) distinct_ips: u64,
+    pub(super) top: Vec<IpCount>,
     #[serde(flatten)]
-    exactness: Exactness,
+    pub(super) exactness: Exactness,
 }
 
 #[derive(Serialize)]
@@ -293,7 +293,7 @@ struct IpRangeView {
     exactness: Exactness,
 }
 
-fn ip_counts(top: Vec<(IpKey, u64)>, exactness: &Exactness) -> Vec<IpCount> {
+pub(super) fn ip_counts(top: Vec<(IpKey, u64)>, exactness: &Exactness) -> Vec<IpCount> {
     top.into_iter()
         .map(|(ip, lower)| IpCount::new(ip, lower, exactness))
         .collect()

@@ -59,13 +59,15 @@ fn json<T: Serialize>(answer: T, cluster: ClusterField) -> Response {
 /// `POST /internal/v1/part`: this instance's part of a cluster answer.
 pub async fn part(
     State(state): State<AppState>,
-    Json(request): Json<PartRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Json<PartReply>, Problem> {
     let Some(fanout) = &state.cluster else {
         return Err(Problem::not_found(
             "this instance runs without --cluster: it has no part to give",
         ));
     };
+    let request: PartRequest = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("the body is not a part request: {e}")))?;
     let reply = fanout
         .local_part(request)
         .await
@@ -145,6 +147,40 @@ pub async fn top(
             )
         }
     })
+}
+
+/// `/api/v1/networks/{cidr}` over the cluster: the network's requests, its
+/// distinct addresses (the union of every instance's) and its top `n`
+/// addresses (TPUT over the addresses inside it).
+pub async fn network(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+    network: crate::vocab::Network,
+    n: usize,
+) -> Result<Response, Problem> {
+    let range = range_of(state, snapshot, asked)?;
+    let top = fanout
+        .top_within(range, None, n, Some(network.to_string()))
+        .await;
+    let exactness = Exactness::of(!top.exact, top.error_bound, !top.exact);
+    let items: Vec<(IpKey, u64)> = top
+        .items
+        .iter()
+        .filter_map(|(k, c, _)| parse_ip(k).map(|ip| (ip, *c)))
+        .collect();
+    Ok(json(
+        adhoc::NetworkView {
+            network: network.to_string(),
+            window: window_of(range, snapshot),
+            count: exactness.counted(top.within_count),
+            distinct_ips: top.distinct_ips,
+            top: adhoc::ip_counts(items, &exactness),
+            exactness,
+        },
+        top.cluster,
+    ))
 }
 
 /// `/api/v1/ips/{ip}` over the cluster.

@@ -195,8 +195,10 @@ pub async fn network(
         },
     };
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
-    cluster::local_scope(query.scope.as_deref())?;
     let snapshot = state.answers.now();
+    if let Some(fanout) = cluster::fanout(&state, query.scope.as_deref())? {
+        return cluster::network(&state, &fanout, &snapshot, &query.asked(), network, n).await;
+    }
     let question = Question::Network {
         range: adhoc::range(&state, &snapshot, &query.asked())?,
         network,

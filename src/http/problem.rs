@@ -81,14 +81,20 @@ pub async fn not_found(uri: axum::http::Uri) -> Problem {
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    // The one route instances call on each other takes a body.
+    let (allow, name) = if uri.path() == crate::cluster::fanout::PART_ROUTE {
+        ("POST", "POST")
+    } else {
+        ("GET, HEAD", "GET")
+    };
     let mut response = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}; use GET", uri.path()),
+        format!("{method} is not allowed on {}; use {name}", uri.path()),
     )
     .into_response();
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Waits for, and measures, ipstats instances answering as one (--cluster).
+
+    scripts/cluster-bench.py complete PORT TOTAL [DEADLINE_S]
+        polls /api/v1/offsets (the cluster's) every 20 ms over one keep-alive
+        connection until every partition is counted to its log end (TOTAL
+        records in all) and the answer is complete; prints the wall-clock
+        time (epoch seconds) it happened.
+    scripts/cluster-bench.py latency PORT N
+        asks /api/v1/top?n=100 N times across the cluster and N times with
+        ?scope=local, alternating, and prints one JSON row per kind with the
+        p50 and p99 in milliseconds.
+"""
+import http.client
+import json
+import statistics
+import sys
+import time
+
+
+def get(conn, path):
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def complete(port, total, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    conn = None
+    while time.monotonic() < deadline:
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            status, body = get(conn, "/api/v1/offsets")
+            if status == 200:
+                answer = json.loads(body)
+                parts = answer.get("partitions", [])
+                counted = sum(p["until_offset"] for p in parts)
+                caught_up = all(p["log_end"] is not None and p["until_offset"] >= p["log_end"] for p in parts)
+                if answer.get("cluster", {}).get("complete") and caught_up and counted >= total:
+                    print(f"{time.time():.3f}")
+                    return
+        except (OSError, http.client.HTTPException, ValueError):
+            conn = None
+        time.sleep(0.02)
+    sys.exit("the cluster did not count everything in time")
+
+
+def latency(port, n):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    took = {"cluster": [], "local": []}
+    paths = {"cluster": "/api/v1/top?n=100", "local": "/api/v1/top?n=100&scope=local"}
+    for _ in range(n):
+        for kind, path in paths.items():
+            started = time.perf_counter()
+            status, body = get(conn, path)
+            took[kind].append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                sys.exit(f"{path}: HTTP {status}: {body[:200]!r}")
+    for kind, values in took.items():
+        values.sort()
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        print(json.dumps({"row": f"top n=100 {kind}", "questions": n,
+                          "p50_ms": statistics.median(values), "p99_ms": p99}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "complete":
+        complete(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 900)
+    elif sys.argv[1] == "latency":
+        latency(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        sys.exit(__doc__)
