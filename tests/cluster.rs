@@ -574,6 +574,18 @@ fn three_instances_answer_as_one_and_survive_a_kill() {
     assert!(metric(a.addr, "ipstats_rebalances_total").unwrap_or(0.0) >= 2.0);
     let complete = sampler.finish();
     assert!(complete > 0, "the sampler saw complete answers");
+    // A graceful stop leaves the group at once: the last one takes everything.
+    let (status, log) = b.terminate_logged(DEADLINE);
+    assert!(status.success(), "SIGTERM exits 0 within the grace: {log}");
+    wait_for(
+        "the last instance to hold every partition",
+        DEADLINE,
+        || match metric(a.addr, "ipstats_partitions_owned") {
+            Some(owned) if owned == f64::from(PARTITIONS) => Ok(()),
+            other => Err(format!("{other:?} owned")),
+        },
+    );
+    exact_everywhere(&[&a], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -740,5 +752,169 @@ fn a_key_spread_over_every_instance_fires_once_and_survives_its_leader() {
             .unwrap_or_default();
         assert_eq!(block, "", "unblocked everywhere");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// While held, every TCP packet the user `nobody` sends is dropped: an
+/// instance run as `nobody` is cut off from Kafka, ZooKeeper and the other
+/// instances (its answers never leave), and nothing else is touched.
+struct Cut;
+
+const NOBODY: &str = "65534";
+
+impl Cut {
+    fn off() -> Cut {
+        let ok = std::process::Command::new("iptables")
+            .args([
+                "-I",
+                "OUTPUT",
+                "-m",
+                "owner",
+                "--uid-owner",
+                NOBODY,
+                "-p",
+                "tcp",
+                "-j",
+                "DROP",
+            ])
+            .status()
+            .expect("iptables");
+        assert!(ok.success(), "iptables must work here (root, loopback)");
+        Cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args([
+                "-D",
+                "OUTPUT",
+                "-m",
+                "owner",
+                "--uid-owner",
+                NOBODY,
+                "-p",
+                "tcp",
+                "-j",
+                "DROP",
+            ])
+            .status();
+    }
+}
+
+/// [`start`], as the user `nobody`.
+fn start_as_nobody(
+    cluster: &common::Cluster,
+    zookeeper: &str,
+    topic: &str,
+    group: &str,
+    id: &str,
+    dir: &std::path::Path,
+) -> Service {
+    use std::os::unix::fs::PermissionsExt;
+    let checkpoint = dir.join(id);
+    std::fs::create_dir_all(&checkpoint).expect("checkpoint dir");
+    std::fs::set_permissions(&checkpoint, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_ipstats"),
+            "--brokers",
+            &cluster.brokers,
+            "--zookeeper",
+            zookeeper,
+            "--zookeeper-session-timeout",
+            "6s",
+            "--topics",
+            topic,
+            "--group",
+            group,
+            "--checkpoint-dir",
+            checkpoint.to_str().expect("utf-8"),
+            "--listen",
+            &listen,
+            "--cluster",
+            "--instance-id",
+            id,
+            "--batch",
+            "200ms",
+            "--slide",
+            "200ms",
+            "--window",
+            "600s",
+            "--kafka-config",
+            "session.timeout.ms=6000",
+            "--kafka-config",
+            "heartbeat.interval.ms=1000",
+        ])
+        .env_remove("IPSTATS_BROKERS")
+        .env_remove("IPSTATS_ZOOKEEPER")
+        .env("IPSTATS_LOG", "info")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .expect("setpriv");
+    Service {
+        child,
+        addr: listen.parse().expect("address"),
+        log,
+    }
+}
+
+#[test]
+fn an_instance_cut_off_the_network_loses_its_partitions_and_rejoins_when_healed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = common::cluster() else {
+        return;
+    };
+    let topic = common::create_topic(&cluster, "cluster-cut", PARTITIONS as u32);
+    let group = unique("cluster-cut-group");
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("cluster-cut-zk"));
+    let dir = std::env::temp_dir().join(unique("cluster-cut-state"));
+    kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &lines());
+    let mut a = start(&cluster, &zookeeper, &topic, &group, "a", &dir);
+    let mut b = start(&cluster, &zookeeper, &topic, &group, "b", &dir);
+    let mut c = start_as_nobody(&cluster, &zookeeper, &topic, &group, "c", &dir);
+    for s in [&mut a, &mut b, &mut c] {
+        s.wait_ready(DEADLINE);
+    }
+    settled(&[&a, &b, &c]);
+    exact_everywhere(&[&a, &b, &c], 0);
+    let watch = OffsetWatch::start(&zookeeper, &group, &topic);
+    let sampler = Sampler::start(vec![a.addr, b.addr], vec![0]);
+
+    let cut = Cut::off();
+    wait_for("the others to take every partition", DEADLINE, || {
+        let owned: f64 = [&a, &b]
+            .iter()
+            .map(|s| metric(s.addr, "ipstats_partitions_owned").unwrap_or(0.0))
+            .sum();
+        if owned == f64::from(PARTITIONS) {
+            Ok(())
+        } else {
+            Err(format!("{owned} owned"))
+        }
+    });
+    exact_everywhere(&[&a, &b], 0);
+    drop(cut);
+
+    // Healed: it finds its partitions gone, rejoins, and the cluster
+    // answers exactly again with it.
+    settled(&[&a, &b, &c]);
+    exact_everywhere(&[&a, &b, &c], 0);
+    sampler.finish();
+    watch.finish();
+    let log = c.log_text();
+    assert!(
+        log.contains("rebalance: partitions moved"),
+        "the cut instance logged its rebalances"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,7 @@
 //! [`Parts`], with its stage and the way it is told to stop.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use futures_util::FutureExt;
@@ -27,7 +27,7 @@ use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
 use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
 use crate::kafka::{
-    ClusterView, KafkaConsumer, KafkaContext, MonitorClients, Rebalanced, ViewReceiver,
+    ClusterView, KafkaConsumer, KafkaContext, MonitorClients, Rebalances, ViewReceiver,
     consumer_config, run_monitor,
 };
 use crate::log_limit::LogLimit;
@@ -193,7 +193,7 @@ pub struct ClusterParts {
     pub ownership: Arc<Ownership>,
     pub members: Members,
     pub leader: registry::Leader,
-    pub rebalances: Arc<Mutex<Vec<Rebalanced>>>,
+    pub rebalances: Arc<Rebalances>,
 }
 
 pub fn cluster(settings: &Settings, shared: &Sources) -> Option<ClusterParts> {

@@ -198,11 +198,24 @@ impl Ownership {
         self.lock().ingest_alive = Some(Instant::now());
     }
 
-    /// Every held partition: generation, `(topic, partition)`, fence.
+    /// Every held partition not lost: generation, `(topic, partition)`,
+    /// fence (`None`: not taken in ZooKeeper yet). A lost partition is never
+    /// taken again in this generation: only the group's next assignment
+    /// hands it back.
     pub fn held(&self) -> (u64, Vec<(Key, Option<i32>)>) {
         let s = self.lock();
-        let held = s.held.iter().map(|(k, h)| (k.clone(), h.fence)).collect();
+        let held = s
+            .held
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(k, h)| (k.clone(), h.fence))
+            .collect();
         (s.generation, held)
+    }
+
+    /// Every held partition, lost or not, as `topic/partition`.
+    pub fn held_labels(&self) -> Vec<String> {
+        self.lock().held.keys().map(|(t, p)| label(t, *p)).collect()
     }
 
     /// The registry took (or confirmed) the owner znode of a partition at `version`.
@@ -448,6 +461,8 @@ mod tests {
         assert_eq!(o.coverage(&v).served.len(), 2);
         assert_eq!(o.fence_of("t", 0, 0), Some(4));
         o.lost(generation, &("t".into(), 1));
+        // Lost: never taken again until the group hands it back.
+        assert_eq!(o.held().1.len(), 1);
         let c = o.coverage(&v);
         assert!(c.served.is_empty());
         assert!(c.doubt.expect("a value").contains("took"));

@@ -236,7 +236,7 @@ impl Session {
             }
         }
         ownership.confirmed(generation);
-        self.member.partitions = held.iter().map(|(k, _)| label(&k.0, k.1)).collect();
+        self.member.partitions = ownership.held_labels();
         let data = serde_json::to_vec(&self.member)?;
         if self.written.as_ref() != Some(&data) {
             match self.client.set_data(&self.me, &data, None).await {

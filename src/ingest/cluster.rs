@@ -19,7 +19,7 @@
 //!    the log end found at assignment.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -30,7 +30,7 @@ use super::tracker::Start;
 use super::{IngestError, KafkaConsumer, Resume, State, StoredOffsets};
 use crate::cluster::{Ownership, Taken, label};
 use crate::kafka::batch::BatchQueue;
-use crate::kafka::{ClusterView, Rebalanced};
+use crate::kafka::{ClusterView, Rebalanced, Rebalances};
 use crate::vocab::{Origin, Started, StartedFrom, epoch_ms};
 
 /// How long a by-time or watermark lookup may take.
@@ -40,7 +40,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Link {
     pub ownership: Arc<Ownership>,
-    pub rebalances: Arc<Mutex<Vec<Rebalanced>>>,
+    pub rebalances: Arc<Rebalances>,
     pub topics: Vec<String>,
 }
 
@@ -76,14 +76,7 @@ impl Member {
     }
 
     pub fn rebalanced(&self) -> bool {
-        !self.events().is_empty()
-    }
-
-    fn events(&self) -> std::sync::MutexGuard<'_, Vec<Rebalanced>> {
-        self.link
-            .rebalances
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.link.rebalances.pending()
     }
 
     pub fn beat(&self) {
@@ -106,8 +99,24 @@ impl Member {
     }
 
     /// Leaves the group at shutdown, so that the others take the
-    /// partitions at once instead of after the session timeout.
+    /// partitions at once instead of after the session timeout. The
+    /// revocation this triggers (and the consumer's close) is acted on by
+    /// the callback itself from now on.
     pub fn leave(self, consumer: &KafkaConsumer) {
+        self.link.rebalances.leave();
+        // Decisions not acted on yet: acknowledged, so that the group goes on.
+        for event in self.link.rebalances.take() {
+            let _ = match event {
+                Rebalanced::Assign(list) => consumer.incremental_assign(&partition_list(&list)),
+                Rebalanced::Revoke(list) => consumer.incremental_unassign(&partition_list(&list)),
+                Rebalanced::Failed(_) => Ok(()),
+            };
+        }
+        if let Ok(assigned) = consumer.assignment()
+            && assigned.count() > 0
+        {
+            let _ = consumer.incremental_unassign(&assigned);
+        }
         consumer.unsubscribe();
     }
 
@@ -118,7 +127,7 @@ impl Member {
         consumer: &KafkaConsumer,
         queue: &BatchQueue<'_>,
     ) -> Result<State, IngestError> {
-        let events = std::mem::take(&mut *self.events());
+        let events = self.link.rebalances.take();
         let before: Vec<Key> = st
             .tracker
             .partitions()

@@ -11,7 +11,7 @@ use std::time::Instant;
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::watch;
@@ -33,7 +33,39 @@ pub struct KafkaContext {
     pub logs: Arc<LogLimit>,
     /// `--cluster`: the group's assignment changes, for ingest to act on
     /// (see [`Rebalanced`]); `None` for clients that never subscribe.
-    pub rebalances: Option<Arc<Mutex<Vec<Rebalanced>>>>,
+    pub rebalances: Option<Arc<Rebalances>>,
+}
+
+/// The group's decisions waiting for ingest, and whether ingest has left
+/// (then the callback acts on them itself: the consumer's close waits for
+/// the revocation it triggers).
+#[derive(Debug, Default)]
+pub struct Rebalances {
+    events: Mutex<Vec<Rebalanced>>,
+    left: std::sync::atomic::AtomicBool,
+}
+
+impl Rebalances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rebalanced>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    pub fn take(&self) -> Vec<Rebalanced> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Ingest has stopped: from now on the callback assigns and revokes.
+    pub fn leave(&self) {
+        self.left.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn left(&self) -> bool {
+        self.left.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A change of assignment the group decided, left for ingest: it
@@ -83,7 +115,7 @@ impl ClientContext for KafkaContext {
 impl ConsumerContext for KafkaContext {
     fn rebalance(
         &self,
-        _consumer: &BaseConsumer<Self>,
+        consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
@@ -103,7 +135,18 @@ impl ConsumerContext for KafkaContext {
             other => Rebalanced::Failed(RDKafkaErrorCode::from(other).to_string()),
         };
         match &self.rebalances {
-            Some(events) => events.lock().unwrap_or_else(|e| e.into_inner()).push(event),
+            Some(r) if r.left() => {
+                // Leaving: nothing is counted any more; let the group go on.
+                let done = match event {
+                    Rebalanced::Assign(_) => consumer.incremental_assign(tpl),
+                    Rebalanced::Revoke(_) => consumer.incremental_unassign(tpl),
+                    Rebalanced::Failed(_) => Ok(()),
+                };
+                if let Err(error) = done {
+                    debug!(%error, "acting on a rebalance while leaving the group");
+                }
+            }
+            Some(r) => r.lock().push(event),
             None => warn!(
                 ?event,
                 "rebalance on a client that never subscribes; ignored"
