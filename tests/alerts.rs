@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Cluster, Service, cluster, free_port, get_json, http_get, json_line, unique, wait_for,
+    Cluster, Service, cluster, free_port, get_json, http_get, json_line, receive_on, receiver,
+    unique, wait_for,
 };
 use serde_json::Value;
 
@@ -68,59 +69,6 @@ fn alertmanager(dir: &Path) -> (Killed, SocketAddr) {
         }
     });
     (child, addr)
-}
-
-/// A webhook receiver answering 503 to its first `fail_first` requests.
-fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    receive_on(listener, fail_first)
-}
-
-fn receive_on(listener: TcpListener, fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
-    let addr = listener.local_addr().expect("address");
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let seen = received.clone();
-    std::thread::spawn(move || {
-        let mut requests = 0;
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                    break;
-                }
-                let header = header.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            requests += 1;
-            let status = if requests <= fail_first {
-                "503 Service Unavailable"
-            } else {
-                if let Ok(json) = serde_json::from_slice::<Value>(&body) {
-                    seen.lock().expect("lock").push(json);
-                }
-                "200 OK"
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (addr, received)
 }
 
 fn serve(cluster: &Cluster, topic: &str, dir: &Path, extra: &[&str]) -> Service {

@@ -589,49 +589,6 @@ fn three_instances_answer_as_one_and_survive_a_kill() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A webhook receiver keeping every body it is sent.
-fn receiver() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                    break;
-                }
-                let header = header.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            if let Ok(json) = serde_json::from_slice::<Value>(&body) {
-                seen.lock().unwrap_or_else(|e| e.into_inner()).push(json);
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (addr, received)
-}
-
 /// The transitions of `rule` for `key` the receiver got, by state.
 fn sent(received: &std::sync::Mutex<Vec<Value>>, state: &str) -> usize {
     received
@@ -667,7 +624,7 @@ fn a_key_spread_over_every_instance_fires_once_and_survives_its_leader() {
         "[[rule]]\nname = \"spread\"\nkey = \"ip\"\nwindow = \"5s\"\nrequests = 280\nblock = true\n",
     )
     .expect("rules file");
-    let (hook, received) = receiver();
+    let (hook, received) = common::receiver(0);
     let hook = format!("http://{hook}/");
     let extra = [
         "--rules",

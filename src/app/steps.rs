@@ -18,7 +18,7 @@ use super::startup::Startup;
 use super::{DemoDir, HTTP_PATIENCE, MONITOR_INTERVAL, blocking, console};
 use crate::answers::{self, Answers, Pool};
 use crate::checkpoint;
-use crate::cluster::fanout::Fanout;
+use crate::cluster::fanout::{Fanout, Shared};
 use crate::cluster::registry::{self, Members};
 use crate::cluster::{Cluster, Ownership};
 use crate::config::{ConfigError, OffsetReset, Secret, Settings};
@@ -462,13 +462,16 @@ pub fn serve_http(
     let fanout = match cluster {
         None => None,
         Some((c, view)) => Some(Arc::new(Fanout::new(
-            c.settings.clone(),
-            c.ownership.clone(),
-            c.members.clone(),
-            c.leader.clone(),
+            Shared {
+                cluster: c.settings.clone(),
+                ownership: c.ownership.clone(),
+                members: c.members.clone(),
+                leader: c.leader.clone(),
+                token: settings.auth_token.as_ref().map(|t| t.expose().to_string()),
+                slide: settings.slide,
+            },
             answers.clone(),
             view,
-            settings.auth_token.as_ref().map(|t| t.expose().to_string()),
         )?)),
     };
     let state = AppState {

@@ -90,6 +90,12 @@ impl Views {
 
 pub struct Fanout {
     views: Views,
+    /// Top lists merged lately, by question: dashboards and scrapers ask
+    /// the same question many times a slide, and every instance's view
+    /// changes only once a slide.
+    answered: std::sync::Mutex<std::collections::HashMap<String, (Instant, Top)>>,
+    /// How long a merged answer is given again: one slide.
+    fresh_for: Duration,
     /// The rules leader, as the registry last saw it.
     pub leader: super::registry::Leader,
     /// On the leader: the alerts of the rules evaluated on the cluster's counts.
@@ -104,7 +110,7 @@ pub struct Fanout {
 }
 
 /// A cluster-wide top list.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Top {
     pub total_requests: u64,
     /// With `within`: the requests of the addresses inside the network.
@@ -117,31 +123,37 @@ pub struct Top {
     pub cluster: ClusterField,
 }
 
+/// What a [`Fanout`] shares with the registry and ingest, and how it asks.
+pub struct Shared {
+    pub cluster: Cluster,
+    pub ownership: Arc<Ownership>,
+    pub members: Members,
+    pub leader: super::registry::Leader,
+    /// `--auth-token-file`: presented to the others.
+    pub token: Option<String>,
+    /// `--slide`: how long a merged answer is given again.
+    pub slide: Duration,
+}
+
 impl Fanout {
-    pub fn new(
-        cluster: Cluster,
-        ownership: Arc<Ownership>,
-        members: Members,
-        leader: super::registry::Leader,
-        local: Answers,
-        view: ViewReceiver,
-        token: Option<String>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(shared: Shared, local: Answers, view: ViewReceiver) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(DEADLINE)
             .timeout(DEADLINE)
             .build()?;
         Ok(Fanout {
             views: Views::default(),
-            leader,
+            answered: Default::default(),
+            fresh_for: shared.slide,
+            leader: shared.leader,
             alerts: arc_swap::ArcSwap::default(),
-            cluster,
-            ownership,
-            members,
+            cluster: shared.cluster,
+            ownership: shared.ownership,
+            members: shared.members,
             local,
             view,
             client,
-            token,
+            token: shared.token,
         })
     }
 
@@ -286,6 +298,35 @@ impl Fanout {
 
     /// [`Fanout::top`] over the addresses inside `within` (CIDR) only.
     pub async fn top_within(
+        &self,
+        range: Range,
+        grouping: Option<Grouping>,
+        n: usize,
+        within: Option<String>,
+    ) -> Top {
+        let key = format!("{range:?} {grouping:?} {n} {within:?}");
+        if let Some((at, top)) = self.lock_answered().get(&key)
+            && at.elapsed() < self.fresh_for
+        {
+            return top.clone();
+        }
+        let top = self.merge_top(range, grouping, n, within).await;
+        if top.cluster.complete {
+            let mut answered = self.lock_answered();
+            answered.retain(|_, (at, _)| at.elapsed() < self.fresh_for);
+            answered.insert(key, (Instant::now(), top.clone()));
+        }
+        top
+    }
+
+    fn lock_answered(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Instant, Top)>> {
+        self.answered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The three rounds of [`Fanout::top_within`].
+    async fn merge_top(
         &self,
         range: Range,
         grouping: Option<Grouping>,

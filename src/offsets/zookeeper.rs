@@ -378,24 +378,30 @@ impl ZkStore {
                 }
                 Ok(())
             }
-            Err(source) => {
-                let error = ZkError::Multi {
-                    partitions: paths.len(),
-                    source,
-                };
-                if error.conflict() {
-                    for (topic, partition, _) in &request.offsets {
-                        // Best effort: a failure here surfaces on the next try.
-                        let _ = self.read_offset(topic, *partition).await;
-                    }
-                }
-                Err(error)
-            }
+            Err(source) => Err(self.failed(request, paths.len(), source).await),
         }
     }
 }
 
 impl ZkStore {
+    /// A `multi` that failed: after a conflict (someone else wrote the
+    /// znodes) the versions are read again for the next try.
+    async fn failed(
+        &mut self,
+        request: &CommitRequest,
+        partitions: usize,
+        source: zk::MultiWriteError,
+    ) -> ZkError {
+        let error = ZkError::Multi { partitions, source };
+        if error.conflict() {
+            for (topic, partition, _) in &request.offsets {
+                // Best effort: a failure here surfaces on the next try.
+                let _ = self.read_offset(topic, *partition).await;
+            }
+        }
+        error
+    }
+
     /// `--cluster`: writes the offsets of the partitions this instance
     /// still owns in one `multi`, each preceded by a check that its owner
     /// znode is at the version this instance wrote: once another instance
@@ -464,16 +470,7 @@ impl ZkStore {
                     warn!(%topic, partition, "another instance took this partition: its offsets are no longer committed from here");
                     ownership.fence_failed(topic, *partition);
                 }
-                let error = ZkError::Multi {
-                    partitions: writes.len(),
-                    source,
-                };
-                if error.conflict() {
-                    for (topic, partition, _) in &request.offsets {
-                        let _ = self.read_offset(topic, *partition).await;
-                    }
-                }
-                Err(error)
+                Err(self.failed(request, writes.len(), source).await)
             }
         }
     }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -807,4 +807,62 @@ pub fn drop_within<T: Send + 'static>(value: T, deadline: Duration, what: &str) 
         gone.recv_timeout(deadline).is_ok(),
         "{what} did not shut down within {deadline:?}: records were not destroyed"
     );
+}
+
+#[allow(dead_code)] // not every test file receives webhooks
+/// A webhook receiver answering 503 to its first `fail_first` requests.
+pub fn receiver(fail_first: usize) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    receive_on(listener, fail_first)
+}
+
+#[allow(dead_code)]
+pub fn receive_on(
+    listener: std::net::TcpListener,
+    fail_first: usize,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let addr = listener.local_addr().expect("address");
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    std::thread::spawn(move || {
+        let mut requests = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    break;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            requests += 1;
+            let status = if requests <= fail_first {
+                "503 Service Unavailable"
+            } else {
+                if let Ok(json) = serde_json::from_slice::<Value>(&body) {
+                    seen.lock().expect("lock").push(json);
+                }
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (addr, received)
 }
