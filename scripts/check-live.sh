@@ -42,6 +42,12 @@ curl -fsS "$base/metrics" >"$work/metrics.txt"
 promtool check metrics <"$work/metrics.txt" || fail "promtool check metrics found problems"
 echo "check-live: promtool check metrics: clean"
 
+(cd "$ROOT/deploy/prometheus" && promtool check rules ipstats-rules.yml >/dev/null &&
+  promtool test rules ipstats-rules.test.yml >/dev/null) ||
+  fail "deploy/prometheus/ipstats-rules.yml: promtool check or test rules failed"
+echo "check-live: promtool check rules and test rules: passed"
+"$ROOT/scripts/check-deploy.py" "$port" || fail "the deploy files against a real Prometheus"
+
 status=$(curl -s -o /dev/null -w '%{http_code}' "$base/api/v1/top?n=0")
 [ "$status" = 400 ] || fail "n=0 answered $status, not 400"
 
@@ -53,4 +59,4 @@ echo "check-live: /api/v1/events streams snapshots"
   run "$base/openapi.yaml" --checks all \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-200}" --no-color --seed 1 \
   || fail "schemathesis found failures"
-echo "check-live: 4 passed, 0 failed"
+echo "check-live: 6 passed, 0 failed"

@@ -69,6 +69,9 @@ macro_rules! metrics {
         }
 
         impl Metrics {
+            /// Every metric's name, as the table declares it.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
             pub fn new() -> prometheus::Result<Self> {
                 let registry = Registry::new();
                 $(
@@ -221,6 +224,53 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names of metrics a PromQL text uses (ipstats' own and kafka_exporter's).
+    fn named(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest
+            .find("ipstats_")
+            .or_else(|| rest.find("kafka_consumergroup_lag"))
+        {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len().max(1)..];
+            names.insert(name);
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_name_only_metrics_ipstats_declares() {
+        for (file, text) in [
+            (
+                "deploy/grafana/ipstats.json",
+                include_str!("../deploy/grafana/ipstats.json"),
+            ),
+            (
+                "deploy/prometheus/ipstats-rules.yml",
+                include_str!("../deploy/prometheus/ipstats-rules.yml"),
+            ),
+        ] {
+            let names = named(text);
+            assert!(names.len() >= 5, "{file}: {names:?}");
+            for name in names {
+                // Histograms are queried by their series' suffixes.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| Metrics::NAMES.contains(f)))
+                    .unwrap_or(&name);
+                assert!(
+                    Metrics::NAMES.contains(&family),
+                    "{file} names {name}, which ipstats does not declare"
+                );
+            }
+        }
+        assert!(named("rate(ipstats_renamed_total[5m])").contains("ipstats_renamed_total"));
+    }
 
     #[test]
     fn every_declared_metric_is_registered_with_its_help() {

@@ -93,7 +93,7 @@ impl App {
         let supervisor = Supervisor::default();
         let parts = supervisor.parts();
         steps::reload_on_hangup(parts, rules.clone())?;
-        let cluster = steps::cluster(&settings, &shared);
+        let cluster = steps::cluster(&settings);
         let zookeeper = steps::zookeeper(&settings, cluster.as_ref()).await?;
         let brokers = steps::brokers(&settings, parts).await?;
         let stop = Stop::new();

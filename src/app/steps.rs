@@ -132,6 +132,8 @@ pub fn sources(settings: &Settings, rules: Option<&Arc<Rules>>) -> anyhow::Resul
     metrics
         .state_budget_bytes
         .set(i64::try_from(settings.memory.bytes).unwrap_or(i64::MAX));
+    // One instance until a --cluster registry finds more.
+    metrics.cluster_instances.set(1);
     let in_force = rules.map(|r| r.current());
     outbox::declare_series(&metrics, in_force.as_deref().map_or(&[][..], Vec::as_slice));
     deliver::declare_series(
@@ -196,9 +198,8 @@ pub struct ClusterParts {
     pub rebalances: Arc<Rebalances>,
 }
 
-pub fn cluster(settings: &Settings, shared: &Sources) -> Option<ClusterParts> {
+pub fn cluster(settings: &Settings) -> Option<ClusterParts> {
     let cluster = settings.cluster.clone()?;
-    shared.metrics.cluster_instances.set(1);
     Some(ClusterParts {
         members: registry::initial(&cluster),
         leader: Arc::default(),
