@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod count;
+pub mod decisions;
 pub mod deliver;
 pub mod durable;
 pub mod http;

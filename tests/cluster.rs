@@ -258,7 +258,11 @@ fn exact_everywhere(services: &[&Service], late: u64) {
             let top = get_json(s.addr, "/api/v1/top?n=1000");
             match judge(&top, 1000, &[late]) {
                 Ok(()) => Ok(top),
-                Err(e) if e.starts_with("COMPLETE") => panic!("{e}"),
+                // Complete and exact for the records before the late ones
+                // (they are newer than its range): not yet, not wrong.
+                Err(e) if e.starts_with("COMPLETE") && judge(&top, 1000, &[0]).is_err() => {
+                    panic!("{e}")
+                }
                 Err(e) => Err(e),
             }
         });
@@ -689,7 +693,15 @@ fn a_key_spread_over_every_instance_fires_once_and_survives_its_leader() {
             }
         },
     );
-    assert_eq!(sent(&received, "firing"), 1, "fired once");
+    let all_sent = |r: &std::sync::Mutex<Vec<Value>>| {
+        format!("{:?}", r.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    assert_eq!(
+        sent(&received, "firing"),
+        1,
+        "fired once: {}",
+        all_sent(&received)
+    );
     // Time moves on (lines 10 s later): the key's 5 s window empties and it
     // resolves, once.
     let later = SystemTime::now() + Duration::from_secs(10);
@@ -701,8 +713,18 @@ fn a_key_spread_over_every_instance_fires_once_and_survives_its_leader() {
             _ => Ok(()),
         }
     });
-    assert_eq!(sent(&received, "firing"), 1, "fired once");
-    assert_eq!(sent(&received, "resolved"), 1, "resolved once");
+    assert_eq!(
+        sent(&received, "firing"),
+        1,
+        "fired once: {}",
+        all_sent(&received)
+    );
+    assert_eq!(
+        sent(&received, "resolved"),
+        1,
+        "resolved once: {}",
+        all_sent(&received)
+    );
     for s in &survivors {
         let block = common::http_get(s.addr, "/api/v1/blocklist")
             .map(|r| r.1)

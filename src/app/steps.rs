@@ -476,6 +476,11 @@ pub fn serve_http(
         )?)),
     };
     let state = AppState {
+        bouncer_keys: settings.bouncer_keys.clone().map(Arc::new),
+        decisions: settings
+            .bouncer_keys
+            .as_ref()
+            .map(|_| Arc::new(crate::decisions::Decisions::open(&settings.checkpoint_dir))),
         cluster: fanout.clone(),
         answers,
         renders: Default::default(),

@@ -232,10 +232,22 @@ impl Fanout {
     /// `path` from the rules leader (its status and body, and its content
     /// type); `None` when there is none or it does not answer in time.
     pub async fn from_leader(&self, path: &str) -> Option<(u16, String, Vec<u8>)> {
+        self.from_leader_as(path, None).await
+    }
+
+    /// [`Fanout::from_leader`] with one more header (a bouncer's key).
+    pub async fn from_leader_as(
+        &self,
+        path: &str,
+        header: Option<(&str, &str)>,
+    ) -> Option<(u16, String, Vec<u8>)> {
         let leader = self.leader.load().leader.clone()?;
         let mut asking = self.client.get(format!("{}{path}", leader.url));
         if let Some(token) = &self.token {
             asking = asking.bearer_auth(token);
+        }
+        if let Some((name, value)) = header {
+            asking = asking.header(name, value);
         }
         let response = tokio::time::timeout(DEADLINE, asking.send())
             .await

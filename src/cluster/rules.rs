@@ -119,26 +119,36 @@ impl Task {
             let Some(ev) = evaluator.as_mut() else {
                 continue;
             };
-            let Some(view) = self.slide(ev).await else {
+            let Some((view, transitions)) = self.slide(ev).await else {
                 continue;
             };
             self.fanout.alerts.store(view);
+            // The state first, where a successor finds it, then the alerts:
+            // a leader killed in between has sent nothing its successor
+            // would send again.
             let saved = ev.save();
             if saved_last.as_ref() != Some(&saved) {
                 match self.write_saved(client, &saved).await {
                     Ok(()) => saved_last = Some(saved),
                     Err(error) => {
-                        warn!(%error, "writing the rules' state to ZooKeeper failed; retrying");
+                        warn!(%error, "writing the rules' state to ZooKeeper failed; its transitions wait for the next slide");
                         store = None;
+                        // Evaluated again from the state saved last.
+                        evaluator = None;
+                        continue;
                     }
                 }
             }
+            ev.deliver(transitions);
         }
     }
 
     /// One slide on the cluster's counts; `None` when the cluster is not
     /// complete or an instance did not answer every round.
-    async fn slide(&self, ev: &mut Evaluator) -> Option<Arc<crate::rules::AlertsView>> {
+    async fn slide(
+        &self,
+        ev: &mut Evaluator,
+    ) -> Option<(Arc<crate::rules::AlertsView>, Vec<crate::rules::Transition>)> {
         let until = Instant::now() + DEADLINE;
         let settled = self.fanout.settle(until).await?;
         let end = time_of(settled.end_ms);

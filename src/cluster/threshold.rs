@@ -43,7 +43,14 @@ impl Fanout {
         if !self.field(&members, &parts, &reached).complete {
             return None;
         }
-        let end_ms = parts.iter().flatten().map(|p| p.window_end_ms).max()?;
+        // The newest window end of those that count something: an instance
+        // holding nothing (or nothing counted yet) has no window of its own.
+        let end_ms = parts
+            .iter()
+            .flatten()
+            .filter(|p| !p.coverage.served.is_empty())
+            .map(|p| p.window_end_ms)
+            .max()?;
         // Complete without those that did not answer: they hold nothing.
         let (members, parts) = members
             .into_iter()

@@ -96,3 +96,36 @@ pub(super) fn alert_url(
     }
     Ok(Some(url))
 }
+
+/// `--bouncer-keys-file`: one API key per line (16 characters or more, no
+/// spaces); blank lines and `#` comments are skipped; at least one key.
+pub(super) fn read_bouncer_keys(path: &Path) -> Result<Vec<Secret>, ConfigError> {
+    const SETTING: &str = "--bouncer-keys-file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(SETTING, format!("cannot read {}: {e}", path.display())))?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let key = line.trim();
+        if key.is_empty() || key.starts_with('#') {
+            continue;
+        }
+        if key.len() < MIN_TOKEN_LEN || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                SETTING,
+                format!(
+                    "{} line {}: a key is one word of at least {MIN_TOKEN_LEN} characters",
+                    path.display(),
+                    n + 1
+                ),
+            ));
+        }
+        keys.push(Secret(key.to_string()));
+    }
+    if keys.is_empty() {
+        return Err(invalid(
+            SETTING,
+            format!("{} holds no key (one per line)", path.display()),
+        ));
+    }
+    Ok(keys)
+}

@@ -243,9 +243,14 @@ pub struct ServeArgs {
     /// A file holding a bearer token (16 characters or more; surrounding whitespace is ignored)
     /// that requests must carry (Authorization: Bearer, or ?access_token=). Open without it:
     /// /healthz and /readyz (probes), the dashboard's files /, /dashboard.js and /dashboard.css
-    /// and /openapi.yaml (no data in them), and /metrics with --metrics-without-auth.
+    /// and /openapi.yaml (no data in them), /metrics with --metrics-without-auth, and the CrowdSec
+    /// decision routes (they take a bouncer's X-Api-Key instead).
     #[arg(long, env = "IPSTATS_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// CrowdSec bouncers' API keys, one per line (16+ characters): turns on the Local API's
+    /// decision routes /v1/decisions/stream and /v1/decisions (header X-Api-Key).
+    #[arg(long, env = "IPSTATS_BOUNCER_KEYS_FILE", value_name = "FILE")]
+    pub bouncer_keys_file: Option<PathBuf>,
     /// With --auth-token-file: /metrics is open too (for a Prometheus without the token).
     #[arg(
         long,

@@ -17,7 +17,7 @@ mod kafka;
 
 use crate::window::budget::Budget;
 pub use access::Secret;
-use access::{allowed_hosts, read_token};
+use access::{allowed_hosts, read_bouncer_keys, read_token};
 use checks::{
     check_group, check_limits, checkpoint_interval, memory_budget, retention, validate_durations,
 };
@@ -107,6 +107,8 @@ pub struct Settings {
     pub alert_queue: usize,
     /// `--cluster`: this instance is one of several on the group.
     pub cluster: Option<Cluster>,
+    /// `--bouncer-keys-file`: the CrowdSec bouncers' API keys.
+    pub bouncer_keys: Option<Vec<Secret>>,
 }
 
 impl Settings {
@@ -208,6 +210,11 @@ impl TryFrom<ServeArgs> for Settings {
             header_timeout: a.header_timeout,
             idle_timeout: a.idle_timeout,
             auth_token: a.auth_token_file.as_deref().map(read_token).transpose()?,
+            bouncer_keys: a
+                .bouncer_keys_file
+                .as_deref()
+                .map(read_bouncer_keys)
+                .transpose()?,
             metrics_without_auth: a.metrics_without_auth,
             allowed_hosts: allowed_hosts(a.allowed_hosts.as_deref(), a.listen)?,
         })

@@ -26,7 +26,7 @@ pub struct AlertsQuery {
 /// The alerts this instance answers with: the rules leader's own (with
 /// `--cluster` and ZooKeeper, evaluated on the cluster's counts), else
 /// those of its snapshot.
-fn alerts_here(state: &AppState) -> Arc<AlertsView> {
+pub(super) fn alerts_here(state: &AppState) -> Arc<AlertsView> {
     match &state.cluster {
         Some(fanout) if fanout.leader.load().me => fanout.alerts.load_full(),
         _ => state.answers.now().alerts.clone(),

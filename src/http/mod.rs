@@ -11,6 +11,7 @@ pub mod access;
 pub mod adhoc;
 mod alerts;
 mod cluster;
+mod crowdsec;
 mod handlers;
 mod problem;
 pub mod render;
@@ -116,6 +117,9 @@ pub struct AppState {
     pub adhoc: Arc<adhoc::Gate>,
     /// `--cluster`: the other instances, asked for their parts.
     pub cluster: Option<Arc<crate::cluster::fanout::Fanout>>,
+    /// `--bouncer-keys-file`: the CrowdSec bouncers' keys, and what each was told.
+    pub bouncer_keys: Option<Arc<Vec<crate::config::Secret>>>,
+    pub decisions: Option<Arc<crate::decisions::Decisions>>,
 }
 
 /// Every route: the router is built from this list and the spec test reads it.
@@ -136,6 +140,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/healthz", get(handlers::healthz)),
         ("/readyz", get(handlers::readyz)),
         ("/openapi.yaml", get(handlers::openapi)),
+        ("/v1/decisions/stream", get(crowdsec::stream)),
+        ("/v1/decisions", get(crowdsec::list)),
         (
             crate::cluster::fanout::PART_ROUTE,
             axum::routing::post(cluster::part),

@@ -119,6 +119,8 @@ fn state(ready: bool) -> AppState {
     };
     AppState {
         cluster: None,
+        bouncer_keys: None,
+        decisions: None,
         answers: crate::answers::Answers::with_detached_workers_for(
             sources.published.clone(),
             adhoc::MAX_ADHOC,

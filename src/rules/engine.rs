@@ -456,6 +456,7 @@ impl Engine {
                         threshold,
                         since: *since,
                         block: rule.block,
+                        ban: rule.ban,
                         severity: labels.severity.clone(),
                         network: *key,
                         description: labels.description.clone(),
@@ -489,7 +490,8 @@ impl Engine {
 /// A rule's definition as saved with its state: a restart takes the state
 /// up only for the same definition.
 fn definition(rule: &Rule) -> String {
-    format!("{rule:?}")
+    // Rules saved before `ban` existed read as they did.
+    format!("{rule:?}").replace(", ban: None", "")
 }
 
 /// An address for `ip` rules, CIDR for networks.

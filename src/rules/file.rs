@@ -97,6 +97,9 @@ pub struct Rule {
     pub block: bool,
     pub severity: String,
     pub description: String,
+    /// `ban`: with `block`, how long a key stays banned for CrowdSec
+    /// bouncers after it starts firing, even when it resolves sooner.
+    pub ban: Option<Duration>,
 }
 
 impl Rule {
@@ -109,6 +112,9 @@ impl Rule {
         })
     }
 }
+
+/// The longest `ban`.
+const MAX_BAN: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// What the rules must fit: windows are whole batches within the retention.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +145,7 @@ struct RawRule {
     allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     block: bool,
+    ban: Option<Spanned<String>>,
     severity: Option<String>,
     description: Option<String>,
 }
@@ -230,6 +237,21 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
         let hold_for = optional_duration(&raw.hold_for, "for", fail)?;
         let cooldown = optional_duration(&raw.cooldown, "cooldown", fail)?;
         let allow = allow_list(raw.allow.as_deref().unwrap_or_default(), fail)?;
+        let ban = optional_duration(&raw.ban, "ban", fail)?;
+        if let Some(text) = raw.ban.as_ref() {
+            if !raw.block {
+                return Err(fail(
+                    text.span(),
+                    "ban applies to block = true rules (it keeps their keys banned)".to_string(),
+                ));
+            }
+            if ban.is_zero() || ban > MAX_BAN {
+                return Err(fail(
+                    text.span(),
+                    format!("ban must be from 1s to 30d, got {:?}", text.get_ref()),
+                ));
+            }
+        }
         rules.push(Rule {
             name,
             key,
@@ -241,6 +263,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
             block: raw.block,
             severity: raw.severity.unwrap_or_else(|| "warning".to_string()),
             description: raw.description.unwrap_or_default(),
+            ban: (!ban.is_zero()).then_some(ban),
         });
     }
     Ok(rules)

@@ -113,6 +113,9 @@ pub struct Firing {
     pub severity: Arc<str>,
     /// Listed in the block list while firing.
     pub block: bool,
+    /// The rule's `ban`: how long the key stays banned from `since`.
+    #[serde(skip)]
+    pub ban: Option<std::time::Duration>,
     #[serde(skip)]
     pub network: Network,
     #[serde(skip)]
@@ -302,15 +305,16 @@ impl Evaluator {
         self.engine.wanted()
     }
 
-    /// One slide on the cluster's counts; what `/api/v1/alerts` shows after it.
+    /// One slide on the cluster's counts: what `/api/v1/alerts` shows
+    /// after it, and the transitions, not yet delivered (the caller keeps
+    /// the state where a successor finds it first, then [`Evaluator::deliver`]s).
     pub fn slide_counted(
         &mut self,
         counted: Vec<(u64, rustc_hash::FxHashMap<crate::vocab::Network, u64>)>,
         end: SystemTime,
-    ) -> Arc<AlertsView> {
+    ) -> (Arc<AlertsView>, Vec<Transition>) {
         let transitions = self.engine.evaluate_counted(counted, end);
-        self.deliver(transitions);
-        Arc::new(self.engine.view())
+        (Arc::new(self.engine.view()), transitions)
     }
 
     /// [`Evaluator::slide`] without the view (a slide that publishes no
@@ -327,7 +331,7 @@ impl Evaluator {
     }
 
     /// Counts transitions, offers them to the senders, sets the firing gauges.
-    fn deliver(&self, transitions: Vec<Transition>) {
+    pub fn deliver(&self, transitions: Vec<Transition>) {
         for t in transitions {
             self.metrics
                 .alert_transitions
