@@ -28,6 +28,8 @@ command -v shellcheck >/dev/null || need+=(shellcheck)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 command -v iptables >/dev/null || need+=(iptables)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v crowdsec-custom-bouncer >/dev/null || need+=(crowdsec-custom-bouncer)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

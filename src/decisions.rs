@@ -132,17 +132,31 @@ impl Decisions {
 
     /// `/v1/decisions/stream` for the bouncer with `key`: with `startup`,
     /// every active decision; else what changed since its last call.
+    /// `firing`: the keys firing now; `None` while the rules' state is not
+    /// restored yet (at start-up), when the decisions stand as they were.
     pub fn stream(
         &self,
         key: &str,
         startup: bool,
-        firing: &[Firing],
+        firing: Option<&[Firing]>,
         now: SystemTime,
     ) -> Result<Stream, DecisionsError> {
         let mut state = self.lock();
-        let mut changed = refresh(&mut state, firing, now);
+        let mut changed = firing.is_some_and(|f| refresh(&mut state, f, now));
+        // One decision per address or range, the longest, as the Local API
+        // streams them: a bouncer keeps one ban per value, and a value is
+        // deleted only when no decision holds it any more.
+        let mut longest: BTreeMap<&str, &Active> = BTreeMap::new();
+        for a in &state.active {
+            let until = |a: &Active| (until_ms(a, now), std::cmp::Reverse(a.id));
+            let slot = longest.entry(a.value.as_str()).or_insert(a);
+            if until(a) > until(slot) {
+                *slot = a;
+            }
+        }
         let current: BTreeMap<u64, DecisionView> =
-            state.active.iter().map(|a| (a.id, view(a, now))).collect();
+            longest.values().map(|a| (a.id, view(a, now))).collect();
+        let held: BTreeSet<String> = current.values().map(|d| d.value.clone()).collect();
         let told = state.told.entry(fingerprint(key)).or_default();
         let (new, deleted): (Vec<DecisionView>, Vec<DecisionView>) = if startup {
             (current.values().cloned().collect(), Vec::new())
@@ -153,9 +167,9 @@ impl Decisions {
                 .map(|(_, d)| d.clone())
                 .collect();
             let deleted = told
-                .iter()
-                .filter(|(id, _)| !current.contains_key(id))
-                .map(|(_, d)| DecisionView {
+                .values()
+                .filter(|d| !held.contains(&d.value))
+                .map(|d| DecisionView {
                     duration: "0s".to_string(),
                     ..d.clone()
                 })
@@ -163,11 +177,7 @@ impl Decisions {
             (new, deleted)
         };
         let known: BTreeSet<u64> = told.keys().copied().collect();
-        if startup
-            || !new.is_empty()
-            || !deleted.is_empty()
-            || known.is_empty() != current.is_empty()
-        {
+        if known != current.keys().copied().collect::<BTreeSet<u64>>() {
             *told = current;
             changed = true;
         }
@@ -185,13 +195,13 @@ impl Decisions {
     /// decision whose address or range holds it) or one range (exactly).
     pub fn list(
         &self,
-        firing: &[Firing],
+        firing: Option<&[Firing]>,
         now: SystemTime,
         ip: Option<IpKey>,
         range: Option<Network>,
     ) -> Result<Vec<DecisionView>, DecisionsError> {
         let mut state = self.lock();
-        if refresh(&mut state, firing, now) {
+        if firing.is_some_and(|f| refresh(&mut state, f, now)) {
             write_atomically(&self.path, &serde_json::to_vec(&*state).unwrap_or_default())?;
         }
         Ok(state
@@ -255,13 +265,18 @@ fn refresh(state: &mut Saved, firing: &[Firing], now: SystemTime) -> bool {
     changed
 }
 
-fn view(a: &Active, now: SystemTime) -> DecisionView {
-    let now_ms = epoch_ms(now);
-    let mut until_ms = a.ban_until_ms.unwrap_or(0);
+/// When a decision ends, if nothing changes: its ban's end, and while its
+/// key fires, [`OPEN_ENDED`] from now at the least.
+fn until_ms(a: &Active, now: SystemTime) -> i64 {
+    let mut until = a.ban_until_ms.unwrap_or(0);
     if a.firing {
-        until_ms = until_ms.max(now_ms + i64::try_from(OPEN_ENDED.as_millis()).unwrap_or(0));
+        until = until.max(epoch_ms(now) + i64::try_from(OPEN_ENDED.as_millis()).unwrap_or(0));
     }
-    let left = from_epoch_ms(until_ms)
+    until
+}
+
+fn view(a: &Active, now: SystemTime) -> DecisionView {
+    let left = from_epoch_ms(until_ms(a, now))
         .duration_since(now)
         .unwrap_or_default();
     let range = a.value.contains('/');
@@ -327,7 +342,7 @@ mod tests {
             firing("hot", "10.1.2.3", t0, None),
             firing("net", "10.9.0.0/16", t0, None),
         ];
-        let s = d.stream("key-a", true, &hot, t0).expect("stream");
+        let s = d.stream("key-a", true, Some(&hot), t0).expect("stream");
         let new = s.new.expect("new");
         assert_eq!(new.len(), 2);
         assert_eq!(
@@ -340,14 +355,14 @@ mod tests {
         assert!(s.deleted.is_none());
         // Nothing changed: nothing new; another bouncer hears everything.
         assert_eq!(
-            d.stream("key-a", false, &hot, t0).expect("again"),
+            d.stream("key-a", false, Some(&hot), t0).expect("again"),
             Stream {
                 new: None,
                 deleted: None
             }
         );
         assert_eq!(
-            d.stream("key-b", false, &hot, t0)
+            d.stream("key-b", false, Some(&hot), t0)
                 .expect("b")
                 .new
                 .map(|n| n.len()),
@@ -358,7 +373,7 @@ mod tests {
         let d = Decisions::open(&dir);
         let only = [firing("net", "10.9.0.0/16", t0, None)];
         let s = d
-            .stream("key-a", false, &only, t0 + Duration::from_secs(1))
+            .stream("key-a", false, Some(&only), t0 + Duration::from_secs(1))
             .expect("after restart");
         assert!(s.new.is_none());
         let deleted = s.deleted.expect("deleted");
@@ -366,11 +381,11 @@ mod tests {
         assert_eq!(deleted[0].value, "10.1.2.3");
         // The list: one address finds the range holding it.
         let listed = d
-            .list(&only, t0, crate::vocab::parse_ip("10.9.8.7"), None)
+            .list(Some(&only), t0, crate::vocab::parse_ip("10.9.8.7"), None)
             .expect("list");
         assert_eq!(listed.len(), 1);
         assert!(
-            d.list(&only, t0, crate::vocab::parse_ip("192.0.2.1"), None)
+            d.list(Some(&only), t0, crate::vocab::parse_ip("192.0.2.1"), None)
                 .expect("list")
                 .is_empty()
         );
@@ -384,26 +399,68 @@ mod tests {
         let d = Decisions::open(&dir);
         let ban = Some(Duration::from_secs(4 * 3600));
         let hot = [firing("hot", "10.1.2.3", t0, ban)];
-        assert!(d.stream("k", true, &hot, t0).expect("fires").new.is_some());
+        assert!(
+            d.stream("k", true, Some(&hot), t0)
+                .expect("fires")
+                .new
+                .is_some()
+        );
         // Resolved after a minute: still banned, for what is left of 4 h.
         let t1 = t0 + Duration::from_secs(60);
         assert_eq!(
-            d.stream("k", false, &[], t1).expect("resolved"),
+            d.stream("k", false, Some(&[]), t1).expect("resolved"),
             Stream {
                 new: None,
                 deleted: None
             }
         );
-        let left = d.list(&[], t1, None, None).expect("list");
+        let left = d.list(Some(&[]), t1, None, None).expect("list");
         assert_eq!(left[0].duration, "3h59m0s");
         // After the ban: deleted.
         let t2 = t0 + Duration::from_secs(4 * 3600 + 1);
         let gone = d
-            .stream("k", false, &[], t2)
+            .stream("k", false, Some(&[]), t2)
             .expect("expired")
             .deleted
             .expect("deleted");
         assert_eq!(gone[0].value, "10.1.2.3");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_value_is_one_ban_and_is_deleted_only_when_no_rule_holds_it() {
+        let dir = dir();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let d = Decisions::open(&dir);
+        let hour = Some(Duration::from_secs(3600));
+        let both = [
+            firing("hot", "10.1.2.3", t0, None),
+            firing("banned", "10.1.2.3", t0, hour),
+        ];
+        let new = d
+            .stream("k", true, Some(&both), t0)
+            .expect("startup")
+            .new
+            .expect("new");
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert_eq!(d.list(Some(&both), t0, None, None).expect("list").len(), 2);
+        // Both resolve: the ban holds the value, so nothing is deleted; it
+        // comes as the value's decision now.
+        let t1 = t0 + Duration::from_secs(60);
+        let s = d.stream("k", false, Some(&[]), t1).expect("resolved");
+        assert!(s.deleted.is_none(), "{s:?}");
+        let banned = s.new.expect("the ban now");
+        assert_eq!(
+            (banned[0].scenario.as_str(), banned[0].duration.as_str()),
+            ("ipstats/banned", "59m0s")
+        );
+        let t2 = t0 + Duration::from_secs(3601);
+        let gone = d
+            .stream("k", false, Some(&[]), t2)
+            .expect("expired")
+            .deleted
+            .expect("deleted");
+        assert_eq!(gone.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -413,7 +470,7 @@ mod tests {
         std::fs::write(dir.join(FILE), b"{not json").expect("write");
         let d = Decisions::open(&dir);
         assert!(
-            d.list(&[], SystemTime::now(), None, None)
+            d.list(Some(&[]), SystemTime::now(), None, None)
                 .expect("list")
                 .is_empty()
         );

@@ -163,6 +163,22 @@ fn values_that_parse_but_make_no_sense_exit_64() {
         (&["--trusted-proxies", "10.0.0.1/8"], "--trusted-proxies"),
         (&["--memory-limit", "lots"], "--memory-limit"),
         (
+            &["--bouncer-keys-file", "/nonexistent/keys"],
+            "--bouncer-keys-file",
+        ),
+        (&["--cluster"], "--cluster"),
+        (&["--peers", "http://a:1"], "--peers"),
+        (
+            &[
+                "--cluster",
+                "--brokers",
+                "k:9092",
+                "--time-source",
+                "arrival",
+            ],
+            "arrival",
+        ),
+        (
             &[
                 "--memory-limit",
                 "1MiB",

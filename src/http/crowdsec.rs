@@ -76,6 +76,13 @@ async fn from_leader(state: &AppState, path: &str, key: &str) -> Option<Response
     Some(json(StatusCode::from_u16(status).ok()?, body))
 }
 
+/// Whether the rules' state is restored and evaluated (the first batch
+/// closed): before, the keys firing are not known yet and the decisions
+/// stand as they were, so that a restart never unbans and bans again.
+fn ready(state: &AppState) -> bool {
+    state.sources.health.is_ready()
+}
+
 fn startup(text: Option<&str>) -> Result<bool, Problem> {
     match text {
         None | Some("false" | "0") => Ok(false),
@@ -104,8 +111,9 @@ pub async fn stream(
         return Err(Problem::unavailable("the decisions are not kept here"));
     };
     let alerts = super::alerts::alerts_here(&state);
+    let firing = ready(&state).then_some(alerts.firing.as_slice());
     let answer = decisions
-        .stream(&key, startup, &alerts.firing, std::time::SystemTime::now())
+        .stream(&key, startup, firing, std::time::SystemTime::now())
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     Ok(json(
         StatusCode::OK,
@@ -150,8 +158,9 @@ pub async fn list(
         return Err(Problem::unavailable("the decisions are not kept here"));
     };
     let alerts = super::alerts::alerts_here(&state);
+    let firing = ready(&state).then_some(alerts.firing.as_slice());
     let listed = decisions
-        .list(&alerts.firing, std::time::SystemTime::now(), ip, range)
+        .list(firing, std::time::SystemTime::now(), ip, range)
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     // The Local API answers `null` when nothing matches.
     let body = if listed.is_empty() {

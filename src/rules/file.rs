@@ -464,6 +464,14 @@ min_total = 1000
                 "6: unknown field",
             ),
             (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\nban = \"4h\"\n",
+                "6: ban applies to block = true rules",
+            ),
+            (
+                "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\nblock = true\nban = \"90d\"\n",
+                "7: ban must be from 1s to 30d",
+            ),
+            (
                 "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\n[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1m\"\nrequests = 5\n",
                 "7: a second rule named",
             ),
