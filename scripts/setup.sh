@@ -30,6 +30,8 @@ command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v iptables >/dev/null || need+=(iptables)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v crowdsec-custom-bouncer >/dev/null || need+=(crowdsec-custom-bouncer)
+command -v crowdsec-firewall-bouncer >/dev/null || need+=(crowdsec-firewall-bouncer)
+command -v nft >/dev/null || need+=(nftables)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,7 +8,9 @@
 //! removal; a rule with `ban` keeps its key banned past the resolution; a
 //! network rule's key reaches it as a range. ipstats restarted meanwhile:
 //! the bouncer, polling on, is told what changed, not everything again.
-//! A wrong key gets 403 with the Local API's body.
+//! A wrong key gets 403 with the Local API's body. And Debian's
+//! `crowdsec-firewall-bouncer` (nftables), in a network namespace of the
+//! test's own, drops a banned address for real.
 
 mod common;
 
@@ -272,5 +274,211 @@ fn a_real_bouncer_bans_unbans_keeps_a_ban_and_sees_ranges_across_a_restart() {
         "{c:?}"
     );
     drop(svc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A network namespace of the test's own, joined to this one by a veth
+/// pair: what the firewall bouncer programs there touches nothing else.
+/// Removed (with its end of the pair) when dropped.
+struct Namespace {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("ip");
+    assert!(
+        status.success(),
+        "ip {args:?} failed (root and network namespaces are needed)"
+    );
+}
+
+impl Namespace {
+    /// The namespace, `10.231.N.2` inside and `10.231.N.1` here.
+    fn new(n: u8) -> Namespace {
+        let name = format!("ipstats-fw-{}", std::process::id());
+        let (here, there) = (format!("ipfw{n}a"), format!("ipfw{n}b"));
+        ip(&["netns", "add", &name]);
+        let ns = Namespace { name };
+        ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("10.231.{n}.1/30"), "dev", &here]);
+        ip(&["link", "set", &here, "up"]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.231.{n}.2/30"),
+            "dev",
+            &there,
+        ]);
+        ns.exec_ok(&["ip", "link", "set", &there, "up"]);
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(args);
+        command
+    }
+
+    fn exec_ok(&self, args: &[&str]) {
+        let status = self.command(args).status().expect("ip netns exec");
+        assert!(status.success(), "{args:?} in the namespace failed");
+    }
+
+    /// `curl` from `source` inside the namespace: the HTTP status, or 0
+    /// when nothing answered within 2 s.
+    fn curl_from(&self, source: &str, url: &str) -> u16 {
+        let out = self
+            .command(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                "--interface",
+                source,
+                url,
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn the_firewall_bouncer_drops_a_banned_address_in_a_namespace_of_its_own() {
+    let Some(cluster) = common::cluster() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("crowdsec-fw"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ns = Namespace::new((std::process::id() % 200) as u8);
+    let n = (std::process::id() % 200) as u8;
+    // A web server inside, reached from an address about to be banned.
+    ns.exec_ok(&["ip", "addr", "add", "203.0.113.7/32", "dev", "lo"]);
+    let port = common::free_port();
+    let _server = Bouncer(
+        ns.command(&[
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("a web server in the namespace"),
+    );
+    let site = format!("http://127.0.0.1:{port}/");
+    wait_for("the web server in the namespace", WAIT, || {
+        match ns.curl_from("203.0.113.7", &site) {
+            200 => Ok(()),
+            other => Err(format!("{other}")),
+        }
+    });
+
+    // ipstats, reachable from the namespace over the veth pair.
+    let topic = common::create_topic(&cluster, "crowdsec-fw", 1);
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, RULES).expect("rules");
+    let keys = dir.join("bouncers.keys");
+    std::fs::write(&keys, format!("{KEY}\n")).expect("keys");
+    let listen = format!("10.231.{n}.1:{}", common::free_port());
+    let ckpt = dir.join("ckpt");
+    let group = unique("crowdsec-fw-group");
+    let args = [
+        "--brokers",
+        &cluster.brokers,
+        "--topics",
+        &topic,
+        "--group",
+        &group,
+        "--checkpoint-dir",
+        ckpt.to_str().expect("utf-8"),
+        "--listen",
+        &listen,
+        "--batch",
+        "1s",
+        "--slide",
+        "1s",
+        "--window",
+        "10s",
+        "--rules",
+        rules.to_str().expect("utf-8"),
+        "--bouncer-keys-file",
+        keys.to_str().expect("utf-8"),
+    ];
+    let mut svc = Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[]);
+    svc.wait_ready(WAIT);
+
+    let config = dir.join("firewall-bouncer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mode: nftables\npid_dir: {d}/\nupdate_frequency: 1s\ndaemonize: false\nlog_mode: stdout\n\
+             log_dir: {d}/\nlog_level: info\napi_url: http://{listen}/\napi_key: {KEY}\n\
+             insecure_skip_verify: false\ndisable_ipv6: false\ndeny_action: DROP\ndeny_log: false\n\
+             supported_decisions_types:\n  - ban\nblacklists_ipv4: crowdsec-blacklists\n\
+             blacklists_ipv6: crowdsec6-blacklists\nipset_type: nethash\niptables_chains:\n  - INPUT\n\
+             nftables:\n  ipv4:\n    enabled: true\n    set-only: false\n    table: crowdsec\n    \
+             chain: crowdsec-chain\n  ipv6:\n    enabled: true\n    set-only: false\n    table: crowdsec6\n    \
+             chain: crowdsec6-chain\nprometheus:\n  enabled: false\n  listen_addr: 127.0.0.1\n  listen_port: 60601\n",
+            d = dir.display()
+        ),
+    )
+    .expect("firewall bouncer config");
+    let log = std::fs::File::create(dir.join("firewall-bouncer.log")).expect("log");
+    let _bouncer = Bouncer(
+        ns.command(&[
+            "crowdsec-firewall-bouncer",
+            "-c",
+            config.to_str().expect("utf-8"),
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("crowdsec-firewall-bouncer (installed by scripts/setup.sh)"),
+    );
+
+    // 150 requests from 203.0.113.7: the rule fires, the bouncer bans it.
+    let t0 = SystemTime::now() - Duration::from_secs(2);
+    let lines: Vec<Vec<u8>> = (0..150).map(|_| json_line("203.0.113.7", t0)).collect();
+    kcat_produce(&cluster.brokers, &topic, 0, &lines);
+    wait_for(
+        "the banned address to be dropped by nftables",
+        WAIT,
+        || match ns.curl_from("203.0.113.7", &site) {
+            0 => Ok(()),
+            other => Err(format!("still answered {other}")),
+        },
+    );
+    // Only that address: the server still answers the others.
+    assert_eq!(ns.curl_from("127.0.0.1", &site), 200);
+    let ruleset = ns
+        .command(&["nft", "list", "ruleset"])
+        .output()
+        .expect("nft");
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout);
+    assert!(ruleset.contains("203.0.113.7"), "{ruleset}");
+    svc.signal("TERM");
+    let _ = svc.wait_exit(WAIT);
     let _ = std::fs::remove_dir_all(&dir);
 }
