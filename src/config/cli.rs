@@ -244,7 +244,7 @@ pub struct ServeArgs {
     /// that requests must carry (Authorization: Bearer, or ?access_token=). Open without it:
     /// /healthz and /readyz (probes), the dashboard's files /, /dashboard.js and /dashboard.css
     /// and /openapi.yaml (no data in them), /metrics with --metrics-without-auth, and the CrowdSec
-    /// decision routes (they take a bouncer's X-Api-Key instead).
+    /// decision routes /v1/decisions/stream and /v1/decisions (they take a bouncer's X-Api-Key).
     #[arg(long, env = "IPSTATS_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// CrowdSec bouncers' API keys, one per line (16+ characters): turns on the Local API's
