@@ -487,18 +487,24 @@ fn a_frozen_instance_gives_up_its_partitions_and_never_commits_them() {
     exact_everywhere(&[&a, &b, &c], LATE_LINES);
     sampler.finish();
     watch.finish();
-    // Every partition's offset is its log end: nothing older was written over it.
-    for p in 0..PARTITIONS {
-        let server = zookeeper
-            .split_once('/')
-            .map_or(zookeeper.as_str(), |x| x.0);
-        let path = format!(
-            "/{}/consumers/{group}/offsets/{topic}/{p}",
-            zookeeper.split_once('/').map_or("", |x| x.1)
-        );
-        let stored = common::zk_get(server, &path).and_then(|v| v.parse::<i64>().ok());
-        assert_eq!(stored, ends.get(&p).copied(), "partition {p}");
-    }
+    // Every partition's offset is its log end: nothing older was written
+    // over it (zkCli, a JVM started per read, is retried on a busy machine).
+    wait_for("every ZooKeeper offset at its log end", DEADLINE, || {
+        for p in 0..PARTITIONS {
+            let server = zookeeper
+                .split_once('/')
+                .map_or(zookeeper.as_str(), |x| x.0);
+            let path = format!(
+                "/{}/consumers/{group}/offsets/{topic}/{p}",
+                zookeeper.split_once('/').map_or("", |x| x.1)
+            );
+            let stored = common::zk_get(server, &path).and_then(|v| v.parse::<i64>().ok());
+            if stored != ends.get(&p).copied() {
+                return Err(format!("partition {p}: {stored:?} of {:?}", ends.get(&p)));
+            }
+        }
+        Ok(())
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
