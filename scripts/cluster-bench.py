@@ -29,47 +29,41 @@ def get(conn, path):
     return response.status, response.read()
 
 
-def complete(port, total, deadline_s):
+def poll_until(port, path, reached, deadline_s, why):
+    """Asks `path` every 20 ms over one keep-alive connection until
+    `reached(answer)`; prints the wall-clock time it happened."""
     deadline = time.monotonic() + deadline_s
     conn = None
     while time.monotonic() < deadline:
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            status, body = get(conn, "/api/v1/offsets")
-            if status == 200:
-                answer = json.loads(body)
-                parts = answer.get("partitions", [])
-                counted = sum(p["until_offset"] for p in parts)
-                caught_up = all(p["log_end"] is not None and p["until_offset"] >= p["log_end"] for p in parts)
-                if answer.get("cluster", {}).get("complete") and caught_up and counted >= total:
-                    print(f"{time.time():.3f}")
-                    return
+            status, body = get(conn, path)
+            if status == 200 and reached(json.loads(body)):
+                print(f"{time.time():.3f}")
+                return
         except (OSError, http.client.HTTPException, ValueError):
             conn = None
         time.sleep(0.02)
-    sys.exit("the cluster did not count everything in time")
+    sys.exit(why)
+
+
+def complete(port, total, deadline_s):
+    def reached(answer):
+        parts = answer.get("partitions", [])
+        counted = sum(p["until_offset"] for p in parts)
+        caught_up = all(p["log_end"] is not None and p["until_offset"] >= p["log_end"] for p in parts)
+        return answer.get("cluster", {}).get("complete") and caught_up and counted >= total
+    poll_until(port, "/api/v1/offsets", reached, deadline_s, "the cluster did not count everything in time")
 
 
 def settled(port, instances, partitions, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    conn = None
-    while time.monotonic() < deadline:
-        try:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            status, body = get(conn, "/api/v1/top?n=1")
-            if status == 200:
-                members = json.loads(body).get("cluster", {}).get("instances", [])
-                holding = [m for m in members if m.get("reachable") and m.get("partitions")]
-                held = {p for m in holding for p in m["partitions"]}
-                if len(holding) == instances and len(held) == partitions:
-                    print(f"{time.time():.3f}")
-                    return
-        except (OSError, http.client.HTTPException, ValueError):
-            conn = None
-        time.sleep(0.02)
-    sys.exit("the group did not settle in time")
+    def reached(answer):
+        members = answer.get("cluster", {}).get("instances", [])
+        holding = [m for m in members if m.get("reachable") and m.get("partitions")]
+        held = {p for m in holding for p in m["partitions"]}
+        return len(holding) == instances and len(held) == partitions
+    poll_until(port, "/api/v1/top?n=1", reached, deadline_s, "the group did not settle in time")
 
 
 def latency(port, n):

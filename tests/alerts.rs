@@ -10,13 +10,13 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Cluster, Service, cluster, free_port, get_json, http_get, json_line, receive_on, receiver,
-    unique, wait_for,
+    Cluster, Killed, Service, cluster, free_port, get_json, http_get, json_line, receive_on,
+    receiver, unique, wait_for,
 };
 use serde_json::Value;
 
@@ -32,16 +32,6 @@ block = true
 severity = "page"
 description = "one client above 100 requests in 2 s"
 "#;
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn alertmanager(dir: &Path) -> (Killed, SocketAddr) {
     let port = free_port();

@@ -163,9 +163,23 @@ fn start_with(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Service {
+    let (addr, mut args) = instance(cluster, zookeeper, topic, group, id, dir);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Service::spawn_exactly(None, addr, &args, &[])
+}
+
+/// A free address and the command line of one instance of the cluster.
+fn instance(
+    cluster: &common::Cluster,
+    zookeeper: &str,
+    topic: &str,
+    group: &str,
+    id: &str,
+    dir: &std::path::Path,
+) -> (SocketAddr, Vec<String>) {
     let checkpoint = dir.join(id);
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let args = [
         "--brokers",
         &cluster.brokers,
@@ -195,9 +209,10 @@ fn start_with(
         "--kafka-config",
         "heartbeat.interval.ms=1000",
     ];
-    let mut args = args.to_vec();
-    args.extend_from_slice(extra);
-    Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[])
+    (
+        listen.parse().expect("address"),
+        args.iter().map(|a| a.to_string()).collect(),
+    )
 }
 
 /// Polls the instances' top five until the test ends; counts answers and
@@ -801,56 +816,10 @@ fn start_as_nobody(
     let checkpoint = dir.join(id);
     std::fs::create_dir_all(&checkpoint).expect("checkpoint dir");
     std::fs::set_permissions(&checkpoint, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let port = common::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = std::process::Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_ipstats"),
-            "--brokers",
-            &cluster.brokers,
-            "--zookeeper",
-            zookeeper,
-            "--zookeeper-session-timeout",
-            "6s",
-            "--topics",
-            topic,
-            "--group",
-            group,
-            "--checkpoint-dir",
-            checkpoint.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
-            "--cluster",
-            "--instance-id",
-            id,
-            "--batch",
-            "200ms",
-            "--slide",
-            "200ms",
-            "--window",
-            "600s",
-            "--kafka-config",
-            "session.timeout.ms=6000",
-            "--kafka-config",
-            "heartbeat.interval.ms=1000",
-        ])
-        .env_remove("IPSTATS_BROKERS")
-        .env_remove("IPSTATS_ZOOKEEPER")
-        .env("IPSTATS_LOG", "info")
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file)
-        .spawn()
-        .expect("setpriv");
-    Service {
-        child,
-        addr: listen.parse().expect("address"),
-        log,
-    }
+    let (addr, args) = instance(cluster, zookeeper, topic, group, id, dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (uid, gid) = (format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"));
+    Service::spawn_wrapped(&["setpriv", &uid, &gid, "--clear-groups"], addr, &args)
 }
 
 #[test]

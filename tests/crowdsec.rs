@@ -15,10 +15,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{Service, http_get, json_line, kcat_produce, unique, wait_for};
+use common::{Killed, Service, http_get, json_line, kcat_produce, unique, wait_for};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -48,17 +48,7 @@ block = true
 ban = "1h"
 "#;
 
-/// The bouncer, killed when dropped.
-struct Bouncer(Child);
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bouncer(dir: &Path, api: std::net::SocketAddr) -> (Bouncer, PathBuf) {
+fn bouncer(dir: &Path, api: std::net::SocketAddr) -> (Killed, PathBuf) {
     let calls = dir.join("calls.txt");
     let script = dir.join("record.sh");
     std::fs::write(
@@ -95,7 +85,7 @@ fn bouncer(dir: &Path, api: std::net::SocketAddr) -> (Bouncer, PathBuf) {
         .stdin(Stdio::null())
         .spawn()
         .expect("crowdsec-custom-bouncer (installed by scripts/setup.sh)");
-    (Bouncer(child), calls)
+    (Killed(child), calls)
 }
 
 /// The script's calls so far: `add|del VALUE DURATION_S SCENARIO JSON`.
@@ -119,12 +109,31 @@ fn count(calls: &[(String, String, String)], what: &str, value: &str, scenario: 
         .count()
 }
 
-fn serve(cluster: &common::Cluster, topic: &str, group: &str, dir: &Path) -> Service {
+/// ipstats on `listen` with [`RULES`] and [`KEY`] (files written in `dir`,
+/// state in `dir/ckpt`), ready.
+fn serve(
+    cluster: &common::Cluster,
+    topic: &str,
+    group: &str,
+    dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Service {
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES).expect("rules");
     let keys = dir.join("bouncers.keys");
     std::fs::write(&keys, format!("# the bouncers\n{KEY}\n")).expect("keys");
+    let (ckpt, listen_text) = (dir.join("ckpt"), listen.to_string());
     let args = [
+        "--brokers",
+        &cluster.brokers,
+        "--topics",
+        topic,
+        "--group",
+        group,
+        "--checkpoint-dir",
+        ckpt.to_str().expect("utf-8"),
+        "--listen",
+        &listen_text,
         "--batch",
         "1s",
         "--slide",
@@ -136,9 +145,15 @@ fn serve(cluster: &common::Cluster, topic: &str, group: &str, dir: &Path) -> Ser
         "--bouncer-keys-file",
         keys.to_str().expect("utf-8"),
     ];
-    let mut svc = Service::on_cluster_exactly(cluster, topic, group, &dir.join("ckpt"), &args);
+    let mut svc = Service::spawn_exactly(None, listen, &args, &[]);
     svc.wait_ready(WAIT);
     svc
+}
+
+fn loopback() -> std::net::SocketAddr {
+    format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .expect("address")
 }
 
 #[test]
@@ -156,7 +171,7 @@ fn a_real_bouncer_bans_unbans_keeps_a_ban_and_sees_ranges_across_a_restart() {
     let mut lines: Vec<Vec<u8>> = (0..150).map(|_| json_line("203.0.113.7", t0)).collect();
     lines.extend((0..320).map(|i| json_line(&format!("198.51.100.{}", i % 40 + 1), t0)));
     kcat_produce(&cluster.brokers, &topic, 0, &lines);
-    let svc = serve(&cluster, &topic, &group, &dir);
+    let svc = serve(&cluster, &topic, &group, &dir, loopback());
 
     // The Local API's refusal, as bouncers read it.
     let refused = std::process::Command::new("curl")
@@ -194,33 +209,7 @@ fn a_real_bouncer_bans_unbans_keeps_a_ban_and_sees_ranges_across_a_restart() {
     let addr = svc.addr;
     let (status, log) = svc.terminate_logged(WAIT);
     assert!(status.success(), "{log}");
-    let listen = addr.to_string();
-    let ckpt = dir.join("ckpt");
-    let (rules, keys) = (dir.join("rules.toml"), dir.join("bouncers.keys"));
-    let args = [
-        "--brokers",
-        &cluster.brokers,
-        "--topics",
-        &topic,
-        "--group",
-        &group,
-        "--checkpoint-dir",
-        ckpt.to_str().expect("utf-8"),
-        "--listen",
-        &listen,
-        "--batch",
-        "1s",
-        "--slide",
-        "1s",
-        "--window",
-        "10s",
-        "--rules",
-        rules.to_str().expect("utf-8"),
-        "--bouncer-keys-file",
-        keys.to_str().expect("utf-8"),
-    ];
-    let mut svc = Service::spawn_exactly(None, addr, &args, &[]);
-    svc.wait_ready(WAIT);
+    let svc = serve(&cluster, &topic, &group, &dir, addr);
 
     // The data moves on: both rules resolve; the banned key stays banned.
     let later: Vec<Vec<u8>> = (0..5)
@@ -373,7 +362,7 @@ fn the_firewall_bouncer_drops_a_banned_address_in_a_namespace_of_its_own() {
     // A web server inside, reached from an address about to be banned.
     ns.exec_ok(&["ip", "addr", "add", "203.0.113.7/32", "dev", "lo"]);
     let port = common::free_port();
-    let _server = Bouncer(
+    let _server = Killed(
         ns.command(&[
             "python3",
             "-m",
@@ -397,37 +386,15 @@ fn the_firewall_bouncer_drops_a_banned_address_in_a_namespace_of_its_own() {
 
     // ipstats, reachable from the namespace over the veth pair.
     let topic = common::create_topic(&cluster, "crowdsec-fw", 1);
-    let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES).expect("rules");
-    let keys = dir.join("bouncers.keys");
-    std::fs::write(&keys, format!("{KEY}\n")).expect("keys");
     let listen = format!("10.231.{n}.1:{}", common::free_port());
-    let ckpt = dir.join("ckpt");
     let group = unique("crowdsec-fw-group");
-    let args = [
-        "--brokers",
-        &cluster.brokers,
-        "--topics",
+    let svc = serve(
+        &cluster,
         &topic,
-        "--group",
         &group,
-        "--checkpoint-dir",
-        ckpt.to_str().expect("utf-8"),
-        "--listen",
-        &listen,
-        "--batch",
-        "1s",
-        "--slide",
-        "1s",
-        "--window",
-        "10s",
-        "--rules",
-        rules.to_str().expect("utf-8"),
-        "--bouncer-keys-file",
-        keys.to_str().expect("utf-8"),
-    ];
-    let mut svc = Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[]);
-    svc.wait_ready(WAIT);
+        &dir,
+        listen.parse().expect("address"),
+    );
 
     let config = dir.join("firewall-bouncer.yaml");
     std::fs::write(
@@ -446,7 +413,7 @@ fn the_firewall_bouncer_drops_a_banned_address_in_a_namespace_of_its_own() {
     )
     .expect("firewall bouncer config");
     let log = std::fs::File::create(dir.join("firewall-bouncer.log")).expect("log");
-    let _bouncer = Bouncer(
+    let _bouncer = Killed(
         ns.command(&[
             "crowdsec-firewall-bouncer",
             "-c",
@@ -478,7 +445,6 @@ fn the_firewall_bouncer_drops_a_banned_address_in_a_namespace_of_its_own() {
         .expect("nft");
     let ruleset = String::from_utf8_lossy(&ruleset.stdout);
     assert!(ruleset.contains("203.0.113.7"), "{ruleset}");
-    svc.signal("TERM");
-    let _ = svc.wait_exit(WAIT);
+    let _ = svc.terminate(WAIT);
     let _ = std::fs::remove_dir_all(&dir);
 }

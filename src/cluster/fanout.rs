@@ -224,19 +224,10 @@ impl Fanout {
         self.members.load().members.clone()
     }
 
-    /// Every partition of the topics, as the Kafka monitor last saw them.
-    pub fn all_partitions(&self) -> Option<Vec<String>> {
-        self.partitions()
-    }
-
     /// `path` from the rules leader (its status and body, and its content
-    /// type); `None` when there is none or it does not answer in time.
-    pub async fn from_leader(&self, path: &str) -> Option<(u16, String, Vec<u8>)> {
-        self.from_leader_as(path, None).await
-    }
-
-    /// [`Fanout::from_leader`] with one more header (a bouncer's key).
-    pub async fn from_leader_as(
+    /// type), with one more header when given (a bouncer's key); `None`
+    /// when there is none or it does not answer in time.
+    pub async fn from_leader(
         &self,
         path: &str,
         header: Option<(&str, &str)>,
@@ -291,7 +282,8 @@ impl Fanout {
         join_all(asks).await.into_iter().flatten().collect()
     }
 
-    fn partitions(&self) -> Option<Vec<String>> {
+    /// Every partition of the topics, as the Kafka monitor last saw them.
+    pub fn partitions(&self) -> Option<Vec<String>> {
         let view = self.view.borrow();
         view.refreshed?;
         Some(

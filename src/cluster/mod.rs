@@ -82,7 +82,6 @@ struct State {
     /// partition's owner znode.
     confirmed: Option<Instant>,
     uses_zookeeper: bool,
-    rebalances: u64,
     /// Partitions given up lately, with the owner znode version this
     /// instance wrote: the checkpoint taken as they left still commits
     /// them to ZooKeeper, fenced, for [`LEAVING_FOR`].
@@ -152,7 +151,6 @@ impl Ownership {
             }
         }
         s.generation += 1;
-        s.rebalances += 1;
         for t in taken {
             let key = (t.topic.clone(), t.partition);
             let fence = old.get(&key).filter(|h| !h.lost).and_then(|h| h.fence);
@@ -363,8 +361,9 @@ impl Ownership {
         }
     }
 
+    /// Changes of the held set so far: one a generation.
     pub fn rebalances(&self) -> u64 {
-        self.lock().rebalances
+        self.lock().generation
     }
 }
 

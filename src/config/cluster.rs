@@ -72,17 +72,6 @@ fn base_url(setting: &'static str, text: &str) -> Result<String, ConfigError> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| {
-            h.trim()
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "ipstats".to_string())
-}
-
 impl ClusterArgs {
     /// The checked setting; `None` without `--cluster`, where the other
     /// options are refused rather than silently ignored.
@@ -125,7 +114,7 @@ impl ClusterArgs {
                     format!("{id:?} must be 1 to {MAX_ID_LEN} letters, digits, '-', '_' or '.'"),
                 ));
             }
-            None => format!("{}-{}", hostname(), listen.port()),
+            None => format!("{}-{}", crate::vocab::hostname(), listen.port()),
         };
         let advertise_url = match &self.advertise_url {
             Some(url) => base_url("--advertise-url", url)?,

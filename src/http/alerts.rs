@@ -33,18 +33,12 @@ pub(super) fn alerts_here(state: &AppState) -> Arc<AlertsView> {
     }
 }
 
-/// With `--cluster` and a rules leader that is another instance: its
-/// answer to `path`, as it gave it. `None`: answer here.
+/// The rules leader's answer, unless `?scope=local` asks for this one's.
 async fn from_leader(state: &AppState, local: bool, path: &str) -> Option<Response> {
-    let fanout = state.cluster.as_ref().filter(|_| !local)?;
-    let leadership = fanout.leader.load();
-    if leadership.me || leadership.leader.is_none() {
+    if local {
         return None;
     }
-    let (status, content_type, body) = fanout.from_leader(path).await?;
-    let status = StatusCode::from_u16(status).ok()?;
-    let content_type = HeaderValue::from_str(&content_type).ok()?;
-    Some((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+    super::cluster::leader_answer(state, path, None).await
 }
 
 pub async fn alerts(

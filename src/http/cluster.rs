@@ -250,7 +250,7 @@ async fn local_field(fanout: &Fanout, range: Range) -> ClusterField {
             crate::cluster::part::Ask::Totals,
         ))
         .await;
-    let all = fanout.all_partitions();
+    let all = fanout.partitions();
     complete(&[me], &vec![part], &[true], all.as_deref())
 }
 
@@ -342,4 +342,23 @@ pub fn status_of(fanout: &Fanout, snapshot: &Snapshot) -> ClusterStatus {
         rules_leader: fanout.leader.load().leader.as_ref().map(|m| m.id.clone()),
         is_rules_leader: fanout.leader.load().me,
     }
+}
+
+/// With `--cluster` and another instance as the rules leader: its answer
+/// to `path` (with `header`, a bouncer's key say), as it gave it. `None`:
+/// answer here (this instance leads, none is known, or it did not answer).
+pub async fn leader_answer(
+    state: &AppState,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> Option<Response> {
+    let fanout = state.cluster.as_ref()?;
+    let leadership = fanout.leader.load();
+    if leadership.me || leadership.leader.is_none() {
+        return None;
+    }
+    let (status, content_type, body) = fanout.from_leader(path, header).await?;
+    let status = axum::http::StatusCode::from_u16(status).ok()?;
+    let content_type = axum::http::HeaderValue::from_str(&content_type).ok()?;
+    Some((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }

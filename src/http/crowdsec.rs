@@ -64,16 +64,26 @@ fn bouncer(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Response
     }
 }
 
-/// With `--cluster` and another instance as the rules leader: its answer,
-/// the bouncer's key passed on. `None`: answer here.
+/// The rules leader's answer, the bouncer's key passed on.
 async fn from_leader(state: &AppState, path: &str, key: &str) -> Option<Response> {
-    let fanout = state.cluster.as_ref()?;
-    let leadership = fanout.leader.load();
-    if leadership.me || leadership.leader.is_none() {
-        return None;
-    }
-    let (status, _, body) = fanout.from_leader_as(path, Some((KEY_HEADER, key))).await?;
-    Some(json(StatusCode::from_u16(status).ok()?, body))
+    super::cluster::leader_answer(state, path, Some((KEY_HEADER, key))).await
+}
+
+/// The decisions kept here and the alerts they are made from.
+fn here(
+    state: &AppState,
+) -> Result<
+    (
+        &crate::decisions::Decisions,
+        std::sync::Arc<crate::rules::AlertsView>,
+    ),
+    Problem,
+> {
+    let decisions = state
+        .decisions
+        .as_deref()
+        .ok_or_else(|| Problem::unavailable("the decisions are not kept here"))?;
+    Ok((decisions, super::alerts::alerts_here(state)))
 }
 
 /// Whether the rules' state is restored and evaluated (the first batch
@@ -107,10 +117,7 @@ pub async fn stream(
     if let Some(answer) = from_leader(&state, &path, &key).await {
         return Ok(answer);
     }
-    let Some(decisions) = &state.decisions else {
-        return Err(Problem::unavailable("the decisions are not kept here"));
-    };
-    let alerts = super::alerts::alerts_here(&state);
+    let (decisions, alerts) = here(&state)?;
     let firing = ready(&state).then_some(alerts.firing.as_slice());
     let answer = decisions
         .stream(&key, startup, firing, std::time::SystemTime::now())
@@ -154,10 +161,7 @@ pub async fn list(
     if let Some(answer) = from_leader(&state, &path, &key).await {
         return Ok(answer);
     }
-    let Some(decisions) = &state.decisions else {
-        return Err(Problem::unavailable("the decisions are not kept here"));
-    };
-    let alerts = super::alerts::alerts_here(&state);
+    let (decisions, alerts) = here(&state)?;
     let firing = ready(&state).then_some(alerts.firing.as_slice());
     let listed = decisions
         .list(firing, std::time::SystemTime::now(), ip, range)

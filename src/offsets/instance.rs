@@ -48,14 +48,7 @@ pub fn instance_id(dir: &Path) -> Result<String, InstanceIdError> {
     fs::File::open(urandom)
         .and_then(|mut f| f.read_exact(&mut random))
         .map_err(at(urandom))?;
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| {
-            h.trim()
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "ipstats".to_string());
+    let host = crate::vocab::hostname();
     let id = format!(
         "{host}-{}",
         random

@@ -15,3 +15,16 @@ pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset
 pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp, epoch_ms, from_epoch_ms, rfc3339};
 pub use totals::IngestTotals;
+
+/// This machine's host name as instance ids use it: letters, digits and
+/// `-` only (`ipstats` when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ipstats".to_string())
+}

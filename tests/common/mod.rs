@@ -535,10 +535,8 @@ impl Service {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Service {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
-        let file = std::fs::File::create(&log).expect("log file");
         let binary = env!("CARGO_BIN_EXE_ipstats");
-        let mut command = match fd_limit {
+        let command = match fd_limit {
             None => std::process::Command::new(binary),
             Some(limit) => {
                 // exec: the child's pid is ipstats itself, for signals.
@@ -551,6 +549,28 @@ impl Service {
                 shell
             }
         };
+        Service::spawn_command(command, addr, args, env)
+    }
+
+    /// ipstats with exactly `args`, run by `wrapper` (a program that execs
+    /// its arguments, such as `setpriv --reuid=...`).
+    #[allow(dead_code)] // not every test file wraps the binary
+    pub fn spawn_wrapped(wrapper: &[&str], addr: SocketAddr, args: &[&str]) -> Service {
+        let mut command = std::process::Command::new(wrapper[0]);
+        command
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_ipstats"));
+        Service::spawn_command(command, addr, args, &[])
+    }
+
+    fn spawn_command(
+        mut command: std::process::Command,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Service {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("ipstats-service")));
+        let file = std::fs::File::create(&log).expect("log file");
         let child = command
             .args(args)
             .env_remove("IPSTATS_BROKERS")
@@ -865,4 +885,15 @@ pub fn receive_on(
         }
     });
     (addr, received)
+}
+
+/// A child process (a receiver, a bouncer) killed when dropped.
+#[allow(dead_code)] // not every test file starts one
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
