@@ -475,6 +475,23 @@ impl Fanout {
         self.field(&members, &parts, &reached)
     }
 
+    /// The end of the newest window among the instances that count
+    /// something (each instance's window ends at its own newest data):
+    /// where the cluster's current window ends. `None` when none answers.
+    pub async fn newest_end(&self, range: Range) -> Option<std::time::SystemTime> {
+        let until = Instant::now() + DEADLINE;
+        let members = self.roster();
+        let ask = PartRequest::over(range, None, Ask::Totals);
+        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        parts
+            .iter()
+            .flatten()
+            .filter(|p| !p.coverage.served.is_empty())
+            .map(|p| p.window_end_ms)
+            .max()
+            .map(super::part::time_of)
+    }
+
     /// How complete an answer from `parts` is: see [`complete`].
     pub(super) fn field(
         &self,

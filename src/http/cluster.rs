@@ -75,13 +75,22 @@ pub async fn part(
     Ok(Json(reply))
 }
 
-/// The range an answer covers: the one asked, else the current window.
-fn range_of(state: &AppState, snapshot: &Snapshot, asked: &Asked<'_>) -> Result<Range, Problem> {
+/// The range an answer covers: the one asked, else the cluster's current
+/// window (ending where the instance with the newest data ends it; this
+/// instance's own window may end sooner).
+async fn range_of(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+) -> Result<Range, Problem> {
     if asked.window.is_none() && asked.end.is_none() {
-        return Ok(Range {
+        let local = Range {
             start: snapshot.window_start,
             end: snapshot.window_end,
-        });
+        };
+        let end = fanout.newest_end(local).await.unwrap_or(local.end);
+        return Ok(Range::ending(end, snapshot.window_length));
     }
     adhoc::range(state, snapshot, asked)
 }
@@ -103,7 +112,7 @@ pub async fn top(
     asked: &Asked<'_>,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, snapshot, asked)?;
+    let range = range_of(state, fanout, snapshot, asked).await?;
     let grouping = adhoc::grouping(asked)?;
     let top = fanout.top(range, grouping, n).await;
     let exactness = Exactness::of(!top.exact, top.error_bound, !top.exact);
@@ -160,7 +169,7 @@ pub async fn network(
     network: crate::vocab::Network,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, snapshot, asked)?;
+    let range = range_of(state, fanout, snapshot, asked).await?;
     let top = fanout
         .top_within(range, None, n, Some(network.to_string()))
         .await;
@@ -191,7 +200,7 @@ pub async fn ip(
     asked: &Asked<'_>,
     ip: IpKey,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, snapshot, asked)?;
+    let range = range_of(state, fanout, snapshot, asked).await?;
     let (panes, exact, cluster) = fanout.ip(range, &ip.to_string()).await;
     let exactness = if exact {
         Exactness::EXACT
