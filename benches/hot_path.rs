@@ -173,6 +173,7 @@ fn closed(seq: u64, counts: &IpMap<u32>) -> Arc<Pane> {
         requests: counts.values().map(u64::from).sum(),
         skipped: SkipCounts::default(),
         ranges: Vec::new(),
+        owners: None,
     })
 }
 

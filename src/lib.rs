@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod log_limit;
 pub mod metrics;
 pub mod offsets;
+pub mod owners;
 pub mod query;
 pub mod rules;
 pub mod snapshot;

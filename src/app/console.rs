@@ -66,13 +66,15 @@ pub async fn report_progress(published: Published, cancel: CancellationToken) {
     }
 }
 
-/// SIGHUP re-reads `--rules`: a file that reads and checks replaces the
-/// rules at the next slide; one that does not leaves the rules in force and
-/// says why. Without `--rules` there is nothing to reload, and ipstats says
-/// so and keeps running.
+/// SIGHUP re-reads `--rules`, `--asn-db` and `--country-db`: a file that
+/// reads and checks replaces what was in force (the rules at the next slide,
+/// the databases for the next pane); one that does not leaves it in force
+/// and says why. With none of them there is nothing to reload, and ipstats
+/// says so and keeps running.
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     rules: Option<std::sync::Arc<crate::rules::Rules>>,
+    owners: Option<std::sync::Arc<crate::owners::Owners>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -82,8 +84,24 @@ pub async fn reload_on_hangup(
                 if received.is_none() {
                     return Ok(());
                 }
+                if let Some(owners) = owners.clone() {
+                    match tokio::task::spawn_blocking(move || owners.reload()).await {
+                        Ok(Ok(loaded)) => {
+                            for db in loaded {
+                                info!(option = db.option, file = %db.path, kind = %db.kind, "SIGHUP: database reloaded");
+                            }
+                        }
+                        Ok(Err(reason)) => tracing::error!(
+                            %reason,
+                            "SIGHUP: the databases were not reloaded; the databases in force stay"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reloading the databases failed"),
+                    }
+                }
                 let Some(rules) = rules.as_ref() else {
-                    info!("SIGHUP received: nothing to reload (no --rules file); still running");
+                    if owners.is_none() {
+                        info!("SIGHUP received: nothing to reload (no --rules, --asn-db or --country-db file); still running");
+                    }
                     continue;
                 };
                 let reloaded = {

@@ -82,6 +82,7 @@ impl App {
     /// steps of [`steps`], in order.
     pub async fn start(mut settings: Settings) -> anyhow::Result<App> {
         let rules = steps::load_rules(&settings)?;
+        let owners = steps::load_owners(&settings)?;
         let demo_dir = steps::demo_dir(&mut settings).await?;
         let dir_lock = steps::lock_dir(&settings).await?;
         let listening = steps::bind(&settings).await?;
@@ -89,10 +90,10 @@ impl App {
             .0
             .local_addr()
             .context("reading the listen address")?;
-        let shared = steps::sources(&settings, rules.as_ref())?;
+        let shared = steps::sources(&settings, rules.as_ref(), owners.clone())?;
         let supervisor = Supervisor::default();
         let parts = supervisor.parts();
-        steps::reload_on_hangup(parts, rules.clone())?;
+        steps::reload_on_hangup(parts, rules.clone(), owners)?;
         let cluster = steps::cluster(&settings);
         let zookeeper = steps::zookeeper(&settings, cluster.as_ref()).await?;
         let brokers = steps::brokers(&settings, parts).await?;

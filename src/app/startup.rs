@@ -296,6 +296,7 @@ impl Ready {
             IngestConfig {
                 rules: s.rules.clone(),
                 outbox: s.outbox.clone(),
+                owners: s.shared.owners.clone(),
                 ..IngestConfig::from(&s.settings)
             },
             stored,

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::offsets::committed::Committed;
 use crate::offsets::instance::instance_id;
 use crate::offsets::zookeeper::ZkOptions;
+use crate::owners::Owners;
 use crate::rules::outbox::{self, Outbox};
 use crate::rules::{Limits, Rules};
 use crate::snapshot::{Published, Snapshot};
@@ -59,7 +60,25 @@ pub fn load_rules(settings: &Settings) -> anyhow::Result<Option<Arc<Rules>>> {
     Ok(Some(rules))
 }
 
-/// Demo data lives only as long as the embedded broker: its state is
+/// `--asn-db` and `--country-db`, opened and checked: a bad file stops the
+/// start (exit 64), naming its option.
+pub fn load_owners(settings: &Settings) -> anyhow::Result<Option<Arc<Owners>>> {
+    let owners =
+        Owners::open(settings.asn_db.clone(), settings.country_db.clone()).map_err(|error| {
+            ConfigError {
+                setting: error.option,
+                rule: format!("{}: {}", error.path.display(), error.reason),
+            }
+        })?;
+    if let Some(owners) = &owners {
+        for db in owners.info() {
+            info!(option = db.option, file = %db.path, kind = %db.kind, "database of owners loaded");
+        }
+    }
+    Ok(owners)
+}
+
+/// Demo data lives as long as the embedded broker: its state is
 /// checkpointed like real data, into a directory thrown away at exit,
 /// inside --checkpoint-dir when one is given.
 pub async fn demo_dir(settings: &mut Settings) -> anyhow::Result<Option<DemoDir>> {
@@ -126,7 +145,11 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Connectio
 /// What the parts write and HTTP reads: the published view, health,
 /// metrics (every rule's and receiver's series at zero from the first
 /// scrape), committed offsets and the checkpoint's status.
-pub fn sources(settings: &Settings, rules: Option<&Arc<Rules>>) -> anyhow::Result<Sources> {
+pub fn sources(
+    settings: &Settings,
+    rules: Option<&Arc<Rules>>,
+    owners: Option<Arc<Owners>>,
+) -> anyhow::Result<Sources> {
     let metrics = Metrics::new().context("creating metrics")?;
     metrics.offset_stores(settings.zookeeper.is_some());
     metrics
@@ -147,12 +170,17 @@ pub fn sources(settings: &Settings, rules: Option<&Arc<Rules>>) -> anyhow::Resul
         metrics,
         committed: Arc::new(Committed::new(settings.zookeeper.is_some())),
         checkpoint: Arc::new(checkpoint::Status::default()),
+        owners,
     })
 }
 
 /// SIGHUP would end the process (its default); from here on it asks for a
 /// reload instead.
-pub fn reload_on_hangup(parts: &Parts, rules: Option<Arc<Rules>>) -> anyhow::Result<()> {
+pub fn reload_on_hangup(
+    parts: &Parts,
+    rules: Option<Arc<Rules>>,
+    owners: Option<Arc<Owners>>,
+) -> anyhow::Result<()> {
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let cancel = CancellationToken::new();
@@ -162,7 +190,7 @@ pub fn reload_on_hangup(parts: &Parts, rules: Option<Arc<Rules>>) -> anyhow::Res
         Signal::Token(cancel.clone()),
         Report::FailuresOnly,
         None,
-        console::reload_on_hangup(hangups, rules, cancel),
+        console::reload_on_hangup(hangups, rules, owners, cancel),
     );
     Ok(())
 }

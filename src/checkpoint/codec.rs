@@ -277,6 +277,7 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         requests,
         skipped,
         ranges,
+        owners: None,
     })
 }
 

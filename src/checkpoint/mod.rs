@@ -194,6 +194,7 @@ pub(crate) mod test_support {
         let mut skipped = SkipCounts::default();
         skipped.add(SkipReason::NotJson);
         Arc::new(Pane {
+            owners: None,
             seq,
             start: UNIX_EPOCH + Duration::from_secs(seq),
             end: UNIX_EPOCH + Duration::from_secs(seq + 1),

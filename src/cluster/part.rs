@@ -284,6 +284,7 @@ mod tests {
             counts.add(crate::vocab::parse_ip(ip).expect("a value"), n);
         }
         Arc::new(Pane {
+            owners: None,
             seq: index,
             start: UNIX_EPOCH + Duration::from_secs(index),
             end: UNIX_EPOCH + Duration::from_secs(index + 1),

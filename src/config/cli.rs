@@ -251,6 +251,15 @@ pub struct ServeArgs {
     /// decision routes /v1/decisions/stream and /v1/decisions (header X-Api-Key).
     #[arg(long, env = "IPSTATS_BOUNCER_KEYS_FILE", value_name = "FILE")]
     pub bouncer_keys_file: Option<PathBuf>,
+    /// A MaxMind DB of autonomous systems (GeoLite2-ASN, DB-IP ASN Lite, ...): answers and rules
+    /// by AS (group=asn, /api/v1/asns/{asn}, key = "asn"). Re-read on SIGHUP; a bad file is
+    /// refused (at start: exit 64; on SIGHUP the databases in force stay).
+    #[arg(long, env = "IPSTATS_ASN_DB", value_name = "FILE")]
+    pub asn_db: Option<PathBuf>,
+    /// A MaxMind DB of countries (GeoLite2-Country/City, DB-IP Country Lite, ...): answers and
+    /// rules by country (group=country, key = "country"). Re-read on SIGHUP like --asn-db.
+    #[arg(long, env = "IPSTATS_COUNTRY_DB", value_name = "FILE")]
+    pub country_db: Option<PathBuf>,
     /// With --auth-token-file: /metrics is open too (for a Prometheus without the token).
     #[arg(
         long,

@@ -109,6 +109,9 @@ pub struct Settings {
     pub cluster: Option<Cluster>,
     /// `--bouncer-keys-file`: the CrowdSec bouncers' API keys.
     pub bouncer_keys: Option<Vec<Secret>>,
+    /// `--asn-db`, `--country-db`: opened and checked at start (see `app`).
+    pub asn_db: Option<PathBuf>,
+    pub country_db: Option<PathBuf>,
 }
 
 impl Settings {
@@ -217,6 +220,8 @@ impl TryFrom<ServeArgs> for Settings {
                 .transpose()?,
             metrics_without_auth: a.metrics_without_auth,
             allowed_hosts: allowed_hosts(a.allowed_hosts.as_deref(), a.listen)?,
+            asn_db: a.asn_db,
+            country_db: a.country_db,
         })
     }
 }

@@ -77,6 +77,8 @@ pub struct Sources {
     pub metrics: Metrics,
     pub committed: Arc<Committed>,
     pub checkpoint: Arc<checkpoint::Status>,
+    /// `--asn-db`, `--country-db`: who is behind an address.
+    pub owners: Option<Arc<crate::owners::Owners>>,
 }
 
 /// Live event streams (`/api/v1/events`): how many may be open at once,

@@ -26,6 +26,7 @@ fn pane(seq: u64, counts: &[(&str, u32)]) -> Arc<Pane> {
     }
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seq);
     Arc::new(Pane {
+        owners: None,
         seq,
         start,
         end: start + Duration::from_secs(1),
@@ -116,6 +117,7 @@ fn state(ready: bool) -> AppState {
             Arc::new(committed)
         },
         checkpoint: Arc::new(checkpoint::Status::default()),
+        owners: None,
     };
     AppState {
         cluster: None,

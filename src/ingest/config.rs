@@ -30,6 +30,8 @@ pub struct IngestConfig {
     /// `--rules` (set by the app, which loads them).
     pub rules: Option<std::sync::Arc<crate::rules::Rules>>,
     pub outbox: Option<crate::rules::outbox::Outbox>,
+    /// `--asn-db`, `--country-db` (set by the app, which opens them).
+    pub owners: Option<std::sync::Arc<crate::owners::Owners>>,
 }
 
 impl IngestConfig {
@@ -66,6 +68,7 @@ impl From<&Settings> for IngestConfig {
             memory: s.memory,
             rules: None,
             outbox: None,
+            owners: None,
         }
     }
 }

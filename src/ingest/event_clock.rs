@@ -183,6 +183,7 @@ impl EventPanes {
                 requests: counted.requests,
                 skipped: SkipCounts::default(),
                 ranges: ranges.to_vec(),
+                owners: None,
             };
             let pane = match self.end_ms {
                 Some(end) if start < end => match window.add_to(pane) {
@@ -338,6 +339,7 @@ impl EventPanes {
                     requests: 0,
                     skipped: SkipCounts::default(),
                     ranges: Vec::new(),
+                    owners: None,
                 }),
             };
             window.push(pane);
@@ -451,6 +453,7 @@ mod tests {
         let mut window = Window::new(60);
         let pane = |start: u64, n: u64| {
             Arc::new(Pane {
+                owners: None,
                 seq: start,
                 start: UNIX_EPOCH + S * start as u32,
                 end: UNIX_EPOCH + S * (start as u32 + 1),

@@ -381,6 +381,7 @@ impl State {
                     requests: open.requests,
                     skipped: open.skipped,
                     ranges: closed.ranges,
+                    owners: None,
                 };
                 self.totals.records_counted += pane.requests;
                 self.window.push(Arc::new(pane));

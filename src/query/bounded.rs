@@ -210,6 +210,7 @@ mod tests {
         }
         let exact = PaneCounts::from(&map);
         Arc::new(Pane {
+            owners: None,
             seq: 0,
             start: UNIX_EPOCH,
             end: UNIX_EPOCH,

@@ -532,6 +532,7 @@ mod tests {
             counts.add(ip, n);
         }
         Arc::new(Pane {
+            owners: None,
             seq: index,
             start: UNIX_EPOCH + Duration::from_secs(index),
             end: UNIX_EPOCH + Duration::from_secs(index + 1),

@@ -550,6 +550,7 @@ mod tests {
             counts.add(parse_ip(ip).expect("ip"), *n);
         }
         Arc::new(Pane {
+            owners: None,
             seq: second,
             start: UNIX_EPOCH + S * second as u32,
             end: UNIX_EPOCH + S * (second as u32 + 1),

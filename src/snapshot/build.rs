@@ -284,6 +284,7 @@ mod tests {
 
     fn pane(seq: u64, from: i64, until: i64) -> Arc<Pane> {
         Arc::new(Pane {
+            owners: None,
             seq,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH + Duration::from_secs(seq + 1),

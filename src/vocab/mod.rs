@@ -7,6 +7,7 @@ pub mod ip;
 pub mod reset;
 pub mod skip;
 pub mod stamp;
+pub mod subject;
 pub mod totals;
 
 pub use health::Health;
@@ -14,6 +15,7 @@ pub use ip::{IpKey, Network, parse_ip};
 pub use reset::{Origin, Reset, ResetReason, Started, StartedFrom, Stored, offset_text};
 pub use skip::{SKIP_REASONS, SkipCounts, SkipReason};
 pub use stamp::{LastError, Stamp, epoch_ms, from_epoch_ms, rfc3339};
+pub use subject::{Country, Subject};
 pub use totals::IngestTotals;
 
 /// This machine's host name as instance ids use it: letters, digits and

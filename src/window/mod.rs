@@ -21,6 +21,7 @@ pub mod pane;
 pub mod summary;
 pub mod table;
 
+use crate::owners::{Attributor, PaneOwners};
 use crate::vocab::{IpKey, SkipCounts};
 pub use counts::{DistinctCount, PaneCounts};
 use distinct::Distinct;
@@ -254,6 +255,8 @@ pub struct Window {
     summarized: usize,
     /// Scratch space of [`Window::top_list`].
     candidates: Vec<(IpKey, u64)>,
+    /// Looks up who is behind each pane's addresses as it enters.
+    owners: Option<Attributor>,
 }
 
 impl Window {
@@ -270,7 +273,28 @@ impl Window {
             requests: 0,
             pane_bytes: 0,
             summarized: 0,
+            owners: None,
         }
+    }
+
+    /// Gives each pane that enters its owners (`--asn-db`, `--country-db`).
+    pub fn with_owners(mut self, owners: Option<Attributor>) -> Self {
+        self.owners = owners;
+        self
+    }
+
+    /// `pane` with its owners looked up, each distinct address once; as it
+    /// is without the databases.
+    fn attributed(&mut self, mut pane: Arc<Pane>) -> Arc<Pane> {
+        let Some(attributor) = self.owners.as_mut() else {
+            return pane;
+        };
+        if pane.owners.is_none() {
+            attributor.refresh();
+            let owners = PaneOwners::of(&pane.counts, |ip| attributor.owner(ip));
+            Arc::make_mut(&mut pane).owners = Some(Arc::new(owners));
+        }
+        pane
     }
 
     /// Keeps `panes` more panes after they slide out of the window.
@@ -310,7 +334,7 @@ impl Window {
 
     /// A pane is no longer kept: its bytes are not the state's.
     fn forget(&mut self, pane: &Pane) {
-        self.pane_bytes -= pane.counts.bytes();
+        self.pane_bytes -= pane.bytes();
         self.summarized -= usize::from(!pane.counts.is_exact());
     }
 
@@ -328,11 +352,12 @@ impl Window {
     /// Adds a closed pane; returns the pane that slid out, if any (it is
     /// kept among the older panes while they are fewer than asked for).
     pub fn push(&mut self, pane: Arc<Pane>) -> Option<Arc<Pane>> {
+        let pane = self.attributed(pane);
         for (ip, n) in pane.counts.iter() {
             self.totals.add(ip, n);
         }
         self.requests += pane.requests;
-        self.pane_bytes += pane.counts.bytes();
+        self.pane_bytes += pane.bytes();
         self.summarized += usize::from(!pane.counts.is_exact());
         self.panes.push_back(pane);
         if self.panes.len() <= self.capacity {
@@ -387,9 +412,10 @@ impl Window {
                 requests: slot.requests,
                 skipped: slot.skipped,
                 ranges: slot.ranges.clone(),
+                owners: None,
             });
             let old = std::mem::replace(slot, summarized.clone());
-            self.pane_bytes = self.pane_bytes - old.counts.bytes() + summarized.counts.bytes();
+            self.pane_bytes = self.pane_bytes - old.bytes() + summarized.bytes();
             self.summarized += usize::from(old.counts.is_exact());
             if in_window {
                 let totals = &mut self.totals;
@@ -418,11 +444,11 @@ impl Window {
             self.totals.add(ip, n);
         }
         self.requests += more.requests;
-        let merged = self.panes[at].merged(more);
-        self.pane_bytes = self.pane_bytes - self.panes[at].counts.bytes() + merged.counts.bytes();
+        let merged = self.attributed(Arc::new(self.panes[at].merged(more)));
+        self.pane_bytes = self.pane_bytes - self.panes[at].bytes() + merged.bytes();
         self.summarized = self.summarized + usize::from(!merged.counts.is_exact())
             - usize::from(!self.panes[at].counts.is_exact());
-        self.panes[at] = Arc::new(merged);
+        self.panes[at] = merged;
         Ok(())
     }
 
@@ -454,6 +480,7 @@ impl Window {
                 requests: 0,
                 skipped: SkipCounts::default(),
                 ranges: Vec::new(),
+                owners: None,
             }));
             next_seq += 1;
             end += batch;
@@ -575,6 +602,7 @@ mod tests {
 
     fn pane_of(seq: u64, counts: &IpMap<u32>) -> Arc<Pane> {
         Arc::new(Pane {
+            owners: None,
             seq,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,

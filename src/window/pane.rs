@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::counts::PaneCounts;
+use crate::owners::PaneOwners;
 use crate::vocab::{IpKey, SkipCounts};
 
 /// The offsets one pane covered in one partition: `[from, until)`, as Spark's `OffsetRange`.
@@ -29,11 +30,19 @@ pub struct Pane {
     pub skipped: SkipCounts,
     /// One range per assigned partition, empty ranges included.
     pub ranges: Vec<OffsetRange>,
+    /// Who is behind the addresses (`--asn-db`, `--country-db`): looked up
+    /// when the pane entered the window, `None` without the databases.
+    pub owners: Option<Arc<PaneOwners>>,
 }
 
 impl Pane {
     pub fn count(&self, ip: IpKey) -> u32 {
         self.counts.get(ip)
+    }
+
+    /// Bytes the pane's counts and owners take.
+    pub fn bytes(&self) -> usize {
+        self.counts.bytes() + self.owners.as_ref().map_or(0, |o| o.bytes())
     }
 
     /// This pane with `more` records of the same time span added, as one
@@ -63,6 +72,8 @@ impl Pane {
             requests: self.requests + more.requests,
             skipped,
             ranges,
+            // The merged pane's owners are looked up again.
+            owners: None,
         }
     }
 }
