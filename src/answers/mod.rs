@@ -16,7 +16,9 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::owners::OwnerKind;
 use crate::query::bounded::{self, Trust};
+use crate::query::owners::{AsnMembers, OwnerCount, OwnerTrust};
 use crate::query::{self, Grouping, MergeCache, NetworkCount, Range};
 use crate::snapshot::{Published, Snapshot};
 use crate::vocab::{IpKey, Network};
@@ -43,6 +45,15 @@ pub enum Question {
     },
     /// One address, pane by pane.
     Ip { range: Range, ip: IpKey },
+    /// The most counted autonomous systems or countries.
+    Owners {
+        range: Range,
+        kind: OwnerKind,
+        n: usize,
+    },
+    /// One autonomous system: its count, distinct members, top members and
+    /// networks.
+    Asn { range: Range, asn: u32, n: usize },
 }
 
 /// One pane's count of an address.
@@ -87,6 +98,20 @@ pub enum Answer {
         ip: IpKey,
         panes: Vec<PaneCount>,
     },
+    Owners {
+        range: Range,
+        kind: OwnerKind,
+        total_requests: u64,
+        distinct_ips: usize,
+        top: Vec<OwnerCount>,
+        owners: usize,
+        trust: OwnerTrust,
+    },
+    Asn {
+        range: Range,
+        asn: u32,
+        members: AsnMembers,
+    },
 }
 
 impl Question {
@@ -96,6 +121,8 @@ impl Question {
             Question::Top { range, grouping, n } => format!("top {range:?} {grouping:?} {n}"),
             Question::Network { range, network, n } => format!("net {range:?} {network} {n}"),
             Question::Ip { range, ip } => format!("ip {range:?} {ip}"),
+            Question::Owners { range, kind, n } => format!("owners {range:?} {kind:?} {n}"),
+            Question::Asn { range, asn, n } => format!("asn {range:?} {asn} {n}"),
         }
     }
 
@@ -164,6 +191,24 @@ impl Question {
                         count: p.count(ip),
                     })
                     .collect(),
+            },
+            Question::Owners { range, kind, n } => {
+                let (top, owners, trust) = query::owners::top_owners(range.panes(kept), kind, n);
+                let counts = merges.merge(range.panes(kept));
+                Answer::Owners {
+                    range,
+                    kind,
+                    total_requests: range.panes(kept).map(|p| p.requests).sum(),
+                    distinct_ips: bounded::distinct(range.panes(kept), counts.len()) as usize,
+                    top,
+                    owners,
+                    trust,
+                }
+            }
+            Question::Asn { range, asn, n } => Answer::Asn {
+                range,
+                asn,
+                members: query::owners::asn_members(range.panes(kept), asn, n),
             },
         }
     }

@@ -20,8 +20,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::problem::Problem;
-use super::views::{Counted, Exactness, IpCount, NetworkTopView, PaneCount, WindowView, rfc3339};
+use super::views::{
+    AsnView, Counted, Exactness, IpCount, NetworkItem, NetworkTopView, OwnerItem, OwnerTopView,
+    PaneCount, WindowView, rfc3339,
+};
 use crate::answers::{Answer, Question};
+use crate::owners::Owners;
 use crate::query::bounded::Trust;
 use crate::query::{Grouping, Range};
 use crate::snapshot::Snapshot;
@@ -307,7 +311,7 @@ fn exactness(trust: Trust) -> Exactness {
     )
 }
 
-fn render(answer: Answer, view: &Snapshot) -> Bytes {
+fn render(answer: Answer, view: &Snapshot, owners: Option<&Owners>) -> Bytes {
     let window = |range: Range| {
         let length = range.end.duration_since(range.start).unwrap_or_default();
         WindowView::new(range.start, range.end, length, view.slide)
@@ -376,6 +380,55 @@ fn render(answer: Answer, view: &Snapshot) -> Bytes {
                 })
                 .collect(),
         }),
+        Answer::Owners {
+            range,
+            kind,
+            total_requests,
+            distinct_ips,
+            top,
+            owners: distinct_owners,
+            trust,
+        } => {
+            let exactness = Exactness::of(trust.summarized, trust.error_bound, trust.summarized);
+            serde_json::to_vec(&OwnerTopView {
+                window: window(range),
+                total_requests,
+                distinct_ips,
+                group: kind.name(),
+                distinct_owners,
+                top: top
+                    .iter()
+                    .map(|o| OwnerItem::new(kind, o, &exactness, owners))
+                    .collect(),
+                exactness,
+            })
+        }
+        Answer::Asn {
+            range,
+            asn,
+            members,
+        } => {
+            let trust = members.trust;
+            let exactness = Exactness::of(trust.summarized, trust.error_bound, trust.summarized);
+            serde_json::to_vec(&AsnView {
+                asn,
+                org: owners.and_then(|o| o.org(asn)).map(|org| org.to_string()),
+                window: window(range),
+                count: exactness.counted(members.count),
+                distinct_ips: members.distinct_ips,
+                top: ip_counts(members.top, &exactness),
+                networks: members
+                    .networks
+                    .into_iter()
+                    .map(|t| NetworkItem {
+                        network: t.network.to_string(),
+                        count: exactness.counted(t.count),
+                        distinct_ips: t.distinct_ips,
+                    })
+                    .collect(),
+                exactness,
+            })
+        }
     };
     json.unwrap_or_default().into()
 }
@@ -393,9 +446,12 @@ pub async fn answer(
         Some(body) => body,
         None => {
             let place = state.adhoc.enter().await?;
+            let owners = state.sources.owners.clone();
             let body = state
                 .answers
-                .ask(view, question, place, render)
+                .ask(view, question, place, move |answer, view| {
+                    render(answer, view, owners.as_deref())
+                })
                 .await
                 .map_err(|e| {
                     Problem::unavailable(format!("the answer could not be computed: {e}"))
@@ -434,7 +490,7 @@ mod tests {
         let watched = gate.clone();
         let (free_while_working, body) = answers
             .ask(view, question, place, move |answer, view| {
-                (watched.free(), render(answer, view))
+                (watched.free(), render(answer, view, None))
             })
             .await
             .expect("answered");

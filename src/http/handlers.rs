@@ -25,6 +25,7 @@ use super::views::{
 use crate::answers::Question;
 use crate::config::MAX_TOP_N;
 use crate::offsets::committed::{StoreState, StoreStatus};
+use crate::owners::OwnerKind;
 use crate::snapshot::Snapshot;
 use crate::vocab::{Health, Network, Origin, SkipReason, parse_ip};
 
@@ -38,6 +39,7 @@ pub struct TopQuery {
     end: Option<String>,
     prefix4: Option<String>,
     prefix6: Option<String>,
+    group: Option<String>,
 }
 
 impl TopQuery {
@@ -93,6 +95,17 @@ pub async fn top(
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let snapshot = state.answers.now();
     let asked = query.asked();
+    if let Some(group) = query.group.as_deref() {
+        cluster::fanout(&state, query.scope.as_deref())?;
+        let kind = owner_kind(&state, group, &asked)?;
+        let question = Question::Owners {
+            range: adhoc::range(&state, &snapshot, &asked)?,
+            kind,
+            n,
+        };
+        let answer = adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await?;
+        return Ok(cluster::local_answer(&state, answer).await);
+    }
     if let Some(fanout) = cluster::fanout(&state, query.scope.as_deref())? {
         return cluster::top(&state, &fanout, &snapshot, &asked, n).await;
     }
@@ -124,6 +137,67 @@ pub async fn top(
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// `group`: `asn` or `country` (400 otherwise, or beside `prefix4` /
+/// `prefix6`); 404 when the database it needs is not loaded.
+fn owner_kind(state: &AppState, group: &str, asked: &Asked<'_>) -> Result<OwnerKind, Problem> {
+    let kind = OwnerKind::parse(group).ok_or_else(|| {
+        Problem::bad_request(format!("group must be asn or country, got {group:?}"))
+    })?;
+    if asked.prefix4.is_some() || asked.prefix6.is_some() {
+        return Err(Problem::bad_request(
+            "group and prefix4/prefix6 are two groupings: ask for one of them",
+        ));
+    }
+    has_database(state, kind)?;
+    Ok(kind)
+}
+
+/// 404 naming the option when the database `kind` needs is not loaded.
+fn has_database(state: &AppState, kind: OwnerKind) -> Result<(), Problem> {
+    if state.sources.owners.as_ref().is_some_and(|o| o.has(kind)) {
+        Ok(())
+    } else {
+        Err(Problem::not_found(format!(
+            "no {} database is loaded: start ipstats with {} <FILE>",
+            kind.name(),
+            kind.option()
+        )))
+    }
+}
+
+/// `/api/v1/asns/{asn}`: one autonomous system over a range: its count,
+/// distinct addresses, top addresses and networks.
+pub async fn asn(
+    State(state): State<AppState>,
+    PathParam(text): PathParam<String>,
+    Params(query): Params<RangeQuery>,
+) -> Result<Response, Problem> {
+    let digits = text
+        .strip_prefix("AS")
+        .or_else(|| text.strip_prefix("as"))
+        .unwrap_or(&text);
+    let asn = digits
+        .parse::<u32>()
+        .ok()
+        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "{text:?} is not an AS number (16509 or AS16509, at most 4294967295)"
+            ))
+        })?;
+    let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
+    cluster::fanout(&state, query.scope.as_deref())?;
+    has_database(&state, OwnerKind::Asn)?;
+    let snapshot = state.answers.now();
+    let question = Question::Asn {
+        range: adhoc::range(&state, &snapshot, &query.asked())?,
+        asn,
+        n,
+    };
+    let answer = adhoc::answer(&state, arc_swap::Guard::into_inner(snapshot), question).await?;
+    Ok(cluster::local_answer(&state, answer).await)
+}
 
 pub async fn ip(
     State(state): State<AppState>,

@@ -133,6 +133,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/top", get(handlers::top)),
         ("/api/v1/ips/{ip}", get(handlers::ip)),
         ("/api/v1/networks/{*cidr}", get(handlers::network)),
+        ("/api/v1/asns/{asn}", get(handlers::asn)),
         ("/api/v1/offsets", get(handlers::offsets)),
         ("/api/v1/alerts", get(alerts::alerts)),
         ("/api/v1/blocklist", get(alerts::blocklist)),

@@ -7,10 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::owners::{OwnerKind, Owners};
+use crate::query::owners::OwnerCount;
 use crate::query::{Grouping, NetworkCount};
 use crate::rules::{Firing, Transition};
 use crate::snapshot::{HistoryPoint, MemoryStatus, Snapshot};
-use crate::vocab::IpKey;
+use crate::vocab::{Country, IpKey};
 
 pub use crate::vocab::rfc3339;
 
@@ -167,6 +169,90 @@ impl NetworkTopView {
                 .collect(),
         }
     }
+}
+
+/// An autonomous system's share of a range (`group=asn`).
+#[derive(Serialize)]
+pub struct AsnItem {
+    pub asn: u32,
+    /// The organisation the database names; null when it names none.
+    pub org: Option<String>,
+    #[serde(flatten)]
+    pub count: Counted,
+    pub distinct_ips: u64,
+}
+
+/// A country's share of a range (`group=country`).
+#[derive(Serialize)]
+pub struct CountryItem {
+    pub country: String,
+    #[serde(flatten)]
+    pub count: Counted,
+    pub distinct_ips: u64,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum OwnerItem {
+    Asn(AsnItem),
+    Country(CountryItem),
+}
+
+impl OwnerItem {
+    /// The item of `key` of `kind`, its count as `exactness` says.
+    pub fn new(
+        kind: OwnerKind,
+        owner: &OwnerCount,
+        exactness: &Exactness,
+        owners: Option<&Owners>,
+    ) -> Self {
+        let count = exactness.counted(owner.count);
+        match kind {
+            OwnerKind::Asn => OwnerItem::Asn(AsnItem {
+                asn: owner.key,
+                org: owners
+                    .and_then(|o| o.org(owner.key))
+                    .map(|org| org.to_string()),
+                count,
+                distinct_ips: owner.distinct_ips,
+            }),
+            OwnerKind::Country => OwnerItem::Country(CountryItem {
+                country: Country::from_bits(owner.key as u16).to_string(),
+                count,
+                distinct_ips: owner.distinct_ips,
+            }),
+        }
+    }
+}
+
+/// The top autonomous systems or countries of a range (`group`).
+#[derive(Serialize)]
+pub struct OwnerTopView {
+    pub window: WindowView,
+    pub total_requests: u64,
+    pub distinct_ips: usize,
+    pub group: &'static str,
+    /// How many ASes (or countries) the range holds.
+    pub distinct_owners: usize,
+    pub top: Vec<OwnerItem>,
+    #[serde(flatten)]
+    pub exactness: Exactness,
+}
+
+/// One autonomous system over a range (`/api/v1/asns/{asn}`).
+#[derive(Serialize)]
+pub struct AsnView {
+    pub asn: u32,
+    pub org: Option<String>,
+    pub window: WindowView,
+    #[serde(flatten)]
+    pub count: Counted,
+    pub distinct_ips: u64,
+    pub top: Vec<IpCount>,
+    /// Its most counted networks (`/24`, `/64`).
+    pub networks: Vec<NetworkItem>,
+    #[serde(flatten)]
+    pub exactness: Exactness,
 }
 
 #[derive(Serialize)]

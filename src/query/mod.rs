@@ -14,6 +14,7 @@ use crate::window::{Pane, top_k};
 
 pub mod bounded;
 mod cache;
+pub mod owners;
 pub use cache::MergeCache;
 
 /// A range of whole panes: `[start, end)`.
