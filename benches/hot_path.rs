@@ -329,6 +329,8 @@ fn rules(c: &mut Criterion) {
     let limits = Limits {
         batch: Duration::from_secs(1),
         retention: Duration::from_secs(3600),
+        asn_db: false,
+        country_db: false,
     };
     let keys = ["ip", "v4/24", "v6/64"];
     for count in [3usize, 100] {

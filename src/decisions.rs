@@ -279,13 +279,19 @@ fn view(a: &Active, now: SystemTime) -> DecisionView {
     let left = from_epoch_ms(until_ms(a, now))
         .duration_since(now)
         .unwrap_or_default();
-    let range = a.value.contains('/');
+    // The Local API's scopes: an AS decision's value is its number.
+    let (scope, value) = match crate::vocab::Subject::parse(&a.value) {
+        Some(crate::vocab::Subject::Asn(asn)) => ("AS", asn.to_string()),
+        Some(crate::vocab::Subject::Country(country)) => ("Country", country.to_string()),
+        _ if a.value.contains('/') => ("Range", a.value.clone()),
+        _ => ("Ip", a.value.clone()),
+    };
     DecisionView {
         id: a.id,
         origin: "ipstats".to_string(),
         kind: "ban".to_string(),
-        scope: if range { "Range" } else { "Ip" }.to_string(),
-        value: a.value.clone(),
+        scope: scope.to_string(),
+        value,
         duration: go_duration(left),
         scenario: format!("ipstats/{}", a.rule),
     }
@@ -307,8 +313,10 @@ mod tests {
             severity: Arc::from("warning"),
             block: true,
             ban,
-            network: crate::vocab::Network::parse(key)
+            subject: crate::vocab::Network::parse(key)
                 .or_else(|| crate::vocab::parse_ip(key).map(|ip| Network::of(ip, 32, 128)))
+                .map(crate::vocab::Subject::Net)
+                .or_else(|| crate::vocab::Subject::parse(key))
                 .expect("a key"),
             description: Arc::from(""),
         }

@@ -52,6 +52,8 @@ pub fn load_rules(settings: &Settings) -> anyhow::Result<Option<Arc<Rules>>> {
     let limits = Limits {
         batch: settings.batch,
         retention: settings.retention,
+        asn_db: settings.asn_db.is_some(),
+        country_db: settings.country_db.is_some(),
     };
     let rules = Rules::load(path.clone(), limits).map_err(|error| ConfigError {
         setting: "--rules",

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::query::{Grouping, Range};
 use crate::rules::outbox::Outbox;
 use crate::rules::{Evaluator, Key, Rules, SavedAlerts};
-use crate::vocab::{IpKey, Network};
+use crate::vocab::{IpKey, Network, Subject};
 
 /// What the rules task needs.
 pub struct Task {
@@ -45,7 +45,7 @@ pub struct Task {
 /// The grouping a key kind is counted by, and whether a key is of its family.
 fn grouping_of(key: Key) -> Option<Grouping> {
     match key {
-        Key::Ip => None,
+        Key::Ip | Key::Asn | Key::Country => None,
         Key::V4(bits) => Some(Grouping {
             prefix4: bits,
             prefix6: 128,
@@ -62,14 +62,16 @@ fn of_kind(key: Key, network: Network) -> bool {
         Key::Ip => true,
         Key::V4(_) => network.is_v4(),
         Key::V6(_) => !network.is_v4(),
+        Key::Asn | Key::Country => false,
     }
 }
 
-/// A key as a part names it: an address, or a network in CIDR form.
-fn key_text(key: Key, network: Network) -> String {
-    match key {
-        Key::Ip => IpKey::from_bits(network.to_parts().0).to_string(),
-        _ => network.to_string(),
+/// A key as a part names it: an address, a network in CIDR form, an AS
+/// (`AS16509`) or a country.
+fn key_text(key: Key, subject: Subject) -> String {
+    match (key, subject) {
+        (Key::Ip, Subject::Net(network)) => IpKey::from_bits(network.to_parts().0).to_string(),
+        _ => subject.to_string(),
     }
 }
 
@@ -171,11 +173,12 @@ impl Task {
                     until,
                 )
                 .await?;
-            let counts: FxHashMap<Network, u64> = above
+            let counts: FxHashMap<Subject, u64> = above
                 .counts
                 .into_iter()
                 .filter_map(|(k, c)| read_key(&k).map(|n| (n, c)))
                 .filter(|(n, _)| of_kind(wanted.key, *n))
+                .map(|(n, c)| (Subject::Net(n), c))
                 .collect();
             counted.push((above.total, counts));
         }

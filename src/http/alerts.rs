@@ -16,7 +16,7 @@ use super::AppState;
 use super::problem::{Params, Problem};
 use super::views::rfc3339;
 use crate::rules::AlertsView;
-use crate::vocab::Network;
+use crate::vocab::{Network, Subject};
 
 #[derive(Deserialize)]
 pub struct AlertsQuery {
@@ -91,10 +91,14 @@ pub async fn blocklist(
         }
     }
     let alerts = alerts_here(&state);
-    // One line per key, in address order, whichever rules flag it.
+    // One line per key, in address order, whichever rules flag it. The
+    // plain and nginx forms list addresses and networks only (an AS or a
+    // country is no address a server can deny); the JSON form lists all.
     let mut keys: BTreeMap<Network, &str> = BTreeMap::new();
     for firing in alerts.firing.iter().filter(|f| f.block) {
-        keys.entry(firing.network).or_insert(&firing.key);
+        if let Some(network) = firing.subject.network() {
+            keys.entry(network).or_insert(&firing.key);
+        }
     }
     let (body, content_type) = match format {
         "plain" => (
@@ -108,13 +112,13 @@ pub async fn blocklist(
             "text/plain; charset=utf-8",
         ),
         "json" => {
-            let mut entries: Vec<(&Network, Entry)> = alerts
+            let mut entries: Vec<(&Subject, Entry)> = alerts
                 .firing
                 .iter()
                 .filter(|f| f.block)
                 .map(|f| {
                     (
-                        &f.network,
+                        &f.subject,
                         Entry {
                             key: f.key.clone(),
                             rule: f.rule.clone(),

@@ -50,6 +50,8 @@ fn state(ready: bool) -> AppState {
         crate::rules::Limits {
             batch: Duration::from_secs(1),
             retention: Duration::from_secs(3),
+            asn_db: true,
+            country_db: true,
         },
     )
     .expect("rules");

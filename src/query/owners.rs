@@ -47,6 +47,9 @@ pub fn top_owners<'a>(
         Some(owned) => (exact(&owned, kind), OwnerTrust::default()),
         None => summed(panes, kind),
     };
+    // A summarized pane may name an owner with nothing left of its count.
+    let per_key: Vec<(u32, (u64, u64))> =
+        per_key.into_iter().filter(|(_, (c, _))| *c > 0).collect();
     let owners = per_key.len();
     let mut list: Vec<OwnerCount> = per_key
         .into_iter()

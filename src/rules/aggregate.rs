@@ -10,7 +10,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::file::Key;
 use super::keys::{for_each_lower, network_of, pane_error};
-use crate::vocab::{IpKey, Network};
+use crate::vocab::{IpKey, Subject};
 use crate::window::Pane;
 
 /// A running count of one key kind over the last `panes` panes.
@@ -19,9 +19,9 @@ pub(super) struct Aggregate {
     pub(super) key: Key,
     pub(super) panes: usize,
     pub(super) floor: u64,
-    pub(super) counts: FxHashMap<Network, u64>,
+    pub(super) counts: FxHashMap<Subject, u64>,
     /// Keys whose count is at least `floor`.
-    pub(super) above: FxHashSet<Network>,
+    pub(super) above: FxHashSet<Subject>,
     pub(super) total: u64,
     pub(super) included: Vec<Arc<Pane>>,
     /// Included panes that are summarized, and the most any count of this
@@ -45,7 +45,7 @@ impl Aggregate {
         }
     }
 
-    pub(super) fn network(&self, ip: IpKey) -> Option<Network> {
+    pub(super) fn network(&self, ip: IpKey) -> Option<Subject> {
         network_of(self.key, ip)
     }
 
@@ -80,7 +80,7 @@ impl Aggregate {
     /// `old` replaced by `new`, the same pane with more records in it: only
     /// the addresses whose count changed are touched.
     fn replace(&mut self, old: &Pane, new: &Pane) {
-        if !(old.counts.is_exact() && new.counts.is_exact()) {
+        if !(old.counts.is_exact() && new.counts.is_exact()) || self.key.owner_kind().is_some() {
             // Summarized panes may be read at a network level: take the one
             // out and put the other in whole.
             self.apply(old, false);
@@ -101,7 +101,7 @@ impl Aggregate {
             });
     }
 
-    fn add(&mut self, network: Network, n: u64) {
+    fn add(&mut self, network: Subject, n: u64) {
         let count = self.counts.entry(network).or_insert(0);
         *count += n;
         if *count >= self.floor {
@@ -109,7 +109,7 @@ impl Aggregate {
         }
     }
 
-    fn subtract(&mut self, network: Network, n: u64) {
+    fn subtract(&mut self, network: Subject, n: u64) {
         if let Some(count) = self.counts.get_mut(&network) {
             *count = count.saturating_sub(n);
             if *count < self.floor {
@@ -122,7 +122,7 @@ impl Aggregate {
     }
 
     /// Counts made elsewhere (the cluster's), exact: they replace these.
-    pub(super) fn install(&mut self, total: u64, counts: FxHashMap<Network, u64>) {
+    pub(super) fn install(&mut self, total: u64, counts: FxHashMap<Subject, u64>) {
         self.above = counts
             .iter()
             .filter(|(_, c)| **c >= self.floor)

@@ -17,7 +17,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::aggregate::Aggregate;
 use super::file::{Key, Rule};
 use super::{AlertsView, Firing, SavedAlerts, SavedRule, State, Transition, WindowBounds};
-use crate::vocab::{IpKey, Network};
+use crate::vocab::{IpKey, Subject};
 use crate::window::Pane;
 
 /// Transitions kept for `/api/v1/alerts`.
@@ -28,8 +28,8 @@ const SAVED_TRANSITIONS: usize = 100;
 /// A rule with its keys' states and resolve times, carried over a reload.
 type RuleState = (
     Rule,
-    FxHashMap<Network, KeyState>,
-    FxHashMap<Network, SystemTime>,
+    FxHashMap<Subject, KeyState>,
+    FxHashMap<Subject, SystemTime>,
 );
 
 /// What one rule knows about one key.
@@ -70,9 +70,9 @@ pub struct Engine {
     aggregates: Vec<Aggregate>,
     /// The aggregate of each rule.
     of_rule: Vec<usize>,
-    states: Vec<FxHashMap<Network, KeyState>>,
+    states: Vec<FxHashMap<Subject, KeyState>>,
     /// When each rule last resolved each key (for `cooldown`).
-    resolved: Vec<FxHashMap<Network, SystemTime>>,
+    resolved: Vec<FxHashMap<Subject, SystemTime>>,
     transitions: VecDeque<Arc<Transition>>,
     recorded: u64,
     batch: Duration,
@@ -87,14 +87,14 @@ pub struct Wanted {
     pub key: super::file::Key,
     pub panes: usize,
     pub floor: u64,
-    pub keys: Vec<Network>,
+    pub keys: Vec<Subject>,
 }
 
 /// A firing key of a rule that is no longer in force.
 #[derive(Debug)]
 struct Retired {
     rule: Rule,
-    key: Network,
+    key: Subject,
     value: u64,
     upper: Option<u64>,
     threshold: u64,
@@ -228,7 +228,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(a, aggregate)| {
-                let mut keys: Vec<Network> = self
+                let mut keys: Vec<Subject> = self
                     .rules
                     .iter()
                     .enumerate()
@@ -252,7 +252,7 @@ impl Engine {
     /// at or above its floor and every key [`Engine::wanted`] named.
     pub fn evaluate_counted(
         &mut self,
-        counted: Vec<(u64, FxHashMap<Network, u64>)>,
+        counted: Vec<(u64, FxHashMap<Subject, u64>)>,
         end: SystemTime,
     ) -> Vec<Transition> {
         for (aggregate, (total, counts)) in self.aggregates.iter_mut().zip(counted) {
@@ -282,7 +282,7 @@ impl Engine {
             let aggregate = &self.aggregates[self.of_rule[r]];
             let window = WindowBounds::ending(end, rule.window);
             let needed = rule.threshold.needed(aggregate.total);
-            let over: Vec<(Network, u64)> = match needed {
+            let over: Vec<(Subject, u64)> = match needed {
                 None => Vec::new(),
                 Some(needed) => aggregate
                     .above
@@ -295,9 +295,9 @@ impl Engine {
             let states = &mut self.states[r];
             let resolved = &mut self.resolved[r];
             resolved.retain(|_, at| end.duration_since(*at).unwrap_or_default() < rule.cooldown);
-            let over_keys: FxHashSet<Network> = over.iter().map(|(k, _)| *k).collect();
+            let over_keys: FxHashSet<Subject> = over.iter().map(|(k, _)| *k).collect();
             // Keys no longer over the threshold.
-            let gone: Vec<Network> = states
+            let gone: Vec<Subject> = states
                 .keys()
                 .filter(|k| !over_keys.contains(k))
                 .copied()
@@ -407,9 +407,9 @@ impl Engine {
             else {
                 continue;
             };
-            let keys = |list: &[(String, i64)]| -> Vec<(Network, SystemTime)> {
+            let keys = |list: &[(String, i64)]| -> Vec<(Subject, SystemTime)> {
                 list.iter()
-                    .filter_map(|(k, ms)| Network::parse(k).map(|n| (n, time(*ms))))
+                    .filter_map(|(k, ms)| Subject::parse(k).map(|n| (n, time(*ms))))
                     .collect()
             };
             for (key, since) in keys(&old.pending) {
@@ -458,12 +458,12 @@ impl Engine {
                         block: rule.block,
                         ban: rule.ban,
                         severity: labels.severity.clone(),
-                        network: *key,
+                        subject: *key,
                         description: labels.description.clone(),
                     });
                 }
             }
-            firing[first..].sort_unstable_by_key(|f| f.network);
+            firing[first..].sort_unstable_by_key(|f| f.subject);
         }
         AlertsView {
             firing,
@@ -495,10 +495,10 @@ fn definition(rule: &Rule) -> String {
 }
 
 /// An address for `ip` rules, CIDR for networks.
-fn key_text(network: Network, key: Key) -> String {
-    match key {
-        Key::Ip => IpKey::from_bits(network.bounds().0).to_string(),
-        Key::V4(_) | Key::V6(_) => network.to_string(),
+fn key_text(subject: Subject, key: Key) -> String {
+    match (key, subject) {
+        (Key::Ip, Subject::Net(network)) => IpKey::from_bits(network.bounds().0).to_string(),
+        _ => subject.to_string(),
     }
 }
 
@@ -508,7 +508,7 @@ fn key_text(network: Network, key: Key) -> String {
 #[allow(clippy::too_many_arguments)]
 fn transition(
     rule: &Rule,
-    key: Network,
+    key: Subject,
     state: State,
     (value, upper): (u64, Option<u64>),
     threshold: u64,
@@ -565,6 +565,8 @@ mod tests {
         let limits = Limits {
             batch: S,
             retention: S * 60,
+            asn_db: true,
+            country_db: true,
         };
         Engine::new(parse(text, limits).expect("rules"), S)
     }
@@ -620,6 +622,54 @@ mod tests {
         let upper = net.upper.expect("summarized panes report the upper bound");
         assert!(net.value <= 8000 && 8000 <= upper, "{} {upper}", net.value);
         assert!(net.value >= 6000);
+    }
+
+    /// A pane whose owners are known: 10.0.0.0/16 is AS 64500 in DE, the
+    /// rest AS 0.
+    fn owned(second: u64, records: &[(&str, u32)]) -> Arc<Pane> {
+        let plain = pane(second, records);
+        let owner = |ip: IpKey| {
+            if crate::vocab::Network::parse("10.0.0.0/16")
+                .expect("network")
+                .contains(ip)
+            {
+                crate::owners::Owner {
+                    asn: 64500,
+                    country: crate::vocab::Country::parse("DE").expect("DE"),
+                }
+            } else {
+                crate::owners::Owner::default()
+            }
+        };
+        let owners = crate::owners::PaneOwners::of(&plain.counts, owner);
+        Arc::new(Pane {
+            owners: Some(Arc::new(owners)),
+            ..Pane::clone(&plain)
+        })
+    }
+
+    #[test]
+    fn an_as_crossed_by_many_addresses_fires_though_none_crosses_alone() {
+        let mut e = engine(
+            "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"2s\"\nrequests = 100\nblock = true\n\
+             [[rule]]\nname = \"addr\"\nkey = \"ip\"\nwindow = \"2s\"\nrequests = 100\n\
+             [[rule]]\nname = \"land\"\nkey = \"country\"\nwindow = \"2s\"\nrequests = 100\nallow = [\"DE\"]\n",
+        );
+        // 60 addresses of the AS, 1 request each per second; one address
+        // elsewhere with 40.
+        let records: Vec<String> = (0..60).map(|i| format!("10.0.{i}.1")).collect();
+        let mut second: Vec<(&str, u32)> = records.iter().map(|r| (r.as_str(), 1)).collect();
+        second.push(("192.0.2.1", 40));
+        let panes = [owned(0, &second), owned(1, &second)];
+        let fired = run(&mut e, &panes);
+        assert_eq!(
+            fired,
+            vec![(2, "cloud".to_string(), "AS64500".to_string(), State::Firing)],
+            "the AS fires at 120; no address, and DE is allowed"
+        );
+        let view = e.view();
+        assert_eq!(view.firing[0].value, 120);
+        assert_eq!(view.firing[0].subject, Subject::Asn(64500));
     }
 
     /// Runs slides over `panes` (one per second) and returns every
@@ -742,6 +792,8 @@ mod tests {
         let limits = Limits {
             batch: S,
             retention: S * 60,
+            asn_db: true,
+            country_db: true,
         };
         e.replace(parse(text, limits).expect("same rules"));
         assert!(
@@ -814,6 +866,8 @@ mod tests {
         let limits = Limits {
             batch: S,
             retention: S * 60,
+            asn_db: true,
+            country_db: true,
         };
         let text = "[[rule]]\nname = \"a\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n[[rule]]\nname = \"b\"\nkey = \"ip\"\nwindow = \"1s\"\nrequests = 1\n";
         let mut e = engine(&text.replace(
@@ -876,7 +930,7 @@ mod tests {
                 let window: Vec<Arc<Pane>> = panes.values().cloned().collect();
                 aggregate.sync(&[], &window);
 
-                let mut expected: FxHashMap<Network, u64> = FxHashMap::default();
+                let mut expected: FxHashMap<Subject, u64> = FxHashMap::default();
                 let mut total = 0;
                 for p in window.iter().rev().take(3) {
                     total += p.requests;
@@ -887,7 +941,7 @@ mod tests {
                 expected.retain(|_, n| *n > 0);
                 proptest::prop_assert_eq!(&aggregate.counts, &expected);
                 proptest::prop_assert_eq!(aggregate.total, total);
-                let over: FxHashSet<Network> =
+                let over: FxHashSet<Subject> =
                     expected.iter().filter(|(_, n)| **n >= 4).map(|(k, _)| *k).collect();
                 proptest::prop_assert_eq!(&aggregate.above, &over);
             }

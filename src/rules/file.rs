@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::vocab::Network;
+use crate::owners::OwnerKind;
+use crate::vocab::Subject;
 
 /// Which key a rule counts by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,12 +22,19 @@ pub enum Key {
     V4(u8),
     /// IPv6 networks of this prefix length (IPv4 addresses are not counted).
     V6(u8),
+    /// The autonomous system behind the address (`--asn-db`).
+    Asn,
+    /// The country of the address (`--country-db`).
+    Country,
 }
 
 impl Key {
     fn parse(text: &str) -> Option<Key> {
-        if text == "ip" {
-            return Some(Key::Ip);
+        match text {
+            "ip" => return Some(Key::Ip),
+            "asn" => return Some(Key::Asn),
+            "country" => return Some(Key::Country),
+            _ => {}
         }
         let (family, bits) = text.split_once('/')?;
         if bits.is_empty() || !bits.bytes().all(|b| b.is_ascii_digit()) {
@@ -47,6 +55,19 @@ impl std::fmt::Display for Key {
             Key::Ip => f.write_str("ip"),
             Key::V4(bits) => write!(f, "v4/{bits}"),
             Key::V6(bits) => write!(f, "v6/{bits}"),
+            Key::Asn => f.write_str("asn"),
+            Key::Country => f.write_str("country"),
+        }
+    }
+}
+
+impl Key {
+    /// The owner kind an `asn` or `country` key counts by.
+    pub fn owner_kind(self) -> Option<OwnerKind> {
+        match self {
+            Key::Asn => Some(OwnerKind::Asn),
+            Key::Country => Some(OwnerKind::Country),
+            _ => None,
         }
     }
 }
@@ -93,7 +114,7 @@ pub struct Rule {
     pub threshold: Threshold,
     pub hold_for: Duration,
     pub cooldown: Duration,
-    pub allow: Vec<Network>,
+    pub allow: Vec<Subject>,
     pub block: bool,
     pub severity: String,
     pub description: String,
@@ -103,10 +124,14 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether `network` (a key of this rule) lies in an allowed network.
-    pub fn allowed(&self, network: Network) -> bool {
+    /// Whether `key` (a key of this rule) lies in an allowed network, or is
+    /// an allowed AS or country.
+    pub fn allowed(&self, key: Subject) -> bool {
+        let Subject::Net(network) = key else {
+            return self.allow.contains(&key);
+        };
         let (first, last) = network.bounds();
-        self.allow.iter().any(|a| {
+        self.allow.iter().filter_map(|a| a.network()).any(|a| {
             let (lo, hi) = a.bounds();
             a.is_v4() == network.is_v4() && lo <= first && last <= hi
         })
@@ -121,6 +146,9 @@ const MAX_BAN: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct Limits {
     pub batch: Duration,
     pub retention: Duration,
+    /// `--asn-db` and `--country-db` are given (rules by `asn`, `country`).
+    pub asn_db: bool,
+    pub country_db: bool,
 }
 
 #[derive(Deserialize)]
@@ -215,11 +243,22 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
             fail(
                 raw.key.span(),
                 format!(
-                    "key must be \"ip\", \"v4/N\" (N 0..=32) or \"v6/N\" (N 0..=128), got {:?}",
+                    "key must be \"ip\", \"v4/N\" (N 0..=32), \"v6/N\" (N 0..=128), \"asn\" or \"country\", got {:?}",
                     raw.key.get_ref()
                 ),
             )
         })?;
+        let database = match key {
+            Key::Asn if !limits.asn_db => Some("--asn-db"),
+            Key::Country if !limits.country_db => Some("--country-db"),
+            _ => None,
+        };
+        if let Some(option) = database {
+            return Err(fail(
+                raw.key.span(),
+                format!("key = \"{key}\" needs the database of {option}, which is not given"),
+            ));
+        }
         let window = duration(&raw.window, "window", fail)?;
         let whole = !window.is_zero() && window.as_nanos().is_multiple_of(limits.batch.as_nanos());
         if !whole || window > limits.retention {
@@ -236,7 +275,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Rule>, LineError> {
         let threshold = threshold(&raw, &name, at, fail)?;
         let hold_for = optional_duration(&raw.hold_for, "for", fail)?;
         let cooldown = optional_duration(&raw.cooldown, "cooldown", fail)?;
-        let allow = allow_list(raw.allow.as_deref().unwrap_or_default(), fail)?;
+        let allow = allow_list(key, raw.allow.as_deref().unwrap_or_default(), fail)?;
         let ban = optional_duration(&raw.ban, "ban", fail)?;
         if let Some(text) = raw.ban.as_ref() {
             if !raw.block {
@@ -329,23 +368,38 @@ fn threshold(
     })
 }
 
-/// A rule's `allow` entries: networks in CIDR form.
+/// A rule's `allow` entries: networks in CIDR form for address and network
+/// keys; autonomous systems (`AS16509`) for `asn`, countries (`DE`) for
+/// `country`.
 fn allow_list(
+    key: Key,
     entries: &[Spanned<String>],
     fail: impl Fn(Range<usize>, String) -> LineError,
-) -> Result<Vec<Network>, LineError> {
+) -> Result<Vec<Subject>, LineError> {
+    let (what, fits): (&str, fn(&Subject) -> bool) = match key {
+        Key::Asn => ("autonomous systems (AS16509)", |s| {
+            matches!(s, Subject::Asn(_))
+        }),
+        Key::Country => ("countries (DE)", |s| matches!(s, Subject::Country(_))),
+        _ => (
+            "networks in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix",
+            |s| matches!(s, Subject::Net(_)),
+        ),
+    };
     let mut allow = Vec::new();
     for entry in entries {
-        let network = Network::parse(entry.get_ref()).ok_or_else(|| {
-            fail(
-                entry.span(),
-                format!(
-                    "allow entries are networks in CIDR form (203.0.113.0/24, 2001:db8::/64) with no bits set past the prefix, got {:?}",
-                    entry.get_ref()
-                ),
-            )
-        })?;
-        allow.push(network);
+        let subject = Subject::parse(entry.get_ref())
+            .filter(fits)
+            .ok_or_else(|| {
+                fail(
+                    entry.span(),
+                    format!(
+                        "allow entries of a key = \"{key}\" rule are {what}, got {:?}",
+                        entry.get_ref()
+                    ),
+                )
+            })?;
+        allow.push(subject);
     }
     Ok(allow)
 }
@@ -385,6 +439,8 @@ mod tests {
     const LIMITS: Limits = Limits {
         batch: Duration::from_secs(1),
         retention: Duration::from_secs(3600),
+        asn_db: true,
+        country_db: true,
     };
 
     #[test]
@@ -418,8 +474,8 @@ min_total = 1000
         assert_eq!(rules[0].threshold, Threshold::Requests(500));
         assert_eq!(rules[0].cooldown, Duration::from_secs(600));
         assert!(rules[0].block);
-        assert!(rules[0].allowed(Network::parse("203.0.113.9").expect("ip")));
-        assert!(!rules[0].allowed(Network::parse("203.0.114.9").expect("ip")));
+        assert!(rules[0].allowed(Subject::parse("203.0.113.9").expect("ip")));
+        assert!(!rules[0].allowed(Subject::parse("203.0.114.9").expect("ip")));
         assert_eq!(rules[1].key, Key::V4(24));
         assert_eq!(rules[1].threshold.needed(999), None);
         assert_eq!(rules[1].threshold.needed(1000), Some(200));

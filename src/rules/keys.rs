@@ -1,19 +1,30 @@
-//! Which key a pane's counts fall under for a rule: an address, or a
-//! network of the rule's prefix; and, for a summarized pane, the network
-//! level its counts are read from and how much they may lack.
+//! Which key a pane's counts fall under for a rule: an address, a network
+//! of the rule's prefix, or the address's owner (AS, country); and, for a
+//! summarized pane, the network level its counts are read from and how much
+//! they may lack.
 
 use super::file::Key;
-use crate::vocab::{IpKey, Network};
+use crate::owners::OwnerKind;
+use crate::vocab::{Country, IpKey, Network, Subject};
 use crate::window::Pane;
 use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
 
-/// The key an address counts under; `None` for the other family.
-pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Network> {
+/// The key an address counts under; `None` for the other family, and for
+/// owner keys (read from a pane's owners, not from an address).
+pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Subject> {
     match key {
-        Key::Ip => Some(Network::of(ip, 32, 128)),
-        Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128)),
-        Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits)),
+        Key::Ip => Some(Network::of(ip, 32, 128).into()),
+        Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128).into()),
+        Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits).into()),
         _ => None,
+    }
+}
+
+/// The subject of an owner key of `kind`.
+pub(super) fn owner_subject(kind: OwnerKind, key: u32) -> Subject {
+    match kind {
+        OwnerKind::Asn => Subject::Asn(key),
+        OwnerKind::Country => Subject::Country(Country::from_bits(key as u16)),
     }
 }
 
@@ -22,10 +33,18 @@ pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Network> {
 /// else the residual of the level it is read from (its total minus its
 /// listed lower bounds), which bounds any key it does not list.
 pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
+    if let Some(kind) = key.owner_kind() {
+        // A pane whose owners were not looked up may hold anything.
+        return pane
+            .owners
+            .as_ref()
+            .map_or(pane.requests, |o| o.error_bound(kind));
+    }
     let Some(s) = pane.counts.summary() else {
         return 0;
     };
     let (v4, bits, level, level_bits, full) = match key {
+        Key::Asn | Key::Country => return 0,
         Key::Ip => return s.offset,
         Key::V4(bits) => (true, bits, &s.v4, SUMMARY_PREFIX4, 32),
         Key::V6(bits) => (false, bits, &s.v6, SUMMARY_PREFIX6, 128),
@@ -52,7 +71,13 @@ pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
 /// summarized pane) by `key`. A summarized pane is read at its network level
 /// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
 /// rotating over a network no address summary lists still counts there.
-pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Network, u64)) {
+pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u64)) {
+    if let Some(kind) = key.owner_kind() {
+        for t in pane.owners.iter().flat_map(|o| o.totals(kind)) {
+            f(owner_subject(kind, t.key), t.count);
+        }
+        return;
+    }
     let level = pane.counts.summary().and_then(|s| match key {
         Key::V4(bits) if bits <= SUMMARY_PREFIX4 => Some(&s.v4),
         Key::V6(bits) if bits <= SUMMARY_PREFIX6 => Some(&s.v6),

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use engine::Engine;
 pub use file::{Key, Limits, Rule, Threshold};
 
-use crate::vocab::{Network, rfc3339};
+use crate::vocab::{Subject, rfc3339};
 
 /// A transition's new state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,7 +117,7 @@ pub struct Firing {
     #[serde(skip)]
     pub ban: Option<std::time::Duration>,
     #[serde(skip)]
-    pub network: Network,
+    pub subject: Subject,
     #[serde(skip)]
     pub description: Arc<str>,
 }
@@ -310,7 +310,7 @@ impl Evaluator {
     /// the state where a successor finds it first, then [`Evaluator::deliver`]s).
     pub fn slide_counted(
         &mut self,
-        counted: Vec<(u64, rustc_hash::FxHashMap<crate::vocab::Network, u64>)>,
+        counted: Vec<(u64, rustc_hash::FxHashMap<crate::vocab::Subject, u64>)>,
         end: SystemTime,
     ) -> (Arc<AlertsView>, Vec<Transition>) {
         let transitions = self.engine.evaluate_counted(counted, end);
