@@ -3,7 +3,7 @@
 # toolchain and libraries (librdkafka is compiled from source; OpenSSL and
 # zlib are linked), rustfmt and clippy, Debian packages for the tests
 # (promtool, ZooKeeper, kcat, nginx, Alertmanager, Chromium, Node.js), a
-# Python venv with schemathesis, and playwright-core. The Kafka jars come
+# Python venv with schemathesis and mmdb-writer (the tests' MaxMind DB files), and playwright-core. The Kafka jars come
 # with scripts/cluster.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,9 +51,9 @@ for component in rustfmt clippy; do
 done
 
 VENV="$ROOT/.cache/venv"
-if [ ! -x "$VENV/bin/schemathesis" ]; then
-  echo "setup: python venv with schemathesis" >&2
-  python3 -m venv "$VENV"
+if [ ! -x "$VENV/bin/schemathesis" ] || ! "$VENV/bin/python" -c 'import mmdb_writer' 2>/dev/null; then
+  echo "setup: python venv with schemathesis and mmdb-writer" >&2
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/requirements-test.txt" >&2
 fi
 

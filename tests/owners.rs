@@ -1,0 +1,373 @@
+//! Who is behind an address, on the real cluster: answers by autonomous
+//! system and country against a from-scratch count (the current window and a
+//! range of the kept history), a rule on an AS that many addresses cross
+//! together while none does alone, and SIGHUP with a corrupt database (the
+//! old one stays) and with a new one (new panes follow it, older panes keep
+//! what they were told).
+//!
+//! The databases are written by `scripts/make-mmdb.py` (the test venv's
+//! `mmdb-writer`), so every expected count is known.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Service, cluster, get_json, json_line, unique, wait_for};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Writes a MaxMind DB of `kind` (`asn`, `country`) with `entries`.
+fn write_db(kind: &str, path: &Path, entries: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join(".cache/venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let status = std::process::Command::new(python)
+        .arg(root.join("scripts/make-mmdb.py"))
+        .arg(kind)
+        .arg(path)
+        .args(entries)
+        .status()
+        .expect("python runs (scripts/setup.sh makes the venv with mmdb-writer)");
+    assert!(status.success(), "make-mmdb.py {kind} {}", path.display());
+}
+
+/// Who is behind an address, as the test's databases say (`asn_of` maps
+/// the rotating cloud's /16).
+fn owner_of(ip: &str, cloud_asn: u64) -> (u64, &'static str) {
+    if ip.starts_with("198.51.") {
+        (cloud_asn, "DE")
+    } else if ip.starts_with("203.0.113.") {
+        (64500, "FR")
+    } else if ip.starts_with("2001:db8:") {
+        (64502, "NL")
+    } else {
+        (0, "--")
+    }
+}
+
+/// One line: its second (since the epoch), its address, and the AS the
+/// database in force when its pane closed names.
+struct Line {
+    second: u64,
+    ip: String,
+    asn: u64,
+}
+
+/// Traffic for seconds `from..to`: 40 cloud addresses once each (a new /24
+/// every second, so no address and no /24 stands out), 7 requests of one
+/// FR address, 3 of one NL address and 5 of an address no database knows.
+fn traffic(from: u64, to: u64, cloud_asn: u64) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for s in from..to {
+        let mut add = |ip: String, times: u32| {
+            for _ in 0..times {
+                lines.push(Line {
+                    second: s,
+                    asn: owner_of(&ip, cloud_asn).0,
+                    ip: ip.clone(),
+                });
+            }
+        };
+        for host in 1..=40 {
+            add(format!("198.51.{}.{host}", s % 250), 1);
+        }
+        add(format!("203.0.113.{}", s % 5 + 1), 7);
+        add(format!("2001:db8::{:x}", s % 3 + 1), 3);
+        add("192.0.2.9".to_string(), 5);
+    }
+    lines
+}
+
+/// The from-scratch answer over `[start, end)` seconds, as `group=asn` and
+/// `group=country` items ordered as ipstats orders them.
+fn truth(lines: &[Line], start: u64, end: u64) -> (Vec<Value>, Vec<Value>) {
+    let mut asns: BTreeMap<u64, (u64, BTreeSet<&str>)> = BTreeMap::new();
+    let mut countries: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
+    for line in lines.iter().filter(|l| (start..end).contains(&l.second)) {
+        let asn = asns.entry(line.asn).or_default();
+        asn.0 += 1;
+        asn.1.insert(&line.ip);
+        let country = countries.entry(owner_of(&line.ip, 0).1).or_default();
+        country.0 += 1;
+        country.1.insert(&line.ip);
+    }
+    let org = |asn: u64| match asn {
+        64500 => json!("EXAMPLE-NET"),
+        64501 => json!("ROTATING-CLOUD"),
+        64502 => json!("V6-NET"),
+        64999 => json!("RENAMED-CLOUD"),
+        _ => Value::Null,
+    };
+    let mut by_asn: Vec<(u64, u64, usize)> = asns
+        .into_iter()
+        .map(|(k, (c, d))| (k, c, d.len()))
+        .collect();
+    by_asn.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut by_country: Vec<(&str, u64, usize)> = countries
+        .into_iter()
+        .map(|(k, (c, d))| (k, c, d.len()))
+        .collect();
+    by_country.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    (
+        by_asn
+            .into_iter()
+            .map(|(a, c, d)| json!({"asn": a, "org": org(a), "count": c, "distinct_ips": d}))
+            .collect(),
+        by_country
+            .into_iter()
+            .map(|(k, c, d)| json!({"country": k, "count": c, "distinct_ips": d}))
+            .collect(),
+    )
+}
+
+fn seconds(rfc3339: &Value) -> u64 {
+    let t = humantime::parse_rfc3339(rfc3339.as_str().expect("a time")).expect("RFC 3339");
+    t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+fn produce(cluster: &common::Cluster, topic: &str, lines: &[Line]) {
+    let encoded: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| json_line(&l.ip, UNIX_EPOCH + Duration::from_secs(l.second)))
+        .collect();
+    common::kcat_produce_spread(&cluster.brokers, topic, 2, &encoded);
+}
+
+/// Until every line is counted and kept (the 120 s range holds them all).
+fn wait_counted(addr: std::net::SocketAddr, lines: usize) {
+    wait_for("every line counted and kept", WAIT, || {
+        let all = get_json(addr, "/api/v1/top?n=1&window=120s");
+        if all["total_requests"] == lines {
+            Ok(())
+        } else {
+            Err(format!("{} of {lines}", all["total_requests"]))
+        }
+    });
+}
+
+/// Both groupings over `query` (a range or none) against the truth of
+/// the range the answer names.
+fn check_groupings(addr: std::net::SocketAddr, lines: &[Line], query: &str) {
+    let asns = get_json(addr, &format!("/api/v1/top?group=asn&n=100{query}"));
+    let (start, end) = (
+        seconds(&asns["window"]["start"]),
+        seconds(&asns["window"]["end"]),
+    );
+    let (want_asns, want_countries) = truth(lines, start, end);
+    assert_eq!(asns["exact"], true, "{asns}");
+    assert_eq!(
+        asns["top"],
+        Value::Array(want_asns.clone()),
+        "{query}: {asns}"
+    );
+    assert_eq!(asns["distinct_owners"], want_asns.len());
+    let countries = get_json(addr, &format!("/api/v1/top?group=country&n=100{query}"));
+    assert_eq!(countries["window"], asns["window"]);
+    assert_eq!(
+        countries["top"],
+        Value::Array(want_countries),
+        "{query}: {countries}"
+    );
+}
+
+#[test]
+fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
+    let Some(cluster) = cluster() else { return };
+    let topic = common::create_topic(&cluster, "owners", 2);
+    let dir = std::env::temp_dir().join(unique("owners-ckpt"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (asn_db, country_db) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
+    let asn_entries = [
+        "198.51.0.0/16=64501:ROTATING-CLOUD",
+        "203.0.113.0/24=64500:EXAMPLE-NET",
+        "2001:db8::/32=64502:V6-NET",
+    ];
+    write_db("asn", &asn_db, &asn_entries);
+    write_db(
+        "country",
+        &country_db,
+        &["198.51.0.0/16=DE", "203.0.113.0/24=FR", "2001:db8::/32=NL"],
+    );
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"10s\"\nrequests = 300\nblock = true\n\
+         [[rule]]\nname = \"address\"\nkey = \"ip\"\nwindow = \"10s\"\nrequests = 60\n\
+         [[rule]]\nname = \"subnet\"\nkey = \"v4/24\"\nwindow = \"10s\"\nrequests = 80\n",
+    )
+    .expect("rules");
+
+    // Fifty seconds of log ending a minute ago.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs();
+    let first = now - 110;
+    let mut lines = traffic(first, first + 50, 64501);
+    produce(&cluster, &topic, &lines);
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let (asn_arg, country_arg, rules_arg) = (path(&asn_db), path(&country_db), path(&rules));
+    let mut svc = Service::on_cluster_exactly(
+        &cluster,
+        &topic,
+        &unique("owners"),
+        &dir,
+        &[
+            "--batch",
+            "1s",
+            "--slide",
+            "1s",
+            "--window",
+            "10s",
+            "--retention",
+            "120s",
+            "--asn-db",
+            &asn_arg,
+            "--country-db",
+            &country_arg,
+            "--rules",
+            &rules_arg,
+        ],
+    );
+    svc.wait_ready(WAIT);
+    wait_counted(svc.addr, lines.len());
+
+    // The current window, and a range of the kept history.
+    check_groupings(svc.addr, &lines, "");
+    let end = get_json(svc.addr, "/api/v1/top?n=1")["window"]["end"].clone();
+    let end_s = seconds(&end);
+    let back = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(end_s - 15));
+    check_groupings(svc.addr, &lines, &format!("&window=30s&end={back}"));
+
+    // One AS in full: 400 requests over 400 addresses a 10 s window, its
+    // top /24 one second's 40.
+    let cloud = get_json(svc.addr, "/api/v1/asns/AS64501?n=3&window=20s");
+    let (start, stop) = (
+        seconds(&cloud["window"]["start"]),
+        seconds(&cloud["window"]["end"]),
+    );
+    let members: BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| l.asn == 64501 && (start..stop).contains(&l.second))
+        .map(|l| l.ip.as_str())
+        .collect();
+    assert_eq!(cloud["org"], "ROTATING-CLOUD");
+    assert_eq!(cloud["count"], members.len(), "{cloud}");
+    assert_eq!(cloud["distinct_ips"], members.len());
+    assert_eq!(cloud["top"].as_array().expect("top").len(), 3);
+    assert_eq!(cloud["networks"][0]["count"], 40, "{cloud}");
+    assert_eq!(
+        get_json(svc.addr, "/api/v1/asns/64500")["org"],
+        "EXAMPLE-NET"
+    );
+
+    // The AS rule fires; no address and no /24 rule does.
+    let alerts = wait_for("the AS rule firing", WAIT, || {
+        let alerts = get_json(svc.addr, "/api/v1/alerts");
+        let firing = alerts["firing"].as_array().cloned().unwrap_or_default();
+        if firing.iter().any(|f| f["key"] == "AS64501") {
+            Ok(alerts)
+        } else {
+            Err(alerts.to_string())
+        }
+    });
+    for f in alerts["transitions"].as_array().expect("transitions") {
+        assert_eq!(f["rule"], "cloud", "only the AS crosses: {f}");
+    }
+    let blocklist = get_json(svc.addr, "/api/v1/blocklist?format=json");
+    assert!(
+        blocklist.to_string().contains("AS64501"),
+        "the JSON block list names the AS: {blocklist}"
+    );
+    let (_, nginx) =
+        common::http_get(svc.addr, "/api/v1/blocklist?format=nginx").expect("nginx form");
+    assert!(
+        !nginx.contains("AS64501"),
+        "no AS in the nginx form: {nginx}"
+    );
+
+    // A corrupt database on SIGHUP: refused, the old one stays in force.
+    std::fs::write(&asn_db, b"\xab\xcd\xefMaxMind.com but nothing else").expect("corrupt");
+    svc.signal("HUP");
+    wait_for("the corrupt database refused", WAIT, || {
+        let log = svc.log_text();
+        if log.contains("the databases were not reloaded") {
+            Ok(())
+        } else {
+            Err("no refusal logged".to_string())
+        }
+    });
+    let more = traffic(first + 50, first + 60, 64501);
+    produce(&cluster, &topic, &more);
+    lines.extend(more);
+    wait_counted(svc.addr, lines.len());
+    check_groupings(svc.addr, &lines, "");
+
+    // A new database on SIGHUP: the panes that close from then on follow
+    // it; the older ones keep what they were told.
+    write_db(
+        "asn",
+        &asn_db,
+        &[
+            "198.51.0.0/16=64999:RENAMED-CLOUD",
+            "203.0.113.0/24=64500:EXAMPLE-NET",
+            "2001:db8::/32=64502:V6-NET",
+        ],
+    );
+    svc.signal("HUP");
+    wait_for("the new database taken", WAIT, || {
+        if svc.log_text().matches("SIGHUP: database reloaded").count() >= 2 {
+            Ok(())
+        } else {
+            Err("not reloaded yet".to_string())
+        }
+    });
+    let renamed = traffic(first + 60, first + 70, 64999);
+    produce(&cluster, &topic, &renamed);
+    lines.extend(renamed);
+    wait_counted(svc.addr, lines.len());
+    check_groupings(svc.addr, &lines, "&window=30s");
+    assert_eq!(svc.terminate(WAIT).code(), Some(0));
+}
+
+#[test]
+fn a_bad_database_is_refused_at_start_naming_its_option() {
+    let dir = std::env::temp_dir().join(unique("owners-bad"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("country.mmdb");
+    std::fs::write(&bad, b"this is no database").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["--country-db", bad.to_str().expect("utf-8")])
+        .output()
+        .expect("ipstats runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--country-db") && stderr.contains("country.mmdb"),
+        "{stderr}"
+    );
+    // A rule by AS without the database is refused too.
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"10s\"\nrequests = 5\n",
+    )
+    .expect("rules");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipstats"))
+        .args(["--rules", rules.to_str().expect("utf-8")])
+        .output()
+        .expect("ipstats runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--asn-db"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
