@@ -371,3 +371,166 @@ fn a_bad_database_is_refused_at_start_naming_its_option() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn two_instances_answer_by_owner_as_one() {
+    let Some(cluster) = cluster() else { return };
+    const PARTITIONS: i32 = 4;
+    let topic = common::create_topic(&cluster, "owners-cluster", PARTITIONS as u32);
+    let dir = std::env::temp_dir().join(unique("owners-cluster"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (asn_db, country_db) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
+    write_db(
+        "asn",
+        &asn_db,
+        &[
+            "198.51.0.0/16=64501:ROTATING-CLOUD",
+            "203.0.113.0/24=64500:EXAMPLE-NET",
+            "2001:db8::/32=64502:V6-NET",
+        ],
+    );
+    write_db(
+        "country",
+        &country_db,
+        &["198.51.0.0/16=DE", "203.0.113.0/24=FR", "2001:db8::/32=NL"],
+    );
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"10s\"\nrequests = 300\nblock = true\n",
+    )
+    .expect("rules");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs();
+    let first = now - 60;
+    let lines = traffic(first, first + 50, 64501);
+    let encoded: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| json_line(&l.ip, UNIX_EPOCH + Duration::from_secs(l.second)))
+        .collect();
+    // Round robin: one address's requests land on every partition.
+    common::kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &encoded);
+
+    let group = unique("owners-cluster");
+    let zookeeper = format!("{}/{}", cluster.zookeeper, unique("owners-zk"));
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let (asn_arg, country_arg, rules_arg) = (path(&asn_db), path(&country_db), path(&rules));
+    let start = |id: &str| {
+        let listen = format!("127.0.0.1:{}", common::free_port());
+        let checkpoint = path(&dir.join(id));
+        let args = [
+            "--brokers",
+            &cluster.brokers,
+            "--zookeeper",
+            &zookeeper,
+            "--topics",
+            &topic,
+            "--group",
+            &group,
+            "--checkpoint-dir",
+            &checkpoint,
+            "--listen",
+            &listen,
+            "--cluster",
+            "--instance-id",
+            id,
+            "--batch",
+            "1s",
+            "--slide",
+            "1s",
+            "--window",
+            "10s",
+            "--retention",
+            "120s",
+            "--asn-db",
+            &asn_arg,
+            "--country-db",
+            &country_arg,
+            "--rules",
+            &rules_arg,
+            "--kafka-config",
+            "session.timeout.ms=6000",
+            "--kafka-config",
+            "heartbeat.interval.ms=1000",
+        ];
+        Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[])
+    };
+    let (mut a, mut b) = (start("a"), start("b"));
+    a.wait_ready(WAIT);
+    b.wait_ready(WAIT);
+    wait_for("both instances holding partitions", WAIT, || {
+        let owned: Vec<f64> = [&a, &b]
+            .iter()
+            .map(|s| common::metric(s.addr, "ipstats_partitions_owned").unwrap_or(0.0))
+            .collect();
+        if owned.iter().all(|o| *o >= 1.0) && owned.iter().sum::<f64>() == f64::from(PARTITIONS) {
+            Ok(())
+        } else {
+            Err(format!("owned {owned:?}"))
+        }
+    });
+    // Every answer that says it is complete is the truth; wait for one from
+    // each instance, for the current window and for a range.
+    for (svc, query) in [(&a, ""), (&b, "&window=30s")] {
+        wait_for("a complete answer by AS", WAIT, || {
+            let asns = get_json(svc.addr, &format!("/api/v1/top?group=asn&n=100{query}"));
+            let (start, end) = (
+                seconds(&asns["window"]["start"]),
+                seconds(&asns["window"]["end"]),
+            );
+            let (want, _) = truth(&lines, start, end);
+            let complete = asns["cluster"]["complete"] == true;
+            if complete {
+                assert_eq!(asns["top"], Value::Array(want.clone()), "{asns}");
+            }
+            if complete
+                && asns["total_requests"]
+                    == want
+                        .iter()
+                        .map(|w| w["count"].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                && end > first + 49
+            {
+                Ok(())
+            } else {
+                Err(asns.to_string())
+            }
+        });
+    }
+    let local = get_json(a.addr, "/api/v1/top?group=asn&n=100&scope=local");
+    assert_eq!(local["cluster"]["complete"], false, "a share: {local}");
+    let cloud = wait_for("one AS over the cluster", WAIT, || {
+        let cloud = get_json(b.addr, "/api/v1/asns/64501?n=2&window=20s");
+        if cloud["cluster"]["complete"] == true {
+            Ok(cloud)
+        } else {
+            Err(cloud.to_string())
+        }
+    });
+    let (start, stop) = (
+        seconds(&cloud["window"]["start"]),
+        seconds(&cloud["window"]["end"]),
+    );
+    let members = lines
+        .iter()
+        .filter(|l| l.asn == 64501 && (start..stop).contains(&l.second))
+        .count();
+    assert_eq!(cloud["count"], members, "{cloud}");
+    assert_eq!(cloud["distinct_ips"], members, "{cloud}");
+    assert_eq!(cloud["networks"][0]["count"], 40, "{cloud}");
+    // The rules leader counts the AS over both instances' shares.
+    for svc in [&a, &b] {
+        wait_for("the AS rule firing on the cluster", WAIT, || {
+            let alerts = get_json(svc.addr, "/api/v1/alerts");
+            if alerts.to_string().contains("AS64501") {
+                Ok(())
+            } else {
+                Err(alerts.to_string())
+            }
+        });
+    }
+    assert_eq!(a.terminate(WAIT).code(), Some(0));
+    assert_eq!(b.terminate(WAIT).code(), Some(0));
+}

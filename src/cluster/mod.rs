@@ -24,6 +24,7 @@
 
 pub mod fanout;
 pub mod merge;
+pub mod owned;
 pub mod part;
 pub mod registry;
 pub mod rules;

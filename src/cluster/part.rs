@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Coverage;
+use crate::owners::OwnerKind;
 use crate::query::bounded::Trust;
+use crate::query::owners::{asn_members, owned_addresses};
 use crate::query::{Grouping, MergeCache, Range};
 use crate::vocab::{IpKey, Network};
 use crate::window::Pane;
@@ -50,6 +52,10 @@ pub enum Ask {
     Addresses { within: Option<Vec<String>> },
     /// One address, pane by pane.
     Ip { ip: String },
+    /// Every owner (`asn` or `country`) with its requests and addresses.
+    Owners { group: String },
+    /// One autonomous system's addresses with their counts.
+    AsnMembers { asn: u32 },
 }
 
 /// One key's share: `(key, count, distinct addresses)`.
@@ -82,6 +88,10 @@ pub struct PartReply {
     /// `Ip`: `(start_ms, end_ms, count)` per pane of the range.
     #[serde(default)]
     pub panes: Vec<(i64, i64, u64)>,
+    /// `Owners`: each owner (`AS16509`, `DE`), its requests and its
+    /// addresses (none when a pane of the range is summarized).
+    #[serde(default)]
+    pub owned: Vec<(String, u64, Vec<String>)>,
 }
 
 pub fn millis(t: SystemTime) -> i64 {
@@ -184,6 +194,30 @@ impl PartRequest {
                             .is_none_or(|ns| ns.iter().any(|n| n.contains(*ip)))
                     })
                     .map(|(ip, _)| ip.to_string())
+                    .collect();
+            }
+            Ask::Owners { group } => {
+                if let Some(kind) = OwnerKind::parse(group) {
+                    let (owned, trust) = owned_addresses(range.panes(kept), kind);
+                    reply.exact &= !trust.summarized;
+                    reply.error_bound += trust.error_bound;
+                    reply.owned = owned
+                        .into_iter()
+                        .map(|(key, count, addresses)| {
+                            let addresses = addresses.iter().map(IpKey::to_string).collect();
+                            (kind.subject(key).to_string(), count, addresses)
+                        })
+                        .collect();
+                }
+            }
+            Ask::AsnMembers { asn } => {
+                let members = asn_members(range.panes(kept), *asn, usize::MAX);
+                reply.exact &= !members.trust.summarized;
+                reply.within_count = members.count;
+                reply.items = members
+                    .top
+                    .into_iter()
+                    .map(|(ip, count)| (ip.to_string(), count, 1))
                     .collect();
             }
             Ask::Ip { ip } => {

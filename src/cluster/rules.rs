@@ -157,6 +157,23 @@ impl Task {
         let mut counted = Vec::new();
         for wanted in ev.wanted() {
             let length = self.batch * u32::try_from(wanted.panes).unwrap_or(u32::MAX);
+            if let Some(kind) = wanted.key.owner_kind() {
+                // Owners are few: every instance's, added up.
+                let owned = self
+                    .fanout
+                    .owners(Range::ending(end, length), kind, usize::MAX)
+                    .await;
+                if !owned.cluster.complete {
+                    return None;
+                }
+                let counts = owned
+                    .top
+                    .iter()
+                    .map(|&(key, count, _)| (kind.subject(key), count))
+                    .collect();
+                counted.push((owned.total_requests, counts));
+                continue;
+            }
             let keys = wanted
                 .keys
                 .iter()

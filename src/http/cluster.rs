@@ -18,10 +18,15 @@ use serde_json::Value;
 use super::AppState;
 use super::adhoc::{self, Asked};
 use super::problem::Problem;
-use super::views::{Exactness, IpView, NetworkTopView, PaneCount, TopView, WindowView, rfc3339};
+use super::views::{
+    AsnView, Exactness, IpView, NetworkItem, NetworkTopView, OwnerItem, OwnerTopView, PaneCount,
+    TopView, WindowView, rfc3339,
+};
 use crate::cluster::fanout::{ClusterField, Fanout, complete};
 use crate::cluster::part::{PartReply, PartRequest, read_key, time_of};
 use crate::cluster::registry::Member;
+use crate::owners::OwnerKind;
+use crate::query::owners::OwnerCount;
 use crate::query::{Grouping, NetworkCount, Range};
 use crate::snapshot::Snapshot;
 use crate::vocab::{IpKey, parse_ip};
@@ -156,6 +161,90 @@ pub async fn top(
             )
         }
     })
+}
+
+/// `/api/v1/top?group=asn|country` over the cluster.
+pub async fn owners(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+    kind: OwnerKind,
+    n: usize,
+) -> Result<Response, Problem> {
+    let range = range_of(state, fanout, snapshot, asked).await?;
+    let owned = fanout.owners(range, kind, n).await;
+    let exactness = Exactness::of(!owned.exact, owned.error_bound, !owned.exact);
+    let names = state.sources.owners.as_deref();
+    Ok(json(
+        OwnerTopView {
+            window: window_of(range, snapshot),
+            total_requests: owned.total_requests,
+            distinct_ips: usize::try_from(owned.distinct_ips).unwrap_or(usize::MAX),
+            group: kind.name(),
+            distinct_owners: owned.owners,
+            top: owned
+                .top
+                .iter()
+                .map(|&(key, count, distinct_ips)| {
+                    let owner = OwnerCount {
+                        key,
+                        count,
+                        distinct_ips,
+                    };
+                    OwnerItem::new(kind, &owner, &exactness, names)
+                })
+                .collect(),
+            exactness,
+        },
+        owned.cluster,
+    ))
+}
+
+/// `/api/v1/asns/{asn}` over the cluster.
+pub async fn asn(
+    state: &AppState,
+    fanout: &Fanout,
+    snapshot: &Snapshot,
+    asked: &Asked<'_>,
+    asn: u32,
+    n: usize,
+) -> Result<Response, Problem> {
+    let range = range_of(state, fanout, snapshot, asked).await?;
+    let owned = fanout.asn(range, asn, n).await;
+    // A summarized pane's members are not all known: the count is, within
+    // no bound an instance can give here.
+    let exactness = if owned.exact {
+        Exactness::EXACT
+    } else {
+        Exactness::of(true, 0, true)
+    };
+    Ok(json(
+        AsnView {
+            asn,
+            org: state
+                .sources
+                .owners
+                .as_ref()
+                .and_then(|o| o.org(asn))
+                .map(|org| org.to_string()),
+            window: window_of(range, snapshot),
+            count: exactness.counted(owned.count),
+            distinct_ips: owned.distinct_ips,
+            top: adhoc::ip_counts(owned.top, &exactness),
+            networks: owned
+                .networks
+                .into_iter()
+                .map(|(network, count, distinct_ips)| NetworkItem {
+                    network: network.to_string(),
+                    count: exactness.counted(count),
+                    distinct_ips,
+                })
+                .collect(),
+            exactness,
+        },
+        owned.cluster,
+    ))
 }
 
 /// `/api/v1/networks/{cidr}` over the cluster: the network's requests, its

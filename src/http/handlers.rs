@@ -96,8 +96,11 @@ pub async fn top(
     let snapshot = state.answers.now();
     let asked = query.asked();
     if let Some(group) = query.group.as_deref() {
-        cluster::fanout(&state, query.scope.as_deref())?;
+        let fanout = cluster::fanout(&state, query.scope.as_deref())?;
         let kind = owner_kind(&state, group, &asked)?;
+        if let Some(fanout) = fanout {
+            return cluster::owners(&state, &fanout, &snapshot, &asked, kind, n).await;
+        }
         let question = Question::Owners {
             range: adhoc::range(&state, &snapshot, &asked)?,
             kind,
@@ -187,9 +190,12 @@ pub async fn asn(
             ))
         })?;
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
-    cluster::fanout(&state, query.scope.as_deref())?;
+    let fanout = cluster::fanout(&state, query.scope.as_deref())?;
     has_database(&state, OwnerKind::Asn)?;
     let snapshot = state.answers.now();
+    if let Some(fanout) = fanout {
+        return cluster::asn(&state, &fanout, &snapshot, &query.asked(), asn, n).await;
+    }
     let question = Question::Asn {
         range: adhoc::range(&state, &snapshot, &query.asked())?,
         asn,

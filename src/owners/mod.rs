@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 
 pub use pane::PaneOwners;
 
-use crate::vocab::{Country, IpKey};
+use crate::vocab::{Country, IpKey, Subject};
 
 /// The owner of an address: its autonomous system (0 when unknown) and its
 /// country (`--` when unknown).
@@ -61,6 +61,23 @@ impl OwnerKind {
         match self {
             OwnerKind::Asn => "--asn-db",
             OwnerKind::Country => "--country-db",
+        }
+    }
+
+    /// The subject a key of this kind names (`AS16509`, `DE`).
+    pub fn subject(self, key: u32) -> Subject {
+        match self {
+            OwnerKind::Asn => Subject::Asn(key),
+            OwnerKind::Country => Subject::Country(Country::from_bits(key as u16)),
+        }
+    }
+
+    /// The key a subject of this kind holds.
+    pub fn key_of_subject(self, subject: Subject) -> Option<u32> {
+        match (self, subject) {
+            (OwnerKind::Asn, Subject::Asn(asn)) => Some(asn),
+            (OwnerKind::Country, Subject::Country(c)) => Some(u32::from(c.to_bits())),
+            _ => None,
         }
     }
 

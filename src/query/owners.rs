@@ -137,8 +137,55 @@ fn empty() -> &'static PaneOwners {
     EMPTY.get_or_init(PaneOwners::default)
 }
 
+/// Every owner of `kind` over `panes` with its requests and its addresses
+/// (in address order), as an instance's part of a cluster answer gives
+/// them; over a range with a summarized pane the addresses are left out
+/// (the counts are the panes' totals, lower bounds).
+pub fn owned_addresses<'a>(
+    panes: impl Iterator<Item = &'a Arc<Pane>> + Clone,
+    kind: OwnerKind,
+) -> (Vec<(u32, u64, Vec<IpKey>)>, OwnerTrust) {
+    let Some(owned) = by_address(panes.clone()) else {
+        let (per_key, trust) = summed(panes, kind);
+        let mut list: Vec<(u32, u64, Vec<IpKey>)> = per_key
+            .into_iter()
+            .filter(|(_, (c, _))| *c > 0)
+            .map(|(k, (c, _))| (k, c, Vec::new()))
+            .collect();
+        list.sort_unstable_by_key(|e| e.0);
+        return (list, trust);
+    };
+    let mut per_key: FxHashMap<u32, (u64, Vec<IpKey>)> = FxHashMap::default();
+    for_each_owned(&owned, kind, |ip, key, count| {
+        let entry = per_key.entry(key).or_default();
+        entry.0 += count;
+        entry.1.push(ip);
+    });
+    let mut list: Vec<(u32, u64, Vec<IpKey>)> =
+        per_key.into_iter().map(|(k, (c, a))| (k, c, a)).collect();
+    list.sort_unstable_by_key(|e| e.0);
+    (list, OwnerTrust::default())
+}
+
 /// Requests and distinct addresses per owner key, exactly.
 fn exact(owned: &[(&Arc<Pane>, &PaneOwners)], kind: OwnerKind) -> FxHashMap<u32, (u64, u64)> {
+    let mut per_key: FxHashMap<u32, (u64, u64)> = FxHashMap::default();
+    for_each_owned(owned, kind, |_, key, count| {
+        let entry = per_key.entry(key).or_default();
+        entry.0 += count;
+        entry.1 += 1;
+    });
+    per_key
+}
+
+/// Calls `f(address, owner key, count)` for each address of the panes and
+/// each owner it had in them, in address order: the panes' addresses keyed
+/// by owner, merged as addresses are.
+fn for_each_owned(
+    owned: &[(&Arc<Pane>, &PaneOwners)],
+    kind: OwnerKind,
+    mut f: impl FnMut(IpKey, u32, u64),
+) {
     let mut v4_runs: Vec<Vec<((u32, u32), u64)>> = Vec::with_capacity(owned.len());
     let mut v6_runs: Vec<Vec<((u128, u32), u64)>> = Vec::with_capacity(owned.len());
     for (pane, owners) in owned {
@@ -153,19 +200,12 @@ fn exact(owned: &[(&Arc<Pane>, &PaneOwners)], kind: OwnerKind) -> FxHashMap<u32,
         v4_runs.push(v4);
         v6_runs.push(v6);
     }
-    let mut per_key: FxHashMap<u32, (u64, u64)> = FxHashMap::default();
-    let mut add = |key: u32, count: u64| {
-        let entry = per_key.entry(key).or_default();
-        entry.0 += count;
-        entry.1 += 1;
-    };
-    for ((_, key), count) in merge_runs(v4_runs, |&e| e).into_iter().flatten() {
-        add(key, count);
+    for ((a, key), count) in merge_runs(v4_runs, |&e| e).into_iter().flatten() {
+        f(IpKey::from_v4_bits(a), key, count);
     }
-    for ((_, key), count) in merge_runs(v6_runs, |&e| e).into_iter().flatten() {
-        add(key, count);
+    for ((a, key), count) in merge_runs(v6_runs, |&e| e).into_iter().flatten() {
+        f(IpKey::from_bits(a), key, count);
     }
-    per_key
 }
 
 /// The panes' owner totals added up: lower bounds, and distinct addresses

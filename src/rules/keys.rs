@@ -4,8 +4,7 @@
 //! they may lack.
 
 use super::file::Key;
-use crate::owners::OwnerKind;
-use crate::vocab::{Country, IpKey, Network, Subject};
+use crate::vocab::{IpKey, Network, Subject};
 use crate::window::Pane;
 use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
 
@@ -17,14 +16,6 @@ pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Subject> {
         Key::V4(bits) if ip.is_v4() => Some(Network::of(ip, bits, 128).into()),
         Key::V6(bits) if !ip.is_v4() => Some(Network::of(ip, 32, bits).into()),
         _ => None,
-    }
-}
-
-/// The subject of an owner key of `kind`.
-pub(super) fn owner_subject(kind: OwnerKind, key: u32) -> Subject {
-    match kind {
-        OwnerKind::Asn => Subject::Asn(key),
-        OwnerKind::Country => Subject::Country(Country::from_bits(key as u16)),
     }
 }
 
@@ -74,7 +65,7 @@ pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
 pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u64)) {
     if let Some(kind) = key.owner_kind() {
         for t in pane.owners.iter().flat_map(|o| o.totals(kind)) {
-            f(owner_subject(kind, t.key), t.count);
+            f(kind.subject(t.key), t.count);
         }
         return;
     }
