@@ -66,6 +66,18 @@ for i in $(seq 0 99); do
     "$i" "${keys[i % 3]}" "${windows[i % 2]}" $((200 + 10 * i)) "$([ $((i % 2)) = 0 ] && echo true || echo false)"
 done >"$RULES_FILE"
 
+# Databases of owners the size of a real one's share (50,000 networks each),
+# for the "with ASN and country databases" row.
+OWNER_DBS=()
+owner_dbs() {
+  [ ${#OWNER_DBS[@]} -eq 0 ] || return 0
+  local python="$ROOT/.cache/venv/bin/python"
+  [ -x "$python" ] || python=python3
+  [ -s "$OUT/asn.mmdb" ] || "$python" scripts/make-mmdb.py asn "$OUT/asn.mmdb" --random 50000 >&2
+  [ -s "$OUT/country.mmdb" ] || "$python" scripts/make-mmdb.py country "$OUT/country.mmdb" --random 50000 >&2
+  OWNER_DBS=(--asn-db "$OUT/asn.mmdb" --country-db "$OUT/country.mmdb")
+}
+
 ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster}
 # A budget the ingest corpus outgrows, so that the "summarizing" row counts
 # with summarized panes: a 20 s window of 200 ms panes runs in 2 MiB, whose
@@ -149,12 +161,13 @@ wait_consumed() {
   scripts/wait-consumed.py "$1" "$2" "$3" 900 || { log "$(tail -5 "$OUT/ipstats.log")"; exit 1; }
 }
 
-# ipstats_round NAME ROUND [wrk|sse|arrival]: ipstats from a fresh group and
+# ipstats_round NAME ROUND [wrk|sse|arrival|rules|budget|owners]: ipstats from a fresh group and
 # checkpoint, whole process, start until every record is counted (by event
 # time, the default); with `wrk`, while wrk keeps 64 connections busy on
 # /api/v1/top?n=100 until ingest is done; with `sse`, while 1,000 event
 # streams at n=100 are open; with `arrival`, by arrival time; with `rules`,
-# with 100 rules loaded (addresses, /24s and /64s over 1 min and 10 min).
+# with 100 rules loaded (addresses, /24s and /64s over 1 min and 10 min);
+# with `owners`, with --asn-db and --country-db (see owner_dbs).
 ipstats_round() {
   local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" timing ended first cpu hwm wall healthz=""
   port=$(free_port)
@@ -164,6 +177,7 @@ ipstats_round() {
     sse) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --max-event-streams 1000) ;;
     arrival) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --time-source arrival) ;;
     rules) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --rules "$RULES_FILE") ;;
+    owners) pid=$(start_ipstats "$TOPIC" "$port" "$dir" "${OWNER_DBS[@]}") ;;
     budget) pid=$(start_ipstats "$TOPIC" "$port" "$dir" --batch 200ms --slide 200ms --window 20s \
       --memory-limit "$SUMMARIZING_LIMIT") ;;
     *) pid=$(start_ipstats "$TOPIC" "$port" "$dir") ;;
@@ -249,6 +263,8 @@ for round in $(seq 1 "$ROUNDS"); do
       RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats by arrival time" "$round" arrival
     ipstats_round "ipstats summarizing (budget reached)" "$round" budget
     ipstats_round "ipstats with 100 rules" "$round" rules
+    owner_dbs
+    ipstats_round "ipstats with ASN and country databases" "$round" owners
     [ -z "${BENCH_BASELINE:-}" ] ||
       RUN_BIN=$BENCH_BASELINE ipstats_round "baseline ipstats with 100 rules" "$round" rules
   fi
@@ -548,7 +564,7 @@ python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 LINES_M = next((r["records"] for r in rows if r.get("row") == "cluster failover"), 0) / 1e6
-NAMES = ["kcat", "ipstats", "cluster of one (core 0)", "cluster of two (cores 0, 1)", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
+NAMES = ["kcat", "ipstats", "cluster of one (core 0)", "cluster of two (cores 0, 1)", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats with ASN and country databases", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -578,6 +594,7 @@ for row in ["ipstats", "ipstats by arrival time", "ipstats with 100 rules", "ips
     ratio(f"{row} / baseline, records per CPU s", row, "baseline " + row, per_cpu, 2)
 ratio("ipstats by event time (default) / by arrival time, records/s", "ipstats", "ipstats by arrival time", rate, 2)
 ratio("ipstats with 100 rules / without, records/s", "ipstats with 100 rules", "ipstats", rate, 2)
+ratio("ipstats with ASN and country databases / without, records/s", "ipstats with ASN and country databases", "ipstats", rate, 2)
 ratio("ipstats / Kafka Streams records per CPU s", "ipstats", "kafka streams", per_cpu, 1)
 ratio("ipstats / Spark records per CPU s", "ipstats", "spark", per_cpu, 1)
 ratio("ipstats count / GoAccess records/s", "ipstats count", "goaccess", rate, 1)
@@ -603,6 +620,7 @@ for text, a, b, least, digits in [
     ("ipstats end to end >= 1.0x kcat (records/s)", "ipstats", "kcat", 1.0, 2),
     ("event time >= 0.9x arrival time", "ipstats", "ipstats by arrival time", 0.9, 2),
     ("100 rules >= 0.95x none", "ipstats with 100 rules", "ipstats", 0.95, 2),
+    ("ASN and country databases >= 0.95x none", "ipstats with ASN and country databases", "ipstats", 0.95, 2),
     ("summarizing (memory budget reached) >= 0.9x exact", "ipstats summarizing (budget reached)", "ipstats", 0.9, 2),
     ("1,000 event streams (n=100) cost <= 5% of ingest", "ipstats with 1000 event streams", "ipstats", 0.95, 2),
     ("CLF lines >= 0.8x the JSON rate (ipstats count)", "ipstats count clf", "ipstats count", 0.8, 2),

@@ -296,6 +296,55 @@ function renderCluster(status, coverage) {
   }));
 }
 
+// Who is behind the traffic (--asn-db, --country-db): the busiest
+// autonomous systems with their organisations, and countries, over the
+// window chosen. Hidden without the databases.
+async function renderOwners(status) {
+  const loaded = new Set((status.databases || []).map((d) => d.option));
+  $("owners").hidden = loaded.size === 0;
+  if (loaded.size === 0) return;
+  const q = $("range").value ? `&window=${encodeURIComponent($("range").value)}` : "";
+  const ask = (group) => loaded.has(`--${group === "asn" ? "asn" : "country"}-db`)
+    ? getJson(`/api/v1/top?group=${group}&n=${encodeURIComponent(n())}${q}`)
+    : Promise.resolve(null);
+  const [asns, countries] = await Promise.all([ask("asn"), ask("country")]);
+  const rows = (answer, cells) => answer ? answer.top.map((entry) => {
+    const row = el("tr");
+    cells(entry, row);
+    row.appendChild(countCell(entry));
+    row.appendChild(el("td", fmt.format(entry.distinct_ips), "num"));
+    return row;
+  }) : [];
+  $("owners-asn").tBodies[0].replaceChildren(...rows(asns, (entry, row) => {
+    const key = `AS${entry.asn}`;
+    const cell = el("td");
+    const button = el("button", entry.asn === 0 ? "unknown" : key, "asn");
+    button.type = "button";
+    button.dataset.asn = String(entry.asn);
+    button.title = `${fmt.format(entry.distinct_ips)} addresses: show them`;
+    cell.appendChild(button);
+    const alert = flagged.get(key);
+    if (alert) {
+      row.classList.add("flagged");
+      cell.appendChild(el("span", ` ⚑ ${alert.rule}`, "flag"));
+    }
+    row.appendChild(cell);
+    row.appendChild(el("td", entry.org || "–"));
+  }));
+  $("owners-country").tBodies[0].replaceChildren(...rows(countries, (entry, row) => {
+    const cell = el("td", entry.country === "--" ? "unknown" : entry.country);
+    const alert = flagged.get(entry.country);
+    if (alert) {
+      row.classList.add("flagged");
+      cell.appendChild(el("span", ` ⚑ ${alert.rule}`, "flag"));
+    }
+    row.appendChild(cell);
+  }));
+  const answer = asns || countries;
+  $("owners-note").textContent = answer && answer.exact === false
+    ? `(estimates ± ${fmt.format(answer.error_bound)}: memory budget reached)` : "";
+}
+
 async function render(event) {
   renderAlerts(event.alerts);
   let top = event.top;
@@ -324,6 +373,11 @@ async function render(event) {
   renderTop(top);
   renderOffsets(offsets);
   renderStatus(event.status);
+  try {
+    await renderOwners(event.status);
+  } catch (error) {
+    failed = failed || `Cannot load who is behind the traffic: ${error.message}`;
+  }
   if (event.history) renderHistory(event.history);
   // Shown after the status, which would otherwise repaint the badge.
   // ipstats answered (a busy or refused question is no outage).
@@ -331,6 +385,7 @@ async function render(event) {
   $("updated").textContent = new Date().toLocaleTimeString();
   if (selectedIp) loadIpHistory(selectedIp);
   if (selectedNet) loadMembers(selectedNet);
+  if (selectedAsn !== null) loadAsn(selectedAsn);
 }
 
 function showError(message, unreachable = true) {
@@ -400,6 +455,35 @@ async function loadMembers(network) {
     }));
   } catch (error) {
     showError(`Cannot load the members of ${network}: ${error.message}`);
+  }
+}
+
+// ---- one autonomous system's members ---------------------------------------------
+
+let selectedAsn = null;
+
+async function loadAsn(asn) {
+  try {
+    const q = rangeQuery();
+    const detail = await getJson(`/api/v1/asns/${encodeURIComponent(asn)}${q ? q + "&" : "?"}n=25`);
+    $("net-members").hidden = false;
+    $("net-members-net").textContent = `AS${detail.asn}${detail.org ? " " + detail.org : ""}`;
+    $("net-members-count").textContent = countText(detail);
+    $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
+    $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
+      const row = el("tr");
+      const cell = el("td");
+      const button = el("button", entry.ip, "ip");
+      button.type = "button";
+      button.dataset.ip = entry.ip;
+      button.title = "show this IP's history";
+      cell.appendChild(button);
+      row.appendChild(cell);
+      row.appendChild(countCell(entry));
+      return row;
+    }));
+  } catch (error) {
+    showError(`Cannot load AS${asn}: ${error.message}`);
   }
 }
 
@@ -502,6 +586,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const net = event.target.closest("button.net");
     if (net) {
       selectedNet = net.dataset.network;
+      selectedAsn = null;
+      keepInUrl("asn", "", "");
       keepInUrl("network", selectedNet, "");
       loadMembers(selectedNet);
       return;
@@ -513,10 +599,23 @@ document.addEventListener("DOMContentLoaded", () => {
     loadIpHistory(selectedIp);
   };
   $("top").addEventListener("click", choose);
+  $("owners-asn").addEventListener("click", (event) => {
+    const button = event.target.closest("button.asn");
+    if (!button) return;
+    selectedNet = null;
+    keepInUrl("network", "", "");
+    selectedAsn = button.dataset.asn;
+    keepInUrl("asn", selectedAsn, "");
+    loadAsn(selectedAsn);
+  });
+  selectedAsn = params.get("asn");
+  if (selectedAsn !== null) loadAsn(selectedAsn);
   $("net-members-table").addEventListener("click", choose);
   $("net-members-close").addEventListener("click", () => {
     selectedNet = null;
+    selectedAsn = null;
     keepInUrl("network", "", "");
+    keepInUrl("asn", "", "");
     $("net-members").hidden = true;
   });
   $("ip-history-close").addEventListener("click", () => {

@@ -438,6 +438,12 @@ fn status_view(state: &AppState, snapshot: &Snapshot) -> StatusView {
             state.info.zookeeper.clone(),
         ),
         memory: MemoryView::of(&ingest.memory),
+        databases: state
+            .sources
+            .owners
+            .as_ref()
+            .map(|o| o.info())
+            .unwrap_or_default(),
     }
 }
 

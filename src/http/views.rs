@@ -392,6 +392,8 @@ pub struct StatusView {
     pub kafka: KafkaView,
     pub zookeeper: StoreView,
     pub memory: MemoryView,
+    /// `--asn-db`, `--country-db`: the databases in force.
+    pub databases: Vec<crate::owners::DatabaseInfo>,
 }
 
 /// The counting state against its budget.

@@ -300,6 +300,7 @@ impl Owners {
             generation: self.generation.load(Ordering::Acquire),
             addresses: FxHashMap::default(),
             asn_records: FxHashMap::default(),
+            country_records: FxHashMap::default(),
         }
     }
 
@@ -323,8 +324,10 @@ pub struct Attributor {
     databases: Arc<Databases>,
     generation: u64,
     addresses: FxHashMap<IpKey, Owner>,
-    /// ASN records by their place in the file: (number, named already).
+    /// Records by their place in the file, decoded once: AS numbers and
+    /// countries.
     asn_records: FxHashMap<usize, u32>,
+    country_records: FxHashMap<usize, Country>,
 }
 
 impl std::fmt::Debug for Attributor {
@@ -344,6 +347,7 @@ impl Attributor {
             self.databases = self.owners.databases.load_full();
             self.addresses.clear();
             self.asn_records.clear();
+            self.country_records.clear();
         }
     }
 
@@ -393,18 +397,25 @@ impl Attributor {
         let Some(db) = &self.databases.country else {
             return Country::UNKNOWN;
         };
-        let record: Option<CountryRecord<'_>> = db
-            .reader
-            .lookup(addr)
-            .ok()
-            .and_then(|found| found.decode().ok().flatten());
-        record
+        let Ok(found) = db.reader.lookup(addr) else {
+            return Country::UNKNOWN;
+        };
+        let Some(offset) = found.offset() else {
+            return Country::UNKNOWN;
+        };
+        if let Some(country) = self.country_records.get(&offset) {
+            return *country;
+        }
+        let record: Option<CountryRecord<'_>> = found.decode().ok().flatten();
+        let country = record
             .and_then(|r| {
                 let here = r.country.and_then(|f| f.iso_code);
                 here.or(r.registered_country.and_then(|f| f.iso_code))
             })
             .and_then(Country::parse)
-            .unwrap_or(Country::UNKNOWN)
+            .unwrap_or(Country::UNKNOWN);
+        self.country_records.insert(offset, country);
+        country
     }
 }
 

@@ -89,21 +89,39 @@ impl PaneOwners {
         let mut places: FxHashMap<Owner, u32> = FxHashMap::default();
         let mut keys = Vec::new();
         let mut of = Vec::with_capacity(counts.len());
-        let (mut asns, mut countries) = (FxHashMap::default(), FxHashMap::default());
+        // Requests and addresses per place, added into the kinds' totals
+        // once at the end (a pane has far fewer owners than addresses).
+        let mut per_place: Vec<(u64, u64)> = Vec::new();
+        let mut last: Option<(Owner, u32)> = None;
         for (ip, n) in counts.iter() {
             let who = owner(ip);
-            let place = *places.entry(who).or_insert_with(|| {
-                keys.push(who);
-                (keys.len() - 1) as u32
-            });
+            // Neighbouring addresses mostly share their owner.
+            let place = match last {
+                Some((o, place)) if o == who => place,
+                _ => {
+                    let place = *places.entry(who).or_insert_with(|| {
+                        keys.push(who);
+                        per_place.push((0, 0));
+                        (keys.len() - 1) as u32
+                    });
+                    last = Some((who, place));
+                    place
+                }
+            };
             of.push(place);
+            let total = &mut per_place[place as usize];
+            total.0 += u64::from(n);
+            total.1 += 1;
+        }
+        let (mut asns, mut countries) = (FxHashMap::default(), FxHashMap::default());
+        for (who, (count, distinct)) in keys.iter().zip(&per_place) {
             for (per_key, key) in [
-                (&mut asns, OwnerKind::Asn.key_of(who)),
-                (&mut countries, OwnerKind::Country.key_of(who)),
+                (&mut asns, OwnerKind::Asn.key_of(*who)),
+                (&mut countries, OwnerKind::Country.key_of(*who)),
             ] {
                 let entry: &mut (u64, u64) = per_key.entry(key).or_default();
-                entry.0 += u64::from(n);
-                entry.1 += 1;
+                entry.0 += count;
+                entry.1 += distinct;
             }
         }
         PaneOwners {

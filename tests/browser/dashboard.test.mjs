@@ -64,9 +64,23 @@ before(async () => {
   writeFileSync(rules, [
     '[[rule]]\nname = "hot-ip"\nkey = "ip"\nwindow = "10s"\nrequests = 200\n',
     '[[rule]]\nname = "rotating-24"\nkey = "v4/24"\nwindow = "10s"\nshare = 0.08\nmin_total = 100\nblock = true\n',
+    '[[rule]]\nname = "big-as"\nkey = "asn"\nwindow = "10s"\nshare = 0.2\nmin_total = 100\n',
   ].join("\n"));
+  // Databases of owners over the demo's addresses (scripts/make-mmdb.py,
+  // the test venv's mmdb-writer): four ASes, three countries.
+  const python = join(root, ".cache", "venv", "bin", "python");
+  const asnDb = join(artifacts, "browser-asn.mmdb");
+  const countryDb = join(artifacts, "browser-country.mmdb");
+  for (const [kind, out, entries] of [
+    ["asn", asnDb, ["0.0.0.0/2=64500:FIRST-QUARTER", "64.0.0.0/2=64501:SECOND-QUARTER",
+      "128.0.0.0/1=64502:UPPER-HALF", "2000::/3=64510:V6-GLOBAL"]],
+    ["country", countryDb, ["0.0.0.0/1=DE", "128.0.0.0/2=FR", "2000::/3=NL"]],
+  ]) {
+    const made = spawnSync(python, [join(root, "scripts", "make-mmdb.py"), kind, out, ...entries], { stdio: "inherit" });
+    assert.equal(made.status, 0, `make-mmdb.py ${kind}`);
+  }
   service = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--batch", "200ms", "--slide", "1s", "--window", "60s",
-    "--rules", rules], {
+    "--rules", rules, "--asn-db", asnDb, "--country-db", countryDb], {
     stdio: ["ignore", log, log],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("IPSTATS_"))),
   });
@@ -236,6 +250,33 @@ test("firing alerts are listed at the top and their rows are marked", async () =
   await waitFor("the /24 marked", async () =>
     /198\.51\.100\.0\/24/.test(await page.locator("#top tbody tr.flagged").allTextContents().then((t) => t.join(" "))));
   await page.screenshot({ path: join(artifacts, "dashboard-alerts.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("who is behind the traffic: ASes with their organisations, countries, one AS's members", async () => {
+  const { page, problems } = await open("/?n=10");
+  await waitFor("the owners tables", async () => await page.locator("#owners").isVisible()
+    && (await page.locator("#owners-asn tbody tr").count()) > 0
+    && (await page.locator("#owners-country tbody tr").count()) > 0);
+  const orgs = (await page.locator("#owners-asn tbody").textContent());
+  assert.match(orgs, /AS6450[012]/);
+  assert.match(orgs, /QUARTER|UPPER-HALF/);
+  assert.match(await page.locator("#owners-country tbody").textContent(), /DE|FR|NL/);
+  // The rule by AS marks its row.
+  await waitFor("an AS marked by its rule", async () =>
+    /big-as/.test(await page.locator("#owners-asn tbody tr.flagged").allTextContents().then((t) => t.join(" "))));
+  // The same numbers as the API's.
+  const api = await (await fetch(`${base}/api/v1/top?group=asn&n=10`)).json();
+  assert.ok(api.top.length > 0);
+  const first = page.locator("#owners-asn tbody button.asn").first();
+  const asn = await first.getAttribute("data-asn");
+  await first.click();
+  await waitFor("the AS's members", async () =>
+    (await page.locator("#net-members-net").textContent()).startsWith(`AS${asn}`)
+    && (await page.locator("#net-members-table tbody tr").count()) > 0);
+  assert.match(page.url(), new RegExp(`asn=${asn}`), "the choice is kept in the URL");
+  await page.screenshot({ path: join(artifacts, "dashboard-owners.png"), fullPage: true });
   assert.deepEqual(problems, []);
   await page.close();
 });
