@@ -6,10 +6,8 @@
 //! previous ones kept when a new file is bad) and the organisations' names
 //! seen so far. An [`Attributor`], owned by the thread that closes panes,
 //! looks each distinct address of a pane up once (remembering recent
-//! answers) and gives the pane its [`PaneOwners`]: the owner of every
-//! address, and the requests and distinct addresses of every owner.
-
-pub mod pane;
+//! answers): the window gives each pane its owners from it
+//! (`window::owners`). This module knows addresses, not panes.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,8 +18,6 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use maxminddb::Reader;
 use rustc_hash::FxHashMap;
-
-pub use pane::PaneOwners;
 
 use crate::vocab::{Country, IpKey, Subject};
 

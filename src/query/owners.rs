@@ -14,9 +14,10 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::{Grouping, Merged, NetworkCount, merge_runs};
-use crate::owners::{OwnerKind, PaneOwners};
+use crate::owners::OwnerKind;
 use crate::vocab::IpKey;
 use crate::window::Pane;
+use crate::window::PaneOwners;
 
 /// One owner's share of a range: its key (an AS number, or a country as
 /// [`crate::vocab::Country::to_bits`]), its requests and distinct addresses.

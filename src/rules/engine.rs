@@ -641,7 +641,7 @@ mod tests {
                 crate::owners::Owner::default()
             }
         };
-        let owners = crate::owners::PaneOwners::of(&plain.counts, owner);
+        let owners = crate::window::PaneOwners::of(&plain.counts, owner);
         Arc::new(Pane {
             owners: Some(Arc::new(owners)),
             ..Pane::clone(&plain)

@@ -17,14 +17,16 @@ use rustc_hash::FxHashMap;
 pub mod budget;
 pub mod counts;
 pub mod distinct;
+pub mod owners;
 pub mod pane;
 pub mod summary;
 pub mod table;
 
-use crate::owners::{Attributor, PaneOwners};
+use crate::owners::Attributor;
 use crate::vocab::{IpKey, SkipCounts};
 pub use counts::{DistinctCount, PaneCounts};
 use distinct::Distinct;
+pub use owners::PaneOwners;
 pub use pane::{OffsetRange, Pane};
 pub use table::IpMap;
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::counts::PaneCounts;
-use crate::owners::PaneOwners;
 use crate::vocab::{IpKey, SkipCounts};
+use crate::window::PaneOwners;
 
 /// The offsets one pane covered in one partition: `[from, until)`, as Spark's `OffsetRange`.
 #[derive(Clone, Debug, PartialEq, Eq)]

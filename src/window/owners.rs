@@ -3,7 +3,7 @@
 //! addresses of each autonomous system and country.
 //!
 //! A pane counted address by address knows every address's owner, so any
-//! range of such panes is answered exactly (see [`crate::query::owners`]).
+//! range of such panes is answered exactly (the query module merges them).
 //! A summarized pane keeps its owners' totals while they fit the summary's
 //! capacity (they were read from the exact counts before the pane was
 //! folded); past it, or when the pane arrived summarized, the totals are
@@ -13,10 +13,10 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{Owner, OwnerKind};
+use super::PaneCounts;
+use super::summary::Summary;
+use crate::owners::{Owner, OwnerKind};
 use crate::vocab::IpKey;
-use crate::window::PaneCounts;
-use crate::window::summary::Summary;
 
 /// One owner's share of a pane: its key (see [`OwnerKind::key_of`]), its
 /// requests (a lower bound when the pane's owners are summarized) and its
