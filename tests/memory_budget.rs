@@ -6,7 +6,8 @@
 //!
 //! Under the budget the state stays within it, the heavy hitters come first
 //! with their true counts inside the bounds the answer gives, the rotating
-//! /64 tops the /64 list, and after kill -9 a restart answers with the same
+//! /64 tops the /64 list, the provider rotating over 1.47 million addresses
+//! tops the list of autonomous systems, and after kill -9 a restart answers with the same
 //! bounds. Without a budget the same corpus takes more memory than the
 //! budget allows.
 
@@ -46,32 +47,52 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// ipstats by arrival time, one-second panes in a ten-minute window.
+/// The AS every IPv6 address of the corpus belongs to: one provider
+/// rotating over 1.47 million addresses, one request each.
+const CLOUD_AS: u64 = 64666;
+/// The heavy hitters' AS.
+const HEAVY_AS: u64 = 64501;
+
+/// An ASN database for the corpus (scripts/make-mmdb.py, the test venv's
+/// mmdb-writer), in `dir`.
+fn asn_db(dir: &std::path::Path) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = dir.join("asn.mmdb");
+    let status = std::process::Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("scripts/make-mmdb.py"))
+        .args(["asn", path.to_str().expect("utf-8")])
+        .arg(format!("2001:db8::/32={CLOUD_AS}:ROTATING-CLOUD"))
+        .arg(format!("10.9.9.0/24={HEAVY_AS}:HEAVY-HITTERS"))
+        .status()
+        .expect("python runs (scripts/setup.sh makes the venv with mmdb-writer)");
+    assert!(status.success(), "make-mmdb.py");
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// ipstats by arrival time, one-second panes in a ten-minute window (and
+/// `extra`).
 fn start(
     cluster: &common::Cluster,
     topic: &str,
     group: &str,
     dir: &std::path::Path,
     limit: &str,
+    extra: &[&str],
 ) -> Service {
-    let mut svc = Service::on_cluster_exactly(
-        cluster,
-        topic,
-        group,
-        dir,
-        &[
-            "--time-source",
-            "arrival",
-            "--batch",
-            "1s",
-            "--slide",
-            "1s",
-            "--window",
-            "600s",
-            "--memory-limit",
-            limit,
-        ],
-    );
+    let mut args = vec![
+        "--time-source",
+        "arrival",
+        "--batch",
+        "1s",
+        "--slide",
+        "1s",
+        "--window",
+        "600s",
+        "--memory-limit",
+        limit,
+    ];
+    args.extend_from_slice(extra);
+    let mut svc = Service::on_cluster_exactly(cluster, topic, group, dir, &args);
     svc.wait_ready(Duration::from_secs(60));
     svc
 }
@@ -123,7 +144,14 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
     // threads interleave on a busy machine: 64 MiB). Far less than what the
     // exact count of the corpus takes, which the next assertion checks too.
     let dir = tempfile_dir("budget-small");
-    let baseline = start(&cluster, &small, &common::unique("small"), &dir, BUDGET);
+    let baseline = start(
+        &cluster,
+        &small,
+        &common::unique("small"),
+        &dir,
+        BUDGET,
+        &[],
+    );
     wait_all_counted(baseline.addr, SMALL as u64, Duration::from_secs(120));
     let mib = 1024.0 * 1024.0;
     let overhead = peak_rss_bytes(&baseline) + 2.0 * 16.0 * mib + 10.0 * mib + 64.0 * mib;
@@ -131,7 +159,14 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
 
     // Without a budget first: the exact state of the same corpus.
     let dir = tempfile_dir("budget-exact");
-    let exact = start(&cluster, &topic, &common::unique("exact"), &dir, "4GiB");
+    let exact = start(
+        &cluster,
+        &topic,
+        &common::unique("exact"),
+        &dir,
+        "4GiB",
+        &[],
+    );
     wait_all_counted(exact.addr, total, Duration::from_secs(600));
     let exact_state = metric(exact.addr, "ipstats_state_bytes").expect("state bytes");
     let exact_peak = peak_rss_bytes(&exact);
@@ -146,9 +181,11 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
         "the bound below must tell a bounded count from an exact one: {exact_peak} exact, {overhead} overhead"
     );
 
+    // Under the budget, with a database of autonomous systems loaded.
     let dir = tempfile_dir("budget-limited");
     let group = common::unique("limited");
-    let mut svc = start(&cluster, &topic, &group, &dir, BUDGET);
+    let db = asn_db(&dir);
+    let mut svc = start(&cluster, &topic, &group, &dir, BUDGET, &["--asn-db", &db]);
     wait_all_counted(svc.addr, total, Duration::from_secs(600));
 
     // The state keeps within the budget, and says so.
@@ -221,6 +258,33 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
         "{one}"
     );
 
+    // The provider rotating over 1.47 million addresses tops the AS list,
+    // its true count within its bounds; so do the heavy hitters' AS.
+    let owners = get_json(svc.addr, "/api/v1/top?n=2&group=asn&window=600s");
+    let cloud_truth = total - total / 100;
+    let heavy_truth = total / 100;
+    let asn_bounds: Vec<(u64, u64, u64)> = owners["top"]
+        .as_array()
+        .expect("top")
+        .iter()
+        .map(|item| {
+            let count = item["count"].as_u64().expect("count");
+            let lower = item["lower"].as_u64().unwrap_or(count);
+            let upper = item["upper"].as_u64().unwrap_or(count);
+            (item["asn"].as_u64().expect("asn"), lower, upper)
+        })
+        .collect();
+    assert_eq!(asn_bounds[0].0, CLOUD_AS, "{owners}");
+    assert!(
+        asn_bounds[0].1 <= cloud_truth && cloud_truth <= asn_bounds[0].2,
+        "{owners}"
+    );
+    assert_eq!(asn_bounds[1].0, HEAVY_AS, "{owners}");
+    assert!(
+        asn_bounds[1].1 <= heavy_truth && heavy_truth <= asn_bounds[1].2,
+        "{owners}"
+    );
+
     // kill -9 once the checkpoint holding everything is committed: the
     // restart answers with the same bounds.
     wait_for(
@@ -246,7 +310,7 @@ fn under_the_budget_heavy_hitters_and_a_rotating_64_come_first_within_their_boun
     let before = get_json(svc.addr, "/api/v1/top?n=5");
     svc.signal("KILL");
     let _ = svc.wait_exit(Duration::from_secs(30));
-    let again = start(&cluster, &topic, &group, &dir, BUDGET);
+    let again = start(&cluster, &topic, &group, &dir, BUDGET, &["--asn-db", &db]);
     wait_all_counted(again.addr, total, Duration::from_secs(120));
     let after = get_json(again.addr, "/api/v1/top?n=5");
     assert_eq!(bounds(&after, "ip"), bounds(&before, "ip"));

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use super::{CheckpointError, corrupt};
 use crate::config::Settings;
 
+use crate::owners::OwnerKind;
 use crate::vocab::{IngestTotals, IpKey, Network, SKIP_REASONS, SkipCounts};
 use crate::window::counts::Summarized;
 use crate::window::distinct::Distinct;
+use crate::window::owners::OwnerTotal;
 use crate::window::summary::Summary;
-use crate::window::{OffsetRange, Pane, PaneCounts};
+use crate::window::{OffsetRange, Pane, PaneCounts, PaneOwners};
 
 /// On-disk format version of manifests and exact panes written. Version 1
 /// (five fixed skip counts, `not_utf8` among them) is still read.
@@ -24,6 +26,10 @@ pub const FORMAT_VERSION: u32 = 2;
 /// [`encode_summary`]). Exact panes keep version 2, so a checkpoint that
 /// never summarized is read by the builds before.
 pub const SUMMARIZED_VERSION: u32 = 3;
+/// A summarized pane with its owners' totals (`--asn-db`, `--country-db`)
+/// after the summary: they were read from the exact counts before the pane
+/// was folded, and cannot be read again from what it keeps.
+pub const OWNED_VERSION: u32 = 4;
 const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
 
 pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
@@ -42,9 +48,11 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(128 + pane.counts.len() * 20);
     out.extend_from_slice(PANE_MAGIC);
-    let version = match pane.counts.summary() {
-        Some(_) => SUMMARIZED_VERSION,
-        None => FORMAT_VERSION,
+    let owners = pane.owners.as_deref().filter(|_| !pane.counts.is_exact());
+    let version = match (pane.counts.summary(), owners) {
+        (Some(_), Some(_)) => OWNED_VERSION,
+        (Some(_), None) => SUMMARIZED_VERSION,
+        (None, _) => FORMAT_VERSION,
     };
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&pane.seq.to_le_bytes());
@@ -72,6 +80,9 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     if let Some(summary) = pane.counts.summary() {
         encode_summary(summary, out);
     }
+    if let Some(owners) = owners {
+        encode_owners(owners, out);
+    }
     let crc = crc32fast::hash(out);
     out.extend_from_slice(&crc.to_le_bytes());
 }
@@ -97,6 +108,52 @@ fn encode_summary(s: &Summarized, out: &mut Vec<u8>) {
     let registers = s.distinct.registers();
     out.extend_from_slice(&(registers.len() as u32).to_le_bytes());
     out.extend_from_slice(registers);
+}
+
+/// A summarized pane's owners: for ASes, then countries, what any key may
+/// lack, the number of keys, then each key, count and distinct addresses.
+fn encode_owners(owners: &PaneOwners, out: &mut Vec<u8>) {
+    for kind in [OwnerKind::Asn, OwnerKind::Country] {
+        let totals = owners.totals(kind);
+        out.extend_from_slice(&owners.error_bound(kind).to_le_bytes());
+        out.extend_from_slice(&(totals.len() as u32).to_le_bytes());
+        for t in totals {
+            out.extend_from_slice(&t.key.to_le_bytes());
+            out.extend_from_slice(&t.count.to_le_bytes());
+            out.extend_from_slice(&t.distinct.to_le_bytes());
+        }
+    }
+}
+
+/// What [`encode_owners`] wrote; `None` when it does not read back whole
+/// or a kind's counts add up to more than the pane's requests.
+fn decode_owners(r: &mut Reader<'_>, requests: u64) -> Option<PaneOwners> {
+    let mut kinds = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let error = r.u64()?;
+        let n = r.u32()? as usize;
+        if n.saturating_mul(20) > r.0.len() {
+            return None;
+        }
+        let mut totals = Vec::with_capacity(n);
+        for _ in 0..n {
+            totals.push(OwnerTotal {
+                key: r.u32()?,
+                count: r.u64()?,
+                distinct: r.u64()?,
+            });
+        }
+        let counted = totals
+            .iter()
+            .try_fold(0u64, |sum, t| sum.checked_add(t.count))?;
+        if counted > requests {
+            return None;
+        }
+        kinds.push((totals, error));
+    }
+    let (countries, country_error) = kinds.pop()?;
+    let (asns, asn_error) = kinds.pop()?;
+    PaneOwners::summarized_from(asns, countries, asn_error, country_error)
 }
 
 /// What [`encode_summary`] wrote; `None` when it does not read back whole.
@@ -194,10 +251,10 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         return Err(corrupt(path, "not a pane file"));
     }
     let version = r.u32().ok_or_else(bad)?;
-    if !(1..=SUMMARIZED_VERSION).contains(&version) {
+    if !(1..=OWNED_VERSION).contains(&version) {
         return Err(corrupt(
             path,
-            format!("format version {version}, expected 1..={SUMMARIZED_VERSION}"),
+            format!("format version {version}, expected 1..={OWNED_VERSION}"),
         ));
     }
     let seq = r.u64().ok_or_else(bad)?;
@@ -251,6 +308,7 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         total += u64::from(n);
         pairs.push((ip, n));
     }
+    let mut owners = None;
     let counts = if exact {
         let counts = PaneCounts::from_pairs(pairs)
             .ok_or_else(|| corrupt(path, "an address is listed twice"))?;
@@ -260,8 +318,15 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         counts
     } else {
         let summary = decode_summary(&mut r, requests)
-            .filter(|_| r.0.is_empty())
             .ok_or_else(|| corrupt(path, "malformed pane summary"))?;
+        if version == OWNED_VERSION {
+            owners = Some(Arc::new(decode_owners(&mut r, requests).ok_or_else(
+                || corrupt(path, "malformed owners of a summarized pane"),
+            )?));
+        }
+        if !r.0.is_empty() {
+            return Err(corrupt(path, "malformed pane summary"));
+        }
         PaneCounts::summarized_from(pairs, summary).ok_or_else(|| {
             corrupt(
                 path,
@@ -277,7 +342,7 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
         requests,
         skipped,
         ranges,
-        owners: None,
+        owners,
     })
 }
 
@@ -494,6 +559,42 @@ mod tests {
                 "flipped byte {flip}"
             );
         }
+    }
+
+    #[test]
+    fn a_summarized_pane_keeps_its_owners_totals() {
+        let many: Vec<(String, u32)> = (0..400u32)
+            .map(|i| (format!("10.{}.{}.1", i / 200, i % 200), 1))
+            .collect();
+        let pairs: Vec<(&str, u32)> = many.iter().map(|(ip, n)| (ip.as_str(), *n)).collect();
+        let exact = pane(4, &pairs);
+        let owner = |ip: IpKey| crate::owners::Owner {
+            asn: 64500 + (ip.to_bits() >> 16 & 1) as u32,
+            country: crate::vocab::Country::parse("DE").expect("DE"),
+        };
+        let owners = PaneOwners::of(&exact.counts, owner).folded(1);
+        let summarized = Pane {
+            counts: exact.counts.summarized(8),
+            owners: Some(Arc::new(owners.clone())),
+            ..Pane::clone(&exact)
+        };
+        let bytes = encode_pane(&summarized);
+        assert_eq!(bytes[8..12], OWNED_VERSION.to_le_bytes());
+        let decoded = decode_pane(Path::new("p"), &bytes).expect("decodes");
+        assert_eq!(decoded.owners.as_deref(), Some(&owners));
+        assert_eq!(decoded.counts, summarized.counts);
+        for cut in [bytes.len() - 10, bytes.len() - 30] {
+            assert!(
+                decode_pane(Path::new("p"), &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // An exact pane's owners are looked up again at restore: not stored.
+        let exact_owned = Pane {
+            owners: Some(Arc::new(PaneOwners::of(&exact.counts, owner))),
+            ..Pane::clone(&exact)
+        };
+        assert_eq!(encode_pane(&exact_owned), encode_pane(&exact));
     }
 
     #[test]

@@ -33,7 +33,12 @@ impl State {
     ) -> std::io::Result<Self> {
         let mut window = Window::new(config.window_panes)
             .with_retained(config.retained_panes)
-            .with_owners(config.owners.as_ref().map(|o| o.attributor()));
+            .with_owners(
+                config
+                    .owners
+                    .as_ref()
+                    .map(|o| o.attributor(config.memory.bytes)),
+            );
         let (mut next_seq, mut totals) = (0, IngestTotals::default());
         let mut events = config.time.is_event().then(|| {
             EventPanes::new(

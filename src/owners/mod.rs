@@ -288,9 +288,12 @@ impl Owners {
         self.orgs.lock().ok()?.get(&asn).cloned()
     }
 
-    /// An attributor for the thread that closes panes.
-    pub fn attributor(self: &Arc<Self>) -> Attributor {
+    /// An attributor for the thread that closes panes, remembering at most
+    /// about 1/32 of `budget` bytes of answers (the counting state's
+    /// `--memory-limit`; between 4,096 and a million addresses).
+    pub fn attributor(self: &Arc<Self>, budget: usize) -> Attributor {
         Attributor {
+            remembered: (budget / 32 / REMEMBERED_BYTES).clamp(4096, 1 << 20),
             owners: self.clone(),
             databases: self.databases.load_full(),
             generation: self.generation.load(Ordering::Acquire),
@@ -309,14 +312,16 @@ impl Owners {
     }
 }
 
-/// Addresses an attributor remembers before it starts afresh.
-const REMEMBERED: usize = 1 << 20;
+/// What one remembered address takes (key, owner, table slack).
+const REMEMBERED_BYTES: usize = 32;
 
 /// Looks addresses up for one thread: each distinct address once (until
-/// [`REMEMBERED`] are held, or the databases are reloaded), each AS record
-/// decoded once.
+/// as many as it may remember are held, or the databases are reloaded),
+/// each record decoded once.
 pub struct Attributor {
     owners: Arc<Owners>,
+    /// Addresses remembered before starting afresh.
+    remembered: usize,
     databases: Arc<Databases>,
     generation: u64,
     addresses: FxHashMap<IpKey, Owner>,
@@ -352,7 +357,7 @@ impl Attributor {
         if let Some(owner) = self.addresses.get(&ip) {
             return *owner;
         }
-        if self.addresses.len() >= REMEMBERED {
+        if self.addresses.len() >= self.remembered {
             self.addresses.clear();
         }
         let addr = ip.addr();
@@ -477,7 +482,7 @@ mod tests {
         let owners = Owners::open(Some(asn), Some(country))
             .expect("valid files")
             .expect("two databases");
-        let mut attributor = owners.attributor();
+        let mut attributor = owners.attributor(1 << 30);
         let owner = |a: &mut Attributor, ip: &str| a.owner(parse_ip(ip).expect("ip"));
         let de = Country::parse("DE").expect("DE");
         assert_eq!(
@@ -514,7 +519,7 @@ mod tests {
         let owners = Owners::open(Some(asn.clone()), Some(country))
             .expect("valid")
             .expect("some");
-        let mut attributor = owners.attributor();
+        let mut attributor = owners.attributor(1 << 30);
         let ip = parse_ip("203.0.113.7").expect("ip");
         assert_eq!(attributor.owner(ip).asn, 64500);
         // The file is replaced by a truncated copy: the reload is refused.

@@ -194,6 +194,27 @@ impl PaneOwners {
         }
     }
 
+    /// A summarized pane's owners as a checkpoint stores them: each kind's
+    /// totals (by key, each key once) and what any may lack; `None` when
+    /// they do not read as such.
+    pub fn summarized_from(
+        asns: Vec<OwnerTotal>,
+        countries: Vec<OwnerTotal>,
+        asn_error: u64,
+        country_error: u64,
+    ) -> Option<PaneOwners> {
+        let ordered = |list: &[OwnerTotal]| list.windows(2).all(|w| w[0].key < w[1].key);
+        (ordered(&asns) && ordered(&countries)).then_some(PaneOwners {
+            keys: Vec::new(),
+            of: Vec::new(),
+            asns,
+            countries,
+            asn_error,
+            country_error,
+            by_address: false,
+        })
+    }
+
     /// Whether every address's owner is known (the pane's counts are exact).
     pub fn by_address(&self) -> bool {
         self.by_address
