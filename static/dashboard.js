@@ -431,34 +431,38 @@ function renderIpHistory(detail) {
   );
 }
 
-// ---- one network's members ---------------------------------------------------
+// ---- one network's or one AS's members ----------------------------------------
+
+// The members panel: `title`, then the answer's count, distinct addresses
+// and busiest addresses (each opens its history).
+function renderMembers(title, detail) {
+  $("net-members").hidden = false;
+  $("net-members-net").textContent = title;
+  $("net-members-count").textContent = countText(detail);
+  $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
+  $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
+    const row = el("tr");
+    const cell = el("td");
+    const button = el("button", entry.ip, "ip");
+    button.type = "button";
+    button.dataset.ip = entry.ip;
+    button.title = "show this IP's history";
+    cell.appendChild(button);
+    row.appendChild(cell);
+    row.appendChild(countCell(entry));
+    return row;
+  }));
+}
 
 async function loadMembers(network) {
   try {
     const q = rangeQuery();
     const detail = await getJson(`/api/v1/networks/${encodeURIComponent(network)}${q ? q + "&" : "?"}n=25`);
-    $("net-members").hidden = false;
-    $("net-members-net").textContent = detail.network;
-    $("net-members-count").textContent = countText(detail);
-    $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
-    $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
-      const row = el("tr");
-      const cell = el("td");
-      const button = el("button", entry.ip, "ip");
-      button.type = "button";
-      button.dataset.ip = entry.ip;
-      button.title = "show this IP's history";
-      cell.appendChild(button);
-      row.appendChild(cell);
-      row.appendChild(countCell(entry));
-      return row;
-    }));
+    renderMembers(detail.network, detail);
   } catch (error) {
     showError(`Cannot load the members of ${network}: ${error.message}`);
   }
 }
-
-// ---- one autonomous system's members ---------------------------------------------
 
 let selectedAsn = null;
 
@@ -466,22 +470,7 @@ async function loadAsn(asn) {
   try {
     const q = rangeQuery();
     const detail = await getJson(`/api/v1/asns/${encodeURIComponent(asn)}${q ? q + "&" : "?"}n=25`);
-    $("net-members").hidden = false;
-    $("net-members-net").textContent = `AS${detail.asn}${detail.org ? " " + detail.org : ""}`;
-    $("net-members-count").textContent = countText(detail);
-    $("net-members-distinct").textContent = fmt.format(detail.distinct_ips);
-    $("net-members-table").tBodies[0].replaceChildren(...detail.top.map((entry) => {
-      const row = el("tr");
-      const cell = el("td");
-      const button = el("button", entry.ip, "ip");
-      button.type = "button";
-      button.dataset.ip = entry.ip;
-      button.title = "show this IP's history";
-      cell.appendChild(button);
-      row.appendChild(cell);
-      row.appendChild(countCell(entry));
-      return row;
-    }));
+    renderMembers(`AS${detail.asn}${detail.org ? " " + detail.org : ""}`, detail);
   } catch (error) {
     showError(`Cannot load AS${asn}: ${error.message}`);
   }

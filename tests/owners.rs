@@ -132,12 +132,14 @@ fn seconds(rfc3339: &Value) -> u64 {
     t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
-fn produce(cluster: &common::Cluster, topic: &str, lines: &[Line]) {
+/// The lines, round robin over `partitions` (one address's requests land
+/// on every partition).
+fn produce(cluster: &common::Cluster, topic: &str, partitions: i32, lines: &[Line]) {
     let encoded: Vec<Vec<u8>> = lines
         .iter()
         .map(|l| json_line(&l.ip, UNIX_EPOCH + Duration::from_secs(l.second)))
         .collect();
-    common::kcat_produce_spread(&cluster.brokers, topic, 2, &encoded);
+    common::kcat_produce_spread(&cluster.brokers, topic, partitions, &encoded);
 }
 
 /// Until every line is counted and kept (the 120 s range holds them all).
@@ -177,65 +179,78 @@ fn check_groupings(addr: std::net::SocketAddr, lines: &[Line], query: &str) {
     );
 }
 
-#[test]
-fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
-    let Some(cluster) = cluster() else { return };
-    let topic = common::create_topic(&cluster, "owners", 2);
-    let dir = std::env::temp_dir().join(unique("owners-ckpt"));
-    std::fs::create_dir_all(&dir).expect("dir");
+/// The ASN database's networks (the rotating cloud is AS 64501).
+const ASN_ENTRIES: [&str; 3] = [
+    "198.51.0.0/16=64501:ROTATING-CLOUD",
+    "203.0.113.0/24=64500:EXAMPLE-NET",
+    "2001:db8::/32=64502:V6-NET",
+];
+
+/// In `dir`: both databases and `rules` as a rules file. Returns the
+/// options that load them, after one-second panes in a 10 s window that
+/// keeps 120 s.
+fn prepared(dir: &Path, rules: &str) -> Vec<String> {
+    std::fs::create_dir_all(dir).expect("dir");
     let (asn_db, country_db) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
-    let asn_entries = [
-        "198.51.0.0/16=64501:ROTATING-CLOUD",
-        "203.0.113.0/24=64500:EXAMPLE-NET",
-        "2001:db8::/32=64502:V6-NET",
-    ];
-    write_db("asn", &asn_db, &asn_entries);
+    write_db("asn", &asn_db, &ASN_ENTRIES);
     write_db(
         "country",
         &country_db,
         &["198.51.0.0/16=DE", "203.0.113.0/24=FR", "2001:db8::/32=NL"],
     );
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
+    let rules_file = dir.join("rules.toml");
+    std::fs::write(&rules_file, rules).expect("rules");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    [
+        "--batch",
+        "1s",
+        "--slide",
+        "1s",
+        "--window",
+        "10s",
+        "--retention",
+        "120s",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([
+        "--asn-db".to_string(),
+        path(&asn_db),
+        "--country-db".to_string(),
+        path(&country_db),
+        "--rules".to_string(),
+        path(&rules_file),
+    ])
+    .collect()
+}
+
+/// Seconds since the epoch now.
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs()
+}
+
+#[test]
+fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
+    let Some(cluster) = cluster() else { return };
+    let topic = common::create_topic(&cluster, "owners", 2);
+    let dir = std::env::temp_dir().join(unique("owners-ckpt"));
+    let options = prepared(
+        &dir,
         "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"10s\"\nrequests = 300\nblock = true\n\
          [[rule]]\nname = \"address\"\nkey = \"ip\"\nwindow = \"10s\"\nrequests = 60\n\
          [[rule]]\nname = \"subnet\"\nkey = \"v4/24\"\nwindow = \"10s\"\nrequests = 80\n",
-    )
-    .expect("rules");
+    );
+    let asn_db = dir.join("asn.mmdb");
 
     // Fifty seconds of log ending a minute ago.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("epoch")
-        .as_secs();
-    let first = now - 110;
+    let first = now_s() - 110;
     let mut lines = traffic(first, first + 50, 64501);
-    produce(&cluster, &topic, &lines);
-    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
-    let (asn_arg, country_arg, rules_arg) = (path(&asn_db), path(&country_db), path(&rules));
-    let mut svc = Service::on_cluster_exactly(
-        &cluster,
-        &topic,
-        &unique("owners"),
-        &dir,
-        &[
-            "--batch",
-            "1s",
-            "--slide",
-            "1s",
-            "--window",
-            "10s",
-            "--retention",
-            "120s",
-            "--asn-db",
-            &asn_arg,
-            "--country-db",
-            &country_arg,
-            "--rules",
-            &rules_arg,
-        ],
-    );
+    produce(&cluster, &topic, 2, &lines);
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let mut svc = Service::on_cluster_exactly(&cluster, &topic, &unique("owners"), &dir, &options);
     svc.wait_ready(WAIT);
     wait_counted(svc.addr, lines.len());
 
@@ -305,22 +320,16 @@ fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
         }
     });
     let more = traffic(first + 50, first + 60, 64501);
-    produce(&cluster, &topic, &more);
+    produce(&cluster, &topic, 2, &more);
     lines.extend(more);
     wait_counted(svc.addr, lines.len());
     check_groupings(svc.addr, &lines, "");
 
     // A new database on SIGHUP: the panes that close from then on follow
     // it; the older ones keep what they were told.
-    write_db(
-        "asn",
-        &asn_db,
-        &[
-            "198.51.0.0/16=64999:RENAMED-CLOUD",
-            "203.0.113.0/24=64500:EXAMPLE-NET",
-            "2001:db8::/32=64502:V6-NET",
-        ],
-    );
+    let renamed = ASN_ENTRIES.map(|e| e.replace("64501:ROTATING-CLOUD", "64999:RENAMED-CLOUD"));
+    let renamed: Vec<&str> = renamed.iter().map(String::as_str).collect();
+    write_db("asn", &asn_db, &renamed);
     svc.signal("HUP");
     wait_for("the new database taken", WAIT, || {
         if svc.log_text().matches("SIGHUP: database reloaded").count() >= 2 {
@@ -330,7 +339,7 @@ fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
         }
     });
     let renamed = traffic(first + 60, first + 70, 64999);
-    produce(&cluster, &topic, &renamed);
+    produce(&cluster, &topic, 2, &renamed);
     lines.extend(renamed);
     wait_counted(svc.addr, lines.len());
     check_groupings(svc.addr, &lines, "&window=30s");
@@ -378,49 +387,20 @@ fn two_instances_answer_by_owner_as_one() {
     const PARTITIONS: i32 = 4;
     let topic = common::create_topic(&cluster, "owners-cluster", PARTITIONS as u32);
     let dir = std::env::temp_dir().join(unique("owners-cluster"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (asn_db, country_db) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
-    write_db(
-        "asn",
-        &asn_db,
-        &[
-            "198.51.0.0/16=64501:ROTATING-CLOUD",
-            "203.0.113.0/24=64500:EXAMPLE-NET",
-            "2001:db8::/32=64502:V6-NET",
-        ],
-    );
-    write_db(
-        "country",
-        &country_db,
-        &["198.51.0.0/16=DE", "203.0.113.0/24=FR", "2001:db8::/32=NL"],
-    );
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
+    let options = prepared(
+        &dir,
         "[[rule]]\nname = \"cloud\"\nkey = \"asn\"\nwindow = \"10s\"\nrequests = 300\nblock = true\n",
-    )
-    .expect("rules");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("epoch")
-        .as_secs();
-    let first = now - 60;
+    );
+    let first = now_s() - 60;
     let lines = traffic(first, first + 50, 64501);
-    let encoded: Vec<Vec<u8>> = lines
-        .iter()
-        .map(|l| json_line(&l.ip, UNIX_EPOCH + Duration::from_secs(l.second)))
-        .collect();
-    // Round robin: one address's requests land on every partition.
-    common::kcat_produce_spread(&cluster.brokers, &topic, PARTITIONS, &encoded);
+    produce(&cluster, &topic, PARTITIONS, &lines);
 
     let group = unique("owners-cluster");
     let zookeeper = format!("{}/{}", cluster.zookeeper, unique("owners-zk"));
-    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
-    let (asn_arg, country_arg, rules_arg) = (path(&asn_db), path(&country_db), path(&rules));
     let start = |id: &str| {
         let listen = format!("127.0.0.1:{}", common::free_port());
-        let checkpoint = path(&dir.join(id));
-        let args = [
+        let checkpoint = dir.join(id).to_str().expect("utf-8").to_string();
+        let mut args = vec![
             "--brokers",
             &cluster.brokers,
             "--zookeeper",
@@ -436,25 +416,12 @@ fn two_instances_answer_by_owner_as_one() {
             "--cluster",
             "--instance-id",
             id,
-            "--batch",
-            "1s",
-            "--slide",
-            "1s",
-            "--window",
-            "10s",
-            "--retention",
-            "120s",
-            "--asn-db",
-            &asn_arg,
-            "--country-db",
-            &country_arg,
-            "--rules",
-            &rules_arg,
             "--kafka-config",
             "session.timeout.ms=6000",
             "--kafka-config",
             "heartbeat.interval.ms=1000",
         ];
+        args.extend(options.iter().map(String::as_str));
         Service::spawn_exactly(None, listen.parse().expect("address"), &args, &[])
     };
     let (mut a, mut b) = (start("a"), start("b"));

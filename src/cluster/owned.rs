@@ -10,8 +10,9 @@ use std::time::Instant;
 use super::fanout::{DEADLINE, Fanout};
 use super::part::{Ask, PartRequest};
 use crate::owners::OwnerKind;
-use crate::query::{Grouping, Range};
-use crate::vocab::{IpKey, Network, Subject, parse_ip};
+use crate::query::owners::{AsnMembers, OwnerTrust};
+use crate::query::{Grouping, Range, top_networks};
+use crate::vocab::{IpKey, Subject, parse_ip};
 
 /// The cluster's owners of one kind over a range.
 #[derive(Clone, Debug)]
@@ -29,10 +30,7 @@ pub struct Owned {
 /// One AS over the cluster.
 #[derive(Clone, Debug)]
 pub struct AsnOwned {
-    pub count: u64,
-    pub distinct_ips: u64,
-    pub top: Vec<(IpKey, u64)>,
-    pub networks: Vec<(Network, u64, u64)>,
+    pub members: AsnMembers,
     pub exact: bool,
     pub cluster: super::fanout::ClusterField,
 }
@@ -103,27 +101,19 @@ impl Fanout {
             prefix4: 24,
             prefix6: 64,
         };
-        let mut networks: BTreeMap<Network, (u64, u64)> = BTreeMap::new();
-        for (ip, count) in &counts {
-            let entry = networks
-                .entry(Network::of(*ip, grouping.prefix4, grouping.prefix6))
-                .or_default();
-            entry.0 += count;
-            entry.1 += 1;
-        }
-        let mut networks: Vec<(Network, u64, u64)> =
-            networks.into_iter().map(|(k, (c, d))| (k, c, d)).collect();
-        networks.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        networks.truncate(n);
+        let (networks, _) = top_networks(counts.iter().map(|(ip, c)| (*ip, *c)), grouping, n);
         let mut top: Vec<(IpKey, u64)> = counts.iter().map(|(ip, c)| (*ip, *c)).collect();
         top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.truncate(n);
         let answered = parts.iter().flatten();
         AsnOwned {
-            count: answered.clone().map(|p| p.within_count).sum(),
-            distinct_ips: counts.len() as u64,
-            top,
-            networks,
+            members: AsnMembers {
+                count: answered.clone().map(|p| p.within_count).sum(),
+                distinct_ips: counts.len() as u64,
+                top,
+                networks,
+                trust: OwnerTrust::default(),
+            },
             exact: answered.clone().all(|p| p.exact),
             cluster: self.field(&members, &parts, &reached),
         }

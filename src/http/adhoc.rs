@@ -21,8 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AppState;
 use super::problem::Problem;
 use super::views::{
-    AsnView, Counted, Exactness, IpCount, NetworkItem, NetworkTopView, OwnerItem, OwnerTopView,
-    PaneCount, WindowView, rfc3339,
+    AsnView, Counted, Exactness, IpCount, NetworkTopView, OwnerItem, OwnerTopView, PaneCount,
+    WindowView, rfc3339,
 };
 use crate::answers::{Answer, Question};
 use crate::owners::Owners;
@@ -410,24 +410,13 @@ fn render(answer: Answer, view: &Snapshot, owners: Option<&Owners>) -> Bytes {
         } => {
             let trust = members.trust;
             let exactness = Exactness::of(trust.summarized, trust.error_bound, trust.summarized);
-            serde_json::to_vec(&AsnView {
+            serde_json::to_vec(&AsnView::new(
                 asn,
-                org: owners.and_then(|o| o.org(asn)).map(|org| org.to_string()),
-                window: window(range),
-                count: exactness.counted(members.count),
-                distinct_ips: members.distinct_ips,
-                top: ip_counts(members.top, &exactness),
-                networks: members
-                    .networks
-                    .into_iter()
-                    .map(|t| NetworkItem {
-                        network: t.network.to_string(),
-                        count: exactness.counted(t.count),
-                        distinct_ips: t.distinct_ips,
-                    })
-                    .collect(),
+                owners,
+                window(range),
+                members,
                 exactness,
-            })
+            ))
         }
     };
     json.unwrap_or_default().into()

@@ -19,8 +19,8 @@ use super::AppState;
 use super::adhoc::{self, Asked};
 use super::problem::Problem;
 use super::views::{
-    AsnView, Exactness, IpView, NetworkItem, NetworkTopView, OwnerItem, OwnerTopView, PaneCount,
-    TopView, WindowView, rfc3339,
+    AsnView, Exactness, IpView, NetworkTopView, OwnerItem, OwnerTopView, PaneCount, TopView,
+    WindowView, rfc3339,
 };
 use crate::cluster::fanout::{ClusterField, Fanout, complete};
 use crate::cluster::part::{PartReply, PartRequest, read_key, time_of};
@@ -220,29 +220,13 @@ pub async fn asn(
         Exactness::of(true, 0, true)
     };
     Ok(json(
-        AsnView {
+        AsnView::new(
             asn,
-            org: state
-                .sources
-                .owners
-                .as_ref()
-                .and_then(|o| o.org(asn))
-                .map(|org| org.to_string()),
-            window: window_of(range, snapshot),
-            count: exactness.counted(owned.count),
-            distinct_ips: owned.distinct_ips,
-            top: adhoc::ip_counts(owned.top, &exactness),
-            networks: owned
-                .networks
-                .into_iter()
-                .map(|(network, count, distinct_ips)| NetworkItem {
-                    network: network.to_string(),
-                    count: exactness.counted(count),
-                    distinct_ips,
-                })
-                .collect(),
+            state.sources.owners.as_deref(),
+            window_of(range, snapshot),
+            owned.members,
             exactness,
-        },
+        ),
         owned.cluster,
     ))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::owners::{OwnerKind, Owners};
-use crate::query::owners::OwnerCount;
+use crate::query::owners::{AsnMembers, OwnerCount};
 use crate::query::{Grouping, NetworkCount};
 use crate::rules::{Firing, Transition};
 use crate::snapshot::{HistoryPoint, MemoryStatus, Snapshot};
@@ -159,14 +159,17 @@ impl NetworkTopView {
             prefix4: grouping.prefix4,
             prefix6: grouping.prefix6,
             distinct_networks,
-            top: top
-                .into_iter()
-                .map(|t| NetworkItem {
-                    network: t.network.to_string(),
-                    count: exactness.counted(t.count),
-                    distinct_ips: t.distinct_ips,
-                })
-                .collect(),
+            top: top.iter().map(|t| NetworkItem::of(t, &exactness)).collect(),
+        }
+    }
+}
+
+impl NetworkItem {
+    pub fn of(t: &NetworkCount, exactness: &Exactness) -> Self {
+        NetworkItem {
+            network: t.network.to_string(),
+            count: exactness.counted(t.count),
+            distinct_ips: t.distinct_ips,
         }
     }
 }
@@ -237,6 +240,35 @@ pub struct OwnerTopView {
     pub top: Vec<OwnerItem>,
     #[serde(flatten)]
     pub exactness: Exactness,
+}
+
+impl AsnView {
+    pub fn new(
+        asn: u32,
+        owners: Option<&Owners>,
+        window: WindowView,
+        members: AsnMembers,
+        exactness: Exactness,
+    ) -> Self {
+        AsnView {
+            asn,
+            org: owners.and_then(|o| o.org(asn)).map(|org| org.to_string()),
+            window,
+            count: exactness.counted(members.count),
+            distinct_ips: members.distinct_ips,
+            top: members
+                .top
+                .into_iter()
+                .map(|(ip, lower)| IpCount::new(ip, lower, &exactness))
+                .collect(),
+            networks: members
+                .networks
+                .iter()
+                .map(|t| NetworkItem::of(t, &exactness))
+                .collect(),
+            exactness,
+        }
+    }
 }
 
 /// One autonomous system over a range (`/api/v1/asns/{asn}`).

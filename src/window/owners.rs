@@ -64,6 +64,25 @@ fn shrunk(totals: &[OwnerTotal], error: u64, capacity: usize) -> (Vec<OwnerTotal
     (kept, error + summary.error_bound())
 }
 
+/// Adds `count` requests and `distinct` addresses of `who` under its AS
+/// and under its country.
+fn add_owner(
+    asns: &mut FxHashMap<u32, (u64, u64)>,
+    countries: &mut FxHashMap<u32, (u64, u64)>,
+    who: Owner,
+    count: u64,
+    distinct: u64,
+) {
+    for (per_key, key) in [
+        (asns, OwnerKind::Asn.key_of(who)),
+        (countries, OwnerKind::Country.key_of(who)),
+    ] {
+        let entry = per_key.entry(key).or_default();
+        entry.0 += count;
+        entry.1 += distinct;
+    }
+}
+
 /// Totals per key, sorted by key.
 fn totals(per_key: FxHashMap<u32, (u64, u64)>) -> Vec<OwnerTotal> {
     let mut list: Vec<OwnerTotal> = per_key
@@ -115,14 +134,7 @@ impl PaneOwners {
         }
         let (mut asns, mut countries) = (FxHashMap::default(), FxHashMap::default());
         for (who, (count, distinct)) in keys.iter().zip(&per_place) {
-            for (per_key, key) in [
-                (&mut asns, OwnerKind::Asn.key_of(*who)),
-                (&mut countries, OwnerKind::Country.key_of(*who)),
-            ] {
-                let entry: &mut (u64, u64) = per_key.entry(key).or_default();
-                entry.0 += count;
-                entry.1 += distinct;
-            }
+            add_owner(&mut asns, &mut countries, *who, *count, *distinct);
         }
         PaneOwners {
             keys,
@@ -148,32 +160,14 @@ impl PaneOwners {
         for (network, bounds) in summary.v4.iter().chain(summary.v6.iter()) {
             let who = owner(IpKey::from_bits(network.bounds().0));
             listed += bounds.lower;
-            for (per_key, key) in [
-                (&mut asns, OwnerKind::Asn.key_of(who)),
-                (&mut countries, OwnerKind::Country.key_of(who)),
-            ] {
-                per_key.entry(key).or_insert((0, 0)).0 += bounds.lower;
-            }
+            add_owner(&mut asns, &mut countries, who, bounds.lower, 0);
         }
         for (ip, _) in counts.iter() {
             let who = owner(ip);
-            for (per_key, key) in [
-                (&mut asns, OwnerKind::Asn.key_of(who)),
-                (&mut countries, OwnerKind::Country.key_of(who)),
-            ] {
-                per_key.entry(key).or_insert((0, 0)).1 += 1;
-            }
+            add_owner(&mut asns, &mut countries, who, 0, 1);
         }
         let unlisted = summary.total.saturating_sub(listed);
-        PaneOwners {
-            keys: Vec::new(),
-            of: Vec::new(),
-            asns: totals(asns),
-            countries: totals(countries),
-            asn_error: unlisted,
-            country_error: unlisted,
-            by_address: false,
-        }
+        PaneOwners::totals_only(totals(asns), totals(countries), unlisted, unlisted)
     }
 
     /// These owners once the pane is summarized to `capacity` keys a level:
@@ -183,6 +177,16 @@ impl PaneOwners {
     pub fn folded(&self, capacity: usize) -> PaneOwners {
         let (asns, asn_error) = shrunk(&self.asns, self.asn_error, capacity);
         let (countries, country_error) = shrunk(&self.countries, self.country_error, capacity);
+        PaneOwners::totals_only(asns, countries, asn_error, country_error)
+    }
+
+    /// Owners known by their totals alone (not address by address).
+    fn totals_only(
+        asns: Vec<OwnerTotal>,
+        countries: Vec<OwnerTotal>,
+        asn_error: u64,
+        country_error: u64,
+    ) -> PaneOwners {
         PaneOwners {
             keys: Vec::new(),
             of: Vec::new(),
@@ -204,15 +208,8 @@ impl PaneOwners {
         country_error: u64,
     ) -> Option<PaneOwners> {
         let ordered = |list: &[OwnerTotal]| list.windows(2).all(|w| w[0].key < w[1].key);
-        (ordered(&asns) && ordered(&countries)).then_some(PaneOwners {
-            keys: Vec::new(),
-            of: Vec::new(),
-            asns,
-            countries,
-            asn_error,
-            country_error,
-            by_address: false,
-        })
+        (ordered(&asns) && ordered(&countries))
+            .then(|| PaneOwners::totals_only(asns, countries, asn_error, country_error))
     }
 
     /// Whether every address's owner is known (the pane's counts are exact).
