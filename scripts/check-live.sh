@@ -10,8 +10,14 @@ BIN=${IPSTATS_BIN:-$ROOT/target/debug/ipstats}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 work=$(mktemp -d)
+# Databases of owners over the demo's addresses, so that the answers by AS
+# and country are checked against the spec too.
+"$ROOT/.cache/venv/bin/python" scripts/make-mmdb.py asn "$work/asn.mmdb" 0.0.0.0/2=64500:FIRST-QUARTER \
+  64.0.0.0/2=64501:SECOND-QUARTER 128.0.0.0/1=64502:UPPER-HALF 2000::/3=64510:V6-GLOBAL
+"$ROOT/.cache/venv/bin/python" scripts/make-mmdb.py country "$work/country.mmdb" 0.0.0.0/1=DE 128.0.0.0/2=FR 2000::/3=NL
 "$BIN" --listen "127.0.0.1:$port" --batch 200ms --slide 1s --window 20s \
-  --checkpoint-dir "$work/checkpoint" >"$work/ipstats.log" 2>&1 &
+  --checkpoint-dir "$work/checkpoint" --asn-db "$work/asn.mmdb" --country-db "$work/country.mmdb" \
+  >"$work/ipstats.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -50,6 +56,9 @@ echo "check-live: promtool check rules and test rules: passed"
 
 status=$(curl -s -o /dev/null -w '%{http_code}' "$base/api/v1/top?n=0")
 [ "$status" = 400 ] || fail "n=0 answered $status, not 400"
+busiest() { curl -fsS "$base/api/v1/top?group=asn&n=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["top"][0]["org"])'; }
+case $(busiest) in *QUARTER | UPPER-HALF | V6-GLOBAL) ;; *) fail "group=asn named no AS of the database: $(busiest)" ;; esac
+echo "check-live: answers by AS name the database's organisations"
 
 events=$(curl -sN --max-time 30 "$base/api/v1/events?limit=2&n=3" | grep -c '^event: snapshot$' || true)
 [ "$events" = 2 ] || fail "/api/v1/events?limit=2 sent $events snapshot events, not 2"

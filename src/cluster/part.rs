@@ -198,9 +198,10 @@ impl PartRequest {
             }
             Ask::Owners { group } => {
                 if let Some(kind) = OwnerKind::parse(group) {
+                    // What the owners' counts may lack, not the addresses'.
                     let (owned, trust) = owned_addresses(range.panes(kept), kind);
-                    reply.exact &= !trust.summarized;
-                    reply.error_bound += trust.error_bound;
+                    reply.exact = !trust.summarized;
+                    reply.error_bound = trust.error_bound;
                     reply.owned = owned
                         .into_iter()
                         .map(|(key, count, addresses)| {
@@ -212,7 +213,8 @@ impl PartRequest {
             }
             Ask::AsnMembers { asn } => {
                 let members = asn_members(range.panes(kept), *asn, usize::MAX);
-                reply.exact &= !members.trust.summarized;
+                reply.exact = !members.trust.summarized;
+                reply.error_bound = members.trust.error_bound;
                 reply.within_count = members.count;
                 reply.items = members
                     .top
@@ -387,6 +389,50 @@ mod tests {
             },
         );
         assert_eq!(ip.panes, vec![(0, 1000, 5), (1000, 2000, 1)]);
+    }
+
+    #[test]
+    fn parts_by_owner_give_each_owner_its_requests_and_addresses() {
+        let owner = |ip: IpKey| crate::owners::Owner {
+            asn: if ip.is_v4() { 64500 } else { 64501 },
+            country: crate::vocab::Country::UNKNOWN,
+        };
+        let owned = |p: Arc<Pane>| {
+            let owners = crate::window::PaneOwners::of(&p.counts, owner);
+            Arc::new(Pane {
+                owners: Some(Arc::new(owners)),
+                ..Pane::clone(&p)
+            })
+        };
+        let kept = vec![
+            owned(pane(0, &[("10.0.0.1", 5), ("2001:db8::1", 3)])),
+            owned(pane(1, &[("10.0.0.1", 1), ("10.0.1.9", 4)])),
+        ];
+        let by_asn = ask(
+            &kept,
+            None,
+            Ask::Owners {
+                group: "asn".into(),
+            },
+        );
+        assert!(by_asn.exact);
+        assert_eq!(
+            by_asn.owned,
+            vec![
+                (
+                    "AS64500".to_string(),
+                    10,
+                    vec!["10.0.0.1".to_string(), "10.0.1.9".to_string()]
+                ),
+                ("AS64501".to_string(), 3, vec!["2001:db8::1".to_string()]),
+            ]
+        );
+        let members = ask(&kept, None, Ask::AsnMembers { asn: 64500 });
+        assert_eq!(members.within_count, 10);
+        assert_eq!(
+            members.items,
+            vec![("10.0.0.1".into(), 6, 1), ("10.0.1.9".into(), 4, 1)]
+        );
     }
 
     #[test]
