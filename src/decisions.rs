@@ -342,6 +342,34 @@ mod tests {
     }
 
     #[test]
+    fn owner_keys_are_decisions_of_the_local_api_s_as_and_country_scopes() {
+        let dir = dir();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let d = Decisions::open(&dir);
+        let owners = [
+            firing("cloud", "AS64501", t0, None),
+            firing("land", "DE", t0, None),
+        ];
+        let new = d
+            .stream("key-a", true, Some(&owners), t0)
+            .expect("stream")
+            .new
+            .expect("new");
+        let got: Vec<(&str, &str)> = new
+            .iter()
+            .map(|d| (d.scope.as_str(), d.value.as_str()))
+            .collect();
+        assert_eq!(got, vec![("AS", "64501"), ("Country", "DE")]);
+        // No address is held by them.
+        let ip = crate::vocab::parse_ip("10.1.2.3");
+        assert!(
+            d.list(Some(&owners), t0, ip, None)
+                .expect("list")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn each_bouncer_hears_what_changed_and_a_restart_forgets_nothing() {
         let dir = dir();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
