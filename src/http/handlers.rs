@@ -141,15 +141,16 @@ pub async fn top(
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// `group`: `asn` or `country` (400 otherwise, or beside `prefix4` /
-/// `prefix6`); 404 when the database it needs is not loaded.
+/// `group`: `asn` or `country` (400 otherwise); 404 beside `prefix4` /
+/// `prefix6` (well formed, but no answer is grouped both ways) and when the
+/// database it needs is not loaded.
 fn owner_kind(state: &AppState, group: &str, asked: &Asked<'_>) -> Result<OwnerKind, Problem> {
     let kind = OwnerKind::parse(group).ok_or_else(|| {
         Problem::bad_request(format!("group must be asn or country, got {group:?}"))
     })?;
     if asked.prefix4.is_some() || asked.prefix6.is_some() {
-        return Err(Problem::bad_request(
-            "group and prefix4/prefix6 are two groupings: ask for one of them",
+        return Err(Problem::not_found(
+            "no answer is grouped both by owner (group) and by network (prefix4/prefix6): ask for one of them",
         ));
     }
     has_database(state, kind)?;
@@ -180,15 +181,17 @@ pub async fn asn(
         .strip_prefix("AS")
         .or_else(|| text.strip_prefix("as"))
         .unwrap_or(&text);
-    let asn = digits
-        .parse::<u32>()
-        .ok()
-        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            Problem::bad_request(format!(
-                "{text:?} is not an AS number (16509 or AS16509, at most 4294967295)"
-            ))
-        })?;
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::bad_request(format!(
+            "{text:?} is not an AS number (16509 or AS16509)"
+        )));
+    }
+    // Well formed, but past the largest AS number: no such AS.
+    let asn = digits.parse::<u32>().map_err(|_| {
+        Problem::not_found(format!(
+            "{text:?} names no autonomous system: AS numbers go up to 4294967295"
+        ))
+    })?;
     let n = parse_n(query.n.as_deref(), MAX_TOP_N)?;
     let fanout = cluster::fanout(&state, query.scope.as_deref())?;
     has_database(&state, OwnerKind::Asn)?;
