@@ -5,7 +5,7 @@
 #   scripts/bench.sh            5,000,000 realistic lines over 6 partitions, 3 alternating rounds
 #   scripts/bench.sh --smoke    200,000 lines, 1 round (a quick check that everything runs)
 #
-#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster
+#   BENCH_LINES, BENCH_ROUNDS override the size; BENCH_ONLY=ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster,backlog
 #   runs only those sections. BENCH_BASELINE=/path/to/an/older/ipstats adds its rows beside
 #   ipstats' own in the ingest and file sections, alternated round by round ("baseline …"):
 #   old and new binaries side by side on the same data. Results go to bench-results/
@@ -78,7 +78,7 @@ owner_dbs() {
   OWNER_DBS=(--asn-db "$OUT/asn.mmdb" --country-db "$OUT/country.mmdb")
 }
 
-ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster}
+ONLY=${BENCH_ONLY:-ingest,streams,spark,file,wrk,sse,memory,hostile,query,cluster,backlog}
 # A budget the ingest corpus outgrows, so that the "summarizing" row counts
 # with summarized panes: a 20 s window of 200 ms panes runs in 2 MiB, whose
 # open-pane share (512 KiB) a batch of the corpus outgrows.
@@ -559,12 +559,62 @@ cluster_rows() {
 }
 if section cluster; then cluster_rows; fi
 
+# ---- a backlog replayed: log time advancing at 1,000 lines a second ------------------
+# BACKLOG_LINES lines over 6 partitions whose log times span BACKLOG_LINES / 1000
+# seconds (25 minutes at the default), as a replay after downtime reads them;
+# kcat beside ipstats at three pane sizes, alternating rounds, each whole
+# process from start until lag 0.
+BACKLOG_LINES=${BENCH_BACKLOG_LINES:-$((LINES < 3000000 ? LINES / 2 : 1500000))}
+backlog_topic() {
+  local topic="bench-backlog-$BACKLOG_LINES" start
+  if [ "$(topic_size "$topic")" != "$BACKLOG_LINES" ]; then
+    scripts/cluster.sh kafka-topics --bootstrap-server "$BROKERS" --delete --topic "$topic" >/dev/null 2>&1 || true
+    start=$(date -u -d "-$((BACKLOG_LINES / 1000 + 60)) seconds" +%Y-%m-%dT%H:%M:%SZ)
+    "$BIN" produce --brokers "$BROKERS" --topic "$topic" --partitions "$PARTITIONS" --count "$BACKLOG_LINES" \
+      --rate 0 --ips 100000 --zipf 1.1 --seed 7 --malformed-ratio 0.01 --start-time "$start" --time-rate 1000 >&2
+  fi
+  echo "$topic"
+}
+# backlog_round NAME ROUND TOPIC ARGS...: one ipstats run over the backlog.
+backlog_round() {
+  local name=$1 round=$2 topic=$3 port dir pid started timing wall cpu
+  shift 3
+  port=$(free_port)
+  dir=$(mktemp -d)
+  started=$(date +%s.%N)
+  pid=$(start_ipstats "$topic" "$port" "$dir" "$@")
+  timing=$(wait_consumed "$port" "$BACKLOG_LINES" "$pid")
+  wall=$(num "${timing% *} - $started")
+  cpu=$(proc_cpu_s "$pid")
+  stop_ipstats "$pid"
+  rm -rf "$dir"
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":0}' \
+    "$name" "$round" "$BACKLOG_LINES" "$wall" "$cpu")"
+  log "$name round $round: ${wall}s wall, ${cpu}s CPU"
+}
+backlog_rows() {
+  local topic t wall user sys rss
+  topic=$(backlog_topic)
+  for round in $(seq 1 "$ROUNDS"); do
+    t="$OUT/time.$$"
+    /usr/bin/time -f '%e %U %S %M' -o "$t" kcat -C -b "$BROKERS" -t "$topic" -o beginning -e -q >/dev/null
+    read -r wall user sys rss <"$t"
+    record "$(printf '{"row":"backlog: kcat","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
+      "$round" "$BACKLOG_LINES" "$(num "$wall")" "$(num "$user + $sys")" "$rss")"
+    log "backlog: kcat round $round: ${wall}s wall"
+    backlog_round "backlog: ipstats, 100 ms panes" "$round" "$topic" --batch 100ms --slide 100ms --window 60s
+    backlog_round "backlog: ipstats, 1 s panes" "$round" "$topic" --batch 1s --slide 1s --window 60s
+    backlog_round "backlog: ipstats, defaults" "$round" "$topic" --batch 1s --slide 5s --window 60s
+  done
+}
+if section backlog; then backlog_rows; fi
+
 # ---- the table ------------------------------------------------------------------------
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 LINES_M = next((r["records"] for r in rows if r.get("row") == "cluster failover"), 0) / 1e6
-NAMES = ["kcat", "ipstats", "cluster of one (core 0)", "cluster of two (cores 0, 1)", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats with ASN and country databases", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope"]
+NAMES = ["kcat", "ipstats", "cluster of one (core 0)", "cluster of two (cores 0, 1)", "baseline ipstats", "ipstats by arrival time", "baseline ipstats by arrival time", "ipstats summarizing (budget reached)", "ipstats with 100 rules", "baseline ipstats with 100 rules", "ipstats with ASN and country databases", "ipstats under wrk", "ipstats with 1000 event streams", "kafka streams", "spark", "goaccess", "ipstats count", "baseline ipstats count", "wc -l", "goaccess clf", "ipstats count clf", "ipstats count envelope", "backlog: kcat", "backlog: ipstats, 100 ms panes", "backlog: ipstats, 1 s panes", "backlog: ipstats, defaults"]
 def median(name, key):
     values = [r[key] for r in rows if r.get("row") == name and key in r]
     return statistics.median(values) if values else None
@@ -621,6 +671,9 @@ for text, a, b, least, digits in [
     ("event time >= 0.9x arrival time", "ipstats", "ipstats by arrival time", 0.9, 2),
     ("100 rules >= 0.95x none", "ipstats with 100 rules", "ipstats", 0.95, 2),
     ("ASN and country databases >= 0.95x none", "ipstats with ASN and country databases", "ipstats", 0.95, 2),
+    ("backlog, 100 ms panes >= 1.2x kcat", "backlog: ipstats, 100 ms panes", "backlog: kcat", 1.2, 2),
+    ("backlog, 1 s panes >= 1.2x kcat", "backlog: ipstats, 1 s panes", "backlog: kcat", 1.2, 2),
+    ("backlog, defaults >= 1.2x kcat", "backlog: ipstats, defaults", "backlog: kcat", 1.2, 2),
     ("summarizing (memory budget reached) >= 0.9x exact", "ipstats summarizing (budget reached)", "ipstats", 0.9, 2),
     ("1,000 event streams (n=100) cost <= 5% of ingest", "ipstats with 1000 event streams", "ipstats", 0.95, 2),
     ("CLF lines >= 0.8x the JSON rate (ipstats count)", "ipstats count clf", "ipstats count", 0.8, 2),
