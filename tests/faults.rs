@@ -507,7 +507,13 @@ fn corrupt_newest(dir: &Path, how: &str) -> String {
         _ => {
             let manifest = ipstats::checkpoint::newest_manifest(dir).expect("newest manifest");
             let seq = manifest.panes.iter().max().expect("a pane");
-            let pane = dir.join("panes").join(format!("pane-{seq:016}.bin"));
+            // The newest pane is in the segment the newest checkpoint wrote.
+            let pane = match manifest.segments.iter().find(|s| s.panes.contains(seq)) {
+                Some(segment) => dir
+                    .join("panes")
+                    .join(format!("seg-{:016}.bin", segment.id)),
+                None => dir.join("panes").join(format!("pane-{seq:016}.bin")),
+            };
             let mut bytes = std::fs::read(&pane).expect("pane");
             for i in (8..bytes.len()).step_by(97) {
                 bytes[i] ^= 0x5a;

@@ -31,6 +31,10 @@ pub const SUMMARIZED_VERSION: u32 = 3;
 /// was folded, and cannot be read again from what it keeps.
 pub const OWNED_VERSION: u32 = 4;
 const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
+/// The version of manifests that name segments (files holding the panes one
+/// checkpoint wrote). Versions 1 and 2 (a file per pane) are still read.
+pub const MANIFEST_VERSION: u32 = 3;
+const SEGMENT_MAGIC: &[u8; 8] = b"IPSSEGM1";
 
 pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
 
@@ -346,6 +350,56 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
     })
 }
 
+// ---- segments ----------------------------------------------------------------
+
+/// The panes one checkpoint wrote, in one file: the magic, the number of
+/// panes, then each pane's length and its bytes as a pane file holds them
+/// (with its own CRC); the file's CRC last.
+pub(super) fn encode_segment<'a>(panes: impl Iterator<Item = &'a Pane>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(SEGMENT_MAGIC);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let mut count = 0u32;
+    let mut one = Vec::new();
+    for pane in panes {
+        encode_pane_into(pane, &mut one);
+        out.extend_from_slice(&(one.len() as u32).to_le_bytes());
+        out.extend_from_slice(&one);
+        count += 1;
+    }
+    out[8..12].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// The panes of a segment file.
+pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Vec<Pane>, CheckpointError> {
+    let body = verify_crc(path, bytes)?;
+    let bad = || corrupt(path, "malformed segment");
+    let mut r = Reader(body);
+    if r.take::<8>().as_ref() != Some(SEGMENT_MAGIC) {
+        return Err(corrupt(path, "not a segment file"));
+    }
+    let count = r.u32().ok_or_else(bad)? as usize;
+    let mut panes = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let len = r.u32().ok_or_else(bad)? as usize;
+        panes.push(decode_pane(path, r.bytes(len).ok_or_else(bad)?)?);
+    }
+    if !r.0.is_empty() {
+        return Err(bad());
+    }
+    Ok(panes)
+}
+
+/// A segment a manifest uses: its file (named by `id`, the first pane it
+/// holds) and which of its panes the manifest takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub id: u64,
+    pub panes: Vec<u64>,
+}
+
 // ---- manifests -------------------------------------------------------------
 
 /// The settings that shape state: a checkpoint only fits a run with the same.
@@ -502,6 +556,10 @@ pub struct Manifest {
     /// `--rules`: the alerts' state (absent without rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<crate::rules::SavedAlerts>,
+    /// The segment files holding the panes (format 3); a pane in none of
+    /// them has a file of its own (written by an older build).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
 }
 
 pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {
@@ -516,11 +574,11 @@ pub(super) fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, Che
     let body = verify_crc(path, bytes)?;
     let manifest: Manifest = serde_json::from_slice(body)
         .map_err(|e| corrupt(path, format!("malformed manifest: {e}")))?;
-    if !(1..=FORMAT_VERSION).contains(&manifest.format) {
+    if !(1..=MANIFEST_VERSION).contains(&manifest.format) {
         return Err(corrupt(
             path,
             format!(
-                "format version {}, expected 1..={FORMAT_VERSION}",
+                "format version {}, expected 1..={MANIFEST_VERSION}",
                 manifest.format
             ),
         ));

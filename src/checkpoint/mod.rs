@@ -8,8 +8,13 @@
 //! ```text
 //! lock                            held (flock) by the one process using the directory
 //! instance-id                     this instance's name in ZooKeeper's owner znodes (see offsets::instance)
-//! panes/pane-<seq>.bin            one closed pane, written once (immutable)
-//! manifest-<seq>.json             live panes + next offsets + shaping settings
+//! panes/seg-<seq>.bin             the panes one checkpoint wrote (the first is <seq>),
+//!                                 written once (immutable), removed when no kept
+//!                                 manifest uses any of them
+//! panes/pane-<seq>.bin            one pane a file, as builds before segments wrote
+//!                                 (still read)
+//! manifest-<seq>.json             live panes and the segments holding them + next
+//!                                 offsets + shaping settings
 //! ```
 //! Every file ends with a CRC-32 of its contents and is written atomically:
 //! temp file, fsync, rename, fsync the directory. The newest two manifests
@@ -122,6 +127,10 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CheckpointError {
 
 fn pane_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(PANES_DIR).join(format!("pane-{seq:016}.bin"))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(PANES_DIR).join(format!("seg-{id:016}.bin"))
 }
 
 fn manifest_path(dir: &Path, seq: u64) -> PathBuf {

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::codec::{Manifest, Shape, decode_manifest, decode_pane};
-use super::{CheckpointError, PANES_DIR, corrupt, io, manifest_path, manifest_seqs, pane_path};
+use super::codec::{Manifest, Shape, decode_manifest, decode_pane, decode_segment};
+use super::{
+    CheckpointError, PANES_DIR, corrupt, io, manifest_path, manifest_seqs, pane_path, segment_path,
+};
 use crate::durable::sync_dir;
 use crate::window::Pane;
 
@@ -70,8 +72,26 @@ pub fn load(dir: &Path) -> Result<Option<Restored>, CheckpointError> {
 fn load_manifest(dir: &Path, path: &Path) -> Result<(Manifest, Vec<Arc<Pane>>), CheckpointError> {
     let bytes = fs::read(path).map_err(io(path))?;
     let manifest = decode_manifest(path, &bytes)?;
+    let mut in_segments: HashMap<u64, Pane> = HashMap::new();
+    for segment in &manifest.segments {
+        let file = segment_path(dir, segment.id);
+        let bytes = fs::read(&file).map_err(|e| corrupt(&file, e.to_string()))?;
+        let wanted: std::collections::HashSet<u64> = segment.panes.iter().copied().collect();
+        for pane in decode_segment(&file, &bytes)? {
+            if wanted.contains(&pane.seq) {
+                in_segments.insert(pane.seq, pane);
+            }
+        }
+        if let Some(missing) = segment.panes.iter().find(|s| !in_segments.contains_key(s)) {
+            return Err(corrupt(&file, format!("holds no pane {missing}")));
+        }
+    }
     let mut panes = Vec::with_capacity(manifest.panes.len());
     for seq in &manifest.panes {
+        if let Some(pane) = in_segments.remove(seq) {
+            panes.push(Arc::new(pane));
+            continue;
+        }
         let pane_file = pane_path(dir, *seq);
         let bytes = fs::read(&pane_file).map_err(|e| corrupt(&pane_file, e.to_string()))?;
         let pane = decode_pane(&pane_file, &bytes)?;
@@ -166,8 +186,9 @@ mod tests {
         assert_eq!(restored.manifest.panes, [0, 1]);
         assert_eq!(restored.manifest.offsets[0].next, 20);
 
-        // the newest pane is damaged: the older manifest is used
-        let newest_pane = pane_path(&dir, 1);
+        // the newest pane is damaged (in the segment the second checkpoint
+        // wrote): the older manifest is used
+        let newest_pane = segment_path(&dir, 1);
         let mut bytes = fs::read(&newest_pane).expect("pane");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;

@@ -2,7 +2,7 @@
 //! prunes what no kept manifest needs, and tells its caller when a
 //! checkpoint is durable.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,12 +14,13 @@ use tracing::{info, warn};
 
 use super::CheckpointJob;
 use super::codec::{
-    FORMAT_VERSION, Manifest, PartitionOffset, Shape, encode_manifest, encode_pane_into, millis,
+    MANIFEST_VERSION, Manifest, PartitionOffset, Segment, Shape, encode_manifest, encode_segment,
+    millis,
 };
 use super::store::Restored;
 use super::{
     CheckpointError, MANIFESTS_KEPT, PANES_DIR, io, manifest_path, manifest_seqs, pane_path,
-    parse_seq,
+    parse_seq, segment_path,
 };
 use crate::durable::{sync_dir, write_atomically};
 use crate::metrics::Metrics;
@@ -33,12 +34,22 @@ pub struct Written {
     pub panes_written: usize,
 }
 
+/// Where a pane on disk is: a file of its own (written by an older build),
+/// or a segment (the panes one checkpoint wrote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    File,
+    Segment(u64),
+}
+
 /// Writes checkpoints into one directory; remembers what is already there.
 #[derive(Debug)]
 pub struct Writer {
     dir: PathBuf,
     shape: Shape,
-    on_disk: BTreeSet<u64>,
+    on_disk: BTreeMap<u64, Place>,
+    /// Segment files on disk.
+    segments: BTreeSet<u64>,
     /// The kept manifests (oldest first) and the panes each references.
     kept: VecDeque<(u64, Vec<u64>)>,
     next_manifest: u64,
@@ -67,16 +78,31 @@ impl Writer {
                 fs::remove_file(&path).map_err(io(&path))?;
             }
         }
-        let mut on_disk = BTreeSet::new();
+        let mut on_disk = BTreeMap::new();
+        let mut segments = BTreeSet::new();
         for entry in fs::read_dir(&panes_dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name();
             let name = name.to_str().unwrap_or_default();
-            match parse_seq(name, "pane-", ".bin") {
-                Some(seq) if seq < next_pane => {
-                    on_disk.insert(seq);
+            let pane = parse_seq(name, "pane-", ".bin");
+            let segment = parse_seq(name, "seg-", ".bin");
+            match (pane, segment) {
+                (Some(seq), _) if seq < next_pane => {
+                    on_disk.insert(seq, Place::File);
+                }
+                (_, Some(id)) if id < next_pane => {
+                    segments.insert(id);
                 }
                 _ => fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+            }
+        }
+        // The restored manifest says which panes its segments hold; a
+        // segment it does not use goes at the first prune.
+        for segment in restored.iter().flat_map(|r| &r.manifest.segments) {
+            if segments.contains(&segment.id) {
+                for seq in &segment.panes {
+                    on_disk.insert(*seq, Place::Segment(segment.id));
+                }
             }
         }
         sync_dir(&panes_dir)?;
@@ -89,36 +115,50 @@ impl Writer {
             dir: dir.to_path_buf(),
             shape,
             on_disk,
+            segments,
             kept,
             next_manifest: last_manifest + 1,
             buffer: Vec::new(),
         })
     }
 
-    /// Writes the panes not yet on disk, then the manifest; then removes what
-    /// no kept manifest needs. Nothing is deleted unless the new manifest is
-    /// durable, so a failure never costs the last good checkpoint.
+    /// Writes the panes not yet on disk (one segment file), then the
+    /// manifest; then removes what no kept manifest needs. Nothing is
+    /// deleted unless the new manifest is durable, so a failure never costs
+    /// the last good checkpoint.
     pub fn write(&mut self, job: &CheckpointJob) -> Result<Written, CheckpointError> {
         let mut bytes_written = 0u64;
-        let mut panes_written = 0;
-        let panes_dir = self.dir.join(PANES_DIR);
-        for pane in &job.panes {
-            if self.on_disk.contains(&pane.seq) {
-                continue;
-            }
-            encode_pane_into(pane, &mut self.buffer);
-            write_atomically(&pane_path(&self.dir, pane.seq), &self.buffer)?;
+        let new: Vec<&Arc<crate::window::Pane>> = job
+            .panes
+            .iter()
+            .filter(|p| !self.on_disk.contains_key(&p.seq))
+            .collect();
+        let panes_written = new.len();
+        // One file for all of them: a replay at small panes writes hundreds
+        // of new panes a checkpoint, and a file each costs the filesystem
+        // far more than their bytes.
+        if let Some(id) = new.iter().map(|p| p.seq).min() {
+            encode_segment(new.iter().map(|p| &***p), &mut self.buffer);
+            write_atomically(&segment_path(&self.dir, id), &self.buffer)?;
+            sync_dir(&self.dir.join(PANES_DIR))?;
             bytes_written += self.buffer.len() as u64;
-            panes_written += 1;
+            self.segments.insert(id);
+            for pane in &new {
+                self.on_disk.insert(pane.seq, Place::Segment(id));
+            }
         }
-        if panes_written > 0 {
-            sync_dir(&panes_dir)?;
-        }
+        let mut segments: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for pane in &job.panes {
-            self.on_disk.insert(pane.seq);
+            if let Some(Place::Segment(id)) = self.on_disk.get(&pane.seq) {
+                segments.entry(*id).or_default().push(pane.seq);
+            }
         }
         let manifest = Manifest {
-            format: FORMAT_VERSION,
+            segments: segments
+                .into_iter()
+                .map(|(id, panes)| Segment { id, panes })
+                .collect(),
+            format: MANIFEST_VERSION,
             seq: self.next_manifest,
             written_at_ms: millis(SystemTime::now()),
             shape: self.shape.clone(),
@@ -168,18 +208,47 @@ impl Writer {
             .iter()
             .flat_map(|(_, p)| p.iter().copied())
             .collect();
-        let unneeded: Vec<u64> = self.on_disk.difference(&needed).copied().collect();
-        for seq in unneeded {
-            match fs::remove_file(pane_path(&self.dir, seq)) {
-                Ok(()) => {
+        let unneeded: Vec<(u64, Place)> = self
+            .on_disk
+            .iter()
+            .filter(|(seq, _)| !needed.contains(seq))
+            .map(|(seq, place)| (*seq, *place))
+            .collect();
+        for (seq, place) in unneeded {
+            match place {
+                Place::Segment(_) => {
                     self.on_disk.remove(&seq);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.on_disk.remove(&seq);
+                Place::File => {
+                    if removed(&pane_path(&self.dir, seq)) {
+                        self.on_disk.remove(&seq);
+                    }
                 }
-                Err(_) => {}
             }
         }
+        // A segment goes once none of its panes is needed.
+        let used: BTreeSet<u64> = self
+            .on_disk
+            .values()
+            .filter_map(|place| match place {
+                Place::Segment(id) => Some(*id),
+                Place::File => None,
+            })
+            .collect();
+        let unused: Vec<u64> = self.segments.difference(&used).copied().collect();
+        for id in unused {
+            if removed(&segment_path(&self.dir, id)) {
+                self.segments.remove(&id);
+            }
+        }
+    }
+}
+
+/// Removes a file; true when it is gone (also when it already was).
+fn removed(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -396,11 +465,127 @@ mod tests {
         assert_eq!(
             panes,
             [
-                "pane-0000000000000003.bin",
-                "pane-0000000000000004.bin",
-                "pane-0000000000000005.bin"
+                "seg-0000000000000003.bin",
+                "seg-0000000000000004.bin",
+                "seg-0000000000000005.bin"
             ]
         );
         fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir.join(PANES_DIR))
+            .expect("panes")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_checkpoint_s_new_panes_share_one_file_kept_while_any_is_needed() {
+        let dir = temp("segments");
+        let mut writer = Writer::new(&dir, shape(), None).expect("writer");
+        let p = |s: u64| pane(s, &[("10.0.0.1", 1), ("2001:db8::1", 2)]);
+        writer
+            .write(&job(vec![p(0), p(1), p(2)]))
+            .expect("three new");
+        assert_eq!(files(&dir), ["seg-0000000000000000.bin"]);
+        writer.write(&job(vec![p(2), p(3)])).expect("one new");
+        writer.write(&job(vec![p(3), p(4)])).expect("one new");
+        // The kept manifests need 2, 3 and 4: the first segment stays for 2.
+        assert_eq!(
+            files(&dir),
+            [
+                "seg-0000000000000000.bin",
+                "seg-0000000000000003.bin",
+                "seg-0000000000000004.bin"
+            ]
+        );
+        let restored = load(&dir).expect("load").expect("a checkpoint");
+        assert_eq!(restored.manifest.panes, [3, 4]);
+        assert_eq!(restored.manifest.format, MANIFEST_VERSION);
+        writer.write(&job(vec![p(4), p(5)])).expect("one new");
+        assert_eq!(
+            files(&dir),
+            [
+                "seg-0000000000000003.bin",
+                "seg-0000000000000004.bin",
+                "seg-0000000000000005.bin"
+            ],
+            "the first segment goes with its last needed pane"
+        );
+        // A writer continuing after a restart knows the segments' panes.
+        let restored = load(&dir).expect("load").expect("a checkpoint");
+        let counts: Vec<_> = restored.panes.iter().map(|p| p.requests).collect();
+        assert_eq!(counts, [3, 3]);
+        let mut again = Writer::new(&dir, shape(), Some(&restored)).expect("writer");
+        let written = again.write(&job(vec![p(5), p(6)])).expect("one new");
+        assert_eq!(written.panes_written, 1);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_checkpoint_of_one_file_a_pane_is_read_and_pruned_as_before() {
+        // A manifest to start from, written by this build elsewhere.
+        let template = temp("legacy-template");
+        Writer::new(&template, shape(), None)
+            .expect("writer")
+            .write(&job(vec![pane(0, &[("10.0.0.1", 1)])]))
+            .expect("template");
+        let mut manifest = newest_manifest_of(&template);
+        fs::remove_dir_all(&template).expect("cleanup");
+        // As a build before segments wrote it: a file a pane, format 2.
+        let dir = temp("legacy");
+        fs::create_dir_all(dir.join(PANES_DIR)).expect("dir");
+        for seq in [0, 1] {
+            fs::write(
+                pane_path(&dir, seq),
+                encode_pane(&pane(seq, &[("10.0.0.1", 1)])),
+            )
+            .expect("pane");
+        }
+        manifest.format = 2;
+        manifest.segments.clear();
+        manifest.panes = vec![0, 1];
+        manifest.next_pane_seq = 2;
+        fs::write(
+            manifest_path(&dir, manifest.seq),
+            encode_manifest(&manifest),
+        )
+        .expect("old manifest");
+        let restored = load(&dir).expect("load").expect("the old checkpoint");
+        assert_eq!(restored.panes.len(), 2);
+        let mut writer = Writer::new(&dir, shape(), Some(&restored)).expect("writer");
+        let write = |writer: &mut Writer, seqs: [u64; 2]| {
+            let panes = seqs.iter().map(|s| pane(*s, &[("10.0.0.1", 1)])).collect();
+            writer.write(&job(panes)).expect("write");
+        };
+        write(&mut writer, [1, 2]);
+        write(&mut writer, [2, 3]);
+        assert_eq!(
+            files(&dir),
+            [
+                "pane-0000000000000001.bin",
+                "seg-0000000000000002.bin",
+                "seg-0000000000000003.bin"
+            ]
+        );
+        assert_eq!(load(&dir).expect("load").expect("new").panes.len(), 2);
+        write(&mut writer, [3, 4]);
+        assert_eq!(
+            files(&dir),
+            [
+                "seg-0000000000000002.bin",
+                "seg-0000000000000003.bin",
+                "seg-0000000000000004.bin"
+            ],
+            "the old pane files go once no kept manifest needs them"
+        );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    fn newest_manifest_of(dir: &Path) -> Manifest {
+        super::super::newest_manifest(dir).expect("a manifest")
     }
 }
