@@ -56,16 +56,10 @@ const HEAVY_AS: u64 = 64501;
 /// An ASN database for the corpus (scripts/make-mmdb.py, the test venv's
 /// mmdb-writer), in `dir`.
 fn asn_db(dir: &std::path::Path) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = dir.join("asn.mmdb");
-    let status = std::process::Command::new(root.join(".cache/venv/bin/python"))
-        .arg(root.join("scripts/make-mmdb.py"))
-        .args(["asn", path.to_str().expect("utf-8")])
-        .arg(format!("2001:db8::/32={CLOUD_AS}:ROTATING-CLOUD"))
-        .arg(format!("10.9.9.0/24={HEAVY_AS}:HEAVY-HITTERS"))
-        .status()
-        .expect("python runs (scripts/setup.sh makes the venv with mmdb-writer)");
-    assert!(status.success(), "make-mmdb.py");
+    let cloud = format!("2001:db8::/32={CLOUD_AS}:ROTATING-CLOUD");
+    let heavy = format!("10.9.9.0/24={HEAVY_AS}:HEAVY-HITTERS");
+    common::write_mmdb("asn", &path, &[&cloud, &heavy]);
     path.to_str().expect("utf-8").to_string()
 }
 

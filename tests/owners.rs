@@ -11,32 +11,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Service, cluster, get_json, json_line, unique, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Writes a MaxMind DB of `kind` (`asn`, `country`) with `entries`.
-fn write_db(kind: &str, path: &Path, entries: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join(".cache/venv/bin/python");
-    let python = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    };
-    let status = std::process::Command::new(python)
-        .arg(root.join("scripts/make-mmdb.py"))
-        .arg(kind)
-        .arg(path)
-        .args(entries)
-        .status()
-        .expect("python runs (scripts/setup.sh makes the venv with mmdb-writer)");
-    assert!(status.success(), "make-mmdb.py {kind} {}", path.display());
-}
 
 /// Who is behind an address, as the test's databases say (`asn_of` maps
 /// the rotating cloud's /16).
@@ -192,8 +173,8 @@ const ASN_ENTRIES: [&str; 3] = [
 fn prepared(dir: &Path, rules: &str) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("dir");
     let (asn_db, country_db) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
-    write_db("asn", &asn_db, &ASN_ENTRIES);
-    write_db(
+    common::write_mmdb("asn", &asn_db, &ASN_ENTRIES);
+    common::write_mmdb(
         "country",
         &country_db,
         &["198.51.0.0/16=DE", "203.0.113.0/24=FR", "2001:db8::/32=NL"],
@@ -222,6 +203,18 @@ fn prepared(dir: &Path, rules: &str) -> Vec<String> {
         path(&rules_file),
     ])
     .collect()
+}
+
+/// Until the service's log holds `text` `times` times.
+fn wait_logged(svc: &Service, text: &str, times: usize) {
+    wait_for(text, WAIT, || {
+        let seen = svc.log_text().matches(text).count();
+        if seen >= times {
+            Ok(())
+        } else {
+            Err(format!("logged {seen} of {times} times"))
+        }
+    });
 }
 
 /// Seconds since the epoch now.
@@ -311,14 +304,7 @@ fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
     // A corrupt database on SIGHUP: refused, the old one stays in force.
     std::fs::write(&asn_db, b"\xab\xcd\xefMaxMind.com but nothing else").expect("corrupt");
     svc.signal("HUP");
-    wait_for("the corrupt database refused", WAIT, || {
-        let log = svc.log_text();
-        if log.contains("the databases were not reloaded") {
-            Ok(())
-        } else {
-            Err("no refusal logged".to_string())
-        }
-    });
+    wait_logged(&svc, "the databases were not reloaded", 1);
     let more = traffic(first + 50, first + 60, 64501);
     produce(&cluster, &topic, 2, &more);
     lines.extend(more);
@@ -329,15 +315,9 @@ fn owners_answer_as_a_count_from_scratch_and_a_rule_catches_a_rotating_as() {
     // it; the older ones keep what they were told.
     let renamed = ASN_ENTRIES.map(|e| e.replace("64501:ROTATING-CLOUD", "64999:RENAMED-CLOUD"));
     let renamed: Vec<&str> = renamed.iter().map(String::as_str).collect();
-    write_db("asn", &asn_db, &renamed);
+    common::write_mmdb("asn", &asn_db, &renamed);
     svc.signal("HUP");
-    wait_for("the new database taken", WAIT, || {
-        if svc.log_text().matches("SIGHUP: database reloaded").count() >= 2 {
-            Ok(())
-        } else {
-            Err("not reloaded yet".to_string())
-        }
-    });
+    wait_logged(&svc, "SIGHUP: database reloaded", 2);
     let renamed = traffic(first + 60, first + 70, 64999);
     produce(&cluster, &topic, 2, &renamed);
     lines.extend(renamed);

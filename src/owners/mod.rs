@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use maxminddb::Reader;
@@ -229,7 +228,6 @@ pub struct Owners {
     /// Bumped on every reload: attributors forget what they remembered.
     generation: AtomicU64,
     orgs: Mutex<FxHashMap<u32, Arc<str>>>,
-    reloaded: Mutex<Option<SystemTime>>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -258,7 +256,6 @@ impl Owners {
             databases: ArcSwap::from_pointee(databases),
             generation: AtomicU64::new(0),
             orgs: Mutex::default(),
-            reloaded: Mutex::default(),
         })))
     }
 
@@ -269,9 +266,6 @@ impl Owners {
         let info = databases.info();
         self.databases.store(Arc::new(databases));
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut at) = self.reloaded.lock() {
-            *at = Some(SystemTime::now());
-        }
         Ok(info)
     }
 

@@ -897,3 +897,25 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Writes a MaxMind DB of `kind` (`asn` or `country`) with `entries`
+/// (`203.0.113.0/24=64500:ORG` or `203.0.113.0/24=DE`) to `path`, with
+/// `scripts/make-mmdb.py` and the test venv's mmdb-writer.
+#[allow(dead_code)] // not every test file writes databases
+pub fn write_mmdb(kind: &str, path: &std::path::Path, entries: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join(".cache/venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        std::path::PathBuf::from("python3")
+    };
+    let status = std::process::Command::new(python)
+        .arg(root.join("scripts/make-mmdb.py"))
+        .arg(kind)
+        .arg(path)
+        .args(entries)
+        .status()
+        .expect("python runs (scripts/setup.sh makes the venv with mmdb-writer)");
+    assert!(status.success(), "make-mmdb.py {kind} {}", path.display());
+}
