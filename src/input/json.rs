@@ -5,9 +5,14 @@
 //! Invalid UTF-8 can only change a line inside strings (outside them, bytes
 //! ≥ 0x80 are invalid JSON either way), and never swallows an ASCII byte, so
 //! the scanner reads bytes and decodes lossily only what it compares or
-//! returns. Until a string holds a byte ≥ 0x80 the line is known to be ASCII,
-//! which spares ordinary lines a separate UTF-8 check.
+//! returns. A valid line without a byte ≥ 0x80 is ASCII, which spares
+//! ordinary lines a separate UTF-8 check.
+//!
+//! A first pass ([`super::classify`]) marks the bytes that end a run of
+//! string contents; the scanner crosses each string by looking up the next
+//! mark, and reads the bytes between strings itself.
 
+use super::classify::classify;
 use crate::vocab::SkipReason;
 
 /// serde_json refuses containers nested this deep; so do we.
@@ -28,20 +33,32 @@ pub(super) fn json_fields(
     line: &[u8],
     paths: Paths<'_>,
     lossy_keys: bool,
-    scratch: &mut String,
+    scratch: &mut JsonScratch,
     ascii: &mut bool,
 ) -> Result<Found, SkipReason> {
+    let high = classify(line, &mut scratch.special);
     let mut scanner = Scanner {
         bytes: line,
+        special: &scratch.special,
         pos: 0,
-        non_ascii: false,
         lossy_keys,
     };
     let found = scanner
-        .top_level(paths, scratch)
+        .top_level(paths, &mut scratch.text)
         .map_err(|Invalid| SkipReason::NotJson)?;
-    *ascii = !scanner.non_ascii;
+    // Outside strings a byte >= 0x80 is invalid: a valid line holds them in
+    // strings only.
+    *ascii = !high;
     Ok(found)
+}
+
+/// Buffers the scanner reuses from line to line.
+#[derive(Debug, Default)]
+pub(super) struct JsonScratch {
+    /// Decoded keys (and, for the caller, decoded values).
+    pub(super) text: String,
+    /// The marks of [`classify`].
+    special: Vec<u64>,
 }
 
 /// The line is not valid JSON.
@@ -60,9 +77,9 @@ pub(super) enum FieldValue {
 
 struct Scanner<'a> {
     bytes: &'a [u8],
+    /// A bit per byte of `bytes`: quotes, backslashes, control characters.
+    special: &'a [u64],
     pos: usize,
-    /// A string held a byte >= 0x80 (outside strings such bytes are invalid).
-    non_ascii: bool,
     /// Keys that are not UTF-8 may match the path (it holds U+FFFD).
     lossy_keys: bool,
 }
@@ -335,18 +352,8 @@ impl Scanner<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            let rest = &self.bytes[self.pos..];
-            self.pos += if self.non_ascii {
-                special_byte::<false>(rest)
-            } else {
-                special_byte::<true>(rest)
-            }
-            .ok_or(Invalid)?;
+            self.pos = self.next_special().ok_or(Invalid)?;
             match self.bytes[self.pos] {
-                0x80.. => {
-                    self.non_ascii = true;
-                    self.pos += 1;
-                }
                 b'"' => {
                     self.pos += 1;
                     return Ok((start, self.pos - 1, escaped));
@@ -359,6 +366,17 @@ impl Scanner<'_> {
                 _ => return Err(Invalid), // control character
             }
         }
+    }
+
+    /// The first quote, backslash or control character at or after `pos`.
+    fn next_special(&self) -> Option<usize> {
+        let mut word = self.pos / 64;
+        let mut bits = self.special.get(word)? & (!0 << (self.pos % 64));
+        while bits == 0 {
+            word += 1;
+            bits = *self.special.get(word)?;
+        }
+        Some(word * 64 + bits.trailing_zeros() as usize)
     }
 
     /// After a backslash: one escape, with serde_json's surrogate rules.
@@ -401,38 +419,6 @@ impl Scanner<'_> {
         self.pos += 4;
         Ok(unit)
     }
-}
-
-/// The index of the first byte in `bytes` that ends a run of plain string
-/// contents: a quote, a backslash or a control character; with `HIGH`, also
-/// a byte >= 0x80 (until the first one, a line is known to be ASCII).
-///
-/// Eight bytes at a time ("SWAR"): per lane, `x - 0x01` borrows into the high
-/// bit only when the lane is zero (or the lane below borrowed, which only
-/// happens above a hit), so the lowest flagged lane is exact.
-fn special_byte<const HIGH: bool>(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero_lane = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        let hits = zero_lane(word ^ (ONES * u64::from(b'"')))
-            | zero_lane(word ^ (ONES * u64::from(b'\\')))
-            // A lane below 0x20 borrows when 0x20 is taken from it.
-            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS)
-            | if HIGH { word & HIGHS } else { 0 };
-        if hits != 0 {
-            return Some(offset + (hits.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || (HIGH && b >= 0x80))
-        .map(|i| offset + i)
 }
 
 /// Unescapes the contents of a JSON string already validated by the scanner;
@@ -536,37 +522,6 @@ mod tests {
             let mut decoded = String::new();
             decode_string(written.as_bytes(), &mut decoded);
             prop_assert_eq!(decoded, text);
-        }
-
-        #[test]
-        fn word_scan_finds_the_first_special_byte(
-            bytes in prop::collection::vec(prop_oneof![
-                0x20u8..0x7f, Just(b'"'), Just(b'\\'), 0u8..0x20, 0x80u8..=0xff,
-            ], 0..80),
-            hit_byte in 0u8..0x80,
-        ) {
-            let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
-            let expected = bytes.iter().position(|&b| special(b));
-            prop_assert_eq!(special_byte::<false>(&bytes), expected);
-            let expected_high = bytes.iter().position(|&b| special(b) || b >= 0x80);
-            prop_assert_eq!(special_byte::<true>(&bytes), expected_high);
-            // Plain runs of every length end in a hit at every lane.
-            let plain: Vec<u8> = bytes.iter().map(|&b| if special(b) { b'a' } else { b }).collect();
-            let ascii: Vec<u8> = plain.iter().map(|&b| b & 0x7f | 0x20).filter(|&b| !special(b)).collect();
-            for hit in [0u8, 0x1f, b'"', b'\\'] {
-                let mut line = plain.clone();
-                line.push(hit);
-                prop_assert_eq!(special_byte::<false>(&line), Some(plain.len()));
-                let mut line = ascii.clone();
-                line.push(hit);
-                prop_assert_eq!(special_byte::<true>(&line), Some(ascii.len()));
-            }
-            let mut line = ascii.clone();
-            line.push(0x80 | hit_byte);
-            prop_assert_eq!(special_byte::<true>(&line), Some(ascii.len()));
-            prop_assert_eq!(special_byte::<false>(&line), None);
-            prop_assert_eq!(special_byte::<false>(&plain), None);
-            prop_assert_eq!(special_byte::<true>(&ascii), None);
         }
     }
 }

@@ -14,7 +14,7 @@ use super::clf;
 pub use super::field::ClientField;
 use super::field::strip_newline;
 pub use super::hint::Hint;
-use super::json::{FieldValue, decode_bytes, decode_string, json_fields};
+use super::json::{FieldValue, JsonScratch, decode_bytes, decode_string, json_fields};
 pub use super::reference::parse_reference;
 use super::time::TimeCache;
 pub use super::time::parse_time;
@@ -46,8 +46,9 @@ const OTHER_FORMAT_HINT_MIN: u64 = 3;
 /// Buffers reused from line to line.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Decoded keys and the decoded client field.
-    text: String,
+    /// The JSON scanner's buffers; its text holds decoded keys and the
+    /// decoded client field.
+    json: JsonScratch,
     /// The decoded time field.
     time: String,
     times: TimeCache,
@@ -144,7 +145,7 @@ impl Parser {
             line,
             [Some(envelope), None],
             self.field.lossy_keys,
-            &mut self.scratch.text,
+            &mut self.scratch.json,
             ascii,
         )?;
         let inner = match found {
@@ -201,14 +202,14 @@ fn read_record(
     }
     let paths = [Some(&*field.path), field.time_path.as_deref()];
     let [ip_value, time_value] =
-        json_fields(line, paths, field.lossy_keys, &mut scratch.text, ascii)?;
+        json_fields(line, paths, field.lossy_keys, &mut scratch.json, ascii)?;
     let ip_bytes = match ip_value {
         None => return Err(SkipReason::MissingField),
         Some(FieldValue::Other { .. }) => return Err(SkipReason::InvalidIp),
         Some(FieldValue::Plain { start, end }) => &line[start..end],
         Some(FieldValue::Escaped { start, end }) => {
-            decode_string(&line[start..end], &mut scratch.text);
-            scratch.text.as_bytes()
+            decode_string(&line[start..end], &mut scratch.json.text);
+            scratch.json.text.as_bytes()
         }
     };
     let ip = client_of(field, ip_bytes)?;

@@ -4,8 +4,9 @@
 //! reference-counted event; at full speed that bookkeeping costs as much as
 //! parsing the line. librdkafka's `rd_kafka_consume_batch_queue` hands over
 //! up to a whole array of records under one queue lock. It is reachable only
-//! through the C API, so this module is the one place in ipstats where
-//! `unsafe` is allowed; every block says why it is sound.
+//! through the C API, so this module is one of the two places in ipstats
+//! where `unsafe` is allowed (the other is `input::classify`); every block
+//! says why it is sound.
 //!
 //! Which queue: each assigned partition's fetch queue is forwarded to a
 //! queue of our own ([`BatchQueue::route`]), not read from the consumer
