@@ -25,7 +25,7 @@ use crate::config::{ConfigError, OffsetReset, Secret, Settings};
 use crate::deliver::{self, Targets};
 use crate::http::access::Access;
 use crate::http::serve::{ConnectionLimits, raise_fd_limit, serve};
-use crate::http::{AppState, ServiceInfo, Sources, Streams, router};
+use crate::http::{AppData, AppState, ServiceInfo, Sources, Streams, router};
 use crate::kafka::{
     ClusterView, KafkaConsumer, KafkaContext, MonitorClients, Rebalances, ViewReceiver,
     consumer_config, run_monitor,
@@ -505,7 +505,7 @@ pub fn serve_http(
             view,
         )?)),
     };
-    let state = AppState {
+    let state = AppState::from(AppData {
         bouncer_keys: settings.bouncer_keys.clone().map(Arc::new),
         decisions: settings
             .bouncer_keys
@@ -523,7 +523,7 @@ pub fn serve_http(
             settings.allowed_hosts.clone(),
         )),
         info: Arc::new(info),
-    };
+    });
     parts.task(
         "HTTP server",
         Stage::Serve,

@@ -121,7 +121,7 @@ fn state(ready: bool) -> AppState {
         checkpoint: Arc::new(checkpoint::Status::default()),
         owners: None,
     };
-    AppState {
+    AppState::from(AppData {
         cluster: None,
         bouncer_keys: None,
         decisions: None,
@@ -146,7 +146,7 @@ fn state(ready: bool) -> AppState {
             time_field: Some("time_local".into()),
             lateness: std::time::Duration::from_secs(5),
         }),
-    }
+    })
 }
 
 async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
