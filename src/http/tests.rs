@@ -38,6 +38,11 @@ fn pane(seq: u64, counts: &[(&str, u32)]) -> Arc<Pane> {
 }
 
 fn state(ready: bool) -> AppState {
+    data(ready).into()
+}
+
+/// The parts of [`state`], for a test to change one.
+fn data(ready: bool) -> AppData {
     let panes = vec![
         pane(0, &[("10.0.0.1", 3), ("2001:db8::1", 1)]),
         pane(1, &[("10.0.0.1", 2), ("10.0.0.2", 5)]),
@@ -121,7 +126,7 @@ fn state(ready: bool) -> AppState {
         checkpoint: Arc::new(checkpoint::Status::default()),
         owners: None,
     };
-    AppState::from(AppData {
+    AppData {
         cluster: None,
         bouncer_keys: None,
         decisions: None,
@@ -146,7 +151,7 @@ fn state(ready: bool) -> AppState {
             time_field: Some("time_local".into()),
             lateness: std::time::Duration::from_secs(5),
         }),
-    })
+    }
 }
 
 async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
@@ -543,9 +548,9 @@ async fn ask(router: &Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCod
 #[tokio::test]
 async fn a_token_guards_the_data_but_not_the_probes() {
     const TOKEN: &str = "0123456789abcdef-token";
-    let mut guarded = state(true);
+    let mut guarded = data(true);
     guarded.access = Arc::new(access::Access::new(Some(TOKEN), false, None));
-    let router = router(guarded);
+    let router = router(guarded.into());
     for uri in [
         "/api/v1/top",
         "/api/v1/offsets",
@@ -576,9 +581,9 @@ async fn a_token_guards_the_data_but_not_the_probes() {
     for open in ["/healthz", "/readyz", "/", "/dashboard.js", "/openapi.yaml"] {
         assert_eq!(ask(&router, open, &[]).await.0, StatusCode::OK, "{open}");
     }
-    let mut metrics_open = state(true);
+    let mut metrics_open = data(true);
     metrics_open.access = Arc::new(access::Access::new(Some(TOKEN), true, None));
-    let router = super::router(metrics_open);
+    let router = super::router(metrics_open.into());
     assert_eq!(ask(&router, "/metrics", &[]).await.0, StatusCode::OK);
     assert_eq!(
         ask(&router, "/api/v1/status", &[]).await.0,
@@ -588,13 +593,13 @@ async fn a_token_guards_the_data_but_not_the_probes() {
 
 #[tokio::test]
 async fn a_loopback_instance_answers_only_to_its_own_names() {
-    let mut local = state(true);
+    let mut local = data(true);
     local.access = Arc::new(access::Access::new(
         None,
         false,
         Some(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]),
     ));
-    let router = router(local);
+    let router = router(local.into());
     for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
         assert_eq!(
             ask(&router, "/api/v1/top", &[("host", host)]).await.0,
