@@ -130,6 +130,14 @@ time_cmd() {
 }
 
 proc_cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# proc_threads_cpu_s PID NAME: CPU seconds of PID's threads called NAME
+# (the fields after the name: utime and stime are the 12th and 13th).
+proc_threads_cpu_s() {
+  local task
+  for task in /proc/"$1"/task/*; do
+    if [ "$(cat "$task/comm" 2>/dev/null)" = "$2" ]; then sed 's/.*) //' "$task/stat"; fi
+  done | awk -v hz="$CLK_TCK" '{ s += $12 + $13 } END { printf "%.2f", s / hz }'
+}
 proc_hwm_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 proc_rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 
@@ -171,7 +179,7 @@ wait_consumed() {
 # with 100 rules loaded (addresses, /24s and /64s over 1 min and 10 min);
 # with `owners`, with --asn-db and --country-db (see owner_dbs).
 ipstats_round() {
-  local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" timing ended first cpu hwm wall healthz=""
+  local name=$1 round=$2 port dir started pid wrk_pid="" sse_pid="" timing ended first cpu http_cpu hwm wall healthz=""
   port=$(free_port)
   dir=$(mktemp -d)
   started=$(date +%s.%N)
@@ -222,6 +230,8 @@ ipstats_round() {
     record "$(printf '{"row":"panes summarized","round":%d,"panes":%d}' "$round" "${summarized:-0}")"
   fi
   cpu=$(proc_cpu_s "$pid")
+  # The HTTP server's threads (the async runtime's): what serving cost.
+  http_cpu=$(proc_threads_cpu_s "$pid" ipstats-http)
   hwm=$(proc_hwm_kib "$pid")
   stop_ipstats "$pid"
   rm -rf "$dir"
@@ -234,15 +244,16 @@ ipstats_round() {
     first_json=",\"first_s\":$first"
     first_text=" (first records counted after ${first}s)"
   fi
-  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d%s}' \
-    "$name" "$round" "$LINES" "$wall" "$cpu" "$hwm" "$first_json")"
-  log "$name round $round: ${wall}s wall$first_text, ${cpu}s CPU (ipstats only), ${hwm} KiB peak"
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"http_cpu_s":%s,"peak_rss_kib":%d%s}' \
+    "$name" "$round" "$LINES" "$wall" "$cpu" "$http_cpu" "$hwm" "$first_json")"
+  log "$name round $round: ${wall}s wall$first_text, ${cpu}s CPU (ipstats only; ${http_cpu}s of it serving HTTP), ${hwm} KiB peak"
   if [ -n "$wrk_pid" ]; then
-    local rps p99
+    local rps p99 requests
     rps=$(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
     p99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
-    record "$(printf '{"row":"wrk top n=100","round":%d,"connections":64,"requests_per_s":%s,"p99":"%s","p99_ms":%s}' \
-      "$round" "$rps" "$p99" "$(to_ms "$p99")")"
+    requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk.txt")
+    record "$(printf '{"row":"wrk top n=100","round":%d,"connections":64,"requests_per_s":%s,"requests":%d,"http_cpu_s":%s,"p99":"%s","p99_ms":%s}' \
+      "$round" "$rps" "$requests" "$http_cpu" "$p99" "$(to_ms "$p99")")"
     log "wrk round $round: $rps requests/s, p99 $p99"
   fi
 }
@@ -691,7 +702,16 @@ budget("ipstats count within 2x of wc -l (wall)", v and f"{v:.2f}x", v and v <= 
 if "ipstats" in rate and "ipstats under wrk" in rate:
     print(f"ingest slow-down under wrk: {100 * (1 - rate['ipstats under wrk'] / rate['ipstats']):.0f}%")
     more = per_cpu["ipstats"] / per_cpu["ipstats under wrk"] - 1
-    budget("ipstats CPU per record under wrk (clients on their own core) <= 10% more", f"{100 * more:.0f}% more", more <= 0.10)
+    # The whole process: ingest plus every request wrk's closed loop
+    # drives, which grows as serving gets cheaper (reported, not a budget).
+    print(f"ipstats CPU per record under wrk, whole process (ingest and serving): {100 * more:.0f}% more")
+    def ingest_cpu(name):
+        return median(name, "cpu_s") - (median(name, "http_cpu_s") or 0)
+    more = ingest_cpu("ipstats under wrk") / ingest_cpu("ipstats") - 1
+    budget("ingest CPU per record under wrk (all but the HTTP threads; clients on their own core) <= 10% more", f"{100 * more:+.0f}%", more <= 0.10)
+    served, http_cpu = median("wrk top n=100", "requests"), median("wrk top n=100", "http_cpu_s")
+    if served and http_cpu:
+        print(f"serving /api/v1/top?n=100 under ingest: {1e6 * http_cpu / served:.1f} us of ipstats CPU per request (HTTP threads, kernel included)")
 if "ipstats" in rate and "ipstats with 1000 event streams" in rate:
     print(f"ingest with 1,000 event streams (n=100) / without, records/s: {rate['ipstats with 1000 event streams'] / rate['ipstats']:.2f}x; "
           f"slowest /healthz meanwhile {median('healthz with 1000 event streams', 'max_ms'):.1f} ms (median of rounds)")
