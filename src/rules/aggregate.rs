@@ -103,8 +103,10 @@ impl Aggregate {
 
     fn add(&mut self, network: Subject, n: u64) {
         let count = self.counts.entry(network).or_insert(0);
+        let before = *count;
         *count += n;
-        if *count >= self.floor {
+        // A key already counted at the floor is in `above` already.
+        if *count >= self.floor && (before < self.floor || before == 0) {
             self.above.insert(network);
         }
     }

@@ -58,8 +58,8 @@ pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
     }
 }
 
-/// Calls `f(key, count)` for the pane's counts (lower bounds in a
-/// summarized pane) by `key`. A summarized pane is read at its network level
+/// Calls `f(key, count)` once for each key of the pane's counts (lower
+/// bounds in a summarized pane) by `key`. A summarized pane is read at its network level
 /// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
 /// rotating over a network no address summary lists still counts there.
 pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u64)) {
@@ -84,11 +84,65 @@ pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u
             }
         }
         None => {
+            // The counts come in address order, so a network's addresses
+            // are neighbours: each network is reported once, summed.
+            let mut run: Option<(Subject, u64)> = None;
             for (ip, n) in pane.counts.iter() {
-                if let Some(network) = network_of(key, ip) {
-                    f(network, u64::from(n));
+                let Some(network) = network_of(key, ip) else {
+                    continue;
+                };
+                match &mut run {
+                    Some((current, sum)) if *current == network => *sum += u64::from(n),
+                    _ => {
+                        if let Some((done, sum)) = run.replace((network, u64::from(n))) {
+                            f(done, sum);
+                        }
+                    }
                 }
             }
+            if let Some((done, sum)) = run {
+                f(done, sum);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::{SkipCounts, parse_ip};
+    use crate::window::{IpMap, PaneCounts};
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn a_networks_addresses_are_reported_once_summed() {
+        let mut counts = IpMap::default();
+        for (ip, n) in [
+            ("10.0.0.9", 1),
+            ("10.0.0.1", 2),
+            ("10.0.1.1", 4),
+            ("10.0.0.200", 8),
+            ("2001:db8::1", 16),
+        ] {
+            counts.add(parse_ip(ip).expect("ip"), n);
+        }
+        let pane = Pane {
+            owners: None,
+            seq: 0,
+            start: UNIX_EPOCH,
+            end: UNIX_EPOCH,
+            counts: PaneCounts::from(&counts),
+            requests: 31,
+            skipped: SkipCounts::default(),
+            ranges: Vec::new(),
+        };
+        let mut seen = Vec::new();
+        for_each_lower(Key::V4(24), &pane, |key, n| seen.push((key, n)));
+        let net = |ip: &str| network_of(Key::V4(24), parse_ip(ip).expect("ip")).expect("v4");
+        assert_eq!(seen, [(net("10.0.0.0"), 11), (net("10.0.1.0"), 4)]);
+        seen.clear();
+        for_each_lower(Key::Ip, &pane, |key, n| seen.push((key, n)));
+        assert_eq!(seen.len(), 5, "every address once: {seen:?}");
+        assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 31);
     }
 }
