@@ -592,7 +592,7 @@ backlog_topic() {
 }
 # backlog_round NAME ROUND TOPIC ARGS...: one ipstats run over the backlog.
 backlog_round() {
-  local name=$1 round=$2 topic=$3 port dir pid started timing wall cpu
+  local name=$1 round=$2 topic=$3 port dir pid started timing wall cpu hwm
   shift 3
   port=$(free_port)
   dir=$(mktemp -d)
@@ -601,11 +601,12 @@ backlog_round() {
   timing=$(wait_consumed "$port" "$BACKLOG_LINES" "$pid")
   wall=$(num "${timing% *} - $started")
   cpu=$(proc_cpu_s "$pid")
+  hwm=$(proc_hwm_kib "$pid")
   stop_ipstats "$pid"
   rm -rf "$dir"
-  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":0}' \
-    "$name" "$round" "$BACKLOG_LINES" "$wall" "$cpu")"
-  log "$name round $round: ${wall}s wall, ${cpu}s CPU"
+  record "$(printf '{"row":"%s","round":%d,"records":%d,"wall_s":%s,"cpu_s":%s,"peak_rss_kib":%d}' \
+    "$name" "$round" "$BACKLOG_LINES" "$wall" "$cpu" "$hwm")"
+  log "$name round $round: ${wall}s wall, ${cpu}s CPU, ${hwm} KiB peak"
 }
 backlog_rows() {
   local topic t wall user sys rss
