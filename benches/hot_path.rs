@@ -18,7 +18,7 @@ use ipstats::count::Tally;
 use ipstats::input::field::ClientField;
 use ipstats::input::parse::{Parser, parse_reference};
 use ipstats::query::{self, Grouping};
-use ipstats::tools::traffic::{Traffic, TrafficConfig};
+use ipstats::tools::traffic;
 use ipstats::vocab::{IpKey, Network, SkipCounts};
 use ipstats::window::{IpMap, Pane, Window};
 
@@ -26,25 +26,7 @@ const FIELD: &str = "client_real_ip";
 const MAX: usize = 64 * 1024;
 
 fn corpus(lines: usize, ips: usize) -> Vec<Vec<u8>> {
-    corpus_in(Format::Json, lines, ips)
-}
-
-/// The same requests as `corpus`, written in `format`.
-fn corpus_in(format: Format, lines: usize, ips: usize) -> Vec<Vec<u8>> {
-    let mut traffic = Traffic::new(&TrafficConfig {
-        ips,
-        zipf: 1.1,
-        seed: 42,
-        malformed_ratio: 0.02,
-    })
-    .with_format(format);
-    (0..lines)
-        .map(|_| {
-            let mut line = Vec::with_capacity(400);
-            traffic.next_line(SystemTime::UNIX_EPOCH, &mut line);
-            line
-        })
-        .collect()
+    traffic::corpus(Format::Json, lines, ips)
 }
 
 fn parse(c: &mut Criterion) {
@@ -74,19 +56,8 @@ fn parse(c: &mut Criterion) {
     });
     // The same requests as nginx's default `combined` text, bare and as a
     // shipper (Filebeat, Vector) wraps it.
-    let clf = corpus_in(Format::Clf, 10_000, 10_000);
-    let wrapped: Vec<Vec<u8>> = clf
-        .iter()
-        .map(|l| {
-            serde_json::json!({
-                "@timestamp": "2026-11-24T06:35:13.000Z",
-                "message": String::from_utf8_lossy(l),
-                "log": {"file": {"path": "/var/log/nginx/access.log"}},
-            })
-            .to_string()
-            .into_bytes()
-        })
-        .collect();
+    let clf = traffic::corpus(Format::Clf, 10_000, 10_000);
+    let wrapped = traffic::in_envelope(&clf);
     for (name, lines, field) in [
         (
             "clf",

@@ -4,31 +4,17 @@
 //!
 //! `cargo run --release --example parse_best [json|json_time|clf|envelope]`
 
+use std::time::Instant;
+
 use ipstats::config::Format;
 use ipstats::input::field::ClientField;
 use ipstats::input::parse::Parser;
-use ipstats::tools::traffic::{Traffic, TrafficConfig};
-use std::time::{Instant, SystemTime};
-fn corpus(format: Format) -> Vec<Vec<u8>> {
-    let mut t = Traffic::new(&TrafficConfig {
-        ips: 10_000,
-        zipf: 1.1,
-        seed: 42,
-        malformed_ratio: 0.02,
-    })
-    .with_format(format);
-    (0..10_000)
-        .map(|_| {
-            let mut l = Vec::new();
-            t.next_line(SystemTime::UNIX_EPOCH, &mut l);
-            l
-        })
-        .collect()
-}
+use ipstats::tools::traffic::{corpus, in_envelope};
+
 fn main() {
-    let json = corpus(Format::Json);
-    let clf = corpus(Format::Clf);
-    let wrapped: Vec<Vec<u8>> = clf.iter().map(|l| serde_json::json!({"@timestamp": "2026-11-24T06:35:13.000Z", "message": String::from_utf8_lossy(l), "log": {"file": {"path": "/var/log/nginx/access.log"}}}).to_string().into_bytes()).collect();
+    let json = corpus(Format::Json, 10_000, 10_000);
+    let clf = corpus(Format::Clf, 10_000, 10_000);
+    let wrapped = in_envelope(&clf);
     let cases: Vec<(&str, &Vec<Vec<u8>>, ClientField)> = vec![
         ("json", &json, ClientField::from("client_real_ip")),
         (

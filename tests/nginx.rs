@@ -370,18 +370,7 @@ fn every_request_real_nginx_answered_is_counted_once_under_its_address() {
         "combined escapes quotes as \\x22"
     );
     // What a shipper (Filebeat, Vector) sends: the line in `message`.
-    let wrapped: Vec<Vec<u8>> = clf
-        .iter()
-        .map(|l| {
-            serde_json::json!({
-                "@timestamp": "2026-11-24T06:35:13.000Z",
-                "message": String::from_utf8_lossy(l),
-                "log": {"file": {"path": "/var/log/nginx/access.log"}},
-            })
-            .to_string()
-            .into_bytes()
-        })
-        .collect();
+    let wrapped = ipstats::tools::traffic::in_envelope(&clf);
 
     // What Docker's json-file driver and Fluent Bit send: the line in `log`.
     let docker: Vec<Vec<u8>> = json

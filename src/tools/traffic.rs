@@ -283,6 +283,42 @@ impl Traffic {
     }
 }
 
+/// The parser benchmarks' corpus: `lines` lines from `ips` Zipf-distributed
+/// clients in `format`, 2 % of them malformed, all at the same instant.
+pub fn corpus(format: Format, lines: usize, ips: usize) -> Vec<Vec<u8>> {
+    let mut traffic = Traffic::new(&TrafficConfig {
+        ips,
+        zipf: 1.1,
+        seed: 42,
+        malformed_ratio: 0.02,
+    })
+    .with_format(format);
+    (0..lines)
+        .map(|_| {
+            let mut line = Vec::with_capacity(400);
+            traffic.next_line(UNIX_EPOCH, &mut line);
+            line
+        })
+        .collect()
+}
+
+/// Each line as a shipper (Filebeat, Vector) sends it: in the `message`
+/// field of a JSON document (bytes that are not UTF-8 become U+FFFD).
+pub fn in_envelope(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    lines
+        .iter()
+        .map(|line| {
+            serde_json::json!({
+                "@timestamp": "2026-11-24T06:35:13.000Z",
+                "message": String::from_utf8_lossy(line),
+                "log": {"file": {"path": "/var/log/nginx/access.log"}},
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect()
+}
+
 /// `bytes` as nginx writes a variable in a default (non-JSON) log format:
 /// `"`, `\\`, control bytes and bytes ≥ 0x7f as `\xHH`.
 fn write_nginx_escaped(bytes: &[u8], out: &mut Vec<u8>) {
