@@ -24,11 +24,21 @@ pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
 /// Temp file, fsync, rename: the file is whole or absent. The caller fsyncs
 /// the directory (once for a group of files) with [`sync_dir`].
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomically_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomically`] for a file written piece by piece: `fill` writes
+/// the temp file (a failure leaves the old file in place).
+pub fn write_atomically_with<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<T>,
+) -> Result<T, FileError> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::File::create(&tmp).map_err(at(&tmp))?;
-    file.write_all(bytes).map_err(at(&tmp))?;
+    let filled = fill(&mut file).map_err(at(&tmp))?;
     file.sync_all().map_err(at(&tmp))?;
-    fs::rename(&tmp, path).map_err(at(path))
+    fs::rename(&tmp, path).map_err(at(path))?;
+    Ok(filled)
 }
 
 /// Makes the directory's entries (new, renamed, removed files) durable.

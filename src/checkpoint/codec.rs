@@ -1,12 +1,14 @@
 //! The bytes of a checkpoint: pane files (binary, little-endian) and
 //! manifests (JSON), each followed by a CRC-32 of what precedes it.
 
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::sink::{Crc, Length, Out, Sink};
 use super::{CheckpointError, corrupt};
 use crate::config::Settings;
 
@@ -47,39 +49,58 @@ pub(super) fn encode_pane(pane: &Pane) -> Vec<u8> {
     out
 }
 
-/// Encodes into `out` (cleared first), so that a writer reuses one buffer.
+/// Encodes into `out` (cleared first).
+#[cfg(test)]
 pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(128 + pane.counts.len() * 20);
-    out.extend_from_slice(PANE_MAGIC);
+    encode_pane_to(pane, out);
+}
+
+/// A pane's bytes, then their CRC-32.
+fn encode_pane_to<S: Sink>(pane: &Pane, sink: &mut S) {
+    let mut crc = Crc::new(sink);
+    encode_pane_body(pane, &mut crc);
+    let sum = crc.finish();
+    sink.put(&sum.to_le_bytes());
+}
+
+/// How many bytes [`encode_pane_to`] writes.
+fn encoded_pane_len(pane: &Pane) -> usize {
+    let mut length = Length::default();
+    encode_pane_body(pane, &mut length);
+    length.0 + 4
+}
+
+fn encode_pane_body(pane: &Pane, out: &mut impl Sink) {
+    out.put(PANE_MAGIC);
     let owners = pane.owners.as_deref().filter(|_| !pane.counts.is_exact());
     let version = match (pane.counts.summary(), owners) {
         (Some(_), Some(_)) => OWNED_VERSION,
         (Some(_), None) => SUMMARIZED_VERSION,
         (None, _) => FORMAT_VERSION,
     };
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&pane.seq.to_le_bytes());
-    out.extend_from_slice(&millis(pane.start).to_le_bytes());
-    out.extend_from_slice(&millis(pane.end).to_le_bytes());
-    out.extend_from_slice(&pane.requests.to_le_bytes());
+    out.put(&version.to_le_bytes());
+    out.put(&pane.seq.to_le_bytes());
+    out.put(&millis(pane.start).to_le_bytes());
+    out.put(&millis(pane.end).to_le_bytes());
+    out.put(&pane.requests.to_le_bytes());
     let skipped = pane.skipped.to_array();
-    out.push(skipped.len() as u8);
+    out.put(&[skipped.len() as u8]);
     for count in skipped {
-        out.extend_from_slice(&count.to_le_bytes());
+        out.put(&count.to_le_bytes());
     }
-    out.extend_from_slice(&(pane.ranges.len() as u32).to_le_bytes());
+    out.put(&(pane.ranges.len() as u32).to_le_bytes());
     for r in &pane.ranges {
-        out.extend_from_slice(&(r.topic.len() as u16).to_le_bytes());
-        out.extend_from_slice(r.topic.as_bytes());
-        out.extend_from_slice(&r.partition.to_le_bytes());
-        out.extend_from_slice(&r.from.to_le_bytes());
-        out.extend_from_slice(&r.until.to_le_bytes());
+        out.put(&(r.topic.len() as u16).to_le_bytes());
+        out.put(r.topic.as_bytes());
+        out.put(&r.partition.to_le_bytes());
+        out.put(&r.from.to_le_bytes());
+        out.put(&r.until.to_le_bytes());
     }
-    out.extend_from_slice(&(pane.counts.len() as u32).to_le_bytes());
+    out.put(&(pane.counts.len() as u32).to_le_bytes());
     for (ip, n) in pane.counts.iter() {
-        out.extend_from_slice(&ip.to_bits().to_le_bytes());
-        out.extend_from_slice(&n.to_le_bytes());
+        out.put(&ip.to_bits().to_le_bytes());
+        out.put(&n.to_le_bytes());
     }
     if let Some(summary) = pane.counts.summary() {
         encode_summary(summary, out);
@@ -87,44 +108,42 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
     if let Some(owners) = owners {
         encode_owners(owners, out);
     }
-    let crc = crc32fast::hash(out);
-    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// A summarized pane's summary, after its addresses' lower bounds: the
 /// addresses' offset, the capacity, each network level (offset, total,
 /// count, then first address, prefix and lower bound of each), and the
 /// distinct-address sketch's registers.
-fn encode_summary(s: &Summarized, out: &mut Vec<u8>) {
-    out.extend_from_slice(&s.offset.to_le_bytes());
-    out.extend_from_slice(&(s.capacity as u32).to_le_bytes());
+fn encode_summary(s: &Summarized, out: &mut impl Sink) {
+    out.put(&s.offset.to_le_bytes());
+    out.put(&(s.capacity as u32).to_le_bytes());
     for level in [&s.v4, &s.v6] {
-        out.extend_from_slice(&level.error_bound().to_le_bytes());
-        out.extend_from_slice(&level.total().to_le_bytes());
-        out.extend_from_slice(&(level.len() as u32).to_le_bytes());
+        out.put(&level.error_bound().to_le_bytes());
+        out.put(&level.total().to_le_bytes());
+        out.put(&(level.len() as u32).to_le_bytes());
         for (network, bounds) in level.iter() {
             let (bits, prefix) = network.to_parts();
-            out.extend_from_slice(&bits.to_le_bytes());
-            out.push(prefix);
-            out.extend_from_slice(&bounds.lower.to_le_bytes());
+            out.put(&bits.to_le_bytes());
+            out.put(&[prefix]);
+            out.put(&bounds.lower.to_le_bytes());
         }
     }
     let registers = s.distinct.registers();
-    out.extend_from_slice(&(registers.len() as u32).to_le_bytes());
-    out.extend_from_slice(registers);
+    out.put(&(registers.len() as u32).to_le_bytes());
+    out.put(registers);
 }
 
 /// A summarized pane's owners: for ASes, then countries, what any key may
 /// lack, the number of keys, then each key, count and distinct addresses.
-fn encode_owners(owners: &PaneOwners, out: &mut Vec<u8>) {
+fn encode_owners(owners: &PaneOwners, out: &mut impl Sink) {
     for kind in [OwnerKind::Asn, OwnerKind::Country] {
         let totals = owners.totals(kind);
-        out.extend_from_slice(&owners.error_bound(kind).to_le_bytes());
-        out.extend_from_slice(&(totals.len() as u32).to_le_bytes());
+        out.put(&owners.error_bound(kind).to_le_bytes());
+        out.put(&(totals.len() as u32).to_le_bytes());
         for t in totals {
-            out.extend_from_slice(&t.key.to_le_bytes());
-            out.extend_from_slice(&t.count.to_le_bytes());
-            out.extend_from_slice(&t.distinct.to_le_bytes());
+            out.put(&t.key.to_le_bytes());
+            out.put(&t.count.to_le_bytes());
+            out.put(&t.distinct.to_le_bytes());
         }
     }
 }
@@ -354,22 +373,20 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
 
 /// The panes one checkpoint wrote, in one file: the magic, the number of
 /// panes, then each pane's length and its bytes as a pane file holds them
-/// (with its own CRC); the file's CRC last.
-pub(super) fn encode_segment<'a>(panes: impl Iterator<Item = &'a Pane>, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(SEGMENT_MAGIC);
-    out.extend_from_slice(&0u32.to_le_bytes());
-    let mut count = 0u32;
-    let mut one = Vec::new();
+/// (with its own CRC); the file's CRC last. Written to `writer` as it is
+/// encoded, so no copy of the segment is held; returns the bytes written.
+pub(super) fn write_segment(panes: &[&Pane], writer: impl Write) -> io::Result<u64> {
+    let mut out = Out::new(writer);
+    let mut crc = Crc::new(&mut out);
+    crc.put(SEGMENT_MAGIC);
+    crc.put(&(panes.len() as u32).to_le_bytes());
     for pane in panes {
-        encode_pane_into(pane, &mut one);
-        out.extend_from_slice(&(one.len() as u32).to_le_bytes());
-        out.extend_from_slice(&one);
-        count += 1;
+        crc.put(&(encoded_pane_len(pane) as u32).to_le_bytes());
+        encode_pane_to(*pane, &mut crc);
     }
-    out[8..12].copy_from_slice(&count.to_le_bytes());
-    let crc = crc32fast::hash(out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let sum = crc.finish();
+    out.put(&sum.to_le_bytes());
+    out.finish()
 }
 
 /// The panes of a segment file.
@@ -617,6 +634,50 @@ mod tests {
                 "flipped byte {flip}"
             );
         }
+    }
+
+    #[test]
+    fn a_segment_is_written_as_it_is_encoded_and_reads_back_pane_by_pane() {
+        // One pane larger than a block of the stream, one empty, one small.
+        let many: Vec<(String, u32)> = (0..20_000u32)
+            .map(|i| {
+                (
+                    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    1 + i % 5,
+                )
+            })
+            .collect();
+        let pairs: Vec<(&str, u32)> = many.iter().map(|(ip, n)| (ip.as_str(), *n)).collect();
+        let panes = [
+            pane(1, &pairs),
+            pane(2, &[]),
+            pane(3, &[("2001:db8::1", 9)]),
+        ];
+        let refs: Vec<&Pane> = panes.iter().map(|p| &**p).collect();
+        let mut bytes = Vec::new();
+        let written = write_segment(&refs, &mut bytes).expect("writes");
+        assert_eq!(written, bytes.len() as u64);
+        // The layout is what the builds before wrote from one buffer.
+        let mut expected = SEGMENT_MAGIC.to_vec();
+        expected.extend_from_slice(&3u32.to_le_bytes());
+        for p in &panes {
+            let one = encode_pane(p);
+            assert_eq!(encoded_pane_len(p), one.len());
+            expected.extend_from_slice(&(one.len() as u32).to_le_bytes());
+            expected.extend_from_slice(&one);
+        }
+        let crc = crc32fast::hash(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
+        assert!(bytes == expected, "the segment's bytes differ");
+        let decoded = decode_segment(Path::new("s"), &bytes).expect("decodes");
+        assert_eq!(decoded.len(), 3);
+        for (d, p) in decoded.iter().zip(&panes) {
+            assert_eq!((d.seq, &d.counts), (p.seq, &p.counts));
+        }
+        // A writer that fails part way: the error, not a short file.
+        let mut short = [0u8; 1000];
+        let err = write_segment(&refs, &mut short[..]).expect_err("no room");
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
     }
 
     #[test]

@@ -14,15 +14,15 @@ use tracing::{info, warn};
 
 use super::CheckpointJob;
 use super::codec::{
-    MANIFEST_VERSION, Manifest, PartitionOffset, Segment, Shape, encode_manifest, encode_segment,
-    millis,
+    MANIFEST_VERSION, Manifest, PartitionOffset, Segment, Shape, encode_manifest, millis,
+    write_segment,
 };
 use super::store::Restored;
 use super::{
     CheckpointError, MANIFESTS_KEPT, PANES_DIR, io, manifest_path, manifest_seqs, pane_path,
     parse_seq, segment_path,
 };
-use crate::durable::{sync_dir, write_atomically};
+use crate::durable::{sync_dir, write_atomically, write_atomically_with};
 use crate::metrics::Metrics;
 use crate::vocab::{LastError, Stamp};
 
@@ -53,8 +53,6 @@ pub struct Writer {
     /// The kept manifests (oldest first) and the panes each references.
     kept: VecDeque<(u64, Vec<u64>)>,
     next_manifest: u64,
-    /// Reused for every pane file: no large allocation per write.
-    buffer: Vec<u8>,
 }
 
 impl Writer {
@@ -118,7 +116,6 @@ impl Writer {
             segments,
             kept,
             next_manifest: last_manifest + 1,
-            buffer: Vec::new(),
         })
     }
 
@@ -138,10 +135,11 @@ impl Writer {
         // of new panes a checkpoint, and a file each costs the filesystem
         // far more than their bytes.
         if let Some(id) = new.iter().map(|p| p.seq).min() {
-            encode_segment(new.iter().map(|p| &***p), &mut self.buffer);
-            write_atomically(&segment_path(&self.dir, id), &self.buffer)?;
+            let panes: Vec<&crate::window::Pane> = new.iter().map(|p| &***p).collect();
+            bytes_written += write_atomically_with(&segment_path(&self.dir, id), |file| {
+                write_segment(&panes, file)
+            })?;
             sync_dir(&self.dir.join(PANES_DIR))?;
-            bytes_written += self.buffer.len() as u64;
             self.segments.insert(id);
             for pane in &new {
                 self.on_disk.insert(pane.seq, Place::Segment(id));
