@@ -382,7 +382,7 @@ pub(super) fn write_segment(panes: &[&Pane], writer: impl Write) -> io::Result<u
     crc.put(&(panes.len() as u32).to_le_bytes());
     for pane in panes {
         crc.put(&(encoded_pane_len(pane) as u32).to_le_bytes());
-        encode_pane_to(*pane, &mut crc);
+        encode_pane_to(pane, &mut crc);
     }
     let sum = crc.finish();
     out.put(&sum.to_le_bytes());
