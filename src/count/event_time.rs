@@ -152,7 +152,7 @@ impl EventTally {
                     counts: close(&counts, folded),
                     requests,
                 };
-                counts.clear();
+                counts.clear_after(counts.len());
                 self.spare.push(counts);
                 pane
             })

@@ -82,6 +82,21 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
         self.v6.shrink_to_fit();
     }
 
+    /// Empties the maps, keeping room for about `held` addresses, the
+    /// number they just held: a table a burst grew to four times that is
+    /// given back down to twice, so that one burst does not cost its memory
+    /// for good while steady traffic never regrows its table.
+    pub fn clear_after(&mut self, held: usize) {
+        let room = held.max(4096);
+        self.clear();
+        if self.v4.capacity() > 4 * room {
+            self.v4.shrink_to(2 * room);
+        }
+        if self.v6.capacity() > 4 * room {
+            self.v6.shrink_to(2 * room);
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (IpKey, V)> + '_ {
         let v4 = self.v4.iter().map(|(&a, &n)| (IpKey::from_v4_bits(a), n));
         let v6 = self.v6.iter().map(|(&a, &n)| (IpKey::from_bits(a), n));
@@ -278,6 +293,31 @@ impl From<&IpMap<u32>> for SortedCounts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_burst_gives_its_table_back_but_steady_traffic_keeps_its_room() {
+        let mut map: IpMap<u32> = IpMap::default();
+        let fill = |map: &mut IpMap<u32>, n: u32| {
+            for a in 0..n {
+                map.add(IpKey::from_v4_bits(a), 1);
+            }
+        };
+        fill(&mut map, 200_000);
+        let burst = map.capacity();
+        map.clear_after(200_000);
+        assert_eq!(map.capacity(), burst, "room for what it just held is kept");
+        fill(&mut map, 10_000);
+        map.clear_after(10_000);
+        let after = map.capacity();
+        assert!(after < burst / 4, "{after} of {burst} kept after the burst");
+        assert!(
+            after >= 20_000,
+            "room for twice the steady traffic: {after}"
+        );
+        assert!(map.is_empty());
+        fill(&mut map, 10_000);
+        assert_eq!(map.capacity(), after, "steady traffic does not regrow it");
+    }
 
     proptest! {
         #[test]
