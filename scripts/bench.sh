@@ -445,22 +445,33 @@ memory_run() {
   echo "$rss $distinct"
 }
 
-# Two runs over the same number of equally long lines, one from about a
+# Runs over the same number of equally long lines, one from about a
 # million addresses and one from a thousand: the difference in resident
 # memory is what the addresses cost (librdkafka's buffers, threads and code
-# are the same in both and cancel out).
+# are the same in both and cancel out). The resident memory at the moment
+# the last line is counted moves by tens of MiB between runs of one binary
+# (what the allocator kept of librdkafka's prefetched messages), so each
+# side is the median of three runs, alternated.
 memory_row() {
   MEM_LINES=$((LINES < 3000000 ? LINES : 3000000))
   local many="bench-memory-$LINES" few="bench-memory-few-$LINES" rss_many ips_many rss_few ips_few
+  local many_runs=() few_runs=() rss ips i
   memory_topic "$many" 1000000 6
   memory_topic "$few" 1000 7
-  read -r rss_many ips_many < <(memory_run "$many")
-  read -r rss_few ips_few < <(memory_run "$few")
+  for i in 1 2 3; do
+    read -r rss ips < <(memory_run "$many")
+    many_runs+=("$rss $ips")
+    read -r rss ips < <(memory_run "$few")
+    few_runs+=("$rss $ips")
+    log "memory run $i: $(echo "${many_runs[-1]}" | cut -d' ' -f1) KiB many, $rss KiB few"
+  done
+  read -r rss_many ips_many < <(printf '%s\n' "${many_runs[@]}" | sort -n | sed -n 2p)
+  read -r rss_few ips_few < <(printf '%s\n' "${few_runs[@]}" | sort -n | sed -n 2p)
   record "$(printf '{"row":"memory","records":%d,"distinct_ips":%d,"rss_kib":%d,"few_distinct_ips":%d,"few_rss_kib":%d,"bytes_per_ip":%.1f,"whole_process_bytes_per_ip":%.1f}' \
     "$MEM_LINES" "$ips_many" "$rss_many" "$ips_few" "$rss_few" \
     "$(echo "($rss_many - $rss_few) * 1024 / ($ips_many - $ips_few)" | bc -l)" \
     "$(echo "$rss_many * 1024 / $ips_many" | bc -l)")"
-  log "memory: $ips_many IPs → $rss_many KiB; $ips_few IPs → $rss_few KiB"
+  log "memory (medians): $ips_many IPs → $rss_many KiB; $ips_few IPs → $rss_few KiB"
 }
 if section memory; then memory_row; fi
 
