@@ -8,9 +8,10 @@ use std::time::SystemTime;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::counts::{KeyCounts, Slot};
 use super::file::Key;
-use super::keys::{for_each_lower, network_of, pane_error};
-use crate::vocab::{IpKey, Subject};
+use super::keys::{for_each_lower, pane_error};
+use crate::vocab::Subject;
 use crate::window::Pane;
 
 /// A running count of one key kind over the last `panes` panes.
@@ -19,7 +20,7 @@ pub(super) struct Aggregate {
     pub(super) key: Key,
     pub(super) panes: usize,
     pub(super) floor: u64,
-    pub(super) counts: FxHashMap<Subject, u64>,
+    pub(super) counts: KeyCounts,
     /// Keys whose count is at least `floor`.
     pub(super) above: FxHashSet<Subject>,
     pub(super) total: u64,
@@ -36,17 +37,13 @@ impl Aggregate {
             key,
             panes,
             floor,
-            counts: FxHashMap::default(),
+            counts: KeyCounts::new(key),
             above: FxHashSet::default(),
             total: 0,
             included: Vec::new(),
             summarized: 0,
             error: 0,
         }
-    }
-
-    pub(super) fn network(&self, ip: IpKey) -> Option<Subject> {
-        network_of(self.key, ip)
     }
 
     /// The upper bound of a key's count whose lower bound is `value`:
@@ -67,12 +64,11 @@ impl Aggregate {
             self.error = self.error.saturating_sub(error);
             self.summarized = self.summarized.saturating_sub(summarized);
         }
-        let key = self.key;
-        for_each_lower(key, pane, |network, n| {
+        for_each_lower(self.key, self.counts.slots, pane, |slot, n| {
             if add {
-                self.add(network, n);
+                self.add(slot, n);
             } else {
-                self.subtract(network, n);
+                self.subtract(slot, n);
             }
         });
     }
@@ -90,36 +86,30 @@ impl Aggregate {
         self.total = (self.total + new.requests).saturating_sub(old.requests);
         old.counts
             .for_each_change(&new.counts, |ip, before, after| {
-                let Some(network) = self.network(ip) else {
+                let Some(slot) = self.counts.slots.slot_of_ip(ip) else {
                     return;
                 };
                 if after > before {
-                    self.add(network, u64::from(after - before));
+                    self.add(slot, u64::from(after - before));
                 } else {
-                    self.subtract(network, u64::from(before - after));
+                    self.subtract(slot, u64::from(before - after));
                 }
             });
     }
 
-    fn add(&mut self, network: Subject, n: u64) {
-        let count = self.counts.entry(network).or_insert(0);
-        let before = *count;
-        *count += n;
+    fn add(&mut self, slot: Slot, n: u64) {
+        let before = self.counts.add(slot, n);
         // A key already counted at the floor is in `above` already.
-        if *count >= self.floor && (before < self.floor || before == 0) {
-            self.above.insert(network);
+        if before + n >= self.floor && (before < self.floor || before == 0) {
+            self.above.insert(self.counts.slots.subject(slot));
         }
     }
 
-    fn subtract(&mut self, network: Subject, n: u64) {
-        if let Some(count) = self.counts.get_mut(&network) {
-            *count = count.saturating_sub(n);
-            if *count < self.floor {
-                self.above.remove(&network);
-            }
-            if *count == 0 {
-                self.counts.remove(&network);
-            }
+    fn subtract(&mut self, slot: Slot, n: u64) {
+        if let Some(after) = self.counts.subtract(slot, n)
+            && after < self.floor
+        {
+            self.above.remove(&self.counts.slots.subject(slot));
         }
     }
 
@@ -130,7 +120,7 @@ impl Aggregate {
             .filter(|(_, c)| **c >= self.floor)
             .map(|(k, _)| *k)
             .collect();
-        self.counts = counts;
+        self.counts = KeyCounts::from_subjects(self.key, counts);
         self.total = total;
         self.included.clear();
         self.summarized = 0;

@@ -3,13 +3,18 @@
 //! summarized pane, the network level its counts are read from and how much
 //! they may lack.
 
+use super::counts::{Slot, Slots};
 use super::file::Key;
-use crate::vocab::{IpKey, Network, Subject};
+use crate::vocab::IpKey;
+#[cfg(test)]
+use crate::vocab::{Network, Subject};
 use crate::window::Pane;
 use crate::window::counts::{SUMMARY_PREFIX4, SUMMARY_PREFIX6};
 
 /// The key an address counts under; `None` for the other family, and for
-/// owner keys (read from a pane's owners, not from an address).
+/// owner keys (read from a pane's owners, not from an address). The tests'
+/// reference for [`Slots::slot_of_ip`].
+#[cfg(test)]
 pub(super) fn network_of(key: Key, ip: IpKey) -> Option<Subject> {
     match key {
         Key::Ip => Some(Network::of(ip, 32, 128).into()),
@@ -58,14 +63,15 @@ pub(super) fn pane_error(key: Key, pane: &Pane) -> u64 {
     }
 }
 
-/// Calls `f(key, count)` once for each key of the pane's counts (lower
-/// bounds in a summarized pane) by `key`. A summarized pane is read at its network level
-/// for keys at or above it (`v4/24`, `v6/64` and shorter prefixes): a client
-/// rotating over a network no address summary lists still counts there.
-pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u64)) {
+/// Calls `f(slot, count)` once for each key of the pane's counts (lower
+/// bounds in a summarized pane) by the key kind `slots` holds. A summarized pane is
+/// read at its network level for keys at or above it (`v4/24`, `v6/64` and
+/// shorter prefixes): a client rotating over a network no address summary
+/// lists still counts there.
+pub(super) fn for_each_lower(key: Key, slots: Slots, pane: &Pane, mut f: impl FnMut(Slot, u64)) {
     if let Some(kind) = key.owner_kind() {
         for t in pane.owners.iter().flat_map(|o| o.totals(kind)) {
-            f(kind.subject(t.key), t.count);
+            f(slots.slot(&kind.subject(t.key)), t.count);
         }
         return;
     }
@@ -78,23 +84,23 @@ pub(super) fn for_each_lower(key: Key, pane: &Pane, mut f: impl FnMut(Subject, u
         Some(summary) => {
             for (network, bounds) in summary.iter() {
                 let (first, _) = network.bounds();
-                if let Some(network) = network_of(key, IpKey::from_bits(first)) {
-                    f(network, bounds.lower);
+                if let Some(slot) = slots.slot_of_ip(IpKey::from_bits(first)) {
+                    f(slot, bounds.lower);
                 }
             }
         }
         None => {
             // The counts come in address order, so a network's addresses
             // are neighbours: each network is reported once, summed.
-            let mut run: Option<(Subject, u64)> = None;
+            let mut run: Option<(Slot, u64)> = None;
             for (ip, n) in pane.counts.iter() {
-                let Some(network) = network_of(key, ip) else {
+                let Some(slot) = slots.slot_of_ip(ip) else {
                     continue;
                 };
                 match &mut run {
-                    Some((current, sum)) if *current == network => *sum += u64::from(n),
+                    Some((current, sum)) if *current == slot => *sum += u64::from(n),
                     _ => {
-                        if let Some((done, sum)) = run.replace((network, u64::from(n))) {
+                        if let Some((done, sum)) = run.replace((slot, u64::from(n))) {
                             f(done, sum);
                         }
                     }
@@ -137,11 +143,17 @@ mod tests {
             ranges: Vec::new(),
         };
         let mut seen = Vec::new();
-        for_each_lower(Key::V4(24), &pane, |key, n| seen.push((key, n)));
+        let slots = Slots::new(Key::V4(24));
+        for_each_lower(Key::V4(24), slots, &pane, |slot, n| {
+            seen.push((slots.subject(slot), n))
+        });
         let net = |ip: &str| network_of(Key::V4(24), parse_ip(ip).expect("ip")).expect("v4");
         assert_eq!(seen, [(net("10.0.0.0"), 11), (net("10.0.1.0"), 4)]);
         seen.clear();
-        for_each_lower(Key::Ip, &pane, |key, n| seen.push((key, n)));
+        let slots = Slots::new(Key::Ip);
+        for_each_lower(Key::Ip, slots, &pane, |slot, n| {
+            seen.push((slots.subject(slot), n))
+        });
         assert_eq!(seen.len(), 5, "every address once: {seen:?}");
         assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 31);
     }

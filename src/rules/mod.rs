@@ -4,6 +4,7 @@
 //! every slide; [`Rules`] is the reloadable set (SIGHUP) the engine follows.
 
 mod aggregate;
+mod counts;
 pub mod engine;
 pub mod file;
 mod keys;
