@@ -278,17 +278,33 @@ impl Engine {
                 )
             })
             .collect();
+        // Each running count's keys at or over its floor, highest first,
+        // made once: a rule takes those over its own threshold from the
+        // front, however many rules share the count.
+        let ranked: Vec<Vec<(Subject, u64)>> = self
+            .aggregates
+            .iter()
+            .map(|aggregate| {
+                let mut keys: Vec<(Subject, u64)> = aggregate
+                    .above
+                    .iter()
+                    .filter_map(|k| aggregate.counts.get(k).map(|c| (*k, c)))
+                    .collect();
+                keys.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                keys
+            })
+            .collect();
         for (r, rule) in self.rules.iter().enumerate() {
             let aggregate = &self.aggregates[self.of_rule[r]];
             let window = WindowBounds::ending(end, rule.window);
             let needed = rule.threshold.needed(aggregate.total);
             let over: Vec<(Subject, u64)> = match needed {
                 None => Vec::new(),
-                Some(needed) => aggregate
-                    .above
+                Some(needed) => ranked[self.of_rule[r]]
                     .iter()
-                    .filter_map(|k| aggregate.counts.get(k).map(|c| (*k, c)))
-                    .filter(|(k, c)| *c >= needed && !rule.allowed(*k))
+                    .take_while(|(_, c)| *c >= needed)
+                    .filter(|(k, _)| !rule.allowed(*k))
+                    .copied()
                     .collect(),
             };
             let threshold = needed.unwrap_or(u64::MAX);
