@@ -71,6 +71,10 @@ pub struct Engine {
     /// The aggregate of each rule.
     of_rule: Vec<usize>,
     states: Vec<FxHashMap<Subject, KeyState>>,
+    /// Each rule's firing keys in address order, with since when and their
+    /// text: what the view lists, made again only when the rule's firing
+    /// keys change, not at every slide.
+    firing: Vec<Vec<(Subject, SystemTime, Arc<str>)>>,
     /// When each rule last resolved each key (for `cooldown`).
     resolved: Vec<FxHashMap<Subject, SystemTime>>,
     transitions: VecDeque<Arc<Transition>>,
@@ -109,6 +113,7 @@ impl Engine {
             aggregates: Vec::new(),
             of_rule: Vec::new(),
             states: Vec::new(),
+            firing: Vec::new(),
             resolved: Vec::new(),
             transitions: VecDeque::new(),
             recorded: 0,
@@ -197,6 +202,20 @@ impl Engine {
         self.by_name
             .sort_by(|&a, &b| rules[a].name.cmp(&rules[b].name));
         self.rules = rules;
+        self.firing = (0..self.states.len()).map(|r| self.firing_of(r)).collect();
+    }
+
+    /// Rule `r`'s firing keys in address order.
+    fn firing_of(&self, r: usize) -> Vec<(Subject, SystemTime, Arc<str>)> {
+        let mut firing: Vec<(Subject, SystemTime, Arc<str>)> = self.states[r]
+            .iter()
+            .filter_map(|(key, state)| match state {
+                KeyState::Firing { since, text } => Some((*key, *since, text.clone())),
+                KeyState::Pending { .. } => None,
+            })
+            .collect();
+        firing.sort_unstable_by_key(|f| f.0);
+        firing
     }
 
     /// One slide: the kept panes (oldest first, the window's last) and the
@@ -294,6 +313,7 @@ impl Engine {
                 keys
             })
             .collect();
+        let mut changed = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
             let aggregate = &self.aggregates[self.of_rule[r]];
             let window = WindowBounds::ending(end, rule.window);
@@ -318,6 +338,7 @@ impl Engine {
                 .filter(|k| !over_keys.contains(k))
                 .copied()
                 .collect();
+            let before = new.len();
             for key in gone {
                 if let Some(KeyState::Firing { .. }) = states.remove(&key) {
                     let value = aggregate.counts.get(&key).unwrap_or(0);
@@ -350,6 +371,12 @@ impl Engine {
                     states.insert(key, KeyState::Pending { since });
                 }
             }
+            if new.len() > before {
+                changed.push(r);
+            }
+        }
+        for r in changed {
+            self.firing[r] = self.firing_of(r);
         }
         for t in &mut new {
             self.record(t.clone());
@@ -440,6 +467,7 @@ impl Engine {
         for t in &saved.transitions {
             self.record(t.clone());
         }
+        self.firing = (0..self.states.len()).map(|r| self.firing_of(r)).collect();
     }
 
     fn record(&mut self, mut t: Transition) {
@@ -455,31 +483,27 @@ impl Engine {
     pub fn view(&self) -> AlertsView {
         // Rule by rule in name order, each rule's keys in address order:
         // no text is made here, only shared.
-        let mut firing = Vec::new();
+        let mut firing = Vec::with_capacity(self.firing.iter().map(Vec::len).sum());
         for &r in &self.by_name {
             let (rule, labels) = (&self.rules[r], &self.labels[r]);
             let aggregate = &self.aggregates[self.of_rule[r]];
             let threshold = rule.threshold.needed(aggregate.total).unwrap_or(u64::MAX);
-            let first = firing.len();
-            for (key, state) in &self.states[r] {
-                if let KeyState::Firing { since, text } = state {
-                    let value = aggregate.counts.get(key).unwrap_or(0);
-                    firing.push(Firing {
-                        rule: labels.name.clone(),
-                        key: text.clone(),
-                        value,
-                        upper: aggregate.upper(value),
-                        threshold,
-                        since: *since,
-                        block: rule.block,
-                        ban: rule.ban,
-                        severity: labels.severity.clone(),
-                        subject: *key,
-                        description: labels.description.clone(),
-                    });
-                }
+            for (key, since, text) in &self.firing[r] {
+                let value = aggregate.counts.get(key).unwrap_or(0);
+                firing.push(Firing {
+                    rule: labels.name.clone(),
+                    key: text.clone(),
+                    value,
+                    upper: aggregate.upper(value),
+                    threshold,
+                    since: *since,
+                    block: rule.block,
+                    ban: rule.ban,
+                    severity: labels.severity.clone(),
+                    subject: *key,
+                    description: labels.description.clone(),
+                });
             }
-            firing[first..].sort_unstable_by_key(|f| f.subject);
         }
         AlertsView {
             firing,
@@ -491,14 +515,8 @@ impl Engine {
     pub fn firing_counts(&self) -> Vec<(&str, usize)> {
         self.rules
             .iter()
-            .zip(&self.states)
-            .map(|(rule, states)| {
-                let n = states
-                    .values()
-                    .filter(|s| matches!(s, KeyState::Firing { .. }))
-                    .count();
-                (rule.name.as_str(), n)
-            })
+            .zip(&self.firing)
+            .map(|(rule, firing)| (rule.name.as_str(), firing.len()))
             .collect()
     }
 }
