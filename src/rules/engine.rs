@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use super::aggregate::Aggregate;
 use super::file::{Key, Rule};
@@ -318,26 +318,23 @@ impl Engine {
             let aggregate = &self.aggregates[self.of_rule[r]];
             let window = WindowBounds::ending(end, rule.window);
             let needed = rule.threshold.needed(aggregate.total);
-            let over: Vec<(Subject, u64)> = match needed {
-                None => Vec::new(),
-                Some(needed) => ranked[self.of_rule[r]]
-                    .iter()
-                    .take_while(|(_, c)| *c >= needed)
-                    .filter(|(k, _)| !rule.allowed(*k))
-                    .copied()
-                    .collect(),
+            let over: &[(Subject, u64)] = match needed {
+                None => &[],
+                Some(needed) => {
+                    let keys = &ranked[self.of_rule[r]];
+                    &keys[..keys.partition_point(|(_, c)| *c >= needed)]
+                }
+            };
+            let is_over = |key: &Subject| {
+                needed.is_some_and(|n| aggregate.counts.get(key).unwrap_or(0) >= n)
+                    && !rule.allowed(*key)
             };
             let threshold = needed.unwrap_or(u64::MAX);
             let states = &mut self.states[r];
             let resolved = &mut self.resolved[r];
             resolved.retain(|_, at| end.duration_since(*at).unwrap_or_default() < rule.cooldown);
-            let over_keys: FxHashSet<Subject> = over.iter().map(|(k, _)| *k).collect();
             // Keys no longer over the threshold.
-            let gone: Vec<Subject> = states
-                .keys()
-                .filter(|k| !over_keys.contains(k))
-                .copied()
-                .collect();
+            let gone: Vec<Subject> = states.keys().filter(|k| !is_over(k)).copied().collect();
             let before = new.len();
             for key in gone {
                 if let Some(KeyState::Firing { .. }) = states.remove(&key) {
@@ -354,11 +351,14 @@ impl Engine {
                     ));
                 }
             }
-            for (key, value) in over {
-                let since = match states.get(&key) {
+            for &(key, value) in over {
+                if rule.allowed(key) {
+                    continue;
+                }
+                let (since, pending) = match states.get(&key) {
                     Some(KeyState::Firing { .. }) => continue,
-                    Some(KeyState::Pending { since }) => *since,
-                    None => end,
+                    Some(KeyState::Pending { since }) => (*since, true),
+                    None => (end, false),
                 };
                 let held = end.duration_since(since).unwrap_or_default() >= rule.hold_for;
                 if held && !resolved.contains_key(&key) {
@@ -367,7 +367,7 @@ impl Engine {
                     let text = t.key.as_str().into();
                     states.insert(key, KeyState::Firing { since: end, text });
                     new.push(t);
-                } else {
+                } else if !pending {
                     states.insert(key, KeyState::Pending { since });
                 }
             }
@@ -574,6 +574,7 @@ mod tests {
     use crate::rules::file::{Limits, parse};
     use crate::vocab::{SkipCounts, parse_ip};
     use crate::window::{IpMap, PaneCounts};
+    use rustc_hash::FxHashSet;
     use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
