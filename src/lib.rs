@@ -15,7 +15,6 @@ pub mod ingest;
 pub mod input;
 pub mod kafka;
 pub mod log_limit;
-pub mod malloc;
 pub mod metrics;
 pub mod offsets;
 pub mod owners;

@@ -17,7 +17,6 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let restart_failed = ipstats::malloc::fix_thresholds();
     let parsed = ipstats::config::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
@@ -43,9 +42,6 @@ fn main() -> ExitCode {
         )
         .with(filter)
         .init();
-    if let Some(error) = restart_failed {
-        tracing::warn!(%error, "cannot start again with fixed allocator thresholds; running with glibc's defaults");
-    }
     if let Some(error) = bad_filter {
         tracing::warn!(%error, "IPSTATS_LOG is not a list of [target=]level directives; logging at info");
     }

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    Service, Truth, cluster, free_port, get_json, http_get, produce_lines, unique,
-    wait_all_counted, wait_for, window_counts,
+    Service, Truth, cluster, get_json, http_get, produce_lines, unique, wait_all_counted, wait_for,
+    window_counts,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -330,48 +330,6 @@ fn legacy_counts_from_secured_kafka_with_serve_options_and_the_environment() {
         Truth::of(lines.iter().map(Vec::as_slice)).counts
     );
     assert_eq!(get_json(addr, "/api/v1/status")["group"], group.as_str());
-}
-
-/// The variables of a running process, from /proc.
-fn environment(pid: u32) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
-    raw.split(|b| *b == 0)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
-}
-
-#[test]
-fn the_allocator_runs_with_fixed_thresholds_unless_the_operator_set_them() {
-    let mut svc = Service::spawn(&[]);
-    svc.wait_ready(WAIT);
-    let env = environment(svc.child.id());
-    for (name, value) in ipstats::malloc::SETTINGS {
-        let setting = format!("{name}={value}");
-        assert!(env.contains(&setting), "{setting} not in {env:?}");
-    }
-    svc.signal("TERM");
-    assert!(svc.wait_exit(WAIT).success(), "{}", svc.log_text());
-
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let listen = addr.to_string();
-    let mut svc = Service::spawn_exactly(
-        None,
-        addr,
-        &["--listen", &listen],
-        &[("MALLOC_MMAP_THRESHOLD_", "262144")],
-    );
-    svc.wait_ready(WAIT);
-    let env = environment(svc.child.id());
-    assert!(
-        env.iter().any(|v| v == "MALLOC_MMAP_THRESHOLD_=262144"),
-        "{env:?}"
-    );
-    assert!(
-        !env.iter().any(|v| v.starts_with("MALLOC_TRIM_THRESHOLD_")),
-        "{env:?}"
-    );
-    svc.signal("TERM");
-    assert!(svc.wait_exit(WAIT).success(), "{}", svc.log_text());
 }
 
 #[test]

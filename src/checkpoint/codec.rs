@@ -1,14 +1,13 @@
 //! The bytes of a checkpoint: pane files (binary, little-endian) and
 //! manifests (JSON), each followed by a CRC-32 of what precedes it.
 
-use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::sink::{Crc, Length, Out, Sink};
+use super::sink::{Crc, Length, Sink};
 use super::{CheckpointError, corrupt};
 use crate::config::Settings;
 
@@ -36,7 +35,6 @@ const PANE_MAGIC: &[u8; 8] = b"IPSPANE1";
 /// The version of manifests that name segments (files holding the panes one
 /// checkpoint wrote). Versions 1 and 2 (a file per pane) are still read.
 pub const MANIFEST_VERSION: u32 = 3;
-const SEGMENT_MAGIC: &[u8; 8] = b"IPSSEGM1";
 
 pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
 
@@ -57,7 +55,7 @@ pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
 }
 
 /// A pane's bytes, then their CRC-32.
-fn encode_pane_to<S: Sink>(pane: &Pane, sink: &mut S) {
+pub(super) fn encode_pane_to<S: Sink>(pane: &Pane, sink: &mut S) {
     let mut crc = Crc::new(sink);
     encode_pane_body(pane, &mut crc);
     let sum = crc.finish();
@@ -65,7 +63,7 @@ fn encode_pane_to<S: Sink>(pane: &Pane, sink: &mut S) {
 }
 
 /// How many bytes [`encode_pane_to`] writes.
-fn encoded_pane_len(pane: &Pane) -> usize {
+pub(super) fn encoded_pane_len(pane: &Pane) -> usize {
     let mut length = Length::default();
     encode_pane_body(pane, &mut length);
     length.0 + 4
@@ -220,33 +218,33 @@ fn decode_summary(r: &mut Reader<'_>, total: u64) -> Option<Summarized> {
 }
 
 /// A bounds-checked little-endian reader.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+    pub(super) fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(super) fn u16(&mut self) -> Option<u16> {
         self.take().map(u16::from_le_bytes)
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         self.take().map(u32::from_le_bytes)
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(super) fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
     }
-    fn i32(&mut self) -> Option<i32> {
+    pub(super) fn i32(&mut self) -> Option<i32> {
         self.take().map(i32::from_le_bytes)
     }
-    fn i64(&mut self) -> Option<i64> {
+    pub(super) fn i64(&mut self) -> Option<i64> {
         self.take().map(i64::from_le_bytes)
     }
-    fn u128(&mut self) -> Option<u128> {
+    pub(super) fn u128(&mut self) -> Option<u128> {
         self.take().map(u128::from_le_bytes)
     }
-    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+    pub(super) fn bytes(&mut self, n: usize) -> Option<&[u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -256,7 +254,7 @@ impl Reader<'_> {
     }
 }
 
-fn verify_crc<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
+pub(super) fn verify_crc<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
     let (body, crc) = bytes
         .split_last_chunk::<4>()
         .ok_or_else(|| corrupt(path, "truncated"))?;
@@ -370,44 +368,6 @@ pub fn decode_pane(path: &Path, bytes: &[u8]) -> Result<Pane, CheckpointError> {
 }
 
 // ---- segments ----------------------------------------------------------------
-
-/// The panes one checkpoint wrote, in one file: the magic, the number of
-/// panes, then each pane's length and its bytes as a pane file holds them
-/// (with its own CRC); the file's CRC last. Written to `writer` as it is
-/// encoded, so no copy of the segment is held; returns the bytes written.
-pub(super) fn write_segment(panes: &[&Pane], writer: impl Write) -> io::Result<u64> {
-    let mut out = Out::new(writer);
-    let mut crc = Crc::new(&mut out);
-    crc.put(SEGMENT_MAGIC);
-    crc.put(&(panes.len() as u32).to_le_bytes());
-    for pane in panes {
-        crc.put(&(encoded_pane_len(pane) as u32).to_le_bytes());
-        encode_pane_to(pane, &mut crc);
-    }
-    let sum = crc.finish();
-    out.put(&sum.to_le_bytes());
-    out.finish()
-}
-
-/// The panes of a segment file.
-pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Vec<Pane>, CheckpointError> {
-    let body = verify_crc(path, bytes)?;
-    let bad = || corrupt(path, "malformed segment");
-    let mut r = Reader(body);
-    if r.take::<8>().as_ref() != Some(SEGMENT_MAGIC) {
-        return Err(corrupt(path, "not a segment file"));
-    }
-    let count = r.u32().ok_or_else(bad)? as usize;
-    let mut panes = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let len = r.u32().ok_or_else(bad)? as usize;
-        panes.push(decode_pane(path, r.bytes(len).ok_or_else(bad)?)?);
-    }
-    if !r.0.is_empty() {
-        return Err(bad());
-    }
-    Ok(panes)
-}
 
 /// A segment a manifest uses: its file (named by `id`, the first pane it
 /// holds) and which of its panes the manifest takes.
@@ -634,50 +594,6 @@ mod tests {
                 "flipped byte {flip}"
             );
         }
-    }
-
-    #[test]
-    fn a_segment_is_written_as_it_is_encoded_and_reads_back_pane_by_pane() {
-        // One pane larger than a block of the stream, one empty, one small.
-        let many: Vec<(String, u32)> = (0..20_000u32)
-            .map(|i| {
-                (
-                    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
-                    1 + i % 5,
-                )
-            })
-            .collect();
-        let pairs: Vec<(&str, u32)> = many.iter().map(|(ip, n)| (ip.as_str(), *n)).collect();
-        let panes = [
-            pane(1, &pairs),
-            pane(2, &[]),
-            pane(3, &[("2001:db8::1", 9)]),
-        ];
-        let refs: Vec<&Pane> = panes.iter().map(|p| &**p).collect();
-        let mut bytes = Vec::new();
-        let written = write_segment(&refs, &mut bytes).expect("writes");
-        assert_eq!(written, bytes.len() as u64);
-        // The layout is what the builds before wrote from one buffer.
-        let mut expected = SEGMENT_MAGIC.to_vec();
-        expected.extend_from_slice(&3u32.to_le_bytes());
-        for p in &panes {
-            let one = encode_pane(p);
-            assert_eq!(encoded_pane_len(p), one.len());
-            expected.extend_from_slice(&(one.len() as u32).to_le_bytes());
-            expected.extend_from_slice(&one);
-        }
-        let crc = crc32fast::hash(&expected);
-        expected.extend_from_slice(&crc.to_le_bytes());
-        assert!(bytes == expected, "the segment's bytes differ");
-        let decoded = decode_segment(Path::new("s"), &bytes).expect("decodes");
-        assert_eq!(decoded.len(), 3);
-        for (d, p) in decoded.iter().zip(&panes) {
-            assert_eq!((d.seq, &d.counts), (p.seq, &p.counts));
-        }
-        // A writer that fails part way: the error, not a short file.
-        let mut short = [0u8; 1000];
-        let err = write_segment(&refs, &mut short[..]).expect_err("no room");
-        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 pub mod codec;
 pub mod lock;
+mod segment;
 mod sink;
 pub mod store;
 pub mod writer;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::codec::{Manifest, Shape, decode_manifest, decode_pane, decode_segment};
+use super::codec::{Manifest, Shape, decode_manifest, decode_pane};
+use super::segment::decode_segment;
 use super::{
     CheckpointError, PANES_DIR, corrupt, io, manifest_path, manifest_seqs, pane_path, segment_path,
 };

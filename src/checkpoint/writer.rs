@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::CheckpointJob;
 use super::codec::{
     MANIFEST_VERSION, Manifest, PartitionOffset, Segment, Shape, encode_manifest, millis,
-    write_segment,
 };
+use super::segment::write_segment;
 use super::store::Restored;
 use super::{
     CheckpointError, MANIFESTS_KEPT, PANES_DIR, io, manifest_path, manifest_seqs, pane_path,
