@@ -43,15 +43,8 @@ pub(super) use crate::vocab::{epoch_ms as millis, from_epoch_ms as from_millis};
 #[cfg(test)]
 pub(super) fn encode_pane(pane: &Pane) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_pane_into(pane, &mut out);
+    encode_pane_to(pane, &mut out);
     out
-}
-
-/// Encodes into `out` (cleared first).
-#[cfg(test)]
-pub(super) fn encode_pane_into(pane: &Pane, out: &mut Vec<u8>) {
-    out.clear();
-    encode_pane_to(pane, out);
 }
 
 /// A pane's bytes, then their CRC-32.

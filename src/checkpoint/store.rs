@@ -214,8 +214,7 @@ mod tests {
         // kill -9 between the first panes and the first manifest
         let dir = temp("unfinished");
         fs::create_dir_all(dir.join(PANES_DIR)).expect("panes dir");
-        let mut bytes = Vec::new();
-        crate::checkpoint::codec::encode_pane_into(&pane(0, &[("10.0.0.1", 3)]), &mut bytes);
+        let bytes = crate::checkpoint::codec::encode_pane(&pane(0, &[("10.0.0.1", 3)]));
         fs::write(pane_path(&dir, 0), &bytes).expect("orphan pane");
         assert!(load(&dir).expect("starts as new").is_none());
         let mut writer = Writer::new(&dir, shape(), None).expect("writer");

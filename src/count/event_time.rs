@@ -152,7 +152,7 @@ impl EventTally {
                     counts: close(&counts, folded),
                     requests,
                 };
-                counts.clear_after(counts.len());
+                counts.clear_for_reuse();
                 self.spare.push(counts);
                 pane
             })

@@ -232,7 +232,6 @@ impl CountingThread {
                             // arrays, without a hash table's slack. The table
                             // is cleared and reused, so that steady state
                             // allocates only the arrays.
-                            let held = open.counts.len();
                             let mut pane = TakenPane {
                                 counts: close(&open.counts, folded.take()),
                                 requests: mem::take(&mut open.requests),
@@ -240,7 +239,7 @@ impl CountingThread {
                                 repaired: parser.take_repaired(),
                                 event: None,
                             };
-                            open.counts.clear_after(held);
+                            open.counts.clear_for_reuse();
                             if let Some(tally) = event.as_mut() {
                                 pane.skipped.merge(&mem::take(&mut tally.skipped));
                                 pane.event = Some(tally.take());

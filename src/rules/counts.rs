@@ -1,19 +1,20 @@
 //! An aggregate's counts by key, each key held as small as its kind
-//! allows: an IPv4 address or network by its 4 bytes, an IPv6 one by its 16,
-//! an owner (AS, country) as it is. The prefix is the aggregate's, so it is
-//! not stored: an IPv4 entry takes 16 bytes instead of the 64 a
-//! [`Subject`] key took, and hashes in one step.
+//! allows: a network (or address) by its first address in an [`IpMap`] (4
+//! bytes for IPv4, 16 for IPv6), an owner (AS, country) as it is. The
+//! prefix is the aggregate's, so it is not stored: an IPv4 entry takes 16
+//! bytes instead of the 64 a [`Subject`] key took, and hashes in one step.
 
 use rustc_hash::FxHashMap;
 
 use super::file::Key;
 use crate::vocab::{IpKey, Network, Subject};
+use crate::window::IpMap;
 
 /// A key as the table holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Slot {
-    V4(u32),
-    V6(u128),
+    /// A network of the kind's prefix, by its first address.
+    Net(IpKey),
     Other(Subject),
 }
 
@@ -52,10 +53,10 @@ impl Slots {
         match ip.v4_bits() {
             Some(v4) => self
                 .counts_v4
-                .then(|| Slot::V4(v4 & mask32(self.v4_prefix))),
+                .then(|| Slot::Net(IpKey::from_v4_bits(v4 & mask32(self.v4_prefix)))),
             None => self
                 .counts_v6
-                .then(|| Slot::V6(ip.to_bits() & mask128(self.v6_prefix))),
+                .then(|| Slot::Net(IpKey::from_bits(ip.to_bits() & mask128(self.v6_prefix)))),
         }
     }
 
@@ -64,12 +65,14 @@ impl Slots {
     pub(super) fn slot(self, subject: &Subject) -> Slot {
         if let Subject::Net(network) = subject {
             let (bits, prefix) = network.to_parts();
-            match IpKey::from_bits(bits).v4_bits() {
-                Some(v4) if network.is_v4() && prefix == 96 + self.v4_prefix => {
-                    return Slot::V4(v4);
-                }
-                None if prefix == self.v6_prefix => return Slot::V6(bits),
-                _ => {}
+            let first = IpKey::from_bits(bits);
+            let kind_prefix = if first.is_v4() {
+                96 + self.v4_prefix
+            } else {
+                self.v6_prefix
+            };
+            if first.is_v4() == network.is_v4() && prefix == kind_prefix {
+                return Slot::Net(first);
             }
         }
         Slot::Other(*subject)
@@ -78,8 +81,7 @@ impl Slots {
     /// The subject a slot holds: the inverse of [`Slots::slot`].
     pub(super) fn subject(self, slot: Slot) -> Subject {
         match slot {
-            Slot::V4(v4) => Network::of(IpKey::from_v4_bits(v4), self.v4_prefix, 128).into(),
-            Slot::V6(bits) => Network::of(IpKey::from_bits(bits), 32, self.v6_prefix).into(),
+            Slot::Net(first) => Network::of(first, self.v4_prefix, self.v6_prefix).into(),
             Slot::Other(subject) => subject,
         }
     }
@@ -89,8 +91,7 @@ impl Slots {
 #[derive(Clone, Debug)]
 pub(super) struct KeyCounts {
     pub(super) slots: Slots,
-    v4: FxHashMap<u32, u64>,
-    v6: FxHashMap<u128, u64>,
+    nets: IpMap<u64>,
     other: FxHashMap<Subject, u64>,
 }
 
@@ -98,8 +99,7 @@ impl KeyCounts {
     pub(super) fn new(key: Key) -> Self {
         KeyCounts {
             slots: Slots::new(key),
-            v4: FxHashMap::default(),
-            v6: FxHashMap::default(),
+            nets: IpMap::default(),
             other: FxHashMap::default(),
         }
     }
@@ -115,8 +115,7 @@ impl KeyCounts {
 
     pub(super) fn get(&self, subject: &Subject) -> Option<u64> {
         match self.slots.slot(subject) {
-            Slot::V4(k) => self.v4.get(&k).copied(),
-            Slot::V6(k) => self.v6.get(&k).copied(),
+            Slot::Net(first) => self.nets.get(first),
             Slot::Other(k) => self.other.get(&k).copied(),
         }
     }
@@ -124,33 +123,32 @@ impl KeyCounts {
     /// Adds `n`; the count before.
     #[inline]
     pub(super) fn add(&mut self, slot: Slot, n: u64) -> u64 {
-        let count = match slot {
-            Slot::V4(k) => self.v4.entry(k).or_insert(0),
-            Slot::V6(k) => self.v6.entry(k).or_insert(0),
-            Slot::Other(k) => self.other.entry(k).or_insert(0),
-        };
-        let before = *count;
-        *count += n;
-        before
+        match slot {
+            Slot::Net(first) => self.nets.add(first, n),
+            Slot::Other(k) => {
+                let count = self.other.entry(k).or_insert(0);
+                let before = *count;
+                *count += n;
+                before
+            }
+        }
     }
 
     /// Takes `n` away (not below 0; a key at 0 is removed); the count
     /// after, `None` for a key not held.
     #[inline]
     pub(super) fn subtract(&mut self, slot: Slot, n: u64) -> Option<u64> {
-        fn take<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, u64>, k: K, n: u64) -> Option<u64> {
-            let count = map.get_mut(&k)?;
-            *count = count.saturating_sub(n);
-            let after = *count;
-            if after == 0 {
-                map.remove(&k);
-            }
-            Some(after)
-        }
         match slot {
-            Slot::V4(k) => take(&mut self.v4, k, n),
-            Slot::V6(k) => take(&mut self.v6, k, n),
-            Slot::Other(k) => take(&mut self.other, k, n),
+            Slot::Net(first) => self.nets.subtract(first, n),
+            Slot::Other(k) => {
+                let count = self.other.get_mut(&k)?;
+                *count = count.saturating_sub(n);
+                let after = *count;
+                if after == 0 {
+                    self.other.remove(&k);
+                }
+                Some(after)
+            }
         }
     }
 
@@ -158,16 +156,12 @@ impl KeyCounts {
     #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (Subject, u64)> + '_ {
         let slots = self.slots;
-        let v4 = self
-            .v4
+        let nets = self
+            .nets
             .iter()
-            .map(move |(k, n)| (slots.subject(Slot::V4(*k)), *n));
-        let v6 = self
-            .v6
-            .iter()
-            .map(move |(k, n)| (slots.subject(Slot::V6(*k)), *n));
+            .map(move |(first, n)| (slots.subject(Slot::Net(first)), n));
         let other = self.other.iter().map(|(k, n)| (*k, *n));
-        v4.chain(v6).chain(other)
+        nets.chain(other)
     }
 }
 
@@ -227,7 +221,10 @@ mod tests {
         let slash16: Subject = Network::parse("10.1.0.0/16").expect("net").into();
         let slash24: Subject = Network::parse("10.1.0.0/24").expect("net").into();
         assert_eq!(table.slot(&slash16), Slot::Other(slash16));
-        assert_eq!(table.slot(&slash24), Slot::V4(0x0a01_0000));
+        assert_eq!(
+            table.slot(&slash24),
+            Slot::Net(IpKey::from_v4_bits(0x0a01_0000))
+        );
         let asn = Subject::Asn(64500);
         assert_eq!(table.subject(table.slot(&asn)), asn);
     }

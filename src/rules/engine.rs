@@ -202,6 +202,11 @@ impl Engine {
         self.by_name
             .sort_by(|&a, &b| rules[a].name.cmp(&rules[b].name));
         self.rules = rules;
+        self.refresh_firing();
+    }
+
+    /// Every rule's firing keys made again from its states.
+    fn refresh_firing(&mut self) {
         self.firing = (0..self.states.len()).map(|r| self.firing_of(r)).collect();
     }
 
@@ -467,7 +472,7 @@ impl Engine {
         for t in &saved.transitions {
             self.record(t.clone());
         }
-        self.firing = (0..self.states.len()).map(|r| self.firing_of(r)).collect();
+        self.refresh_firing();
     }
 
     fn record(&mut self, mut t: Transition) {

@@ -26,13 +26,16 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
         }
     }
 
-    /// Adds `n` to the IP's count.
+    /// Adds `n` to the IP's count; returns the count before.
     #[inline]
-    pub fn add(&mut self, ip: IpKey, n: V) {
-        match ip.v4_bits() {
-            Some(v4) => *self.v4.entry(v4).or_default() += n,
-            None => *self.v6.entry(ip.to_bits()).or_default() += n,
-        }
+    pub fn add(&mut self, ip: IpKey, n: V) -> V {
+        let count = match ip.v4_bits() {
+            Some(v4) => self.v4.entry(v4).or_default(),
+            None => self.v6.entry(ip.to_bits()).or_default(),
+        };
+        let before = *count;
+        *count += n;
+        before
     }
 
     /// Sets the IP's count; returns the previous one.
@@ -82,12 +85,12 @@ impl<V: Copy + Default + AddAssign> IpMap<V> {
         self.v6.shrink_to_fit();
     }
 
-    /// Empties the maps, keeping room for about `held` addresses, the
-    /// number they just held: a table a burst grew to four times that is
-    /// given back down to twice, so that one burst does not cost its memory
-    /// for good while steady traffic never regrows its table.
-    pub fn clear_after(&mut self, held: usize) {
-        let room = held.max(4096);
+    /// Empties the maps, keeping room for about the number of addresses
+    /// they held: a table a burst grew to four times that is given back
+    /// down to twice, so that one burst does not cost its memory for good
+    /// while steady traffic never regrows its table.
+    pub fn clear_for_reuse(&mut self) {
+        let room = self.len().max(4096);
         self.clear();
         if self.v4.capacity() > 4 * room {
             self.v4.shrink_to(2 * room);
@@ -289,6 +292,27 @@ impl From<&IpMap<u32>> for SortedCounts {
     }
 }
 
+impl IpMap<u64> {
+    /// Takes `n` from the IP's count (not below 0; an IP at 0 is removed);
+    /// the count after, `None` for an IP not held.
+    #[inline]
+    pub fn subtract(&mut self, ip: IpKey, n: u64) -> Option<u64> {
+        fn take<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, u64>, k: K, n: u64) -> Option<u64> {
+            let count = map.get_mut(&k)?;
+            *count = count.saturating_sub(n);
+            let after = *count;
+            if after == 0 {
+                map.remove(&k);
+            }
+            Some(after)
+        }
+        match ip.v4_bits() {
+            Some(v4) => take(&mut self.v4, v4, n),
+            None => take(&mut self.v6, ip.to_bits(), n),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,10 +328,10 @@ mod tests {
         };
         fill(&mut map, 200_000);
         let burst = map.capacity();
-        map.clear_after(200_000);
+        map.clear_for_reuse();
         assert_eq!(map.capacity(), burst, "room for what it just held is kept");
         fill(&mut map, 10_000);
-        map.clear_after(10_000);
+        map.clear_for_reuse();
         let after = map.capacity();
         assert!(after < burst / 4, "{after} of {burst} kept after the burst");
         assert!(
