@@ -1,6 +1,7 @@
 //! Event time on the real cluster: a replay answers as a live run did, late
 //! records are counted as late exactly, a quiet partition never holds the
-//! window back while a backlogged one does, and kill -9 during a replay
+//! window back while a backlogged one does, a backlog read to the end is
+//! answered without waiting for its batch, and kill -9 during a replay
 //! loses and doubles nothing.
 
 mod common;
@@ -24,6 +25,13 @@ fn ms(t: &Value) -> Option<i64> {
     let text = t.as_str()?;
     let when = humantime::parse_rfc3339_weak(text).ok()?;
     Some(when.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+/// `t` in milliseconds since the epoch.
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as i64
 }
 
 /// `ipstats produce` lines stamped from `start`, `per_second` lines per second of log time.
@@ -210,10 +218,7 @@ fn a_replay_answers_as_the_live_run_and_both_equal_the_truth() {
     // The window's end is the data's time, not the wall clock.
     let end = ms(&a["window"]["end"]).expect("window end");
     let last = start + Duration::from_secs(36_000 / 20);
-    let last_ms = last
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis() as i64;
+    let last_ms = epoch_ms(last);
     assert!(
         (last_ms..=last_ms + 10_000).contains(&end),
         "the window ends at the data's newest time: {end} vs {last_ms}"
@@ -297,10 +302,7 @@ fn records_beyond_the_lateness_are_counted_as_late_exactly_and_within_it_join_th
     assert_eq!(holding.len(), 1, "{detail}");
     let pane_start = ms(&holding[0]["start"]).expect("start");
     let expected = end - Duration::from_secs(2);
-    let expected_ms = expected
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis() as i64;
+    let expected_ms = epoch_ms(expected);
     assert!(
         (pane_start..pane_start + 1000).contains(&expected_ms),
         "{detail}"
@@ -373,14 +375,52 @@ fn a_quiet_partition_does_not_hold_the_window_back_a_backlogged_one_does() {
     let status = get_json(svc.addr, "/api/v1/status");
     let end = ms(&status["time"]["window_end"]).expect("end");
     let newest = base + Duration::from_millis(2999 * 20);
-    let newest_ms = newest
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis() as i64;
+    let newest_ms = epoch_ms(newest);
     assert!(
         end > newest_ms,
         "the newest second is in the window: {end} vs {newest_ms}"
     );
+    svc.terminate(WAIT);
+}
+
+#[test]
+fn a_backlog_read_to_the_end_is_answered_before_its_batch_is_due() {
+    let Some(cluster) = cluster() else { return };
+    let topic = common::create_topic(&cluster, "read-to-end", 3);
+    // A minute of log time, twenty seconds a partition.
+    let base = SystemTime::now() - Duration::from_secs(90);
+    let lines: Vec<Vec<u8>> = (0..3000u64)
+        .map(|i| {
+            let ip = format!("198.51.100.{}", i % 50 + 1);
+            json_line(&ip, base + Duration::from_millis(i * 20))
+        })
+        .collect();
+    for (partition, part) in lines.chunks(1000).enumerate() {
+        common::kcat_produce(&cluster.brokers, &topic, partition as i32, part);
+    }
+    let truth = Truth::of(lines.iter().map(Vec::as_slice));
+    // Batches of a minute: on the grid alone, the first answer (and
+    // readiness, which waits for the first batch) would come a minute after
+    // the start.
+    let extra = ["--batch", "60s", "--slide", "60s", "--window", "10m"];
+    let dir = std::env::temp_dir().join(unique("read-to-end-ckpt"));
+    let mut svc =
+        Service::on_cluster_exactly(&cluster, &topic, &unique("read-to-end"), &dir, &extra);
+    svc.wait_ready(Duration::from_secs(45));
+    let top = wait_for("the backlog counted", Duration::from_secs(45), || {
+        let top = get_json(svc.addr, "/api/v1/top?n=100");
+        if top["total_requests"].as_u64() == Some(truth.counted()) {
+            Ok(top)
+        } else {
+            Err(format!("{} of {}", top["total_requests"], truth.counted()))
+        }
+    });
+    assert_eq!(top["distinct_ips"], 50, "{top}");
+    // Every record is in the window: its end is past the newest one.
+    let newest = base + Duration::from_millis(2999 * 20);
+    let newest_ms = epoch_ms(newest);
+    let end = ms(&top["window"]["end"]).expect("window end");
+    assert!(end > newest_ms, "{end} vs {newest_ms}");
     svc.terminate(WAIT);
 }
 

@@ -305,10 +305,19 @@ impl Answers {
     }
 }
 
+/// Every pane of `snapshot` holding counted records, oldest first: the
+/// kept panes, then those counted ahead of the window's end.
+pub fn counted(snapshot: &Snapshot) -> Vec<Arc<Pane>> {
+    let mut panes = kept(snapshot);
+    panes.extend(snapshot.ahead.iter().cloned());
+    panes
+}
+
 impl Answers {
-    /// Runs `work` on a worker over `view`'s kept panes (oldest first) and
-    /// the merge cache: for answers shaped elsewhere (an instance's part of
-    /// a cluster answer).
+    /// Runs `work` on a worker over every pane of `view` holding counted
+    /// records ([`counted`]: those ahead of its window's end too) and the
+    /// merge cache: for an instance's part of a cluster answer, whose range
+    /// may end past this instance's window.
     pub async fn compute<T, F>(&self, view: Arc<Snapshot>, work: F) -> Result<T, PoolGone>
     where
         T: Send + 'static,
@@ -318,7 +327,7 @@ impl Answers {
         let (done, answered) = tokio::sync::oneshot::channel();
         self.pool.send(job(
             (),
-            move || work(&kept(&view), &merges),
+            move || work(&counted(&view), &merges),
             move |result| {
                 let _ = done.send(result);
             },
@@ -355,6 +364,60 @@ mod tests {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    fn pane(seq: u64, second: u64, ip: &str, n: u32) -> Arc<Pane> {
+        let mut counts = crate::window::IpMap::default();
+        counts.add(crate::vocab::parse_ip(ip).expect("address"), n);
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + s);
+        Arc::new(Pane {
+            owners: None,
+            seq,
+            start: at(second),
+            end: at(second + 1),
+            counts: crate::window::PaneCounts::from(&counts),
+            requests: u64::from(n),
+            skipped: Default::default(),
+            ranges: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_cluster_part_reads_the_panes_counted_ahead_of_the_window_too() {
+        use crate::cluster::part::{Ask, PartRequest};
+        let (older, inside, ahead) = (
+            pane(1, 0, "10.0.0.1", 1),
+            pane(2, 1, "10.0.0.2", 2),
+            pane(3, 2, "10.0.0.3", 4),
+        );
+        let snapshot = Snapshot {
+            retained: vec![older.clone()],
+            panes: vec![inside.clone()],
+            ahead: vec![ahead.clone()],
+            ..Snapshot::empty(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(1),
+            )
+        };
+        // Kept panes for this instance's own answers; every counted pane
+        // for its part of a cluster answer, in time order.
+        assert_eq!(kept(&snapshot).len(), 2);
+        let all = counted(&snapshot);
+        let seqs: Vec<u64> = all.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        // A range another instance's window ends: the records ahead count.
+        let range = crate::query::Range {
+            start: older.start,
+            end: ahead.end,
+        };
+        let part = PartRequest::over(range, None, Ask::Totals).answer(&all, &MergeCache::default());
+        assert_eq!((part.total_requests, part.distinct_ips), (7, 3));
+        let short = crate::query::Range {
+            end: inside.end,
+            ..range
+        };
+        let part = PartRequest::over(short, None, Ask::Totals).answer(&all, &MergeCache::default());
+        assert_eq!(part.total_requests, 3);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::merge::{Candidates, threshold};
-use super::part::{Ask, Item, PartReply, PartRequest, read_key};
+use super::part::{Ask, Item, PartReply, PartRequest, Parts, read_key};
 use super::registry::{Member, Members};
+use super::span::Span;
 use super::{Cluster, Ownership, label};
 use crate::answers::Answers;
 use crate::kafka::ViewReceiver;
@@ -45,9 +46,6 @@ pub struct InstanceField {
     /// Of those, the ones still being rebuilt from Kafka.
     pub rebuilding: Vec<String>,
 }
-
-/// One instance's answer to one round: `None` when it did not answer in time.
-pub(super) type Parts = Vec<Option<PartReply>>;
 
 /// Views an instance keeps answering from after a newer one is published:
 /// the rounds of one answer take milliseconds, a slide at least one batch.
@@ -176,7 +174,15 @@ impl Fanout {
                 .newest(arc_swap::Guard::into_inner(self.local.now())),
         };
         let coverage = self.ownership.coverage(&view.partitions);
-        let window_end_ms = super::part::millis(view.window_end);
+        // Where this instance's counts end: its window's end, or the end of
+        // the newest pane it counted ahead of it (held back for a few
+        // seconds after busy partitions, not to be left out of the
+        // cluster's current window).
+        let counted_until = view
+            .ahead
+            .last()
+            .map_or(view.window_end, |p| p.end.max(view.window_end));
+        let window_end_ms = super::part::millis(counted_until);
         let mut reply = self
             .local
             .compute(view, move |kept, merges| request.answer(kept, merges))
@@ -190,34 +196,13 @@ impl Fanout {
         Some(reply)
     }
 
-    async fn remote_part(&self, url: &str, request: &PartRequest) -> Option<PartReply> {
+    pub(super) async fn remote_part(&self, url: &str, request: &PartRequest) -> Option<PartReply> {
         let mut asking = self.client.post(format!("{url}{PART_ROUTE}")).json(request);
         if let Some(token) = &self.token {
             asking = asking.bearer_auth(token);
         }
         let response = asking.send().await.ok()?.error_for_status().ok()?;
         response.json::<PartReply>().await.ok()
-    }
-
-    /// `requests[i]` asked of `members[i]`, all at once, until `until`.
-    pub(super) async fn ask(
-        &self,
-        members: &[Member],
-        requests: Vec<PartRequest>,
-        until: Instant,
-    ) -> Parts {
-        let asks = members.iter().zip(requests).map(|(m, request)| async move {
-            let left = until.saturating_duration_since(Instant::now());
-            let part = async {
-                if m.id == self.cluster.instance_id {
-                    self.local_part(request).await
-                } else {
-                    self.remote_part(&m.url, &request).await
-                }
-            };
-            tokio::time::timeout(left, part).await.ok().flatten()
-        });
-        join_all(asks).await
     }
 
     pub(super) fn roster(&self) -> Vec<Member> {
@@ -294,27 +279,27 @@ impl Fanout {
         )
     }
 
-    /// The top `n` keys of `range` over the whole cluster: exact (TPUT)
+    /// The top `n` keys of `span` over the whole cluster: exact (TPUT)
     /// when the parts are.
-    pub async fn top(&self, range: Range, grouping: Option<Grouping>, n: usize) -> Top {
-        self.top_within(range, grouping, n, None).await
+    pub async fn top(&self, span: &Span, grouping: Option<Grouping>, n: usize) -> Top {
+        self.top_within(span, grouping, n, None).await
     }
 
     /// [`Fanout::top`] over the addresses inside `within` (CIDR) only.
     pub async fn top_within(
         &self,
-        range: Range,
+        span: &Span,
         grouping: Option<Grouping>,
         n: usize,
         within: Option<String>,
     ) -> Top {
-        let key = format!("{range:?} {grouping:?} {n} {within:?}");
+        let key = format!("{:?} {grouping:?} {n} {within:?}", span.range);
         if let Some((at, top)) = self.lock_answered().get(&key)
             && at.elapsed() < self.fresh_for
         {
             return top.clone();
         }
-        let top = self.merge_top(range, grouping, n, within).await;
+        let top = self.merge_top(span, grouping, n, within).await;
         if top.cluster.complete {
             let mut answered = self.lock_answered();
             answered.retain(|_, (at, _)| at.elapsed() < self.fresh_for);
@@ -332,29 +317,20 @@ impl Fanout {
     /// The three rounds of [`Fanout::top_within`].
     async fn merge_top(
         &self,
-        range: Range,
+        span: &Span,
         grouping: Option<Grouping>,
         n: usize,
         within: Option<String>,
     ) -> Top {
         let until = Instant::now() + DEADLINE;
-        let members = self.roster();
+        let (range, members) = (span.range, &span.members);
         let ask_all = |ask: Ask| {
             vec![PartRequest::over(range, grouping, ask).within(within.clone()); members.len()]
         };
-        let tops = self.ask(&members, ask_all(Ask::Top { k: n }), until).await;
+        let tops = self.ask_span(span, ask_all(Ask::Top { k: n }), until).await;
         let mut reached: Vec<bool> = tops.iter().map(Option::is_some).collect();
         // Later rounds read the view each instance answered round 1 from.
-        let pins: Vec<Option<u64>> = tops
-            .iter()
-            .map(|p| p.as_ref().and_then(|p| p.view))
-            .collect();
-        let pinned = |asks: Vec<PartRequest>| -> Vec<PartRequest> {
-            asks.into_iter()
-                .zip(&pins)
-                .map(|(a, pin)| a.pinned(*pin))
-                .collect()
-        };
+        let later = span.pinned_to(&tops);
         let answered = |parts: &Parts, reached: &[bool]| -> Vec<Vec<Item>> {
             parts
                 .iter()
@@ -367,12 +343,8 @@ impl Fanout {
         };
         let t = threshold(&answered(&tops, &reached), n);
         let (above, everyone) = tokio::join!(
-            self.ask(&members, pinned(ask_all(Ask::Above { min: t })), until),
-            self.ask(
-                &members,
-                pinned(ask_all(Ask::Addresses { within: None })),
-                until
-            ),
+            self.ask_span(&later, ask_all(Ask::Above { min: t }), until),
+            self.ask_span(&later, ask_all(Ask::Addresses { within: None }), until),
         );
         note_reached(&mut reached, &tops, &above);
         note_reached(&mut reached, &tops, &everyone);
@@ -389,7 +361,7 @@ impl Fanout {
                 .within(within.clone())
             })
             .collect();
-        let counts = self.ask(&members, pinned(asks), until).await;
+        let counts = self.ask_span(&later, asks, until).await;
         note_reached(&mut reached, &tops, &counts);
         for (i, part) in counts.iter().enumerate() {
             if let Some(part) = part.as_ref().filter(|_| reached[i]) {
@@ -443,16 +415,16 @@ impl Fanout {
             items,
             exact: parts.iter().all(|p| p.exact),
             error_bound: parts.iter().map(|p| p.error_bound).sum(),
-            cluster: self.field(&members, &tops, &reached),
+            cluster: self.field(members, &tops, &reached),
         }
     }
 
     /// One address pane by pane over the cluster: the panes' counts added.
-    pub async fn ip(&self, range: Range, ip: &str) -> (Vec<(i64, i64, u64)>, bool, ClusterField) {
+    pub async fn ip(&self, span: &Span, ip: &str) -> (Vec<(i64, i64, u64)>, bool, ClusterField) {
         let until = Instant::now() + DEADLINE;
-        let members = self.roster();
-        let ask = PartRequest::over(range, None, Ask::Ip { ip: ip.to_string() });
-        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        let members = &span.members;
+        let ask = PartRequest::over(span.range, None, Ask::Ip { ip: ip.to_string() });
+        let parts = self.ask_span(span, vec![ask; members.len()], until).await;
         let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
         let mut panes: BTreeMap<(i64, i64), u64> = BTreeMap::new();
         for part in parts.iter().flatten() {
@@ -462,7 +434,7 @@ impl Fanout {
         }
         let exact = parts.iter().flatten().all(|p| p.exact);
         let panes = panes.into_iter().map(|((s, e), c)| (s, e, c)).collect();
-        (panes, exact, self.field(&members, &parts, &reached))
+        (panes, exact, self.field(members, &parts, &reached))
     }
 
     /// The `cluster` field alone: every instance asked for its totals.
@@ -473,23 +445,6 @@ impl Fanout {
         let parts = self.ask(&members, vec![ask; members.len()], until).await;
         let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
         self.field(&members, &parts, &reached)
-    }
-
-    /// The end of the newest window among the instances that count
-    /// something (each instance's window ends at its own newest data):
-    /// where the cluster's current window ends. `None` when none answers.
-    pub async fn newest_end(&self, range: Range) -> Option<std::time::SystemTime> {
-        let until = Instant::now() + DEADLINE;
-        let members = self.roster();
-        let ask = PartRequest::over(range, None, Ask::Totals);
-        let parts = self.ask(&members, vec![ask; members.len()], until).await;
-        parts
-            .iter()
-            .flatten()
-            .filter(|p| !p.coverage.served.is_empty())
-            .map(|p| p.window_end_ms)
-            .max()
-            .map(super::part::time_of)
     }
 
     /// How complete an answer from `parts` is: see [`complete`].
@@ -585,12 +540,16 @@ pub fn complete(
     }
 }
 
+/// Parts for the cluster's unit tests.
+#[cfg(test)]
+pub(super) use tests::{member, part};
+
 #[cfg(test)]
 mod tests {
     use super::super::{Coverage, HeldView};
     use super::*;
 
-    fn member(id: &str) -> Member {
+    pub(in crate::cluster) fn member(id: &str) -> Member {
         Member {
             id: id.into(),
             url: format!("http://{id}"),
@@ -598,7 +557,9 @@ mod tests {
         }
     }
 
-    fn part(held: &[&str], served: &[&str]) -> Option<PartReply> {
+    /// A part holding `held`, of which it serves `served` (the others are
+    /// being rebuilt).
+    pub(in crate::cluster) fn part(held: &[&str], served: &[&str]) -> Option<PartReply> {
         Some(PartReply {
             coverage: Coverage {
                 held: held

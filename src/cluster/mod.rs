@@ -12,7 +12,10 @@
 //!   `/ipstats/<group>/owners`) or the `--peers` list: who the others are.
 //! - [`part`]: one instance's part of an answer, for a range all instances
 //!   share; [`merge`]: the parts merged, exactly (TPUT for top-N);
-//!   [`fanout`]: asking every instance in parallel, with a deadline.
+//!   [`fanout`]: the answers, asked of every instance in parallel in
+//!   [`rounds`] within one deadline;
+//!   [`span`]: the range an answer covers, and the views every round of it
+//!   reads.
 //!
 //! The rule that keeps answers honest: a partition's counts may reach an
 //! answer from one instance only. An answer is complete when every
@@ -27,7 +30,9 @@ pub mod merge;
 pub mod owned;
 pub mod part;
 pub mod registry;
+pub mod rounds;
 pub mod rules;
+pub mod span;
 pub mod threshold;
 
 use std::collections::BTreeMap;
@@ -286,6 +291,16 @@ impl Ownership {
             .map(|(_, (fence, _, _))| *fence)
     }
 
+    /// Whether this instance holds the partition, is to commit `offset`
+    /// for it, and waits only for the registry to take its owner znode:
+    /// a commit that leaves it out must be tried again once it has.
+    pub fn fence_pending(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let s = self.lock();
+        s.held.iter().any(|((t, p), h)| {
+            &**t == topic && *p == partition && !h.lost && offset >= h.target && h.fence.is_none()
+        })
+    }
+
     /// Whether a commit of `offset` for this partition to the Kafka group
     /// is this instance's to make: it holds the partition and `offset` is
     /// not behind the log end it had when taken (a partition given up was
@@ -455,7 +470,11 @@ mod tests {
         o.beat();
         let v = [view(0, 0), view(1, 0)];
         assert!(o.coverage(&v).served.is_empty(), "not confirmed yet");
+        // Not fenced yet: a commit must wait for it, not skip it for good.
+        assert_eq!(o.fence_of("t", 0, 0), None);
+        assert!(o.fence_pending("t", 0, 0));
         o.fenced(generation, &("t".into(), 0), 4);
+        assert!(!o.fence_pending("t", 0, 0));
         o.fenced(generation, &("t".into(), 1), 2);
         o.confirmed(generation);
         assert_eq!(o.coverage(&v).served.len(), 2);

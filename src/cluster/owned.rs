@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use super::fanout::{DEADLINE, Fanout};
 use super::part::{Ask, PartRequest};
+use super::span::Span;
 use crate::owners::OwnerKind;
 use crate::query::owners::{AsnMembers, OwnerTrust};
-use crate::query::{Grouping, Range, top_networks};
+use crate::query::{Grouping, top_networks};
 use crate::vocab::{IpKey, Subject, parse_ip};
 
 /// The cluster's owners of one kind over a range.
@@ -36,18 +37,18 @@ pub struct AsnOwned {
 }
 
 impl Fanout {
-    /// The `n` owners of `kind` with the most requests over `range`.
-    pub async fn owners(&self, range: Range, kind: OwnerKind, n: usize) -> Owned {
+    /// The `n` owners of `kind` with the most requests over `span`.
+    pub async fn owners(&self, span: &Span, kind: OwnerKind, n: usize) -> Owned {
         let until = Instant::now() + DEADLINE;
-        let members = self.roster();
+        let members = &span.members;
         let ask = PartRequest::over(
-            range,
+            span.range,
             None,
             Ask::Owners {
                 group: kind.name().to_string(),
             },
         );
-        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        let parts = self.ask_span(span, vec![ask; members.len()], until).await;
         let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
         let mut per_key: BTreeMap<u32, (u64, BTreeSet<&str>)> = BTreeMap::new();
         let mut everyone: BTreeSet<&str> = BTreeSet::new();
@@ -77,17 +78,17 @@ impl Fanout {
             owners,
             exact: answered.clone().all(|p| p.exact),
             error_bound: answered.map(|p| p.error_bound).sum(),
-            cluster: self.field(&members, &parts, &reached),
+            cluster: self.field(members, &parts, &reached),
         }
     }
 
-    /// One AS over `range`: its requests, addresses (counts added across
+    /// One AS over `span`: its requests, addresses (counts added across
     /// instances), the top `n` of them and of its networks (`/24`, `/64`).
-    pub async fn asn(&self, range: Range, asn: u32, n: usize) -> AsnOwned {
+    pub async fn asn(&self, span: &Span, asn: u32, n: usize) -> AsnOwned {
         let until = Instant::now() + DEADLINE;
-        let members = self.roster();
-        let ask = PartRequest::over(range, None, Ask::AsnMembers { asn });
-        let parts = self.ask(&members, vec![ask; members.len()], until).await;
+        let members = &span.members;
+        let ask = PartRequest::over(span.range, None, Ask::AsnMembers { asn });
+        let parts = self.ask_span(span, vec![ask; members.len()], until).await;
         let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
         let mut counts: BTreeMap<IpKey, u64> = BTreeMap::new();
         for part in parts.iter().flatten() {
@@ -115,7 +116,7 @@ impl Fanout {
                 trust: OwnerTrust::default(),
             },
             exact: answered.clone().all(|p| p.exact),
-            cluster: self.field(&members, &parts, &reached),
+            cluster: self.field(members, &parts, &reached),
         }
     }
 }

@@ -69,7 +69,8 @@ pub struct PartReply {
     /// Which of this instance's views answered; `None` when the view asked
     /// for is no longer kept (the asker then treats this part as missing).
     pub view: Option<u64>,
-    /// The end of the replying view's current window (epoch ms).
+    /// Where the replying view's counts end (epoch ms): its current
+    /// window's end, or the end of the newest pane counted ahead of it.
     #[serde(default)]
     pub window_end_ms: i64,
     pub coverage: Coverage,
@@ -93,6 +94,10 @@ pub struct PartReply {
     #[serde(default)]
     pub owned: Vec<(String, u64, Vec<String>)>,
 }
+
+/// Every instance's answer to one round, in the order asked: `None` when
+/// it did not answer in time.
+pub type Parts = Vec<Option<PartReply>>;
 
 pub fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

@@ -22,10 +22,10 @@ use tracing::{info, warn};
 use zookeeper_client as zk;
 
 use super::fanout::{DEADLINE, Fanout};
-use super::part::{read_key, time_of};
+use super::part::read_key;
 use super::registry::{Leader, RegistryOptions, rules_path};
 use crate::metrics::Metrics;
-use crate::query::{Grouping, Range};
+use crate::query::Grouping;
 use crate::rules::outbox::Outbox;
 use crate::rules::{Evaluator, Key, Rules, SavedAlerts};
 use crate::vocab::{IpKey, Network, Subject};
@@ -152,8 +152,7 @@ impl Task {
         ev: &mut Evaluator,
     ) -> Option<(Arc<crate::rules::AlertsView>, Vec<crate::rules::Transition>)> {
         let until = Instant::now() + DEADLINE;
-        let settled = self.fanout.settle(until).await?;
-        let end = time_of(settled.end_ms);
+        let settled = self.fanout.settle().await?;
         let mut counted = Vec::new();
         for wanted in ev.wanted() {
             let length = self.batch * u32::try_from(wanted.panes).unwrap_or(u32::MAX);
@@ -161,7 +160,7 @@ impl Task {
                 // Owners are few: every instance's, added up.
                 let owned = self
                     .fanout
-                    .owners(Range::ending(end, length), kind, usize::MAX)
+                    .owners(&settled.ending(length), kind, usize::MAX)
                     .await;
                 if !owned.cluster.complete {
                     return None;
@@ -182,8 +181,7 @@ impl Task {
             let above = self
                 .fanout
                 .above(
-                    &settled,
-                    Range::ending(end, length),
+                    &settled.ending(length),
                     grouping_of(wanted.key),
                     wanted.floor,
                     keys,
@@ -199,7 +197,7 @@ impl Task {
                 .collect();
             counted.push((above.total, counts));
         }
-        Some(ev.slide_counted(counted, end))
+        Some(ev.slide_counted(counted, settled.range.end))
     }
 
     async fn connect(&self) -> Option<zk::Client> {

@@ -7,10 +7,10 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::fanout::{Fanout, Parts, note_reached};
+use super::fanout::{Fanout, note_reached};
 use super::merge::Candidates;
 use super::part::{Ask, Item, PartRequest};
-use super::registry::Member;
+use super::span::{Span, newest_end_ms};
 use crate::query::{Grouping, Range};
 
 /// Counts of one key kind over the cluster for a rule's running count.
@@ -22,84 +22,66 @@ pub struct Above {
 }
 
 impl Fanout {
-    /// The first round of a threshold query: every instance's totals over
-    /// its current window, the views later rounds read (`pins`), and the
-    /// newest window end among them. `None` unless the cluster is complete.
-    pub async fn settle(&self, until: Instant) -> Option<Settled> {
-        let members = self.roster();
+    /// The first round of a threshold query: the cluster's current window
+    /// (see [`Fanout::current`]), whose views later rounds read. `None`
+    /// unless the cluster is complete and some instance counts something.
+    pub async fn settle(&self) -> Option<Span> {
         let local = self.local.now();
-        let range = Range {
+        let window = Range {
             start: local.window_start,
             end: local.window_end,
         };
-        let parts = self
-            .ask(
-                &members,
-                vec![PartRequest::over(range, None, Ask::Totals); members.len()],
-                until,
-            )
-            .await;
-        let reached: Vec<bool> = parts.iter().map(Option::is_some).collect();
-        if !self.field(&members, &parts, &reached).complete {
+        let span = self.current(window, local.window_length).await;
+        let first = span.first?;
+        let reached: Vec<bool> = first.iter().map(Option::is_some).collect();
+        if !self.field(&span.members, &first, &reached).complete {
             return None;
         }
-        // The newest window end of those that count something: an instance
-        // holding nothing (or nothing counted yet) has no window of its own.
-        let end_ms = parts
-            .iter()
-            .flatten()
-            .filter(|p| !p.coverage.served.is_empty())
-            .map(|p| p.window_end_ms)
-            .max()?;
+        newest_end_ms(&first)?;
         // Complete without those that did not answer: they hold nothing.
-        let (members, parts) = members
+        let (members, first) = span
+            .members
             .into_iter()
-            .zip(parts)
+            .zip(first)
             .filter(|(_, p)| p.is_some())
             .unzip();
-        Some(Settled {
+        Some(Span {
+            range: span.range,
             members,
-            parts,
-            end_ms,
+            first: Some(first),
         })
     }
 
-    /// Every key of `grouping` whose count over `range` reaches `floor`,
+    /// Every key of `grouping` whose count over `span` reaches `floor`,
     /// with its count, and the counts of `keys`: exact, from the views of
-    /// `settled`; `None` when an instance did not answer from them.
+    /// the span's first round; `None` when an instance did not answer from them.
     pub async fn above(
         &self,
-        settled: &Settled,
-        range: Range,
+        span: &Span,
         grouping: Option<Grouping>,
         floor: u64,
         keys: Vec<String>,
         until: Instant,
     ) -> Option<Above> {
-        let m = settled.members.len().max(1) as u64;
-        let t = floor.div_ceil(m).max(1);
-        let pinned = |ask: &dyn Fn(usize) -> Ask| -> Vec<PartRequest> {
-            settled
-                .parts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    PartRequest::over(range, grouping, ask(i))
-                        .pinned(p.as_ref().and_then(|p| p.view))
-                })
+        let members = span.members.len();
+        let first = span.first.as_ref()?;
+        let t = floor.div_ceil(members.max(1) as u64).max(1);
+        let asks = |ask: &dyn Fn(usize) -> Ask| -> Vec<PartRequest> {
+            (0..members)
+                .map(|i| PartRequest::over(span.range, grouping, ask(i)))
                 .collect()
         };
-        let mut reached = vec![true; settled.members.len()];
+        let mut reached = vec![true; members];
         let above = self
-            .ask(&settled.members, pinned(&|_| Ask::Above { min: t }), until)
+            .ask_span(span, asks(&|_| Ask::Above { min: t }), until)
             .await;
-        note_reached(&mut reached, &settled.parts, &above);
+        note_reached(&mut reached, first, &above);
         let items: Vec<Vec<Item>> = above
             .iter()
             .map(|p| p.as_ref().map(|p| p.items.clone()).unwrap_or_default())
             .collect();
         let candidates = Candidates::new(&items, t, usize::MAX);
-        let asks: Vec<Vec<String>> = (0..settled.members.len())
+        let keys_asked: Vec<Vec<String>> = (0..members)
             .map(|i| {
                 let mut ask = candidates.to_ask(i);
                 ask.extend(keys.iter().cloned());
@@ -109,15 +91,15 @@ impl Fanout {
             })
             .collect();
         let counts = self
-            .ask(
-                &settled.members,
-                pinned(&|i| Ask::Counts {
-                    keys: asks[i].clone(),
+            .ask_span(
+                span,
+                asks(&|i| Ask::Counts {
+                    keys: keys_asked[i].clone(),
                 }),
                 until,
             )
             .await;
-        note_reached(&mut reached, &settled.parts, &counts);
+        note_reached(&mut reached, first, &counts);
         if !reached.iter().all(|r| *r) {
             return None;
         }
@@ -126,7 +108,7 @@ impl Fanout {
             ..Above::default()
         };
         for (i, part) in above.iter().enumerate() {
-            let asked: HashSet<&str> = asks[i].iter().map(String::as_str).collect();
+            let asked: HashSet<&str> = keys_asked[i].iter().map(String::as_str).collect();
             // Keys asked again in round two are counted from that round.
             for (k, c, _) in part.iter().flat_map(|p| &p.items) {
                 if !asked.contains(k.as_str()) {
@@ -142,11 +124,4 @@ impl Fanout {
         result.counts.retain(|k, c| *c >= floor || keys.contains(k));
         Some(result)
     }
-}
-
-/// The first round of a threshold query (see [`Fanout::settle`]).
-pub struct Settled {
-    members: Vec<Member>,
-    parts: Parts,
-    pub end_ms: i64,
 }

@@ -25,6 +25,7 @@ use super::views::{
 use crate::cluster::fanout::{ClusterField, Fanout, complete};
 use crate::cluster::part::{PartReply, PartRequest, read_key, time_of};
 use crate::cluster::registry::Member;
+use crate::cluster::span::Span;
 use crate::owners::OwnerKind;
 use crate::query::owners::OwnerCount;
 use crate::query::{Grouping, NetworkCount, Range};
@@ -80,24 +81,24 @@ pub async fn part(
     Ok(Json(reply))
 }
 
-/// The range an answer covers: the one asked, else the cluster's current
+/// What an answer covers: the range asked, else the cluster's current
 /// window (ending where the instance with the newest data ends it; this
-/// instance's own window may end sooner).
-async fn range_of(
+/// instance's own window may end sooner), read from the views that set
+/// its end.
+async fn span_of(
     state: &AppState,
     fanout: &Fanout,
     snapshot: &Snapshot,
     asked: &Asked<'_>,
-) -> Result<Range, Problem> {
+) -> Result<Span, Problem> {
     if asked.window.is_none() && asked.end.is_none() {
         let local = Range {
             start: snapshot.window_start,
             end: snapshot.window_end,
         };
-        let end = fanout.newest_end(local).await.unwrap_or(local.end);
-        return Ok(Range::ending(end, snapshot.window_length));
+        return Ok(fanout.current(local, snapshot.window_length).await);
     }
-    adhoc::range(state, snapshot, asked)
+    Ok(fanout.over(adhoc::range(state, snapshot, asked)?))
 }
 
 fn window_of(range: Range, snapshot: &Snapshot) -> WindowView {
@@ -117,9 +118,10 @@ pub async fn top(
     asked: &Asked<'_>,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, fanout, snapshot, asked).await?;
+    let span = span_of(state, fanout, snapshot, asked).await?;
+    let range = span.range;
     let grouping = adhoc::grouping(asked)?;
-    let top = fanout.top(range, grouping, n).await;
+    let top = fanout.top(&span, grouping, n).await;
     let exactness = Exactness::of(!top.exact, top.error_bound, !top.exact);
     let window = window_of(range, snapshot);
     let distinct = usize::try_from(top.distinct_ips).unwrap_or(usize::MAX);
@@ -172,8 +174,9 @@ pub async fn owners(
     kind: OwnerKind,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, fanout, snapshot, asked).await?;
-    let owned = fanout.owners(range, kind, n).await;
+    let span = span_of(state, fanout, snapshot, asked).await?;
+    let range = span.range;
+    let owned = fanout.owners(&span, kind, n).await;
     let exactness = Exactness::of(!owned.exact, owned.error_bound, !owned.exact);
     let names = state.sources.owners.as_deref();
     Ok(json(
@@ -210,8 +213,9 @@ pub async fn asn(
     asn: u32,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, fanout, snapshot, asked).await?;
-    let owned = fanout.asn(range, asn, n).await;
+    let span = span_of(state, fanout, snapshot, asked).await?;
+    let range = span.range;
+    let owned = fanout.asn(&span, asn, n).await;
     // A summarized pane's members are not all known: the count is, within
     // no bound an instance can give here.
     let exactness = if owned.exact {
@@ -242,9 +246,10 @@ pub async fn network(
     network: crate::vocab::Network,
     n: usize,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, fanout, snapshot, asked).await?;
+    let span = span_of(state, fanout, snapshot, asked).await?;
+    let range = span.range;
     let top = fanout
-        .top_within(range, None, n, Some(network.to_string()))
+        .top_within(&span, None, n, Some(network.to_string()))
         .await;
     let exactness = Exactness::of(!top.exact, top.error_bound, !top.exact);
     let items: Vec<(IpKey, u64)> = top
@@ -273,8 +278,9 @@ pub async fn ip(
     asked: &Asked<'_>,
     ip: IpKey,
 ) -> Result<Response, Problem> {
-    let range = range_of(state, fanout, snapshot, asked).await?;
-    let (panes, exact, cluster) = fanout.ip(range, &ip.to_string()).await;
+    let span = span_of(state, fanout, snapshot, asked).await?;
+    let range = span.range;
+    let (panes, exact, cluster) = fanout.ip(&span, &ip.to_string()).await;
     let exactness = if exact {
         Exactness::EXACT
     } else {

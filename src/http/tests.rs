@@ -83,6 +83,7 @@ fn data(ready: bool) -> AppData {
             end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             ..(*pane(9, &[("10.0.0.9", 4), ("10.0.0.1", 1)])).clone()
         })],
+        ahead: Vec::new(),
         partitions: vec![PartitionStatus {
             topic: "access-log".into(),
             partition: 0,

@@ -172,6 +172,10 @@ struct State {
     published: bool,
     /// Since when kept panes are summarized to fit `--memory-limit`.
     summarizing_since: Option<SystemTime>,
+    /// At the last close, a partition had records left to read (by the log
+    /// ends the cluster view last saw): a backlog is being replayed, and
+    /// the batch in which it is read to the end closes at once.
+    behind: bool,
 }
 
 impl Ingest {
@@ -237,6 +241,7 @@ impl Ingest {
                 if member.is_none() && st.links.view.has_changed().unwrap_or(false) {
                     st.assign_new_partitions(consumer, &queue)?;
                 }
+                st.advance_while_idle()?;
                 wait = st
                     .tracker
                     .until_due(Instant::now())
@@ -251,8 +256,14 @@ impl Ingest {
                 st.handle_result(consumer, result)?;
             }
             let now = Instant::now();
-            if st.tracker.is_due(now) {
-                // Batches stay on their grid; a stall closes the missed ones empty.
+            let due = st.tracker.is_due(now);
+            if due || st.replay_read_to_the_end() {
+                // Batches stay on their grid; a stall closes the missed ones
+                // empty. A replay read to the end closes at once, so that
+                // answers hold its last records without waiting for the grid.
+                if !due {
+                    st.close_batch_early(consumer)?;
+                }
                 while st.tracker.is_due(now) {
                     st.close_batch(consumer)?;
                 }
@@ -261,6 +272,7 @@ impl Ingest {
                     None => st.assign_new_partitions(consumer, &queue)?,
                 }
             }
+            st.mark_ready();
         }
         st.close_batch(consumer)?;
         st.publish();
@@ -345,11 +357,74 @@ impl State {
         Ok(())
     }
 
+    /// Ready: state is restored (before ingest started), a batch of this
+    /// run closed and was published (the totals of a restored checkpoint
+    /// count the batches before it), and the Kafka cluster has answered at
+    /// least once (the monitor may hear from it only after that batch).
+    fn mark_ready(&self) {
+        let health = &self.links.health;
+        if !health.is_ready() && self.published && health.kafka_contact_age().is_some() {
+            health.set_ready();
+        }
+    }
+
+    /// Event time, nothing read since the last close: the window's end
+    /// moves as soon as the partitions that delivered records lately have
+    /// been quiet long enough to stop holding it back, without waiting for
+    /// the next batch (a replay's newest records join the window seconds
+    /// after it was read to the end, not a batch later).
+    fn advance_while_idle(&mut self) -> Result<(), IngestError> {
+        if self.events.is_none() || self.tracker.open_records() > 0 {
+            return Ok(());
+        }
+        if self.advance_event_time()? {
+            self.window_changed();
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Event time: the open batch holds records, a backlog was being
+    /// replayed at the last close, and every partition is now read up to
+    /// the log end the cluster view saw.
+    fn replay_read_to_the_end(&self) -> bool {
+        self.behind
+            && self.events.is_some()
+            && self.tracker.open_records() > 0
+            && self.read_to_the_end()
+    }
+
+    /// Every partition is read up to the log end the cluster view saw.
+    fn read_to_the_end(&self) -> bool {
+        let view = self.links.view.borrow();
+        view.refreshed.is_some()
+            && self
+                .tracker
+                .partitions()
+                .iter()
+                .all(|p| p.read_to_end_of(&view))
+    }
+
+    /// Closes the batch on its grid point.
+    fn close_batch(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+        self.close_batch_at(consumer, false)
+    }
+
+    /// Closes the batch before its grid point, and publishes what it counted.
+    fn close_batch_early(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
+        self.close_batch_at(consumer, true)
+    }
+
     /// Closes the batch: re-reads what the rate cap turned away, takes the
     /// open pane from the counting thread into the window, then publishes
     /// and checkpoints when it is time.
-    fn close_batch(&mut self, consumer: &KafkaConsumer) -> Result<(), IngestError> {
-        let closed = self.tracker.close(SystemTime::now());
+    fn close_batch_at(&mut self, consumer: &KafkaConsumer, early: bool) -> Result<(), IngestError> {
+        let wall = SystemTime::now();
+        let closed = if early {
+            self.tracker.close_early(wall)
+        } else {
+            self.tracker.close(wall)
+        };
         seek_back(consumer, &closed.seek_back);
         let mut consumed = 0;
         for (metrics, taken) in self.partition_metrics.iter().zip(&closed.taken) {
@@ -388,7 +463,8 @@ impl State {
                 false
             }
         };
-        self.after_close(published);
+        self.behind = !self.read_to_the_end();
+        self.after_close(published || early);
         Ok(())
     }
 
@@ -411,16 +487,21 @@ impl State {
         metrics.batches.inc();
     }
 
-    /// After a batch closed: the window's gauges, a snapshot when a slide
-    /// ends (or `published` says the event-time window moved), a checkpoint
-    /// job when one is due, readiness, the batch's duration.
-    fn after_close(&mut self, published: bool) {
+    /// The window's gauges, and its state kept to the memory budget.
+    fn window_changed(&mut self) {
         let metrics = &self.links.metrics;
         metrics.window_requests.set(self.window.requests() as i64);
         metrics
             .window_distinct_ips
             .set(self.window.distinct_ips() as i64);
         self.keep_to_budget();
+    }
+
+    /// After a batch closed: the window's gauges, a snapshot when a slide
+    /// ends (or `published` says the event-time window moved), a checkpoint
+    /// job when one is due, readiness, the batch's duration.
+    fn after_close(&mut self, published: bool) {
+        self.window_changed();
 
         let seq = self.tracker.next_seq();
         // The run's first batch is published at once, the rest at slides
@@ -437,11 +518,7 @@ impl State {
                 Err(TrySendError::Disconnected(_)) => warn!("the checkpoint writer is gone"),
             }
         }
-        // Ready: state is restored (before ingest started), a batch closed,
-        // and the Kafka cluster has answered at least once.
-        if !self.links.health.is_ready() && self.links.health.kafka_contact_age().is_some() {
-            self.links.health.set_ready();
-        }
+        self.mark_ready();
         let busy = self.tracker.busy_until(Instant::now());
         self.links
             .metrics

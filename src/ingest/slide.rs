@@ -41,9 +41,7 @@ impl State {
             .map(|(slot, p)| {
                 !fresh
                     || events.active(slot, now, VIEW_FRESH_FOR_EVENT_TIME)
-                    || view
-                        .find(&p.topic, p.partition)
-                        .is_none_or(|i| p.next < i.high)
+                    || !p.read_to_end_of(&view)
             })
             .collect();
         let (published, stops) = match events.target_end(&backlog) {
@@ -156,6 +154,9 @@ impl State {
             Instant::now(),
             SystemTime::now(),
         );
+        if let Some(events) = &self.events {
+            snapshot.ahead = events.ahead().cloned().collect();
+        }
         snapshot.ingest.memory = MemoryStatus {
             budget_bytes: self.config.memory.bytes,
             state_bytes: self.window.bytes() + self.events.as_ref().map_or(0, EventPanes::bytes),

@@ -113,6 +113,8 @@ impl State {
             logs: LogLimit::default(),
             published: false,
             summarizing_since: None,
+            // Nothing is read yet: what is there to read is a backlog.
+            behind: true,
         })
     }
 }

@@ -34,6 +34,15 @@ pub struct Partition {
     pub started: Started,
 }
 
+impl Partition {
+    /// Read up to the log end `view` last saw (not when the view does not
+    /// know the partition).
+    pub fn read_to_end_of(&self, view: &ClusterView) -> bool {
+        view.find(&self.topic, self.partition)
+            .is_some_and(|info| self.next >= info.high)
+    }
+}
+
 /// What to do with one polled record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -301,6 +310,21 @@ impl Tracker {
     /// Closes the open batch (`wall` ends its pane) and opens the next one
     /// on the grid.
     pub fn close(&mut self, wall: SystemTime) -> Closed {
+        let closed = self.close_early(wall);
+        self.batch_end += self.batch;
+        closed
+    }
+
+    /// Records read into the open batch.
+    pub fn open_records(&self) -> u64 {
+        self.partitions.iter().map(|p| p.taken).sum()
+    }
+
+    /// Closes the open batch before it is due (`wall` ends its pane); the
+    /// next one still closes at the grid point this one would have. For
+    /// event time only: by arrival time a batch is a pane of the window,
+    /// whose panes stay on the grid.
+    pub fn close_early(&mut self, wall: SystemTime) -> Closed {
         let mut seek_back = Vec::new();
         let mut taken = Vec::with_capacity(self.partitions.len());
         let ranges = self
@@ -331,7 +355,6 @@ impl Tracker {
         };
         self.seq += 1;
         self.pane_start = wall;
-        self.batch_end += self.batch;
         closed
     }
 
@@ -438,6 +461,30 @@ mod tests {
         assert_eq!(ranges, [(1, 105, 106), (2, 106, 106)]);
         assert!(!tracker.is_due(late));
         assert_eq!(tracker.offsets(), [(Arc::from("t"), 0, 106)]);
+    }
+
+    #[test]
+    fn a_batch_closed_early_keeps_the_grid() {
+        let (mut tracker, t0) = tracking(0, 0);
+        for offset in 0..3 {
+            assert_eq!(count(&mut tracker, offset), Verdict::Count);
+        }
+        assert_eq!(tracker.open_records(), 3);
+        let early = tracker.close_early(wall(0));
+        assert_eq!((early.ranges[0].from, early.ranges[0].until), (0, 3));
+        assert_eq!(early.taken, [3]);
+        assert_eq!(tracker.open_records(), 0);
+        // Still due where the batch would have closed, not a batch later.
+        assert_eq!(
+            tracker.until_due(t0 + Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(count(&mut tracker, 3), Verdict::Count);
+        assert!(tracker.is_due(t0 + BATCH));
+        let next = tracker.close(wall(1));
+        assert_eq!(next.seq, early.seq + 1);
+        assert_eq!((next.ranges[0].from, next.ranges[0].until), (3, 4));
+        assert!(!tracker.is_due(t0 + BATCH + Duration::from_millis(999)));
     }
 
     #[test]

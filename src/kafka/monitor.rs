@@ -91,13 +91,15 @@ pub fn run_monitor(
                     // start on them; their newest timestamps follow.
                     publish(partitions.clone());
                 }
-                newest_timestamps(&tail, &mut partitions, &old);
-                publish(partitions);
+                // The cluster answered (reading the newest timestamps may
+                // take a while: it is not what readiness waits for).
                 if !health.kafka_connected() || !reported {
                     info!("kafka cluster reachable");
                 }
                 reported = true;
                 health.kafka_ok();
+                newest_timestamps(&tail, &mut partitions, &old);
+                publish(partitions);
             }
             Err(error) => {
                 if health.kafka_connected() || !reported {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::committed::StoreStatus;
 use crate::metrics::Metrics;
@@ -22,6 +22,9 @@ pub enum Attempt {
     Fatal(anyhow::Error),
     /// Cancelled before an attempt could be made.
     Stopped,
+    /// Committed in part; the rest waits for something that is on its way
+    /// (a partition's ownership being taken): tried again, quietly.
+    Waiting(String),
 }
 
 /// A store offsets are committed to.
@@ -85,6 +88,12 @@ pub async fn commit_loop(
                         return Err(error);
                     }
                     Attempt::Stopped => return Ok(()),
+                    // What waits may not come during shutdown: the part
+                    // committed is what shutdown gets.
+                    Attempt::Waiting(_) if stopping => break,
+                    Attempt::Waiting(why) => {
+                        debug!(store, %why, "offset commit in part; trying again");
+                    }
                     Attempt::Retry { error, result } => {
                         count(result);
                         warn!(store, %error, "offset commit failed; retrying");
@@ -125,4 +134,70 @@ pub async fn commit_loop(
 pub struct CommitRequest {
     /// `(topic, partition, next offset)`: every record below is counted.
     pub offsets: Vec<(Arc<str>, i32, i64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offsets::committed::Committed;
+
+    /// Says `Waiting` a given number of times, then commits.
+    struct Eventually {
+        waits: usize,
+        attempts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl CommitTarget for Eventually {
+        async fn attempt(&mut self, _: &CommitRequest, _: bool) -> Attempt {
+            let n = self
+                .attempts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < self.waits {
+                Attempt::Waiting("ownership not taken yet".into())
+            } else {
+                Attempt::Committed
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_waits_is_tried_again_without_a_newer_request() {
+        let (tx, rx) = watch::channel(Arc::new(CommitRequest::default()));
+        let committed = Committed::new(true);
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let cancel = CancellationToken::new();
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut target = Eventually {
+            waits: 2,
+            attempts: attempts.clone(),
+        };
+        let topic: Arc<str> = "t".into();
+        tx.send_replace(Arc::new(CommitRequest {
+            offsets: vec![(topic.clone(), 0, 42)],
+        }));
+        let looping = commit_loop(
+            "zookeeper",
+            rx,
+            &committed.zookeeper,
+            &metrics,
+            &cancel,
+            &mut target,
+        );
+        tokio::pin!(looping);
+        // One request, no newer one: tried until it lands.
+        let landed = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                tokio::select! {
+                    _ = &mut looping => panic!("the loop ended"),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                if committed.zookeeper.get(&topic, 0) == Some(42) {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(landed.is_ok(), "never committed");
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 }

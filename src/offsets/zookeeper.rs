@@ -39,6 +39,10 @@ pub enum ZkError {
         partitions: usize,
         source: zk::MultiWriteError,
     },
+    /// `--cluster`: the offsets of partitions whose owner znode this
+    /// instance has not taken yet were left out; the rest are committed.
+    #[error("{partitions} partitions wait for their ownership to be taken in ZooKeeper")]
+    OwnershipPending { partitions: usize },
     #[error(
         "partition {topic}/{partition} of group {group:?} is owned by another ipstats instance \
          ({owner:?}, ephemeral znode {path}); stop that instance or use another --group"
@@ -61,7 +65,7 @@ impl ZkError {
                 zk::MultiWriteError::RequestFailed { source } => source,
                 zk::MultiWriteError::OperationFailed { .. } => return false,
             },
-            ZkError::OwnedByOther { .. } => return false,
+            ZkError::OwnedByOther { .. } | ZkError::OwnershipPending { .. } => return false,
         };
         matches!(source, zk::Error::SessionExpired | zk::Error::ClientClosed)
     }
@@ -412,8 +416,10 @@ impl ZkStore {
         ownership: &Ownership,
     ) -> Result<(), ZkError> {
         let mut writes = Vec::new();
+        let mut pending = 0;
         for (topic, partition, offset) in &request.offsets {
             let Some(version) = ownership.fence_of(topic, *partition, *offset) else {
+                pending += usize::from(ownership.fence_pending(topic, *partition, *offset));
                 continue;
             };
             let path = self.offset_path(topic, *partition);
@@ -424,8 +430,17 @@ impl ZkStore {
             let owner = owner_path(&self.options.group, topic, *partition);
             writes.push((owner, version, path, offset.to_string()));
         }
+        // Committed so far, then tried again: a request left unchanged
+        // (no new records) would otherwise never reach those partitions.
+        let done = if pending > 0 {
+            Err(ZkError::OwnershipPending {
+                partitions: pending,
+            })
+        } else {
+            Ok(())
+        };
         if writes.is_empty() {
-            return Ok(());
+            return done;
         }
         let mut writer = self.client.new_multi_writer();
         for (owner, version, path, value) in &writes {
@@ -456,7 +471,7 @@ impl ZkStore {
                     };
                     self.versions.insert(path.clone(), version);
                 }
-                Ok(())
+                done
             }
             Err(source) => {
                 if let zk::MultiWriteError::OperationFailed { index, .. } = &source
@@ -501,6 +516,7 @@ impl CommitTarget for ZkTarget<'_> {
         match store.commit(request).await {
             Ok(()) => Attempt::Committed,
             Err(error @ ZkError::OwnedByOther { .. }) => Attempt::Fatal(error.into()),
+            Err(error @ ZkError::OwnershipPending { .. }) => Attempt::Waiting(error.to_string()),
             Err(error) => {
                 let result = if error.conflict() {
                     "conflict"

@@ -261,6 +261,7 @@ impl Builder {
             top: window.top_list(MAX_TOP_N, SORTED_TOP_N),
             panes,
             retained,
+            ahead: Vec::new(),
             partitions,
             ingest: IngestStatus {
                 totals,

@@ -48,6 +48,12 @@ pub struct Snapshot {
     /// Older panes kept for questions about other ranges (`--retention`),
     /// oldest first.
     pub retained: Vec<Arc<Pane>>,
+    /// Event time: panes counted ahead of the window's end, oldest first.
+    /// Their records are counted; they join the window when its end reaches
+    /// them (a partition that delivered records lately holds the end back).
+    /// An instance's part of a cluster answer reads them too: another
+    /// instance's window may already end past them.
+    pub ahead: Vec<Arc<Pane>>,
     pub partitions: Vec<PartitionStatus>,
     pub ingest: IngestStatus,
     /// Recent slides, oldest first, for the dashboard's sparklines.
@@ -89,6 +95,7 @@ impl Snapshot {
             top: TopList::default(),
             panes: Vec::new(),
             retained: Vec::new(),
+            ahead: Vec::new(),
             partitions: Vec::new(),
             ingest: IngestStatus::default(),
             history: Vec::new(),
