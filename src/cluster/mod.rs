@@ -291,16 +291,6 @@ impl Ownership {
             .map(|(_, (fence, _, _))| *fence)
     }
 
-    /// Whether this instance holds the partition, is to commit `offset`
-    /// for it, and waits only for the registry to take its owner znode:
-    /// a commit that leaves it out must be tried again once it has.
-    pub fn fence_pending(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        let s = self.lock();
-        s.held.iter().any(|((t, p), h)| {
-            &**t == topic && *p == partition && !h.lost && offset >= h.target && h.fence.is_none()
-        })
-    }
-
     /// Whether a commit of `offset` for this partition to the Kafka group
     /// is this instance's to make: it holds the partition and `offset` is
     /// not behind the log end it had when taken (a partition given up was
@@ -470,11 +460,12 @@ mod tests {
         o.beat();
         let v = [view(0, 0), view(1, 0)];
         assert!(o.coverage(&v).served.is_empty(), "not confirmed yet");
-        // Not fenced yet: a commit must wait for it, not skip it for good.
+        // Not fenced yet, though this instance's to commit: a commit must
+        // wait for the fence, not skip the partition for good.
         assert_eq!(o.fence_of("t", 0, 0), None);
-        assert!(o.fence_pending("t", 0, 0));
+        assert!(o.may_commit("t", 0, 0));
         o.fenced(generation, &("t".into(), 0), 4);
-        assert!(!o.fence_pending("t", 0, 0));
+        assert_eq!(o.fence_of("t", 0, 0), Some(4));
         o.fenced(generation, &("t".into(), 1), 2);
         o.confirmed(generation);
         assert_eq!(o.coverage(&v).served.len(), 2);

@@ -37,6 +37,7 @@ impl Fanout {
         if !self.field(&span.members, &first, &reached).complete {
             return None;
         }
+        // No instance counts anything yet: there is no window to judge.
         newest_end_ms(&first)?;
         // Complete without those that did not answer: they hold nothing.
         let (members, first) = span

@@ -499,7 +499,8 @@ impl State {
 
     /// After a batch closed: the window's gauges, a snapshot when a slide
     /// ends (or `published` says the event-time window moved), a checkpoint
-    /// job when one is due, readiness, the batch's duration.
+    /// job when one is due, the batch's duration (readiness is the loop's,
+    /// [`State::mark_ready`]).
     fn after_close(&mut self, published: bool) {
         self.window_changed();
 
@@ -518,7 +519,6 @@ impl State {
                 Err(TrySendError::Disconnected(_)) => warn!("the checkpoint writer is gone"),
             }
         }
-        self.mark_ready();
         let busy = self.tracker.busy_until(Instant::now());
         self.links
             .metrics

@@ -419,7 +419,9 @@ impl ZkStore {
         let mut pending = 0;
         for (topic, partition, offset) in &request.offsets {
             let Some(version) = ownership.fence_of(topic, *partition, *offset) else {
-                pending += usize::from(ownership.fence_pending(topic, *partition, *offset));
+                // This instance's to commit, but its owner znode is not
+                // taken yet: the commit waits for it.
+                pending += usize::from(ownership.may_commit(topic, *partition, *offset));
                 continue;
             };
             let path = self.offset_path(topic, *partition);
